@@ -1,0 +1,50 @@
+// Argument checks shared by every kernel: each names the operator and the argument, so a bad call
+// reads as "gemma4::rms_norm: x must be contiguous" rather than a crash or an ATen stack trace.
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace gemma4 {
+
+inline void check_device(const at::Tensor& t, const char* op, const char* arg, c10::DeviceType dev) {
+  TORCH_CHECK(t.device().type() == dev, op, ": ", arg, " must be on ", c10::DeviceTypeName(dev),
+              ", got ", t.device());
+}
+
+inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const char* op, const char* arg) {
+  TORCH_CHECK(a.device() == b.device(), op, ": ", arg, " must be on ", b.device(), " like the input, got ",
+              a.device());
+}
+
+inline void check_float(const at::Tensor& t, const char* op, const char* arg) {
+  auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kBFloat16 || s == at::kHalf, op, ": ", arg,
+              " must be float32, float64, bfloat16 or float16, got ", s);
+}
+
+inline void check_dtype(const at::Tensor& t, at::ScalarType want, const char* op, const char* arg) {
+  TORCH_CHECK(t.scalar_type() == want, op, ": ", arg, " must be ", want, ", got ", t.scalar_type());
+}
+
+inline void check_contiguous(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK(t.is_contiguous(), op, ": ", arg, " must be contiguous");
+}
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const char* arg) {
+  TORCH_CHECK(t.dim() == dim, op, ": ", arg, " must have ", dim, " dimensions, got shape ", t.sizes());
+}
+
+inline void check_size(const at::Tensor& t, int64_t d, int64_t want, const char* op, const char* arg) {
+  TORCH_CHECK(t.size(d) == want, op, ": ", arg, ".size(", d, ") must be ", want, ", got shape ", t.sizes());
+}
+
+// Float dtypes the kernels support: fp32 and fp64 compute natively, bf16/fp16 accumulate in fp32.
+#define GEMMA4_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+// acc_t<T>: float for half types, T otherwise.
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+template <typename T> using acc_t = typename Acc<T>::type;
+
+}  // namespace gemma4

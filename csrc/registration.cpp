@@ -1,0 +1,45 @@
+// Every gemma4 operator schema, one commented line each. Kernels register their implementations
+// with TORCH_LIBRARY_IMPL(gemma4, CPU|CUDA, m) in their own folders; fake (meta) kernels and
+// autograd live in python/gemma4/ops/.
+//
+// Layout conventions: activations are [B, T, heads, head_dim] (the layout the projections
+// produce); statistics and accumulation are float32 for bf16/fp16 inputs.
+#include <torch/library.h>
+
+TORCH_LIBRARY(gemma4, m) {
+  // y = x * (mean(x^2, -1) + eps)^-1/2 * weight (weight optional; Gemma 4 multiplies by w, not 1+w).
+  m.def("rms_norm(Tensor x, Tensor? weight, float eps) -> Tensor");
+  // (grad_x, grad_weight) of rms_norm; grad_weight is an empty tensor when weight is None.
+  m.def("rms_norm_backward(Tensor grad_out, Tensor x, Tensor? weight, float eps) -> (Tensor, Tensor)");
+
+  // Rotate-half RoPE: x [B,T,nH,hd], positions int64 [B|1,T], inv_freq fp32 [hd/2] (zeros allowed);
+  // y = x*cos(p*f) + rotate_half(x)*sin(p*f), angles in fp32.
+  m.def("rope(Tensor x, Tensor positions, Tensor inv_freq) -> Tensor");
+  // grad_x of rope: the rotation by the opposite angle.
+  m.def("rope_backward(Tensor grad_out, Tensor positions, Tensor inv_freq) -> Tensor");
+
+  // Causal attention, GQA by head index (query head h reads KV head h / (nH/nKV)), online softmax:
+  // q [B,T,nH,hd], k/v [B,S,nKV,hd] (S >= T; query t sits at key index S-T+t; last dim stride 1),
+  // key_mask bool [B,S] (true = may attend), window > 0 keeps the last `window` keys incl. self.
+  // Returns (out [B,T,nH,hd], lse fp32 [B,nH,T]); a row with no visible key gives zeros.
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? key_mask, float scale, int window) -> (Tensor, Tensor)");
+  // (grad_q, grad_k, grad_v) of attention, from the saved out and lse.
+  m.def("attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? key_mask, float scale, int window) -> (Tensor, Tensor, Tensor)");
+
+  // Gated activation: act(gate) * up, act = "gelu_tanh" (GeGLU) or "silu" (SwiGLU); gate, up [..., I].
+  m.def("gated_activation(Tensor gate, Tensor up, str activation) -> Tensor");
+  // (grad_gate, grad_up) of gated_activation.
+  m.def("gated_activation_backward(Tensor grad_out, Tensor gate, Tensor up, str activation) -> (Tensor, Tensor)");
+
+  // MoE routing: p = softmax(logits [N,E]) in fp32 over all experts, top-k, renormalise over the k,
+  // times per_expert_scale[idx]. Returns (weights fp32 [N,K], indices int64 [N,K]).
+  m.def("moe_route(Tensor logits, Tensor per_expert_scale, int top_k) -> (Tensor, Tensor)");
+  // (grad_logits, grad_per_expert_scale) of moe_route for the saved indices.
+  m.def("moe_route_backward(Tensor grad_weights, Tensor logits, Tensor per_expert_scale, Tensor indices) -> (Tensor, Tensor)");
+
+  // MoE experts, tokens grouped by expert: out[n] = sum_k w[n,k] * down[e] @ (act(G_e x[n]) * (U_e x[n])),
+  // e = indices[n,k], gate_up [E,2*Im,H] (rows 0..Im-1 = G_e, Im.. = U_e), down [E,H,Im], x [N,H].
+  m.def("moe_experts(Tensor x, Tensor weights, Tensor indices, Tensor gate_up, Tensor down, str activation) -> Tensor");
+  // (grad_x, grad_weights, grad_gate_up, grad_down) of moe_experts.
+  m.def("moe_experts_backward(Tensor grad_out, Tensor x, Tensor weights, Tensor indices, Tensor gate_up, Tensor down, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,13 @@
+"""Typed wrappers over torch.ops.gemma4.*: fake kernels for torch.compile, autograd, docs.
+
+The model calls only these. Plain-PyTorch references for tests live in ops/reference.py.
+"""
+from gemma4 import _native  # noqa: F401  (loads libgemma4_ops.so, which registers the operators)
+
+from .activation import gated_activation
+from .attention import attention
+from .moe import moe_experts, moe_route
+from .norm import rms_norm
+from .rope import rope
+
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts"]

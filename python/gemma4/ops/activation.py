@@ -1,0 +1,2 @@
+"""Placeholder: being written."""
+def gated_activation(*a, **k): raise NotImplementedError

@@ -1,0 +1,2 @@
+"""Placeholder: being written."""
+def rms_norm(*a, **k): raise NotImplementedError

@@ -1,0 +1,102 @@
+"""Plain-PyTorch references for every gemma4 operator.
+
+Used by tests and docs only: the model never calls these. Each follows the operator's schema in
+csrc/registration.cpp and computes in float32 (float64 for float64 inputs), rounding once at the end.
+"""
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+
+
+def _acc(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    xf = x.to(_acc(x))
+    y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    if weight is not None:
+        y = y * weight.to(_acc(x))
+    return y.to(x.dtype)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """x [B,T,nH,hd]; positions [B|1,T]; inv_freq [hd/2]. Rotate-half (GPT-NeoX) convention."""
+    acc = _acc(x)
+    angles = positions.to(acc)[..., None] * inv_freq.to(acc)  # [B|1, T, hd/2]
+    emb = torch.cat((angles, angles), dim=-1)[:, :, None, :]  # [B|1, T, 1, hd]
+    xf = x.to(acc)
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * emb.cos() + rotated * emb.sin()).to(x.dtype)
+
+
+def attention(q, k, v, key_mask=None, scale: float = 1.0, window: int = 0):
+    """q [B,T,nH,hd], k/v [B,S,nKV,hd] -> (out [B,T,nH,hd], lse [B,nH,T] fp32)."""
+    B, T, nH, hd = q.shape
+    S, nKV = k.shape[1], k.shape[2]
+    acc = _acc(q)
+    groups = nH // nKV
+    qf = q.to(acc).transpose(1, 2)  # [B, nH, T, hd]
+    kf = k.to(acc).transpose(1, 2).repeat_interleave(groups, dim=1)  # [B, nH, S, hd]
+    vf = v.to(acc).transpose(1, 2).repeat_interleave(groups, dim=1)
+    scores = qf @ kf.transpose(-1, -2) * scale  # [B, nH, T, S]
+    qi = torch.arange(T, device=q.device)[:, None] + (S - T)  # key index of each query
+    kj = torch.arange(S, device=q.device)[None, :]
+    allowed = kj <= qi
+    if window > 0:
+        allowed = allowed & (kj > qi - window)
+    allowed = allowed[None, None]  # [1, 1, T, S]
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :].bool()
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # [B, nH, T]
+    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)  # fully masked rows -> 0
+    out = (probs @ vf).transpose(1, 2)  # [B, T, nH, hd]
+    return out.to(q.dtype).contiguous(), lse.to(torch.float32 if acc == torch.float32 else acc)
+
+
+def gated_activation(gate: torch.Tensor, up: torch.Tensor, activation: str = "gelu_tanh") -> torch.Tensor:
+    acc = _acc(gate)
+    g = gate.to(acc)
+    if activation == "gelu_tanh":
+        a = F.gelu(g, approximate="tanh")
+    elif activation == "silu":
+        a = F.silu(g)
+    else:
+        raise ValueError(f"unknown activation {activation!r}")
+    return (a * up.to(acc)).to(gate.dtype)
+
+
+def moe_route(logits: torch.Tensor, per_expert_scale: torch.Tensor, top_k: int):
+    """logits [N,E] -> (weights fp32 [N,K], indices int64 [N,K]), as transformers' Gemma4TextRouter."""
+    acc = _acc(logits)
+    probs = torch.softmax(logits.to(acc), dim=-1)
+    weights, indices = torch.topk(probs, top_k, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    weights = weights * per_expert_scale.to(acc)[indices]
+    return weights, indices
+
+
+def moe_experts(x, weights, indices, gate_up, down, activation: str = "gelu_tanh"):
+    """x [N,H], weights [N,K], indices [N,K], gate_up [E,2Im,H], down [E,H,Im] -> [N,H]."""
+    acc = _acc(x)
+    Im = down.shape[-1]
+    out = torch.zeros(x.shape, dtype=acc, device=x.device)
+    for e in indices.unique().tolist():
+        token, slot = (indices == e).nonzero(as_tuple=True)
+        xe = x[token].to(acc)  # [n_e, H]
+        gu = xe @ gate_up[e].to(acc).t()  # [n_e, 2Im]
+        h = gated_activation(gu[:, :Im], gu[:, Im:], activation)
+        o = h @ down[e].to(acc).t()  # [n_e, H]
+        out.index_add_(0, token, o * weights[token, slot].to(acc)[:, None])
+    return out.to(x.dtype)
+
+
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    return cap * torch.tanh(logits / cap)
+
+
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "softcap"]
