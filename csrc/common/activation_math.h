@@ -1,4 +1,5 @@
-// Scalar activation maths shared by the gated-activation and MoE kernels (float in, float out).
+// Scalar activation maths shared by the gated-activation and MoE kernels, templated on the
+// accumulation type (float for fp32/bf16/fp16 inputs, double for float64 so gradcheck is exact).
 // gelu_tanh(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))   (transformers' gelu_pytorch_tanh)
 // silu(u) = u * sigmoid(u)
 #pragma once
@@ -17,30 +18,34 @@ inline Activation parse_activation(const std::string& name, const char* op) {
   TORCH_CHECK(false, op, ": activation must be \"gelu_tanh\" or \"silu\", got \"", name, "\"");
 }
 
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kGeluCoeff = 0.044715f;
 
-inline float gelu_tanh(float u) {
-  const float inner = kSqrt2OverPi * (u + kGeluCoeff * u * u * u);
-  return 0.5f * u * (1.0f + std::tanh(inner));
+template <typename T>
+inline T gelu_tanh(T u) {
+  const T inner = T(0.7978845608028654) * (u + T(0.044715) * u * u * u);  // sqrt(2/pi) (u + c u^3)
+  return T(0.5) * u * (T(1) + std::tanh(inner));
 }
 
-inline float gelu_tanh_grad(float u) {
-  const float inner = kSqrt2OverPi * (u + kGeluCoeff * u * u * u);
-  const float t = std::tanh(inner);
-  const float dinner = kSqrt2OverPi * (1.0f + 3.0f * kGeluCoeff * u * u);
-  return 0.5f * (1.0f + t) + 0.5f * u * (1.0f - t * t) * dinner;
+template <typename T>
+inline T gelu_tanh_grad(T u) {
+  const T inner = T(0.7978845608028654) * (u + T(0.044715) * u * u * u);  // sqrt(2/pi) (u + c u^3)
+  const T t = std::tanh(inner);
+  const T dinner = T(0.7978845608028654) * (T(1) + T(3 * 0.044715) * u * u);
+  return T(0.5) * (T(1) + t) + T(0.5) * u * (T(1) - t * t) * dinner;
 }
 
-inline float silu(float u) { return u / (1.0f + std::exp(-u)); }
+template <typename T>
+inline T silu(T u) { return u / (T(1) + std::exp(-u)); }
 
-inline float silu_grad(float u) {
-  const float s = 1.0f / (1.0f + std::exp(-u));
-  return s * (1.0f + u * (1.0f - s));
+template <typename T>
+inline T silu_grad(T u) {
+  const T s = T(1) / (T(1) + std::exp(-u));
+  return s * (T(1) + u * (T(1) - s));
 }
 
-inline float activate(Activation a, float u) { return a == Activation::GeluTanh ? gelu_tanh(u) : silu(u); }
-inline float activate_grad(Activation a, float u) {
+template <typename T>
+inline T activate(Activation a, T u) { return a == Activation::GeluTanh ? gelu_tanh(u) : silu(u); }
+template <typename T>
+inline T activate_grad(Activation a, T u) {
   return a == Activation::GeluTanh ? gelu_tanh_grad(u) : silu_grad(u);
 }
 
