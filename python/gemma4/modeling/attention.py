@@ -1,0 +1,58 @@
+"""Self-attention of one Gemma 4 layer, sliding or full, owning its K/V or reading another layer's."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gemma4 import ops
+
+from .norm import Gemma4RMSNorm
+
+
+class Gemma4Attention(nn.Module):
+    """q/k RMSNorm with weights, weightless v norm, rotate-half RoPE, scale 1.0, causal (+window).
+
+    A KV-shared layer has no k/v projections: it attends over the full-length K/V that its source
+    layer produced earlier in the same forward (`shared_kv[spec.kv_source]`), cache or no cache.
+    A full layer of a keys-as-values model (spec.k_eq_v) has no v_proj: V is the raw K projection.
+    """
+
+    def __init__(self, config, spec):
+        super().__init__()
+        H, nH, hd = config.hidden_size, config.num_attention_heads, spec.head_dim
+        self.spec = spec
+        self.num_heads, self.num_kv_heads, self.head_dim = nH, spec.num_kv_heads, hd
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(H, nH * hd, bias=bias)
+        self.q_norm = Gemma4RMSNorm(hd, eps=config.rms_norm_eps)
+        if not spec.kv_shared:
+            self.k_proj = nn.Linear(H, self.num_kv_heads * hd, bias=bias)
+            self.v_proj = None if spec.k_eq_v else nn.Linear(H, self.num_kv_heads * hd, bias=bias)
+            self.k_norm = Gemma4RMSNorm(hd, eps=config.rms_norm_eps)
+            self.v_norm = Gemma4RMSNorm(hd, eps=config.rms_norm_eps, with_scale=False)
+        self.o_proj = nn.Linear(nH * hd, H, bias=bias)
+        self.scaling = 1.0  # the q/k norms carry the scale
+
+    def project_kv(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor):
+        B, T, _ = x.shape
+        k_raw = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # [B,T,nKV,hd]
+        v_raw = k_raw if self.v_proj is None else self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        key = ops.rope(self.k_norm(k_raw), positions, inv_freq)  # [B,T,nKV,hd]
+        value = self.v_norm(v_raw)  # [B,T,nKV,hd]
+        return key, value
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
+                key_mask: torch.Tensor | None, shared_kv: dict, cache=None) -> torch.Tensor:
+        B, T, _ = x.shape
+        query = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # [B,T,nH,hd]
+        query = ops.rope(self.q_norm(query), positions, inv_freq)  # [B,T,nH,hd]
+        if self.spec.kv_shared:
+            key, value = shared_kv[self.spec.kv_source]  # [B,S,nKV,hd], full length incl. cached past
+        else:
+            key, value = self.project_kv(x, positions, inv_freq)
+            if cache is not None:
+                key, value = cache.update(self.spec.index, key, value)
+            if self.spec.stores_shared_kv:
+                shared_kv[self.spec.index] = (key, value)
+        out = ops.attention(query, key, value, key_mask, self.scaling, self.spec.window)  # [B,T,nH,hd]
+        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))

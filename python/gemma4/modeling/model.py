@@ -1,0 +1,187 @@
+"""Gemma4TextModel and Gemma4ForCausalLM, with transformers' module and parameter names."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .decoder import Gemma4DecoderLayer
+from .embedding import Gemma4ScaledEmbedding
+from .norm import Gemma4RMSNorm
+
+
+@dataclass
+class CausalLMOutput:
+    """What forward returns: .logits [B,T,V], .loss when labels were given, .past_key_values."""
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    past_key_values: object | None = None
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return getattr(self, key)
+        return tuple(v for v in (self.loss, self.logits, self.past_key_values) if v is not None)[key]
+
+
+class Gemma4TextModel(nn.Module):
+    """Embeddings (+ PLE), the decoder stack and the final norm. Built from config.layers specs."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        H = config.hidden_size
+        self.embed_tokens = Gemma4ScaledEmbedding(config.vocab_size, H, config.pad_token_id, embed_scale=H**0.5)
+        self.layers = nn.ModuleList(Gemma4DecoderLayer(config, spec) for spec in config.layers)
+        self.norm = Gemma4RMSNorm(H, eps=config.rms_norm_eps)
+        self.ple_width = config.hidden_size_per_layer_input
+        if self.ple_width:
+            L, P = config.num_hidden_layers, self.ple_width
+            self.embed_tokens_per_layer = Gemma4ScaledEmbedding(
+                config.vocab_size_per_layer_input, L * P, config.pad_token_id, embed_scale=P**0.5)
+            self.per_layer_model_projection = nn.Linear(H, L * P, bias=False)
+            self.per_layer_projection_norm = Gemma4RMSNorm(P, eps=config.rms_norm_eps)
+            self.per_layer_model_projection_scale = H**-0.5  # Python floats on model-dtype tensors, as upstream
+            self.per_layer_input_scale = 2.0**-0.5
+        self.layer_types = sorted({spec.layer_type for spec in config.layers})
+        self.init_non_persistent_buffers()
+
+    def init_non_persistent_buffers(self) -> None:
+        """RoPE inverse frequencies (per layer type) and embedding scales: derived, never in checkpoints."""
+        device = self.embed_tokens.weight.device
+        for layer_type in self.layer_types:
+            inv_freq = self.config.rope_inv_freq(layer_type).to(device=device, dtype=torch.float32)
+            self.register_buffer(f"{layer_type}_inv_freq", inv_freq, persistent=False)
+        self.embed_tokens.reset_embed_scale()
+        if self.ple_width:
+            self.embed_tokens_per_layer.reset_embed_scale()
+
+    def _apply(self, fn, recurse=True):
+        # .to(bfloat16) must not round the RoPE frequencies: recompute derived buffers in fp32 after
+        # every dtype/device move (this also re-materialises them after to_empty from meta).
+        super()._apply(fn, recurse)
+        self.init_non_persistent_buffers()
+        return self
+
+    def per_layer_inputs(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """PLE: (RMSNorm(proj(h0) * H^-1/2) + table[ids] * sqrt(P)) * 2^-1/2, as [B,T,L,P]."""
+        B, T = input_ids.shape
+        L, P = self.config.num_hidden_layers, self.ple_width
+        token_part = self.embed_tokens_per_layer(input_ids).view(B, T, L, P)  # [B,T,L,P]
+        context = self.per_layer_model_projection(inputs_embeds) * self.per_layer_model_projection_scale
+        context = self.per_layer_projection_norm(context.view(B, T, L, P))  # [B,T,L,P]
+        return (context + token_part) * self.per_layer_input_scale
+
+    def _ids_from_embeds(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        # PLE needs token ids; like transformers, recover them by matching the scaled embedding rows.
+        with torch.no_grad():
+            table = self.embed_tokens.weight * self.config.hidden_size**0.5  # [V,H]
+            match = (inputs_embeds[:, :, None, :] == table[None, None]).all(-1)  # [B,T,V]
+            if not bool(match.any(-1).all()):
+                raise ValueError("inputs_embeds must be exact rows of the scaled embedding when the model "
+                                 "has per-layer embeddings (pass input_ids instead)")
+            return match.int().argmax(-1)
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, position_ids=None,
+                cache=None) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)  # [B,T,H]
+        B, T, _ = inputs_embeds.shape
+        ple = None
+        if self.ple_width:
+            ids = input_ids if input_ids is not None else self._ids_from_embeds(inputs_embeds)
+            ple = self.per_layer_inputs(ids, inputs_embeds)  # [B,T,L,P]
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=inputs_embeds.device)[None]  # [1,T]
+        key_mask = None if attention_mask is None else attention_mask.to(torch.bool)  # [B,S]
+        inv_freq = {t: getattr(self, f"{t}_inv_freq") for t in self.layer_types}
+        shared_kv: dict = {}  # source layer index -> its full-length (K, V), for KV-shared layers
+        x = inputs_embeds
+        for i, layer in enumerate(self.layers):
+            ple_i = ple[:, :, i] if ple is not None else None
+            x = layer(x, position_ids, inv_freq[layer.spec.layer_type], key_mask, shared_kv, ple_i, cache)
+        return self.norm(x)
+
+
+class Gemma4ForCausalLM(nn.Module):
+    """The Gemma 4 text decoder with its tied LM head and final logit soft-cap."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model = Gemma4TextModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.init_weights()
+
+    # ---- construction and loading ----
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def init_non_persistent_buffers(self) -> None:
+        self.model.init_non_persistent_buffers()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Fresh random weights as transformers initialises them (normal(0, std); norms and scales 1)."""
+        if self.model.embed_tokens.weight.is_meta:
+            return
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("router.scale") or name.endswith("per_expert_scale"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, std)
+        for name, b in self.named_buffers():
+            if name.endswith("layer_scalar"):
+                b.fill_(1.0)
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "Gemma4ForCausalLM":
+        from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
+
+        return load_pretrained(cls, path, **kwargs)
+
+    @classmethod
+    def from_config(cls, config) -> "Gemma4ForCausalLM":
+        return cls(config)
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        from gemma4.checkpoint import save_pretrained  # noqa: PLC0415
+
+        save_pretrained(self, path, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    # ---- forward ----
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, position_ids=None,
+                logits_to_keep: int = 0, cache=None, use_cache: bool | None = None,
+                return_dict: bool | None = None) -> CausalLMOutput:
+        """transformers' argument names; use_cache/return_dict are accepted for compatibility (a cache is
+        used when one is passed; the result is always a CausalLMOutput)."""
+        hidden = self.model(input_ids, attention_mask, inputs_embeds, position_ids, cache)  # [B,T,H]
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)  # [B,T,V]
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap  # in the model dtype, as upstream
+        loss = self.loss(logits, labels) if labels is not None else None
+        return CausalLMOutput(logits=logits, loss=loss, past_key_values=cache)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy as transformers computes it: shift by one, -100 ignored, mean."""
+        shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]  # [B,T]
+        return F.cross_entropy(logits.float().flatten(0, 1), shift_labels.flatten().to(logits.device),
+                               ignore_index=-100)
