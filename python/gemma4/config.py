@@ -1,0 +1,712 @@
+"""Gemma 4 text config: reads every config.json form, derives one LayerSpec per layer.
+
+`Gemma4Config` holds the text decoder's hyper-parameters with transformers' names and class
+defaults (gemma4-architecture.md, table 1.1). `Gemma4Config.from_dict` accepts:
+
+* the nested multimodal form (`model_type: "gemma4"`, text under `text_config`; the top-level
+  token ids, `dtype` and `tie_word_embeddings` fill in what the text config lacks);
+* the flat text form (`model_type: "gemma4_text"`);
+* full-layer overrides either as the legacy `global_head_dim` / `num_global_key_value_heads`
+  fields (transformers <= 5.5, Google's uploads) or as `per_layer_config` (transformers >= the
+  heterogeneity refactor, e.g. 5.17: keys are zero-padded layer indices such as "05", values hold
+  `head_dim` and, for K=V models, `num_key_value_heads`; overrides equal to the global value are
+  dropped). When `per_layer_config` is present it wins and the legacy fields are ignored, as in
+  transformers;
+* `moe_intermediate_size` or the stale `expert_intermediate_size` (the former is preferred).
+
+`config.layers` is derived from the fields: a frozen `LayerSpec` per layer with everything the
+modules need (head size, KV heads, KV sharing and its source layer, MLP width, PLE/MoE, RoPE). The
+model builds its modules from these specs; forward code never computes `layer_idx % 6`.
+
+Anything that is not a Gemma 4 text config raises `gemma4.errors.ConfigError` naming the file and
+the key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import warnings
+from dataclasses import InitVar, dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, ConfigNotFoundError
+
+__all__ = [
+    "Gemma4Config",
+    "LayerSpec",
+    "SLIDING_ATTENTION",
+    "FULL_ATTENTION",
+    "DEFAULT_ROPE_PARAMETERS",
+    "rope_inv_freq",
+]
+
+SLIDING_ATTENTION = "sliding_attention"
+FULL_ATTENTION = "full_attention"
+LAYER_TYPES = (SLIDING_ATTENTION, FULL_ATTENTION)
+
+# gemma4-architecture.md 1.3: what transformers fills in when `rope_parameters` is absent.
+DEFAULT_ROPE_PARAMETERS: dict[str, dict[str, Any]] = {
+    SLIDING_ATTENTION: {"rope_type": "default", "rope_theta": 10_000.0},
+    FULL_ATTENTION: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
+}
+ROPE_TYPES = ("default", "proportional")
+
+# transformers activation name -> the name our gated_activation / moe_experts ops take.
+ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "silu": "silu"}
+
+# Keys a config.json must carry: every other field falls back to transformers' class default.
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "head_dim")
+
+# Per-layer overrides transformers' Gemma 4 modules read from `per_layer_config`.
+PER_LAYER_KEYS = ("head_dim", "num_key_value_heads")
+
+# Top-level keys of the nested form that may stand in for missing text-config keys.
+_NESTED_FALLBACK_KEYS = ("pad_token_id", "eos_token_id", "bos_token_id", "tie_word_embeddings")
+
+
+def rope_inv_freq(rope_type: str, rope_theta: float, head_dim: int, partial_rotary_factor: float = 1.0,
+                  factor: float = 1.0) -> torch.Tensor:
+    """Inverse frequencies [head_dim // 2] (float32, CPU), bit-identical to transformers 5.17.
+
+    "default" (sliding layers): `1 / theta^(2j/d)` over all d/2 pairs (transformers'
+    Gemma4TextRotaryEmbedding.compute_default_rope_parameters, which ignores partial_rotary_factor
+    and factor). "proportional" (full layers): the first `int(p*d // 2)` pairs get
+    `1 / theta^(2j/d)` (exponent over the FULL head size d), the rest 0 (not rotated); then divided
+    by `factor` (modeling_rope_utils._compute_proportional_rope_parameters). The expressions below
+    are transformers' own, so the float32 rounding is the same.
+    """
+    if rope_type == "default":
+        dim = head_dim
+        return 1.0 / (rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+    if rope_type == "proportional":
+        rope_angles = int(partial_rotary_factor * head_dim // 2)
+        inv_freq_rotated = 1.0 / (
+            rope_theta ** (torch.arange(0, 2 * rope_angles, 2, dtype=torch.int64).to(dtype=torch.float) / head_dim))
+        nope_angles = head_dim // 2 - rope_angles
+        if nope_angles > 0:
+            inv_freq = torch.cat((inv_freq_rotated, torch.zeros(nope_angles, dtype=torch.float32)), dim=0)
+        else:
+            inv_freq = inv_freq_rotated
+        inv_freq /= factor
+        return inv_freq
+    raise ValueError(f"unsupported rope_type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything one decoder layer's modules need, derived once from the config.
+
+    window: the `sliding_window` transformers' attention receives for this layer (keys visible
+        including the query itself, causal), 0 for full layers. With
+        `use_bidirectional_attention == "all"` it is `sliding_window // 2 + 1` (transformers
+        converts the window to exclusive bounds for a symmetric window; the config keeps the file's
+        value).
+    head_dim / num_kv_heads: `head_dim` / `num_key_value_heads` on sliding layers; on full layers
+        `global_head_dim`, and `num_global_key_value_heads` when `attention_k_eq_v` (if set).
+    k_eq_v: full layer of an `attention_k_eq_v` model: no v_proj; V = v_norm(raw k_proj output)
+        (transformers' `use_alternative_attention`; also true on KV-shared full layers, which have
+        no K/V projections at all).
+    kv_shared / kv_source: the layer computes no K/V and reads those published by layer
+        `kv_source` (the last non-shared layer of the same type; transformers'
+        `is_kv_shared_layer`, `i >= L - num_kv_shared_layers >= 0`); kv_source is None otherwise.
+    stores_shared_kv: some KV-shared layer reads this layer's (full-length, post-cache) K/V.
+        (transformers' `store_full_length_kv` is also true on the last layer of each type when no
+        shared layer reads it; that flag is harmless there and is not reproduced.)
+    cache_index: slot of this layer in a KV cache that holds only layers owning K/V (None for
+        KV-shared layers).
+    intermediate_size: dense MLP width, 2*I on KV-shared layers of `use_double_wide_mlp` models
+        (transformers' MLP tests `i >= L - S > 0`, attention `>= 0`; both are reproduced, they
+        differ only for S == L, which is rejected).
+    rope_*: effective RoPE parameters of the layer's type ("default" ignores the partial factor
+        and factor, as transformers does, so they read 1.0 there).
+    """
+
+    index: int
+    layer_type: str
+    is_sliding: bool
+    window: int
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int
+    k_eq_v: bool
+    kv_shared: bool
+    kv_source: int | None
+    stores_shared_kv: bool
+    cache_index: int | None
+    intermediate_size: int
+    has_ple: bool
+    has_moe: bool
+    rope_type: str
+    rope_theta: float
+    partial_rotary_factor: float
+    rope_factor: float
+
+    @property
+    def num_kv_groups(self) -> int:
+        """Query heads per KV head (query head h reads KV head h // num_kv_groups)."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def kv_layer(self) -> int:
+        """The layer whose K/V this layer attends to (itself unless KV-shared)."""
+        return self.kv_source if self.kv_shared else self.index
+
+    @property
+    def rotary_dims(self) -> int:
+        """Number of rotated dims of the head (pairs (j, j + head_dim/2) with non-zero frequency, x2)."""
+        if self.rope_type == "proportional":
+            return 2 * int(self.partial_rotary_factor * self.head_dim // 2)
+        return self.head_dim
+
+    def rope_inv_freq(self) -> torch.Tensor:
+        """float32 [head_dim // 2] on CPU, bit-identical to transformers' rotary buffer for this type."""
+        return rope_inv_freq(self.rope_type, self.rope_theta, self.head_dim, self.partial_rotary_factor,
+                             self.rope_factor)
+
+
+_FIELD_NAMES: frozenset[str] = frozenset()  # filled after the class body
+
+
+@dataclass(eq=True)
+class Gemma4Config:
+    """Gemma 4 text-decoder config (transformers' Gemma4TextConfig fields and class defaults).
+
+    The class defaults match no released model (they are transformers' placeholder 2304-wide
+    model); use `gemma4.presets.get_preset` or `Gemma4Config.from_pretrained`. Fields may be
+    edited; `layers` is re-derived (and re-validated) on the next access.
+    """
+
+    vocab_size: int = 262_144
+    hidden_size: int = 2304
+    intermediate_size: int = 9216
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    head_dim: int = 256
+    global_head_dim: int = 512
+    num_global_key_value_heads: int | None = None
+    attention_k_eq_v: bool = False
+    hidden_activation: str = "gelu_pytorch_tanh"
+    max_position_embeddings: int = 131_072
+    rms_norm_eps: float = 1e-6
+    pad_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 1
+    bos_token_id: int | None = 2
+    tie_word_embeddings: bool = True
+    rope_parameters: dict[str, dict[str, Any]] | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    sliding_window: int = 512
+    layer_types: list[str] | None = None
+    final_logit_softcapping: float | None = None
+    use_bidirectional_attention: str | None = None
+    vocab_size_per_layer_input: int = 262_144
+    hidden_size_per_layer_input: int = 256
+    num_kv_shared_layers: int = 0
+    use_double_wide_mlp: bool = False
+    enable_moe_block: bool = False
+    num_experts: int | None = None
+    top_k_experts: int | None = None
+    moe_intermediate_size: int | None = None
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    dtype: str | None = None
+    source: InitVar[str | None] = None
+
+    # ------------------------------------------------------------------ construction
+    def __post_init__(self, source: str | None):
+        object.__setattr__(self, "_source", source or "<config>")
+        self._normalize()
+        self._derive()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _FIELD_NAMES:
+            self.__dict__.pop("_layers", None)  # re-derived (and re-validated) on next access
+
+    def _error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(message, self.__dict__.get("_source", "<config>"), key)
+
+    def _normalize(self) -> None:
+        """Copy mutable inputs, coerce JSON numbers, fill transformers' post-init defaults."""
+        d = self.__dict__
+        for name in ("rms_norm_eps", "attention_dropout", "initializer_range"):
+            if isinstance(d[name], int) and not isinstance(d[name], bool):
+                d[name] = float(d[name])
+        if isinstance(d["final_logit_softcapping"], int) and not isinstance(d["final_logit_softcapping"], bool):
+            d["final_logit_softcapping"] = float(d["final_logit_softcapping"])
+        if isinstance(d["eos_token_id"], tuple):
+            d["eos_token_id"] = list(d["eos_token_id"])
+        if isinstance(d["dtype"], torch.dtype):
+            d["dtype"] = str(d["dtype"]).removeprefix("torch.")
+        d["layer_types"] = _resolve_layer_types(d["layer_types"], d["num_hidden_layers"], self._source, "layer_types")
+        if d["rope_parameters"] is None:
+            d["rope_parameters"] = copy.deepcopy(DEFAULT_ROPE_PARAMETERS)
+        elif isinstance(d["rope_parameters"], dict):
+            d["rope_parameters"] = copy.deepcopy(d["rope_parameters"])
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "Gemma4Config":
+        """Build from a config.json dict (nested "gemma4" or flat "gemma4_text" form).
+
+        Raises ConfigError naming `source` and the key for anything that is not a Gemma 4 text
+        config. Unknown keys (transformers bookkeeping, vision/audio configs) are ignored.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a JSON object, got {type(d).__name__}", source)
+        model_type = d.get("model_type")
+        top: dict[str, Any] = {}
+        if model_type == "gemma4":
+            text = d.get("text_config")
+            if not isinstance(text, dict):
+                raise ConfigError("a 'gemma4' config needs a 'text_config' object"
+                                  + (" (it is null)" if "text_config" in d else " (it is missing)"), source,
+                                  "text_config")
+            prefix = "text_config."
+            text_type = text.get("model_type", "gemma4_text")
+            if text_type != "gemma4_text":
+                raise ConfigError(f"expected model_type 'gemma4_text', got {text_type!r}", source,
+                                  prefix + "model_type")
+            top = d
+        elif model_type == "gemma4_text":
+            text, prefix = d, ""
+        elif model_type is None:
+            raise ConfigError("missing; a Gemma 4 config.json has model_type 'gemma4' or 'gemma4_text'", source,
+                              "model_type")
+        else:
+            hint = ""
+            if isinstance(model_type, str) and model_type.startswith("gemma4_unified"):
+                hint = " (Gemma 4 'Unified' models are a separate model type, not supported)"
+            elif isinstance(model_type, str) and model_type.startswith("gemma"):
+                hint = " (an earlier Gemma generation)"
+            raise ConfigError(f"{model_type!r} is not a Gemma 4 text model; expected 'gemma4' or 'gemma4_text'{hint}",
+                              source, "model_type")
+
+        missing = [k for k in REQUIRED_KEYS if text.get(k) is None]
+        if missing:
+            raise ConfigError(f"required key(s) missing: {', '.join(prefix + k for k in missing)}", source,
+                              prefix + missing[0])
+
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in text:
+                kwargs[f.name] = text[f.name]
+            elif f.name in _NESTED_FALLBACK_KEYS and f.name in top:
+                kwargs[f.name] = top[f.name]
+        kwargs.pop("dtype", None)
+        for holder in (text, top):
+            dt = holder.get("dtype") or holder.get("torch_dtype")
+            if dt is not None:
+                kwargs["dtype"] = dt
+                break
+        if kwargs.get("moe_intermediate_size") is None and text.get("expert_intermediate_size") is not None:
+            kwargs["moe_intermediate_size"] = text["expert_intermediate_size"]
+        if "hidden_size_per_layer_input" not in text:
+            warnings.warn(f"{source}: no 'hidden_size_per_layer_input'; using transformers' class default 256 "
+                          "(per-layer embeddings ON). Released 31B/26B-A4B configs set it to 0.", stacklevel=2)
+
+        per_layer_config = text.get("per_layer_config")
+        if per_layer_config is not None:
+            kwargs.update(_per_layer_config_to_fields(text, per_layer_config, source, prefix))
+
+        try:
+            return cls(**kwargs, source=source)
+        except ConfigError as e:
+            if prefix and e.key:
+                raise ConfigError(e.detail, source, prefix + e.key) from None
+            raise
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "Gemma4Config":
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ConfigNotFoundError("config file does not exist", path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"invalid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path) from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
+        return cls.from_dict(d, source=path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "Gemma4Config":
+        """Read `path/config.json` (or `path` itself if it is a file); keyword arguments override fields."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            file = os.path.join(path, "config.json")
+            if not os.path.isfile(file):
+                raise ConfigNotFoundError("directory has no config.json", path)
+        elif os.path.isfile(path):
+            file = path
+        else:
+            raise ConfigNotFoundError("no such file or directory", path)
+        config = cls.from_json_file(file)
+        if overrides:
+            unknown = sorted(set(overrides) - _FIELD_NAMES)
+            if unknown:
+                raise TypeError(f"unknown Gemma4Config field(s): {', '.join(unknown)}")
+            config = dataclasses.replace(config, **overrides, source=file)
+        return config
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """The flat `gemma4_text` config.json form (architectures ["Gemma4ForCausalLM"]).
+
+        transformers 5.17 loads it into a Gemma4TextConfig equal to one built from the same values:
+        the full-layer overrides are written as `per_layer_config` exactly as 5.17 writes them
+        (zero-padded layer keys, only values that differ from the global ones), and also as the
+        legacy `global_head_dim` / `num_global_key_value_heads` so that versions before the
+        per_layer_config refactor read them too (5.17 pops and ignores the legacy keys when
+        per_layer_config is present).
+        """
+        self.layers  # validate  # noqa: B018
+        out: dict[str, Any] = {"architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text"}
+        for f in dataclasses.fields(self):
+            out[f.name] = copy.deepcopy(getattr(self, f.name))
+        out["per_layer_config"] = self.per_layer_config()
+        return out
+
+    def per_layer_config(self) -> dict[str, dict[str, int]]:
+        """Full-layer overrides in transformers 5.17's serialised `per_layer_config` form."""
+        overrides: dict[int, dict[str, int]] = {}
+        for i, t in enumerate(self.layer_types):
+            if t != FULL_ATTENTION:
+                continue
+            o = {}
+            if self.global_head_dim != self.head_dim:
+                o["head_dim"] = self.global_head_dim
+            kv = self.num_global_key_value_heads if self.attention_k_eq_v else None
+            if kv is not None and kv != self.num_key_value_heads:
+                o["num_key_value_heads"] = kv
+            if o:
+                overrides[i] = o
+        if not overrides:
+            return {}
+        width = len(str(max(overrides)))
+        return {str(i).zfill(width): o for i, o in overrides.items()}
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, directory: str | os.PathLike) -> str:
+        """Write `directory/config.json` (flat gemma4_text form); returns the file path."""
+        directory = os.fspath(directory)
+        if os.path.isfile(directory):
+            raise ConfigError("save_pretrained expects a directory, this is a file", directory)
+        os.makedirs(directory, exist_ok=True)
+        file = os.path.join(directory, "config.json")
+        with open(file, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+        return file
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def layers(self) -> list[LayerSpec]:
+        """One LayerSpec per decoder layer (validated; re-derived after a field changes)."""
+        layers = self.__dict__.get("_layers")
+        if layers is None:
+            layers = self._derive()
+        return layers
+
+    @property
+    def num_kv_layers(self) -> int:
+        """Layers that compute (and cache) their own K/V: L - num_kv_shared_layers."""
+        return sum(not spec.kv_shared for spec in self.layers)
+
+    @property
+    def first_kv_shared_layer(self) -> int | None:
+        """Index of the first KV-shared layer, or None."""
+        return next((spec.index for spec in self.layers if spec.kv_shared), None)
+
+    @property
+    def is_causal(self) -> bool:
+        """False only for use_bidirectional_attention == "all" (transformers' is_causal)."""
+        return self.use_bidirectional_attention != "all"
+
+    @property
+    def has_ple(self) -> bool:
+        return self.hidden_size_per_layer_input > 0
+
+    @property
+    def activation_op(self) -> str:
+        """Activation name for gemma4.ops.gated_activation / moe_experts ("gelu_tanh" or "silu")."""
+        return ACTIVATIONS[self.hidden_activation]
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        """`dtype` as a torch.dtype (None when the config names none)."""
+        return None if self.dtype is None else getattr(torch, self.dtype)
+
+    def rope_inv_freq(self, layer_type: str) -> torch.Tensor:
+        """float32 [head_dim_of_type // 2] (CPU) = transformers' `{layer_type}_inv_freq` buffer."""
+        for spec in self.layers:
+            if spec.layer_type == layer_type:
+                return spec.rope_inv_freq()
+        raise KeyError(f"no layer of type {layer_type!r} (layer_types holds {sorted(set(self.layer_types))})")
+
+    def _derive(self) -> list[LayerSpec]:
+        self._validate()
+        L, S = self.num_hidden_layers, self.num_kv_shared_layers
+        first_shared = L - S
+        types = self.layer_types
+        # The last non-shared layer of each type publishes its K/V for the shared layers.
+        source_of: dict[str, int] = {}
+        for i in range(max(first_shared, 0)):
+            source_of[types[i]] = i
+        readers: set[int] = set()
+        specs: list[LayerSpec] = []
+        cache_slots = 0
+        for i, t in enumerate(types):
+            sliding = t == SLIDING_ATTENTION
+            attn_shared = i >= first_shared >= 0  # transformers' Gemma4TextAttention
+            mlp_shared = i >= first_shared > 0  # transformers' Gemma4TextMLP
+            kv_source = source_of[t] if attn_shared else None
+            if kv_source is not None:
+                readers.add(kv_source)
+            rope = self.rope_parameters[t]
+            rope_type = rope["rope_type"]
+            proportional = rope_type == "proportional"
+            num_kv = self.num_key_value_heads
+            if not sliding and self.attention_k_eq_v and self.num_global_key_value_heads is not None:
+                num_kv = self.num_global_key_value_heads
+            specs.append(dict(
+                index=i,
+                layer_type=t,
+                is_sliding=sliding,
+                window=(self.effective_sliding_window if sliding else 0),
+                num_heads=self.num_attention_heads,
+                head_dim=self.head_dim if sliding else self.global_head_dim,
+                num_kv_heads=num_kv,
+                k_eq_v=self.attention_k_eq_v and not sliding,
+                kv_shared=attn_shared,
+                kv_source=kv_source,
+                cache_index=None if attn_shared else cache_slots,
+                intermediate_size=self.intermediate_size * (2 if self.use_double_wide_mlp and mlp_shared else 1),
+                has_ple=self.hidden_size_per_layer_input > 0,
+                has_moe=self.enable_moe_block,
+                rope_type=rope_type,
+                rope_theta=float(rope["rope_theta"]),
+                partial_rotary_factor=float(rope.get("partial_rotary_factor", 1.0)) if proportional else 1.0,
+                rope_factor=float(rope.get("factor", 1.0)) if proportional else 1.0,
+            ))
+            if not attn_shared:
+                cache_slots += 1
+        layers = [LayerSpec(stores_shared_kv=s["index"] in readers, **s) for s in specs]
+        self.__dict__["_layers"] = layers
+        return layers
+
+    @property
+    def effective_sliding_window(self) -> int:
+        """Window sliding layers use: sliding_window, or sliding_window // 2 + 1 for bidirectional "all"."""
+        if self.use_bidirectional_attention == "all":
+            return self.sliding_window // 2 + 1
+        return self.sliding_window
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        err = self._error
+        d = self.__dict__
+
+        def need_int(name, minimum, optional=False):
+            v = d[name]
+            if v is None and optional:
+                return
+            if not _is_int(v):
+                raise err(name, f"must be an integer{' or null' if optional else ''}, got {v!r}")
+            if v < minimum:
+                raise err(name, f"must be >= {minimum}, got {v}")
+
+        def need_bool(name):
+            if not isinstance(d[name], bool):
+                raise err(name, f"must be true or false, got {d[name]!r}")
+
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "global_head_dim", "sliding_window",
+                     "max_position_embeddings"):
+            need_int(name, 1)
+        for name in ("hidden_size_per_layer_input", "num_kv_shared_layers", "vocab_size_per_layer_input"):
+            need_int(name, 0)
+        for name in ("num_global_key_value_heads", "num_experts", "top_k_experts", "moe_intermediate_size"):
+            need_int(name, 1, optional=True)
+        for name in ("pad_token_id", "bos_token_id"):
+            need_int(name, 0, optional=True)
+        eos = d["eos_token_id"]
+        if not (eos is None or (_is_int(eos) and eos >= 0)
+                or (isinstance(eos, list) and eos and all(_is_int(x) and x >= 0 for x in eos))):
+            raise err("eos_token_id", f"must be a token id, a non-empty list of token ids, or null; got {eos!r}")
+        for name in ("attention_k_eq_v", "tie_word_embeddings", "attention_bias", "use_double_wide_mlp",
+                     "enable_moe_block", "use_cache"):
+            need_bool(name)
+        for name, lo in (("rms_norm_eps", 0.0), ("initializer_range", None), ("attention_dropout", None)):
+            v = d[name]
+            if not _is_number(v) or not math.isfinite(v) or v < 0 or (lo is not None and v <= lo):
+                raise err(name, f"must be a {'positive' if lo is not None else 'non-negative'} number, got {v!r}")
+        if d["attention_dropout"] >= 1:
+            raise err("attention_dropout", f"must be < 1, got {d['attention_dropout']}")
+        cap = d["final_logit_softcapping"]
+        if cap is not None and (not _is_number(cap) or not cap > 0):
+            raise err("final_logit_softcapping", f"must be a positive number or null, got {cap!r}")
+        if d["hidden_activation"] not in ACTIVATIONS:
+            raise err("hidden_activation", f"{d['hidden_activation']!r} is not supported "
+                      f"(supported: {', '.join(ACTIVATIONS)})")
+        if d["use_bidirectional_attention"] not in (None, "vision", "all"):
+            raise err("use_bidirectional_attention",
+                      f"must be null, 'vision' or 'all', got {d['use_bidirectional_attention']!r}")
+        if d["dtype"] is not None:
+            dt = getattr(torch, d["dtype"], None) if isinstance(d["dtype"], str) else None
+            if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+                raise err("dtype", f"must name a torch floating-point dtype (e.g. 'bfloat16'), got {d['dtype']!r}")
+
+        L = d["num_hidden_layers"]
+        types = _resolve_layer_types(d["layer_types"], L, self._source, "layer_types")
+        if types is not d["layer_types"]:  # edited after construction: keep the normalised list
+            d["layer_types"] = types
+
+        nh, nkv = d["num_attention_heads"], d["num_key_value_heads"]
+        if nh % nkv:
+            raise err("num_key_value_heads", f"{nkv} does not divide num_attention_heads {nh}")
+        ngkv = d["num_global_key_value_heads"]
+        if d["attention_k_eq_v"] and ngkv is not None and nh % ngkv:
+            raise err("num_global_key_value_heads", f"{ngkv} does not divide num_attention_heads {nh}")
+        for name in ("head_dim", "global_head_dim"):
+            if d[name] % 2:
+                raise err(name, f"must be even (RoPE rotates pairs), got {d[name]}")
+        if d["hidden_size_per_layer_input"] > 0 and d["vocab_size_per_layer_input"] < 1:
+            raise err("vocab_size_per_layer_input", "must be >= 1 when hidden_size_per_layer_input > 0")
+
+        S = d["num_kv_shared_layers"]
+        if S >= L:
+            raise err("num_kv_shared_layers", f"{S} must be smaller than num_hidden_layers {L} "
+                      "(at least one layer has to compute K/V)")
+        owners = set(types[: L - S])
+        for t in sorted(set(types[L - S:]) - owners):
+            raise err("num_kv_shared_layers", f"the last {S} layers share K/V, but no earlier layer of type "
+                      f"{t!r} computes K/V for them (layer_types[:{L - S}] has none)")
+
+        if d["enable_moe_block"]:
+            for name in ("num_experts", "top_k_experts", "moe_intermediate_size"):
+                if d[name] is None:
+                    raise err(name, "required when enable_moe_block is true")
+            if d["top_k_experts"] > d["num_experts"]:
+                raise err("top_k_experts", f"{d['top_k_experts']} exceeds num_experts {d['num_experts']}")
+
+        rope = d["rope_parameters"]
+        if not isinstance(rope, dict):
+            raise err("rope_parameters", f"must be an object keyed by layer type, got {rope!r}")
+        for t in sorted(set(types)):
+            p = rope.get(t)
+            key = f"rope_parameters.{t}"
+            if not isinstance(p, dict):
+                raise err(key, "missing (rope_parameters needs an entry for every layer type in layer_types)"
+                          if p is None else f"must be an object, got {p!r}")
+            if p.get("rope_type") not in ROPE_TYPES:
+                raise err(key + ".rope_type", f"{p.get('rope_type')!r} is not supported (supported: "
+                          f"{', '.join(ROPE_TYPES)})")
+            theta = p.get("rope_theta")
+            if not _is_number(theta) or not theta > 0:
+                raise err(key + ".rope_theta", f"must be a positive number, got {theta!r}")
+            prf = p.get("partial_rotary_factor", 1.0)
+            if prf is not None and (not _is_number(prf) or not 0 < prf <= 1):
+                raise err(key + ".partial_rotary_factor", f"must be in (0, 1], got {prf!r}")
+            if prf is None:
+                p["partial_rotary_factor"] = 1.0
+            fac = p.get("factor", 1.0)
+            if not _is_number(fac) or not fac > 0:
+                raise err(key + ".factor", f"must be a positive number, got {fac!r}")
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Gemma4Config))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _resolve_layer_types(layer_types, num_layers, source, key) -> list[str]:
+    """transformers' post-init: default 5:1 pattern; the last layer is forced to full attention."""
+    if not _is_int(num_layers) or num_layers < 1:
+        raise ConfigError(f"must be a positive integer, got {num_layers!r}", source, "num_hidden_layers")
+    if layer_types is None:
+        return [SLIDING_ATTENTION if (i + 1) % 6 else FULL_ATTENTION for i in range(num_layers)]
+    if not isinstance(layer_types, (list, tuple)):
+        raise ConfigError(f"must be a list of layer types, got {layer_types!r}", source, key)
+    if len(layer_types) != num_layers:
+        raise ConfigError(f"has {len(layer_types)} entries but num_hidden_layers is {num_layers}", source, key)
+    for i, t in enumerate(layer_types):
+        if t not in LAYER_TYPES:
+            raise ConfigError(f"entry {i} is {t!r}; expected 'sliding_attention' or 'full_attention'", source, key)
+    if layer_types[-1] != FULL_ATTENTION:
+        warnings.warn(f"{source}: the last layer must use full attention, got {layer_types[-1]!r}; forcing "
+                      "'full_attention' (as transformers does)", stacklevel=4)
+        layer_types = list(layer_types)
+        layer_types[-1] = FULL_ATTENTION
+    return list(layer_types) if isinstance(layer_types, tuple) else layer_types
+
+
+def _per_layer_config_to_fields(text: dict, per_layer_config: Any, source: str, prefix: str) -> dict[str, Any]:
+    """Turn transformers' `per_layer_config` into global_head_dim / num_global_key_value_heads.
+
+    Gemma 4's modules read only `head_dim` and `num_key_value_heads` per layer. Every released
+    model overrides them on full layers only, identically on all of them; anything else cannot be
+    a Gemma 4 checkpoint and is refused rather than silently misread.
+    """
+    key = prefix + "per_layer_config"
+    if not isinstance(per_layer_config, dict):
+        raise ConfigError(f"must be an object keyed by layer index, got {per_layer_config!r}", source, key)
+    L = text["num_hidden_layers"]
+    types = _resolve_layer_types(text.get("layer_types"), L, source, prefix + "layer_types")
+    head_dim, num_kv = text["head_dim"], text["num_key_value_heads"]
+    overrides: dict[int, dict] = {}
+    for raw_idx, o in per_layer_config.items():
+        k = f"{key}.{raw_idx}"
+        idx = raw_idx if _is_int(raw_idx) else (int(raw_idx) if isinstance(raw_idx, str) and raw_idx.isdigit() else None)
+        if idx is None or not 0 <= idx < L:
+            raise ConfigError(f"layer index must be an integer in [0, {L}), got {raw_idx!r}", source, k)
+        if idx in overrides:
+            raise ConfigError(f"layer {idx} appears twice", source, k)
+        if not isinstance(o, dict):
+            raise ConfigError(f"must be an object of overrides, got {o!r}", source, k)
+        for name, v in o.items():
+            if name not in PER_LAYER_KEYS:
+                raise ConfigError(f"per-layer override of {name!r} is not supported by Gemma 4 (only "
+                                  f"{', '.join(PER_LAYER_KEYS)})", source, f"{k}.{name}")
+            if not _is_int(v) or v < 1:
+                raise ConfigError(f"must be a positive integer, got {v!r}", source, f"{k}.{name}")
+        overrides[idx] = o
+    full = [i for i, t in enumerate(types) if t == FULL_ATTENTION]
+    for i, o in overrides.items():
+        if types[i] == SLIDING_ATTENTION and (o.get("head_dim", head_dim) != head_dim
+                                              or o.get("num_key_value_heads", num_kv) != num_kv):
+            raise ConfigError(f"overrides sliding layer {i}; Gemma 4 only overrides full-attention layers",
+                              source, f"{key}.{i}")
+    head_dims = {overrides.get(i, {}).get("head_dim", head_dim) for i in full}
+    kv_heads = {overrides.get(i, {}).get("num_key_value_heads", num_kv) for i in full}
+    if len(head_dims) > 1 or len(kv_heads) > 1:
+        raise ConfigError("full-attention layers must all have the same head_dim and num_key_value_heads "
+                          f"(got head_dim {sorted(head_dims)}, num_key_value_heads {sorted(kv_heads)})", source, key)
+    out: dict[str, Any] = {"global_head_dim": head_dims.pop() if head_dims else head_dim}
+    kv = kv_heads.pop() if kv_heads else num_kv
+    if kv != num_kv:
+        if text.get("attention_k_eq_v") is not True:
+            raise ConfigError("overrides num_key_value_heads of full layers, which Gemma 4 supports only with "
+                              "attention_k_eq_v (num_global_key_value_heads)", source, key)
+        out["num_global_key_value_heads"] = kv
+    else:
+        out["num_global_key_value_heads"] = None
+    legacy = text.get("global_head_dim")
+    if legacy is not None and legacy != out["global_head_dim"]:
+        warnings.warn(f"{source}: {prefix}global_head_dim={legacy} is ignored because per_layer_config is present "
+                      f"(full layers use head_dim {out['global_head_dim']}), as transformers does", stacklevel=3)
+    return out
