@@ -7,7 +7,7 @@ from torch import nn
 from gemma4 import ops
 
 from .attention import Gemma4Attention
-from .mlp import Gemma4Experts, Gemma4MLP, Gemma4Router, activation_name
+from .mlp import Gemma4Experts, Gemma4MLP, Gemma4Router
 from .norm import Gemma4RMSNorm
 
 
@@ -15,7 +15,7 @@ class Gemma4DecoderLayer(nn.Module):
     def __init__(self, config, spec):
         super().__init__()
         H, eps = config.hidden_size, config.rms_norm_eps
-        act = activation_name(config.hidden_activation)
+        act = config.activation_op  # "gelu_tanh" or "silu"
         self.spec = spec
         self.self_attn = Gemma4Attention(config, spec)
         self.mlp = Gemma4MLP(H, spec.intermediate_size, act)

@@ -8,18 +8,6 @@ from gemma4 import ops
 
 from .norm import Gemma4RMSNorm
 
-# transformers' activation names -> the gated_activation operator's names
-ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "silu": "silu", "swish": "silu"}
-
-
-def activation_name(hidden_activation: str) -> str:
-    try:
-        return ACTIVATIONS[hidden_activation]
-    except KeyError:
-        raise ValueError(f"hidden_activation {hidden_activation!r} is not supported; "
-                         f"expected one of {sorted(ACTIVATIONS)}") from None
-
-
 class Gemma4MLP(nn.Module):
     """down_proj(act(gate_proj(x)) * up_proj(x)); width I, or 2I in KV-shared layers of E2B."""
 

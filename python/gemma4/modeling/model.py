@@ -30,6 +30,8 @@ class Gemma4TextModel(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        if not config.is_causal:
+            raise NotImplementedError("use_bidirectional_attention='all' (bidirectional encoders) is not supported")
         self.config = config
         H = config.hidden_size
         self.embed_tokens = Gemma4ScaledEmbedding(config.vocab_size, H, config.pad_token_id, embed_scale=H**0.5)
