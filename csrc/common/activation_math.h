@@ -7,6 +7,9 @@
 #include <string>
 
 #include <c10/util/Exception.h>
+#if !defined(__CUDACC__)
+#include <ATen/cpu/vec/vec.h>  // the vectorized forms at the end (CPU kernels only)
+#endif
 
 namespace gemma4 {
 
@@ -48,5 +51,63 @@ template <typename T>
 inline T activate_grad(Activation a, T u) {
   return a == Activation::GeluTanh ? gelu_tanh_grad(u) : silu_grad(u);
 }
+
+// ---- Vectorized forms (CPU only), for at::vec::Vectorized<float> / Vectorized<double> ----------
+// Both activations are u * sigmoid(k(u)):  silu: k = u;  gelu_tanh: k = 2 sqrt(2/pi) (u + c u^3),
+// because 0.5 (1 + tanh(z)) = sigmoid(2z). This form needs one exp and one division and has no
+// cancellation, and the gradient follows from the same exp:
+//   s = 1 / (1 + e), e = exp(-k), 1 - s = e * s,   act' = s * (1 + u * (1 - s) * k'(u)).
+// The exp argument is clamped (80 for float, 700 for double) so e stays finite: then s underflows
+// gracefully to ~1e-35 instead of 0 and e * s never becomes inf * 0.
+#if !defined(__CUDACC__)
+
+inline at::vec::Vectorized<float> exp_for_sigmoid(const at::vec::Vectorized<float>& x) {
+  return at::vec::minimum(x, at::vec::Vectorized<float>(80.f)).exp();
+}
+inline at::vec::Vectorized<double> exp_for_sigmoid(const at::vec::Vectorized<double>& x) {
+  return at::vec::minimum(x, at::vec::Vectorized<double>(700.0)).exp();
+}
+
+// k(u) and k'(u) of the logistic form above.
+template <Activation Act, typename V>
+inline V activation_logit(const V& u) {
+  using A = typename V::value_type;
+  if constexpr (Act == Activation::Silu) {
+    return u;
+  } else {
+    constexpr A a = A(2 * 0.7978845608028654), b = A(2 * 0.7978845608028654 * 0.044715);
+    return u * at::vec::fmadd(V(b), u * u, V(a));  // u (a + b u^2)
+  }
+}
+template <Activation Act, typename V>
+inline V activation_logit_grad(const V& u) {
+  using A = typename V::value_type;
+  if constexpr (Act == Activation::Silu) {
+    return V(A(1));
+  } else {
+    constexpr A a = A(2 * 0.7978845608028654), b3 = A(3 * 2 * 0.7978845608028654 * 0.044715);
+    return at::vec::fmadd(V(b3), u * u, V(a));  // a + 3 b u^2
+  }
+}
+
+// act(u), vectorized.
+template <Activation Act, typename V>
+inline V activate_vec(const V& u) {
+  using A = typename V::value_type;
+  const V e = exp_for_sigmoid(V(A(0)) - activation_logit<Act>(u));
+  return u / (V(A(1)) + e);
+}
+
+// act(u) and act'(u) together (one exp), vectorized.
+template <Activation Act, typename V>
+inline void activate_and_grad_vec(const V& u, V& act, V& grad) {
+  using A = typename V::value_type;
+  const V one(A(1));
+  const V e = exp_for_sigmoid(V(A(0)) - activation_logit<Act>(u));
+  const V s = one / (one + e);
+  act = u * s;
+  grad = s * at::vec::fmadd(u * (e * s), activation_logit_grad<Act>(u), one);
+}
+#endif  // !__CUDACC__
 
 }  // namespace gemma4

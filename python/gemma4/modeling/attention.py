@@ -47,12 +47,14 @@ class Gemma4Attention(nn.Module):
         query = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # [B,T,nH,hd]
         query = ops.rope(self.q_norm(query), positions, inv_freq)  # [B,T,nH,hd]
         if self.spec.kv_shared:
-            key, value = shared_kv[self.spec.kv_source]  # [B,S,nKV,hd], full length incl. cached past
+            # the source layer's full-length K/V (cached past included) with its key mask and window
+            key, value, key_mask, window = shared_kv[self.spec.kv_source]
         else:
-            key, value = self.project_kv(x, positions, inv_freq)
+            key, value = self.project_kv(x, positions, inv_freq)  # [B,T,nKV,hd]
+            window = self.spec.window
             if cache is not None:
-                key, value = cache.update(self.spec.index, key, value)
+                key, value, key_mask, window = cache.update(self.spec, key, value, key_mask)
             if self.spec.stores_shared_kv:
-                shared_kv[self.spec.index] = (key, value)
-        out = ops.attention(query, key, value, key_mask, self.scaling, self.spec.window)  # [B,T,nH,hd]
+                shared_kv[self.spec.index] = (key, value, key_mask, window)
+        out = ops.attention(query, key, value, key_mask, self.scaling, window)  # [B,T,nH,hd]
         return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
