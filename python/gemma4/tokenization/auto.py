@@ -1,0 +1,259 @@
+"""AutoTokenizer.from_pretrained: builds a PreTrainedTokenizerFast from a local tokenizer directory.
+
+Files read (as transformers 5.17 reads them):
+
+- tokenizer.json (required): the `tokenizers` pipeline and its added tokens.
+- tokenizer_config.json (optional): special tokens (strings or AddedToken dicts), model-specific
+  tokens (any "*_token" entry, e.g. image_token), extra_special_tokens (list or dict),
+  added_tokens_decoder, padding_side, truncation_side, model_max_length, model_input_names,
+  clean_up_tokenization_spaces, split_special_tokens, chat_template (string or list of
+  {name, template}), tokenizer_class.
+- special_tokens_map.json (optional; read only when tokenizer_config.json has no
+  added_tokens_decoder, as in transformers).
+- chat_template.jinja (optional; wins over tokenizer_config.json's chat_template) and
+  additional_chat_templates/*.jinja (named templates).
+- config.json (optional): tokenizer_class / model_type when tokenizer_config.json names no class.
+
+add_bos_token / add_eos_token in tokenizer_config.json are ignored, as transformers 5.17 ignores
+them when a tokenizer.json is present: the post-processor of tokenizer.json decides (pass
+add_bos_token=... to from_pretrained, or set tok.add_bos_token, to override).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers.models import BPE
+
+from .tokenizer_fast import SPECIAL_TOKENS_ATTRIBUTES, GemmaTokenizerFast, PreTrainedTokenizerFast
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+MODEL_CONFIG_FILE = "config.json"
+
+# Model types whose registered transformers tokenizer class is GemmaTokenizer.
+_GEMMA_MODEL_TYPES = {"gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text", "recurrent_gemma",
+                      "shieldgemma2", "t5gemma", "diffusion_gemma"}
+
+
+class TokenizerLoadError(OSError):
+    """A tokenizer directory that cannot be read: missing directory or file, invalid JSON."""
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise TokenizerLoadError(f"{path}: invalid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerLoadError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise TokenizerLoadError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _added_token(obj):
+    """AddedToken dicts ({"__type": "AddedToken", ...}) -> AddedToken, recursively (transformers' convert_added_tokens)."""
+    if isinstance(obj, dict) and obj.get("__type") == "AddedToken":
+        obj = dict(obj)
+        obj.pop("__type")
+        return AddedToken(**obj)
+    if isinstance(obj, (list, tuple)):
+        return [_added_token(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _added_token(v) for k, v in obj.items()}
+    return obj
+
+
+def _token_dict(obj):
+    """A special token given as a plain dict without "__type" (transformers would reject it) -> AddedToken."""
+    if isinstance(obj, dict) and "content" in obj:
+        obj = {k: v for k, v in obj.items() if k != "__type"}
+        return AddedToken(**obj)
+    return obj
+
+
+def _resolve_class(directory: str, config: dict) -> str | None:
+    name = config.get("tokenizer_class")
+    if name is None:
+        path = os.path.join(directory, MODEL_CONFIG_FILE)
+        if os.path.isfile(path):
+            model_config = _read_json(path)
+            name = model_config.get("tokenizer_class")
+            if name is None and model_config.get("model_type") in _GEMMA_MODEL_TYPES:
+                name = "GemmaTokenizer"
+    return name.removesuffix("Fast") if isinstance(name, str) else None
+
+
+def _gemma_backend(tokenizer_file: str, kwargs: dict) -> tuple[RustTokenizer, dict]:
+    """transformers' GemmaTokenizer: rebuilds the pipeline around tokenizer.json's vocab and merges.
+
+    BPE with byte fallback and fuse_unk, spaces normalized to "▁", split on " " merged with the
+    previous piece, decoder "▁" -> " " + byte fallback + fuse; post-processor, padding and
+    truncation taken from tokenizer.json. Class defaults: <bos>/<eos>/<pad>/<unk>/<mask> and left
+    padding.
+    """
+    tokenizer_json = _read_json(tokenizer_file)
+    model = tokenizer_json.get("model", {})
+    if model.get("type") not in (None, "BPE"):
+        raise TokenizerLoadError(f"{tokenizer_file}: GemmaTokenizer needs a BPE model, found {model.get('type')}")
+    try:
+        from_file = RustTokenizer.from_file(tokenizer_file)
+    except Exception as e:  # the Rust error names no file
+        raise TokenizerLoadError(f"{tokenizer_file}: not a valid tokenizers file ({e})") from None
+    extra = {"post_processor": from_file.post_processor, "tokenizer_padding": from_file.padding,
+             "tokenizer_truncation": from_file.truncation}
+    vocab = model.get("vocab") or {}
+    if isinstance(vocab, list):
+        vocab = {(t[0] if isinstance(t, list) else t): i for i, t in enumerate(vocab)}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+    for key, default in (("unk_token", "<unk>"), ("bos_token", "<bos>"), ("eos_token", "<eos>"),
+                         ("pad_token", "<pad>"), ("mask_token", "<mask>")):
+        if kwargs.get(key) is None:
+            kwargs[key] = default
+    if not vocab:
+        vocab = {str(kwargs[k]): i for i, k in enumerate(("pad_token", "eos_token", "bos_token", "unk_token",
+                                                           "mask_token"))}
+    backend = RustTokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=str(kwargs["unk_token"]),
+                                dropout=None, byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    return backend, extra
+
+
+class AutoTokenizer:
+    """Loads a tokenizer directory (tokenizer.json + tokenizer_config.json + chat template).
+
+    >>> tok = AutoTokenizer.from_pretrained("path/to/gemma-4-E2B-it")
+    >>> ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+    ...                               return_tensors="pt")
+    """
+
+    def __init__(self):
+        raise EnvironmentError("AutoTokenizer is a loader: use AutoTokenizer.from_pretrained(directory)")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> PreTrainedTokenizerFast:
+        """Builds the tokenizer of a local directory; keyword arguments override tokenizer_config.json entries
+        (e.g. padding_side="left", chat_template=..., bos_token=...)."""
+        for ignored in ("use_fast", "trust_remote_code", "local_files_only", "revision", "cache_dir", "token"):
+            kwargs.pop(ignored, None)
+        directory = str(pretrained_model_name_or_path)
+        if not os.path.isdir(directory):
+            if os.path.exists(directory):
+                raise TokenizerLoadError(f"{directory}: not a directory (give the folder holding tokenizer.json)")
+            raise TokenizerLoadError(f"{directory}: no such directory (only local tokenizer folders are supported; "
+                                     "download the model first, e.g. with `huggingface-cli download`)")
+        path = lambda name: os.path.join(directory, name)  # noqa: E731
+        tokenizer_file = path(TOKENIZER_FILE)
+        if not os.path.isfile(tokenizer_file):
+            raise TokenizerLoadError(f"{tokenizer_file}: missing (gemma4.AutoTokenizer needs the `tokenizers` "
+                                     "serialization; sentencepiece-only folders are not supported)")
+
+        config = _read_json(path(TOKENIZER_CONFIG_FILE)) if os.path.isfile(path(TOKENIZER_CONFIG_FILE)) else {}
+        if not isinstance(config, dict):
+            raise TokenizerLoadError(f"{path(TOKENIZER_CONFIG_FILE)}: expected a JSON object")
+        tokenizer_class = _resolve_class(directory, config)
+        config.pop("tokenizer_class", None)
+        config.pop("init_inputs", None)
+        config.pop("auto_map", None)
+        # transformers 5.17 drops these when tokenizer.json exists (its post-processor decides).
+        config.pop("add_bos_token", None)
+        config.pop("add_eos_token", None)
+
+        templates = {}
+        if os.path.isfile(path(CHAT_TEMPLATE_FILE)):
+            templates["default"] = _read_text(path(CHAT_TEMPLATE_FILE))
+        template_dir = Path(directory, CHAT_TEMPLATE_DIR)
+        if template_dir.is_dir():
+            for f in sorted(template_dir.glob("*.jinja")):
+                templates[f.name.removesuffix(".jinja")] = _read_text(str(f))
+        if len(templates) == 1 and "default" in templates:
+            config["chat_template"] = templates["default"]
+        elif templates:
+            config["chat_template"] = templates
+
+        config.update(kwargs)
+        if "additional_special_tokens" in config:
+            config.setdefault("extra_special_tokens", config.pop("additional_special_tokens"))
+        model_specific = {k: config.pop(k) for k in list(config)
+                          if k not in SPECIAL_TOKENS_ATTRIBUTES and k.endswith("_token")
+                          and isinstance(config[k], (str, AddedToken))}
+        if isinstance(config.get("extra_special_tokens"), dict):
+            model_specific.update(config.pop("extra_special_tokens"))
+        if model_specific:
+            config["model_specific_special_tokens"] = model_specific
+
+        added_tokens_decoder: dict[int, AddedToken] = {}
+        added_tokens_map: dict[str, AddedToken] = {}
+        if "added_tokens_decoder" in config:
+            for idx, token in config.pop("added_tokens_decoder").items():
+                if isinstance(token, dict):
+                    token = AddedToken(**{k: v for k, v in token.items() if k != "__type"})
+                if not isinstance(token, AddedToken):
+                    raise TokenizerLoadError(f"{path(TOKENIZER_CONFIG_FILE)}: added_tokens_decoder[{idx}] should be "
+                                             f"a dict, found {type(token).__name__}")
+                added_tokens_decoder[int(idx)] = token
+                added_tokens_map[str(token)] = token
+        else:
+            if os.path.isfile(path(SPECIAL_TOKENS_MAP_FILE)):
+                special_map = _read_json(path(SPECIAL_TOKENS_MAP_FILE))
+                for key, value in special_map.items():
+                    if key in kwargs and kwargs[key]:
+                        continue
+                    if isinstance(value, dict) and key != "extra_special_tokens":
+                        value = {k: v for k, v in value.items() if k not in ("special", "__type")}
+                        value = AddedToken(**value, special=True)
+                    elif key == "extra_special_tokens" and isinstance(value, list):
+                        existing = list(config.get("extra_special_tokens") or [])
+                        for tok in value:
+                            tok = AddedToken(**tok, special=True) if isinstance(tok, dict) else tok
+                            if tok not in existing:
+                                existing.append(tok)
+                        value = existing
+                    config[key] = value
+                if isinstance(config.get("extra_special_tokens"), dict):
+                    config.setdefault("model_specific_special_tokens", {}).update(config.pop("extra_special_tokens"))
+            for entry in _read_json(tokenizer_file).get("added_tokens", []):
+                entry = dict(entry)
+                idx = entry.pop("id")
+                added_tokens_decoder[idx] = AddedToken(**entry)
+                added_tokens_map[str(added_tokens_decoder[idx])] = added_tokens_decoder[idx]
+
+        config = _added_token(config)
+        for key in SPECIAL_TOKENS_ATTRIBUTES:
+            if key in config and config[key] is not None:
+                config[key] = _token_dict(config[key])
+                if added_tokens_map:
+                    config[key] = added_tokens_map.get(str(config[key]), config[key])
+        if isinstance(config.get("model_specific_special_tokens"), dict):
+            config["model_specific_special_tokens"] = {
+                k: _token_dict(v) for k, v in config["model_specific_special_tokens"].items()}
+        if isinstance(config.get("extra_special_tokens"), list):
+            config["extra_special_tokens"] = [_token_dict(v) for v in config["extra_special_tokens"]]
+
+        extra = {}
+        if tokenizer_class == "GemmaTokenizer":
+            backend, extra = _gemma_backend(tokenizer_file, config)
+            tokenizer_cls = GemmaTokenizerFast
+        else:
+            tokenizer_cls = PreTrainedTokenizerFast
+            try:
+                backend = RustTokenizer.from_file(tokenizer_file)
+            except Exception as e:  # the Rust error names no file
+                raise TokenizerLoadError(f"{tokenizer_file}: not a valid tokenizers file ({e})") from None
+        config["name_or_path"] = directory
+        return tokenizer_cls(backend, added_tokens_decoder=added_tokens_decoder, **extra, **config)
