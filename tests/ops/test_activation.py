@@ -1,0 +1,161 @@
+"""gemma4::gated_activation and gated_activation_backward against reference.gated_activation
+(see csrc/activation/)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gemma4.ops import reference as ref
+from gemma4.ops.activation import gated_activation
+from tests.helpers import assert_lowp_close, tight_tol
+
+ops = torch.ops.gemma4
+LOWP = [torch.bfloat16, torch.float16]
+ACTS = ["gelu_tanh", "silu"]
+
+# Size-1, below / not a multiple of the vector width, Gemma 4 MLP widths, and more than one
+# parallel block (16384 elements) with a ragged tail.
+SHAPES = [(1,), (7,), (3, 37), (2, 5, 1023), (2, 6144), (5, 10007)]
+
+
+def _inputs(shape, dtype, scale=3.0):
+    gate = (torch.randn(shape, dtype=torch.float64) * scale).to(dtype)
+    up = torch.randn(shape, dtype=torch.float64).to(dtype)
+    return gate, up
+
+
+def _plain(gate, up, activation):
+    """Plain PyTorch in the inputs' dtype (what transformers' MLP does in bf16)."""
+    a = F.gelu(gate, approximate="tanh") if activation == "gelu_tanh" else F.silu(gate)
+    return a * up
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("activation", ACTS)
+def test_forward_full_precision(dtype, shape, activation):
+    gate, up = _inputs(shape, dtype)
+    torch.testing.assert_close(gated_activation(gate, up, activation), ref.gated_activation(gate, up, activation),
+                               **tight_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ACTS)
+def test_large_values(dtype, activation):
+    # Saturated tails (the exp argument is clamped there) and values around the knee.
+    gate = torch.cat([torch.linspace(-200, 200, 801), torch.randn(500) * 30, torch.tensor([0.0, -0.0, 1e-30])])
+    gate = gate.to(dtype)
+    up = torch.randn(gate.shape, dtype=dtype)
+    torch.testing.assert_close(gated_activation(gate, up, activation), ref.gated_activation(gate, up, activation),
+                               **tight_tol(dtype))
+    g = torch.randn(gate.shape, dtype=dtype)
+    ours = ops.gated_activation_backward(g, gate, up, activation)
+    gr, ur = gate.clone().requires_grad_(), up.clone().requires_grad_()
+    theirs = torch.autograd.grad(ref.gated_activation(gr, ur, activation), (gr, ur), g)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **tight_tol(dtype))
+
+
+def test_alias_gelu_pytorch_tanh():
+    gate, up = _inputs((4, 33), torch.float32)
+    torch.testing.assert_close(gated_activation(gate, up, "gelu_pytorch_tanh"), gated_activation(gate, up, "gelu_tanh"),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("shape", [(3, 37), (2, 6144), (5, 10007)])
+@pytest.mark.parametrize("activation", ACTS)
+def test_forward_low_precision(dtype, shape, activation):
+    gate, up = _inputs(shape, dtype)
+    ours = gated_activation(gate, up, activation)
+    assert ours.dtype == dtype
+    assert_lowp_close(ours, ref.gated_activation(gate.float(), up.float(), activation), _plain(gate, up, activation))
+
+
+def _grads(fn, gate, up, g):
+    gate, up = gate.detach().requires_grad_(), up.detach().requires_grad_()
+    return torch.autograd.grad(fn(gate, up), (gate, up), g)
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 37), (5, 10007)])
+@pytest.mark.parametrize("activation", ACTS)
+def test_backward_float32(shape, activation):
+    gate, up = _inputs(shape, torch.float32)
+    g = torch.randn(shape)
+    ours = _grads(lambda a, b: gated_activation(a, b, activation), gate, up, g)
+    theirs = _grads(lambda a, b: ref.gated_activation(a, b, activation), gate, up, g)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **tight_tol(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("activation", ACTS)
+def test_backward_low_precision(dtype, activation):
+    gate, up = _inputs((4, 3001), dtype)
+    g = torch.randn(4, 3001).to(dtype)
+    ours = _grads(lambda a, b: gated_activation(a, b, activation), gate, up, g)
+    hi = _grads(lambda a, b: ref.gated_activation(a, b, activation), gate.float(), up.float(), g.float())
+    plain = _grads(lambda a, b: _plain(a, b, activation), gate, up, g)
+    for o, h, p in zip(ours, hi, plain):
+        assert o.dtype == dtype
+        assert_lowp_close(o, h, p)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_gradcheck_float64(activation):
+    gate, up = _inputs((3, 11), torch.float64, scale=2.0)
+    assert torch.autograd.gradcheck(lambda a, b: gated_activation(a, b, activation),
+                                    (gate.requires_grad_(), up.requires_grad_()))
+
+
+def test_opcheck():
+    gate, up = _inputs((4, 19), torch.float32)
+    for activation in ACTS:
+        torch.library.opcheck(ops.gated_activation, (gate.requires_grad_(), up.requires_grad_(), activation))
+        torch.library.opcheck(ops.gated_activation_backward,
+                              (torch.randn(4, 19), gate.detach(), up.detach(), activation))
+
+
+def test_torch_compile_fullgraph():
+    gate, up = _inputs((3, 40), torch.float32)
+    gate.requires_grad_()
+    up.requires_grad_()
+    g = torch.randn(3, 40)
+    compiled = torch.compile(lambda a, b: gated_activation(a, b, "gelu_tanh") * 2.0, fullgraph=True)
+    out = compiled(gate, up)
+    cg = torch.autograd.grad(out, (gate, up), g)
+    eager = gated_activation(gate, up, "gelu_tanh") * 2.0
+    eg = torch.autograd.grad(eager, (gate, up), g)
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(cg, eg):
+        torch.testing.assert_close(a, b)
+
+
+def test_empty():
+    gate = torch.randn(0, 8)
+    assert gated_activation(gate, gate.clone()).shape == (0, 8)
+
+
+def test_bad_inputs():
+    gate, up = _inputs((4, 16), torch.float32)
+    with pytest.raises(RuntimeError, match="activation must be \"gelu_tanh\" or \"silu\", got \"relu\""):
+        ops.gated_activation(gate, up, "relu")
+    with pytest.raises(RuntimeError, match="activation must be"):
+        gated_activation(gate, up, "gelu")  # the exact gelu is not Gemma's: refuse it, do not guess
+    with pytest.raises(RuntimeError, match="activation must be"):
+        ops.gated_activation_backward(gate, gate, up, "tanh")
+    with pytest.raises(RuntimeError, match="up must have gate's shape"):
+        ops.gated_activation(gate, up[:, :15].contiguous(), "silu")
+    with pytest.raises(RuntimeError, match="up must have gate's dtype"):
+        ops.gated_activation(gate, up.double(), "silu")
+    with pytest.raises(RuntimeError, match="gate must be float32"):
+        ops.gated_activation(gate.int(), up.int(), "silu")
+    with pytest.raises(RuntimeError, match="gate must be contiguous"):
+        ops.gated_activation(torch.randn(16, 4).t(), up, "silu")
+    with pytest.raises(RuntimeError, match="up must be contiguous"):
+        ops.gated_activation(gate, torch.randn(16, 4).t(), "silu")
+    with pytest.raises(RuntimeError, match="grad_out must have gate's shape"):
+        ops.gated_activation_backward(torch.randn(4, 15), gate, up, "silu")
+    with pytest.raises(RuntimeError, match="grad_out must have gate's dtype"):
+        ops.gated_activation_backward(gate.half(), gate, up, "silu")
+    with pytest.raises(RuntimeError, match="activation must be"):
+        torch.compile(lambda a, b: gated_activation(a, b, "relu"), fullgraph=True, backend="aot_eager")(gate, up)
