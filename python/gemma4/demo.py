@@ -5,8 +5,8 @@ prompt of token ids and prints the five most likely next tokens and the time it 
 are random until a trained default model ships, so the predictions carry no meaning; the point is
 the path: config -> modules -> our C++ operators -> logits.
 
-    python -m gemma4.demo                        # preset small-e2b (E2B widths, 5 layers), float32
-    python -m gemma4.demo --preset tiny-e2b --dtype bfloat16 --threads 2
+    python -m gemma4.demo                        # preset small-e2b (E2B widths, 5 layers), bfloat16
+    python -m gemma4.demo --preset tiny-e2b --dtype float32 --threads 2
 """
 from __future__ import annotations
 
@@ -54,12 +54,16 @@ def random_init_(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> to
     return model
 
 
-def build_random_model(preset: str = DEFAULT_PRESET, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """Gemma4ForCausalLM for a preset, allocated without its (slow) default init, then random_init_."""
+def build_random_model(preset: str = DEFAULT_PRESET, dtype: torch.dtype | None = None, seed: int = 0):
+    """Gemma4ForCausalLM for a preset, allocated without its (slow) default init, then random_init_.
+
+    dtype None: the preset's own dtype (small-e2b: bfloat16), else float32.
+    """
     from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
     from gemma4.presets import get_preset  # noqa: PLC0415
 
     config = get_preset(preset)
+    dtype = dtype or config.torch_dtype or torch.float32
     with torch.device("meta"):  # no memory and no init yet; to_empty allocates, keeping ties
         model = Gemma4ForCausalLM(config)
     model = model.to(dtype).to_empty(device="cpu")  # dtype first: allocate once, at the final size
@@ -71,18 +75,18 @@ def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def run(preset: str = DEFAULT_PRESET, dtype: str = "float32", threads: int | None = 2, seed: int = 0,
+def run(preset: str = DEFAULT_PRESET, dtype: str | None = None, threads: int | None = 2, seed: int = 0,
         prompt: list[int] | None = None, top_k: int = 5) -> dict:
     """Build, run one forward pass, print the top-k next tokens; returns what it printed as data."""
     import gemma4  # noqa: PLC0415  (loads the operators; fails with a 'rebuild' message if stale)
 
     if threads:
         torch.set_num_threads(threads)
-    torch_dtype = _DTYPES[dtype]
     t0 = time.perf_counter()
-    model = build_random_model(preset, torch_dtype, seed)
+    model = build_random_model(preset, _DTYPES[dtype] if dtype else None, seed)
     build_s = time.perf_counter() - t0
     cfg = model.config
+    dtype = str(model.dtype).removeprefix("torch.")
     ids = [i % cfg.vocab_size for i in (prompt or DEFAULT_PROMPT)]
     input_ids = torch.tensor([ids])  # [1, T]
 
@@ -115,7 +119,8 @@ def run(preset: str = DEFAULT_PRESET, dtype: str = "float32", threads: int | Non
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"model preset (default {DEFAULT_PRESET})")
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="model dtype (default float32)")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES),
+                        help="model dtype (default: the preset's, small-e2b: bfloat16; else float32)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2; 0: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--prompt", type=lambda s: [int(x) for x in s.replace(",", " ").split()],
