@@ -1,0 +1,122 @@
+"""transformers-style entry points: AutoConfig and AutoModelForCausalLM (local directories only).
+
+    config = AutoConfig.from_pretrained("path/to/gemma-4-E2B-it")
+    model = AutoModelForCausalLM.from_pretrained("path/to/gemma-4-E2B-it", dtype=torch.bfloat16, device="cuda")
+    model = AutoModelForCausalLM.from_config(get_preset("tiny-e2b"))
+
+Every Gemma 4 checkpoint (Gemma4ForConditionalGeneration or Gemma4ForCausalLM, nested or flat
+config) loads into our text-only Gemma4ForCausalLM; vision/audio towers are skipped.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .config import Gemma4Config
+
+__all__ = ["AutoConfig", "AutoModelForCausalLM"]
+
+# transformers from_pretrained arguments that change nothing here (local safetensors, our kernels).
+_IGNORED_KWARGS = frozenset({"trust_remote_code", "low_cpu_mem_usage", "local_files_only", "attn_implementation",
+                             "use_safetensors", "_fast_init", "offload_state_dict", "revision"})
+
+
+def _config_from(config: Any) -> Gemma4Config:
+    if isinstance(config, Gemma4Config):
+        return config
+    if isinstance(config, dict):
+        return Gemma4Config.from_dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return Gemma4Config.from_pretrained(config)
+    if hasattr(config, "to_dict"):  # a transformers Gemma4TextConfig / Gemma4Config
+        return Gemma4Config.from_dict(config.to_dict(), source=f"{type(config).__name__} object")
+    raise TypeError(f"expected a Gemma4Config, a config dict or a path, got {type(config).__name__}")
+
+
+class AutoConfig:
+    """`AutoConfig.from_pretrained(path)` -> Gemma4Config (path: directory or config.json)."""
+
+    def __init__(self):
+        raise TypeError("use AutoConfig.from_pretrained(path)")
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike, **overrides: Any) -> Gemma4Config:
+        return Gemma4Config.from_pretrained(path, **overrides)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Gemma4Config:
+        return Gemma4Config.from_dict(d)
+
+
+class AutoModelForCausalLM:
+    """Builds gemma4.modeling.Gemma4ForCausalLM from a checkpoint directory or a config."""
+
+    def __init__(self):
+        raise TypeError("use AutoModelForCausalLM.from_pretrained(path) or .from_config(config)")
+
+    @staticmethod
+    def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None,
+                        device_map: Any = None, progress: bool = True, config: Any = None, **kwargs: Any):
+        """Load a local Hugging Face-layout Gemma 4 checkpoint.
+
+        dtype / torch_dtype: torch dtype, its name, or "auto"/None (= config.json's dtype, else the
+            checkpoint's; transformers 5.17's default). device: "cpu" (default), "cuda", "cuda:1",
+            "auto"; `device_map` is accepted as a synonym when it names one device.
+        Other keyword arguments that are Gemma4Config fields override config.json values
+        (e.g. `final_logit_softcapping=None`); transformers-only switches such as
+        `trust_remote_code` or `attn_implementation` are accepted and ignored.
+        """
+        from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
+        from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
+
+        if device_map is not None:
+            if isinstance(device_map, dict):
+                raise ValueError("device_map as a dict (splitting the model over devices) is not supported; pass "
+                                 "one device, e.g. device='cuda'")
+            if device is not None and torch.device(device) != torch.device(_auto(device_map)):
+                raise ValueError(f"device={device!r} and device_map={device_map!r} disagree")
+            device = device if device is not None else device_map
+        if kwargs.pop("use_safetensors", None) is False:
+            raise ValueError("gemma4 loads safetensors only (use_safetensors=False would mean unpickling)")
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in Gemma4Config.__dataclass_fields__}
+        unknown = sorted(k for k in kwargs if k not in _IGNORED_KWARGS)
+        if unknown:
+            raise TypeError(f"from_pretrained got unexpected keyword argument(s): {', '.join(unknown)}")
+        if config is not None:
+            config = _config_from(config)
+        if overrides:
+            import dataclasses  # noqa: PLC0415
+
+            base = config if config is not None else Gemma4Config.from_pretrained(path)
+            config = dataclasses.replace(base, **overrides, source=os.fspath(path))
+        return load_pretrained(Gemma4ForCausalLM, path, dtype=dtype, torch_dtype=torch_dtype, device=device,
+                               progress=progress, config=config)
+
+    @staticmethod
+    def from_config(config: Any, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None):
+        """A freshly initialised model (random weights) from a Gemma4Config, config dict, path or preset name."""
+        from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
+
+        if isinstance(config, str) and not os.path.exists(config):
+            from gemma4.presets import PRESETS, get_preset  # noqa: PLC0415
+
+            if config in PRESETS:
+                config = get_preset(config)
+        config = _config_from(config)
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree")
+        dtype = dtype if dtype is not None else torch_dtype
+        if isinstance(dtype, str):
+            dtype = config.torch_dtype if dtype == "auto" else getattr(torch, dtype)
+        model = Gemma4ForCausalLM(config)
+        if dtype is not None or device is not None:
+            model = model.to(device=None if device is None else torch.device(_auto(device)), dtype=dtype)
+        return model
+
+
+def _auto(device: Any) -> Any:
+    if isinstance(device, str) and device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

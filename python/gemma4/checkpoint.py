@@ -1,0 +1,511 @@
+"""Hugging Face-layout checkpoints: load into and save from our Gemma4ForCausalLM. Safetensors only.
+
+Loading (`load_pretrained`):
+  1. read config.json (`Gemma4Config.from_pretrained`; both the nested "gemma4" and flat
+     "gemma4_text" forms) and every safetensors header (our own parser: truncated or corrupt files
+     are reported before any memory is touched);
+  2. map checkpoint names to model names (explicit table below) and check every key, shape and
+     dtype against the model built on the meta device: one CheckpointError lists everything missing
+     or unexpected;
+  3. `model.to(dtype)` on meta, `model.to_empty(device)`, then copy tensors one at a time straight
+     into their final dtype and device (peak memory ~ model size), with a progress bar;
+  4. `model.tie_weights()`, `model.init_non_persistent_buffers()`, `model.eval()`.
+
+Key mapping (checkpoint -> model):
+  model.language_model.X   -> model.X    Gemma4ForConditionalGeneration (all Google repos)
+  model.X                  -> model.X    Gemma4ForCausalLM (text-only saves)
+  lm_head.weight           -> lm_head.weight (optional when tied to model.embed_tokens.weight)
+  model.vision_tower.*, model.embed_vision.*, model.audio_tower.*, model.embed_audio.*: skipped
+  model.layers.{i}.self_attn.{k_proj,v_proj,k_norm,v_norm}.* of KV-shared layers i: skipped
+      (Google's E2B/E4B uploads carry these unused tensors; transformers ignores them too)
+
+dtype (as transformers 5.17's from_pretrained): None or "auto" -> the config's `dtype`
+(`torch_dtype`), else the dtype of the first floating-point tensor in the checkpoint; a torch.dtype
+or its name ("bfloat16") is used as given. `torch_dtype=` is the older spelling of `dtype=`.
+
+Saving (`save_pretrained`): config.json in the flat Gemma4ForCausalLM form and model.safetensors
+(or model-0000i-of-0000N.safetensors + model.safetensors.index.json above `max_shard_size`) with
+keys `model.*`, without lm_head.weight when it is tied, as transformers writes them;
+transformers' Gemma4ForCausalLM.from_pretrained loads the result.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+from .config import Gemma4Config
+from .errors import CheckpointError, CheckpointNotFoundError
+
+__all__ = [
+    "load_pretrained",
+    "save_pretrained",
+    "resolve_dtype",
+    "read_safetensors_header",
+    "checkpoint_files",
+    "map_checkpoint_key",
+    "SAFE_WEIGHTS_NAME",
+    "SAFE_WEIGHTS_INDEX_NAME",
+]
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+CONFIG_NAME = "config.json"
+
+# Prefixes of the text model in checkpoints, most specific first.
+CONDITIONAL_PREFIX = "model.language_model."
+CAUSAL_PREFIX = "model."
+# Multimodal towers of Gemma4ForConditionalGeneration checkpoints: not part of the text model.
+SKIPPED_PREFIXES = ("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.")
+# Projections a KV-shared layer does not have (present, unused, in Google's original uploads).
+SHARED_KV_UNUSED = ("k_proj", "v_proj", "k_norm", "v_norm")
+
+# safetensors dtype codes -> (torch dtype, bytes per element). Unknown codes are reported, not guessed.
+_ST_DTYPES: dict[str, tuple[torch.dtype | None, int]] = {
+    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+    "F8_E4M3": (getattr(torch, "float8_e4m3fn", None), 1), "F8_E5M2": (getattr(torch, "float8_e5m2", None), 1),
+    "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
+    "U64": (getattr(torch, "uint64", None), 8), "U32": (getattr(torch, "uint32", None), 4),
+    "U16": (getattr(torch, "uint16", None), 2), "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as a safetensors header describes it."""
+
+    file: str
+    key: str
+    dtype_code: str
+    dtype: torch.dtype | None
+    shape: tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------------------- files
+def read_safetensors_header(path: str) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Parse and validate a .safetensors header without reading tensor data.
+
+    Returns ({key: TensorEntry}, metadata). Raises CheckpointError naming the file (and tensor) for
+    a file that is truncated, has a corrupt header, or whose offsets do not fit its data.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"truncated or not a safetensors file ({size} bytes; the 8-byte header "
+                                      "length is missing)", path)
+            n = int.from_bytes(head, "little")
+            if n > _MAX_HEADER_BYTES or n > size - 8:
+                raise CheckpointError(f"corrupt or truncated safetensors file: header length {n} does not fit the "
+                                      f"file's {size} bytes", path)
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"cannot read: {e.strerror or e}", path) from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt safetensors header (not valid JSON: {e})", path) from None
+    if not isinstance(header, dict):
+        raise CheckpointError("corrupt safetensors header (not a JSON object)", path)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError("corrupt safetensors header (__metadata__ is not an object)", path)
+    data_len = size - 8 - n
+    entries: dict[str, TensorEntry] = {}
+    for key, info in header.items():
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise CheckpointError("corrupt safetensors header entry (needs dtype, shape, data_offsets)", path, key)
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if code not in _ST_DTYPES:
+            raise CheckpointError(f"unknown safetensors dtype {code!r}", path, key)
+        dtype, itemsize = _ST_DTYPES[code]
+        if (not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+            raise CheckpointError(f"corrupt safetensors header entry (shape {shape!r}, data_offsets {offsets!r})",
+                                  path, key)
+        nbytes = math.prod(shape) * itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise CheckpointError(f"corrupt safetensors header: shape {shape} of {code} needs {nbytes} bytes but "
+                                  f"data_offsets span {offsets[1] - offsets[0]}", path, key)
+        if offsets[1] > data_len:
+            raise CheckpointError(f"truncated safetensors file: the tensor ends at data byte {offsets[1]} but the "
+                                  f"file holds only {data_len} data bytes", path, key)
+        entries[key] = TensorEntry(path, key, code, dtype, tuple(shape))
+    return entries, metadata
+
+
+def checkpoint_files(path: str | os.PathLike) -> tuple[list[str], str | None]:
+    """The safetensors files of a checkpoint directory: ([model.safetensors], None) or (shards, index path).
+
+    As transformers: a single model.safetensors wins over an index. Raises CheckpointNotFoundError
+    for a missing directory or shard, CheckpointError for a bad index or a pickle-only checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        hint = ""
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+            hint = (" (it looks like a Hugging Face Hub id: download it first, e.g. `huggingface-cli download "
+                    f"{path} --local-dir <dir>`, and pass the directory)")
+        raise CheckpointNotFoundError(f"no such checkpoint directory{hint}", path)
+    if not os.path.isdir(path):
+        raise CheckpointError("expected a checkpoint directory (with config.json and model.safetensors), got a "
+                              "file", path)
+    single = os.path.join(path, SAFE_WEIGHTS_NAME)
+    index = os.path.join(path, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(single):
+        return [single], None
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f).get("weight_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise CheckpointError(f"invalid index file ({e})", index) from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError("index has no 'weight_map' object", index)
+        files: list[str] = []
+        for key, name in weight_map.items():
+            if not isinstance(name, str) or os.path.basename(name) != name or not name:
+                raise CheckpointError(f"weight_map names an invalid shard file {name!r}", index, key)
+            shard = os.path.join(path, name)
+            if shard not in files:
+                if not os.path.isfile(shard):
+                    raise CheckpointNotFoundError(f"weight_map names shard {name!r}, which does not exist in {path}",
+                                                  index, key)
+                files.append(shard)
+        return files, index
+    pickles = sorted(f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    if pickles:
+        raise CheckpointError(f"holds only pickle files ({', '.join(pickles)}); gemma4 loads safetensors only and "
+                              "never unpickles. Convert them with a trusted tool (e.g. transformers' "
+                              "save_pretrained(safe_serialization=True)).", path)
+    raise CheckpointNotFoundError(f"no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME} in the directory", path)
+
+
+def _read_headers(files: list[str], index: str | None) -> dict[str, TensorEntry]:
+    entries: dict[str, TensorEntry] = {}
+    for file in files:
+        file_entries, _ = read_safetensors_header(file)
+        for key, e in file_entries.items():
+            if key in entries:
+                raise CheckpointError(f"tensor stored twice (also in {os.path.basename(entries[key].file)})", file, key)
+            entries[key] = e
+    if index is not None:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        for key, name in weight_map.items():
+            e = entries.get(key)
+            if e is None or os.path.basename(e.file) != name:
+                where = f"it is in {os.path.basename(e.file)}" if e else "no shard has it"
+                raise CheckpointError(f"index places the tensor in {name!r} but {where}", index, key)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------- names
+def map_checkpoint_key(key: str) -> str | None:
+    """Checkpoint tensor name -> our model's state_dict name; None for multimodal tensors to skip."""
+    if key.startswith(SKIPPED_PREFIXES):
+        return None
+    if key.startswith(CONDITIONAL_PREFIX):
+        return CAUSAL_PREFIX + key[len(CONDITIONAL_PREFIX):]
+    return key  # model.* and lm_head.weight are already our names; anything else is reported unexpected
+
+
+def _shared_kv_unused(config: Gemma4Config) -> re.Pattern:
+    shared = [str(spec.index) for spec in config.layers if spec.kv_shared]
+    if not shared:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile(r"model\.layers\.(%s)\.self_attn\.(%s)\.(weight|bias)$" % ("|".join(shared),
+                                                                              "|".join(SHARED_KV_UNUSED)))
+
+
+def _tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """{alias name: canonical name} for parameters shared between modules (lm_head -> embed_tokens)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    aliases = {}
+    for names in groups.values():
+        if len(names) > 1:
+            canonical = sorted(names, key=lambda n: (n.startswith("lm_head."), names.index(n)))[0]
+            aliases.update({n: canonical for n in names if n != canonical})
+    return aliases
+
+
+def _summarise(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------- dtype
+def _as_dtype(value: Any, argument: str) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        dt = value
+    elif isinstance(value, str):
+        dt = getattr(torch, value.removeprefix("torch."), None)
+        if not isinstance(dt, torch.dtype):
+            raise CheckpointError(f"{argument}={value!r} is not 'auto' or the name of a torch dtype", argument)
+    else:
+        raise CheckpointError(f"{argument} must be a torch.dtype, a dtype name or 'auto', got {value!r}", argument)
+    if not dt.is_floating_point:
+        raise CheckpointError(f"{argument}={dt} is not a floating-point dtype (use float32, bfloat16, float16 or "
+                              "float64)", argument)
+    return dt
+
+
+def resolve_dtype(dtype: Any, torch_dtype: Any, config: Gemma4Config,
+                  entries: dict[str, TensorEntry] | None = None) -> torch.dtype:
+    """The dtype to load in, following transformers 5.17's rules (None means "auto")."""
+    if dtype is not None and torch_dtype is not None:
+        a = dtype if isinstance(dtype, str) and dtype == "auto" else _as_dtype(dtype, "dtype")
+        b = torch_dtype if isinstance(torch_dtype, str) and torch_dtype == "auto" else _as_dtype(torch_dtype,
+                                                                                                 "torch_dtype")
+        if a != b:
+            raise CheckpointError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree (torch_dtype is the "
+                                  "old name of dtype; pass one)", "dtype")
+    wanted = dtype if dtype is not None else torch_dtype
+    if wanted is None or (isinstance(wanted, str) and wanted == "auto"):
+        if config.dtype is not None:
+            return _as_dtype(config.dtype, "config.json dtype")
+        for key in sorted(entries or {}):
+            e = entries[key]
+            if e.dtype is not None and e.dtype.is_floating_point and map_checkpoint_key(key) is not None:
+                return e.dtype
+        return torch.get_default_dtype()
+    return _as_dtype(wanted, "dtype")
+
+
+# ---------------------------------------------------------------------------------------- load
+def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, device: Any = None,
+                    torch_dtype: Any = None, progress: bool = True, config: Gemma4Config | None = None):
+    """Build `model_cls(config)` from a Hugging Face-layout checkpoint directory.
+
+    path: directory with config.json and model.safetensors, or shards + model.safetensors.index.json
+        (Gemma4ForConditionalGeneration or Gemma4ForCausalLM layout).
+    dtype / torch_dtype: torch dtype, its name, "auto" or None (= "auto", as transformers).
+    device: where the weights go (default "cpu"; "auto" = cuda when available).
+    config: use this config instead of path/config.json.
+    The model class must accept `model_cls(config)` and provide `tie_weights()` and
+    `init_non_persistent_buffers()` (derived buffers such as RoPE frequencies).
+    Raises CheckpointError / ConfigError (ValueError subclasses) naming the file and key.
+    """
+    path = os.fspath(path)
+    files, index = checkpoint_files(path)
+    config_file = os.path.join(path, CONFIG_NAME)
+    if config is None:
+        if not os.path.isfile(config_file):
+            raise CheckpointNotFoundError("checkpoint directory has no config.json", path)
+        config = Gemma4Config.from_pretrained(config_file)
+        _refuse_quantized(config_file)
+    entries = _read_headers(files, index)
+    target_dtype = resolve_dtype(dtype, torch_dtype, config, entries)
+    target_device = _resolve_device(device)
+
+    config.dtype = str(target_dtype).removeprefix("torch.")
+    with torch.device("meta"):
+        model = model_cls(config)
+    model.to(target_dtype)
+    aliases = _tied_aliases(model)
+    plan = _plan(model, config, entries, aliases, index or files[0])
+
+    model.to_empty(device=target_device)
+    live = model.state_dict(keep_vars=True)
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    total = sum(len(v) for v in plan.values())
+    with torch.no_grad(), tqdm(total=total, desc="Loading checkpoint", unit="tensor", disable=not progress) as bar:
+        from safetensors import safe_open  # noqa: PLC0415
+
+        for file, items in plan.items():
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for ckpt_key, model_key in items:
+                    try:
+                        tensor = f.get_tensor(ckpt_key)
+                    except Exception as e:  # safetensors raises its own error types
+                        raise CheckpointError(f"cannot read the tensor ({e})", file, ckpt_key) from None
+                    live[model_key].copy_(tensor)
+                    del tensor
+                    bar.update(1)
+
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    init = getattr(model, "init_non_persistent_buffers", None)
+    if init is not None:
+        init()
+    elif _has_non_persistent_buffers(model):
+        raise TypeError(f"{model_cls.__name__} has non-persistent buffers but no init_non_persistent_buffers(); "
+                        "after to_empty() they would hold garbage")
+    _check_ties(model, aliases)
+    return model.eval()
+
+
+def _resolve_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _refuse_quantized(config_file: str) -> None:
+    with open(config_file, encoding="utf-8") as f:
+        raw = json.load(f)
+    q = raw.get("quantization_config") or (raw.get("text_config") or {}).get("quantization_config")
+    if q:
+        method = q.get("quant_method", "?") if isinstance(q, dict) else "?"
+        raise CheckpointError(f"quantized checkpoint (quant_method {method!r}) cannot be loaded as float weights",
+                              config_file, "quantization_config")
+
+
+def _plan(model: torch.nn.Module, config: Gemma4Config, entries: dict[str, TensorEntry], aliases: dict[str, str],
+          where: str) -> dict[str, list[tuple[str, str]]]:
+    """Check the checkpoint against the (meta) model; return {file: [(checkpoint key, model key)]}.
+
+    `where` names the checkpoint in errors about missing tensors (the single file or the index).
+    """
+    expected = model.state_dict(keep_vars=True)
+    unused = _shared_kv_unused(config)
+    plan: dict[str, list[tuple[str, str]]] = {}
+    found: dict[str, str] = {}  # model key -> checkpoint key
+    unexpected: list[TensorEntry] = []
+    for key in sorted(entries):
+        e = entries[key]
+        model_key = map_checkpoint_key(key)
+        if model_key is None:
+            continue
+        if model_key in found:
+            raise CheckpointError(f"tensor maps to {model_key!r} like {found[model_key]!r}; the checkpoint mixes the "
+                                  "model.language_model. and model. prefixes", e.file, key)
+        found[model_key] = key
+        if model_key not in expected:
+            if not unused.match(model_key):
+                unexpected.append(e)
+            continue
+        target = expected[model_key]
+        if tuple(target.shape) != e.shape:
+            raise CheckpointError(f"shape {list(e.shape)} in the checkpoint, the model expects {list(target.shape)} "
+                                  f"(as {model_key})", e.file, key)
+        if e.dtype is None or (target.is_floating_point() != e.dtype.is_floating_point):
+            raise CheckpointError(f"dtype {e.dtype_code} cannot be loaded into {model_key} ({target.dtype}); "
+                                  "quantized or integer checkpoints are not supported", e.file, key)
+        if model_key in aliases:
+            continue  # tied to its canonical tensor, which is loaded instead
+        plan.setdefault(e.file, []).append((key, model_key))
+    if unexpected:
+        first = unexpected[0]
+        raise CheckpointError(f"{len(unexpected)} tensor(s) the model does not have: "
+                              f"{_summarise(e.key for e in unexpected)}", first.file, first.key)
+    missing = [k for k in expected if k not in found and k not in aliases]
+    if missing:
+        raise CheckpointError(f"{len(missing)} tensor(s) the model needs are missing: {_summarise(missing)}",
+                              where, missing[0])
+    return plan
+
+
+def _has_non_persistent_buffers(model: torch.nn.Module) -> bool:
+    persistent = set(model.state_dict().keys())
+    return any(name not in persistent for name, _ in model.named_buffers())
+
+
+def _check_ties(model: torch.nn.Module, aliases: dict[str, str]) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for alias, canonical in aliases.items():
+        if params[alias].data_ptr() != params[canonical].data_ptr():
+            raise RuntimeError(f"{type(model).__name__}.tie_weights() did not tie {alias} to {canonical} again "
+                               "after to_empty()")
+
+
+# ---------------------------------------------------------------------------------------- save
+def parse_size(size: int | str) -> int:
+    """'5GB' -> 5*10**9, '500MiB' -> 500*2**20, ints pass through (bytes)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size <= 0:
+            raise ValueError(f"max_shard_size must be positive, got {size}")
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(size), flags=re.IGNORECASE)
+    if not m:
+        raise ValueError(f"max_shard_size must be bytes or a size like '5GB', got {size!r}")
+    unit = (m.group(2) or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+            "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    value = int(float(m.group(1)) * mult)
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {size!r}")
+    return value
+
+
+def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, max_shard_size: int | str = "5GB",
+                    safe_serialization: bool = True) -> None:
+    """Write config.json + model.safetensors (or shards + index) in Gemma4ForCausalLM's layout."""
+    if not safe_serialization:
+        raise ValueError("gemma4 writes safetensors only (safe_serialization=False would mean pickle)")
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        raise CheckpointError("save_pretrained expects a directory, this is a file", path)
+    os.makedirs(path, exist_ok=True)
+    limit = parse_size(max_shard_size)
+
+    config = model.config
+    if not isinstance(config, Gemma4Config):
+        config = Gemma4Config.from_dict(config.to_dict(), source=f"{type(model).__name__}.config")
+    state = model.state_dict()
+    aliases = _tied_aliases(model)
+    tensors: dict[str, torch.Tensor] = {k: t for k, t in state.items() if k not in aliases}
+    float_dtypes = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    config_dict = config.to_dict()
+    if float_dtypes:
+        config_dict["dtype"] = str(max(set(float_dtypes), key=float_dtypes.count)).removeprefix("torch.")
+
+    # Greedy sharding in state_dict order; a tensor larger than the limit gets a shard of its own.
+    shards: list[list[str]] = [[]]
+    current = 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and current + nbytes > limit:
+            shards.append([])
+            current = 0
+        shards[-1].append(key)
+        current += nbytes
+
+    names = ([SAFE_WEIGHTS_NAME] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    # Remove files of an earlier save that this one would leave stale.
+    stale = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$")
+    for f in os.listdir(path):
+        if stale.fullmatch(f) and f not in names:
+            os.remove(os.path.join(path, f))
+
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    for name, keys in zip(names, shards):
+        shard: dict[str, torch.Tensor] = {}
+        seen_storage: set[tuple[int, int]] = set()
+        for key in keys:
+            t = tensors[key].detach()
+            t = t.to("cpu").contiguous()
+            storage = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            if storage in seen_storage or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+                t = t.clone()  # views of one storage must be written as separate tensors
+            seen_storage.add((t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()))
+            shard[key] = t
+            weight_map[key] = name
+            total_size += t.numel() * t.element_size()
+        save_file(shard, os.path.join(path, name), metadata={"format": "pt"})
+        del shard
+    if len(shards) > 1:
+        with open(os.path.join(path, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}, f,
+                      indent=2)
+            f.write("\n")
+    with open(os.path.join(path, CONFIG_NAME), "w", encoding="utf-8") as f:
+        f.write(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
