@@ -1,0 +1,188 @@
+// Shared pieces of the MoE expert kernels (moe_experts_cpu.cpp, moe_experts_backward_cpu.cpp):
+// argument checks, the grouping of (token, slot) pairs by expert, work splitting, and the
+// vectorized activation.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "common/activation_math.h"
+#include "common/checks.h"
+#include "moe/moe_gemm.h"
+
+namespace gemma4::moe {
+
+// Sizes of one moe_experts call, after the checks.
+struct ExpertShapes {
+  int64_t N, H, K, E, Im;
+};
+
+// Checks shared by moe_experts and moe_experts_backward (op = the operator's name for messages).
+inline ExpertShapes check_expert_args(const char* op, const at::Tensor& x, const at::Tensor& weights,
+                                      const at::Tensor& indices, const at::Tensor& gate_up,
+                                      const at::Tensor& down) {
+  const auto cpu = c10::DeviceType::CPU;
+  check_device(x, op, "x", cpu);
+  check_device(weights, op, "weights", cpu);
+  check_device(indices, op, "indices", cpu);
+  check_device(gate_up, op, "gate_up", cpu);
+  check_device(down, op, "down", cpu);
+  check_float(x, op, "x");
+  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == x.scalar_type(), op,
+              ": weights must be float32 or x's dtype (", x.scalar_type(), "), got ", weights.scalar_type());
+  check_dtype(indices, at::kLong, op, "indices");
+  TORCH_CHECK(gate_up.scalar_type() == x.scalar_type(), op, ": gate_up must have x's dtype (",
+              x.scalar_type(), "), got ", gate_up.scalar_type());
+  TORCH_CHECK(down.scalar_type() == x.scalar_type(), op, ": down must have x's dtype (", x.scalar_type(),
+              "), got ", down.scalar_type());
+  check_dim(x, 2, op, "x");
+  check_dim(weights, 2, op, "weights");
+  check_dim(indices, 2, op, "indices");
+  check_dim(gate_up, 3, op, "gate_up");
+  check_dim(down, 3, op, "down");
+  ExpertShapes s{x.size(0), x.size(1), indices.size(1), gate_up.size(0), down.size(2)};
+  check_size(indices, 0, s.N, op, "indices");
+  TORCH_CHECK(weights.sizes() == indices.sizes(), op, ": weights must have the shape of indices ",
+              indices.sizes(), ", got ", weights.sizes());
+  TORCH_CHECK(s.E >= 1, op, ": gate_up must hold at least one expert, got shape ", gate_up.sizes());
+  TORCH_CHECK(gate_up.size(1) == 2 * s.Im, op, ": gate_up.size(1) must be 2 * down.size(2) = ", 2 * s.Im,
+              ", got gate_up ", gate_up.sizes(), " and down ", down.sizes());
+  check_size(gate_up, 2, s.H, op, "gate_up");
+  check_size(down, 0, s.E, op, "down");
+  check_size(down, 1, s.H, op, "down");
+  check_contiguous(x, op, "x");
+  check_contiguous(weights, op, "weights");
+  check_contiguous(indices, op, "indices");
+  check_contiguous(gate_up, op, "gate_up");
+  check_contiguous(down, op, "down");
+  return s;
+}
+
+// The (token, slot) pairs grouped by expert: a stable counting sort of pair ids p = n*K + k by
+// e = indices[n, k], so within an expert the tokens stay in ascending order.
+// Every index is range-checked here, before any kernel reads memory with it.
+struct Groups {
+  std::vector<int64_t> offset;  // [E+1]: expert e owns sorted positions [offset[e], offset[e+1])
+  std::vector<int64_t> pair;    // [N*K]: sorted position -> pair id n*K + k
+};
+
+inline Groups group_by_expert(const char* op, const at::Tensor& indices, int64_t E) {
+  const int64_t P = indices.numel();
+  const int64_t K = indices.size(1);
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  Groups g;
+  g.offset.assign(E + 1, 0);
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t e = idx[p];
+    TORCH_CHECK(e >= 0 && e < E, op, ": indices must be in [0, ", E, ") (the number of experts), got ", e,
+                " at [", p / K, ", ", p % K, "]");
+    ++g.offset[e + 1];
+  }
+  for (int64_t e = 0; e < E; ++e) g.offset[e + 1] += g.offset[e];
+  g.pair.resize(P);
+  std::vector<int64_t> fill(g.offset.begin(), g.offset.end() - 1);
+  for (int64_t p = 0; p < P; ++p) g.pair[fill[idx[p]]++] = p;
+  return g;
+}
+
+// Runs of whole experts [first, last) with at most max_pairs pairs each (a run holds at least one
+// expert, so one very popular expert may exceed it). Bounds the scratch buffers of a call.
+inline std::vector<std::pair<int64_t, int64_t>> expert_chunks(const Groups& g, int64_t max_pairs) {
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  const int64_t E = static_cast<int64_t>(g.offset.size()) - 1;
+  int64_t first = 0;
+  while (first < E) {
+    int64_t last = first + 1;
+    while (last < E && g.offset[last + 1] - g.offset[first] <= max_pairs) ++last;
+    if (g.offset[last] > g.offset[first]) chunks.emplace_back(first, last);
+    first = last;
+  }
+  return chunks;
+}
+
+// Part t of T of [0, n), boundaries rounded to multiples of `align` so vector tiles stay whole.
+inline std::pair<int64_t, int64_t> split(int64_t t, int64_t T, int64_t n, int64_t align) {
+  auto bound = [&](int64_t i) {
+    if (i >= T) return n;
+    const int64_t b = (n * i / T) / align * align;
+    return std::min(b, n);
+  };
+  return {bound(t), bound(t + 1)};
+}
+
+// Runs fn(t, T) once for each t in [0, T), T = the intra-op thread count, on the pool's threads
+// (inside another parallel region at::parallel_for runs them all on the calling thread, in order).
+template <typename Fn>
+inline void for_each_thread(const Fn& fn) {
+  const int64_t T = std::max<int64_t>(1, at::get_num_threads());
+  at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) fn(t, T);
+  });
+}
+
+// Row-major copy of a [rows, cols] tensor of T into Acc (x and grad_out widened once up front).
+template <typename Acc, typename T>
+inline void widen_rows(const T* src, Acc* dst, int64_t rows, int64_t cols) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b * cols; i < e * cols; ++i) dst[i] = static_cast<Acc>(src[i]);
+  });
+}
+
+// Routing weights as Acc, whatever their dtype (fp32 or x's dtype).
+template <typename Acc>
+inline std::vector<Acc> weights_as_acc(const at::Tensor& weights) {
+  std::vector<Acc> w(weights.numel());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weights.scalar_type(), "moe_weights", [&] {
+    const scalar_t* p = weights.data_ptr<scalar_t>();
+    for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<Acc>(p[i]);
+  });
+  return w;
+}
+
+// ---- Vectorized activations ----------------------------------------------------------------
+// Both are u * sigmoid(z(u)): silu z = u; gelu_tanh z = 2 sqrt(2/pi) (u + 0.044715 u^3), because
+// 0.5 (1 + tanh(y)) = sigmoid(2y). One exp per element; the exp argument is clamped so that e stays
+// finite and e * s below never becomes inf * 0. Scalar forms: common/activation_math.h.
+template <typename Acc>
+inline Vec<Acc> exp_clamped(const Vec<Acc>& x) {
+  return at::vec::minimum(x, Vec<Acc>(Acc(std::is_same_v<Acc, double> ? 700 : 80))).exp();
+}
+
+template <typename Acc>
+inline void act_logit(Activation act, const Vec<Acc>& u, Vec<Acc>& z, Vec<Acc>& dz) {
+  if (act == Activation::Silu) {
+    z = u;
+    dz = Vec<Acc>(Acc(1));
+  } else {
+    const Acc a = Acc(2 * 0.7978845608028654), b = Acc(2 * 0.7978845608028654 * 0.044715);
+    const Vec<Acc> u2 = u * u;
+    z = u * at::vec::fmadd(Vec<Acc>(b), u2, Vec<Acc>(a));    // u (a + b u^2)
+    dz = at::vec::fmadd(Vec<Acc>(3 * b), u2, Vec<Acc>(a));   // a + 3 b u^2
+  }
+}
+
+// act(u)
+template <typename Acc>
+inline Vec<Acc> act_vec(Activation act, const Vec<Acc>& u) {
+  Vec<Acc> z, dz;
+  act_logit(act, u, z, dz);
+  return u / (Vec<Acc>(Acc(1)) + exp_clamped(Vec<Acc>(Acc(0)) - z));
+}
+
+// act(u) and act'(u) = s (1 + u (1 - s) z'(u)) with s = sigmoid(z), 1 - s = e s.
+template <typename Acc>
+inline void act_and_grad_vec(Activation act, const Vec<Acc>& u, Vec<Acc>& a, Vec<Acc>& da) {
+  const Vec<Acc> one(Acc(1));
+  Vec<Acc> z, dz;
+  act_logit(act, u, z, dz);
+  const Vec<Acc> e = exp_clamped(Vec<Acc>(Acc(0)) - z);
+  const Vec<Acc> s = one / (one + e);
+  a = u * s;
+  da = s * at::vec::fmadd(u * (e * s), dz, one);
+}
+
+}  // namespace gemma4::moe

@@ -1,0 +1,189 @@
+// gemma4::moe_route and gemma4::moe_route_backward, CPU.
+//
+// Forward, per token row n of logits [N, E]:
+//   p = softmax(logits[n]) in fp32 (fp64 for fp64 logits) over all E experts
+//   indices[n] = the top_k experts by p, largest first; ties go to the lower expert index (NaN
+//                counts as the largest value, as in torch.topk)
+//   weights[n, k] = p[i_k] / sum_k' p[i_k'] * per_expert_scale[i_k]
+// -> (weights fp32 [N, K] (fp64 for fp64 logits), indices int64 [N, K]).
+// Reference: moe_route in python/gemma4/ops/reference.py (transformers' Gemma4TextRouter after its
+// projection).
+//
+// Backward, indices held constant (as autograd through torch.topk does). With r_k = p[i_k] / s the
+// renormalised top-k probabilities, r is a softmax over the chosen logits alone (the full softmax
+// denominator cancels), so with g_k = grad_weights[n, k] and gr_k = g_k * scale[i_k]:
+//   grad_logits[n, j] = sum_{k: i_k = j} r_k (gr_k - sum_k' gr_k' r_k')     (zero off the top k)
+//   grad_scale[e]     = sum_{(n, k): i_k = e} g_k r_k
+// Rows are independent: at::parallel_for over rows; E and K are small (<= a few hundred), so the
+// per-row work is a few plain loops.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "common/checks.h"
+
+namespace gemma4 {
+namespace {
+
+// p = softmax(l[0..E)) into p (Acc), the same rounding steps as torch.softmax in Acc.
+template <typename Acc, typename T>
+void softmax_row(const T* l, int64_t E, Acc* p) {
+  Acc mx = -std::numeric_limits<Acc>::infinity();
+  bool nan = false;
+  for (int64_t i = 0; i < E; ++i) {
+    const Acc v = static_cast<Acc>(l[i]);
+    nan |= std::isnan(v);
+    mx = std::max(mx, v);
+  }
+  if (nan) mx = std::numeric_limits<Acc>::quiet_NaN();
+  Acc sum = 0;
+  for (int64_t i = 0; i < E; ++i) {
+    p[i] = std::exp(static_cast<Acc>(l[i]) - mx);
+    sum += p[i];
+  }
+  const Acc inv = Acc(1) / sum;
+  for (int64_t i = 0; i < E; ++i) p[i] *= inv;
+}
+
+// r_k = p[i_k] / sum_k p[i_k] for the chosen experts idx[0..K).
+template <typename Acc>
+void renormalise(const Acc* p, const int64_t* idx, int64_t K, Acc* r) {
+  Acc s = 0;
+  for (int64_t k = 0; k < K; ++k) s += p[idx[k]];
+  for (int64_t k = 0; k < K; ++k) r[k] = p[idx[k]] / s;
+}
+
+void check_logits_scale(const char* op, const at::Tensor& logits, const at::Tensor& scale) {
+  const auto cpu = c10::DeviceType::CPU;
+  check_device(logits, op, "logits", cpu);
+  check_device(scale, op, "per_expert_scale", cpu);
+  check_float(logits, op, "logits");
+  check_float(scale, op, "per_expert_scale");
+  check_dim(logits, 2, op, "logits");
+  check_dim(scale, 1, op, "per_expert_scale");
+  TORCH_CHECK(logits.size(1) >= 1, op, ": logits must have at least one expert column, got shape ", logits.sizes());
+  check_size(scale, 0, logits.size(1), op, "per_expert_scale");
+  check_contiguous(logits, op, "logits");
+  check_contiguous(scale, op, "per_expert_scale");
+}
+
+at::ScalarType weights_dtype(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor> moe_route_cpu(const at::Tensor& logits, const at::Tensor& scale, int64_t top_k) {
+  constexpr const char* op = "gemma4::moe_route";
+  check_logits_scale(op, logits, scale);
+  const int64_t N = logits.size(0), E = logits.size(1), K = top_k;
+  TORCH_CHECK(K >= 1 && K <= E, op, ": top_k must be in [1, ", E, "] (the number of experts), got ", K);
+  at::Tensor weights = at::empty({N, K}, logits.options().dtype(weights_dtype(logits)));
+  at::Tensor indices = at::empty({N, K}, logits.options().dtype(at::kLong));
+  if (N == 0) return {weights, indices};
+  GEMMA4_DISPATCH_FLOATS(logits.scalar_type(), "moe_route", [&] {
+    using Acc = acc_t<scalar_t>;
+    const scalar_t* l = logits.data_ptr<scalar_t>();
+    Acc* w = weights.data_ptr<Acc>();
+    int64_t* ix = indices.data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_scale", [&] {
+      const scalar_t* sc = scale.data_ptr<scalar_t>();
+      at::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
+        std::vector<Acc> p(E), r(K);
+        std::vector<int64_t> order(E);
+        for (int64_t n = b; n < e; ++n) {
+          softmax_row(l + n * E, E, p.data());
+          // Top k, largest first; NaN ranks above every number; ties: lower index first. This is a
+          // strict weak order even with NaNs, so partial_sort is well defined for any input.
+          std::iota(order.begin(), order.end(), int64_t(0));
+          std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int64_t a, int64_t c) {
+            const Acc pa = p[a], pc = p[c];
+            const bool na = std::isnan(pa), nc = std::isnan(pc);
+            if (na != nc) return na;
+            if (!na && pa != pc) return pa > pc;
+            return a < c;
+          });
+          int64_t* irow = ix + n * K;
+          std::copy(order.begin(), order.begin() + K, irow);
+          renormalise(p.data(), irow, K, r.data());
+          for (int64_t k = 0; k < K; ++k) w[n * K + k] = r[k] * static_cast<Acc>(sc[irow[k]]);
+        }
+      });
+    });
+  });
+  return {weights, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor> moe_route_backward_cpu(const at::Tensor& grad_weights, const at::Tensor& logits,
+                                                          const at::Tensor& scale, const at::Tensor& indices) {
+  constexpr const char* op = "gemma4::moe_route_backward";
+  check_logits_scale(op, logits, scale);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  check_device(grad_weights, op, "grad_weights", c10::DeviceType::CPU);
+  check_device(indices, op, "indices", c10::DeviceType::CPU);
+  check_float(grad_weights, op, "grad_weights");
+  check_dtype(indices, at::kLong, op, "indices");
+  check_dim(indices, 2, op, "indices");
+  check_size(indices, 0, N, op, "indices");
+  const int64_t K = indices.size(1);
+  TORCH_CHECK(K >= 1 && K <= E, op, ": indices.size(1) (top_k) must be in [1, ", E, "], got ", K);
+  TORCH_CHECK(grad_weights.sizes() == indices.sizes(), op, ": grad_weights must have the shape of indices ",
+              indices.sizes(), ", got ", grad_weights.sizes());
+  check_contiguous(grad_weights, op, "grad_weights");
+  check_contiguous(indices, op, "indices");
+  const int64_t* ix = indices.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N * K; ++i) {
+    TORCH_CHECK(ix[i] >= 0 && ix[i] < E, op, ": indices must be in [0, ", E, "), got ", ix[i], " at [", i / K,
+                ", ", i % K, "]");
+  }
+
+  at::Tensor grad_logits = at::zeros_like(logits);
+  at::Tensor grad_scale = at::empty_like(scale);
+  GEMMA4_DISPATCH_FLOATS(logits.scalar_type(), "moe_route_backward", [&] {
+    using Acc = acc_t<scalar_t>;
+    using LT = scalar_t;
+    const LT* l = logits.data_ptr<LT>();
+    LT* gl = grad_logits.data_ptr<LT>();
+    const at::Tensor gw_t = grad_weights.to(weights_dtype(logits));  // the forward's weights dtype
+    const Acc* gw = gw_t.data_ptr<Acc>();
+    std::vector<Acc> gsr(N * K);  // g_k r_k per pair, summed into grad_scale afterwards
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_backward_scale", [&] {
+      const scalar_t* sc = scale.data_ptr<scalar_t>();
+      at::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
+        std::vector<Acc> p(E), r(K), gl_row(E);
+        for (int64_t n = b; n < e; ++n) {
+          const int64_t* irow = ix + n * K;
+          const Acc* g = gw + n * K;
+          softmax_row(l + n * E, E, p.data());
+          renormalise(p.data(), irow, K, r.data());
+          Acc dot = 0;  // sum_k gr_k r_k
+          for (int64_t k = 0; k < K; ++k) dot += g[k] * static_cast<Acc>(sc[irow[k]]) * r[k];
+          for (int64_t k = 0; k < K; ++k) {
+            gl_row[irow[k]] = 0;
+            gsr[n * K + k] = g[k] * r[k];
+          }
+          for (int64_t k = 0; k < K; ++k) gl_row[irow[k]] += r[k] * (g[k] * static_cast<Acc>(sc[irow[k]]) - dot);
+          for (int64_t k = 0; k < K; ++k) gl[n * E + irow[k]] = static_cast<LT>(gl_row[irow[k]]);
+        }
+      });
+      // grad_scale: a serial pass in pair order (N*K adds; deterministic, no races).
+      std::vector<Acc> gs(E, Acc(0));
+      for (int64_t i = 0; i < N * K; ++i) gs[ix[i]] += gsr[i];
+      scalar_t* gsp = grad_scale.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < E; ++i) gsp[i] = static_cast<scalar_t>(gs[i]);
+    });
+  });
+  return {grad_logits, grad_scale};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gemma4, CPU, m) {
+  m.impl("moe_route", &moe_route_cpu);
+  m.impl("moe_route_backward", &moe_route_backward_cpu);
+}
+
+}  // namespace gemma4
