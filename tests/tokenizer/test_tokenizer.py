@@ -530,6 +530,34 @@ def test_kwargs_override(dirs):
     assert ours.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == "x"
 
 
+@pytest.mark.parametrize("variant", ["gemma", "gemma_cfg"])
+@pytest.mark.parametrize("flags", [dict(add_bos_token=True), dict(add_bos_token=False),
+                                   dict(add_bos_token=True, add_eos_token=True)])
+def test_add_bos_eos_override(dirs, variant, flags):
+    ours, theirs = AutoTokenizer.from_pretrained(dirs[variant], **flags), HF.from_pretrained(dirs[variant], **flags)
+    assert (ours.add_bos_token, ours.add_eos_token) == (theirs.add_bos_token, theirs.add_eos_token)
+    a, b = texts(rng(), theirs, 3), texts(rng(), theirs, 3)
+    assert_same(ours(a), theirs(a))
+    assert_same(ours(a, b, return_token_type_ids=True), theirs(a, b, return_token_type_ids=True))
+
+
+@pytest.mark.parametrize("variant", ["gemma", "bytelevel"])
+def test_tokenizer_json_padding_truncation(tmp_path, variant):
+    """Padding / truncation saved in tokenizer.json become the defaults (sides, pad token, max_length)."""
+    from tokenizers import Tokenizer
+    d = fixtures.build(variant, str(tmp_path / variant))
+    backend = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    backend.enable_padding(direction="left", pad_id=0, pad_token="<pad>")
+    backend.enable_truncation(max_length=12, direction="left")
+    backend.save(os.path.join(d, "tokenizer.json"))
+    ours, theirs = AutoTokenizer.from_pretrained(d), HF.from_pretrained(d)
+    assert (ours.padding_side, ours.truncation_side) == (theirs.padding_side, theirs.truncation_side)
+    batch = texts(rng(), theirs, 4, max_words=30)
+    for kw in [dict(), dict(padding=True), dict(truncation=True, max_length=5), dict(padding=True, truncation=True)]:
+        assert_same(ours(batch, **kw), theirs(batch, **kw), str(kw))
+        assert_same(ours(batch[0], **kw), theirs(batch[0], **kw), str(kw))
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors and independence from transformers
 # ----------------------------------------------------------------------------------------------

@@ -485,8 +485,10 @@ class PreTrainedTokenizerFast:
                 return_overflowing_tokens: bool = False, return_special_tokens_mask: bool = False,
                 return_offsets_mapping: bool = False, return_length: bool = False, verbose: bool = True,
                 split_special_tokens: bool | None = None, **unused) -> BatchEncoding:
-        if unused:
-            raise TypeError(f"unexpected keyword arguments: {sorted(unused)}")
+        if unused and not self.deprecation_warnings.get(f"unused-{sorted(unused)}"):
+            # transformers ignores unknown keyword arguments silently; say it once at least.
+            logger.warning(f"Keyword arguments {sorted(unused)} are not recognized by the tokenizer and are ignored")
+            self.deprecation_warnings[f"unused-{sorted(unused)}"] = True
         for t in (text, text_pair):
             if t is not None and not _is_valid_text_input(t):
                 raise ValueError("text input must be of type `str` (single example), `list[str]` (batch or single "
