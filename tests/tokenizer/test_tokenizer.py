@@ -439,7 +439,8 @@ def test_named_templates_tools_documents(pairs):
     for kw in [dict(), dict(add_generation_prompt=True), dict(tools=[WEATHER_TOOL, multiply]),
                dict(chat_template="tool_use", documents=docs, add_generation_prompt=True),
                dict(chat_template="tool_use", tools=[multiply], documents=docs),
-               dict(chat_template=fixtures.CHATML_TEMPLATE + "{{ 'x' | tojson }}{{ {'b': 1, 'a': '<é>'} | tojson(sort_keys=True, separators=(',', ':')) }}")]:
+               dict(chat_template=fixtures.CHATML_TEMPLATE + "{{ 'x' | tojson }}"
+                    "{{ {'b': 1, 'a': '<é>'} | tojson(sort_keys=True, separators=(',', ':')) }}")]:
         assert ours.apply_chat_template(conv, tokenize=False, **kw) == theirs.apply_chat_template(conv, tokenize=False,
                                                                                                   **kw), kw
         assert_same(ours.apply_chat_template(conv, return_dict=True, **kw),

@@ -65,7 +65,7 @@ def _read_text(path: str) -> str:
 
 
 def _added_token(obj):
-    """AddedToken dicts ({"__type": "AddedToken", ...}) -> AddedToken, recursively (transformers' convert_added_tokens)."""
+    """{"__type": "AddedToken", ...} dicts -> AddedToken, recursively (transformers' convert_added_tokens)."""
     if isinstance(obj, dict) and obj.get("__type") == "AddedToken":
         obj = dict(obj)
         obj.pop("__type")

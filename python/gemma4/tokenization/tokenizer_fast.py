@@ -11,7 +11,6 @@ import copy
 import logging
 import warnings
 from collections.abc import Mapping, Sized
-from typing import Any
 
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as RustTokenizer
