@@ -96,10 +96,14 @@ class Gemma4TextModel(nn.Module):
         if self.ple_width:
             ids = input_ids if input_ids is not None else self._ids_from_embeds(inputs_embeds)
             ple = self.per_layer_inputs(ids, inputs_embeds)  # [B,T,L,P]
-        past = cache.length if cache is not None else 0
+        key_mask = None if attention_mask is None else attention_mask.to(torch.bool)  # [B,S]
+        past = 0
+        if cache is not None:
+            # the cache records the new tokens' slots and padding; attention_mask may span past + new
+            past = cache.begin(T, attention_mask, B, inputs_embeds.device)
+            key_mask = cache.new_token_mask  # [B,T] or None
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=inputs_embeds.device)[None]  # [1,T]
-        key_mask = None if attention_mask is None else attention_mask.to(torch.bool)  # [B,S]
         inv_freq = {t: getattr(self, f"{t}_inv_freq") for t in self.layer_types}
         shared_kv: dict = {}  # source layer index -> its full-length (K, V), for KV-shared layers
         x = inputs_embeds
@@ -168,9 +172,17 @@ class Gemma4ForCausalLM(nn.Module):
     # ---- forward ----
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, position_ids=None,
                 logits_to_keep: int = 0, cache=None, use_cache: bool | None = None,
-                return_dict: bool | None = None) -> CausalLMOutput:
-        """transformers' argument names; use_cache/return_dict are accepted for compatibility (a cache is
-        used when one is passed; the result is always a CausalLMOutput)."""
+                return_dict: bool | None = None, past_key_values=None) -> CausalLMOutput:
+        """transformers' argument names; return_dict is accepted for compatibility (the result is always a
+        CausalLMOutput). A cache is used when one is passed (`cache` or `past_key_values`, a
+        gemma4.cache.Gemma4Cache); use_cache=True without one starts a new cache, returned as
+        `.past_key_values`."""
+        if cache is None:
+            cache = past_key_values
+        if cache is None and use_cache:
+            from gemma4.cache import Gemma4Cache  # noqa: PLC0415
+
+            cache = Gemma4Cache(self.config)
         hidden = self.model(input_ids, attention_mask, inputs_embeds, position_ids, cache)  # [B,T,H]
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -180,6 +192,30 @@ class Gemma4ForCausalLM(nn.Module):
             logits = torch.tanh(logits / cap) * cap  # in the model dtype, as upstream
         loss = self.loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, past_key_values=cache)
+
+    # ---- generation (gemma4.generation) ----
+    @property
+    def generation_config(self):
+        """GenerationConfig used by generate(): generation_config.json beside the checkpoint's config.json
+        when there is one, else the model config's special tokens (as transformers)."""
+        gc = self.__dict__.get("_generation_config")
+        if gc is None:
+            from gemma4.generation import GenerationConfig  # noqa: PLC0415
+
+            gc = GenerationConfig.for_model_config(self.config)
+            self.__dict__["_generation_config"] = gc
+        return gc
+
+    @generation_config.setter
+    def generation_config(self, value) -> None:
+        self.__dict__["_generation_config"] = value
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """transformers-style generate (greedy / sampling, KV cache, streamers, stop strings); see
+        gemma4.generation.generate and docs/generation.md."""
+        from gemma4.generation import generate  # noqa: PLC0415
+
+        return generate(self, inputs, generation_config=generation_config, **kwargs)
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
