@@ -495,3 +495,29 @@ def test_tie_weights_contract_checked(saved):
 
     with pytest.raises(RuntimeError, match="did not tie lm_head.weight"):
         load_pretrained(NoRetie, saved["tiny-e2b", "causal"], progress=False)
+
+
+# ------------------------------------------------------------------------------------- the oracle itself
+@pytest.mark.parametrize("name", TINY)
+def test_oracle_models_are_well_formed(name, models):
+    """Every weight perturbed away from its init value; logits O(1-10), unsaturated; eager == sdpa."""
+    model = models[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = HFCausalLM(model.config)
+    fresh_state = fresh.state_dict()
+    for key, t in model.state_dict().items():
+        assert not torch.equal(t, fresh_state[key]), f"{key} left at its initial value"
+        assert t.numel() == 1 or t.float().std() > 0, key
+    scalars = torch.stack([layer.layer_scalar for layer in model.model.layers])
+    assert ((scalars > 0.5) & (scalars < 1.5)).all() and scalars.std() > 0
+    with torch.no_grad():
+        raw = model.lm_head(model.model(input_ids=IDS).last_hidden_state)
+        assert 1.0 < raw.std().item() < 10.0 and raw.abs().max().item() < 30.0
+        sdpa = model(input_ids=IDS).logits
+        model.config._attn_implementation = "eager"
+        try:
+            eager = model(input_ids=IDS).logits
+        finally:
+            model.config._attn_implementation = "sdpa"
+    assert (eager - sdpa).abs().max().item() <= 1e-5 * sdpa.abs().max().item() * 10
