@@ -4,11 +4,10 @@
 // computed in fp32 (fp64 for fp64 inputs) and rounded once to the inputs' dtype.
 // Reference: gated_activation in python/gemma4/ops/reference.py.
 //
-// Elementwise over the flattened tensors: at::parallel_for over blocks, one fused vectorized pass
+// Elementwise over the flattened tensors: gemma4::parallel_for over blocks, one fused vectorized pass
 // (the reference makes five: two upcasts, gelu, multiply, downcast). The activation is a template
 // parameter so the inner loop has no branch; its maths is activate_vec / activate_and_grad_vec in
 // common/activation_math.h (u * sigmoid(k(u)), one exp per element).
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "common/activation_math.h"
@@ -19,17 +18,21 @@ namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task: a few microseconds of work
 
+// bf16/fp16 results use the fast exp (see exp_for_sigmoid); fp32/fp64 the 1-ULP one.
+template <typename T>
+constexpr bool kFastExp = c10::is_reduced_floating_point_v<T>;
+
 template <typename T, Activation Act>
 void gated_forward_kernel(const T* gate, const T* up, T* y, int64_t n) {
   using IO = VecIO<T>;
   using V = typename IO::V;
   constexpr int N = IO::N;
-  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+  gemma4::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
-    for (; i + N <= i1; i += N) IO::store(y + i, activate_vec<Act>(IO::load(gate + i)) * IO::load(up + i));
+    for (; i + N <= i1; i += N) IO::store(y + i, activate_vec<Act, kFastExp<T>>(IO::load(gate + i)) * IO::load(up + i));
     if (i < i1) {
       const int m = static_cast<int>(i1 - i);
-      IO::store(y + i, activate_vec<Act>(IO::load(gate + i, m)) * IO::load(up + i, m), m);
+      IO::store(y + i, activate_vec<Act, kFastExp<T>>(IO::load(gate + i, m)) * IO::load(up + i, m), m);
     }
   });
 }
@@ -39,7 +42,7 @@ void gated_backward_kernel(const T* grad_out, const T* gate, const T* up, T* gra
   using IO = VecIO<T>;
   using V = typename IO::V;
   constexpr int N = IO::N;
-  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+  gemma4::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; i += N) {
       const int m = static_cast<int>(std::min<int64_t>(N, i1 - i));
       const bool full = m == N;
@@ -47,7 +50,7 @@ void gated_backward_kernel(const T* grad_out, const T* gate, const T* up, T* gra
       const V u = full ? IO::load(gate + i) : IO::load(gate + i, m);
       const V v = full ? IO::load(up + i) : IO::load(up + i, m);
       V act, dact;
-      activate_and_grad_vec<Act>(u, act, dact);
+      activate_and_grad_vec<Act, kFastExp<T>>(u, act, dact);
       const V gg = g * v * dact, gu = g * act;
       if (full) {
         IO::store(grad_gate + i, gg);

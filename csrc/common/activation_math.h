@@ -61,9 +61,19 @@ inline T activate_grad(Activation a, T u) {
 // gracefully to ~1e-35 instead of 0 and e * s never becomes inf * 0.
 #if !defined(__CUDACC__)
 
+// Fast = true picks ATen's inline exp_u20 (a few ULP, ~3x faster than Sleef's exp, whose call
+// dominates the whole kernel): good for bf16/fp16 results, whose rounding hides it, as ATen does
+// for its own reduced-precision kernels. Fast = false keeps Sleef's 1-ULP exp for fp32/fp64 results.
+template <bool Fast = false>
 inline at::vec::Vectorized<float> exp_for_sigmoid(const at::vec::Vectorized<float>& x) {
-  return at::vec::minimum(x, at::vec::Vectorized<float>(80.f)).exp();
+  const at::vec::Vectorized<float> xc = at::vec::minimum(x, at::vec::Vectorized<float>(80.f));
+  if constexpr (Fast) {
+    return xc.exp_u20();
+  } else {
+    return xc.exp();
+  }
 }
+template <bool Fast = false>
 inline at::vec::Vectorized<double> exp_for_sigmoid(const at::vec::Vectorized<double>& x) {
   return at::vec::minimum(x, at::vec::Vectorized<double>(700.0)).exp();
 }
@@ -91,19 +101,19 @@ inline V activation_logit_grad(const V& u) {
 }
 
 // act(u), vectorized.
-template <Activation Act, typename V>
+template <Activation Act, bool FastExp = false, typename V>
 inline V activate_vec(const V& u) {
   using A = typename V::value_type;
-  const V e = exp_for_sigmoid(V(A(0)) - activation_logit<Act>(u));
+  const V e = exp_for_sigmoid<FastExp>(V(A(0)) - activation_logit<Act>(u));
   return u / (V(A(1)) + e);
 }
 
 // act(u) and act'(u) together (one exp), vectorized.
-template <Activation Act, typename V>
+template <Activation Act, bool FastExp = false, typename V>
 inline void activate_and_grad_vec(const V& u, V& act, V& grad) {
   using A = typename V::value_type;
   const V one(A(1));
-  const V e = exp_for_sigmoid(V(A(0)) - activation_logit<Act>(u));
+  const V e = exp_for_sigmoid<FastExp>(V(A(0)) - activation_logit<Act>(u));
   const V s = one / (one + e);
   act = u * s;
   grad = s * at::vec::fmadd(u * (e * s), activation_logit_grad<Act>(u), one);

@@ -7,7 +7,6 @@
 // Rows are split into at most one contiguous chunk per thread; each chunk accumulates its own
 // grad_w partial [D] in the accumulation type, and the partials are summed in chunk order at the
 // end (deterministic for a given thread count, no atomics, no false sharing in the row loop).
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "common/vec_utils.h"
@@ -94,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_
         const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
         const scalar_t* xp = x.const_data_ptr<scalar_t>();
         scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-        at::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
+        gemma4::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
           rms_norm_backward_rows<scalar_t, false>(g, xp, nullptr, gx, nullptr, r0, r1, D, eps);
         });
       });
@@ -117,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_
       const A* wp = w.const_data_ptr<A>();
       scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
       A* part = partial.mutable_data_ptr<A>();
-      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      gemma4::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           rms_norm_backward_rows<scalar_t, true>(g, xp, wp, gx, part + c * D, rows * c / chunks,
                                                  rows * (c + 1) / chunks, D, eps);

@@ -130,6 +130,22 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, b)
 
 
+def test_threads_agree():
+    """The split over threads must cover every element once: 1 and 2 threads give identical bits."""
+    gate, up = _inputs((7, 10007), torch.bfloat16)
+    g = torch.randn(7, 10007).bfloat16()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.gated_activation(gate, up, "gelu_tanh"), *ops.gated_activation_backward(g, gate, up, "silu")
+        torch.set_num_threads(2)
+        two = ops.gated_activation(gate, up, "gelu_tanh"), *ops.gated_activation_backward(g, gate, up, "silu")
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
 def test_empty():
     gate = torch.randn(0, 8)
     assert gated_activation(gate, gate.clone()).shape == (0, 8)

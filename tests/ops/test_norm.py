@@ -69,6 +69,22 @@ def test_mixed_weight_dtype_full_precision(xdtype, wdtype):
     torch.testing.assert_close(out, ref.rms_norm(x, w, 1e-6), **tight_tol(xdtype))
 
 
+def test_threads_agree():
+    """The split over threads must cover every row once: 1 and 2 threads give identical bits (grad_w
+    only up to the order of its per-thread partial sums)."""
+    x, w, g = _x((300, 520), torch.bfloat16), _w(520), torch.randn(300, 520).bfloat16()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.rms_norm(x, w, 1e-6), ops.rms_norm_backward(g, x, w, 1e-6)
+        torch.set_num_threads(2)
+        two = ops.rms_norm(x, w, 1e-6), ops.rms_norm_backward(g, x, w, 1e-6)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1][0], two[1][0])
+    torch.testing.assert_close(one[1][1], two[1][1], rtol=1e-5, atol=1e-5 * 300)
+
+
 def test_empty_rows():
     x = torch.randn(0, 3, 64)
     assert rms_norm(x, _w(64)).shape == (0, 3, 64)

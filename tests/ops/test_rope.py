@@ -41,7 +41,7 @@ def _tol(x):
 
 # (B, T, nH, hd): size-1 dims, hd/2 odd or below the vector width, Gemma 4 head dims 256 / 512.
 SHAPES = [(1, 1, 1, 2), (2, 7, 3, 10), (1, 5, 2, 18), (3, 4, 1, 64), (2, 6, 4, 256), (1, 3, 2, 512),
-          (2, 33, 2, 34)]
+          (2, 33, 2, 34), (2, 40, 4, 256)]  # the last one is split over threads
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -153,6 +153,22 @@ def test_torch_compile_fullgraph():
     (ex,) = torch.autograd.grad(eager, x, g)
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(cx, ex)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_threads_agree(shared):
+    """The split over threads must cover every row once: 1 and 2 threads give identical bits."""
+    x = torch.randn(3, 50, 4, 256).bfloat16()
+    pos, f = _positions(3, 50, shared), _inv_freq(256)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = rope(x, pos, f)
+        torch.set_num_threads(2)
+        two = rope(x, pos, f)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
 
 
 def test_empty():
