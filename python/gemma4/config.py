@@ -29,7 +29,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import InitVar, dataclass, field
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
