@@ -34,7 +34,7 @@ inline ExpertShapes check_expert_args(const char* op, const at::Tensor& x, const
   check_float(x, op, "x");
   TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == x.scalar_type(), op,
               ": weights must be float32 or x's dtype (", x.scalar_type(), "), got ", weights.scalar_type());
-  check_dtype(indices, at::kLong, op, "indices");
+  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ", indices.scalar_type());
   TORCH_CHECK(gate_up.scalar_type() == x.scalar_type(), op, ": gate_up must have x's dtype (",
               x.scalar_type(), "), got ", gate_up.scalar_type());
   TORCH_CHECK(down.scalar_type() == x.scalar_type(), op, ": down must have x's dtype (", x.scalar_type(),

@@ -15,8 +15,8 @@
 // element:
 //   phase A: thread t owns intermediate columns [j0, j1): it recomputes g, u and dh_raw for those
 //            columns, forms dg, du, and writes columns j0..j1 of grad_down[e] and rows j0..j1 (gate)
-//            and Im+j0..Im+j1 (up) of grad_gate_up[e]; its part of <dh_raw, h> goes to its own
-//            partial-sum row, added in a fixed order at the end.
+//            and Im+j0..Im+j1 (up) of grad_gate_up[e]; <dh_raw, h> is kept in parts of one vector
+//            of columns each and summed in column order at the end.
 //   phase B: thread t owns hidden columns [c0, c1) of grad_x and adds G_e^T dg + U_e^T du for every
 //            pair of every expert, in ascending expert order.
 // The weight gradients are written once each, rounded once, straight from the fp32 accumulators.
@@ -86,7 +86,10 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
   }
 
   const int64_t T_ = std::max<int64_t>(1, at::get_num_threads());
-  std::vector<Acc> dw_part(T_ * P, Acc(0));  // thread t's part of <dh_raw, h>, by sorted position
+  // <dh_raw, h> in parts of one vector of columns each, by sorted position: summed in a fixed order
+  // at the end, so grad_weights does not depend on how the columns were split over threads.
+  const int64_t nb = (Im + W - 1) / W;
+  std::vector<Acc> dw_part(P * nb, Acc(0));
 
   const int64_t max_pairs = std::max<int64_t>(1, (int64_t(64) << 20) / (2 * std::max<int64_t>(Im, 1) * sizeof(Acc)));
   const auto chunks = moe::expert_chunks(groups, max_pairs);
@@ -104,7 +107,6 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
       if (nj <= 0) return;
       std::vector<const Acc*> xrows, yrows;
       std::vector<Acc> dh, hw;
-      Acc* dwp = dw_part.data() + t * P;
       for (int64_t e = e0; e < e1; ++e) {
         const int64_t m = off[e + 1] - off[e];
         if (m == 0) continue;
@@ -140,21 +142,19 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
           Acc* ur = ub + i * Im + j0;
           Acc* dhr = dh.data() + i * nj;
           Acc* hwr = hw.data() + i * nj;
-          V dot(Acc(0));
+          Acc* dwp = dw_part.data() + (off[e] + i) * nb + j0 / W;  // j0 is a multiple of W
           for (int64_t j = 0; j < nj; j += W) {
             const int64_t n = std::min(W, nj - j);
             const V g = V::loadu(gr + j, n), u = V::loadu(ur + j, n), d = V::loadu(dhr + j, n);
             V a, da;
             moe::act_and_grad_vec<Acc>(act, g, a, da);
             const V h = a * u;
-            dot = at::vec::fmadd(d, h, dot);
+            dwp[j / W] = moe::hsum<Acc>(d * h);  // lanes past n were loaded as zeros: they add 0
             (h * V(wi)).store(hwr + j, n);
             const V dhw = d * V(wi);
             (dhw * u * da).store(gr + j, n);
             (dhw * a).store(ur + j, n);
           }
-          // Lanes past n were loaded as zeros, so they add nothing to dot.
-          dwp[off[e] + i] += moe::hsum<Acc>(dot);
         }
 
         // grad_down[e][c, j0 + j] = sum_i y_i[c] (w_i h_i[j]).
@@ -206,13 +206,13 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
     });
   }
 
-  // grad_weights: the threads' partial sums in thread order; grad_x rounded once; zero gradients for
-  // the experts nobody chose.
+  // grad_weights: the parts in column order; grad_x rounded once; zero gradients for the experts
+  // nobody chose.
   WT* gw = grad_w.data_ptr<WT>();
   at::parallel_for(0, P, 4096, [&](int64_t b, int64_t e) {
     for (int64_t pos = b; pos < e; ++pos) {
       Acc v = 0;
-      for (int64_t t = 0; t < T_; ++t) v += dw_part[t * P + pos];
+      for (int64_t b = 0; b < nb; ++b) v += dw_part[pos * nb + b];
       gw[pair[pos]] = static_cast<WT>(v);
     }
   });

@@ -125,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor> moe_route_backward_cpu(const at::Tensor& grad
   check_device(grad_weights, op, "grad_weights", c10::DeviceType::CPU);
   check_device(indices, op, "indices", c10::DeviceType::CPU);
   check_float(grad_weights, op, "grad_weights");
-  check_dtype(indices, at::kLong, op, "indices");
+  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ", indices.scalar_type());
   check_dim(indices, 2, op, "indices");
   check_size(indices, 0, N, op, "indices");
   const int64_t K = indices.size(1);
