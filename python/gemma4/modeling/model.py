@@ -6,9 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .decoder import Gemma4DecoderLayer
 from .embedding import Gemma4ScaledEmbedding
+from .loss import IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
 from .norm import Gemma4RMSNorm
 
 
@@ -47,6 +49,7 @@ class Gemma4TextModel(nn.Module):
             self.per_layer_model_projection_scale = H**-0.5  # Python floats on model-dtype tensors, as upstream
             self.per_layer_input_scale = 2.0**-0.5
         self.layer_types = sorted({spec.layer_type for spec in config.layers})
+        self.gradient_checkpointing = False
         self.init_non_persistent_buffers()
 
     def init_non_persistent_buffers(self) -> None:
@@ -109,7 +112,13 @@ class Gemma4TextModel(nn.Module):
         x = inputs_embeds
         for i, layer in enumerate(self.layers):
             ple_i = ple[:, :, i] if ple is not None else None
-            x = layer(x, position_ids, inv_freq[layer.spec.layer_type], key_mask, shared_kv, ple_i, cache)
+            args = (x, position_ids, inv_freq[layer.spec.layer_type], key_mask, shared_kv, ple_i, cache)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # Non-reentrant checkpointing: a source layer's K/V published into shared_kv stay
+                # in the graph, so KV-shared layers backpropagate into it as without checkpointing.
+                x = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x = layer(*args)
         return self.norm(x)
 
 
@@ -184,13 +193,18 @@ class Gemma4ForCausalLM(nn.Module):
 
             cache = Gemma4Cache(self.config)
         hidden = self.model(input_ids, attention_mask, inputs_embeds, position_ids, cache)  # [B,T,H]
+        cap = self.config.final_logit_softcapping
+        if labels is not None and torch.is_grad_enabled():
+            # Training: the loss goes through the head chunk by chunk and [tokens, V] logits are never
+            # materialised (.logits is None). Same value and gradients as transformers' loss.
+            loss = chunked_causal_lm_loss(hidden, self.lm_head.weight, labels, cap, self.loss_chunk_size)
+            return CausalLMOutput(logits=None, loss=loss, past_key_values=cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)  # [B,T,V]
-        cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap  # in the model dtype, as upstream
-        loss = self.loss(logits, labels) if labels is not None else None
+        loss = self.loss(logits, labels, self.loss_chunk_size) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, past_key_values=cache)
 
     # ---- generation (gemma4.generation) ----
@@ -218,8 +232,29 @@ class Gemma4ForCausalLM(nn.Module):
         return generate(self, inputs, generation_config=generation_config, **kwargs)
 
     @staticmethod
-    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy as transformers computes it: shift by one, -100 ignored, mean."""
-        shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]  # [B,T]
-        return F.cross_entropy(logits.float().flatten(0, 1), shift_labels.flatten().to(logits.device),
-                               ignore_index=-100)
+    @torch.no_grad()
+    def loss(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+        """Next-token cross-entropy from computed logits [B,T,V] (no grad), in float32 one chunk of
+        tokens at a time: shift by one, -100 ignored, mean - transformers' ForCausalLMLoss."""
+        logits = logits.reshape(-1, logits.shape[-1])  # [N,V]
+        targets = shift_labels(labels).reshape(-1).to(logits.device)  # [N]
+        total = sum(F.cross_entropy(logits[i:i + chunk_size].float(), targets[i:i + chunk_size],
+                                    ignore_index=IGNORE_INDEX, reduction="sum")
+                    for i in range(0, logits.shape[0], chunk_size))
+        return total / (targets != IGNORE_INDEX).sum()
+
+    # ---- training ----
+    loss_chunk_size = 1024  # tokens per chunk of the head + cross-entropy
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each decoder layer in backward instead of keeping its activations."""
+        if gradient_checkpointing_kwargs and gradient_checkpointing_kwargs.get("use_reentrant", False):
+            raise ValueError("only non-reentrant gradient checkpointing is supported (use_reentrant=False)")
+        self.model.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.model.gradient_checkpointing
