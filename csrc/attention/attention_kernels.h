@@ -1,0 +1,720 @@
+// Flash-attention style CPU kernels for gemma4::attention and gemma4::attention_backward.
+//
+// Computes, for q [B,T,nH,hd] and k, v [B,S,nKV,hd] (query t sits at key index p = S-T+t):
+//   s[t,j] = scale * q[t] . k[j]   for the keys j visible to t (j <= p; j > p - window when window > 0;
+//                                   key_mask[b, j] when given), query head h reading KV head h / (nH/nKV)
+//   out[t] = softmax_j(s[t,:]) @ v,   lse[t] = logsumexp_j s[t,j]   (-inf and zeros when nothing is visible)
+// Reference: python/gemma4/ops/reference.py::attention (the definition of correct).
+//
+// Shape of the computation (dev/attention/ holds the measured alternatives):
+// * Work item = (batch b, KV head g, tile of query positions): the query rows of ALL G = nH/nKV heads
+//   of the group are processed together (row i = (position, head-in-group)), so each K/V tile is read
+//   once per group and reused across the heads; K/V are read through their strides (no GQA copy).
+// * Per key tile: S^T = K . Q^T is computed with K rows broadcast against Q^T packed in column panels,
+//   so the online-softmax statistics (column max, column sums, rescale) are plain vector ops across
+//   query rows; then O = alpha * O + P . V. Both products use a register-blocked 6 x 16 micro-kernel
+//   (Vectorized<float>, AVX2+FMA; Vectorized<double> for float64). It runs at the speed of MKL's
+//   sgemm on these tiles (dev/attention/v2 vs v3), so no BLAS dependency is needed.
+// * Key tiles entirely hidden by causality or the sliding window are never visited (the key range of
+//   a query tile is computed up front); tiles entirely made of padding are skipped; tiles fully visible
+//   skip the element-wise mask.
+// * bf16/fp16 K/V tiles are converted to fp32 once per tile; everything accumulates in fp32 (float64
+//   for float64 inputs).
+// * Few work items (decode, T small): the key range is split across threads and the partial (O, m, l)
+//   are merged afterwards (flash-decoding). Tiny query groups (M <= 4 rows) use dot products along hd
+//   for S, which keeps the FMA units busy where the broadcast kernel would waste 7/8 of a vector.
+// * Backward (flash-attention 2): D = rowsum(dO * O); per (b, g, key tile) work item, for every query
+//   tile that sees it: recompute P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P (dP - D),
+//   dK += dS^T Q, dQ += dS K. dK/dV belong to the work item (no races); dQ goes to a per-thread fp32
+//   buffer, summed at the end. Q and dO are packed once up front in the layouts the products want.
+// * Threads take work items from an atomic counter, largest first (causal tiles differ in cost).
+#pragma once
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace gemma4::attn {
+
+using at::vec::Vectorized;
+
+// ---------------------------------------------------------------------------------------------
+// Small vector helpers.
+
+inline Vectorized<float> vmax(Vectorized<float> a, Vectorized<float> b) { return _mm256_max_ps(a, b); }
+inline Vectorized<double> vmax(Vectorized<double> a, Vectorized<double> b) { return _mm256_max_pd(a, b); }
+// exp_u20 is inline (no call) and accurate to ~20 ulp, far inside the fp32 tolerance of softmax.
+inline Vectorized<float> vexp(Vectorized<float> x) { return x.exp_u20(); }
+inline Vectorized<double> vexp(Vectorized<double> x) { return x.exp(); }
+
+// dst[0:n] = src[0:n] * mul converted to the accumulation type, zero-padded to npad.
+template <typename A>
+inline void load_row(const A* src, A* dst, int64_t n, int64_t npad, A mul) {
+  using V = Vectorized<A>;
+  int64_t d = 0;
+  for (; d + V::size() <= n; d += V::size()) (V::loadu(src + d) * V(mul)).store(dst + d);
+  for (; d < n; ++d) dst[d] = src[d] * mul;
+  for (; d < npad; ++d) dst[d] = A(0);
+}
+inline void load_row(const c10::BFloat16* src, float* dst, int64_t n, int64_t npad, float mul) {
+  int64_t d = 0;
+  const __m256 m = _mm256_set1_ps(mul);
+  for (; d + 8 <= n; d += 8) {  // bf16 -> fp32 is a 16-bit shift
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d));
+    const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    _mm256_storeu_ps(dst + d, _mm256_mul_ps(f, m));
+  }
+  for (; d < n; ++d) dst[d] = static_cast<float>(src[d]) * mul;
+  for (; d < npad; ++d) dst[d] = 0.f;
+}
+inline void load_row(const c10::Half* src, float* dst, int64_t n, int64_t npad, float mul) {
+  int64_t d = 0;
+  const __m256 m = _mm256_set1_ps(mul);
+  for (; d + 8 <= n; d += 8) {  // F16C conversion
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d));
+    _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_cvtph_ps(h), m));
+  }
+  for (; d < n; ++d) dst[d] = static_cast<float>(src[d]) * mul;
+  for (; d < npad; ++d) dst[d] = 0.f;
+}
+
+// dst[0:n] = src[0:n] * mul, rounded once to the output dtype.
+template <typename T, typename A>
+inline void store_row(const A* src, T* dst, int64_t n, A mul) {
+  if constexpr (std::is_same_v<T, A>) {
+    using V = Vectorized<A>;
+    int64_t d = 0;
+    for (; d + V::size() <= n; d += V::size()) (V::loadu(src + d) * V(mul)).store(dst + d);
+    for (; d < n; ++d) dst[d] = src[d] * mul;
+  } else {
+    for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<T>(src[d] * mul);
+  }
+}
+
+// Rows of one KV head are hd-long pieces at a large stride ([B,S,nKV,hd] or a cache view), which the
+// hardware prefetcher does not follow from row to row; decode streams them once, so ask for them early.
+inline void prefetch_rows(const void* base, int64_t stride_bytes, int64_t rows, int64_t bytes) {
+  const char* p = static_cast<const char*>(base);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(p + r * stride_bytes + o, _MM_HINT_T1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernels.
+
+// C[MR x NV*VS] = init(C) + A[MR x K] . B[K x NV*VS]. A is read by broadcast at A[r*a_rs + k*a_ks]
+// (so the same kernel serves A and A^T), B rows at B + k*ldb. init: 0 = zero, 1 = C, 2 = row_scale[r]*C.
+// MR=6, NV=2 uses 12 accumulators + 2 B vectors + 1 broadcast = 15 of the 16 ymm registers.
+template <typename A_t, int MR, int NV>
+inline void mk(int64_t K, const A_t* __restrict Ap, int64_t a_rs, int64_t a_ks, const A_t* __restrict Bp,
+               int64_t ldb, A_t* __restrict Cp, int64_t ldc, int init, const A_t* row_scale) {
+  using V = Vectorized<A_t>;
+  constexpr int VS = V::size();
+  V c[MR][NV];
+  if (init == 0) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[r][v] = V(A_t(0));
+  } else {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const V s(init == 2 ? row_scale[r] : A_t(1));
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[r][v] = V::loadu(Cp + r * ldc + v * VS) * s;
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = V::loadu(Bp + k * ldb + v * VS);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const V a(Ap[r * a_rs + k * a_ks]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[r][v] = at::vec::fmadd(a, b[v], c[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) c[r][v].store(Cp + r * ldc + v * VS);
+}
+
+template <typename A_t, int NV>
+inline void mk_rows(int mr, int64_t K, const A_t* Ap, int64_t a_rs, int64_t a_ks, const A_t* Bp, int64_t ldb,
+                    A_t* Cp, int64_t ldc, int init, const A_t* row_scale) {
+  switch (mr) {
+    case 6: mk<A_t, 6, NV>(K, Ap, a_rs, a_ks, Bp, ldb, Cp, ldc, init, row_scale); break;
+    case 5: mk<A_t, 5, NV>(K, Ap, a_rs, a_ks, Bp, ldb, Cp, ldc, init, row_scale); break;
+    case 4: mk<A_t, 4, NV>(K, Ap, a_rs, a_ks, Bp, ldb, Cp, ldc, init, row_scale); break;
+    case 3: mk<A_t, 3, NV>(K, Ap, a_rs, a_ks, Bp, ldb, Cp, ldc, init, row_scale); break;
+    case 2: mk<A_t, 2, NV>(K, Ap, a_rs, a_ks, Bp, ldb, Cp, ldc, init, row_scale); break;
+    default: mk<A_t, 1, NV>(K, Ap, a_rs, a_ks, Bp, ldb, Cp, ldc, init, row_scale); break;
+  }
+}
+
+// C[m x n] = init(C) + A[m x K] . B[K x n] for n a multiple of VS.
+// B is either plain row-major (ldb, b_panel = 2*VS) or packed in column panels of 2*VS (each panel
+// [K][2*VS], panels b_panel apart, the last panel possibly VS wide with row stride ldb_tail).
+template <typename A_t>
+inline void gemm_small(int64_t m, int64_t n, int64_t K, const A_t* Ap, int64_t a_rs, int64_t a_ks, const A_t* Bp,
+                       int64_t ldb, int64_t ldb_tail, int64_t b_panel, A_t* Cp, int64_t ldc, int init,
+                       const A_t* row_scale) {
+  constexpr int VS = Vectorized<A_t>::size();
+  constexpr int MR = 6;
+  if (m <= 2 && b_panel == 2 * VS) {
+    // One or two rows (decode of a small group): 4-vector panels keep enough FMA chains in flight.
+    int64_t c0 = 0;
+    for (; c0 + 4 * VS <= n; c0 += 4 * VS) {
+      if (m == 2) mk<A_t, 2, 4>(K, Ap, a_rs, a_ks, Bp + c0, ldb, Cp + c0, ldc, init, row_scale);
+      else mk<A_t, 1, 4>(K, Ap, a_rs, a_ks, Bp + c0, ldb, Cp + c0, ldc, init, row_scale);
+    }
+    for (; c0 < n; c0 += VS)
+      mk_rows<A_t, 1>(static_cast<int>(m), K, Ap, a_rs, a_ks, Bp + c0, ldb, Cp + c0, ldc, init, row_scale);
+    return;
+  }
+  const int64_t npanels = n / (2 * VS);
+  const bool tail = (n % (2 * VS)) != 0;
+  // Panel-outer: a B panel (K x 16) stays in L1 while all row blocks stream past it.
+  for (int64_t p = 0; p < npanels; ++p)
+    for (int64_t i0 = 0; i0 < m; i0 += MR)
+      mk_rows<A_t, 2>(static_cast<int>(std::min<int64_t>(MR, m - i0)), K, Ap + i0 * a_rs, a_rs, a_ks,
+                      Bp + p * b_panel, ldb, Cp + i0 * ldc + p * 2 * VS, ldc, init,
+                      row_scale ? row_scale + i0 : nullptr);
+  if (tail)
+    for (int64_t i0 = 0; i0 < m; i0 += MR)
+      mk_rows<A_t, 1>(static_cast<int>(std::min<int64_t>(MR, m - i0)), K, Ap + i0 * a_rs, a_rs, a_ks,
+                      Bp + npanels * b_panel, ldb_tail, Cp + i0 * ldc + npanels * 2 * VS, ldc, init,
+                      row_scale ? row_scale + i0 : nullptr);
+}
+
+// St[j*ldst + i] = K_j . Q_i (i < MI) as dot products along hd: for tiny query groups (decode).
+template <typename A_t, int MI>
+inline void dot_block(int64_t nk, int64_t hdv, const A_t* K, int64_t ldk, const A_t* Q, int64_t ldq, A_t* St,
+                      int64_t ldst) {
+  using V = Vectorized<A_t>;
+  constexpr int VS = V::size();
+  int64_t j = 0;
+  for (; j + 4 <= nk; j += 4) {
+    V c[4][MI];
+    for (int r = 0; r < 4; ++r)
+      for (int i = 0; i < MI; ++i) c[r][i] = V(A_t(0));
+    for (int64_t d = 0; d < hdv; d += VS) {
+      V qv[MI];
+      for (int i = 0; i < MI; ++i) qv[i] = V::loadu(Q + i * ldq + d);
+      for (int r = 0; r < 4; ++r) {
+        const V kv = V::loadu(K + (j + r) * ldk + d);
+        for (int i = 0; i < MI; ++i) c[r][i] = at::vec::fmadd(kv, qv[i], c[r][i]);
+      }
+    }
+    for (int r = 0; r < 4; ++r)
+      for (int i = 0; i < MI; ++i) St[(j + r) * ldst + i] = at::vec::vec_reduce_all<A_t>(std::plus<V>(), c[r][i]);
+  }
+  for (; j < nk; ++j) {
+    V c[MI];
+    for (int i = 0; i < MI; ++i) c[i] = V(A_t(0));
+    for (int64_t d = 0; d < hdv; d += VS) {
+      const V kv = V::loadu(K + j * ldk + d);
+      for (int i = 0; i < MI; ++i) c[i] = at::vec::fmadd(kv, V::loadu(Q + i * ldq + d), c[i]);
+    }
+    for (int i = 0; i < MI; ++i) St[j * ldst + i] = at::vec::vec_reduce_all<A_t>(std::plus<V>(), c[i]);
+  }
+}
+
+template <typename A_t>
+inline void dot_rows(int64_t M, int64_t nk, int64_t hdv, const A_t* K, int64_t ldk, const A_t* Q, int64_t ldq,
+                     A_t* St, int64_t ldst) {
+  switch (M) {
+    case 1: dot_block<A_t, 1>(nk, hdv, K, ldk, Q, ldq, St, ldst); break;
+    case 2: dot_block<A_t, 2>(nk, hdv, K, ldk, Q, ldq, St, ldst); break;
+    case 3: dot_block<A_t, 3>(nk, hdv, K, ldk, Q, ldq, St, ldst); break;
+    default: dot_block<A_t, 4>(nk, hdv, K, ldk, Q, ldq, St, ldst); break;
+  }
+}
+constexpr int64_t kDotMaxRows = 4;  // query groups up to this many rows use dot_rows for S
+
+// S^T[n x Mp] = K[n x hd] . Q^T: via Q^T panels (Qt) or, for M <= kDotMaxRows, Q rows (Qr) and dot products
+// (then times `dot_scale`, as Qr is unscaled). Padding columns M..Mp-1 are left zero for dot_rows.
+template <typename A_t>
+inline void scores_t(int64_t n, int64_t M, int64_t Mp, int64_t hd, int64_t hdp, const A_t* Kp, int64_t ldk,
+                     const A_t* Qt, const A_t* Qr, A_t dot_scale, A_t* St) {
+  constexpr int64_t VS = Vectorized<A_t>::size();
+  if (M <= kDotMaxRows) {
+    for (int64_t j = 0; j < n; ++j) std::fill(St + j * Mp, St + (j + 1) * Mp, A_t(0));
+    dot_rows<A_t>(M, n, hdp, Kp, ldk, Qr, hdp, St, Mp);
+    if (dot_scale != A_t(1))
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < M; ++i) St[j * Mp + i] *= dot_scale;
+  } else {
+    gemm_small<A_t>(n, Mp, hd, Kp, ldk, 1, Qt, 2 * VS, VS, 2 * VS * hdp, St, Mp, 0, nullptr);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Problem description shared by forward and backward.
+
+template <typename T>
+struct Params {
+  const T* q; int64_t qsB, qsT, qsH;
+  const T* k; int64_t ksB, ksS, ksH;
+  const T* v; int64_t vsB, vsS, vsH;
+  const bool* mask; int64_t msB, msS;  // nullptr: no key mask
+  int64_t B, Tq, S, nH, nKV, hd, window;  // Tq: query length T
+  double scale;
+};
+
+template <typename T>
+using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Tile sizes (dev/attention/tune_fwd.py): 64 keys x ~128 query rows keeps Q^T, O and the K/V tile in L2
+// and one 16-column Q^T panel in L1; measured flat within noise around these values.
+struct Tiles {
+  int64_t bk = 64;         // keys per tile
+  int64_t target_m = 128;  // query rows (positions x heads of a group) per work item
+};
+
+// Prefix counts of attendable keys per batch row: tile skip / full-visibility tests in O(1).
+inline std::vector<int32_t> key_counts(const bool* mask, int64_t msB, int64_t msS, int64_t B, int64_t S) {
+  std::vector<int32_t> cnt;
+  if (!mask) return cnt;
+  cnt.resize(B * (S + 1));
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t* c = cnt.data() + b * (S + 1);
+    c[0] = 0;
+    for (int64_t j = 0; j < S; ++j) c[j + 1] = c[j] + (mask[b * msB + j * msS] ? 1 : 0);
+  }
+  return cnt;
+}
+
+// Sets the masked entries of S^T rows [j0, j0+n) to -inf (visible iff key valid, j <= pos, pos - j < W).
+// pos[i] is the key index of query row i (-1 for padding rows: sees nothing).
+template <typename A>
+inline void apply_mask(A* St, int64_t n, int64_t Mp, int64_t j0, const int32_t* cnt, const A* pos, int64_t W,
+                       int64_t S) {
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const V ninf(-std::numeric_limits<A>::infinity());
+  const V vw(static_cast<A>(W > 0 ? W : S + 1));
+  for (int64_t j = 0; j < n; ++j) {
+    A* row = St + j * Mp;
+    const int64_t jabs = j0 + j;
+    if (cnt && cnt[jabs + 1] == cnt[jabs]) {  // padding key
+      for (int64_t i = 0; i < Mp; i += VS) ninf.store(row + i);
+      continue;
+    }
+    const V vj(static_cast<A>(jabs));
+    for (int64_t i = 0; i < Mp; i += VS) {
+      const V p = V::loadu(pos + i);
+      const V ok = (vj <= p) & ((p - vj) < vw);
+      V::blendv(ninf, V::loadu(row + i), ok).store(row + i);
+    }
+  }
+}
+
+// Packs the M rows (positions t0.., heads g*G..) of a [B,T,nH,hd] tensor: Qr row-major [M x hdp] (may be
+// null) and Qt = (mul * rows)^T in column panels of 2*VS (may be null), zero columns M..Mp-1.
+template <typename T, typename A>
+inline void pack_rows(const T* base, int64_t sB, int64_t sT, int64_t sH, int64_t b, int64_t g, int64_t G,
+                      int64_t t0, int64_t M, int64_t Mp, int64_t hd, int64_t hdp, A mul, A* Qt, A* Qr, A* row) {
+  constexpr int64_t VS = Vectorized<A>::size();
+  for (int64_t i = 0; i < Mp; ++i) {
+    if (i < M) {
+      const int64_t t = t0 + i / G, h = g * G + i % G;
+      load_row(base + b * sB + t * sT + h * sH, row, hd, hdp, A(1));
+    } else {
+      std::fill(row, row + hdp, A(0));
+    }
+    if (Qr && i < M) std::copy(row, row + hdp, Qr + i * hdp);  // rows >= M are never read
+    if (Qt) {
+      const int64_t p = i / (2 * VS), w = std::min<int64_t>(2 * VS, Mp - p * 2 * VS), c = i % (2 * VS);
+      A* dst = Qt + p * 2 * VS * hdp + c;
+      for (int64_t d = 0; d < hdp; ++d) dst[d * w] = row[d] * mul;
+    }
+  }
+}
+
+// Runs work(item, worker) for items 0..n-1 on the intra-op threads, taking them from an atomic counter
+// in the given order (largest first), so uneven causal tiles balance across threads.
+template <typename F>
+inline void run_items(const std::vector<int64_t>& order, const F& work) {
+  const int64_t n = static_cast<int64_t>(order.size());
+  if (n == 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t nworkers = std::min<int64_t>(at::get_num_threads(), n);
+  at::parallel_for(0, nworkers, 1, [&](int64_t w0, int64_t w1) {
+    for (;;) {
+      const int64_t slot = next.fetch_add(1);
+      if (slot >= n) break;
+      work(order[slot], w0);
+    }
+    (void)w1;
+  });
+}
+
+inline std::vector<int64_t> order_by_cost(const std::vector<int64_t>& cost) {
+  std::vector<int64_t> order(cost.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+  return order;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <typename T>
+void forward(const Params<T>& P, T* out, acc_type<T>* lse, const Tiles& tiles = Tiles()) {
+  using A = acc_type<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const int64_t B = P.B, Tq = P.Tq, S = P.S, nH = P.nH, nKV = P.nKV, hd = P.hd, W = P.window;
+  const int64_t G = nH / nKV;
+  const int64_t hdp = (hd + VS - 1) / VS * VS;
+  const int64_t BK = tiles.bk;
+  const int64_t bq = std::max<int64_t>(1, std::min<int64_t>(Tq, tiles.target_m / G));
+  const int64_t nqt = (Tq + bq - 1) / bq;
+  const int64_t Mpmax = (bq * G + VS - 1) / VS * VS;
+  const bool direct = std::is_same_v<T, A> && hd % VS == 0;  // K/V rows used in place
+  const A scale = static_cast<A>(P.scale);
+  const A NEG_INF = -std::numeric_limits<A>::infinity();
+  const std::vector<int32_t> cnt = key_counts(P.mask, P.msB, P.msS, B, S);
+
+  auto key_range = [&](int64_t qt, int64_t& ks, int64_t& ke) {  // keys seen by query tile qt: [ks, ke)
+    const int64_t pmin = S - Tq + qt * bq, pmax = S - Tq + std::min(Tq, (qt + 1) * bq) - 1;
+    ke = pmax + 1;
+    ks = W > 0 ? std::max<int64_t>(0, pmin - W + 1) : 0;
+  };
+
+  // Too few (b, g, query tile) items for the threads (decode): split each key range in `nsplit` parts.
+  const int64_t nthreads = at::get_num_threads();
+  const int64_t base_items = B * nKV * nqt;
+  int64_t nsplit = 1;
+  if (nthreads > 1 && base_items < 2 * nthreads) {
+    int64_t ks, ke;
+    key_range(nqt - 1, ks, ke);
+    const int64_t ktiles = (ke - ks + BK - 1) / BK;
+    nsplit = std::max<int64_t>(1, std::min<int64_t>((4 * nthreads + base_items - 1) / base_items, ktiles / 2));
+  }
+  const int64_t nitems = base_items * nsplit;
+  const int64_t part_stride = Mpmax * hdp + 2 * Mpmax;  // partial O, m, l of one split item
+  std::vector<A> part(nsplit > 1 ? nitems * part_stride : 0);
+
+  std::vector<int64_t> cost(nitems);
+  for (int64_t it = 0; it < nitems; ++it) {
+    int64_t ks, ke;
+    key_range((it / nsplit) % nqt, ks, ke);
+    cost[it] = ke - ks;
+  }
+
+  // Per-worker scratch, allocated once per worker on first use.
+  struct Scratch {
+    std::vector<A> Qt, Qr, St, O, Kc, Vc, row, m, l, alpha, mx, pos;
+  };
+  std::vector<Scratch> scratch(std::min<int64_t>(nthreads, std::max<int64_t>(nitems, 1)));
+
+  run_items(order_by_cost(cost), [&](int64_t it, int64_t worker) {
+    Scratch& s = scratch[worker];
+    if (s.Qt.empty()) {
+      s.Qt.resize(Mpmax * hdp); s.Qr.resize(kDotMaxRows * hdp); s.St.resize(BK * Mpmax); s.O.resize(Mpmax * hdp);
+      s.Kc.resize(direct ? 0 : BK * hdp); s.Vc.resize(direct ? 0 : BK * hdp); s.row.resize(hdp);
+      s.m.resize(Mpmax); s.l.resize(Mpmax); s.alpha.resize(Mpmax); s.mx.resize(Mpmax); s.pos.resize(Mpmax);
+    }
+    const int64_t sp = it % nsplit, qt = (it / nsplit) % nqt, g = (it / nsplit / nqt) % nKV,
+                  b = it / nsplit / nqt / nKV;
+    const int64_t t0 = qt * bq, nq = std::min(Tq, t0 + bq) - t0;
+    const int64_t M = nq * G, Mp = (M + VS - 1) / VS * VS;
+    const int64_t pmin = S - Tq + t0, pmax = pmin + nq - 1;
+    int64_t ks, ke;
+    key_range(qt, ks, ke);
+    if (nsplit > 1) {  // this split's share of the key tiles
+      const int64_t per = ((ke - ks + BK - 1) / BK + nsplit - 1) / nsplit;
+      const int64_t a0 = std::min(ke, ks + sp * per * BK);
+      ke = std::min(ke, a0 + per * BK);
+      ks = a0;
+    }
+    pack_rows(P.q, P.qsB, P.qsT, P.qsH, b, g, G, t0, M, Mp, hd, hdp, scale, s.Qt.data(),
+              M <= kDotMaxRows ? s.Qr.data() : static_cast<A*>(nullptr), s.row.data());
+    if (M <= kDotMaxRows)  // dot_rows reads Qr: fold the scale in there instead
+      for (int64_t i = 0; i < M * hdp; ++i) s.Qr[i] *= scale;
+    for (int64_t i = 0; i < Mp; ++i) s.pos[i] = i < M ? static_cast<A>(pmin + i / G) : A(-1);
+    std::fill(s.m.begin(), s.m.begin() + Mp, NEG_INF);
+    std::fill(s.l.begin(), s.l.begin() + Mp, A(0));
+    const int32_t* c = P.mask ? cnt.data() + b * (S + 1) : nullptr;
+    bool first = true;
+    for (int64_t j0 = ks; j0 < ke; j0 += BK) {
+      const int64_t n = std::min(BK, ke - j0);
+      const int64_t valid = c ? c[j0 + n] - c[j0] : n;
+      if (valid == 0) continue;  // all padding
+      const bool full = valid == n && j0 + n - 1 <= pmin && (W <= 0 || j0 > pmax - W);
+      const T* krow = P.k + b * P.ksB + j0 * P.ksS + g * P.ksH;
+      const T* vrow = P.v + b * P.vsB + j0 * P.vsS + g * P.vsH;
+      // This tile's V rows are needed after S; the next tile's K rows after this tile.
+      prefetch_rows(vrow, P.vsS * sizeof(T), n, hd * sizeof(T));
+      if (j0 + BK < ke) prefetch_rows(krow + BK * P.ksS, P.ksS * sizeof(T), std::min(BK, ke - j0 - BK), hd * sizeof(T));
+      const A* Kp = nullptr;
+      const A* Vp = nullptr;
+      int64_t ldk = hdp, ldv = hdp;
+      if constexpr (std::is_same_v<T, A>) {
+        Kp = krow; Vp = vrow; ldk = P.ksS; ldv = P.vsS;
+      }
+      if (!direct) {
+        for (int64_t j = 0; j < n; ++j) {
+          load_row(krow + j * P.ksS, s.Kc.data() + j * hdp, hd, hdp, A(1));
+          load_row(vrow + j * P.vsS, s.Vc.data() + j * hdp, hd, hdp, A(1));
+        }
+        Kp = s.Kc.data(); Vp = s.Vc.data(); ldk = ldv = hdp;
+      }
+      A* St = s.St.data();
+      scores_t<A>(n, M, Mp, hd, hdp, Kp, ldk, s.Qt.data(), s.Qr.data(), A(1), St);
+      if (!full) apply_mask(St, n, Mp, j0, c, s.pos.data(), W, S);
+      // Online softmax: m_new = max(m, colmax S); alpha = exp(m - m_new); P = exp(S - m_new); l = alpha l + sum P.
+      for (int64_t i = 0; i < Mp; i += VS) {
+        V mx = V::loadu(s.m.data() + i);
+        const V mo = mx;
+        for (int64_t j = 0; j < n; ++j) mx = vmax(mx, V::loadu(St + j * Mp + i));
+        const V use = V::blendv(mx, V(A(0)), mx == V(NEG_INF));  // nothing visible yet: avoid inf - inf
+        vexp(mo - use).store(s.alpha.data() + i);
+        mx.store(s.m.data() + i);
+        V sum(A(0));
+        for (int64_t j = 0; j < n; ++j) {
+          const V p = vexp(V::loadu(St + j * Mp + i) - use);
+          p.store(St + j * Mp + i);
+          sum = sum + p;
+        }
+        (V::loadu(s.l.data() + i) * V::loadu(s.alpha.data() + i) + sum).store(s.l.data() + i);
+      }
+      // O = alpha * O + P . V   (A = P read from S^T: a_rs = 1, a_ks = Mp)
+      gemm_small<A>(M, hdp, n, St, 1, Mp, Vp, ldv, ldv, 2 * VS, s.O.data(), hdp, first ? 0 : 2, s.alpha.data());
+      first = false;
+    }
+    if (first) std::fill(s.O.begin(), s.O.begin() + M * hdp, A(0));  // no visible key at all
+    if (nsplit > 1) {
+      A* pp = part.data() + it * part_stride;
+      std::memcpy(pp, s.O.data(), sizeof(A) * M * hdp);
+      std::memcpy(pp + Mpmax * hdp, s.m.data(), sizeof(A) * M);
+      std::memcpy(pp + Mpmax * hdp + Mpmax, s.l.data(), sizeof(A) * M);
+      return;
+    }
+    for (int64_t i = 0; i < M; ++i) {
+      const int64_t t = t0 + i / G, h = g * G + i % G;
+      const A li = s.l[i];
+      store_row<T, A>(s.O.data() + i * hdp, out + ((b * Tq + t) * nH + h) * hd, hd, li > A(0) ? A(1) / li : A(0));
+      lse[(b * nH + h) * Tq + t] = li > A(0) ? s.m[i] + std::log(li) : NEG_INF;
+    }
+  });
+
+  if (nsplit > 1) {  // merge the splits: O = sum_s e^(m_s - m) O_s / sum_s e^(m_s - m) l_s
+    at::parallel_for(0, base_items * Mpmax, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<A> o(hdp);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bi = r / Mpmax, i = r % Mpmax;
+        const int64_t qt = bi % nqt, g = (bi / nqt) % nKV, b = bi / nqt / nKV;
+        const int64_t t0 = qt * bq, nq = std::min(Tq, t0 + bq) - t0;
+        if (i >= nq * G) continue;
+        A mt = NEG_INF;
+        for (int64_t sp = 0; sp < nsplit; ++sp) {
+          const A* pp = part.data() + (bi * nsplit + sp) * part_stride;
+          if (pp[Mpmax * hdp + Mpmax + i] > A(0)) mt = std::max(mt, pp[Mpmax * hdp + i]);
+        }
+        A lt = 0;
+        std::fill(o.begin(), o.end(), A(0));
+        for (int64_t sp = 0; sp < nsplit && mt != NEG_INF; ++sp) {
+          const A* pp = part.data() + (bi * nsplit + sp) * part_stride;
+          const A li = pp[Mpmax * hdp + Mpmax + i];
+          if (!(li > A(0))) continue;
+          const A w = std::exp(pp[Mpmax * hdp + i] - mt);
+          lt += li * w;
+          for (int64_t d = 0; d < hd; ++d) o[d] += w * pp[i * hdp + d];
+        }
+        const int64_t t = t0 + i / G, h = g * G + i % G;
+        store_row<T, A>(o.data(), out + ((b * Tq + t) * nH + h) * hd, hd, lt > A(0) ? A(1) / lt : A(0));
+        lse[(b * nH + h) * Tq + t] = lt > A(0) ? mt + std::log(lt) : NEG_INF;
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+template <typename T>
+struct BwdTensors {
+  const T* dout; int64_t dsB, dsT, dsH;  // grad_out [B,T,nH,hd], last stride 1
+  const T* out; int64_t osB, osT, osH;   // out [B,T,nH,hd], last stride 1
+  const acc_type<T>* lse;                // contiguous [B,nH,T]
+  T* dq;                                 // contiguous [B,T,nH,hd]
+  T* dk;                                 // contiguous [B,S,nKV,hd]
+  T* dv;                                 // contiguous [B,S,nKV,hd]
+};
+
+struct BwdTiles {
+  int64_t bk = 64;        // keys per work item
+  int64_t target_m = 64;  // query rows per query tile
+};
+
+template <typename T>
+void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles = BwdTiles()) {
+  using A = acc_type<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const int64_t B = P.B, Tq = P.Tq, S = P.S, nH = P.nH, nKV = P.nKV, hd = P.hd, W = P.window;
+  const int64_t G = nH / nKV;
+  const int64_t hdp = (hd + VS - 1) / VS * VS;
+  const int64_t BK = tiles.bk;
+  const int64_t bq = std::max<int64_t>(1, std::min<int64_t>(Tq, tiles.target_m / G));
+  const int64_t nqt = (Tq + bq - 1) / bq, nkt = (S + BK - 1) / BK;
+  const int64_t Mpmax = (bq * G + VS - 1) / VS * VS;
+  const bool direct = std::is_same_v<T, A> && hd % VS == 0;
+  const A scale = static_cast<A>(P.scale);
+  const A NEG_INF = -std::numeric_limits<A>::infinity(), POS_INF = std::numeric_limits<A>::infinity();
+  const std::vector<int32_t> cnt = key_counts(P.mask, P.msB, P.msS, B, S);
+  const int64_t nthreads = at::get_num_threads();
+
+  // 1. Pack, per (b, g, query tile): Q^T panels (scaled), Q rows, dO^T panels, dO rows, and per row
+  //    lse (+inf where nothing is visible, so P = exp(S - lse) = 0) and D = rowsum(dO * O).
+  const int64_t blk = Mpmax * hdp, nblk = B * nKV * nqt;
+  std::vector<A> Qt(nblk * blk), Qr(nblk * blk), dOt(nblk * blk), dOr(nblk * blk), L(nblk * Mpmax),
+      D(nblk * Mpmax);
+  at::parallel_for(0, nblk, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<A> row(hdp), orow(hdp);
+    for (int64_t bi = k0; bi < k1; ++bi) {
+      const int64_t qt = bi % nqt, g = (bi / nqt) % nKV, b = bi / nqt / nKV;
+      const int64_t t0 = qt * bq, M = (std::min(Tq, t0 + bq) - t0) * G, Mp = (M + VS - 1) / VS * VS;
+      pack_rows(P.q, P.qsB, P.qsT, P.qsH, b, g, G, t0, M, Mp, hd, hdp, scale, Qt.data() + bi * blk,
+                Qr.data() + bi * blk, row.data());
+      pack_rows(X.dout, X.dsB, X.dsT, X.dsH, b, g, G, t0, M, Mp, hd, hdp, A(1), dOt.data() + bi * blk,
+                dOr.data() + bi * blk, row.data());
+      for (int64_t i = 0; i < Mpmax; ++i) {
+        A l = POS_INF, dsum = 0;
+        if (i < M) {
+          const int64_t t = t0 + i / G, h = g * G + i % G;
+          const A li = X.lse[(b * nH + h) * Tq + t];
+          l = li == NEG_INF ? POS_INF : li;
+          load_row(X.out + b * X.osB + t * X.osT + h * X.osH, orow.data(), hd, hdp, A(1));
+          const A* dr = dOr.data() + bi * blk + i * hdp;
+          for (int64_t d = 0; d < hd; ++d) dsum += dr[d] * orow[d];
+        }
+        L[bi * Mpmax + i] = l;
+        D[bi * Mpmax + i] = dsum;
+      }
+    }
+  });
+
+  // 2. Per (b, g, key tile): dK, dV of the tile; dQ into the worker's buffer [B, nKV, T, G, hdp].
+  auto q_range = [&](int64_t kt, int64_t& q0, int64_t& q1) {  // query tiles that see key tile kt
+    const int64_t j0 = kt * BK, j1 = std::min(S, j0 + BK) - 1;
+    const int64_t tfirst = std::max<int64_t>(0, j0 - (S - Tq));                          // p >= j0
+    const int64_t tlast = W > 0 ? std::min<int64_t>(Tq - 1, j1 + W - 1 - (S - Tq)) : Tq - 1;  // p - W < j1
+    if (tlast < tfirst) { q0 = q1 = 0; return; }
+    q0 = tfirst / bq;
+    q1 = tlast / bq + 1;
+  };
+  const int64_t nitems = B * nKV * nkt;
+  std::vector<int64_t> cost(nitems);
+  for (int64_t it = 0; it < nitems; ++it) {
+    int64_t q0, q1;
+    q_range(it % nkt, q0, q1);
+    cost[it] = q1 - q0;
+  }
+  struct Scratch {
+    std::vector<A> St, dPt, Kc, Vc, dK, dV, pos, dQ;
+  };
+  std::vector<Scratch> scratch(std::min<int64_t>(nthreads, std::max<int64_t>(nitems, 1)));
+  const int64_t dq_size = B * nKV * Tq * G * hdp;
+
+  run_items(order_by_cost(cost), [&](int64_t it, int64_t worker) {
+    Scratch& s = scratch[worker];
+    if (s.St.empty()) {
+      s.St.resize(BK * Mpmax); s.dPt.resize(BK * Mpmax); s.Kc.resize(BK * hdp); s.Vc.resize(BK * hdp);
+      s.dK.resize(BK * hdp); s.dV.resize(BK * hdp); s.pos.resize(Mpmax); s.dQ.assign(dq_size, A(0));
+    }
+    const int64_t kt = it % nkt, g = (it / nkt) % nKV, b = it / nkt / nKV;
+    const int64_t j0 = kt * BK, n = std::min(S, j0 + BK) - j0;
+    const int32_t* c = P.mask ? cnt.data() + b * (S + 1) : nullptr;
+    const int64_t valid = c ? c[j0 + n] - c[j0] : n;
+    std::fill(s.dK.begin(), s.dK.end(), A(0));
+    std::fill(s.dV.begin(), s.dV.end(), A(0));
+    int64_t q0 = 0, q1 = 0;
+    if (valid > 0) q_range(kt, q0, q1);
+    const T* krow = P.k + b * P.ksB + j0 * P.ksS + g * P.ksH;
+    const T* vrow = P.v + b * P.vsB + j0 * P.vsS + g * P.vsH;
+    const A* Kp = s.Kc.data();
+    const A* Vp = s.Vc.data();
+    int64_t ldk = hdp, ldv = hdp;
+    if (q1 > q0) {
+      if constexpr (std::is_same_v<T, A>) {
+        if (direct) { Kp = krow; Vp = vrow; ldk = P.ksS; ldv = P.vsS; }
+      }
+      if (!direct)
+        for (int64_t j = 0; j < n; ++j) {
+          load_row(krow + j * P.ksS, s.Kc.data() + j * hdp, hd, hdp, A(1));
+          load_row(vrow + j * P.vsS, s.Vc.data() + j * hdp, hd, hdp, A(1));
+        }
+    }
+    for (int64_t qt = q0; qt < q1; ++qt) {
+      const int64_t bi = (b * nKV + g) * nqt + qt;
+      const int64_t t0 = qt * bq, nq = std::min(Tq, t0 + bq) - t0, M = nq * G, Mp = (M + VS - 1) / VS * VS;
+      const int64_t pmin = S - Tq + t0, pmax = pmin + nq - 1;
+      const bool full = valid == n && j0 + n - 1 <= pmin && (W <= 0 || j0 > pmax - W);
+      const A* qt_p = Qt.data() + bi * blk;
+      const A* qr_p = Qr.data() + bi * blk;
+      const A* dot_p = dOt.data() + bi * blk;
+      const A* dor_p = dOr.data() + bi * blk;
+      const A* Lp = L.data() + bi * Mpmax;
+      const A* Dp = D.data() + bi * Mpmax;
+      A* St = s.St.data();
+      A* dPt = s.dPt.data();
+      // P^T = exp(S^T - lse) (masked entries -> 0)
+      scores_t<A>(n, M, Mp, hd, hdp, Kp, ldk, qt_p, qr_p, scale, St);
+      if (!full) {
+        for (int64_t i = 0; i < Mp; ++i) s.pos[i] = i < M ? static_cast<A>(pmin + i / G) : A(-1);
+        apply_mask(St, n, Mp, j0, c, s.pos.data(), W, S);
+      }
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < Mp; i += VS)
+          vexp(V::loadu(St + j * Mp + i) - V::loadu(Lp + i)).store(St + j * Mp + i);
+      // dV += P^T dO
+      gemm_small<A>(n, hdp, M, St, Mp, 1, dor_p, hdp, hdp, 2 * VS, s.dV.data(), hdp, 1, nullptr);
+      // dP^T = V dO^T ; dS^T = P^T * (dP^T - D)
+      scores_t<A>(n, M, Mp, hd, hdp, Vp, ldv, dot_p, dor_p, A(1), dPt);
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < Mp; i += VS)
+          (V::loadu(St + j * Mp + i) * (V::loadu(dPt + j * Mp + i) - V::loadu(Dp + i))).store(dPt + j * Mp + i);
+      // dK += dS^T Q (scale applied at the end) ; dQ += dS K (scale applied in the reduction)
+      gemm_small<A>(n, hdp, M, dPt, Mp, 1, qr_p, hdp, hdp, 2 * VS, s.dK.data(), hdp, 1, nullptr);
+      A* dq = s.dQ.data() + ((b * nKV + g) * Tq + t0) * G * hdp;
+      gemm_small<A>(M, hdp, n, dPt, 1, Mp, Kp, ldk, ldk, 2 * VS, dq, hdp, 1, nullptr);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      store_row<T, A>(s.dK.data() + j * hdp, X.dk + ((b * S + j0 + j) * nKV + g) * hd, hd, scale);
+      store_row<T, A>(s.dV.data() + j * hdp, X.dv + ((b * S + j0 + j) * nKV + g) * hd, hd, A(1));
+    }
+  });
+
+  // 3. grad_q = scale * sum over workers of their dQ buffers.
+  at::parallel_for(0, B * Tq * nH, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<A> acc(hdp);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t h = r % nH, t = (r / nH) % Tq, b = r / nH / Tq;
+      const int64_t off = (((b * nKV + h / G) * Tq + t) * G + h % G) * hdp;
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (const Scratch& s : scratch) {
+        if (s.dQ.empty()) continue;
+        const A* src = s.dQ.data() + off;
+        for (int64_t d = 0; d < hdp; d += VS) (V::loadu(acc.data() + d) + V::loadu(src + d)).store(acc.data() + d);
+      }
+      store_row<T, A>(acc.data(), X.dq + r * hd, hd, scale);
+    }
+  });
+}
+
+}  // namespace gemma4::attn
