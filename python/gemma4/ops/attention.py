@@ -1,2 +1,88 @@
-"""Placeholder: being written."""
-def attention(*a, **k): raise NotImplementedError
+"""Causal / sliding-window grouped-query attention: ``gemma4::attention`` and its backward, with fake
+kernels and autograd.
+
+The C++ kernels are csrc/attention/attention_cpu.cpp and attention_backward_cpu.cpp (flash-attention
+style, tiled with an online softmax; see attention_kernels.h); the plain-PyTorch definition is
+``reference.attention``.
+"""
+from __future__ import annotations
+
+import torch
+
+from gemma4 import _native  # noqa: F401  (loads the operator library)
+
+__all__ = ["attention"]
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    scale: float = 1.0,
+    window: int = 0,
+) -> torch.Tensor:
+    """Causal grouped-query attention with an optional sliding window and key padding mask.
+
+    Query ``t`` sits at key index ``p = S - T + t``, so the same call serves prefill (``S == T``) and
+    decoding against a cache (``S > T``). Key ``j`` is visible to query ``t`` iff ``j <= p``, and, when
+    ``window > 0``, ``j > p - window`` (the last ``window`` keys including the query's own), and
+    ``key_mask[b, j]`` when a mask is given. Query head ``h`` reads KV head ``h // (nH // nKV)``
+    (no copy of K/V is made). ``out[t] = softmax(scale * q[t] . k[visible]) @ v[visible]``; a query
+    that sees no key gets zeros (and a zero gradient).
+
+    Args:
+        q: ``[B, T, nH, hd]``; float32/float64/bfloat16/float16; last dim unit-stride, other strides free.
+        k, v: ``[B, S, nKV, hd]`` with ``S >= T`` and ``nH % nKV == 0``; same dtype as ``q``; last dim
+            unit-stride, other strides free (e.g. ``cache[:, :, :S].transpose(1, 2)`` of a
+            ``[B, nKV, T_max, hd]`` cache works without a copy). ``hd <= 512``.
+        key_mask: optional bool ``[B, S]``, True = may be attended (left padding: False at the front).
+        scale: multiplies the scores (Gemma 4 uses 1.0: q and k are RMS-normed).
+        window: sliding window length in keys (including the query itself); ``<= 0`` means none.
+
+    Returns:
+        ``out`` ``[B, T, nH, hd]`` (contiguous) in ``q.dtype``, computed in float32 (float64 for
+        float64). Differentiable in ``q``, ``k`` and ``v`` (``grad_k``/``grad_v`` summed over the query
+        heads of each group). The op also returns the row log-sum-exp (``torch.ops.gemma4.attention``),
+        which is saved for the backward and is not differentiable.
+    """
+    out, _ = torch.ops.gemma4.attention(q, k, v, key_mask, float(scale), int(window))
+    return out
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("gemma4::attention")
+def _attention_fake(q, k, v, key_mask, scale, window):
+    B, T, nH, hd = q.shape
+    out = q.new_empty((B, T, nH, hd))
+    lse = q.new_empty((B, nH, T), dtype=_lse_dtype(q.dtype))
+    return out, lse
+
+
+@torch.library.register_fake("gemma4::attention_backward")
+def _attention_backward_fake(grad_out, q, k, v, out, lse, key_mask, scale, window):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_mask, scale, window = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_mask)
+    ctx.scale = scale
+    ctx.window = window
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, key_mask = ctx.saved_tensors
+    if grad_out is None:
+        return None, None, None, None, None, None
+    grad_q, grad_k, grad_v = torch.ops.gemma4.attention_backward(
+        grad_out, q, k, v, out, lse, key_mask, ctx.scale, ctx.window)
+    return grad_q, grad_k, grad_v, None, None, None
+
+
+torch.library.register_autograd("gemma4::attention", _backward, setup_context=_setup_context)
