@@ -7,9 +7,11 @@ Loading (`load_pretrained`):
   2. map checkpoint names to model names (explicit table below) and check every key, shape and
      dtype against the model built on the meta device: one CheckpointError lists everything missing
      or unexpected;
-  3. `model.to(dtype)` on meta, `model.to_empty(device)`, then copy tensors one at a time straight
-     into their final dtype and device (peak memory ~ model size), with a progress bar;
-  4. `model.tie_weights()`, `model.init_non_persistent_buffers()`, `model.eval()`.
+  3. `model.to(dtype)` on meta, `model.to_empty(device)`, then read tensors one at a time with
+     plain file reads (no mmap) straight into their parameters, through one temporary tensor when
+     the dtype or device differs (peak memory = model + one tensor), with a progress bar;
+  4. `model.tie_weights()`, `model.init_non_persistent_buffers()`, `model.eval()`. Tied aliases
+     (lm_head.weight) are kept out of to_empty() and re-tied, so they never get storage of their own.
 
 Key mapping (checkpoint -> model):
   model.language_model.X   -> model.X    Gemma4ForConditionalGeneration (all Google repos)
@@ -85,6 +87,8 @@ class TensorEntry:
     dtype_code: str
     dtype: torch.dtype | None
     shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in the file
+    nbytes: int
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -138,7 +142,7 @@ def read_safetensors_header(path: str) -> tuple[dict[str, TensorEntry], dict[str
         if offsets[1] > data_len:
             raise CheckpointError(f"truncated safetensors file: the tensor ends at data byte {offsets[1]} but the "
                                   f"file holds only {data_len} data bytes", path, key)
-        entries[key] = TensorEntry(path, key, code, dtype, tuple(shape))
+        entries[key] = TensorEntry(path, key, code, dtype, tuple(shape), 8 + n + offsets[0], nbytes)
     return entries, metadata
 
 
@@ -316,23 +320,21 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
     aliases = _tied_aliases(model)
     plan = _plan(model, config, entries, aliases, index or files[0])
 
+    # to_empty() would give every tied alias (lm_head.weight) storage of its own, only for
+    # tie_weights() to drop it again: an extra [V, H] at peak. Detach the aliases first.
+    detached = _detach_aliases(model, aliases)
     model.to_empty(device=target_device)
+    for module, name, canonical in detached:
+        setattr(module, name, model.get_parameter(canonical))
     live = model.state_dict(keep_vars=True)
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     total = sum(len(v) for v in plan.values())
     with torch.no_grad(), tqdm(total=total, desc="Loading checkpoint", unit="tensor", disable=not progress) as bar:
-        from safetensors import safe_open  # noqa: PLC0415
-
         for file, items in plan.items():
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for ckpt_key, model_key in items:
-                    try:
-                        tensor = f.get_tensor(ckpt_key)
-                    except Exception as e:  # safetensors raises its own error types
-                        raise CheckpointError(f"cannot read the tensor ({e})", file, ckpt_key) from None
-                    live[model_key].copy_(tensor)
-                    del tensor
+            with open(file, "rb") as fh:
+                for ckpt_key, model_key in sorted(items, key=lambda item: entries[item[0]].offset):
+                    _read_into(fh, entries[ckpt_key], live[model_key])
                     bar.update(1)
 
     if hasattr(model, "tie_weights"):
@@ -410,6 +412,39 @@ def _plan(model: torch.nn.Module, config: Gemma4Config, entries: dict[str, Tenso
     return plan
 
 
+def _read_into(fh, entry: TensorEntry, target: torch.Tensor) -> None:
+    """Copy one tensor's bytes from the open file into `target` (any dtype/device).
+
+    Plain reads, no memory map: a CPU target of the stored dtype is filled in place, anything else
+    goes through one temporary host tensor. Peak extra memory is one tensor, and the process never
+    maps the whole file (whose pages would otherwise count against it).
+    """
+    direct = target.device.type == "cpu" and target.dtype == entry.dtype and target.is_contiguous()
+    host = target.detach() if direct else torch.empty(entry.shape, dtype=entry.dtype)
+    if entry.nbytes:
+        view = memoryview(host.reshape(-1).view(torch.uint8).numpy())
+        fh.seek(entry.offset)
+        done = 0
+        while done < entry.nbytes:
+            got = fh.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"file ended after {done} of the tensor's {entry.nbytes} bytes (truncated while "
+                                      "loading?)", entry.file, entry.key)
+            done += got
+    if not direct:
+        target.copy_(host)
+
+
+def _detach_aliases(model: torch.nn.Module, aliases: dict[str, str]) -> list[tuple[torch.nn.Module, str, str]]:
+    detached = []
+    for alias, canonical in aliases.items():
+        module_name, _, name = alias.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[name] = None  # to_empty() skips None; restored (tied) right after
+        detached.append((module, name, canonical))
+    return detached
+
+
 def _has_non_persistent_buffers(model: torch.nn.Module) -> bool:
     persistent = set(model.state_dict().keys())
     return any(name not in persistent for name, _ in model.named_buffers())
@@ -419,8 +454,8 @@ def _check_ties(model: torch.nn.Module, aliases: dict[str, str]) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     for alias, canonical in aliases.items():
         if params[alias].data_ptr() != params[canonical].data_ptr():
-            raise RuntimeError(f"{type(model).__name__}.tie_weights() did not tie {alias} to {canonical} again "
-                               "after to_empty()")
+            raise RuntimeError(f"after loading, {alias} is not tied to {canonical} (check "
+                               f"{type(model).__name__}.tie_weights())")
 
 
 # ---------------------------------------------------------------------------------------- save

@@ -487,14 +487,24 @@ def test_mixed_prefixes(e2b_copy):
         load_pretrained(HFStandIn, e2b_copy)
 
 
-def test_tie_weights_contract_checked(saved):
+def test_ties_survive_to_empty_without_extra_storage(saved):
+    """to_empty() must not allocate the tied lm_head separately; ties hold even if tie_weights() is a no-op."""
     class NoRetie(HFStandIn):
         def tie_weights(self, *args, **kwargs):
             if self.lm_head.weight.is_meta:
                 return super().tie_weights(*args, **kwargs)
 
-    with pytest.raises(RuntimeError, match="did not tie lm_head.weight"):
-        load_pretrained(NoRetie, saved["tiny-e2b", "causal"], progress=False)
+    model = load_pretrained(NoRetie, saved["tiny-e2b", "causal"], progress=False)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+    class Untie(HFStandIn):
+        def tie_weights(self, *args, **kwargs):
+            super().tie_weights(*args, **kwargs)
+            if not self.lm_head.weight.is_meta:
+                self.lm_head.weight = torch.nn.Parameter(self.lm_head.weight.detach().clone())
+
+    with pytest.raises(RuntimeError, match="lm_head.weight is not tied to model.embed_tokens.weight"):
+        load_pretrained(Untie, saved["tiny-e2b", "causal"], progress=False)
 
 
 # ------------------------------------------------------------------------------------- the oracle itself
@@ -521,3 +531,31 @@ def test_oracle_models_are_well_formed(name, models):
         finally:
             model.config._attn_implementation = "sdpa"
     assert (eager - sdpa).abs().max().item() <= 1e-5 * sdpa.abs().max().item() * 10
+
+
+def test_transformers_ignores_unused_shared_kv_tensors(models, tmp_path):
+    """The oracle's Google-style extra tensors are what transformers itself tolerates."""
+    save_hf(models["tiny-e4b"], tmp_path)
+    added = add_unused_shared_kv_tensors(tmp_path)
+    assert len(added) == 3 * 6 and "model.layers.11.self_attn.k_proj.weight" in added
+    _assert_same_weights(_hf_from_pretrained(tmp_path), models["tiny-e4b"])
+    _assert_same_weights(load_pretrained(HFStandIn, tmp_path, progress=False), models["tiny-e4b"])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-26b-a4b"])
+def test_load_to_cuda(name, models, saved):
+    model = load_pretrained(HFStandIn, saved[name, "conditional"], dtype=torch.bfloat16, device="cuda",
+                            progress=False)
+    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
+    assert all(t.device.type == "cuda" for t in list(model.parameters()) + list(model.buffers()))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    theirs = models[name].state_dict()
+    for key, t in model.state_dict().items():
+        assert torch.equal(t.cpu(), theirs[key].to(torch.bfloat16)), key
+    assert model.model.rotary_emb.full_attention_inv_freq.dtype == torch.float32
+    # loading straight onto the GPU == loading on the CPU in float32 and moving the model afterwards
+    moved = load_pretrained(HFStandIn, saved[name, "conditional"], progress=False).to("cuda", torch.bfloat16)
+    moved.init_non_persistent_buffers()  # .to(bfloat16) rounded the RoPE buffers; the loader keeps fp32
+    got, want = _logits(model, IDS.cuda()), _logits(moved, IDS.cuda())
+    assert torch.isfinite(got).all() and torch.equal(got, want)
