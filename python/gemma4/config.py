@@ -696,7 +696,7 @@ def _per_layer_config_to_fields(text: dict, per_layer_config: Any, source: str, 
     if len(head_dims) > 1 or len(kv_heads) > 1:
         raise ConfigError("full-attention layers must all have the same head_dim and num_key_value_heads "
                           f"(got head_dim {sorted(head_dims)}, num_key_value_heads {sorted(kv_heads)})", source, key)
-    out: dict[str, Any] = {"global_head_dim": head_dims.pop() if head_dims else head_dim}
+    out: dict[str, Any] = {"global_head_dim": head_dims.pop() if head_dims else head_dim, "layer_types": types}
     kv = kv_heads.pop() if kv_heads else num_kv
     if kv != num_kv:
         if text.get("attention_k_eq_v") is not True:
