@@ -14,40 +14,77 @@
 // denominator cancels), so with g_k = grad_weights[n, k] and gr_k = g_k * scale[i_k]:
 //   grad_logits[n, j] = sum_{k: i_k = j} r_k (gr_k - sum_k' gr_k' r_k')     (zero off the top k)
 //   grad_scale[e]     = sum_{(n, k): i_k = e} g_k r_k
-// Rows are independent: at::parallel_for over rows; E and K are small (<= a few hundred), so the
-// per-row work is a few plain loops.
+// Rows are independent: at::parallel_for over rows; the softmax is vectorized, the top-k is one
+// insertion pass (K is small).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <limits>
 #include <vector>
 
 #include "common/checks.h"
+#include "moe/moe_gemm.h"
 
 namespace gemma4 {
 namespace {
 
-// p = softmax(l[0..E)) into p (Acc), the same rounding steps as torch.softmax in Acc.
+// p = softmax(l[0..E)) into p (Acc): max, exp(l - max), scale by 1 / sum, vectorized (E is a few
+// hundred at most, one row per call). A NaN anywhere makes the row NaN, as in torch.softmax.
 template <typename Acc, typename T>
 void softmax_row(const T* l, int64_t E, Acc* p) {
+  using V = moe::Vec<Acc>;
+  constexpr int64_t W = V::size();
+  const int64_t Ev = E / W * W;
   Acc mx = -std::numeric_limits<Acc>::infinity();
-  bool nan = false;
-  for (int64_t i = 0; i < E; ++i) {
-    const Acc v = static_cast<Acc>(l[i]);
-    nan |= std::isnan(v);
-    mx = std::max(mx, v);
+  if (Ev > 0) {
+    V vmx(mx);
+    for (int64_t i = 0; i < Ev; i += W) vmx = at::vec::maximum(vmx, moe::load_vec<Acc>(l + i));  // NaN-propagating
+    mx = at::vec::vec_reduce_all<Acc>([](const V& a, const V& b) { return at::vec::maximum(a, b); }, vmx);
   }
-  if (nan) mx = std::numeric_limits<Acc>::quiet_NaN();
-  Acc sum = 0;
-  for (int64_t i = 0; i < E; ++i) {
+  for (int64_t i = Ev; i < E; ++i) {
+    const Acc v = static_cast<Acc>(l[i]);
+    mx = (std::isnan(v) || v > mx) ? v : mx;
+  }
+  V vsum(Acc(0));
+  for (int64_t i = 0; i < Ev; i += W) {
+    const V e = (moe::load_vec<Acc>(l + i) - V(mx)).exp();
+    e.store(p + i);
+    vsum = vsum + e;
+  }
+  Acc sum = moe::hsum<Acc>(vsum);
+  for (int64_t i = Ev; i < E; ++i) {
     p[i] = std::exp(static_cast<Acc>(l[i]) - mx);
     sum += p[i];
   }
   const Acc inv = Acc(1) / sum;
   for (int64_t i = 0; i < E; ++i) p[i] *= inv;
+}
+
+// The top K of p[0..E), largest first, into idx: one pass with an insertion into the sorted list.
+// NaN ranks above every number; ties keep the lower index first (a later equal value never
+// displaces an earlier one).
+template <typename Acc>
+void top_k_row(const Acc* p, int64_t E, int64_t K, int64_t* idx, Acc* val) {
+  auto better = [](Acc a, Acc b) {  // a ranks strictly above b
+    const bool na = std::isnan(a), nb = std::isnan(b);
+    return na ? !nb : (!nb && a > b);
+  };
+  int64_t n = 0;
+  for (int64_t i = 0; i < E; ++i) {
+    const Acc v = p[i];
+    if (n == K && !better(v, val[K - 1])) continue;
+    int64_t pos = n < K ? n++ : K - 1;
+    while (pos > 0 && better(v, val[pos - 1])) {
+      val[pos] = val[pos - 1];
+      idx[pos] = idx[pos - 1];
+      --pos;
+    }
+    val[pos] = v;
+    idx[pos] = i;
+  }
 }
 
 // r_k = p[i_k] / sum_k p[i_k] for the chosen experts idx[0..K).
@@ -92,22 +129,11 @@ std::tuple<at::Tensor, at::Tensor> moe_route_cpu(const at::Tensor& logits, const
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_scale", [&] {
       const scalar_t* sc = scale.data_ptr<scalar_t>();
       at::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
-        std::vector<Acc> p(E), r(K);
-        std::vector<int64_t> order(E);
+        std::vector<Acc> p(E), r(K), top(K);
         for (int64_t n = b; n < e; ++n) {
           softmax_row(l + n * E, E, p.data());
-          // Top k, largest first; NaN ranks above every number; ties: lower index first. This is a
-          // strict weak order even with NaNs, so partial_sort is well defined for any input.
-          std::iota(order.begin(), order.end(), int64_t(0));
-          std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int64_t a, int64_t c) {
-            const Acc pa = p[a], pc = p[c];
-            const bool na = std::isnan(pa), nc = std::isnan(pc);
-            if (na != nc) return na;
-            if (!na && pa != pc) return pa > pc;
-            return a < c;
-          });
           int64_t* irow = ix + n * K;
-          std::copy(order.begin(), order.begin() + K, irow);
+          top_k_row(p.data(), E, K, irow, top.data());
           renormalise(p.data(), irow, K, r.data());
           for (int64_t k = 0; k < K; ++k) w[n * K + k] = r[k] * static_cast<Acc>(sc[irow[k]]);
         }

@@ -99,6 +99,15 @@ def test_route_large_logits_and_k_equals_e():
     torch.testing.assert_close(w, w_ref, **tight_tol(torch.float32))
 
 
+def test_route_nan_logits_do_not_crash():
+    logits = _logits(3, 16)
+    logits[1, 5] = float("nan")
+    w, idx = moe_route(logits, _scale(16), 4)
+    assert ((idx >= 0) & (idx < 16)).all() and torch.isnan(w[1]).all()
+    w_ref, idx_ref = ref.moe_route(logits, _scale(16), 4)
+    assert torch.equal(idx[[0, 2]], idx_ref[[0, 2]])
+
+
 def test_route_no_tokens():
     w, idx = moe_route(torch.randn(0, 8), _scale(8), 2)
     assert w.shape == (0, 2) and idx.shape == (0, 2)
