@@ -3,9 +3,9 @@
 // Reference: rms_norm in python/gemma4/ops/reference.py (the same maths as transformers'
 // Gemma4RMSNorm: upcast, normalise, scale, cast back).
 //
-// Rows are independent: gemma4::parallel_for (common/vec_utils.h) over rows (several short rows per task, so q/k-norm over
-// [B,T,nH,256] does not pay a task per row), two vectorized passes per row (sum of squares, then
-// scale); the row stays in L1 between the passes.
+// Rows are independent: gemma4::parallel_for (common/vec_utils.h) over rows, several short rows
+// per task (so q/k-norm over [B,T,nH,256] does not pay a task per row); two vectorized passes per
+// row (sum of squares, then scale), the row staying in L1 between them.
 #include <torch/library.h>
 
 #include "common/vec_utils.h"
