@@ -206,6 +206,11 @@ def main(argv=None) -> int:
                       "yes" if r["top1_agree"] else "NO", err])
     print_table(["dtype", "T", "ours ms", "transformers ms", "speedup", "max|diff|", "top-1 same",
                  "err vs fp32 (ours / transformers)"], table, align="lrrrrrrr")
+    for r in rows:  # the logits check is a sanity check: say loudly when it fails
+        bad_fp32 = r["dtype"] == "float32" and r["max_abs_diff_vs_transformers"] > 1e-3 * r["logits_max_abs"]
+        bad_lowp = "ours_err_vs_fp32" in r and r["ours_err_vs_fp32"] > 2 * r["transformers_err_vs_fp32"]
+        if bad_fp32 or bad_lowp:
+            print(f"WARNING: {r['dtype']} T={r['seq_len']}: logits disagree with transformers more than expected")
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
 
     partial = args.quick or args.seq_lens is not None or set(args.dtypes) != set(DTYPES)
