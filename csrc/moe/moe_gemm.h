@@ -53,6 +53,33 @@ inline Vec<Acc> load_vec(const T* p, int64_t n) {
   }
 }
 
+// Accumulator registers. GCC keeps arrays of Vectorized<> objects in memory inside the k loops (it
+// stores every accumulator to the stack on each iteration, a 3x slowdown); arrays of the raw vector
+// type stay in registers. Vectorized<float/double> converts to and from __m256/__m256d for free.
+#if defined(CPU_CAPABILITY_AVX2)
+template <typename Acc>
+struct Reg;
+template <>
+struct Reg<float> {
+  using type = __m256;
+  static type zero() { return _mm256_setzero_ps(); }
+  static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
+};
+template <>
+struct Reg<double> {
+  using type = __m256d;
+  static type zero() { return _mm256_setzero_pd(); }
+  static type fma(type a, type b, type c) { return _mm256_fmadd_pd(a, b, c); }
+};
+#else
+template <typename Acc>
+struct Reg {
+  using type = Vec<Acc>;
+  static type zero() { return Vec<Acc>(Acc(0)); }
+  static type fma(const type& a, const type& b, const type& c) { return at::vec::fmadd(a, b, c); }
+};
+#endif
+
 template <typename Acc>
 inline Acc hsum(const Vec<Acc>& v) {
   return at::vec::vec_reduce_all<Acc>([](const Vec<Acc>& a, const Vec<Acc>& b) { return a + b; }, v);
@@ -67,30 +94,31 @@ template <int MR, int NR, typename Acc, typename T, typename Epi>
 inline void dot_tile(int64_t K, const Acc* const* a, const T* b, int64_t ldb, int64_t i0, int64_t j0,
                      Epi& epi) {
   using V = Vec<Acc>;
+  using R = Reg<Acc>;
   constexpr int64_t W = V::size();
-  V acc[MR][NR];
+  typename R::type acc[MR][NR];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = V(Acc(0));
+    for (int j = 0; j < NR; ++j) acc[i][j] = R::zero();
   int64_t k = 0;
   for (; k + W <= K; k += W) {
-    V av[MR];
+    typename R::type av[MR];
     for (int i = 0; i < MR; ++i) av[i] = V::loadu(a[i] + k);
     for (int j = 0; j < NR; ++j) {
-      const V bv = load_vec<Acc>(b + j * ldb + k);
-      for (int i = 0; i < MR; ++i) acc[i][j] = at::vec::fmadd(av[i], bv, acc[i][j]);
+      const typename R::type bv = load_vec<Acc>(b + j * ldb + k);
+      for (int i = 0; i < MR; ++i) acc[i][j] = R::fma(av[i], bv, acc[i][j]);
     }
   }
   if (k < K) {  // tail of k: partial loads with zero lanes
     const int64_t n = K - k;
-    V av[MR];
+    typename R::type av[MR];
     for (int i = 0; i < MR; ++i) av[i] = V::loadu(a[i] + k, n);
     for (int j = 0; j < NR; ++j) {
-      const V bv = load_vec<Acc>(b + j * ldb + k, n);
-      for (int i = 0; i < MR; ++i) acc[i][j] = at::vec::fmadd(av[i], bv, acc[i][j]);
+      const typename R::type bv = load_vec<Acc>(b + j * ldb + k, n);
+      for (int i = 0; i < MR; ++i) acc[i][j] = R::fma(av[i], bv, acc[i][j]);
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) epi(i0 + i, j0 + j, hsum<Acc>(acc[i][j]));
+    for (int j = 0; j < NR; ++j) epi(i0 + i, j0 + j, hsum<Acc>(V(acc[i][j])));
 }
 
 // MR rows of A against B rows [j0, j1): NR-row tiles, then single rows.
@@ -111,9 +139,10 @@ void gemm_nt(int64_t M, int64_t N, int64_t K, const Acc* const* a, const T* b, i
   constexpr int64_t JB = 24;  // divisible by the NR of every row tile (4, 6, 8)
   for (int64_t j0 = 0; j0 < N; j0 += JB) {
     const int64_t j1 = std::min(N, j0 + JB);
+    // Row tiles of 3; 4 leftover rows as 2 + 2 rather than 3 + 1 (a 1-row tile reads B for little work).
     int64_t i = 0;
-    for (; i + 3 <= M; i += 3) dot_rows<3, 4>(K, a + i, b, ldb, i, j0, j1, epi);
-    if (M - i == 2) dot_rows<2, 6>(K, a + i, b, ldb, i, j0, j1, epi);
+    for (; M - i >= 3 && M - i != 4; i += 3) dot_rows<3, 4>(K, a + i, b, ldb, i, j0, j1, epi);
+    for (; M - i >= 2; i += 2) dot_rows<2, 6>(K, a + i, b, ldb, i, j0, j1, epi);
     if (M - i == 1) dot_rows<1, 8>(K, a + i, b, ldb, i, j0, j1, epi);
   }
 }
@@ -125,26 +154,27 @@ void gemm_nt(int64_t M, int64_t N, int64_t K, const Acc* const* a, const T* b, i
 template <int MR, int NV, typename Acc, typename T, typename AFn, typename BFn, typename Epi>
 inline void outer_tile(int64_t K, const AFn& a, const BFn& brow, int64_t i0, int64_t j0, int64_t n, Epi& epi) {
   using V = Vec<Acc>;
+  using R = Reg<Acc>;
   constexpr int64_t W = V::size();
-  V acc[MR][NV];
+  typename R::type acc[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = V(Acc(0));
+    for (int v = 0; v < NV; ++v) acc[i][v] = R::zero();
   const bool full = n == NV * W;
   for (int64_t k = 0; k < K; ++k) {
     const T* bk = brow(k) + j0;
-    V bv[NV];
+    typename R::type bv[NV];
     if (full) {
       for (int v = 0; v < NV; ++v) bv[v] = load_vec<Acc>(bk + v * W);
     } else {
       bv[0] = load_vec<Acc>(bk, n);  // NV == 1 here
     }
     for (int i = 0; i < MR; ++i) {
-      const V av(a(i0 + i, k));
-      for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(av, bv[v], acc[i][v]);
+      const typename R::type av = V(a(i0 + i, k));
+      for (int v = 0; v < NV; ++v) acc[i][v] = R::fma(av, bv[v], acc[i][v]);
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) epi(i0 + i, j0 + v * W, acc[i][v], std::min<int64_t>(W, n - v * W));
+    for (int v = 0; v < NV; ++v) epi(i0 + i, j0 + v * W, V(acc[i][v]), std::min<int64_t>(W, n - v * W));
 }
 
 // All rows of A against the columns [j0, j0 + n) of B (one tile wide): row tiles of 4, then the rest.
