@@ -90,7 +90,7 @@ _EMBEDDING_CACHE: OrderedDict = OrderedDict()  # (vocab, stop strings, mode) -> 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte <-> printable-unicode map used by ByteLevel tokenizers."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(2**8):
