@@ -8,7 +8,7 @@
 //
 // x [B,T,nH,hd] contiguous, positions int64 [B|1,T], inv_freq fp32 [hd/2]. Work is split over the
 // rows of positions: each (b,t) -- or each t when positions is [1,T] and broadcasts over the batch --
-// computes its cos/sin table once (vectorized Sleef sincos) and rotates every head of every batch
+// computes its cos/sin table once (vectorized Sleef sin/cos) and rotates every head of every batch
 // element that uses it.
 #include <torch/library.h>
 
@@ -18,30 +18,6 @@
 
 namespace gemma4 {
 namespace {
-
-// sin and cos of one vector of angles. Sleef's sincos shares the argument reduction between the
-// two (the table costs more than rotating a single KV head of 256); 1-ULP either way.
-inline void sincos(const at::vec::Vectorized<float>& a, at::vec::Vectorized<float>& s, at::vec::Vectorized<float>& c) {
-#if defined(CPU_CAPABILITY_AVX2)
-  const Sleef___m256_2 r = Sleef_sincosf8_u10(a);
-  s = r.x;
-  c = r.y;
-#else
-  s = a.sin();
-  c = a.cos();
-#endif
-}
-inline void sincos(const at::vec::Vectorized<double>& a, at::vec::Vectorized<double>& s,
-                   at::vec::Vectorized<double>& c) {
-#if defined(CPU_CAPABILITY_AVX2)
-  const Sleef___m256d_2 r = Sleef_sincosd4_u10(a);
-  s = r.x;
-  c = r.y;
-#else
-  s = a.sin();
-  c = a.cos();
-#endif
-}
 
 template <typename T>
 void rope_kernel(const T* x, const int64_t* pos, const float* inv_freq, T* y, int64_t B, int64_t T_, int64_t H,
@@ -61,10 +37,10 @@ void rope_kernel(const T* x, const int64_t* pos, const float* inv_freq, T* y, in
         const int n = static_cast<int>(std::min<int64_t>(N, half - j));
         A ang[N];
         for (int i = 0; i < n; ++i) ang[i] = p * static_cast<A>(inv_freq[j + i]);
-        V s, c;
-        sincos(V::loadu(ang, n), s, c);
+        const V a = V::loadu(ang, n);
+        V s = a.sin();
         if (inverse) s = V(0) - s;
-        c.store(cos_t.data() + j, n);
+        a.cos().store(cos_t.data() + j, n);
         s.store(sin_t.data() + j, n);
       }
       const int64_t t = r % T_;
