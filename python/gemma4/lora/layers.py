@@ -1,0 +1,358 @@
+"""LoRA layers with PEFT's module and parameter names (peft 0.21, tuners/lora/layer.py).
+
+    LoraLinear          wraps a Linear: `base_layer` + `lora_A`/`lora_B` ModuleDicts of nn.Linear per adapter,
+                        so parameters are named `<path>.lora_A.<adapter>.weight` exactly as PEFT's lora.Linear.
+                        forward = base(x) + sum_a  B_a(A_a(dropout_a(x))) * scaling_a   (no merged weight).
+    LoraParamWrapper    LoRA on an nn.Parameter of a module (PEFT's lora.ParamWrapper, `target_parameters`):
+                        for a 3-D expert bank W [E, out, in] (transformers' layout, not transposed)
+                          lora_A: Linear(in, r*E)  weight [r*E, in]   -> A_e = weight.view(E, r, in)[e]
+                          lora_B: Linear(r*E, out) weight [out, r*E]  -> B_e = weight.view(out, r, E)[:, :, e]
+                          W_eff[e] = W[e] + scaling * B_e @ A_e
+                        The wrapper calls its module with W_eff in place of W (torch.func.functional_call): with
+                        one active adapter W_eff = baddbmm(W, B, A, alpha=scaling) in W's dtype (PEFT's
+                        _LoraFactorsProxy), with several W + sum of the deltas (PEFT's _LoraParameterProxy).
+                        Two parameters of one module nest, as PEFT: the wrapper of the later-registered
+                        parameter is outermost (`experts.lora_A...` = down_proj, `experts.base_layer.lora_A...` =
+                        gate_up_proj when both are targeted).
+    ModulesToSaveWrapper a full trainable copy of a module per adapter (PEFT's ModulesToSaveWrapper):
+                        `original_module` + `modules_to_save.<adapter>`.
+
+The model-level bookkeeping (which adapters exist, are active, trainable) lives in adapters.py; these layers
+only hold per-layer state and do the maths.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["LoraLayer", "LoraLinear", "LoraParamWrapper", "ModulesToSaveWrapper", "is_linear_like"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """nn.Linear, or a Linear replacement (e.g. a quantized linear) exposing int in_features/out_features."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(getattr(module, "in_features", None), int) and isinstance(
+        getattr(module, "out_features", None), int) and not isinstance(module, LoraLayer)
+
+
+def _scaling(r: int, alpha: float, use_rslora: bool) -> float:
+    return alpha / math.sqrt(r) if use_rslora else alpha / r
+
+
+class LoraLayer(nn.Module):
+    """Per-layer adapter state shared by the LoRA layers (PEFT's LoraLayer attributes, same names)."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.use_rslora: dict[str, bool] = {}
+        self.lora_dropout = nn.ModuleDict()
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.merged_adapters: list[str] = []
+        self.active_adapters: list[str] = []
+        self.disable_adapters = False
+
+    # ---- bookkeeping ----
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def get_base_layer(self) -> nn.Module:
+        base = self.base_layer
+        while isinstance(base, LoraLayer):
+            base = base.base_layer
+        return base
+
+    def adapter_names(self) -> list[str]:
+        return list(self.lora_A.keys())
+
+    def _new_factors(self, name: str, in_features: int, rank_out: int, out_features: int, r: int, alpha: float,
+                     use_rslora: bool, dropout: float, dtype: torch.dtype, device: torch.device,
+                     init: bool | str) -> None:
+        if r <= 0:
+            raise ValueError(f"`r` should be a positive integer value but the value passed is {r}")
+        self.r[name] = r
+        self.lora_alpha[name] = alpha
+        self.use_rslora[name] = use_rslora
+        self.scaling[name] = _scaling(r, alpha, use_rslora)
+        self.lora_dropout[name] = nn.Dropout(p=dropout) if dropout > 0.0 else nn.Identity()
+        lora_A = nn.Linear(in_features, rank_out, bias=False, device=device, dtype=dtype)
+        lora_B = nn.Linear(rank_out, out_features, bias=False, device=device, dtype=dtype)
+        with torch.no_grad():
+            # PEFT reset_lora_parameters: A kaiming-uniform(a=sqrt(5)) (nn.Linear's default) or normal(1/r),
+            # B zero; init False keeps nn.Linear's default init for both (a non-identity adapter).
+            if init is True:
+                nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5))
+                nn.init.zeros_(lora_B.weight)
+            elif isinstance(init, str) and init.lower() == "gaussian":
+                nn.init.normal_(lora_A.weight, std=1 / r)
+                nn.init.zeros_(lora_B.weight)
+        self.lora_A[name] = lora_A
+        self.lora_B[name] = lora_B
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            raise ValueError(f"adapter {name!r} is merged into this layer; unmerge it first")
+        for d in (self.r, self.lora_alpha, self.scaling, self.use_rslora):
+            d.pop(name, None)
+        for md in (self.lora_dropout, self.lora_A, self.lora_B):
+            if name in md:
+                del md[name]
+        self.active_adapters = [a for a in self.active_adapters if a != name]
+
+    def _active_unmerged(self) -> list[str]:
+        if self.disable_adapters or self.merged:
+            return []
+        return [a for a in self.active_adapters if a in self.lora_A]
+
+    def _check_merge_names(self, adapter_names: Iterable[str] | None) -> list[str]:
+        names = list(self.active_adapters) if adapter_names is None else list(adapter_names)
+        return [a for a in names if a in self.lora_A and a not in self.merged_adapters]
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.adapter_names()}, active={self.active_adapters}, merged={self.merged_adapters}"
+
+
+class LoraLinear(LoraLayer):
+    """LoRA around a Linear (PEFT lora.Linear): y = base(x) + sum_a B_a(A_a(dropout_a(x))) * scaling_a."""
+
+    def __init__(self, base_layer: nn.Module):
+        if not is_linear_like(base_layer):
+            raise TypeError(f"LoraLinear wraps a Linear, got {type(base_layer).__name__}")
+        super().__init__(base_layer)
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight (as PEFT's BaseTunerLayer.weight): code that reads `.weight` keeps working."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self):
+        return getattr(self.base_layer, "bias", None)
+
+    def update_layer(self, name: str, r: int, alpha: float, use_rslora: bool, dropout: float,
+                     dtype: torch.dtype, init: bool | str = True) -> None:
+        device = self.weight.device if hasattr(self.base_layer, "weight") else None
+        self._new_factors(name, self.in_features, r, self.out_features, r, alpha, use_rslora, dropout, dtype,
+                          device, init)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        active = self._active_unmerged()
+        if not active:
+            return result
+        result_dtype = result.dtype
+        for name in active:
+            lora_A, lora_B = self.lora_A[name], self.lora_B[name]
+            xa = x if x.dtype == lora_A.weight.dtype else x.to(lora_A.weight.dtype)
+            low_rank = F.linear(F.linear(self.lora_dropout[name](xa), lora_A.weight), lora_B.weight)  # [..., out]
+            # result + scaling * low_rank in one kernel (PEFT: result + lora_B(lora_A(x)) * scaling)
+            result = torch.add(result, low_rank, alpha=self.scaling[name])
+        return result.to(result_dtype)
+
+    # ---- merging (PEFT lora.Linear.merge/unmerge/get_delta_weight) ----
+    def get_delta_weight(self, name: str) -> torch.Tensor:
+        """scaling * B @ A, [out, in], computed in float32 for bf16/fp16 adapters, returned in the weight dtype."""
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        compute = torch.float32 if A.dtype in _LOW_PRECISION else A.dtype
+        delta = (B.to(compute) @ A.to(compute)) * self.scaling[name]
+        return delta.to(self.weight.dtype)
+
+    def _base_weight_for_merge(self) -> torch.Tensor:
+        w = getattr(self.base_layer, "weight", None)
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+            raise ValueError(f"cannot merge LoRA into a {type(self.base_layer).__name__}: its weight is not a "
+                             "floating-point tensor (quantized); keep the adapter unmerged")
+        return w
+
+    @torch.no_grad()
+    def merge(self, adapter_names: Iterable[str] | None = None, safe_merge: bool = False) -> None:
+        w = self._base_weight_for_merge()
+        for name in self._check_merge_names(adapter_names):
+            delta = self.get_delta_weight(name)
+            if safe_merge:
+                merged = w.data + delta
+                if not torch.isfinite(merged).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                w.data.copy_(merged)
+            else:
+                w.data += delta
+            self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        w = self._base_weight_for_merge() if self.merged_adapters else None
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            w.data -= self.get_delta_weight(name)
+
+
+class LoraParamWrapper(LoraLayer):
+    """LoRA on one nn.Parameter of `base_layer`'s innermost module (PEFT lora.ParamWrapper)."""
+
+    def __init__(self, base_layer: nn.Module, parameter_name: str):
+        super().__init__(base_layer)
+        self.parameter_name = parameter_name
+        param = self.get_param()
+        if param.dim() == 3:
+            num_experts, in_features, out_features = param.shape
+            # transformers' expert banks are [E, out, in] unless the module says is_transposed (then [E, in, out])
+            self.swapped = not getattr(self.get_base_layer(), "is_transposed", False)
+            if self.swapped:
+                in_features, out_features = out_features, in_features
+        elif param.dim() == 2:
+            num_experts, in_features, out_features = 1, param.shape[1], param.shape[0]
+            self.swapped = False
+        else:
+            raise ValueError(f"LoRA on parameters supports 2-D and 3-D parameters; {parameter_name} has shape "
+                             f"{tuple(param.shape)}")
+        self.num_experts, self.in_features, self.out_features = num_experts, in_features, out_features
+        self.param_ndim = param.dim()
+
+    def get_param(self) -> torch.Tensor:
+        return getattr(self.get_base_layer(), self.parameter_name)
+
+    def update_layer(self, name: str, r: int, alpha: float, use_rslora: bool, dtype: torch.dtype,
+                     init: bool | str = True) -> None:
+        self._new_factors(name, self.in_features, r * self.num_experts, self.out_features, r, alpha, use_rslora,
+                          0.0, dtype, self.get_param().device, init)
+
+    # ---- the update, as PEFT forms it ----
+    def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lhs, rhs) with delta = scaling * lhs @ rhs, batched over experts, in the adapter dtype."""
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        E = self.num_experts
+        A3 = A.reshape(E, -1, A.shape[-1])  # [E, r, in]
+        B3 = B.reshape(B.shape[0], -1, E).permute(2, 0, 1)  # [E, out, r]
+        if self.param_ndim == 3 and not self.swapped:
+            return A3.transpose(-2, -1), B3.transpose(-2, -1)  # param stored [E, in, out]
+        return B3, A3
+
+    def get_delta_weight(self, name: str) -> torch.Tensor:
+        """scaling * B_e @ A_e for every expert, shaped like the parameter, in the parameter's dtype."""
+        lhs, rhs = self._factors(name)
+        delta = torch.bmm(lhs, rhs) * self.scaling[name]
+        if self.param_ndim == 2:
+            delta = delta[0]
+        param = self.get_param()
+        return delta.to(param.dtype)
+
+    def effective_param(self) -> torch.Tensor | None:
+        """The parameter with the active, unmerged adapters applied, or None when none applies."""
+        active = self._active_unmerged()
+        if not active:
+            return None
+        W = self.get_param()
+        if len(active) == 1 and self.param_ndim == 3:
+            lhs, rhs = self._factors(active[0])
+            # one fused W + scaling * B @ A, in W's dtype (PEFT's _LoraFactorsProxy)
+            return torch.baddbmm(W, lhs.to(W.dtype), rhs.to(W.dtype), alpha=self.scaling[active[0]])
+        delta = None
+        for name in active:
+            d = self.get_delta_weight(name)
+            delta = d if delta is None else delta + d
+        return W + delta
+
+    def forward(self, *args, **kwargs):
+        # Collect W_eff of every wrapped parameter in the chain, then call the innermost module once with them.
+        overrides: dict[str, torch.Tensor] = {}
+        module: nn.Module = self
+        while isinstance(module, LoraParamWrapper):
+            w = module.effective_param()
+            if w is not None:
+                overrides[module.parameter_name] = w
+            module = module.base_layer
+        if not overrides:
+            return module(*args, **kwargs)
+        return torch.func.functional_call(module, overrides, args, kwargs, strict=False)
+
+    def __getattr__(self, name: str):
+        # Attributes of the wrapped module (e.g. `activation`, `gate_up_proj`) stay reachable, as through PEFT.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self._modules["base_layer"], name)
+
+    @torch.no_grad()
+    def merge(self, adapter_names: Iterable[str] | None = None, safe_merge: bool = False) -> None:
+        param = self.get_param()
+        for name in self._check_merge_names(adapter_names):
+            delta = self.get_delta_weight(name)
+            if safe_merge:
+                merged = param.data + delta
+                if not torch.isfinite(merged).all():
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                param.data.copy_(merged)
+            else:
+                param.data += delta
+            self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        param = self.get_param()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            param.data -= self.get_delta_weight(name)
+
+    def extra_repr(self) -> str:
+        return f"parameter_name={self.parameter_name!r}, " + super().extra_repr()
+
+
+class ModulesToSaveWrapper(nn.Module):
+    """A module trained fully per adapter: `original_module` (frozen) + `modules_to_save[adapter]` copies.
+
+    The forward uses the copy of the (single) active adapter that has one, else the original module.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.original_module = module
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.disable_adapters = False
+
+    def add(self, name: str) -> None:
+        import copy  # noqa: PLC0415
+
+        if name not in self.modules_to_save:
+            self.modules_to_save[name] = copy.deepcopy(self.original_module)
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.modules_to_save:
+            del self.modules_to_save[name]
+        if self.active_adapter == name:
+            self.active_adapter = None
+
+    def current(self) -> nn.Module:
+        if self.disable_adapters or self.active_adapter is None or self.active_adapter not in self.modules_to_save:
+            return self.original_module
+        return self.modules_to_save[self.active_adapter]
+
+    def forward(self, *args, **kwargs):
+        return self.current()(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("original_module", "modules_to_save"):
+                raise
+            return getattr(self.current(), name)
+
+    def extra_repr(self) -> str:
+        return f"adapters={list(self.modules_to_save.keys())}, active={self.active_adapter}"
