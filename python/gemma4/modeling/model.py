@@ -8,6 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from gemma4.lora.adapters import AdapterMixin
+
 from .decoder import Gemma4DecoderLayer
 from .embedding import Gemma4ScaledEmbedding
 from .loss import IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
@@ -122,7 +124,7 @@ class Gemma4TextModel(nn.Module):
         return self.norm(x)
 
 
-class Gemma4ForCausalLM(nn.Module):
+class Gemma4ForCausalLM(AdapterMixin, nn.Module):
     """The Gemma 4 text decoder with its tied LM head and final logit soft-cap."""
 
     def __init__(self, config):
