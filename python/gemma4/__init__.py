@@ -14,6 +14,7 @@ _EXPORTS = {
     "LayerSpec": "gemma4.config",
     "Gemma4ForCausalLM": "gemma4.modeling",
     "CausalLMOutput": "gemma4.modeling",
+    "LoraConfig": "gemma4.lora",
     "PRESETS": "gemma4.presets",
     "get_preset": "gemma4.presets",
     "AutoTokenizer": "gemma4.tokenizer",
