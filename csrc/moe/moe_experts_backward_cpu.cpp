@@ -24,6 +24,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <string>
 
 #include "common/activation_math.h"
@@ -35,18 +36,6 @@ namespace gemma4 {
 namespace {
 
 constexpr const char* kOp = "gemma4::moe_experts_backward";
-
-// Store the n valid lanes of v at dst (T), rounding once.
-template <typename T, typename Acc>
-inline void store_lanes(T* dst, const moe::Vec<Acc>& v, int64_t n) {
-  if constexpr (std::is_same_v<T, Acc>) {
-    v.store(dst, n);
-  } else {
-    Acc tmp[moe::Vec<Acc>::size()];
-    v.store(tmp);
-    for (int64_t q = 0; q < n; ++q) dst[q] = static_cast<T>(tmp[q]);
-  }
-}
 
 template <typename T, typename WT>
 void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights,
@@ -162,18 +151,18 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
         moe::gemm_outer<Acc, Acc>(
             H, nj, m, [&](int64_t c, int64_t i) { return yrows[i][c]; },
             [&](int64_t i) { return hw.data() + i * nj; },
-            [&](int64_t c, int64_t j, const V& v, int64_t n) { store_lanes<T>(gDe + c * Im + j0 + j, v, n); });
+            [&](int64_t c, int64_t j, const V& v, int64_t n) { moe::store_vec<T, Acc>(gDe + c * Im + j0 + j, v, n); });
         // grad_gate_up[e][j0 + r, c] = sum_i dg_i[j0 + r] x_i[c]; likewise the up rows with du.
         T* gGe = ggu_p + e * 2 * Im * H;
         T* gUe = gGe + Im * H;
         moe::gemm_outer<Acc, Acc>(
             nj, H, m, [&](int64_t r, int64_t i) { return gb[i * Im + j0 + r]; },
             [&](int64_t i) { return xrows[i]; },
-            [&](int64_t r, int64_t c, const V& v, int64_t n) { store_lanes<T>(gGe + (j0 + r) * H + c, v, n); });
+            [&](int64_t r, int64_t c, const V& v, int64_t n) { moe::store_vec<T, Acc>(gGe + (j0 + r) * H + c, v, n); });
         moe::gemm_outer<Acc, Acc>(
             nj, H, m, [&](int64_t r, int64_t i) { return ub[i * Im + j0 + r]; },
             [&](int64_t i) { return xrows[i]; },
-            [&](int64_t r, int64_t c, const V& v, int64_t n) { store_lanes<T>(gUe + (j0 + r) * H + c, v, n); });
+            [&](int64_t r, int64_t c, const V& v, int64_t n) { moe::store_vec<T, Acc>(gUe + (j0 + r) * H + c, v, n); });
       }
     });
 
@@ -218,15 +207,15 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
   });
   if constexpr (!std::is_same_v<T, Acc>) {
     T* o = grad_x.data_ptr<T>();
-    at::parallel_for(0, N * H, 16384, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) o[i] = static_cast<T>(gx[i]);
+    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) moe::store_row<T, Acc>(o + n * H, gx + n * H, H);
     });
   }
   at::parallel_for(0, E, 1, [&](int64_t b, int64_t e1) {
     for (int64_t e = b; e < e1; ++e) {
       if (off[e + 1] > off[e]) continue;
-      std::fill_n(ggu_p + e * 2 * Im * H, 2 * Im * H, T(0));
-      std::fill_n(gdn_p + e * H * Im, H * Im, T(0));
+      std::memset(static_cast<void*>(ggu_p + e * 2 * Im * H), 0, sizeof(T) * 2 * Im * H);  // all-zero bits are 0 in every float dtype
+      std::memset(static_cast<void*>(gdn_p + e * H * Im), 0, sizeof(T) * H * Im);
     }
   });
 }

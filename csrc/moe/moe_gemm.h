@@ -80,6 +80,43 @@ struct Reg {
 };
 #endif
 
+// Store the first n lanes of v at p as T, rounding once (round to nearest even for bf16/fp16).
+template <typename T, typename Acc>
+inline void store_vec(T* p, const Vec<Acc>& v, int64_t n) {
+  constexpr int64_t W = Vec<Acc>::size();
+  if constexpr (std::is_same_v<T, Acc>) {
+    v.store(p, n);
+  } else {
+#if defined(CPU_CAPABILITY_AVX2)
+    static_assert(std::is_same_v<Acc, float>, "reduced-precision storage accumulates in float");
+    __m128i r;
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      r = at::vec::cvtfp32_bf16(__m256(v));
+    } else {
+      r = at::vec::cvtfp32_fp16(__m256(v));
+    }
+    if (n == W) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), r);
+    } else {
+      T buf[W];
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(buf), r);
+      for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
+    }
+#else
+    Acc buf[W];
+    v.store(buf);
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(buf[i]);
+#endif
+  }
+}
+
+// dst[0..n) = src[0..n) as T (the fp32 accumulators to the output dtype), vectorized.
+template <typename T, typename Acc>
+inline void store_row(T* dst, const Acc* src, int64_t n) {
+  constexpr int64_t W = Vec<Acc>::size();
+  for (int64_t i = 0; i < n; i += W) store_vec<T, Acc>(dst + i, Vec<Acc>::loadu(src + i, std::min(W, n - i)), std::min(W, n - i));
+}
+
 template <typename Acc>
 inline Acc hsum(const Vec<Acc>& v) {
   return at::vec::vec_reduce_all<Acc>([](const Vec<Acc>& a, const Vec<Acc>& b) { return a + b; }, v);
