@@ -28,7 +28,7 @@ CONFIGS = {
     "tiny-e4b": dict(r=3, lora_alpha=6, target_modules="all-linear", rank_pattern={"mlp.up_proj": 5},
                      alpha_pattern={r"layers\.[0-3]\.self_attn\..*": 12}, modules_to_save=["model.norm"]),
     "tiny-31b": dict(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
-                     rank_pattern={"k_proj": 8}, modules_to_save=["input_layernorm"]),
+                     rank_pattern={"k_proj": 8}, modules_to_save=["input_layernorm", "lm_head"]),
     "tiny-26b-a4b": dict(r=2, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "o_proj", "router.proj"],
                          target_parameters=EXPERTS, rank_pattern={"experts.down_proj": 3},
                          alpha_pattern={"gate_up_proj": 5}, modules_to_save=["pre_feedforward_layernorm_2"]),
