@@ -12,6 +12,7 @@
 
 #include "common/activation_math.h"
 #include "common/checks.h"
+#include "common/vec_utils.h"  // gemma4::parallel_for
 #include "moe/moe_gemm.h"
 
 namespace gemma4::moe {
@@ -115,11 +116,12 @@ inline std::pair<int64_t, int64_t> split(int64_t t, int64_t T, int64_t n, int64_
 }
 
 // Runs fn(t, T) once for each t in [0, T), T = the intra-op thread count, on the pool's threads
-// (inside another parallel region at::parallel_for runs them all on the calling thread, in order).
+// (gemma4::parallel_for: at::parallel_for's semantics, really parallel without -fopenmp; inside
+// another parallel region, or when fewer threads are granted, a thread runs several t in order).
 template <typename Fn>
 inline void for_each_thread(const Fn& fn) {
   const int64_t T = std::max<int64_t>(1, at::get_num_threads());
-  at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+  gemma4::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) fn(t, T);
   });
 }
@@ -127,7 +129,7 @@ inline void for_each_thread(const Fn& fn) {
 // Row-major copy of a [rows, cols] tensor of T into Acc (x and grad_out widened once up front).
 template <typename Acc, typename T>
 inline void widen_rows(const T* src, Acc* dst, int64_t rows, int64_t cols) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+  gemma4::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
     for (int64_t i = b * cols; i < e * cols; ++i) dst[i] = static_cast<Acc>(src[i]);
   });
 }

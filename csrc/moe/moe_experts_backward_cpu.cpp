@@ -198,7 +198,7 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
   // grad_weights: the parts in column order; grad_x rounded once; zero gradients for the experts
   // nobody chose.
   WT* gw = grad_w.data_ptr<WT>();
-  at::parallel_for(0, P, 4096, [&](int64_t b, int64_t e) {
+  gemma4::parallel_for(0, P, 4096, [&](int64_t b, int64_t e) {
     for (int64_t pos = b; pos < e; ++pos) {
       Acc v = 0;
       for (int64_t b = 0; b < nb; ++b) v += dw_part[pos * nb + b];
@@ -207,11 +207,11 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
   });
   if constexpr (!std::is_same_v<T, Acc>) {
     T* o = grad_x.data_ptr<T>();
-    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
+    gemma4::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) moe::store_row<T, Acc>(o + n * H, gx + n * H, H);
     });
   }
-  at::parallel_for(0, E, 1, [&](int64_t b, int64_t e1) {
+  gemma4::parallel_for(0, E, 1, [&](int64_t b, int64_t e1) {
     for (int64_t e = b; e < e1; ++e) {
       if (off[e + 1] > off[e]) continue;
       std::memset(static_cast<void*>(ggu_p + e * 2 * Im * H), 0, sizeof(T) * 2 * Im * H);  // all-zero bits are 0 in every float dtype

@@ -136,7 +136,7 @@ void experts_forward(const at::Tensor& x, const at::Tensor& weights, const moe::
 
   if constexpr (!std::is_same_v<T, Acc>) {  // round once
     T* o = out.data_ptr<T>();
-    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
+    gemma4::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) moe::store_row<T, Acc>(o + n * H, acc + n * H, H);
     });
   }

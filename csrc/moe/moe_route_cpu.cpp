@@ -14,7 +14,7 @@
 // denominator cancels), so with g_k = grad_weights[n, k] and gr_k = g_k * scale[i_k]:
 //   grad_logits[n, j] = sum_{k: i_k = j} r_k (gr_k - sum_k' gr_k' r_k')     (zero off the top k)
 //   grad_scale[e]     = sum_{(n, k): i_k = e} g_k r_k
-// Rows are independent: at::parallel_for over rows; the softmax is vectorized, the top-k is one
+// Rows are independent: gemma4::parallel_for over rows; the softmax is vectorized, the top-k is one
 // insertion pass (K is small).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/vec_utils.h"  // gemma4::parallel_for
 #include "moe/moe_gemm.h"
 
 namespace gemma4 {
@@ -128,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> moe_route_cpu(const at::Tensor& logits, const
     int64_t* ix = indices.data_ptr<int64_t>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_scale", [&] {
       const scalar_t* sc = scale.data_ptr<scalar_t>();
-      at::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
+      gemma4::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
         std::vector<Acc> p(E), r(K), top(K);
         for (int64_t n = b; n < e; ++n) {
           softmax_row(l + n * E, E, p.data());
@@ -178,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> moe_route_backward_cpu(const at::Tensor& grad
     std::vector<Acc> gsr(N * K);  // g_k r_k per pair, summed into grad_scale afterwards
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_backward_scale", [&] {
       const scalar_t* sc = scale.data_ptr<scalar_t>();
-      at::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
+      gemma4::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
         std::vector<Acc> p(E), r(K), gl_row(E);
         for (int64_t n = b; n < e; ++n) {
           const int64_t* irow = ix + n * K;
