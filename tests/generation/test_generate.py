@@ -169,3 +169,16 @@ def test_unsupported_options_raise(e2b):
         ours.generate(ids, max_new_tokens=2, temprature=0.5)
     with pytest.raises(ValueError, match="tokenizer"):
         ours.generate(ids, max_new_tokens=2, stop_strings=["x"])
+
+
+def test_bfloat16_generation_keeps_a_bfloat16_cache(e2b):
+    _, _, path = e2b
+    import gemma4
+
+    model = gemma4.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, progress=False)
+    ids, mask, _ = random_prompts([WINDOW + 3, 4])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None,
+                         return_dict_in_generate=True, output_logits=True)
+    assert out.sequences.shape == (2, ids.shape[1] + 6)
+    assert all(k.dtype == torch.bfloat16 for k in out.past_key_values.key)
+    assert out.logits[0].dtype == torch.float32
