@@ -198,3 +198,38 @@ def test_peft_config_object_and_inference_mode():
     ours.add_adapter(cfg)
     assert isinstance(ours.peft_config["default"], gemma4.LoraConfig)
     assert not any(p.requires_grad for p in ours.parameters())
+
+
+def test_torch_compile_fullgraph():
+    """LoRA Linear and LoRA on the expert banks trace into one graph (no graph breaks)."""
+    preset = "tiny-26b-a4b"
+    ours = our_model(preset)
+    ours.add_adapter(gemma4.LoraConfig(r=4, target_modules=["q_proj", "down_proj"], target_parameters=EXPERTS))
+    randomize_adapter_(ours.named_parameters(), peft_scaling_lookup(ours), torch.Generator().manual_seed(6))
+    ours.eval()
+    ids = ids_for(preset)
+    want = logits(ours, ids)
+    compiled = torch.compile(ours, fullgraph=True)
+    with torch.no_grad():
+        got = compiled(input_ids=ids).logits
+    assert_close_rel(got, want, 1e-5, "compiled")
+
+
+def test_deepcopy_state_dict_and_pickle_format():
+    """A model with adapters deep-copies and reloads its own state_dict; PEFT's .bin format loads too."""
+    import copy
+
+    preset = "tiny-26b-a4b"
+    ids = ids_for(preset)
+    pm = make_peft_adapter(preset, dict(r=2, target_modules=["o_proj"], target_parameters=EXPERTS,
+                                        modules_to_save=["model.norm"]), seed=8)
+    path = tmpdir("bin")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm.save_pretrained(path, safe_serialization=False)
+    ours = our_model(preset)
+    ours.load_adapter(path)
+    assert_close_rel(logits(ours, ids), logits(pm, ids), 1e-4, "adapter_model.bin")
+    twin = copy.deepcopy(ours)
+    assert_close_rel(logits(twin, ids), logits(ours, ids), 0.0, "deepcopy")
+    twin.load_state_dict(ours.state_dict())

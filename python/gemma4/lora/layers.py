@@ -284,9 +284,10 @@ class LoraParamWrapper(LoraLayer):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self._modules["base_layer"], name)
+            modules = self.__dict__.get("_modules")
+            if name == "base_layer" or modules is None or "base_layer" not in modules:
+                raise  # (also while unpickling/deepcopying, before the module is set up)
+            return getattr(modules["base_layer"], name)
 
     @torch.no_grad()
     def merge(self, adapter_names: Iterable[str] | None = None, safe_merge: bool = False) -> None:
@@ -350,8 +351,10 @@ class ModulesToSaveWrapper(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name in ("original_module", "modules_to_save"):
-                raise
+            modules = self.__dict__.get("_modules")
+            if name in ("original_module", "modules_to_save") or modules is None or "modules_to_save" not in modules \
+                    or "disable_adapters" not in self.__dict__:
+                raise  # (also while unpickling/deepcopying, before the module is set up)
             return getattr(self.current(), name)
 
     def extra_repr(self) -> str:
