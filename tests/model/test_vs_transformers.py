@@ -69,27 +69,41 @@ def make_hf_model_like(hf, dtype):
     return copy.deepcopy(hf).to(dtype)
 
 
+def _loss_and_grads(model, ids, mask, labels):
+    model.zero_grad()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return loss.detach(), grads
+
+
 def test_loss_and_gradients_match(saved):
+    """float32 loss and every weight's gradient equal transformers': within 1e-4 of each gradient's
+    scale. Where float32 itself is noisier than that (sharp softmaxes at attention scale 1.0 amplify
+    rounding), the bound comes from transformers' own float32 error: our worst gradient error relative
+    to the float64 truth may be at most twice transformers' worst."""
     name, hf, path = saved
     ours = gemma4.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ids, mask = _batch(hf.config.vocab_size)
     labels = ids.masked_fill(mask == 0, -100)
-    hf.zero_grad()
-    hf_loss = hf(input_ids=ids, attention_mask=mask, labels=labels).loss
-    hf_loss.backward()
-    our_loss = ours(input_ids=ids, attention_mask=mask, labels=labels).loss
-    our_loss.backward()
+    hf_loss, hf_grads = _loss_and_grads(hf, ids, mask, labels)
+    our_loss, our_grads = _loss_and_grads(ours, ids, mask, labels)
     torch.testing.assert_close(our_loss, hf_loss, rtol=1e-5, atol=1e-6)
-    hf_grads = {n: p.grad for n, p in hf.named_parameters()}
-    checked = 0
-    for n, p in ours.named_parameters():
-        g_hf = hf_grads[n]
-        assert p.grad is not None and g_hf is not None, n
-        scale = g_hf.abs().max().item() + 1e-12
-        assert max_abs_err(p.grad, g_hf) <= 1e-4 * scale, f"{name}: grad {n} differs"
-        checked += 1
-    assert checked == len(hf_grads), "parameter sets differ"
-    hf.zero_grad()
+    assert set(our_grads) == set(hf_grads), "parameter sets differ"
+    off = [n for n, g in hf_grads.items() if max_abs_err(our_grads[n], g) > 1e-4 * (g.abs().max().item() + 1e-12)]
+    if not off:
+        return
+    hf64 = make_hf_model(name, dtype=torch.float64)  # same weights in float64 (eager experts)
+    hf64.load_state_dict({k: v.double() for k, v in hf.state_dict().items()})
+    truth = _loss_and_grads(hf64, ids, mask, labels)[1]
+
+    def worst(grads):
+        return max(max_abs_err(grads[n], t) / (t.abs().max().item() + 1e-30) for n, t in truth.items())
+
+    assert worst(our_grads) <= 2 * worst(hf_grads), (
+        f"{name}: gradients {off[:4]} differ; worst relative error vs float64: ours {worst(our_grads):.2e}, "
+        f"transformers {worst(hf_grads):.2e}")
 
 
 @pytest.mark.parametrize("name", ["tiny-e2b", "tiny-26b-a4b"])
