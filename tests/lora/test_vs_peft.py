@@ -287,3 +287,67 @@ def test_bf16_model_with_adapter():
     err_plain = (plain.double() - want.double()).abs().max().item()
     ulp = torch.finfo(torch.bfloat16).eps * want.abs().max().item()
     assert err_ours <= 2 * err_plain + ulp, (err_ours, err_plain)
+
+
+def test_expert_adapters_combined_and_single_bank():
+    """Two expert-bank adapters active together (W + sum of deltas, PEFT's _LoraParameterProxy path), and an
+    adapter on one bank only (no nesting: its keys have no base_layer)."""
+    preset = "tiny-26b-a4b"
+    ids = ids_for(preset)
+    pa = make_peft_adapter(preset, dict(r=2, lora_alpha=4, target_parameters=EXPERTS), seed=21)
+    pb = make_peft_adapter(preset, dict(r=3, lora_alpha=6, target_parameters=EXPERTS, target_modules=["q_proj"]),
+                           seed=22)
+    path_a, path_b = save_peft(pa, "xa"), save_peft(pb, "xb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both = peft_load(preset, path_a, adapter_name="a")
+        both.load_adapter(path_b, adapter_name="b")
+        both.base_model.set_adapter(["a", "b"])
+    ours = our_model(preset)
+    ours.load_adapter(path_a, adapter_name="a")
+    ours.load_adapter(path_b, adapter_name="b")
+    ours.set_adapter(["a", "b"])
+    assert_close_rel(logits(ours, ids), logits(both, ids), 1e-4, "two expert adapters")
+
+    pc = make_peft_adapter(preset, dict(r=2, lora_alpha=2, target_parameters=["experts.gate_up_proj"]), seed=23)
+    path_c = save_peft(pc, "xc")
+    keys = load_file(os.path.join(path_c, "adapter_model.safetensors"))
+    assert "base_model.model.model.layers.0.experts.lora_A.weight" in keys
+    ours.load_adapter(path_c, adapter_name="c")  # wraps inside the existing two-bank nesting
+    ours.set_adapter("c")
+    assert_close_rel(logits(ours, ids), logits(pc, ids), 1e-4, "gate_up_proj only")
+    out = tmpdir("xc-out")
+    ours.save_adapter(out, adapter_name="c")
+    saved = load_file(os.path.join(out, "adapter_model.safetensors"))
+    assert sorted(saved) == sorted(keys) and all(torch.equal(saved[k], keys[k]) for k in keys)
+
+
+def test_expert_lora_when_few_experts_are_routed(monkeypatch):
+    """With few tokens only the routed experts' effective banks are built: same logits as PEFT and as the
+    whole-bank path, same LoRA gradients as the whole-bank path (and as PEFT)."""
+    from gemma4.lora import layers
+
+    preset = "tiny-26b-a4b"
+    path, _ = _peft_adapter(preset)
+    ids = ids_for(preset, batch=1, seq=2, seed=5)  # two tokens: at most 4 of 8 experts per layer
+    pm = peft_load(preset, path, is_trainable=True)
+    want = pm(input_ids=ids).logits
+    want.float().square().mean().backward()
+    results = []
+    real = layers._routed_experts
+    for compact in (True, False):
+        if not compact:
+            monkeypatch.setattr(layers, "ROUTED_EXPERT_MODULES", {})
+        calls = []
+        monkeypatch.setattr(layers, "_routed_experts", lambda *a, calls=calls: calls.append(real(*a)) or calls[-1])
+        ours = our_model(preset)
+        ours.load_adapter(path, is_trainable=True)
+        got = ours(input_ids=ids).logits
+        got.float().square().mean().backward()
+        assert any(c is not None for c in calls) == compact
+        assert_close_rel(got.detach(), want.detach(), 1e-4, f"compact={compact}")
+        results.append({n: p.grad for n, p in ours.named_parameters() if p.requires_grad})
+    theirs = {n.removeprefix(PEFT_PREFIX): p.grad for n, p in pm.named_parameters() if p.requires_grad}
+    for n, g in results[0].items():
+        assert_close_rel(g, results[1][n], 1e-5, f"compact vs whole-bank grad {n}")
+        assert_close_rel(g, theirs[n], 1e-4, f"grad {n} vs PEFT")

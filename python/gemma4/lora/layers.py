@@ -11,6 +11,8 @@
                         The wrapper calls its module with W_eff in place of W (torch.func.functional_call): with
                         one active adapter W_eff = baddbmm(W, B, A, alpha=scaling) in W's dtype (PEFT's
                         _LoraFactorsProxy), with several W + sum of the deltas (PEFT's _LoraParameterProxy).
+                        When a call routes tokens to only some experts (decoding), W_eff is built for those
+                        experts only and the indices are renumbered (same per-expert maths, far less memory).
                         Two parameters of one module nest, as PEFT: the wrapper of the later-registered
                         parameter is outermost (`experts.lora_A...` = down_proj, `experts.base_layer.lora_A...` =
                         gate_up_proj when both are targeted).
@@ -250,33 +252,53 @@ class LoraParamWrapper(LoraLayer):
         param = self.get_param()
         return delta.to(param.dtype)
 
-    def effective_param(self) -> torch.Tensor | None:
-        """The parameter with the active, unmerged adapters applied, or None when none applies."""
+    def effective_param(self, experts: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The parameter with the active, unmerged adapters applied, or None when none applies.
+
+        experts: only these expert rows (int64 ids, 3-D banks), as a compact [len(experts), ...] bank.
+        """
         active = self._active_unmerged()
         if not active:
             return None
         W = self.get_param()
+        pick = (lambda t: t) if experts is None else (lambda t: t[experts])  # (faster than index_select here)
+        W = pick(W)
         if len(active) == 1 and self.param_ndim == 3:
             lhs, rhs = self._factors(active[0])
-            # one fused W + scaling * B @ A, in W's dtype (PEFT's _LoraFactorsProxy)
-            return torch.baddbmm(W, lhs.to(W.dtype), rhs.to(W.dtype), alpha=self.scaling[active[0]])
+            # one fused W + scaling * B @ A, in W's dtype (PEFT's _LoraFactorsProxy); W[experts] is a fresh
+            # copy, so update it in place instead of writing a second one
+            add = torch.baddbmm if experts is None else torch.Tensor.baddbmm_
+            return add(W, pick(lhs).to(W.dtype), pick(rhs).to(W.dtype), alpha=self.scaling[active[0]])
         delta = None
         for name in active:
-            d = self.get_delta_weight(name)
+            lhs, rhs = self._factors(name)
+            d = torch.bmm(pick(lhs), pick(rhs)) * self.scaling[name]  # get_delta_weight, on the picked rows
+            d = (d[0] if self.param_ndim == 2 else d).to(W.dtype)
             delta = d if delta is None else delta + d
         return W + delta
 
     def forward(self, *args, **kwargs):
         # Collect W_eff of every wrapped parameter in the chain, then call the innermost module once with them.
-        overrides: dict[str, torch.Tensor] = {}
+        chain: list[LoraParamWrapper] = []
         module: nn.Module = self
         while isinstance(module, LoraParamWrapper):
-            w = module.effective_param()
-            if w is not None:
-                overrides[module.parameter_name] = w
+            chain.append(module)
             module = module.base_layer
-        if not overrides:
+        active = [w for w in chain if w._active_unmerged()]
+        if not active:
             return module(*args, **kwargs)
+        routed = _routed_experts(module, chain, args, kwargs)
+        if routed is None:
+            overrides = {w.parameter_name: w.effective_param() for w in active}
+            return torch.func.functional_call(module, overrides, args, kwargs, strict=False)
+        # Only some experts are routed to (decoding, small batches): build the effective banks of those
+        # experts only -- the same per-expert W_e + scaling * B_e @ A_e -- and renumber the indices.
+        experts, local_indices, position = routed
+        overrides = {w.parameter_name: w.effective_param(experts) for w in active}
+        for name, p in module.named_parameters(recurse=False):
+            if p.dim() == 3 and name not in overrides:  # a bank without an active adapter: just its rows
+                overrides[name] = p[experts]
+        args = args[:position] + (local_indices,) + args[position + 1:]
         return torch.func.functional_call(module, overrides, args, kwargs, strict=False)
 
     def __getattr__(self, name: str):
@@ -312,6 +334,33 @@ class LoraParamWrapper(LoraLayer):
 
     def extra_repr(self) -> str:
         return f"parameter_name={self.parameter_name!r}, " + super().extra_repr()
+
+
+# Expert modules whose forward is (x, routing weights, expert indices [N, K], ...) over [E, ...] banks: the
+# position of the indices argument. For these, LoRA builds effective banks only for the experts in use.
+ROUTED_EXPERT_MODULES = {"Gemma4Experts": 2}
+
+
+def _routed_experts(module: nn.Module, chain: list, args: tuple, kwargs: dict):
+    """(sorted used expert ids, indices renumbered into them, argument position) when `module` is a routed
+    expert bank called with fewer distinct experts than it has, else None (then the whole bank is used).
+    Skipped under torch.compile (data-dependent shapes)."""
+    position = ROUTED_EXPERT_MODULES.get(type(module).__name__)
+    if position is None or kwargs or len(args) <= position or torch.compiler.is_compiling():
+        return None
+    indices = args[position]
+    if not isinstance(indices, torch.Tensor) or indices.is_floating_point():
+        return None
+    banks = [p for p in module.parameters(recurse=False) if p.dim() == 3]
+    num_experts = banks[0].shape[0] if banks else 0
+    if not banks or any(p.shape[0] != num_experts for p in banks) or any(w.param_ndim != 3 for w in chain):
+        return None
+    experts = torch.unique(indices)  # sorted
+    if experts.numel() >= num_experts:
+        return None
+    lookup = torch.zeros(num_experts, dtype=indices.dtype, device=indices.device)
+    lookup[experts] = torch.arange(experts.numel(), dtype=indices.dtype, device=indices.device)
+    return experts, lookup[indices], position
 
 
 class ModulesToSaveWrapper(nn.Module):
