@@ -68,7 +68,8 @@ def test_shape_mismatch_names_the_key(model):
 
 
 def test_rank_in_config_disagrees_with_file(model):
-    _expect_error(model, _variant(edit_config=lambda c: c.update(r=6)), r"lora_A\.weight.* has shape \(4, 64\).*\(6, 64\)")
+    _expect_error(model, _variant(edit_config=lambda c: c.update(r=6)),
+                  r"lora_A\.weight.* has shape \(4, 64\).*\(6, 64\)")
 
 
 def test_unknown_module(model):

@@ -227,9 +227,9 @@ class AdapterMixin:
                                  "loss reads lm_head.weight directly and merging would change the tied "
                                  "embedding); remove it from target_modules")
             if isinstance(module, (ModulesToSaveWrapper, LoraParamWrapper)):
-                raise ValueError(f"target module {hf!r} is already adapted through "
-                                 f"{'modules_to_save' if isinstance(module, ModulesToSaveWrapper) else 'target_parameters'}"
-                                 " by another adapter; it cannot also be a LoRA target")
+                how = "modules_to_save" if isinstance(module, ModulesToSaveWrapper) else "target_parameters"
+                raise ValueError(f"target module {hf!r} is already adapted through {how} by another adapter; it "
+                                 "cannot also be a LoRA target")
             if isinstance(base, nn.Embedding):
                 raise ValueError(f"target module {hf!r} is an embedding: LoRA on embeddings is not supported by "
                                  "gemma4 (remove it from target_modules, or train it with modules_to_save)")
