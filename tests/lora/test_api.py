@@ -238,3 +238,13 @@ def test_deepcopy_state_dict_and_pickle_format():
     twin = copy.deepcopy(ours)
     assert_close_rel(logits(twin, ids), logits(ours, ids), 0.0, "deepcopy")
     twin.load_state_dict(ours.state_dict())
+
+
+def test_save_pretrained_with_adapters_is_refused(tmp_path):
+    model = gemma4.Gemma4ForCausalLM(gemma4.get_preset("tiny-e4b"))
+    model.add_adapter(gemma4.LoraConfig(r=4, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="save_adapter"):
+        model.save_pretrained(tmp_path / "m")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").exists()

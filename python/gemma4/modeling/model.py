@@ -168,8 +168,12 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         return cls(config)
 
     def save_pretrained(self, path, **kwargs) -> None:
+        """Writes config.json + model.safetensors that transformers loads as Gemma4ForCausalLM."""
         from gemma4.checkpoint import save_pretrained  # noqa: PLC0415
 
+        if self.peft_config:
+            raise ValueError(f"the model carries LoRA adapters {sorted(self.peft_config)}: save them with "
+                             "save_adapter(path), or the merged model with merge_and_unload().save_pretrained(path)")
         save_pretrained(self, path, **kwargs)
 
     @property
