@@ -1,26 +1,27 @@
-"""A quick look at the model running on our operators: `python -m gemma4.demo` (or `make demo`).
+"""`make demo` / `python -m gemma4.demo`: the embedded default model writes a continuation, streamed.
 
-Builds a small Gemma 4 model from a preset with random weights, runs one forward pass over a short
-prompt of token ids and prints the five most likely next tokens and the time it took. The weights
-are random until a trained default model ships, so the predictions carry no meaning; the point is
-the path: config -> modules -> our C++ operators -> logits.
+Loads gemma4's default model (a 3 M-parameter Gemma 4 trained on Jane Austen's novels, see
+docs/default_model.md) with AutoModelForCausalLM and its tokenizer with AutoTokenizer, then
+model.generate streams the text through a TextStreamer and the speed is printed.
 
-    python -m gemma4.demo                        # preset small-e2b (E2B widths, 5 layers), bfloat16
-    python -m gemma4.demo --preset tiny-e2b --dtype float32 --threads 2
+    python -m gemma4.demo                                   # sampled (seed 0), 80 new tokens
+    python -m gemma4.demo --prompt "Emma could not" --greedy --max-new-tokens 40
+    python -m gemma4.demo --model path/to/checkpoint --threads 2
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
-DEFAULT_PRESET = "small-e2b"
-DEFAULT_PROMPT = [2, 818, 5279, 529, 2134, 563, 496, 2146]  # <bos> and seven arbitrary ids
+DEFAULT_PROMPT = "It was a fine morning, and Elizabeth"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ONE_LIKE = ("norm.weight", "router.scale", "per_expert_scale", "layer_scalar")  # scales, initialised near 1
 _TILE = 1_000_003  # elements of fresh noise repeated over a large tensor (a prime: no row alignment)
+DEFAULT_PRESET = "small-e2b"  # build_random_model's default (benchmarks/bench_model_cpu.py)
 
 
 @torch.no_grad()
@@ -75,56 +76,57 @@ def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def run(preset: str = DEFAULT_PRESET, dtype: str | None = None, threads: int | None = 2, seed: int = 0,
-        prompt: list[int] | None = None, top_k: int = 5) -> dict:
-    """Build, run one forward pass, print the top-k next tokens; returns what it printed as data."""
+def run(model: str = "default", prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 80, seed: int | None = 0,
+        threads: int | None = 1, dtype: str = "auto", greedy: bool = False) -> dict:
+    """Load, stream one continuation, print the speed; returns the numbers it printed."""
     import gemma4  # noqa: PLC0415  (loads the operators; fails with a 'rebuild' message if stale)
+    from gemma4 import cli  # noqa: PLC0415
 
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    model = build_random_model(preset, _DTYPES[dtype] if dtype else None, seed)
-    build_s = time.perf_counter() - t0
-    cfg = model.config
-    dtype = str(model.dtype).removeprefix("torch.")
-    ids = [i % cfg.vocab_size for i in (prompt or DEFAULT_PROMPT)]
-    input_ids = torch.tensor([ids])  # [1, T]
-
-    n_full = sum(spec.layer_type == "full_attention" for spec in cfg.layers)
-    print(f"gemma4 demo: Gemma4ForCausalLM, preset {preset!r}: {cfg.num_hidden_layers} layers "
-          f"({cfg.num_hidden_layers - n_full} sliding, {n_full} full), hidden {cfg.hidden_size}, "
-          f"vocab {cfg.vocab_size}, {_count_params(model) / 1e6:.0f} M parameters, {dtype}")
-    print("  weights are RANDOM (no trained default model yet): the predictions below mean nothing")
+    net, kind, where = cli.load_model(model, dtype)
+    tokenizer = cli.load_tokenizer(None, kind, where, net.config.vocab_size)
+    load_s = time.perf_counter() - t0
+    cfg = net.config
+    n_full = sum(not spec.is_sliding for spec in cfg.layers)
+    what = "the embedded default model (trained on Jane Austen's novels)" if model == "default" else where
+    print(f"gemma4 demo: {what}")
+    print(f"  Gemma 4 text decoder: {cfg.num_hidden_layers} layers ({cfg.num_hidden_layers - n_full} sliding, "
+          f"window {cfg.sliding_window}; {n_full} full; {cfg.num_kv_shared_layers} KV-shared), hidden "
+          f"{cfg.hidden_size}, per-layer embeddings {cfg.hidden_size_per_layer_input}, vocabulary {cfg.vocab_size}; "
+          f"{_count_params(net) / 1e6:.2f} M parameters, {str(net.dtype).removeprefix('torch.')}")
     info = gemma4.build_info
     print(f"  operators: gemma4 CPU kernels ({info.get('cpu_baseline', '?')}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; model built in {build_s:.1f} s")
-    print(f"prompt token ids: {ids}")
-
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        logits = model(input_ids=input_ids, logits_to_keep=1).logits  # [1, 1, V]
-        first_ms = (time.perf_counter() - t0) * 1e3
-        t0 = time.perf_counter()
-        logits = model(input_ids=input_ids, logits_to_keep=1).logits
-        again_ms = (time.perf_counter() - t0) * 1e3
-    probs = torch.softmax(logits[0, -1].float(), dim=-1)  # [V]
-    top_p, top_id = probs.topk(top_k)
-    print(f"forward pass, 1 x {len(ids)} tokens: {first_ms:.1f} ms (first call), {again_ms:.1f} ms (second)")
-    print(f"top-{top_k} next tokens:")
-    for rank, (i, p) in enumerate(zip(top_id.tolist(), top_p.tolist()), 1):
-        print(f"  {rank}. id {i:>6}   p = {p:.5f}")
-    return {"preset": preset, "dtype": dtype, "ids": ids, "top_ids": top_id.tolist(), "top_probs": top_p.tolist(),
-            "first_ms": first_ms, "second_ms": again_ms, "build_s": build_s}
+          f"{torch.get_num_threads()} thread(s); loaded in {load_s:.2f} s")
+    gc = net.generation_config
+    mode = ("greedy" if greedy else f"sampling: temperature {gc.temperature}, top-k {gc.top_k}, top-p {gc.top_p}, "
+            f"seed {seed}")
+    print(f"  model.generate + TextStreamer, {max_new_tokens} new tokens, {mode}")
+    print("-" * 72)
+    args = argparse.Namespace(max_new_tokens=max_new_tokens, greedy=greedy, temperature=None, top_p=None,
+                              top_k=None, seed=seed)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out, stats = cli.run_generation(net, tokenizer, ids, args, echo_prompt=prompt)
+    print("-" * 72)
+    print(f"{stats['new_tokens']} tokens in {stats['seconds']:.2f} s: {stats['tokens_per_s']:.0f} tokens/s "
+          f"(prompt {stats['prompt_tokens']} tokens, first token after {stats['first_token_s'] * 1e3:.0f} ms, "
+          f"then {stats['decode_tokens_per_s']:.0f} tokens/s)")
+    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return {"text": text, "load_s": load_s, **stats}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"model preset (default {DEFAULT_PRESET})")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES),
-                        help="model dtype (default: the preset's, small-e2b: bfloat16; else float32)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2; 0: torch's default)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--prompt", type=lambda s: [int(x) for x in s.replace(",", " ").split()],
-                        help="token ids, e.g. '2 818 5279 529'")
+    parser.add_argument("--model", default="default",
+                        help="'default' (the embedded model), a checkpoint folder or a preset name (random weights)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"prompt text (default {DEFAULT_PROMPT!r})")
+    parser.add_argument("--max-new-tokens", type=int, default=80, help="tokens to generate (default 80)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling draws (default 0)")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--dtype", choices=["auto", *sorted(_DTYPES)], default="auto",
+                        help="model dtype (default: the checkpoint's; the default model: float32)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: a 3 M-parameter model decodes fastest on one; 0: torch's)")
 
 
 def main(argv=None, args: argparse.Namespace | None = None) -> int:
@@ -133,7 +135,13 @@ def main(argv=None, args: argparse.Namespace | None = None) -> int:
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         add_arguments(parser)
         args = parser.parse_args(argv)
-    run(args.preset, args.dtype, args.threads or None, args.seed, args.prompt)
+    from gemma4.cli import CLIError  # noqa: PLC0415
+
+    try:
+        run(args.model, args.prompt, args.max_new_tokens, args.seed, args.threads or None, args.dtype, args.greedy)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
