@@ -23,6 +23,7 @@ import time
 __all__ = ["main", "build_parser", "resolve_model", "CLIError"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SMALL_MODEL_PARAMS = 50_000_000  # below this, --threads defaults to 1
 
 
 class CLIError(Exception):
@@ -255,6 +256,10 @@ def _setup(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     model, kind, where = load_model(args.model, args.dtype, args.device)
+    if not args.threads and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        # A few million parameters: every operator is tiny and threads only add synchronisation
+        # (on a busy machine a second thread can make decoding ten times slower).
+        torch.set_num_threads(1)
     tokenizer = load_tokenizer(args.tokenizer, kind, where, model.config.vocab_size)
     return model, tokenizer
 
@@ -506,7 +511,8 @@ def _add_model_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--seed", type=int, help="seed of the sampling draws (same seed, same text)")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads (default: 1 for models under 50 M parameters, else torch's default)")
     p.add_argument("--system", help="system prompt (chat)")
     p.add_argument("--quiet", action="store_true", help="no timing line on stderr")
 
