@@ -19,7 +19,8 @@ AdamW(lr 1e-4) over the trainable parameters; zero_grad(set_to_none=True). Ours 
 through the LM head in chunks of 1024 tokens (no [B*T, 262144] logits kept for backward);
 transformers materialises the logits in the model dtype and upcasts them to float32 for its loss.
 
-Each (implementation, dtype, B, T) runs in its own subprocess, so that one configuration's memory
+Each (implementation, dtype, B, T) runs in its own subprocess (OMP_NUM_THREADS=threads,
+OMP_WAIT_POLICY=passive unless --omp-wait-policy active), so that one configuration's memory
 (allocator caches, the other model) cannot show up in another's numbers:
   time: one warm-up step (AdamW state allocation, first-touch of buffers), then --steps steps
         timed one by one with time.perf_counter; median reported, tokens/s = B*T / median.
@@ -221,7 +222,7 @@ def run_worker(impl: str, dtype: str, B: int, T: int, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--dtype", dtype, "--batch", str(B),
            "--seq-len", str(T), "--threads", str(args.threads), "--steps", str(args.steps), "--seed", str(args.seed),
            "--worker-out", out]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY=args.omp_wait_policy)
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
         if proc.returncode != 0:
@@ -293,6 +294,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="timed steps after the warm-up (default 3; --quick 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    ap.add_argument("--omp-wait-policy", choices=["passive", "active"], default="passive",
+                    help="OMP_WAIT_POLICY of the workers: passive threads sleep at barriers instead of spinning, "
+                         "which on a shared machine keeps a descheduled thread from stalling every parallel "
+                         "region (2-thread steps 10-100x slower with active)")
     ap.add_argument("--save", action="store_true", help="write results even for a partial run")
     ap.add_argument("--no-save", action="store_true")
     # worker mode (one configuration, in a subprocess)
@@ -362,7 +367,8 @@ def main(argv=None) -> int:
         "lora": {"r": RANK, "lora_alpha": ALPHA, "target_modules": TARGETS, "optimizer": f"AdamW(lr={LR})"},
         "baseline": f"transformers {transformers.__version__} Gemma4ForCausalLM (sdpa) + peft {peft.__version__}",
         "step": "loss = model(input_ids, labels=input_ids).loss; loss.backward(); AdamW.step(); zero_grad()",
-        "timing": f"1 warm-up step, then median of {args.steps} steps; one subprocess per configuration",
+        "timing": f"1 warm-up step, then median of {args.steps} steps; one subprocess per configuration; "
+                  f"OMP_WAIT_POLICY={args.omp_wait_policy}",
         "memory": "peak RSS during the steps minus RSS before them (VmHWM reset via /proc/self/clear_refs)",
     }
     write_results("bench_train", rows, machine, plot=plot(rows), extra=extra)
