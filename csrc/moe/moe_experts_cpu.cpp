@@ -41,7 +41,7 @@ void experts_forward(const at::Tensor& x, const at::Tensor& weights, const moe::
   using Acc = acc_t<T>;
   using V = moe::Vec<Acc>;
   constexpr int64_t W = V::size();
-  const int64_t N = s.N, H = s.H, K = s.K, E = s.E, Im = s.Im;
+  const int64_t N = s.N, H = s.H, K = s.K, Im = s.Im;
   const T* gu_p = gate_up.data_ptr<T>();
   const T* dn_p = down.data_ptr<T>();
   const std::vector<Acc> w = moe::weights_as_acc<Acc>(weights);

@@ -11,11 +11,12 @@
 //
 // Backward, indices held constant (as autograd through torch.topk does). With r_k = p[i_k] / s the
 // renormalised top-k probabilities, r is a softmax over the chosen logits alone (the full softmax
-// denominator cancels), so with g_k = grad_weights[n, k] and gr_k = g_k * scale[i_k]:
+// denominator cancels; the backward recomputes r that way, K exponentials a row), so with
+// g_k = grad_weights[n, k] and gr_k = g_k * scale[i_k]:
 //   grad_logits[n, j] = sum_{k: i_k = j} r_k (gr_k - sum_k' gr_k' r_k')     (zero off the top k)
 //   grad_scale[e]     = sum_{(n, k): i_k = e} g_k r_k
-// Rows are independent: gemma4::parallel_for over rows; the softmax is vectorized, the top-k is one
-// insertion pass (K is small).
+// Rows are independent: gemma4::parallel_for over blocks of rows; the forward softmax is vectorized,
+// the top-k is one insertion pass (K is small).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -96,6 +97,23 @@ void renormalise(const Acc* p, const int64_t* idx, int64_t K, Acc* r) {
   for (int64_t k = 0; k < K; ++k) r[k] = p[idx[k]] / s;
 }
 
+// r_k = softmax over the chosen logits l[i_0..i_K) = p[i_k] / sum_k p[i_k] (the full softmax's
+// denominator cancels), for the backward: K exponentials per row instead of E.
+template <typename Acc, typename T>
+void top_softmax(const T* l, const int64_t* idx, int64_t K, Acc* r) {
+  Acc mx = -std::numeric_limits<Acc>::infinity();
+  for (int64_t k = 0; k < K; ++k) {
+    const Acc v = static_cast<Acc>(l[idx[k]]);
+    mx = (std::isnan(v) || v > mx) ? v : mx;
+  }
+  Acc s = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    r[k] = std::exp(static_cast<Acc>(l[idx[k]]) - mx);
+    s += r[k];
+  }
+  for (int64_t k = 0; k < K; ++k) r[k] /= s;
+}
+
 void check_logits_scale(const char* op, const at::Tensor& logits, const at::Tensor& scale) {
   const auto cpu = c10::DeviceType::CPU;
   check_device(logits, op, "logits", cpu);
@@ -129,7 +147,8 @@ std::tuple<at::Tensor, at::Tensor> moe_route_cpu(const at::Tensor& logits, const
     int64_t* ix = indices.data_ptr<int64_t>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_scale", [&] {
       const scalar_t* sc = scale.data_ptr<scalar_t>();
-      gemma4::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
+      // ~1 us of work per row of 128 experts: only a few hundred rows are worth a second thread.
+      gemma4::parallel_for(0, N, std::max<int64_t>(1, 65536 / E), [&](int64_t b, int64_t e) {
         std::vector<Acc> p(E), r(K), top(K);
         for (int64_t n = b; n < e; ++n) {
           softmax_row(l + n * E, E, p.data());
@@ -179,13 +198,12 @@ std::tuple<at::Tensor, at::Tensor> moe_route_backward_cpu(const at::Tensor& grad
     std::vector<Acc> gsr(N * K);  // g_k r_k per pair, summed into grad_scale afterwards
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_backward_scale", [&] {
       const scalar_t* sc = scale.data_ptr<scalar_t>();
-      gemma4::parallel_for(0, N, std::max<int64_t>(1, 4096 / E), [&](int64_t b, int64_t e) {
-        std::vector<Acc> p(E), r(K), gl_row(E);
+      gemma4::parallel_for(0, N, std::max<int64_t>(1, 65536 / (K + 8)), [&](int64_t b, int64_t e) {
+        std::vector<Acc> r(K), gl_row(E);
         for (int64_t n = b; n < e; ++n) {
           const int64_t* irow = ix + n * K;
           const Acc* g = gw + n * K;
-          softmax_row(l + n * E, E, p.data());
-          renormalise(p.data(), irow, K, r.data());
+          top_softmax(l + n * E, irow, K, r.data());
           Acc dot = 0;  // sum_k gr_k r_k
           for (int64_t k = 0; k < K; ++k) dot += g[k] * static_cast<Acc>(sc[irow[k]]) * r[k];
           for (int64_t k = 0; k < K; ++k) {
