@@ -27,7 +27,8 @@
 //   tile that sees it: recompute P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P (dP - D),
 //   dK += dS^T Q, dQ += dS K. dK/dV belong to the work item (no races); dQ goes to a per-thread fp32
 //   buffer, summed at the end. Q and dO are packed once up front in the layouts the products want.
-// * Threads take work items from an atomic counter, largest first (causal tiles differ in cost).
+// * Forward: threads take work items from an atomic counter, largest first (causal tiles differ in
+//   cost). Backward: a fixed cost-balanced share per worker, so grad_q is run-to-run deterministic.
 #pragma once
 #include <ATen/Parallel.h>
 
@@ -346,21 +347,32 @@ inline void pack_rows(const T* base, int64_t sB, int64_t sT, int64_t sH, int64_t
   }
 }
 
-// Runs work(item, worker) for items 0..n-1 on the intra-op threads, taking them from an atomic counter
-// in the given order (largest first), so uneven causal tiles balance across threads.
+// Runs work(item, worker) for every item of `order` on the intra-op threads.
+// Dynamic (forward): threads take items from an atomic counter in the given order (largest first), so
+// uneven causal tiles balance across threads; each item's result is independent of who computes it.
+// Static (backward): worker w gets a fixed "snake" share of the cost-sorted order (0 1 .. W-1 W-1 .. 0
+// ..), so the per-worker dQ partial sums -- and hence grad_q -- are bit-identical from run to run for
+// a given thread count, whatever the OS scheduling.
 template <typename F>
-inline void run_items(const std::vector<int64_t>& order, const F& work) {
+inline void run_items(const std::vector<int64_t>& order, const F& work, bool dynamic = true) {
   const int64_t n = static_cast<int64_t>(order.size());
   if (n == 0) return;
   std::atomic<int64_t> next{0};
   const int64_t nworkers = std::min<int64_t>(at::get_num_threads(), n);
   gemma4::parallel_for(0, nworkers, 1, [&](int64_t w0, int64_t w1) {
-    for (;;) {
-      const int64_t slot = next.fetch_add(1);
-      if (slot >= n) break;
-      work(order[slot], w0);
+    if (dynamic) {
+      for (;;) {
+        const int64_t slot = next.fetch_add(1);
+        if (slot >= n) break;
+        work(order[slot], w0);
+      }
+      return;
     }
-    (void)w1;
+    for (int64_t w = w0; w < w1; ++w)  // one chunk may hold several workers when fewer threads run
+      for (int64_t slot = 0; slot < n; ++slot) {
+        const int64_t round = slot / nworkers, pos = slot % nworkers;
+        if ((round % 2 == 0 ? pos : nworkers - 1 - pos) == w) work(order[slot], w);
+      }
   });
 }
 
@@ -704,7 +716,7 @@ void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles 
       store_row<T, A>(s.dK.data() + j * hdp, X.dk + ((b * S + j0 + j) * nKV + g) * hd, hd, scale);
       store_row<T, A>(s.dV.data() + j * hdp, X.dv + ((b * S + j0 + j) * nKV + g) * hd, hd, A(1));
     }
-  });
+  }, /*dynamic=*/false);
 
   // 3. grad_q = scale * sum over workers of their dQ buffers.
   gemma4::parallel_for(0, B * Tq * nH, 16, [&](int64_t r0, int64_t r1) {
