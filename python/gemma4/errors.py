@@ -19,40 +19,40 @@ class Gemma4Error(Exception):
     """Base class of gemma4's own exceptions."""
 
 
-class ConfigError(Gemma4Error, ValueError):
-    """A config.json (or dict) that is not a valid Gemma 4 text config.
+class _LocatedError(Gemma4Error, ValueError):
+    """An error in a file (or dict), at a key: "<source>: <kind> '<key>': <message>".
 
-    Attributes: ``source`` (file name or "<dict>") and ``key`` (dotted key path, or None).
+    Attributes: ``source`` (file name, or None), ``key`` (or None) and ``detail`` (the bare message).
     """
+
+    default_source = "<input>"
+    key_kind = "key"
 
     def __init__(self, message: str, source: str | None = None, key: str | None = None):
         self.source = source
         self.key = key
         self.detail = message
-        where = source or "<config>"
+        where = source or self.default_source
         if key:
-            where += f": key '{key}'"
+            where += f": {self.key_kind} '{key}'"
         super().__init__(f"{where}: {message}")
+
+
+class ConfigError(_LocatedError):
+    """A config.json (or dict) that is not a valid Gemma 4 text config (key: dotted key path)."""
+
+    default_source = "<config>"
 
 
 class ConfigNotFoundError(ConfigError, FileNotFoundError):
     """The config path (directory or config.json) does not exist."""
 
 
-class CheckpointError(Gemma4Error, ValueError):
-    """A checkpoint that cannot be loaded into (or saved from) the model.
+class CheckpointError(_LocatedError):
+    """A checkpoint that cannot be loaded into (or saved from) the model (key: the tensor name)."""
 
-    Attributes: ``source`` (the file involved) and ``key`` (the tensor name, or None).
-    """
-
-    def __init__(self, message: str, source: str | None = None, key: str | None = None):
-        self.source = source
-        self.key = key
-        self.detail = message
-        where = source or "<checkpoint>"
-        if key:
-            where += f": tensor '{key}'"
-        super().__init__(f"{where}: {message}")
+    default_source = "<checkpoint>"
+    key_kind = "tensor"
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
