@@ -84,16 +84,16 @@ def run_case(case: dict, timing: dict, ours_cache: dict) -> dict:
         if key in ours_cache:  # the same op with another baseline: time ours once
             ours_out, t = ours_cache[key]
         else:
-            ours_out = case["ours"]()
-            t = time_fn(case["ours"], **timing)
+            t = time_fn(case["ours"], keep_output=True, **timing)
+            ours_out = t.pop("output")
             ours_cache[key] = (ours_out, t)
         row["ours_ms"], row["ours_runs"] = t["median_ms"], t["runs"]
     except Exception as e:  # noqa: BLE001
         row["error"] = f"ours: {_short_error(e)}"
         return row
     try:
-        base_out = case["baseline"]()
-        t = time_fn(case["baseline"], **timing)
+        t = time_fn(case["baseline"], keep_output=True, **timing)
+        base_out = t.pop("output")
         row["baseline_ms"], row["baseline_runs"] = t["median_ms"], t["runs"]
         row["speedup"] = row["baseline_ms"] / row["ours_ms"]
     except Exception as e:  # noqa: BLE001

@@ -138,18 +138,23 @@ def describe(machine: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def time_fn(fn: Callable[[], Any], target_s: float = 1.0, min_runs: int = 5, max_runs: int = 1000,
-            warmup: int = 2, max_total_s: float = 2.0) -> dict[str, Any]:
+            warmup: int = 2, max_total_s: float = 2.0, keep_output: bool = False) -> dict[str, Any]:
     """Median wall time of fn() in milliseconds.
 
-    Runs `warmup` untimed calls (the first of which also estimates the cost), then times N calls
-    one by one with time.perf_counter, N chosen so that the timed calls take about target_s
-    (at least min_runs, at most max_runs; fewer than min_runs only when min_runs calls would exceed
-    max_total_s, and never fewer than 1). Returns median_ms, min_ms, runs.
+    Runs `warmup` untimed calls (the first of which also estimates the cost; a call slower than
+    max_total_s / 2 ends the warm-up there), then times N calls one by one with time.perf_counter,
+    N chosen so that the timed calls take about target_s (at least min_runs, at most max_runs;
+    fewer than min_runs only when min_runs calls would exceed max_total_s, and never fewer than 1).
+    Returns median_ms, min_ms, runs, and with keep_output the first call's result as "output".
     """
     t0 = time.perf_counter()
-    fn()
+    output = fn()
     first = time.perf_counter() - t0
+    if not keep_output:
+        output = None
     for _ in range(max(0, warmup - 1)):
+        if first > max_total_s / 2:  # slow calls: one warm-up is enough, the budget goes to timed runs
+            break
         t0 = time.perf_counter()
         fn()
         first = min(first, time.perf_counter() - t0)
@@ -168,7 +173,10 @@ def time_fn(fn: Callable[[], Any], target_s: float = 1.0, min_runs: int = 5, max
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "runs": runs}
+    result = {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "runs": runs}
+    if keep_output:
+        result["output"] = output
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
