@@ -87,14 +87,14 @@ def run_case(case: dict, timing: dict, ours_cache: dict) -> dict:
             t = time_fn(case["ours"], keep_output=True, **timing)
             ours_out = t.pop("output")
             ours_cache[key] = (ours_out, t)
-        row["ours_ms"], row["ours_runs"] = t["median_ms"], t["runs"]
+        row["ours_ms"], row["ours_min_ms"], row["ours_runs"] = t["median_ms"], t["min_ms"], t["runs"]
     except Exception as e:  # noqa: BLE001
         row["error"] = f"ours: {_short_error(e)}"
         return row
     try:
         t = time_fn(case["baseline"], keep_output=True, **timing)
         base_out = t.pop("output")
-        row["baseline_ms"], row["baseline_runs"] = t["median_ms"], t["runs"]
+        row["baseline_ms"], row["baseline_min_ms"], row["baseline_runs"] = t["median_ms"], t["min_ms"], t["runs"]
         row["speedup"] = row["baseline_ms"] / row["ours_ms"]
     except Exception as e:  # noqa: BLE001
         row["error"] = f"baseline: {_short_error(e)}"
