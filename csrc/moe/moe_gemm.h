@@ -5,8 +5,11 @@
 // decode and small batches), so the expert GEMMs are skinny: reading the expert's weights dominates.
 // The weights stay in their storage dtype (bf16 / fp16 / fp32 / fp64) and are widened to the
 // accumulation type in registers as they stream past, so a bf16 expert is read once, at 2 bytes per
-// weight, with fp32 accumulation and no converted copy. MKL's sgemm on this machine reaches a small
-// fraction of peak for such shapes and at::mm on bf16 rounds its output to bf16.
+// weight, with fp32 accumulation and no converted copy. The alternatives measured worse or do not
+// fit: at::native::cpublas::gemm's float/bf16 overloads are not exported by libtorch_cpu (only
+// the slow fallback gemm_stub is); at::mm on bf16 rounds its output (gate/up) to bf16; converting
+// each expert to fp32 for at::mm (what the reference does) triples the memory traffic, and MKL's
+// sgemm on this machine ran 1-16-row products at a small fraction of peak.
 //
 // Two shapes of kernel:
 //   gemm_nt    C(i, j) = sum_k A_i[k] * B[j, k]      "dot" form: both operands contiguous along k
