@@ -108,6 +108,7 @@ def plot_times(rows: list[dict]):
                 ax.text(i, top * 1.05, f"{r['speedup']:.2f}x", ha="center", fontsize=9)
             ax.set_xticks(x, [f"T={r['seq_len']}" for r in sub])
             ax.set_yscale("log")
+            ax.set_ylim(top=max(max(r["ours_ms"], r["transformers_ms"]) for r in sub) * 1.4)  # room for labels
             ax.set_ylabel("forward time, ms (log)")
             ax.set_title(f"{PRESET}, batch 1, {dt}")
             ax.legend(fontsize=8, loc="upper left")
