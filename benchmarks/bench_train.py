@@ -123,7 +123,7 @@ class PeakRSS:
 # ------------------------------------------------------------------------------------------------
 # One configuration (runs in a subprocess)
 # ------------------------------------------------------------------------------------------------
-def build_models(impl: str, dtype_name: str, seed: int):
+def build_models(impl: str, dtype_name: str, seed: int, loss_chunk_size: int | None = None):
     """(model, trainable params, call(ids) -> loss) for ours or transformers + PEFT."""
     import torch  # noqa: PLC0415
 
@@ -135,6 +135,8 @@ def build_models(impl: str, dtype_name: str, seed: int):
 
         model = build_random_model(PRESET, dtype, seed=seed)  # float32 noise rounded to dtype
         model.add_adapter(gemma4.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS))
+        if loss_chunk_size:
+            model.loss_chunk_size = loss_chunk_size
         model.train()
 
         def call(ids):
@@ -179,7 +181,7 @@ def worker(args) -> dict:
 
     B, T = args.batch, args.seq_len
     t0 = time.perf_counter()
-    model, call = build_models(args.impl, args.dtype, args.seed)
+    model, call = build_models(args.impl, args.dtype, args.seed, args.loss_chunk_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -213,6 +215,7 @@ def worker(args) -> dict:
         "rss_before_step_mb": peak.rss_before_kb / 1024, "memory_method": peak.method,
         "first_loss": first_loss, "trainable_params": sum(p.numel() for p in params),
         "load_s": load_s, "threads": torch.get_num_threads(),
+        "loss_chunk_size": getattr(model, "loss_chunk_size", None),
     }
 
 
@@ -221,7 +224,7 @@ def run_worker(impl: str, dtype: str, B: int, T: int, args) -> dict:
         out = f.name
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--dtype", dtype, "--batch", str(B),
            "--seq-len", str(T), "--threads", str(args.threads), "--steps", str(args.steps), "--seed", str(args.seed),
-           "--worker-out", out]
+           "--worker-out", out] + (["--loss-chunk-size", str(args.loss_chunk_size)] if args.loss_chunk_size else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY=args.omp_wait_policy)
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -259,7 +262,7 @@ def plot(rows: list[dict]):
     def draw(plt):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         ok = [r for r in rows if "speedup" in r]
-        labels = [f"{r['dtype'][:4]}\nB={r['batch']},T={r['seq_len']}" for r in ok]
+        labels = [f"{r['dtype']}\nB={r['batch']}, T={r['seq_len']}" for r in ok]
         x = list(range(len(ok)))
         w = 0.38
         for ax, key, ylabel in ((axes[0], "tokens_per_s", "tokens / s (higher is better)"),
@@ -273,7 +276,8 @@ def plot(rows: list[dict]):
                 ax.text(i, max(a, b) * 1.03, f"{ratio:.2f}x", ha="center", fontsize=9)
             ax.set_xticks(x, labels, fontsize=8)
             ax.set_ylabel(ylabel)
-            ax.legend(fontsize=8)
+            ax.set_ylim(0, max(ours + hf) * 1.3)  # room for the labels and the legend
+            ax.legend(fontsize=8, loc="upper left")
         axes[0].set_title("throughput (label: ours / transformers)")
         axes[1].set_title("memory above the loaded model (label: transformers / ours)")
         fig.suptitle(f"One LoRA training step (fwd + bwd + AdamW), {PRESET}, r={RANK}, 2 threads")
@@ -293,6 +297,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, help="timed steps after the warm-up (default 3; --quick 2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loss-chunk-size", type=int, help="ours: model.loss_chunk_size (default: the model's, 1024)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
     ap.add_argument("--omp-wait-policy", choices=["passive", "active"], default="passive",
                     help="OMP_WAIT_POLICY of the workers: passive threads sleep at barriers instead of spinning, "
@@ -300,6 +305,7 @@ def main(argv=None) -> int:
                          "region (2-thread steps 10-100x slower with active)")
     ap.add_argument("--save", action="store_true", help="write results even for a partial run")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="redraw the PNG from this machine's results JSON")
     # worker mode (one configuration, in a subprocess)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
@@ -312,6 +318,20 @@ def main(argv=None) -> int:
 
     if args.worker:
         Path(args.worker_out).write_text(json.dumps(worker(args)))
+        return 0
+
+    if args.replot:
+        from benchmarks.common import results_path  # noqa: PLC0415
+
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        path = results_path("bench_train", machine_info(args.threads))
+        fig = plot(json.loads(path.read_text())["rows"])(plt)
+        fig.savefig(path.with_suffix(".png"), dpi=110, bbox_inches="tight")
+        print(f"wrote {path.with_suffix('.png')}")
         return 0
 
     shapes = args.shapes or ([(1, 256)] if args.quick else list(SHAPES))
@@ -355,7 +375,7 @@ def main(argv=None) -> int:
                 align="llrrrrrr")
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
 
-    partial = args.quick or args.shapes is not None or set(args.dtypes) != set(DTYPES) or set(args.impls) != set(IMPLS)
+    partial = args.quick or args.shapes is not None or args.loss_chunk_size is not None or set(args.dtypes) != set(DTYPES) or set(args.impls) != set(IMPLS)
     if args.no_save or (partial and not args.save):
         print("results not saved" + (" (partial run; pass --save to write them)" if not args.no_save else ""))
         return 0
