@@ -42,4 +42,8 @@ TORCH_LIBRARY(gemma4, m) {
   m.def("moe_experts(Tensor x, Tensor weights, Tensor indices, Tensor gate_up, Tensor down, str activation) -> Tensor");
   // (grad_x, grad_weights, grad_gate_up, grad_down) of moe_experts.
   m.def("moe_experts_backward(Tensor grad_out, Tensor x, Tensor weights, Tensor indices, Tensor gate_up, Tensor down, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Linear: y = x [..., K] @ weight [N, K]^T (+ bias [N]); float32 or bfloat16 (x, weight, bias one
+  // dtype), fp32 accumulation, one rounding to x's dtype.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
