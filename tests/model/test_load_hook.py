@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
+from gemma4.auto import AutoModelForCausalLM
 from gemma4.checkpoint import SAFE_WEIGHTS_NAME, hook_modules, load_pretrained
 from gemma4.errors import CheckpointError
 from gemma4.modeling import Gemma4ForCausalLM
@@ -224,7 +225,9 @@ def test_quantization_config_left_to_the_preparer(checkpoint, tmp_path):
     (dst / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="quant_method 'toy'"):
         load_pretrained(Gemma4ForCausalLM, dst, progress=False)
-    load_pretrained(Gemma4ForCausalLM, dst, progress=False, prepare_model=lambda m: None)
+    seen = []
+    AutoModelForCausalLM.from_pretrained(dst, progress=False, prepare_model=lambda m: seen.append(m.device.type))
+    assert seen == ["meta"]
 
 
 # ------------------------------------------------------------------------------------- finiteness
