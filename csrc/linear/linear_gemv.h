@@ -34,19 +34,35 @@ template <int M, int R, typename W>
 inline void gemv_tile(const W* w, const float* x, int64_t K, float* out) {
   int64_t k = 0;
 #if defined(CPU_CAPABILITY_AVX2)
-  __m256 acc[R][M];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  // U independent accumulator sets: with few rows (R*M <= 4) one set is too few FMA chains to hide
+  // the FMA latency, so two k-steps of 8 run side by side.
+  constexpr int U = R * M <= 4 ? 2 : 1;
+  __m256 acc[U][R][M];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_setzero_ps();
+  for (; k + 8 * U <= K; k += 8 * U) {
+    for (int u = 0; u < U; ++u) {
+      __m256 xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k + 8 * u);
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = load8(w + r * K + k + 8 * u);
+        for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_fmadd_ps(wv, xv[m], acc[u][r][m]);
+      }
+    }
+  }
   for (; k + 8 <= K; k += 8) {
-    __m256 xv[M];
-    for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k);
     for (int r = 0; r < R; ++r) {
       const __m256 wv = load8(w + r * K + k);
-      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(wv, xv[m], acc[r][m]);
+      for (int m = 0; m < M; ++m) acc[0][r][m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k), acc[0][r][m]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) out[r * M + m] = hsum8(acc[r][m]);
+    for (int m = 0; m < M; ++m) {
+      __m256 a = acc[0][r][m];
+      for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[u][r][m]);
+      out[r * M + m] = hsum8(a);
+    }
 #else
   for (int i = 0; i < R * M; ++i) out[i] = 0.f;
 #endif

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gemma4
+from gemma4.modeling import linear as linear_module
 from gemma4.modeling.linear import Linear, torch_linear_only, uses_gemma4_kernel
 
 
@@ -21,16 +22,18 @@ def test_is_an_nn_linear_with_the_same_state_dict():
 
 
 def test_choice():
-    w32, w16 = torch.randn(8, 16), torch.randn(8, 16).bfloat16()
-    assert uses_gemma4_kernel(torch.randn(1, 3, 16), w32)  # decode rows
-    assert uses_gemma4_kernel(torch.randn(8, 16), w32)
-    assert not uses_gemma4_kernel(torch.randn(9, 16), w32)  # fp32 prefill: torch's sgemm
-    assert uses_gemma4_kernel(torch.randn(64, 16).bfloat16(), w16)  # bf16 prefill
-    assert not uses_gemma4_kernel(torch.randn(1, 16).bfloat16(), w32)  # mixed dtypes
-    assert not uses_gemma4_kernel(torch.randn(1, 16, dtype=torch.float64), w32.double())
-    assert not uses_gemma4_kernel(torch.randn(1, 8), torch.randn(16, 8).t())  # strided weight
+    w32, w16 = torch.randn(1024, 1024), torch.randn(8, 1024).bfloat16()
+    assert uses_gemma4_kernel(torch.randn(1, 3, 1024), w32)  # decode rows
+    assert uses_gemma4_kernel(torch.randn(8, 1024), w32)
+    assert not uses_gemma4_kernel(torch.randn(9, 1024), w32)  # fp32 prefill: torch's sgemm
+    assert not uses_gemma4_kernel(torch.randn(1, 16), torch.randn(8, 16))  # small fp32 weight
+    assert uses_gemma4_kernel(torch.randn(1, 1024).bfloat16(), w16)
+    assert uses_gemma4_kernel(torch.randn(64, 1024).bfloat16(), w16)  # bf16 prefill
+    assert not uses_gemma4_kernel(torch.randn(1, 1024).bfloat16(), w32)  # mixed dtypes
+    assert not uses_gemma4_kernel(torch.randn(1, 1024, dtype=torch.float64), w32.double())
+    assert not uses_gemma4_kernel(torch.randn(1, 1024), torch.randn(2048, 1024).t())  # strided weight
     with torch_linear_only():
-        assert not uses_gemma4_kernel(torch.randn(1, 16), w32)
+        assert not uses_gemma4_kernel(torch.randn(1, 1024), w32)
 
 
 def _tiny(seed=0):
@@ -38,7 +41,8 @@ def _tiny(seed=0):
     return gemma4.Gemma4ForCausalLM(gemma4.get_preset("tiny-e2b")).eval()
 
 
-def test_greedy_tokens_match_torch_linear_fp32():
+def test_greedy_tokens_match_torch_linear_fp32(monkeypatch):
+    monkeypatch.setattr(linear_module, "SMALL_FP32_WEIGHT", 0)  # the tiny model's weights are all small
     model = _tiny()
     ids = torch.randint(3, model.config.vocab_size, (2, 37))
     kw = dict(max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)

@@ -5,8 +5,9 @@ LoRA wrapping and quantization swaps see no difference. Which one runs is decide
 what benchmarks/bench_linear_cpu.py measured (docs/performance.md has the numbers):
 
 - CPU, float32 or bfloat16 weights and input of the same dtype, a contiguous weight;
-- at most DECODE_ROWS rows of input (decode): ours streams the weights at close to the memory
-  bandwidth, torch's matmul does not;
+- at most DECODE_ROWS rows of input (decode): ours streams the weights once, bf16 widened in
+  registers (about 2x torch's bf16 rate; in fp32 on par with MKL's sgemv, except that for small fp32
+  weights torch's lower call overhead wins);
 - more rows in bfloat16 (prefill): ours widens the weights to fp32 block by block and runs sgemm,
   several times faster than torch's bf16 matmul on CPUs without AVX512-BF16;
 - more rows in float32: both run the same sgemm, so torch's (no benefit to win).
@@ -22,6 +23,7 @@ from torch import nn
 from gemma4 import ops
 
 DECODE_ROWS = 8  # gemma4::linear's weight-streaming kernel takes up to this many rows
+SMALL_FP32_WEIGHT = 1 << 20  # fp32 weights with fewer elements: F.linear (its call costs ~15 us less)
 _enabled = True  # False inside torch_linear_only()
 
 __all__ = ["Linear", "torch_linear_only", "uses_gemma4_kernel"]
@@ -44,8 +46,10 @@ def uses_gemma4_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if x.dtype not in (torch.float32, torch.bfloat16) or not weight.is_contiguous():
         return False
+    if x.dtype == torch.bfloat16:
+        return True
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 0
-    return rows <= DECODE_ROWS or x.dtype == torch.bfloat16
+    return rows <= DECODE_ROWS and weight.numel() >= SMALL_FP32_WEIGHT
 
 
 class Linear(nn.Linear):
