@@ -12,6 +12,9 @@ __all__ = [
     "ConfigNotFoundError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "AdapterConfigError",
+    "ArgumentError",
+    "ArgumentTypeError",
 ]
 
 
@@ -57,3 +60,17 @@ class CheckpointError(_LocatedError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint directory or one of its files does not exist."""
+
+
+class AdapterConfigError(_LocatedError):
+    """A LoRA adapter config (adapter_config.json or a LoraConfig) with a value of the wrong type or form."""
+
+    default_source = "<adapter config>"
+
+
+class ArgumentError(Gemma4Error, ValueError):
+    """A bad argument to a gemma4 call (generate, forward, a tokenizer method); the message names it."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type (also a TypeError, as Python's convention asks)."""
