@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .config import Gemma4Config
+from .devices import parse_device
 from .errors import CheckpointError, CheckpointNotFoundError
 
 __all__ = [
@@ -327,7 +328,7 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
             _refuse_quantized(config_file)
     entries = _read_headers(files, index)
     target_dtype = resolve_dtype(dtype, torch_dtype, config, entries)
-    target_device = _resolve_device(device)
+    target_device = parse_device(device)
 
     config.dtype = str(target_dtype).removeprefix("torch.")
     with torch.device("meta"):
@@ -372,14 +373,6 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
                         "after to_empty() they would hold garbage")
     _check_ties(model, aliases)
     return model.eval()
-
-
-def _resolve_device(device: Any) -> torch.device:
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _refuse_quantized(config_file: str) -> None:

@@ -204,13 +204,11 @@ def _check_buffers_fit(model, gc: GenerationConfig, batch: int, input_len: int, 
     """Refuse a length whose preallocated buffers cannot fit in the device's memory (naming the argument),
     before allocating anything: three [B, max_length] int64 buffers, a KV cache of max_length slots and,
     when returned, one [B, V] float32 row of scores/logits per new token."""
-    from gemma4.cache import Gemma4Cache as Cache  # noqa: PLC0415
-
     device = model.device
     max_length = gc.max_length
     need = 3 * 8 * batch * max_length
     if new_cache:
-        need += Cache.storage_bytes(model.config, max_length - 1, batch, model.dtype)
+        need += Gemma4Cache.storage_bytes(model.config, max_length - 1, batch, model.dtype)
     rows = int(bool(gc.return_dict_in_generate and gc.output_scores)) + \
         int(bool(gc.return_dict_in_generate and gc.output_logits))
     need += rows * 4 * batch * model.config.vocab_size * (max_length - input_len)
