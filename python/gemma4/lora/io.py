@@ -13,7 +13,6 @@ never opened: the package never unpickles.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -96,12 +95,12 @@ def check_base_model(config: LoraConfig, model_config, config_file: str) -> None
     base = config.base_model_name_or_path
     if not base or not os.path.isfile(os.path.join(base, "config.json")):
         return
-    with open(os.path.join(base, "config.json"), encoding="utf-8") as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError:
-            return
-    text = raw.get("text_config", raw) if isinstance(raw, dict) else {}
+    try:
+        raw = read_json_object(os.path.join(base, "config.json"))
+    except ValueError:
+        return  # an unreadable base config proves nothing; the shape checks still apply
+    text = raw.get("text_config", raw)
+    text = text if isinstance(text, dict) else {}
     model_type = str(text.get("model_type", raw.get("model_type", "")))
     if model_type and not model_type.startswith("gemma4"):
         raise ValueError(f"{config_file}: base_model_name_or_path {base!r} is a {model_type!r} model, not Gemma 4")
