@@ -17,13 +17,14 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
 
 from .errors import ConfigError, ConfigNotFoundError
+from .hf_format.config_json import (FULL_ATTENTION, MAX_LAYERS, SLIDING_ATTENTION, config_kwargs, config_to_dict, is_int,
+                                    per_layer_config, read_json_object, resolve_layer_types)
 
 __all__ = [
     "Gemma4Config",
@@ -34,9 +35,6 @@ __all__ = [
     "rope_inv_freq",
 ]
 
-SLIDING_ATTENTION = "sliding_attention"
-FULL_ATTENTION = "full_attention"
-LAYER_TYPES = (SLIDING_ATTENTION, FULL_ATTENTION)
 
 # gemma4-architecture.md 1.3: what transformers fills in when `rope_parameters` is absent.
 DEFAULT_ROPE_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -49,7 +47,7 @@ ROPE_TYPES = ("default", "proportional")
 # a config beyond them is a typo or an attack, refused before anything is built (a 10**8-layer
 # config would otherwise take minutes and gigabytes just to derive its layer list).
 MAX_SIZES = {
-    "num_hidden_layers": 1024, "num_attention_heads": 1024, "num_key_value_heads": 1024,
+    "num_hidden_layers": MAX_LAYERS, "num_attention_heads": 1024, "num_key_value_heads": 1024,
     "num_global_key_value_heads": 1024, "num_experts": 4096, "top_k_experts": 4096,
     "head_dim": 512, "global_head_dim": 512,  # the attention kernels' limit (csrc/attention/attention_checks.h)
     "hidden_size": 2**17, "intermediate_size": 2**20, "moe_intermediate_size": 2**20,
@@ -251,15 +249,18 @@ class Gemma4Config:
         Raises ConfigError naming `source` and the key for anything that is not a Gemma 4 text
         config. Unknown keys (transformers bookkeeping, vision/audio configs) are ignored.
         """
-        from .hf_format.config_json import config_from_dict  # noqa: PLC0415  (it imports this module)
-
-        return config_from_dict(d, source)
+        kwargs, prefix = config_kwargs(d, [f.name for f in dataclasses.fields(cls)], source)
+        try:
+            return cls(**kwargs, source=source)
+        except ConfigError as e:  # name the key where the file has it (text_config.X in the nested form)
+            if prefix and e.key:
+                raise ConfigError(e.detail, source, prefix + e.key) from None
+            raise
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "Gemma4Config":
-        from .hf_format.config_json import read_config_file  # noqa: PLC0415
-
-        return read_config_file(path)
+        path = os.fspath(path)
+        return cls.from_dict(read_json_object(path), source=path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "Gemma4Config":
@@ -284,9 +285,11 @@ class Gemma4Config:
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         """The flat `gemma4_text` config.json form (see gemma4.hf_format.config_json.config_to_dict)."""
-        from .hf_format.config_json import config_to_dict  # noqa: PLC0415
-
         return config_to_dict(self)
+
+    def per_layer_config(self) -> dict[str, dict[str, int]]:
+        """Full-layer overrides in transformers 5.17's serialised `per_layer_config` form."""
+        return per_layer_config(self)
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -524,35 +527,9 @@ class Gemma4Config:
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Gemma4Config))
 
 
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _why_max(name: str) -> str:
     return "; the attention kernels support head sizes up to 512" if name.endswith("head_dim") else ""
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def resolve_layer_types(layer_types, num_layers, source, key) -> list[str]:
-    """transformers' post-init: default 5:1 pattern; the last layer is forced to full attention."""
-    if not is_int(num_layers) or not 1 <= num_layers <= MAX_SIZES["num_hidden_layers"]:
-        raise ConfigError(f"must be an integer in [1, {MAX_SIZES['num_hidden_layers']}], got {num_layers!r}", source,
-                          key.removesuffix("layer_types") + "num_hidden_layers")
-    if layer_types is None:
-        return [SLIDING_ATTENTION if (i + 1) % 6 else FULL_ATTENTION for i in range(num_layers)]
-    if not isinstance(layer_types, (list, tuple)):
-        raise ConfigError(f"must be a list of layer types, got {layer_types!r}", source, key)
-    if len(layer_types) != num_layers:
-        raise ConfigError(f"has {len(layer_types)} entries but num_hidden_layers is {num_layers}", source, key)
-    for i, t in enumerate(layer_types):
-        if t not in LAYER_TYPES:
-            raise ConfigError(f"entry {i} is {t!r}; expected 'sliding_attention' or 'full_attention'", source, key)
-    if layer_types[-1] != FULL_ATTENTION:
-        warnings.warn(f"{source}: the last layer must use full attention, got {layer_types[-1]!r}; forcing "
-                      "'full_attention' (as transformers does)", stacklevel=4)
-        layer_types = list(layer_types)
-        layer_types[-1] = FULL_ATTENTION
-    return list(layer_types) if isinstance(layer_types, tuple) else layer_types

@@ -19,7 +19,7 @@ import gemma4
 from gemma4.checkpoint import SAFE_WEIGHTS_NAME, load_pretrained
 from gemma4.config import Gemma4Config
 from gemma4.errors import AdapterError, AdapterNotFoundError, CheckpointError, ConfigError
-from gemma4.hf_format.config_json import config_from_dict, read_json_object
+from gemma4.hf_format.config_json import config_kwargs, read_json_object
 from gemma4.hf_format.keys import MULTIMODAL_PREFIXES, Layout, map_checkpoint_key
 from gemma4.hf_format.safetensors import load_file, read_header, save_file
 from gemma4.lora import LoraConfig
@@ -83,7 +83,9 @@ def test_get_preset_unknown_override_raises():
 def test_config_from_dict_leaves_its_input_alone():
     d = {"model_type": "gemma4", "text_config": preset_dict("tiny-e2b"), "dtype": "bfloat16"}
     before = json.dumps(d, sort_keys=True)
-    config = config_from_dict(d, source="x.json")
+    kwargs, prefix = config_kwargs(d, ["dtype", "sliding_window", "layer_types"], source="x.json")
+    assert prefix == "text_config." and kwargs["sliding_window"] == 8 and kwargs["dtype"] == "bfloat16"
+    config = Gemma4Config.from_dict(d, source="x.json")
     assert json.dumps(d, sort_keys=True) == before
     assert config.dtype == "bfloat16" and config == get_preset("tiny-e2b", dtype="bfloat16")
 

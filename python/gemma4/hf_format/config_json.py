@@ -1,6 +1,6 @@
 """config.json in both directions: Hugging Face's Gemma 4 config forms <-> Gemma4Config.
 
-Read (`config_from_dict`, `read_config_file`):
+Read (`config_kwargs`, which Gemma4Config.from_dict calls):
 * the nested multimodal form (`model_type: "gemma4"`, text under `text_config`; the top-level
   token ids, `dtype` and `tie_word_embeddings` fill in what the text config lacks);
 * the flat text form (`model_type: "gemma4_text"`);
@@ -17,6 +17,10 @@ Anything that is not a Gemma 4 text config raises ConfigError naming the file an
 Write (`config_to_dict`): the flat `gemma4_text` form (architectures ["Gemma4ForCausalLM"]) with the
 overrides both as 5.17's `per_layer_config` and as the legacy fields.
 
+transformers' post-init rules for `layer_types` (default 5:1 pattern, last layer forced to full
+attention) and the layer-type names live here too, so this module needs nothing from
+gemma4.config (which imports it).
+
 `read_json_object` is the one reader of small JSON files (config.json, adapter_config.json,
 index files): a missing file, invalid JSON, non-UTF-8 text or a value that is not an object is one
 error naming the file.
@@ -30,13 +34,19 @@ import os
 import warnings
 from typing import Any
 
-from ..config import FULL_ATTENTION, SLIDING_ATTENTION, Gemma4Config, is_int, resolve_layer_types
 from ..errors import ConfigError, ConfigNotFoundError
 
-__all__ = ["config_from_dict", "config_to_dict", "per_layer_config", "read_config_file", "read_json_object",
-           "CONFIG_NAME", "REQUIRED_KEYS"]
+__all__ = ["config_kwargs", "config_to_dict", "per_layer_config", "read_json_object", "resolve_layer_types",
+           "CONFIG_NAME", "REQUIRED_KEYS", "SLIDING_ATTENTION", "FULL_ATTENTION", "LAYER_TYPES", "MAX_LAYERS"]
 
 CONFIG_NAME = "config.json"
+
+SLIDING_ATTENTION = "sliding_attention"
+FULL_ATTENTION = "full_attention"
+LAYER_TYPES = (SLIDING_ATTENTION, FULL_ATTENTION)
+# More layers than this is a typo or an attack (released Gemma 4: at most 60); refused before the
+# layer list is even built.
+MAX_LAYERS = 1024
 
 # Keys a config.json must carry: every other field falls back to transformers' class default.
 REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -69,18 +79,13 @@ def read_json_object(path: str, error: type[ConfigError] = ConfigError,
     return d
 
 
-def read_config_file(path: str | os.PathLike) -> Gemma4Config:
-    """Gemma4Config from a config.json file (either form)."""
-    path = os.fspath(path)
-    return config_from_dict(read_json_object(path), source=path)
+def config_kwargs(d: dict[str, Any], field_names: list[str], source: str = "<dict>") -> tuple[dict[str, Any], str]:
+    """(Gemma4Config keyword arguments, key prefix) from a config.json dict (nested or flat form).
 
-
-def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> Gemma4Config:
-    """Build from a config.json dict (nested "gemma4" or flat "gemma4_text" form).
-
-    Raises ConfigError naming `source` and the key for anything that is not a Gemma 4 text
-    config. Unknown keys (transformers bookkeeping, vision/audio configs) are ignored. `d` is not
-    modified.
+    field_names: Gemma4Config's fields. The prefix is "text_config." for the nested form (so errors
+    name the key as the file has it), else "". Raises ConfigError naming `source` and the key for
+    anything that is not a Gemma 4 text config; unknown keys (transformers bookkeeping, vision/audio
+    configs) are ignored. `d` is not modified.
     """
     if not isinstance(d, dict):
         raise ConfigError(f"expected a JSON object, got {type(d).__name__}", source)
@@ -118,11 +123,11 @@ def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> Gemma4Config:
                           prefix + missing[0])
 
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(Gemma4Config):
-        if f.name in text:
-            kwargs[f.name] = text[f.name]
-        elif f.name in _NESTED_FALLBACK_KEYS and f.name in top:
-            kwargs[f.name] = top[f.name]
+    for name in field_names:
+        if name in text:
+            kwargs[name] = text[name]
+        elif name in _NESTED_FALLBACK_KEYS and name in top:
+            kwargs[name] = top[name]
     kwargs.pop("dtype", None)
     for holder in (text, top):
         dt = holder.get("dtype") or holder.get("torch_dtype")
@@ -139,16 +144,10 @@ def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> Gemma4Config:
     if per_layer_config is not None:
         kwargs.update(_per_layer_config_to_fields(text, per_layer_config, source, prefix))
 
-    try:
-        return Gemma4Config(**kwargs, source=source)
-    except ConfigError as e:
-        if prefix and e.key:
-            raise ConfigError(e.detail, source, prefix + e.key) from None
-        raise
+    return kwargs, prefix
 
 
-
-def config_to_dict(config: Gemma4Config) -> dict[str, Any]:
+def config_to_dict(config) -> dict[str, Any]:
     """The flat `gemma4_text` config.json form (architectures ["Gemma4ForCausalLM"]).
 
     transformers 5.17 loads it into a Gemma4TextConfig equal to one built from the same values:
@@ -166,7 +165,7 @@ def config_to_dict(config: Gemma4Config) -> dict[str, Any]:
     return out
 
 
-def per_layer_config(config: Gemma4Config) -> dict[str, dict[str, int]]:
+def per_layer_config(config) -> dict[str, dict[str, int]]:
     """Full-layer overrides in transformers 5.17's serialised `per_layer_config` form."""
     overrides: dict[int, dict[str, int]] = {}
     for i, t in enumerate(config.layer_types):
@@ -184,6 +183,32 @@ def per_layer_config(config: Gemma4Config) -> dict[str, dict[str, int]]:
         return {}
     width = len(str(max(overrides)))
     return {str(i).zfill(width): o for i, o in overrides.items()}
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def resolve_layer_types(layer_types, num_layers, source, key) -> list[str]:
+    """transformers' post-init: default 5:1 pattern; the last layer is forced to full attention."""
+    if not is_int(num_layers) or not 1 <= num_layers <= MAX_LAYERS:
+        raise ConfigError(f"must be an integer in [1, {MAX_LAYERS}], got {num_layers!r}", source,
+                          key.removesuffix("layer_types") + "num_hidden_layers")
+    if layer_types is None:
+        return [SLIDING_ATTENTION if (i + 1) % 6 else FULL_ATTENTION for i in range(num_layers)]
+    if not isinstance(layer_types, (list, tuple)):
+        raise ConfigError(f"must be a list of layer types, got {layer_types!r}", source, key)
+    if len(layer_types) != num_layers:
+        raise ConfigError(f"has {len(layer_types)} entries but num_hidden_layers is {num_layers}", source, key)
+    for i, t in enumerate(layer_types):
+        if t not in LAYER_TYPES:
+            raise ConfigError(f"entry {i} is {t!r}; expected 'sliding_attention' or 'full_attention'", source, key)
+    if layer_types[-1] != FULL_ATTENTION:
+        warnings.warn(f"{source}: the last layer must use full attention, got {layer_types[-1]!r}; forcing "
+                      "'full_attention' (as transformers does)", stacklevel=4)
+        layer_types = list(layer_types)
+        layer_types[-1] = FULL_ATTENTION
+    return list(layer_types) if isinstance(layer_types, tuple) else layer_types
 
 
 def _per_layer_config_to_fields(text: dict, per_layer_config: Any, source: str, prefix: str) -> dict[str, Any]:
