@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gemma4 import LoraConfig
-from gemma4.errors import AdapterConfigError
+from gemma4.errors import AdapterConfigError, AdapterError
 from gemma4.lora import LoraLinear
 from gemma4.lora.layers import LoraLinear as LoraLinearImpl
 from gemma4.modeling.random_model import build_random_model
@@ -111,7 +111,7 @@ def test_bad_value_names_file_and_key(good_adapter, tmp_path, key, value, named)
 @pytest.mark.parametrize("raw, words", [(b"[1, 2]", "JSON object"), (b'{"r": 4, "x": "\xff\xfe"}', "UTF-8")])
 def test_unreadable_config(good_adapter, tmp_path, raw, words):
     path = variant(good_adapter, tmp_path, raw=raw)
-    with pytest.raises(AdapterConfigError, match=rf"adapter_config\.json: .*{words}"):
+    with pytest.raises(AdapterError, match=rf"adapter_config\.json.*{words}"):
         fresh_model().load_adapter(path)
 
 
@@ -138,7 +138,7 @@ def test_non_finite_adapter_weights_are_refused(good_adapter, tmp_path):
     save_file(tensors, file, metadata={"format": "pt"})
     model = fresh_model()
     before, weights = structure(model), {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=rf"{key}.*NaN or infinite"):
+    with pytest.raises(ValueError, match=rf"adapter_model\.safetensors.*{key}.*non-finite"):
         model.load_adapter(path)
     assert_unchanged(model, before, weights)
 

@@ -470,8 +470,6 @@ class AdapterMixin:
             if not tensors[k].is_floating_point():
                 raise ValueError(f"{weights_file}: key {'base_model.model.' + k!r} has dtype {tensors[k].dtype}, "
                                  "expected a floating-point tensor")
-            if not bool(torch.isfinite(tensors[k]).all()):
-                raise ValueError(f"{weights_file}: key {'base_model.model.' + k!r} holds NaN or infinite values")
         if skipped:
             warnings.warn(f"{weights_file}: skipped {len(skipped)} LoRA tensors of the vision/audio towers "
                           f"(e.g. {skipped[0]!r}); this is a text-only model")
