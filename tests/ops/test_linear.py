@@ -123,3 +123,25 @@ def test_bad_inputs():
     # The wrapper makes a strided x contiguous rather than failing.
     xt = torch.randn(16, 4).t()
     torch.testing.assert_close(linear(xt, w), F.linear(xt, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("args,match", [
+    (lambda: (torch.randn(4, 16).double(), torch.randn(8, 16).double(), None), "x must be float32 or bfloat16"),
+    (lambda: (torch.randn(4, 16), torch.randn(8, 16).bfloat16(), None), "weight must be Float"),
+    (lambda: (torch.randn(4, 16), torch.randn(8, 15), None), r"weight.size\(1\) must be 16"),
+    (lambda: (torch.randn(4, 16), torch.randn(8, 16), torch.randn(7)), r"bias.size\(0\) must be 8"),
+])
+def test_fake_kernel_rejects_what_the_kernel_rejects(args, match):
+    a = args()
+    with pytest.raises(RuntimeError, match=match):
+        ops.linear(*a)
+    with pytest.raises(RuntimeError, match=match):
+        ops.linear(*(t.to("meta") if isinstance(t, torch.Tensor) else t for t in a))
+
+
+def test_cpu_and_meta_mixed_is_an_error():
+    x, w = torch.randn(2, 16), torch.randn(8, 16)
+    with pytest.raises(RuntimeError, match="must be on cpu like the input, got meta"):
+        ops.linear(x, w.to("meta"), None)
+    out = ops.linear(x.to("meta"), w.to("meta"), None)
+    assert out.shape == (2, 8) and out.dtype == torch.float32

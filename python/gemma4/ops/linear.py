@@ -10,6 +10,8 @@ import torch
 
 from gemma4 import _native  # noqa: F401  (loads the operator library)
 
+from . import _fake_checks as chk
+
 __all__ = ["linear"]
 
 
@@ -27,12 +29,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return torch.ops.gemma4.linear(x.contiguous(), weight, bias)
 
 
+def _check(op, x, weight, bias):
+    """csrc/linear/linear_checks.h's checks, for the fake kernel."""
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        chk.fail(op, f"x must be float32 or bfloat16, got {chk.dtype_name(x.dtype)}")
+    chk.dtype(op, "weight", weight, x.dtype)
+    if x.dim() < 1:
+        chk.fail(op, "x must have at least 1 dimension, got a scalar")
+    chk.dim(op, "weight", weight, 2)
+    chk.size(op, "weight", weight, 1, x.shape[-1])
+    chk.same_device(op, x, weight=weight, bias=bias)
+    if bias is not None:
+        chk.dtype(op, "bias", bias, x.dtype)
+        chk.dim(op, "bias", bias, 1)
+        chk.size(op, "bias", bias, 0, weight.shape[0])
+
+
 @torch.library.register_fake("gemma4::linear")
 def _linear_fake(x, weight, bias):
-    torch._check(weight.dim() == 2, lambda: f"gemma4::linear: weight must have 2 dimensions, got {weight.shape}")
-    torch._check(weight.shape[1] == x.shape[-1],
-                 lambda: f"gemma4::linear: weight.size(1) must be {x.shape[-1]}, got shape {tuple(weight.shape)}")
-    torch._check(weight.dtype == x.dtype, lambda: f"gemma4::linear: weight must be {x.dtype}, got {weight.dtype}")
+    _check("gemma4::linear", x, weight, bias)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
