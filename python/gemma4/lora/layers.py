@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gemma4.float32_gemm import linear
+
 __all__ = ["LoraLayer", "LoraLinear", "LoraParamWrapper", "ModulesToSaveWrapper", "is_linear_like"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -152,7 +154,11 @@ class LoraLinear(LoraLayer):
                           device, init)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
+        if type(self.base_layer) is nn.Linear and not args and not kwargs:
+            # (bf16/fp16 GEMMs in float32 on CPUs without a native one: gemma4/float32_gemm.py)
+            result = linear(x, self.base_layer.weight, self.base_layer.bias)
+        else:
+            result = self.base_layer(x, *args, **kwargs)
         active = self._active_unmerged()
         if not active:
             return result

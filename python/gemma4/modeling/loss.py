@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from gemma4.float32_gemm import needs_float32_gemm
+
 IGNORE_INDEX = -100
 
 # Tokens per chunk: the head GEMMs' M dimension. 256 is as fast as 1024 on the 2-core CPU of the
@@ -145,6 +147,8 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head: nn.Module | torch.Tensor,
     if type(head) is nn.Linear and head.bias is None:
         weight = head.weight
     if weight is not None:
+        if needs_float32_gemm(weight):  # no native bf16/fp16 GEMM on this CPU: the head GEMMs in float32
+            hidden2, weight = hidden2.float(), weight.float()
         return _FusedLinearCrossEntropy.apply(hidden2, weight, safe_targets, row_weight, softcap, chunk_size,
                                               hidden2.requires_grad, weight.requires_grad)
     total = hidden2.new_zeros((), dtype=torch.float32)
