@@ -37,8 +37,9 @@ class _Float32Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        # x only when the weight trains (a frozen LoRA base needs just the weight for grad_x)
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        ctx.has_bias, ctx.x_dtype = bias is not None, x.dtype
         out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())  # [..., out] fp32
         return out.to(x.dtype)
 
@@ -48,7 +49,7 @@ class _Float32Linear(torch.autograd.Function):
         g = grad.float()  # [..., out]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g @ weight.float()).to(x.dtype)  # [..., in]
+            grad_x = (g @ weight.float()).to(ctx.x_dtype)  # [..., in]
         if ctx.needs_input_grad[1]:
             grad_w = (g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:

@@ -2,7 +2,6 @@
 decoder, fused loss and their backward) and gives eager's loss and gradients."""
 import copy
 
-import pytest
 import torch
 
 from gemma4.lora import LoraConfig
@@ -11,15 +10,14 @@ from tests.training.common import randomize_norms_, small_config
 from tests.training.test_lora_training import fixed_batch, lora_params, trained_scale_model
 
 
-@pytest.mark.parametrize("chunk", [16, 4096])  # several loss chunks; one
-def test_fullgraph_compiled_lora_step_equals_eager(chunk):
+def test_fullgraph_compiled_lora_step_equals_eager():
     eager = randomize_norms_(trained_scale_model(config=small_config("tiny-e2b")))
     eager.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     with torch.no_grad():  # non-zero B so that every adapter takes part
         for n, p in lora_params(eager).items():
             if ".lora_B." in n:
                 p.normal_(0, 0.05)
-    eager.loss_chunk_size = chunk
+    eager.loss_chunk_size = 16  # several loss chunks (48 tokens)
     eager.train()
     compiled_model = copy.deepcopy(eager)
     ids = fixed_batch(2, 24, seed=9)

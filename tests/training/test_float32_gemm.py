@@ -38,3 +38,18 @@ def test_linear_dispatch():
     assert float32_gemm.linear(xb, wb).dtype == torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast picks the dtypes: plain F.linear
         torch.testing.assert_close(float32_gemm.linear(x32, w32), F.linear(x32, w32), rtol=0, atol=0)
+
+
+def test_frozen_weight_gives_input_gradient_only():
+    x = torch.randn(2, 9, 64).bfloat16().requires_grad_()
+    w = torch.randn(48, 64).bfloat16()  # frozen: a LoRA base
+    grad = torch.randn(2, 9, 48).bfloat16()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        ours = float32_gemm._Float32Linear.apply(x, w, None)
+    assert saved == [w.shape]  # x is not kept: only the weight is needed for grad_x
+    (gx,) = torch.autograd.grad(ours, x, grad)
+    x64 = x.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad(F.linear(x64, w.double()), x64, grad.double())
+    (plain,) = torch.autograd.grad(F.linear(x, w), x, grad)
+    assert_lowp_close(gx, ref, plain)
