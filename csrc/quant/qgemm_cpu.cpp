@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -48,6 +50,23 @@ std::string qgemm_cpu_isa(c10::string_view request) {
   return isa_name(active_isa());
 }
 
+// Activations per int16 scale: the group itself up to 128, else the largest of 128 / 64 / 32 dividing it
+// (so a block never straddles two weight scales, and 128 products of int16 x int8 fit an int32).
+int64_t x_block_for(int64_t group) {
+  if (group <= 128) return group;
+  return group % 128 == 0 ? 128 : group % 64 == 0 ? 64 : 32;
+}
+
+// x [M, K] bf16/fp16 -> (x16 int16 [M, K], scale fp32 [M, K / xblock]) with x ~= x16 * scale.
+std::pair<at::Tensor, at::Tensor> quantize_activations(const at::Tensor& x2d, int64_t xblock) {
+  const int64_t M = x2d.size(0), K = x2d.size(1);
+  const at::Tensor blocks = x2d.to(at::kFloat).view({M, K / xblock, xblock});       // [M, B, xblock]
+  const at::Tensor scale = blocks.abs().amax(-1) / 32767.0f;                       // [M, B]
+  const at::Tensor inv = at::where(scale > 0, scale.reciprocal(), at::zeros_like(scale));
+  const at::Tensor x16 = (blocks * inv.unsqueeze(-1)).round_().clamp_(-32767, 32767).to(at::kShort);
+  return {x16.view({M, K}).contiguous(), scale.contiguous()};
+}
+
 at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                      const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "gemma4::qgemm";
@@ -55,14 +74,25 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   const int64_t K = x.size(-1), N = qweight.size(0), M = x.numel() / K;
   auto out_shape = x.sizes().vec();
   out_shape.back() = N;
+  if (M == 0 || N == 0) return at::zeros(out_shape, x.options());
 
-  const at::Tensor xf = x.reshape({M, K}).to(at::kFloat);                          // [M, K] fp32
+  // fp32 activations are used as they are; bf16/fp16 ones go to int16 (see qgemm_problem.h)
+  const bool int16_path = x.scalar_type() != at::kFloat;
+  const int64_t xblock = x_block_for(K / scales.size(1));
+  at::Tensor xf, x16, xscale;
+  if (int16_path) {
+    std::tie(x16, xscale) = quantize_activations(x.reshape({M, K}), xblock);    // [M, K] int16, [M, K/xblock]
+  } else {
+    xf = x.reshape({M, K}).contiguous();                                           // [M, K] fp32
+  }
   at::Tensor out_f = at::empty({M, N}, x.options().dtype(at::kFloat));              // [M, N] fp32
   const std::optional<at::Tensor> bias_f = bias ? std::optional(bias->to(at::kFloat)) : std::nullopt;
-  if (M == 0 || N == 0) return out_f.to(x.scalar_type()).view(out_shape);
 
   QgemmProblem p{};
-  p.x = xf.data_ptr<float>();
+  p.x = int16_path ? nullptr : xf.data_ptr<float>();
+  p.x16 = int16_path ? x16.data_ptr<int16_t>() : nullptr;
+  p.xscale = int16_path ? xscale.data_ptr<float>() : nullptr;
+  p.xblock = xblock;
   p.qw = static_cast<const uint8_t*>(qweight.data_ptr());
   p.scales = scales.data_ptr();
   p.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;

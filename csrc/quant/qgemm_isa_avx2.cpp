@@ -32,6 +32,25 @@ struct Isa {
     out[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4));
     out[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
   }
+  // ---- int16 path ----
+  using I = __m256i;
+  static constexpr int L16 = 16;  // int16 lanes
+  static I izero() { return _mm256_setzero_si256(); }
+  static I load16(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I madd16(I a, I b) { return _mm256_madd_epi16(a, b); }  // pairwise int16 products summed to int32
+  static I add_i32(I a, I b) { return _mm256_add_epi32(a, b); }
+  static F to_float(I a) { return _mm256_cvtepi32_ps(a); }
+  // 32 int4 weights -> q = u - 8 as int16, K order: out[0] = weights 0-15, out[1] = 16-31.
+  static void unpack_i16_q4(const uint8_t* p, I out[2]) {
+    const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i eight = _mm256_set1_epi16(8);
+    out[0] = _mm256_sub_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x0F)), eight);
+    out[1] = _mm256_sub_epi16(_mm256_srli_epi16(b, 4), eight);
+  }
+  static void unpack_i16_q8(const int8_t* p, I out[2]) {
+    out[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    out[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+  }
   // 32 int8 weights -> float32, in K order.
   static void load_i8(const int8_t* p, F out[4]) {
     for (int i = 0; i < 4; ++i)

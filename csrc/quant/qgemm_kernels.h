@@ -88,6 +88,67 @@ inline void qgemm_tile(const QgemmProblem& p, int64_t m0, int64_t n0) {
     }
 }
 
+// The int16-activation tile (see qgemm_problem.h): per x block, exact int32 sums of w * x16 by
+// pmaddwd, then acc += float(sum) * (weight scale * x block scale).
+template <class S, int BITS, int MB, int NR>
+inline void qgemm_tile_i16(const QgemmProblem& p, int64_t m0, int64_t n0) {
+  using F = typename Isa::F;
+  using I = typename Isa::I;
+  constexpr int W = 32 / Isa::L16;  // int16 vectors per 32-weight run
+  const int64_t K = p.K, G = p.G, XB = K / p.xblock;
+  const int64_t row_bytes = BITS == 4 ? K / 2 : K;
+  const S* scales = static_cast<const S*>(p.scales);
+  const int16_t* x0 = p.x16 + m0 * K;
+  const float* xs0 = p.xscale + m0 * XB;
+
+  F acc[MB][NR];
+#pragma GCC unroll 16
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < NR; ++r) acc[m][r] = Isa::zero();
+
+  for (int64_t g = 0; g < G; ++g) {
+    F s[NR];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) s[r] = Isa::set1(scale_to_float(scales[(n0 + r) * G + g]));
+    for (int64_t kb = g * p.group; kb < (g + 1) * p.group; kb += p.xblock) {
+      I sum[MB][NR];
+#pragma GCC unroll 16
+      for (int m = 0; m < MB; ++m)
+        for (int r = 0; r < NR; ++r) sum[m][r] = Isa::izero();
+      for (int64_t k = kb; k < kb + p.xblock; k += 32) {
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; ++r) {
+          I w[W];
+          const uint8_t* src = p.qw + (n0 + r) * row_bytes + (BITS == 4 ? k / 2 : k);
+          if constexpr (BITS == 4) {
+            Isa::unpack_i16_q4(src, w);
+          } else {
+            Isa::unpack_i16_q8(reinterpret_cast<const int8_t*>(src), w);
+          }
+#pragma GCC unroll 4
+          for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 2
+            for (int v = 0; v < W; ++v)
+              sum[m][r] = Isa::add_i32(sum[m][r], Isa::madd16(w[v], Isa::load16(x0 + m * K + k + v * Isa::L16)));
+        }
+      }
+#pragma GCC unroll 4
+      for (int m = 0; m < MB; ++m) {
+        const F dx = Isa::set1(xs0[m * XB + kb / p.xblock]);
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; ++r) acc[m][r] = Isa::fmadd(Isa::to_float(sum[m][r]), Isa::mul(dx, s[r]), acc[m][r]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < NR; ++r) {
+      float y = Isa::hsum(acc[m][r]);
+      if (p.bias) y += p.bias[n0 + r];
+      p.out[(m0 + m) * p.N + n0 + r] = y;
+    }
+}
+
 // Every activation row against weight rows [n0, n1), in tiles of MB x NR.
 template <class S, int BITS, int MB, int NR>
 inline void qgemm_row_block(const QgemmProblem& p, int64_t m0, int64_t n0, int64_t n1) {
@@ -96,8 +157,24 @@ inline void qgemm_row_block(const QgemmProblem& p, int64_t m0, int64_t n0, int64
   for (; n < n1; ++n) qgemm_tile<S, BITS, MB, 1>(p, m0, n);
 }
 
+template <class S, int BITS, int MB, int NR>
+inline void qgemm_row_block_i16(const QgemmProblem& p, int64_t m0, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR) qgemm_tile_i16<S, BITS, MB, NR>(p, m0, n);
+  for (; n < n1; ++n) qgemm_tile_i16<S, BITS, MB, 1>(p, m0, n);
+}
+
 template <class S, int BITS>
 inline void qgemm_rows_typed(const QgemmProblem& p, int64_t n_begin, int64_t n_end) {
+  if (p.x16) {
+    for (int64_t nb = n_begin; nb < n_end; nb += kQgemmRowBlock) {
+      const int64_t ne = nb + kQgemmRowBlock < n_end ? nb + kQgemmRowBlock : n_end;
+      int64_t m = 0;
+      for (; m + 2 <= p.M; m += 2) qgemm_row_block_i16<S, BITS, 2, 2>(p, m, nb, ne);
+      if (m < p.M) qgemm_row_block_i16<S, BITS, 1, 4>(p, m, nb, ne);
+    }
+    return;
+  }
   for (int64_t nb = n_begin; nb < n_end; nb += kQgemmRowBlock) {
     const int64_t ne = nb + kQgemmRowBlock < n_end ? nb + kQgemmRowBlock : n_end;
     int64_t m = 0;

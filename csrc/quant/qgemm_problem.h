@@ -17,8 +17,17 @@ namespace gemma4::quant {
 
 enum class ScaleType : int { f32 = 0, bf16 = 1, f16 = 2 };
 
+// Two activation paths:
+//  * float32 x (fp32 activations): weights dequantized to float32 in registers, FMA -- exact products.
+//  * int16 x (bf16/fp16 activations): the caller quantizes each block of `xblock` activations to int16
+//    (x ~= x16 * xscale, |x16| <= 32767: a relative error of 1.5e-5 of the block's largest value, ~100x
+//    below bf16's rounding), then the weights are widened to int16 and multiplied with pmaddwd into
+//    exact int32 sums, folded into float32 once per block: 3-4x fewer instructions per weight.
 struct QgemmProblem {
-  const float* x;        // [M, K] float32 activations (converted once by the caller)
+  const float* x;        // [M, K] float32 activations, or nullptr when x16 is used
+  const int16_t* x16;    // [M, K] int16 activations, or nullptr
+  const float* xscale;   // [M, K / xblock] float32 scales of x16
+  int64_t xblock;        // activations per x16 scale: divides the group, <= 128 (int32 sums cannot overflow)
   const uint8_t* qw;     // packed weights, [N, K/2] (bits 4) or [N, K] (bits 8) bytes
   const void* scales;    // [N, G] in scale_type
   const float* bias;     // [N] float32 or nullptr
