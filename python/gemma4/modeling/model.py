@@ -160,7 +160,10 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "Gemma4ForCausalLM":
         from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
+        from gemma4.quant.loading import resolve_preparer  # noqa: PLC0415
 
+        kwargs["prepare_model"] = resolve_preparer(path, kwargs.pop("quantization_config", None),
+                                                   kwargs.pop("prepare_model", None))
         return load_pretrained(cls, path, **kwargs)
 
     @classmethod
@@ -174,7 +177,13 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         if self.peft_config:
             raise ValueError(f"the model carries LoRA adapters {sorted(self.peft_config)}: save them with "
                              "save_adapter(path), or the merged model with merge_and_unload().save_pretrained(path)")
-        save_pretrained(self, path, **kwargs)
+        if getattr(self, "quantization_config", None) is None:
+            return save_pretrained(self, path, **kwargs)
+        from gemma4.quant import compressed_tensors  # noqa: PLC0415  (quantized: pack-quantized tensors)
+
+        with compressed_tensors.compressed_tensors_state_dict(self):
+            save_pretrained(self, path, **kwargs)
+        compressed_tensors.write_quantization_config(self, path)
 
     @property
     def device(self) -> torch.device:

@@ -15,6 +15,7 @@ does not read quantized Gemma 4 experts.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -23,7 +24,7 @@ import torch
 from .config import QuantizationConfig
 
 __all__ = ["pack_int32", "unpack_int32", "quantization_config_dict", "parse_quantization_config",
-           "write_quantization_config"]
+           "write_quantization_config", "compressed_tensors_state_dict"]
 
 
 def pack_int32(q: torch.Tensor, bits: int) -> torch.Tensor:
@@ -119,3 +120,19 @@ def write_quantization_config(model, path: str | os.PathLike) -> None:
     raw["quantization_config"] = quantization_config_dict(model.quantization_config, ignore)
     with open(file, "w", encoding="utf-8") as f:
         f.write(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def compressed_tensors_state_dict(model):
+    """Within the block, model.state_dict() gives the quantized modules' tensors under compressed-tensors
+    names (what save_pretrained writes)."""
+    from .modules import QuantExperts, QuantLinear  # noqa: PLC0415
+
+    quantized = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantExperts))]
+    for m in quantized:
+        m.save_as_compressed_tensors = True
+    try:
+        yield model
+    finally:
+        for m in quantized:
+            m.save_as_compressed_tensors = False

@@ -23,7 +23,7 @@ from .config import QuantizationConfig
 from .convert import _fits, quantizable_modules
 from .modules import QuantExperts, QuantLinear
 
-__all__ = ["make_preparer", "checkpoint_quantization"]
+__all__ = ["make_preparer", "resolve_preparer", "checkpoint_quantization"]
 
 _CG_PREFIX = "model.language_model."  # Gemma4ForConditionalGeneration's text-model prefix
 
@@ -67,6 +67,16 @@ def make_preparer(path: str | os.PathLike, quantization_config: QuantizationConf
         raise TypeError("from_pretrained: quantization_config must be a gemma4.QuantizationConfig, got "
                         f"{type(quantization_config).__name__}")
     return lambda model: _prepare(model, quantization_config, "float", None)
+
+
+def resolve_preparer(path, quantization_config, prepare_model):
+    """The ``prepare_model`` from_pretrained hands the loader: the caller's own, or ours for a quantized
+    checkpoint / a ``quantization_config`` (both at once is refused)."""
+    if prepare_model is not None:
+        if quantization_config is not None:
+            raise ValueError("from_pretrained: pass quantization_config or prepare_model, not both")
+        return prepare_model
+    return make_preparer(path, quantization_config)
 
 
 def _prepare(model: nn.Module, config: QuantizationConfig, source: str, ignore: list[str] | None) -> None:

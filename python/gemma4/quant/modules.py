@@ -9,8 +9,8 @@
 The quantized weights are frozen buffers; gradients flow to the inputs (QLoRA) and to the bias.
 The scales keep their dtype when the model is cast (``model.half()`` must not round bf16 scales).
 
-On disk (state_dict, save_pretrained) both use compressed-tensors' ``pack-quantized`` names and layout
-(compressed_tensors.py). Loading goes through the checkpoint loader's per-module hook
+state_dict() holds the buffers as they are; save_pretrained writes compressed-tensors' ``pack-quantized``
+names and layout instead (compressed_tensors.py; load_state_dict accepts both). Loading goes through the checkpoint loader's per-module hook
 (``expected_hf_tensors`` / ``load_hf_tensor``): with ``load_source = "float"`` the module receives the
 checkpoint's float ``weight`` and quantizes it on arrival (quantize-on-load: the float weight of one
 module at a time), with ``"compressed-tensors"`` it receives the packed tensors and repacks them.
@@ -103,6 +103,8 @@ class _KeepsScaleDtype(nn.Module):
     """Module casts (``.to(dtype)``, ``.half()``) move the quantized buffers but never change their dtype."""
 
     _frozen_buffers: tuple[str, ...] = ()
+    # state_dict() gives the buffers; save_pretrained switches this on to get compressed-tensors tensors
+    save_as_compressed_tensors = False
 
     def _apply(self, fn, recurse=True):
         kept = {name: self._buffers.pop(name) for name in self._frozen_buffers if name in self._buffers}
@@ -110,8 +112,8 @@ class _KeepsScaleDtype(nn.Module):
             super()._apply(fn, recurse)
         finally:
             for name, t in kept.items():
-                device = fn(torch.empty(0, device=t.device)).device  # where the cast sends tensors
-                self._buffers[name] = t.to(device)
+                new = fn(t)  # a move (.to(device), to_empty) keeps the dtype; a cast is undone, exactly:
+                self._buffers[name] = new if new.dtype == t.dtype else t.to(new.device)
         return self
 
 
@@ -171,6 +173,8 @@ class QuantLinear(_KeepsScaleDtype):
 
     # ---- on disk: compressed-tensors names (weight_packed, weight_scale, weight_shape) ----
     def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if not self.save_as_compressed_tensors:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "weight_packed"] = ct.pack_int32(formats.levels(self.qweight), self.bits)
         destination[prefix + "weight_scale"] = self.scales
         destination[prefix + "weight_shape"] = torch.tensor([self.out_features, self.in_features])
@@ -179,6 +183,9 @@ class QuantLinear(_KeepsScaleDtype):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        if prefix + "qweight" in state_dict:
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                                 unexpected_keys, error_msgs)
         _load_named(self, _ct_names(self), state_dict, prefix, missing_keys, error_msgs)
 
     # ---- checkpoint loader hook (gemma4.checkpoint) ----
@@ -276,6 +283,8 @@ class QuantExperts(_KeepsScaleDtype):
         return names
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if not self.save_as_compressed_tensors:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
         for w, (e, n, k) in self.shapes.items():
             destination[f"{prefix}{w}_packed"] = ct.pack_int32(
                 formats.levels(getattr(self, f"{w}_qweight").reshape(e * n, -1)).reshape(e, n, k), self.bits)
@@ -284,6 +293,9 @@ class QuantExperts(_KeepsScaleDtype):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        if prefix + "gate_up_proj_qweight" in state_dict:
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                                 unexpected_keys, error_msgs)
         _load_named(self, self._ct_names(), state_dict, prefix, missing_keys, error_msgs)
 
     # ---- checkpoint loader hook (gemma4.checkpoint) ----
