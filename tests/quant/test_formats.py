@@ -91,3 +91,23 @@ def test_bad_group_sizes():
         formats.quantize_int4(torch.randn(4, 704), 128)
     with pytest.raises(ValueError, match="multiple of 32"):
         formats.pack_int4(torch.zeros(2, 48, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_compressed_tensors_packing_is_bit_exact(bits):
+    """Our int32 packing against its definition (element i of a word at bit bits*i, offset binary) and,
+    when installed, against the compressed-tensors package's own pack_to_int32."""
+    from gemma4.quant.compressed_tensors import pack_int32, unpack_int32
+
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1))
+    q = torch.randint(lo, hi, (3, 64), dtype=torch.int8)
+    q[0, : hi - lo] = torch.arange(lo, hi)[:64]  # every level
+    packed = pack_int32(q, bits)
+    per = 32 // bits
+    for i in range(3):
+        for w in range(64 // per):
+            word = sum((int(q[i, w * per + j]) - lo) << (bits * j) for j in range(per))
+            assert packed[i, w].item() & 0xFFFFFFFF == word
+    assert torch.equal(unpack_int32(packed, bits, 64), q)
+    ct = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
+    assert torch.equal(ct.pack_to_int32(q, bits), packed)
