@@ -21,9 +21,13 @@ namespace {
 enum class Isa : int { avx2 = 0, avx512 = 1 };
 
 bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   // libgcc checks the OS saves the AVX-512 state (XCR0) before reporting these.
-  return __builtin_cpu_supports("avx512f");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else
+  return false;
+#endif
 }
 
 std::atomic<int>& active_isa() {
@@ -41,7 +45,7 @@ std::string qgemm_cpu_isa(c10::string_view request) {
   } else if (req == "avx2") {
     active_isa() = static_cast<int>(Isa::avx2);
   } else if (req == "avx512") {
-    TORCH_CHECK(cpu_has_avx512(), "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX-512F");
+    TORCH_CHECK(cpu_has_avx512(), "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX-512F and AVX-512BW");
     active_isa() = static_cast<int>(Isa::avx512);
   } else {
     TORCH_CHECK(req.empty(), "gemma4::qgemm_cpu_isa: request must be '', 'auto', 'avx2' or 'avx512', got '",
@@ -105,6 +109,7 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   p.bits = qweight_bits(qweight, op);
   p.scale_type = scale_type_of(scales);
 
+#if defined(__AVX2__)
   const bool avx512 = active_isa() == static_cast<int>(Isa::avx512);
   const int64_t blocks = (N + kQgemmRowBlock - 1) / kQgemmRowBlock;
   gemma4::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -115,6 +120,9 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
       avx2::qgemm_rows(p, n0, n1);
     }
   });
+#else
+  TORCH_CHECK(false, op, ": this build has no CPU kernel (built without AVX2: the quantized kernels are x86-64 only)");
+#endif
   return out_f.to(x.scalar_type()).view(out_shape);
 }
 

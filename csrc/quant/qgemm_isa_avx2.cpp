@@ -1,8 +1,9 @@
 // The quantized-GEMM kernels for AVX2 + FMA + F16C (the build's baseline): Isa traits, then the
 // shared kernel body from qgemm_kernels.h. Pure intrinsics, no ATen (see qgemm_problem.h).
-#include <immintrin.h>
-
 #include "quant/qgemm_problem.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)  // (a non-x86 build has no CPU qgemm yet)
+#include <immintrin.h>
 
 namespace gemma4::quant::avx2 {
 
@@ -61,3 +62,4 @@ struct Isa {
 #include "quant/qgemm_kernels.h"
 
 }  // namespace gemma4::quant::avx2
+#endif

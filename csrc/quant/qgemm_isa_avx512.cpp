@@ -1,9 +1,10 @@
 // The quantized-GEMM kernels for AVX-512F (this file alone is compiled with -mavx512f; the op picks
 // it at run time when the CPU and OS support AVX-512): Isa traits, then the shared kernel body from
 // qgemm_kernels.h. Pure intrinsics, no ATen (see qgemm_problem.h for why).
-#include <immintrin.h>
-
 #include "quant/qgemm_problem.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)  // the flags CMake gives this file on x86-64 builds
+#include <immintrin.h>
 
 namespace gemma4::quant::avx512 {
 
@@ -53,3 +54,4 @@ struct Isa {
 #include "quant/qgemm_kernels.h"
 
 }  // namespace gemma4::quant::avx512
+#endif
