@@ -1,9 +1,10 @@
 // gemma4::attention and gemma4::attention_backward on CUDA: checks (attention_checks.h, shared with the
 // CPU kernels), then the kernel choice:
-// * tensor-core flash kernels (cuda/flash_fwd.cuh, cuda/flash_bwd.cuh) for bf16/fp16, head_dim 64, 128,
-//   256 or 512, rows 16-byte aligned, and more than kDecodeRows query rows per KV head;
-// * otherwise the warp-per-row-group kernels (cuda/simple.cuh): decode (few query rows per KV head,
-//   the key range split over warps and combined), float32/float64, other head dims, unaligned rows.
+// * bf16/fp16 with head_dim 64, 128, 256 or 512 and 16-byte aligned rows: tensor cores, either the
+//   split-KV decode kernel (cuda/flash_decode.cuh; up to cu::kDecodeRows query rows per KV head) or the
+//   flash-attention kernels (cuda/flash_fwd.cuh; backward always cuda/flash_bwd.cuh);
+// * otherwise (float32/float64, other head dims, unaligned rows) the warp-per-row-group kernels
+//   (cuda/simple.cuh), which also split the keys when there are few query rows.
 // Reference: python/gemma4/ops/reference.py::attention.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -12,15 +13,12 @@
 
 #include "attention/attention_checks.h"
 #include "attention/cuda/args.h"
+#include "common/cuda_launch.cuh"
 
 namespace gemma4::attn {
 namespace {
 
 namespace cu = gemma4::attn::cuda;
-
-// Query rows per KV head (T * nH/nKV) up to which the split-KV decode kernel runs: one warp holds
-// them all, so each K/V row is read once for the whole group.
-constexpr int64_t kDecodeRows = 8;
 
 cu::Args make_args(const AttentionProblem& p, const at::Tensor& out, const at::Tensor& lse) {
   cu::Args a;
@@ -43,16 +41,16 @@ cu::Args make_args(const AttentionProblem& p, const at::Tensor& out, const at::T
 }
 
 bool rows_aligned(const at::Tensor& t) {  // 16-byte aligned base and row strides (8 x 16-bit elements)
-  if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 != 0) return false;
+  if (!gemma4::cuda::aligned16(t.const_data_ptr())) return false;
   for (int64_t d = 0; d + 1 < t.dim(); ++d)
     if (t.stride(d) % 8 != 0) return false;
   return true;
 }
 
-bool use_flash(const AttentionProblem& p, std::initializer_list<const at::Tensor*> rows) {
+// Whether the tensor-core kernels take this problem (dtype, head_dim, alignment of every row).
+bool use_tensor_cores(const AttentionProblem& p, std::initializer_list<const at::Tensor*> rows) {
   if (p.dtype != at::kBFloat16 && p.dtype != at::kHalf) return false;
   if (p.hd != 64 && p.hd != 128 && p.hd != 256 && p.hd != 512) return false;
-  if (p.T * (p.nH / p.nKV) <= kDecodeRows) return false;
   for (const at::Tensor* t : rows)
     if (!rows_aligned(*t)) return false;
   return true;
@@ -95,12 +93,18 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at:
   if (out.numel() == 0) return {out, lse};
   const cu::Args a = make_args(p, out, lse);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const bool flash = use_flash(p, {&p.q, &p.k, &p.v});
+  const bool tc = use_tensor_cores(p, {&p.q, &p.k, &p.v});
+  const int sms = gemma4::cuda::sm_count();
   with_cuda_type(p.dtype, [&]<typename T>() {
-    if (flash) {
+    if (tc && p.T * (p.nH / p.nKV) <= cu::kDecodeRows) {
+      const int splits = cu::decode_splits(a, sms);
+      at::Tensor ws;
+      if (splits > 1) ws = at::empty({cu::decode_workspace_elems(a, splits)}, lse.options());
+      float* wsp = splits > 1 ? ws.mutable_data_ptr<float>() : nullptr;
+      with_head_dim<T>(p.hd, [&]<int HD>() { cu::flash_decode<T, HD>(a, splits, wsp, stream); });
+    } else if (tc) {
       with_head_dim<T>(p.hd, [&]<int HD>() { cu::flash_fwd<T, HD>(a, stream); });
     } else {
-      const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
       const cu::SimplePlan plan = cu::simple_fwd_plan<T>(a, sms);
       at::Tensor ws;
       if (plan.workspace_elems > 0) ws = at::empty({plan.workspace_elems}, lse.options());
@@ -138,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   x.dk = grad_k.mutable_data_ptr();
   x.dv = grad_v.mutable_data_ptr();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const bool flash = use_flash(p, {&p.q, &p.k, &p.v, &p.out, &p.grad_out});
+  const bool flash = use_tensor_cores(p, {&p.q, &p.k, &p.v, &p.out, &p.grad_out});
   with_cuda_type(p.dtype, [&]<typename T>() {
     cu::bwd_delta<T>(x, stream);
     if (flash) {

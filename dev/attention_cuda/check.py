@@ -76,8 +76,16 @@ def plain_grads(q, k, v, km, scale, window, go):
     return qp.grad.to(q.device), kp.grad.to(q.device), vp.grad.to(q.device)
 
 
-def close(ours, ref_hi, plain, dtype, what):
+def close(ours, ref_hi, plain, dtype, what, terms=None):
+    """terms: magnitude of the products summed into each element (backward), for references that are
+    exactly zero: window=1 makes dS = P * (dP - D) with P = 1 and dP == D in exact arithmetic, which plain
+    autograd reproduces bit-exactly while any flash backward (D = rowsum(dO * O), dP by another summation
+    order) leaves fp32 rounding of the hd-long dot products: allowed there, 4 fp32 ulps of those terms."""
     if dtype in (torch.bfloat16, torch.float16):
+        if terms is not None and ref_hi.abs().max().item() == 0:
+            err = ours.double().abs().max().item()
+            assert err <= 4 * torch.finfo(torch.float32).eps * terms, f"{what}: {err:.3e} where the reference is 0"
+            return
         assert_lowp_close(ours, ref_hi, plain)
     else:
         torch.testing.assert_close(ours.double(), ref_hi.double(), **tight_tol(dtype), msg=lambda m: f"{what}: {m}")
@@ -114,7 +122,9 @@ def check(shape, dtype, strided):
     pg = plain_grads(q, k, v, km, scale, window, go) if hi == torch.float32 else (None,) * 3
     for name, g, r, p in zip("qkv", grads, rg, pg):
         assert g.dtype == dtype and g.shape == r.shape
-        close(g, r, p, dtype, f"grad_{name}")
+        terms = go.abs().max().item() * max(v.abs().max().item(), k.abs().max().item(), q.abs().max().item()) * (
+            q.shape[-1] * max(q.abs().max().item(), k.abs().max().item()))
+        close(g, r, p, dtype, f"grad_{name}", terms)
     return max((out.double() - ref64_out).abs().max().item(), 0.0)
 
 

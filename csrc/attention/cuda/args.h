@@ -5,6 +5,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace gemma4::attn::cuda {
@@ -41,6 +42,26 @@ template <typename T, int HD>
 void flash_fwd(const Args& a, cudaStream_t stream);
 template <typename T, int HD>
 void flash_bwd(const BwdArgs& a, cudaStream_t stream);
+
+// Split-KV decode on tensor cores (flash_decode.cuh): T * nH/nKV <= kDecodeRows query rows per KV head.
+// ws: decode_workspace_elems floats when splits > 1.
+constexpr int kDecodeRows = 16;
+template <typename T, int HD>
+void flash_decode(const Args& a, int splits, float* ws, cudaStream_t stream);
+
+// Splits of the key range so that about one block per multiprocessor (two at head_dim <= 128, where
+// two fit) streams the cache, each split at least two tiles long.
+inline int decode_splits(const Args& a, int num_sms) {
+  const int per_sm = a.hd <= 128 ? 2 : 1, tile = a.hd == 512 ? 32 : 64;
+  const int64_t keys = a.window > 0 ? std::min<int64_t>(a.S, a.window + a.T - 1) : a.S;
+  const int64_t base = static_cast<int64_t>(a.B) * a.nKV;
+  int64_t splits = (static_cast<int64_t>(num_sms) * per_sm + base - 1) / base;
+  splits = std::min<int64_t>(splits, (keys + 2 * tile - 1) / (2 * tile));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(splits, 1024)));
+}
+inline int64_t decode_workspace_elems(const Args& a, int splits) {
+  return splits > 1 ? static_cast<int64_t>(splits) * a.B * a.nH * a.T * (a.hd + 1) : 0;
+}
 
 // Warp-per-row-group kernels for every dtype and head_dim (simple.cuh): decode (split over the keys,
 // then combined), float32/float64, head dims without a tensor-core instantiation.

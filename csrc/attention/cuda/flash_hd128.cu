@@ -1,6 +1,7 @@
-// Tensor-core attention kernels (flash_fwd.cuh, flash_bwd.cuh) for head_dim 128, bf16 and fp16.
+// Tensor-core attention kernels (flash_fwd.cuh, flash_bwd.cuh, flash_decode.cuh) for head_dim 128, bf16 and fp16.
 // One file per head_dim, so the instantiations compile in parallel.
 #include "attention/cuda/flash_bwd.cuh"
+#include "attention/cuda/flash_decode.cuh"
 #include "attention/cuda/flash_fwd.cuh"
 
 namespace gemma4::attn::cuda {
@@ -8,4 +9,6 @@ template void flash_fwd<__nv_bfloat16, 128>(const Args&, cudaStream_t);
 template void flash_fwd<__half, 128>(const Args&, cudaStream_t);
 template void flash_bwd<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
 template void flash_bwd<__half, 128>(const BwdArgs&, cudaStream_t);
+template void flash_decode<__nv_bfloat16, 128>(const Args&, int, float*, cudaStream_t);
+template void flash_decode<__half, 128>(const Args&, int, float*, cudaStream_t);
 }  // namespace gemma4::attn::cuda

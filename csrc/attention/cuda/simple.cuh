@@ -22,11 +22,13 @@
 #include <type_traits>
 
 #include "attention/cuda/args.h"
+#include "common/cuda_reduce.cuh"
+#include "common/cuda_vec.cuh"
 
 namespace gemma4::attn::cuda {
 
 template <typename T>
-using acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+using acc = gemma4::cuda::acc_t<T>;
 
 template <typename T>
 __host__ __device__ constexpr int vec_elems() { return 16 / static_cast<int>(sizeof(T)); }
@@ -43,13 +45,6 @@ __device__ __forceinline__ float ex(float x) { return expf(x); }
 __device__ __forceinline__ double ex(double x) { return exp(x); }
 __device__ __forceinline__ float lg(float x) { return logf(x); }
 __device__ __forceinline__ double lg(double x) { return log(x); }
-
-template <typename A>
-__device__ __forceinline__ A warp_sum(A x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffff, x, o);
-  return x;
-}
 
 template <int DPL, int VEC>
 __device__ __forceinline__ int lane_d(int i, int lane) {
@@ -87,7 +82,7 @@ __device__ __forceinline__ A dot(const A (&x)[DPL], const A (&y)[DPL]) {
   A s = 0;
 #pragma unroll
   for (int i = 0; i < DPL; ++i) s += x[i] * y[i];
-  return warp_sum(s);
+  return gemma4::cuda::warp_sum(s);
 }
 
 // Key range [lo, hi] (inclusive) that rows at key positions p_min..p_max can see.
@@ -190,32 +185,57 @@ __global__ void __launch_bounds__(128) simple_fwd_kernel(const Args a, int split
   }
 }
 
-// Merges the normalised partial outputs of the splits: one warp per (b, h, t) row.
+// Max over the block (blockDim.x a multiple of 32); every thread gets it. Ends with a barrier.
+template <typename A>
+__device__ __forceinline__ A block_max(A v, A* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = gemma4::cuda::warp_max(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  A t = lane < warps ? scratch[lane] : A(-INFINITY);
+  t = gemma4::cuda::warp_max(t);
+  __syncthreads();
+  return t;
+}
+
+// Merges the normalised partial outputs of the splits (simple_fwd_kernel or flash_decode_kernel):
+// one block per (b, h, t) row; weights exp(lse_s - max) / sum computed once into shared memory, then
+// threads over the head dimension sum the splits (independent, coalesced loads).
 template <typename T>
 __global__ void __launch_bounds__(128) combine_kernel(const Args a, int splits, const acc<T>* ws) {
   using A = acc<T>;
+  extern __shared__ __align__(16) unsigned char combine_smem[];
+  A* w = reinterpret_cast<A*>(combine_smem);  // [splits]
+  __shared__ A red[32];
   const int64_t BHT = static_cast<int64_t>(a.B) * a.nH * a.T;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= BHT) return;
-  const int lane = threadIdx.x & 31;
+  const int64_t row = blockIdx.x;
   const A* lses = ws + splits * BHT * a.hd;
   A M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmax(M, lses[s * BHT + row]);
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmax(M, lses[s * BHT + row]);
+  M = block_max(M, red);
+  A sum = 0;
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+    const A e = M == -INFINITY ? A(0) : ex(lses[s * BHT + row] - M);
+    w[s] = e;
+    sum += e;
+  }
+  sum = gemma4::cuda::block_sum(sum, red);  // its barriers also publish w
+  const A inv = sum > 0 ? A(1) / sum : A(0);
   const int t = row % a.T, h = (row / a.T) % a.nH, b = row / (static_cast<int64_t>(a.T) * a.nH);
   T* orow = static_cast<T*>(a.out) + ((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd;
-  A sum = 0;
-  for (int s = 0; s < splits; ++s) sum += M == -INFINITY ? A(0) : ex(lses[s * BHT + row] - M);
-  const A inv = sum > 0 ? A(1) / sum : A(0);
-  for (int d = lane; d < a.hd; d += 32) {
+  for (int d = threadIdx.x; d < a.hd; d += blockDim.x) {
     A x = 0;
-    if (sum > 0)
-      for (int s = 0; s < splits; ++s) {
-        const A w = ex(lses[s * BHT + row] - M);
-        if (w > 0) x += w * ws[(s * BHT + row) * a.hd + d];
-      }
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) x += w[s] * ws[(s * BHT + row) * a.hd + d];
     orow[d] = static_cast<T>(x * inv);
   }
-  if (lane == 0) static_cast<A*>(a.lse)[row] = sum > 0 ? M + lg(sum) : A(-INFINITY);
+  if (threadIdx.x == 0) static_cast<A*>(a.lse)[row] = sum > 0 ? M + lg(sum) : A(-INFINITY);
+}
+
+template <typename T>
+void combine(const Args& a, int splits, const acc<T>* ws, cudaStream_t stream) {
+  const int64_t BHT = static_cast<int64_t>(a.B) * a.nH * a.T;
+  combine_kernel<T><<<BHT, 128, splits * sizeof(acc<T>), stream>>>(a, splits, ws);
 }
 
 // ---- backward ----

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "attention/cuda/simple.cuh"
+#include "common/cuda_launch.cuh"
 
 namespace gemma4::attn::cuda {
 
@@ -15,8 +16,6 @@ struct Layout {
   int dpl, vec;
 };
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 // Vector loads need every row start 16-byte aligned: base pointers and all strides in VEC elements.
 template <typename T>
 Layout<T> pick_layout(const Args& a, std::initializer_list<std::pair<const void*, std::initializer_list<int64_t>>>
@@ -24,7 +23,7 @@ Layout<T> pick_layout(const Args& a, std::initializer_list<std::pair<const void*
   constexpr int V = vec_elems<T>();
   bool vec = a.hd % V == 0;
   for (const auto& [p, strides] : tensors) {
-    vec = vec && aligned16(p);
+    vec = vec && gemma4::cuda::aligned16(p);
     for (int64_t s : strides) vec = vec && s % V == 0;
   }
   const int per_lane = vec ? ((a.hd + 32 * V - 1) / (32 * V)) * V : (a.hd + 31) / 32;
@@ -70,7 +69,7 @@ SimplePlan simple_fwd_plan(const Args& a, int num_sms) {
   const int R = simple_rows<T>(L.dpl);
   const int64_t groups = (static_cast<int64_t>(a.T) * (a.nH / a.nKV) + R - 1) / R;
   const int64_t warps = groups * a.B * a.nKV;
-  const int64_t want = static_cast<int64_t>(num_sms) * 32;  // enough warps in flight to stream the cache
+  const int64_t want = static_cast<int64_t>(num_sms) * 16;  // enough warps in flight to stream the cache
   const int64_t keys = a.window > 0 ? std::min<int64_t>(a.S, a.window + a.T) : a.S;
   int64_t splits = warps >= want ? 1 : (want + warps - 1) / warps;
   splits = std::max<int64_t>(1, std::min<int64_t>({splits, (keys + 127) / 128, 1024}));
@@ -86,11 +85,7 @@ void simple_fwd(const Args& a, const SimplePlan& plan, void* workspace, cudaStre
     const dim3 grid(groups, (plan.splits + kSimpleWarps - 1) / kSimpleWarps, a.B * a.nKV);
     simple_fwd_kernel<T, DPL, VEC><<<grid, 32 * kSimpleWarps, 0, stream>>>(a, plan.splits, static_cast<A*>(workspace));
   });
-  if (plan.splits > 1) {
-    const int64_t BHT = static_cast<int64_t>(a.B) * a.nH * a.T;
-    combine_kernel<T><<<(BHT + kSimpleWarps - 1) / kSimpleWarps, 32 * kSimpleWarps, 0, stream>>>(
-        a, plan.splits, static_cast<const A*>(workspace));
-  }
+  if (plan.splits > 1) combine<T>(a, plan.splits, static_cast<const A*>(workspace), stream);
 }
 
 template <typename T>
