@@ -49,13 +49,13 @@ constexpr int kDecodeRows = 16;
 template <typename T, int HD>
 void flash_decode(const Args& a, int splits, float* ws, cudaStream_t stream);
 
-// Splits of the key range so that about one block per multiprocessor (two at head_dim <= 128, where
-// two fit) streams the cache, each split at least two tiles long.
+// Splits of the key range so that the blocks fill the multiprocessors in one wave (one block per SM at
+// head_dim >= 256, two below, where two fit), each split at least two tiles long.
 inline int decode_splits(const Args& a, int num_sms) {
-  const int per_sm = a.hd <= 128 ? 2 : 1, tile = a.hd == 512 ? 32 : 64;
+  const int per_sm = a.hd <= 128 ? 2 : 1, tile = a.hd >= 256 ? 32 : 64;
   const int64_t keys = a.window > 0 ? std::min<int64_t>(a.S, a.window + a.T - 1) : a.S;
   const int64_t base = static_cast<int64_t>(a.B) * a.nKV;
-  int64_t splits = (static_cast<int64_t>(num_sms) * per_sm + base - 1) / base;
+  int64_t splits = static_cast<int64_t>(num_sms) * per_sm / base;
   splits = std::min<int64_t>(splits, (keys + 2 * tile - 1) / (2 * tile));
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(splits, 1024)));
 }

@@ -6,9 +6,10 @@
 // * One block = (key split, KV head g, batch b); its 16 query rows are every (position, head-in-group)
 //   pair of the group (row r -> t = r / G, head g*G + r % G), so each K/V tile serves all G heads.
 // * K/V tiles of BN keys stream through STAGES cp.async stages (two tiles in flight while one is used).
-// * The 4 warps split the head dimension: each computes S = Q K^T over its quarter, the quarters are
-//   summed through shared memory (xch_write / xch_sum, same bits in every warp), every warp runs the
-//   (identical) online softmax, and accumulates its quarter of O = P V.
+// * The warps (8; 4 at head_dim 64) split the head dimension: each computes S = Q K^T over its slice, the
+//   slices are summed through shared memory (xch_write / xch_sum, same bits in every warp), every warp runs the
+//   (identical) online softmax, and accumulates its slice of O = P V. Short per-warp chains matter more than
+//   anything here: the loop is latency-bound per tile unless many warps share the work.
 // * Each split writes its normalised partial output and lse to a workspace; combine_kernel (simple.cuh)
 //   merges the splits. With one split the block writes out and lse directly.
 #pragma once
@@ -25,8 +26,8 @@ namespace gemma4::attn::cuda {
 
 template <int HD>
 struct DecCfg {
-  static constexpr int NWARPS = 4, NTHREADS = 128;
-  static constexpr int BN = HD == 512 ? 32 : 64;
+  static constexpr int NWARPS = HD >= 128 ? 8 : 4, NTHREADS = 32 * NWARPS;  // each warp >= 16 columns
+  static constexpr int BN = HD >= 256 ? 32 : 64;
   static constexpr int STAGES = 3;
   static constexpr int KW = HD / NWARPS;  // head-dim slice per warp
   static constexpr int XCH = NWARPS * 32 * (BN / 2);
@@ -35,7 +36,7 @@ struct DecCfg {
 };
 
 template <typename T, int HD>
-__global__ void __launch_bounds__(128, 1) flash_decode_kernel(const Args a, int splits, float* ws) {
+__global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(const Args a, int splits, float* ws) {
   using C = DecCfg<HD>;
   constexpr int BN = C::BN, KW = C::KW, NS = BN / 8, NO = KW / 8, ST = C::STAGES;
   extern __shared__ __align__(128) unsigned char smem[];

@@ -198,17 +198,21 @@ __device__ __forceinline__ A block_max(A v, A* scratch) {
   return t;
 }
 
-// Merges the normalised partial outputs of the splits (simple_fwd_kernel or flash_decode_kernel):
-// one block per (b, h, t) row; weights exp(lse_s - max) / sum computed once into shared memory, then
-// threads over the head dimension sum the splits (independent, coalesced loads).
+// Merges the normalised partial outputs of the splits (simple_fwd_kernel or flash_decode_kernel).
+// Block = (b, h, t) row x 32 columns of hd, 8 warps: the weights exp(lse_s - max) / sum go to shared
+// memory once, warp k sums splits k, k+8, ... for its 32 columns (many independent coalesced loads in
+// flight: this pass is latency-bound otherwise), and warp 0 adds the 8 parts in a fixed order.
+constexpr int kCombineWarps = 8;
 template <typename T>
-__global__ void __launch_bounds__(128) combine_kernel(const Args a, int splits, const acc<T>* ws) {
+__global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const Args a, int splits, const acc<T>* ws) {
   using A = acc<T>;
   extern __shared__ __align__(16) unsigned char combine_smem[];
   A* w = reinterpret_cast<A*>(combine_smem);  // [splits]
   __shared__ A red[32];
+  __shared__ A part[kCombineWarps][32];
   const int64_t BHT = static_cast<int64_t>(a.B) * a.nH * a.T;
   const int64_t row = blockIdx.x;
+  const int lane = threadIdx.x & 31, grp = threadIdx.x >> 5, d = blockIdx.y * 32 + lane;
   const A* lses = ws + splits * BHT * a.hd;
   A M = -INFINITY;
   for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmax(M, lses[s * BHT + row]);
@@ -220,22 +224,29 @@ __global__ void __launch_bounds__(128) combine_kernel(const Args a, int splits, 
     sum += e;
   }
   sum = gemma4::cuda::block_sum(sum, red);  // its barriers also publish w
-  const A inv = sum > 0 ? A(1) / sum : A(0);
-  const int t = row % a.T, h = (row / a.T) % a.nH, b = row / (static_cast<int64_t>(a.T) * a.nH);
-  T* orow = static_cast<T*>(a.out) + ((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd;
-  for (int d = threadIdx.x; d < a.hd; d += blockDim.x) {
-    A x = 0;
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) x += w[s] * ws[(s * BHT + row) * a.hd + d];
-    orow[d] = static_cast<T>(x * inv);
+  A x = 0;
+  if (d < a.hd) {
+#pragma unroll 4
+    for (int s = grp; s < splits; s += kCombineWarps) x += w[s] * ws[(s * BHT + row) * a.hd + d];
   }
-  if (threadIdx.x == 0) static_cast<A*>(a.lse)[row] = sum > 0 ? M + lg(sum) : A(-INFINITY);
+  part[grp][lane] = x;
+  __syncthreads();
+  if (grp != 0) return;
+  A y = 0;
+#pragma unroll
+  for (int k = 0; k < kCombineWarps; ++k) y += part[k][lane];
+  const int t = row % a.T, h = (row / a.T) % a.nH, b = row / (static_cast<int64_t>(a.T) * a.nH);
+  const A inv = sum > 0 ? A(1) / sum : A(0);
+  if (d < a.hd) static_cast<T*>(a.out)[((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd + d] =
+      static_cast<T>(y * inv);
+  if (blockIdx.y == 0 && lane == 0) static_cast<A*>(a.lse)[row] = sum > 0 ? M + lg(sum) : A(-INFINITY);
 }
 
 template <typename T>
 void combine(const Args& a, int splits, const acc<T>* ws, cudaStream_t stream) {
   const int64_t BHT = static_cast<int64_t>(a.B) * a.nH * a.T;
-  combine_kernel<T><<<BHT, 128, splits * sizeof(acc<T>), stream>>>(a, splits, ws);
+  combine_kernel<T><<<dim3(BHT, (a.hd + 31) / 32), 32 * kCombineWarps, splits * sizeof(acc<T>), stream>>>(
+      a, splits, ws);
 }
 
 // ---- backward ----
