@@ -1,6 +1,8 @@
 // gemma4::attention and gemma4::attention_backward on CUDA: checks (attention_checks.h, shared with the
 // CPU kernels), then the kernel choice:
-// * bf16/fp16 with head_dim 64, 128, 256 or 512 and 16-byte aligned rows: tensor cores, either the
+// * bf16/fp16 with head_dim 64, 128, 256 or 512, 16-byte aligned rows, and a GPU that gives a block
+//   the shared memory the kernel asks for (sm_90: every head_dim; sm_80/86/89, with 163/99 KB per
+//   block, fall back to the simple kernels for the larger ones): tensor cores, either the
 //   split-KV decode kernel (cuda/flash_decode.cuh; up to cu::kDecodeRows query rows per KV head) or the
 //   flash-attention kernels (cuda/flash_fwd.cuh; backward always cuda/flash_bwd.cuh);
 // * otherwise (float32/float64, other head dims, unaligned rows) the warp-per-row-group kernels
@@ -32,6 +34,8 @@ cu::Args make_args(const AttentionProblem& p, const at::Tensor& out, const at::T
   }
   TORCH_CHECK(p.B * p.nH * p.T < (int64_t(1) << 31) && p.S < (int64_t(1) << 31),
               "gemma4::attention (CUDA): sizes beyond 2^31 rows are not supported");
+  TORCH_CHECK(p.B * p.nKV < 65536 && p.nH < 65536, "gemma4::attention (CUDA): batch x KV heads (", p.B * p.nKV,
+              ") and query heads (", p.nH, ") must be below 65536 (grid limits)");
   a.B = p.B; a.T = p.T; a.S = p.S; a.nH = p.nH; a.nKV = p.nKV; a.hd = p.hd;
   a.window = static_cast<int>(p.window);
   a.scale = p.scale;
@@ -47,13 +51,33 @@ bool rows_aligned(const at::Tensor& t) {  // 16-byte aligned base and row stride
   return true;
 }
 
-// Whether the tensor-core kernels take this problem (dtype, head_dim, alignment of every row).
-bool use_tensor_cores(const AttentionProblem& p, std::initializer_list<const at::Tensor*> rows) {
-  if (p.dtype != at::kBFloat16 && p.dtype != at::kHalf) return false;
-  if (p.hd != 64 && p.hd != 128 && p.hd != 256 && p.hd != 512) return false;
+size_t smem_per_block() {  // the most dynamic shared memory a block of the current device may opt into
+  return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+}
+
+cu::FlashSmem flash_smem(int64_t hd) {
+  switch (hd) {
+    case 64: return cu::flash_smem<64>();
+    case 128: return cu::flash_smem<128>();
+    case 256: return cu::flash_smem<256>();
+    default: return cu::flash_smem<512>();
+  }
+}
+
+enum class Kernel { flash, decode, simple };
+
+// Which forward (backward = false) or backward kernel takes this problem: tensor cores need bf16/fp16,
+// a head_dim with an instantiation, 16-byte aligned rows, and a GPU with enough shared memory per block.
+Kernel pick_kernel(const AttentionProblem& p, std::initializer_list<const at::Tensor*> rows, bool backward) {
+  if (p.dtype != at::kBFloat16 && p.dtype != at::kHalf) return Kernel::simple;
+  if (p.hd != 64 && p.hd != 128 && p.hd != 256 && p.hd != 512) return Kernel::simple;
   for (const at::Tensor* t : rows)
-    if (!rows_aligned(*t)) return false;
-  return true;
+    if (!rows_aligned(*t)) return Kernel::simple;
+  const cu::FlashSmem need = flash_smem(p.hd);
+  const size_t have = smem_per_block();
+  if (backward) return need.bwd <= have ? Kernel::flash : Kernel::simple;
+  if (p.T * (p.nH / p.nKV) <= cu::kDecodeRows) return need.decode <= have ? Kernel::decode : Kernel::simple;
+  return need.fwd <= have ? Kernel::flash : Kernel::simple;
 }
 
 // Calls f.template operator()<T>() with the CUDA element type of dtype.
@@ -93,16 +117,16 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at:
   if (out.numel() == 0) return {out, lse};
   const cu::Args a = make_args(p, out, lse);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const bool tc = use_tensor_cores(p, {&p.q, &p.k, &p.v});
+  const Kernel kernel = pick_kernel(p, {&p.q, &p.k, &p.v}, false);
   const int sms = gemma4::cuda::sm_count();
   with_cuda_type(p.dtype, [&]<typename T>() {
-    if (tc && p.T * (p.nH / p.nKV) <= cu::kDecodeRows) {
+    if (kernel == Kernel::decode) {
       const int splits = cu::decode_splits(a, sms);
       at::Tensor ws;
       if (splits > 1) ws = at::empty({cu::decode_workspace_elems(a, splits)}, lse.options());
       float* wsp = splits > 1 ? ws.mutable_data_ptr<float>() : nullptr;
       with_head_dim<T>(p.hd, [&]<int HD>() { cu::flash_decode<T, HD>(a, splits, wsp, stream); });
-    } else if (tc) {
+    } else if (kernel == Kernel::flash) {
       with_head_dim<T>(p.hd, [&]<int HD>() { cu::flash_fwd<T, HD>(a, stream); });
     } else {
       const cu::SimplePlan plan = cu::simple_fwd_plan<T>(a, sms);
@@ -142,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
   x.dk = grad_k.mutable_data_ptr();
   x.dv = grad_v.mutable_data_ptr();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const bool flash = use_tensor_cores(p, {&p.q, &p.k, &p.v, &p.out, &p.grad_out});
+  const bool flash = pick_kernel(p, {&p.q, &p.k, &p.v, &p.out, &p.grad_out}, true) == Kernel::flash;
   with_cuda_type(p.dtype, [&]<typename T>() {
     cu::bwd_delta<T>(x, stream);
     if (flash) {

@@ -43,6 +43,15 @@ void flash_fwd(const Args& a, cudaStream_t stream);
 template <typename T, int HD>
 void flash_bwd(const BwdArgs& a, cudaStream_t stream);
 
+// Dynamic shared memory (bytes) the tensor-core kernels of head_dim HD ask for. attention_cuda.cu
+// falls back to the simple kernels on GPUs that cannot give a block that much (sm_86/sm_89 offer
+// 99 KB per block, sm_80 163 KB, sm_90 227 KB).
+struct FlashSmem {
+  size_t fwd, bwd, decode;
+};
+template <int HD>
+FlashSmem flash_smem();
+
 // Split-KV decode on tensor cores (flash_decode.cuh): T * nH/nKV <= kDecodeRows query rows per KV head.
 // ws: decode_workspace_elems floats when splits > 1.
 constexpr int kDecodeRows = 16;

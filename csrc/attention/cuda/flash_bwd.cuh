@@ -14,6 +14,7 @@
 // fp32 accumulators; DSPLIT warps share a row block and sum their partial S / dP through shared memory
 // (xch_write / xch_sum), as the forward does at HD = 512.
 #pragma once
+#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -282,13 +283,13 @@ void flash_bwd(const BwdArgs& x, cudaStream_t stream) {
   {
     using C = DqCfg<HD>;
     auto kernel = flash_bwd_dq_kernel<T, HD>;
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::SMEM));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::SMEM)));
     kernel<<<dim3((a.T + C::BM - 1) / C::BM, a.nH, a.B), C::NTHREADS, C::SMEM, stream>>>(x);
   }
   {
     using C = DkvCfg<HD>;
     auto kernel = flash_bwd_dkdv_kernel<T, HD>;
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::SMEM));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::SMEM)));
     kernel<<<dim3((a.S + C::BN - 1) / C::BN, a.nKV, a.B), C::NTHREADS, C::SMEM, stream>>>(x);
   }
 }

@@ -13,6 +13,7 @@
 // * Each split writes its normalised partial output and lse to a workspace; combine_kernel (simple.cuh)
 //   merges the splits. With one split the block writes out and lse directly.
 #pragma once
+#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -174,7 +175,7 @@ template <typename T, int HD>
 void flash_decode(const Args& a, int splits, float* ws, cudaStream_t stream) {
   using C = DecCfg<HD>;
   auto kernel = flash_decode_kernel<T, HD>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::SMEM));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::SMEM)));
   kernel<<<dim3(splits, a.nKV, a.B), C::NTHREADS, C::SMEM, stream>>>(a, splits, ws);
   if (splits > 1) combine<T>(a, splits, ws, stream);
 }

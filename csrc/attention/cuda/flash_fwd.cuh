@@ -15,6 +15,7 @@
 //   skip the per-element causal test; the key mask enters as a 0 / -inf bias per key.
 // * Rows with no visible key: m stays -inf, l = 0 -> output 0 and lse -inf (the CPU convention).
 #pragma once
+#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -174,7 +175,7 @@ template <typename T, int HD>
 void flash_fwd(const Args& a, cudaStream_t stream) {
   using C = FwdCfg<HD>;
   auto kernel = flash_fwd_kernel<T, HD>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::SMEM));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::SMEM)));
   const dim3 grid((a.T + C::BM - 1) / C::BM, a.nH, a.B);
   kernel<<<grid, C::NTHREADS, C::SMEM, stream>>>(a);
 }

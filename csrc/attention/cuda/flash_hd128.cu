@@ -11,4 +11,8 @@ template void flash_bwd<__nv_bfloat16, 128>(const BwdArgs&, cudaStream_t);
 template void flash_bwd<__half, 128>(const BwdArgs&, cudaStream_t);
 template void flash_decode<__nv_bfloat16, 128>(const Args&, int, float*, cudaStream_t);
 template void flash_decode<__half, 128>(const Args&, int, float*, cudaStream_t);
+template <>
+FlashSmem flash_smem<128>() {
+  return {FwdCfg<128>::SMEM, std::max(DqCfg<128>::SMEM, DkvCfg<128>::SMEM), DecCfg<128>::SMEM};
+}
 }  // namespace gemma4::attn::cuda

@@ -11,4 +11,8 @@ template void flash_bwd<__nv_bfloat16, 256>(const BwdArgs&, cudaStream_t);
 template void flash_bwd<__half, 256>(const BwdArgs&, cudaStream_t);
 template void flash_decode<__nv_bfloat16, 256>(const Args&, int, float*, cudaStream_t);
 template void flash_decode<__half, 256>(const Args&, int, float*, cudaStream_t);
+template <>
+FlashSmem flash_smem<256>() {
+  return {FwdCfg<256>::SMEM, std::max(DqCfg<256>::SMEM, DkvCfg<256>::SMEM), DecCfg<256>::SMEM};
+}
 }  // namespace gemma4::attn::cuda

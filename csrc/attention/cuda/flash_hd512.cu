@@ -11,4 +11,8 @@ template void flash_bwd<__nv_bfloat16, 512>(const BwdArgs&, cudaStream_t);
 template void flash_bwd<__half, 512>(const BwdArgs&, cudaStream_t);
 template void flash_decode<__nv_bfloat16, 512>(const Args&, int, float*, cudaStream_t);
 template void flash_decode<__half, 512>(const Args&, int, float*, cudaStream_t);
+template <>
+FlashSmem flash_smem<512>() {
+  return {FwdCfg<512>::SMEM, std::max(DqCfg<512>::SMEM, DkvCfg<512>::SMEM), DecCfg<512>::SMEM};
+}
 }  // namespace gemma4::attn::cuda

@@ -11,4 +11,8 @@ template void flash_bwd<__nv_bfloat16, 64>(const BwdArgs&, cudaStream_t);
 template void flash_bwd<__half, 64>(const BwdArgs&, cudaStream_t);
 template void flash_decode<__nv_bfloat16, 64>(const Args&, int, float*, cudaStream_t);
 template void flash_decode<__half, 64>(const Args&, int, float*, cudaStream_t);
+template <>
+FlashSmem flash_smem<64>() {
+  return {FwdCfg<64>::SMEM, std::max(DqCfg<64>::SMEM, DkvCfg<64>::SMEM), DecCfg<64>::SMEM};
+}
 }  // namespace gemma4::attn::cuda
