@@ -73,16 +73,15 @@ __global__ void __launch_bounds__(DqCfg<HD>::NTHREADS, 1) flash_bwd_dq_kernel(co
     const int k0 = kt * BN, nk = min(BN, a.S - k0);
     load_tile<T, HD, BN, C::NTHREADS>(sK + stage * BN * HD, kb + k0 * a.ksS, a.ksS, nk, tid);
     load_tile<T, HD, BN, C::NTHREADS>(sV + stage * BN * HD, vb + k0 * a.vsS, a.vsS, nk, tid);
-    if (tid < BN) {
-      const int j = k0 + tid;
-      sBias[stage * BN + tid] = j < a.S && (mb == nullptr || mb[j * a.msS]) ? 0.f : -INFINITY;
-    }
   };
+  // Key-mask bias, loaded a tile ahead into a register (as in the forward).
+  auto key_bias = [&](int j) { return j < a.S && (mb == nullptr || mb[j * a.msS]) ? 0.f : -INFINITY; };
   load_tile<T, HD, BM, C::NTHREADS>(sQ, static_cast<const T*>(a.q) + b * a.qsB + h * a.qsH + q0 * a.qsT, a.qsT, nq,
                                     tid);
   load_tile<T, HD, BM, C::NTHREADS>(sdO, static_cast<const T*>(x.dout) + b * x.dsB + h * x.dsH + q0 * x.dsT, x.dsT,
                                     nq, tid);
   load_kv(kt_lo, 0);
+  if (tid < BN) sBias[tid] = key_bias(kt_lo * BN + tid);
   cp_async_commit();
   if (tid < BM) {
     const int64_t row = (static_cast<int64_t>(b) * a.nH + h) * a.T + q0 + tid;
@@ -100,7 +99,11 @@ __global__ void __launch_bounds__(DqCfg<HD>::NTHREADS, 1) flash_bwd_dq_kernel(co
 
   for (int kt = kt_lo; kt <= kt_hi; ++kt) {
     const int stage = (kt - kt_lo) & 1;
-    if (kt < kt_hi) load_kv(kt + 1, stage ^ 1);
+    float next_bias = 0.f;
+    if (kt < kt_hi) {
+      load_kv(kt + 1, stage ^ 1);
+      if (tid < BN) next_bias = key_bias((kt + 1) * BN + tid);
+    }
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -134,6 +137,7 @@ __global__ void __launch_bounds__(DqCfg<HD>::NTHREADS, 1) flash_bwd_dq_kernel(co
     uint32_t df[NS / 2][4];
     to_a_frags<T, NS / 2>(df, s);
     gemm_pb<T, HD, NS / 2, NO>(dq, df, sKs, 0, wd * HDW, lane);
+    if (kt < kt_hi && tid < BN) sBias[(stage ^ 1) * BN + tid] = next_bias;
     __syncthreads();
   }
 

@@ -74,14 +74,19 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
     const int k0 = ks + i * BN, nk = min(BN, ke - k0), slot = i % ST;
     load_tile<T, HD, BN, C::NTHREADS>(sK + slot * BN * HD, kb + k0 * a.ksS, a.ksS, nk, tid);
     load_tile<T, HD, BN, C::NTHREADS>(sV + slot * BN * HD, vb + k0 * a.vsS, a.vsS, nk, tid);
-    if (tid < BN) {
-      const int j = k0 + tid;
-      sBias[slot * BN + tid] = j < ke && (mb == nullptr || mb[j * a.msS]) ? 0.f : -INFINITY;
-    }
+  };
+  // Key-mask bias of tile i: the global load is issued with the tile's copy and its value stored after
+  // the current tile's products, so it never stalls the loop (a synchronous load per tile did).
+  auto key_bias = [&](int i) {
+    const int j = ks + i * BN + tid;
+    return j < ke && (mb == nullptr || mb[j * a.msS]) ? 0.f : -INFINITY;
   };
 #pragma unroll
   for (int i = 0; i < ST - 1; ++i) {
-    if (i < ntiles) load_kv(i);
+    if (i < ntiles) {
+      load_kv(i);
+      if (tid < BN) sBias[(i % ST) * BN + tid] = key_bias(i);
+    }
     cp_async_commit();
   }
 
@@ -95,7 +100,12 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
   for (int i = 0; i < ntiles; ++i) {
     cp_async_wait<ST - 2>();
     __syncthreads();
-    if (i + ST - 1 < ntiles) load_kv(i + ST - 1);  // into the slot tile i-1 used
+    const bool ahead = i + ST - 1 < ntiles;
+    float next_bias = 0.f;
+    if (ahead) {
+      load_kv(i + ST - 1);  // into the slot tile i-1 used
+      if (tid < BN) next_bias = key_bias(i + ST - 1);
+    }
     cp_async_commit();
     const int slot = i % ST, k0 = ks + i * BN;
     float s[NS][4];
@@ -141,6 +151,7 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
     uint32_t pf[NS / 2][4];
     to_a_frags<T, NS / 2>(pf, s);
     gemm_pb<T, HD, NS / 2, NO>(o, pf, sV + slot * BN * HD, 0, warp * KW, lane);
+    if (ahead && tid < BN) sBias[((i + ST - 1) % ST) * BN + tid] = next_bias;  // read after the next barrier
   }
   cp_async_wait<0>();
 

@@ -70,15 +70,14 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
     const int k0 = kt * BN, nk = min(BN, a.S - k0);
     load_tile<T, HD, BN, C::NTHREADS>(sK + stage * BN * HD, kb + k0 * a.ksS, a.ksS, nk, tid);
     load_tile<T, HD, BN, C::NTHREADS>(sV + stage * BN * HD, vb + k0 * a.vsS, a.vsS, nk, tid);
-    if (tid < BN) {
-      const int j = k0 + tid;
-      const bool ok = j < a.S && (mb == nullptr || mb[j * a.msS]);
-      sBias[stage * BN + tid] = ok ? 0.f : -INFINITY;
-    }
   };
+  // Key-mask bias of key j: loaded a tile ahead into a register and stored after this tile's products,
+  // so the (synchronous) global load never stalls the loop.
+  auto key_bias = [&](int j) { return j < a.S && (mb == nullptr || mb[j * a.msS]) ? 0.f : -INFINITY; };
 
   load_tile<T, HD, BM, C::NTHREADS>(sQ, qb, a.qsT, nq, tid);
   load_kv(kt_lo, 0);
+  if (tid < BN) sBias[tid] = key_bias(kt_lo * BN + tid);
   cp_async_commit();
 
   const float sl2 = static_cast<float>(a.scale * 1.4426950408889634);
@@ -90,7 +89,11 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
 
   for (int kt = kt_lo; kt <= kt_hi; ++kt) {
     const int stage = (kt - kt_lo) & 1;
-    if (kt < kt_hi) load_kv(kt + 1, stage ^ 1);
+    float next_bias = 0.f;
+    if (kt < kt_hi) {
+      load_kv(kt + 1, stage ^ 1);
+      if (tid < BN) next_bias = key_bias((kt + 1) * BN + tid);
+    }
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -146,6 +149,7 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
     uint32_t pf[NS / 2][4];
     to_a_frags<T, NS / 2>(pf, s);
     gemm_pb<T, HD, NS / 2, NO>(o, pf, sVs, 0, wd * HDW, lane);
+    if (kt < kt_hi && tid < BN) sBias[(stage ^ 1) * BN + tid] = next_bias;
     __syncthreads();  // the next iteration's copy overwrites this stage
   }
 
