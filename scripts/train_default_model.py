@@ -287,49 +287,11 @@ def save_tokenizer(tok, added, out: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- model
 
-S, F = "sliding_attention", "full_attention"
-
-
 def model_config(vocab_size: int) -> dict:
-    return {
-        "model_type": "gemma4_text",
-        "architectures": ["Gemma4ForCausalLM"],
-        "vocab_size": vocab_size,
-        "hidden_size": 128,
-        "intermediate_size": 512,           # 1024 on the KV-shared layers 4-5 (double-wide)
-        "num_hidden_layers": 6,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "global_head_dim": 64,
-        "num_global_key_value_heads": None,
-        "attention_k_eq_v": False,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": [1, 106],
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": {
-            S: {"rope_type": "default", "rope_theta": 10000.0},
-            F: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
-        },
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 64,
-        "layer_types": [S, S, F, S, S, F],  # KV-shared 4 (sliding) and 5 (full) read layers 3 and 2
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": None,
-        "vocab_size_per_layer_input": vocab_size,
-        "hidden_size_per_layer_input": 32,
-        "num_kv_shared_layers": 2,
-        "use_double_wide_mlp": True,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
-    }
+    """The "default" preset (gemma4.presets) with the trained tokenizer's vocabulary size."""
+    from gemma4.presets import preset_dict  # noqa: PLC0415
+
+    return preset_dict("default", vocab_size=vocab_size, vocab_size_per_layer_input=vocab_size)
 
 
 GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.8, "top_k": 50, "top_p": 0.95,

@@ -12,6 +12,8 @@ __all__ = [
     "ConfigNotFoundError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "AdapterError",
+    "AdapterNotFoundError",
 ]
 
 
@@ -57,3 +59,14 @@ class CheckpointError(_LocatedError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint directory or one of its files does not exist."""
+
+
+class AdapterError(_LocatedError):
+    """A PEFT adapter directory or file that cannot be read (adapter_config.json, the weights file)."""
+
+    default_source = "<adapter>"
+    key_kind = "tensor"
+
+
+class AdapterNotFoundError(AdapterError, FileNotFoundError):
+    """The adapter directory or one of its files does not exist."""
