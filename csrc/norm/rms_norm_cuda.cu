@@ -1,0 +1,329 @@
+// gemma4::rms_norm and gemma4::rms_norm_backward on CUDA. Same maths and rounding as the CPU
+// kernels (rms_norm_cpu.cpp, rms_norm_backward_cpu.cpp): per row, r = 1 / sqrt(sum(x^2) / D + eps)
+// in fp32 (fp64 for fp64), y = (x * r) * w rounded once; backward
+//   grad_x = r * (g * w) - x * r^3 / D * sum(g * w * x),   grad_w = sum over rows of g * (x * r).
+// Reference: rms_norm in python/gemma4/ops/reference.py.
+//
+// Layout: a block of 256 threads holds 256 / TPR row slots of TPR threads (TPR = 32: a warp per
+// row, for rows up to ~1K elements; TPR = 256: the block per row). A slot walks its row in 16-byte
+// packs (8 bf16/fp16, 4 fp32, 2 fp64) when D and the pointers allow, else element by element:
+// the sum of squares, a shuffle (block) reduction, then a second walk that writes y. The second walk
+// re-reads the row from L1/L2, so DRAM sees x once and y once: 2 * rows * D * sizeof(T) bytes, the
+// floor.
+// Backward: grad_w is a column sum over rows. Each row slot of each block accumulates its own fp32
+// partial of grad_w (global scratch [slots, D], its own columns only: no atomics), and a second
+// kernel sums the partials in slot order, so grad_w is deterministic for a given GPU.
+#include <torch/library.h>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+
+#include "common/cuda_launch.cuh"
+#include "common/cuda_reduce.cuh"
+#include "common/cuda_vec.cuh"
+#include "norm/rms_norm_common.h"
+
+namespace gemma4 {
+namespace {
+
+// TEMPORARY until the device-agnostic seam lands (core): the CPU checks with the device swapped.
+inline void check_rms_norm_args_dev(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                    double eps, c10::DeviceType dev) {
+  check_device(x, op, "x", dev);
+  check_float(x, op, "x");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension (the normalised one), got a scalar");
+  check_contiguous(x, op, "x");
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be a finite non-negative number, got ", eps);
+  if (weight.has_value()) {
+    const at::Tensor& w = *weight;
+    check_same_device(w, x, op, "weight");
+    check_float(w, op, "weight");
+    check_dim(w, 1, op, "weight");
+    TORCH_CHECK(w.size(0) == x.size(-1), op, ": weight must have x.size(-1) = ", x.size(-1),
+                " elements, got shape ", w.sizes());
+    check_contiguous(w, op, "weight");
+  }
+}
+
+using cuda::acc_t;
+using cuda::Pack;
+
+constexpr int kThreads = 256;
+
+// Elements a slot thread handles per step: a 16-byte pack, or 1 on the unaligned path.
+template <typename T, bool Vec>
+constexpr int step_width() { return Vec ? Pack<T>::N : 1; }
+
+// Reads elements [j, j + V) of row p into a (V = step_width).
+template <typename T, bool Vec, typename A, int V>
+__device__ __forceinline__ void load_step(const T* p, int64_t j, A (&a)[V]) {
+  if constexpr (Vec) {
+    cuda::widen(cuda::load_pack(p + j), a);
+  } else {
+    a[0] = static_cast<A>(p[j]);
+  }
+}
+template <typename T, bool Vec, typename A, int V>
+__device__ __forceinline__ void store_step(T* p, int64_t j, const A (&a)[V]) {
+  if constexpr (Vec) {
+    cuda::store_pack(p + j, cuda::narrow<T>(a));
+  } else {
+    p[j] = static_cast<T>(a[0]);
+  }
+}
+
+// Sum over the TPR threads of a row slot (all threads of the block when TPR = kThreads).
+template <int TPR, typename A>
+__device__ __forceinline__ A slot_sum(A v, A* scratch) {
+  if constexpr (TPR == kThreads) {
+    return cuda::block_sum(v, scratch);
+  } else {
+    return cuda::group_sum(v, TPR);
+  }
+}
+
+template <typename T, typename W, int TPR, bool Vec>
+__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* __restrict__ x, const W* __restrict__ w,
+                                                            T* __restrict__ y, int64_t rows, int64_t D, acc_t<T> eps) {
+  using A = acc_t<T>;
+  constexpr int V = step_width<T, Vec>();
+  constexpr int RPB = kThreads / TPR;
+  __shared__ A scratch[32];
+  const int slot = threadIdx.x / TPR, t = threadIdx.x % TPR;
+  // Every thread of a slot runs the same number of iterations (block_sum needs the whole block).
+  for (int64_t row = int64_t(blockIdx.x) * RPB + slot; row < rows; row += int64_t(gridDim.x) * RPB) {
+    const T* xr = x + row * D;
+    T* yr = y + row * D;
+    A ss = 0;
+    for (int64_t j = int64_t(t) * V; j < D; j += TPR * V) {
+      A a[V];
+      load_step<T, Vec>(xr, j, a);
+#pragma unroll
+      for (int i = 0; i < V; ++i) ss = fma(a[i], a[i], ss);
+    }
+    ss = slot_sum<TPR>(ss, scratch);
+    const A inv = A(1) / sqrt(ss / static_cast<A>(D) + eps);
+    for (int64_t j = int64_t(t) * V; j < D; j += TPR * V) {
+      A a[V];
+      load_step<T, Vec>(xr, j, a);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        a[i] = a[i] * inv;  // (x * inv) * w: the reference's order of rounding
+        if (w != nullptr) a[i] = a[i] * static_cast<A>(w[j + i]);
+      }
+      store_step<T, Vec>(yr, j, a);
+    }
+  }
+}
+
+// grad_x of every row; when w is given, also this block's grad_w partial part[blockIdx.x * D + j].
+// A warp-row block (TPR = 32) first accumulates one partial per row slot in shared memory
+// (smem_part [RPB, D]: each thread touches only its own columns of its own slot), then adds the
+// slots in order into the block's partial; a block-row block (TPR = 256) accumulates straight into
+// its global partial (D may be large; the rows it owns keep that partial in L2).
+template <typename T, typename W, int TPR, bool Vec>
+__global__ void __launch_bounds__(kThreads) rms_norm_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
+                                                                     const W* __restrict__ w, T* __restrict__ gx,
+                                                                     acc_t<T>* __restrict__ part, int64_t rows,
+                                                                     int64_t D, acc_t<T> eps) {
+  using A = acc_t<T>;
+  constexpr int V = step_width<T, Vec>();
+  constexpr int RPB = kThreads / TPR;
+  __shared__ A scratch[32];
+  extern __shared__ unsigned char smem_raw[];
+  const int slot = threadIdx.x / TPR, t = threadIdx.x % TPR;
+  A* my_part = nullptr;
+  if (part != nullptr) {
+    if constexpr (TPR == kThreads) {
+      my_part = part + int64_t(blockIdx.x) * D;
+    } else {
+      my_part = reinterpret_cast<A*>(smem_raw) + int64_t(slot) * D;
+      for (int64_t j = t; j < D; j += TPR) my_part[j] = 0;
+      __syncwarp();  // the slot is this warp: its zeros are visible to the lanes that accumulate
+    }
+  }
+  for (int64_t row = int64_t(blockIdx.x) * RPB + slot; row < rows; row += int64_t(gridDim.x) * RPB) {
+    const T* gr = g + row * D;
+    const T* xr = x + row * D;
+    T* gxr = gx + row * D;
+    A ss = 0, dot = 0;  // sum(x^2), sum(g * w * x)
+    for (int64_t j = int64_t(t) * V; j < D; j += TPR * V) {
+      A a[V], b[V];
+      load_step<T, Vec>(xr, j, a);
+      load_step<T, Vec>(gr, j, b);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const A gw = w != nullptr ? b[i] * static_cast<A>(w[j + i]) : b[i];
+        ss = fma(a[i], a[i], ss);
+        dot = fma(gw, a[i], dot);
+      }
+    }
+    ss = slot_sum<TPR>(ss, scratch);
+    dot = slot_sum<TPR>(dot, scratch);
+    const A inv = A(1) / sqrt(ss / static_cast<A>(D) + eps);
+    const A coef = inv * inv * inv * dot / static_cast<A>(D);
+    for (int64_t j = int64_t(t) * V; j < D; j += TPR * V) {
+      A a[V], b[V], o[V];
+      load_step<T, Vec>(xr, j, a);
+      load_step<T, Vec>(gr, j, b);
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const A gw = w != nullptr ? b[i] * static_cast<A>(w[j + i]) : b[i];
+        o[i] = inv * gw - coef * a[i];
+        if (my_part != nullptr) my_part[j + i] = fma(b[i], a[i] * inv, my_part[j + i]);  // g * (x * r)
+      }
+      store_step<T, Vec>(gxr, j, o);
+    }
+  }
+  if constexpr (TPR != kThreads) {
+    if (part != nullptr) {
+      __syncthreads();
+      const A* sp = reinterpret_cast<const A*>(smem_raw);
+      for (int64_t j = threadIdx.x; j < D; j += kThreads) {
+        A s = 0;
+        for (int k = 0; k < RPB; ++k) s += sp[int64_t(k) * D + j];
+        part[int64_t(blockIdx.x) * D + j] = s;
+      }
+    }
+  }
+}
+
+// grad_w[j] = sum over slots s (in order) of part[s, j], rounded once to the weight's dtype.
+template <typename A, typename WO>
+__global__ void sum_partials_kernel(const A* __restrict__ part, int64_t slots, int64_t D, WO* __restrict__ out) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= D) return;
+  A s = 0;
+  for (int64_t k = 0; k < slots; ++k) s += part[k * D + j];
+  out[j] = static_cast<WO>(s);
+}
+
+// Runs f.template operator()<TPR, Vec>() for the layout this row length and these pointers allow.
+template <typename T, typename F>
+void dispatch_layout(int64_t D, bool aligned, F&& f) {
+  const bool vec = aligned && D % Pack<T>::N == 0;
+  // A warp per row while a row is at most 4 packs per lane, else the whole block.
+  const bool warp_rows = D <= 4 * 32 * Pack<T>::N;
+  if (vec) {
+    if (warp_rows) f.template operator()<32, true>(); else f.template operator()<kThreads, true>();
+  } else {
+    if (warp_rows) f.template operator()<32, false>(); else f.template operator()<kThreads, false>();
+  }
+}
+
+// The weight as the kernel reads it: its own dtype when that is x's dtype or the accumulation
+// type (no copy), else converted once to the accumulation type.
+at::Tensor weight_for_kernel(const at::Tensor& w, at::ScalarType x_type, at::ScalarType acc_type) {
+  return (w.scalar_type() == x_type || w.scalar_type() == acc_type) ? w : w.to(acc_type);
+}
+
+// Calls f.template operator()<W>(w_ptr) with W = T or acc_t<T> matching the weight (nullptr: no weight).
+template <typename T, typename F>
+void dispatch_weight(const std::optional<at::Tensor>& w, F&& f) {
+  using A = acc_t<T>;
+  if (!w.has_value()) {
+    f(static_cast<const A*>(nullptr));
+  } else if (w->scalar_type() == c10::CppTypeToScalarType<T>::value) {
+    f(w->const_data_ptr<T>());
+  } else {
+    f(w->const_data_ptr<A>());
+  }
+}
+
+// Blocks for `rows` rows, at most blocks_per_sm per multiprocessor (the rest loop).
+int grid_for(int64_t rows, int rows_per_block, int blocks_per_sm) {
+  const int64_t want = cuda::ceil_div<int64_t>(rows, rows_per_block);
+  return static_cast<int>(std::min<int64_t>(want, int64_t(cuda::sm_count()) * blocks_per_sm));
+}
+
+at::Tensor rms_norm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight, double eps) {
+  constexpr const char* op = "gemma4::rms_norm";
+  check_rms_norm_args_dev(op, x, weight, eps, c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty_like(x);
+  const int64_t D = x.size(-1);
+  if (x.numel() == 0) return y;
+  const int64_t rows = x.numel() / D;
+  GEMMA4_CUDA_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rms_norm", [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    std::optional<at::Tensor> w;
+    if (weight.has_value()) w = weight_for_kernel(*weight, x.scalar_type(), c10::CppTypeToScalarType<A>::value);
+    const bool aligned = cuda::aligned16(x.const_data_ptr(), y.const_data_ptr());
+    dispatch_weight<T>(w, [&](auto wp) {
+      using W = std::remove_const_t<std::remove_pointer_t<decltype(wp)>>;
+      dispatch_layout<T>(D, aligned, [&]<int TPR, bool Vec>() {
+        rms_norm_kernel<T, W, TPR, Vec><<<grid_for(rows, kThreads / TPR, 8), kThreads, 0, cuda::stream()>>>(
+            x.const_data_ptr<T>(), wp, y.mutable_data_ptr<T>(), rows, D, static_cast<A>(eps));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                                          const std::optional<at::Tensor>& weight, double eps) {
+  constexpr const char* op = "gemma4::rms_norm_backward";
+  check_rms_norm_args_dev(op, x, weight, eps, c10::kCUDA);
+  check_same_device(grad_out, x, op, "grad_out");
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have x's dtype ", x.scalar_type(),
+              ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have x's shape ", x.sizes(), ", got ",
+              grad_out.sizes());
+  check_contiguous(grad_out, op, "grad_out");
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_w = weight.has_value() ? at::empty_like(*weight) : at::empty({0}, x.options());
+  const int64_t D = x.size(-1);
+  const int64_t rows = D == 0 ? 0 : x.numel() / D;
+  if (weight.has_value() && (rows == 0 || D == 0)) grad_w.zero_();
+  if (rows == 0 || D == 0) return {grad_x, grad_w};
+  GEMMA4_CUDA_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rms_norm_backward", [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    constexpr auto acc_type = c10::CppTypeToScalarType<A>::value;
+    std::optional<at::Tensor> w;
+    if (weight.has_value()) w = weight_for_kernel(*weight, x.scalar_type(), acc_type);
+    const bool aligned = cuda::aligned16(grad_out.const_data_ptr(), x.const_data_ptr(), grad_x.const_data_ptr());
+    dispatch_weight<T>(w, [&](auto wp) {
+      using W = std::remove_const_t<std::remove_pointer_t<decltype(wp)>>;
+      dispatch_layout<T>(D, aligned, [&]<int TPR, bool Vec>() {
+        constexpr int RPB = kThreads / TPR;
+        // With a weight: few blocks (2 per SM), so the grad_w partials [grid, D] stay small.
+        const int grid = grid_for(rows, RPB, wp != nullptr ? 2 : 8);
+        at::Tensor part;
+        A* part_p = nullptr;
+        size_t smem = 0;
+        if (wp != nullptr) {
+          part = at::empty({int64_t(grid), D}, x.options().dtype(acc_type));
+          if constexpr (TPR == kThreads) part.zero_();  // accumulated in place; warp-row blocks overwrite
+          part_p = part.mutable_data_ptr<A>();
+          if constexpr (TPR != kThreads) smem = size_t(RPB) * D * sizeof(A);
+        }
+        rms_norm_backward_kernel<T, W, TPR, Vec><<<grid, kThreads, smem, cuda::stream()>>>(
+            grad_out.const_data_ptr<T>(), x.const_data_ptr<T>(), wp, grad_x.mutable_data_ptr<T>(), part_p, rows, D,
+            static_cast<A>(eps));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (wp != nullptr) {
+          AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_w.scalar_type(), "rms_norm_grad_w", [&] {
+            sum_partials_kernel<A, scalar_t><<<cuda::ceil_div<int64_t>(D, 256), 256, 0, cuda::stream()>>>(
+                part_p, int64_t(grid), D, grad_w.mutable_data_ptr<scalar_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+      });
+    });
+  });
+  return {grad_x, grad_w};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gemma4, CUDA, m) {
+  m.impl("rms_norm", &rms_norm_cuda);
+  m.impl("rms_norm_backward", &rms_norm_backward_cuda);
+}
+
+}  // namespace gemma4
