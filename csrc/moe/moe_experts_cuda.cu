@@ -28,6 +28,7 @@ namespace {
 using cuda::acc_t;
 using cuda::Pack;
 using namespace moe_cuda;
+static_assert(kBM == kTcBM, "the backward's tiles serve the SIMT and the tensor-core GEMMs");
 
 // Up to this many tokens the forward takes the GEMV path (tiles of kGemvRows pairs per expert).
 constexpr int64_t kGemvMaxTokens = 64;
@@ -266,9 +267,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
     using T = scalar_t;
     using Acc = acc_t<T>;
     const auto acc_type = c10::CppTypeToScalarType<Acc>::value;
-    const Grouping g = group_pairs(indices, s.E, kBM);
+    const Grouping g = group_pairs(indices, s.E, kBM);  // kBM == kTcBM: both GEMM kinds read these tiles
     const at::Tensor w = weights_as_acc(weights, acc_type);
-    at::Tensor gu = gate_up_rows<T, Acc>(x, gate_up, s, g);  // g | u, then dg | du
+    at::Tensor gu;  // g | u, then dg | du
+    if (use_tensor_cores<T>(s, x, gate_up, down)) {
+      gu = at::empty({P, 2 * s.Im}, x.options().dtype(acc_type));
+      launch_tc_gemm<T>({x.const_data_ptr<T>(), true, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, 2 * s.Im, s.H, s.K,
+                         gu.mutable_data_ptr<float>(), false, nullptr}, g.layout);
+    } else {
+      gu = gate_up_rows<T, Acc>(x, gate_up, s, g);
+    }
     // dh_raw[s, j] = sum_c grad_out[token(s), c] * down_e[c, j]
     at::Tensor dh = at::empty({P, s.Im}, x.options().dtype(acc_type));
     PairGemm<T, T, Acc> pdh{grad_out.const_data_ptr<T>(), true, down.const_data_ptr<T>(), s.H * s.Im, s.Im, s.H,

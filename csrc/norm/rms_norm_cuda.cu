@@ -10,9 +10,11 @@
 // the sum of squares, a shuffle (block) reduction, then a second walk that writes y. The second walk
 // re-reads the row from L1/L2, so DRAM sees x once and y once: 2 * rows * D * sizeof(T) bytes, the
 // floor.
-// Backward: grad_w is a column sum over rows. Each row slot of each block accumulates its own fp32
-// partial of grad_w (global scratch [slots, D], its own columns only: no atomics), and a second
-// kernel sums the partials in slot order, so grad_w is deterministic for a given GPU.
+// Backward: the same row layout computes grad_x (and keeps each row's r). grad_w is a column sum over
+// rows: a column kernel (a thread per 16-byte pack of columns, walking a chunk of rows, coalesced)
+// writes one fp32 partial per row chunk, and a last kernel adds the chunks in order -- no atomics,
+// deterministic for a given GPU. It re-reads g and x (5 passes of n elements instead of 3), but each
+// kernel streams at full speed, where one fused pass would have to scatter grad_w partials.
 #include <torch/library.h>
 
 #include <ATen/ops/empty.h>
@@ -96,6 +98,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* __restrict_
     const T* xr = x + row * D;
     T* yr = y + row * D;
     A ss = 0;
+#pragma unroll 4
     for (int64_t j = int64_t(t) * V; j < D; j += TPR * V) {
       A a[V];
       load_step<T, Vec>(xr, j, a);
@@ -104,6 +107,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* __restrict_
     }
     ss = slot_sum<TPR>(ss, scratch);
     const A inv = A(1) / sqrt(ss / static_cast<A>(D) + eps);
+#pragma unroll 4
     for (int64_t j = int64_t(t) * V; j < D; j += TPR * V) {
       A a[V];
       load_step<T, Vec>(xr, j, a);
@@ -117,37 +121,24 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* __restrict_
   }
 }
 
-// grad_x of every row; when w is given, also this block's grad_w partial part[blockIdx.x * D + j].
-// A warp-row block (TPR = 32) first accumulates one partial per row slot in shared memory
-// (smem_part [RPB, D]: each thread touches only its own columns of its own slot), then adds the
-// slots in order into the block's partial; a block-row block (TPR = 256) accumulates straight into
-// its global partial (D may be large; the rows it owns keep that partial in L2).
+// grad_x of every row (the forward's row layout); with a weight, also r = inv_rms of each row,
+// which the column kernel below needs.
 template <typename T, typename W, int TPR, bool Vec>
 __global__ void __launch_bounds__(kThreads) rms_norm_backward_kernel(const T* __restrict__ g, const T* __restrict__ x,
                                                                      const W* __restrict__ w, T* __restrict__ gx,
-                                                                     acc_t<T>* __restrict__ part, int64_t rows,
+                                                                     acc_t<T>* __restrict__ inv_rms, int64_t rows,
                                                                      int64_t D, acc_t<T> eps) {
   using A = acc_t<T>;
   constexpr int V = step_width<T, Vec>();
   constexpr int RPB = kThreads / TPR;
   __shared__ A scratch[32];
-  extern __shared__ unsigned char smem_raw[];
   const int slot = threadIdx.x / TPR, t = threadIdx.x % TPR;
-  A* my_part = nullptr;
-  if (part != nullptr) {
-    if constexpr (TPR == kThreads) {
-      my_part = part + int64_t(blockIdx.x) * D;
-    } else {
-      my_part = reinterpret_cast<A*>(smem_raw) + int64_t(slot) * D;
-      for (int64_t j = t; j < D; j += TPR) my_part[j] = 0;
-      __syncwarp();  // the slot is this warp: its zeros are visible to the lanes that accumulate
-    }
-  }
   for (int64_t row = int64_t(blockIdx.x) * RPB + slot; row < rows; row += int64_t(gridDim.x) * RPB) {
     const T* gr = g + row * D;
     const T* xr = x + row * D;
     T* gxr = gx + row * D;
     A ss = 0, dot = 0;  // sum(x^2), sum(g * w * x)
+#pragma unroll 4
     for (int64_t j = int64_t(t) * V; j < D; j += TPR * V) {
       A a[V], b[V];
       load_step<T, Vec>(xr, j, a);
@@ -163,6 +154,8 @@ __global__ void __launch_bounds__(kThreads) rms_norm_backward_kernel(const T* __
     dot = slot_sum<TPR>(dot, scratch);
     const A inv = A(1) / sqrt(ss / static_cast<A>(D) + eps);
     const A coef = inv * inv * inv * dot / static_cast<A>(D);
+    if (inv_rms != nullptr && t == 0) inv_rms[row] = inv;
+#pragma unroll 4
     for (int64_t j = int64_t(t) * V; j < D; j += TPR * V) {
       A a[V], b[V], o[V];
       load_step<T, Vec>(xr, j, a);
@@ -171,25 +164,43 @@ __global__ void __launch_bounds__(kThreads) rms_norm_backward_kernel(const T* __
       for (int i = 0; i < V; ++i) {
         const A gw = w != nullptr ? b[i] * static_cast<A>(w[j + i]) : b[i];
         o[i] = inv * gw - coef * a[i];
-        if (my_part != nullptr) my_part[j + i] = fma(b[i], a[i] * inv, my_part[j + i]);  // g * (x * r)
       }
       store_step<T, Vec>(gxr, j, o);
     }
   }
-  if constexpr (TPR != kThreads) {
-    if (part != nullptr) {
-      __syncthreads();
-      const A* sp = reinterpret_cast<const A*>(smem_raw);
-      for (int64_t j = threadIdx.x; j < D; j += kThreads) {
-        A s = 0;
-        for (int k = 0; k < RPB; ++k) s += sp[int64_t(k) * D + j];
-        part[int64_t(blockIdx.x) * D + j] = s;
-      }
-    }
-  }
 }
 
-// grad_w[j] = sum over slots s (in order) of part[s, j], rounded once to the weight's dtype.
+// grad_w partials: part[chunk, j] = sum over the rows of row chunk blockIdx.y (in order) of
+// g[row, j] * (x[row, j] * r[row]). A thread owns V adjacent columns (a pack) and walks the rows:
+// neighbouring threads read neighbouring packs, so every row is read coalesced, and the sum over
+// rows stays in registers.
+template <typename T, bool Vec>
+__global__ void __launch_bounds__(kThreads) rms_norm_weight_grad_kernel(const T* __restrict__ g,
+                                                                        const T* __restrict__ x,
+                                                                        const acc_t<T>* __restrict__ inv_rms,
+                                                                        acc_t<T>* __restrict__ part, int64_t rows,
+                                                                        int64_t D, int64_t rows_per_chunk) {
+  using A = acc_t<T>;
+  constexpr int V = step_width<T, Vec>();
+  const int64_t j = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (j >= D) return;
+  const int64_t r0 = int64_t(blockIdx.y) * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
+  A acc[V] = {};
+#pragma unroll 4
+  for (int64_t row = r0; row < r1; ++row) {
+    A a[V], b[V];
+    load_step<T, Vec>(x + row * D, j, a);
+    load_step<T, Vec>(g + row * D, j, b);
+    const A inv = inv_rms[row];
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[i] = fma(b[i], a[i] * inv, acc[i]);  // g * (x * r): the reference's order
+  }
+  A* out = part + int64_t(blockIdx.y) * D + j;
+#pragma unroll
+  for (int i = 0; i < V; ++i) out[i] = acc[i];
+}
+
+// grad_w[j] = sum over row chunks c (in order) of part[c, j], rounded once to the weight's dtype.
 template <typename A, typename WO>
 __global__ void sum_partials_kernel(const A* __restrict__ part, int64_t slots, int64_t D, WO* __restrict__ out) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -287,33 +298,41 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& grad
     std::optional<at::Tensor> w;
     if (weight.has_value()) w = weight_for_kernel(*weight, x.scalar_type(), acc_type);
     const bool aligned = cuda::aligned16(grad_out.const_data_ptr(), x.const_data_ptr(), grad_x.const_data_ptr());
+    at::Tensor inv_rms;
+    if (weight.has_value()) inv_rms = at::empty({rows}, x.options().dtype(acc_type));
+    A* inv_p = weight.has_value() ? inv_rms.mutable_data_ptr<A>() : nullptr;
     dispatch_weight<T>(w, [&](auto wp) {
       using W = std::remove_const_t<std::remove_pointer_t<decltype(wp)>>;
       dispatch_layout<T>(D, aligned, [&]<int TPR, bool Vec>() {
-        constexpr int RPB = kThreads / TPR;
-        // With a weight: few blocks (2 per SM), so the grad_w partials [grid, D] stay small.
-        const int grid = grid_for(rows, RPB, wp != nullptr ? 2 : 8);
-        at::Tensor part;
-        A* part_p = nullptr;
-        size_t smem = 0;
-        if (wp != nullptr) {
-          part = at::empty({int64_t(grid), D}, x.options().dtype(acc_type));
-          if constexpr (TPR == kThreads) part.zero_();  // accumulated in place; warp-row blocks overwrite
-          part_p = part.mutable_data_ptr<A>();
-          if constexpr (TPR != kThreads) smem = size_t(RPB) * D * sizeof(A);
-        }
-        rms_norm_backward_kernel<T, W, TPR, Vec><<<grid, kThreads, smem, cuda::stream()>>>(
-            grad_out.const_data_ptr<T>(), x.const_data_ptr<T>(), wp, grad_x.mutable_data_ptr<T>(), part_p, rows, D,
+        rms_norm_backward_kernel<T, W, TPR, Vec><<<grid_for(rows, kThreads / TPR, 8), kThreads, 0, cuda::stream()>>>(
+            grad_out.const_data_ptr<T>(), x.const_data_ptr<T>(), wp, grad_x.mutable_data_ptr<T>(), inv_p, rows, D,
             static_cast<A>(eps));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        if (wp != nullptr) {
-          AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_w.scalar_type(), "rms_norm_grad_w", [&] {
-            sum_partials_kernel<A, scalar_t><<<cuda::ceil_div<int64_t>(D, 256), 256, 0, cuda::stream()>>>(
-                part_p, int64_t(grid), D, grad_w.mutable_data_ptr<scalar_t>());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          });
-        }
       });
+    });
+    if (!weight.has_value()) return;
+    // grad_w: row-chunk partials (about 4 blocks per SM in all), then their sum in chunk order.
+    const bool vec = aligned && D % Pack<T>::N == 0;
+    const int V = vec ? Pack<T>::N : 1;
+    const int64_t col_blocks = cuda::ceil_div<int64_t>(cuda::ceil_div<int64_t>(D, V), kThreads);
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, int64_t(cuda::sm_count()) * 4 / col_blocks));
+    const int64_t rows_per_chunk = cuda::ceil_div<int64_t>(rows, chunks);
+    at::Tensor part = at::empty({chunks, D}, x.options().dtype(acc_type));
+    const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(chunks));
+    if (vec) {
+      rms_norm_weight_grad_kernel<T, true><<<grid, kThreads, 0, cuda::stream()>>>(
+          grad_out.const_data_ptr<T>(), x.const_data_ptr<T>(), inv_p, part.mutable_data_ptr<A>(), rows, D,
+          rows_per_chunk);
+    } else {
+      rms_norm_weight_grad_kernel<T, false><<<grid, kThreads, 0, cuda::stream()>>>(
+          grad_out.const_data_ptr<T>(), x.const_data_ptr<T>(), inv_p, part.mutable_data_ptr<A>(), rows, D,
+          rows_per_chunk);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_w.scalar_type(), "rms_norm_grad_w", [&] {
+      sum_partials_kernel<A, scalar_t><<<cuda::ceil_div<int64_t>(D, 256), 256, 0, cuda::stream()>>>(
+          part.const_data_ptr<A>(), chunks, D, grad_w.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return {grad_x, grad_w};
