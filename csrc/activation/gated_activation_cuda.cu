@@ -11,7 +11,7 @@
 
 #include <ATen/ops/empty_like.h>
 
-#include "common/checks.h"
+#include "activation/activation_checks.h"
 #include "common/cuda_activation.cuh"
 #include "common/cuda_launch.cuh"
 #include "common/cuda_vec.cuh"
@@ -102,29 +102,15 @@ int grid_for(int64_t work_items) {
   return static_cast<int>(std::min<int64_t>(want, int64_t(cuda::sm_count()) * 16));
 }
 
-// TEMPORARY until the device-agnostic seam lands (core): the CPU checks with the device swapped.
-void check_pair(const char* op, const at::Tensor& gate, const at::Tensor& other, const char* name) {
-  check_same_device(other, gate, op, name);
-  TORCH_CHECK(other.scalar_type() == gate.scalar_type(), op, ": ", name, " must have gate's dtype ",
-              gate.scalar_type(), ", got ", other.scalar_type());
-  TORCH_CHECK(other.sizes() == gate.sizes(), op, ": ", name, " must have gate's shape ", gate.sizes(), ", got ",
-              other.sizes());
-  check_contiguous(other, op, name);
-}
-void check_gate(const char* op, const at::Tensor& gate) {
-  check_device(gate, op, "gate", c10::kCUDA);
-  check_float(gate, op, "gate");
-  check_contiguous(gate, op, "gate");
-}
-
-at::Tensor gated_activation_cuda(const at::Tensor& gate, const at::Tensor& up, c10::string_view activation) {
+at::Tensor gated_activation_cuda(const at::Tensor& gate_in, const at::Tensor& up_in, c10::string_view act_name) {
   constexpr const char* op = "gemma4::gated_activation";
-  const Activation act = parse_activation(std::string(activation), op);
-  check_gate(op, gate);
-  check_pair(op, gate, up, "up");
-  const c10::cuda::CUDAGuard guard(gate.device());
+  check_device(gate_in, op, "gate", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(gate_in.device());
+  const activation::GatedProblem p = activation::check_gated_activation(op, gate_in, up_in, act_name);
+  const at::Tensor &gate = p.gate, &up = p.up;
+  const Activation act = p.act;
   at::Tensor y = at::empty_like(gate);
-  const int64_t n = gate.numel();
+  const int64_t n = p.n;
   if (n == 0) return y;
   GEMMA4_CUDA_DISPATCH_FLOATS(gate.scalar_type(), "gemma4::gated_activation", [&] {
     using T = scalar_t;
@@ -144,16 +130,18 @@ at::Tensor gated_activation_cuda(const at::Tensor& gate, const at::Tensor& up, c
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> gated_activation_backward_cuda(const at::Tensor& grad_out, const at::Tensor& gate,
-                                                                  const at::Tensor& up, c10::string_view activation) {
+std::tuple<at::Tensor, at::Tensor> gated_activation_backward_cuda(const at::Tensor& grad_out_in,
+                                                                  const at::Tensor& gate_in, const at::Tensor& up_in,
+                                                                  c10::string_view act_name) {
   constexpr const char* op = "gemma4::gated_activation_backward";
-  const Activation act = parse_activation(std::string(activation), op);
-  check_gate(op, gate);
-  check_pair(op, gate, up, "up");
-  check_pair(op, gate, grad_out, "grad_out");
-  const c10::cuda::CUDAGuard guard(gate.device());
+  check_device(gate_in, op, "gate", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(gate_in.device());
+  const activation::GatedProblem p =
+      activation::check_gated_activation_backward(op, grad_out_in, gate_in, up_in, act_name);
+  const at::Tensor &gate = p.gate, &up = p.up, &grad_out = p.grad_out;
+  const Activation act = p.act;
   at::Tensor grad_gate = at::empty_like(gate), grad_up = at::empty_like(up);
-  const int64_t n = gate.numel();
+  const int64_t n = p.n;
   if (n == 0) return {grad_gate, grad_up};
   GEMMA4_CUDA_DISPATCH_FLOATS(gate.scalar_type(), "gemma4::gated_activation_backward", [&] {
     using T = scalar_t;

@@ -16,8 +16,9 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
-#include "common/checks.h"
+#include "moe/moe_checks.h"
 #include "common/cuda_launch.cuh"
 #include "moe/moe_cuda.cuh"
 #include "moe/moe_gemm_tc.cuh"
@@ -33,48 +34,7 @@ static_assert(kBM == kTcBM, "the backward's tiles serve the SIMT and the tensor-
 // Up to this many tokens the forward takes the GEMV path (tiles of kGemvRows pairs per expert).
 constexpr int64_t kGemvMaxTokens = 64;
 
-struct Shapes {
-  int64_t N, H, K, E, Im;
-};
-
-// TEMPORARY until the device-agnostic seam lands (core): the CPU checks with the device swapped.
-Shapes check_expert_args(const char* op, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
-                         const at::Tensor& gate_up, const at::Tensor& down) {
-  check_device(x, op, "x", c10::kCUDA);
-  check_same_device(weights, x, op, "weights");
-  check_same_device(indices, x, op, "indices");
-  check_same_device(gate_up, x, op, "gate_up");
-  check_same_device(down, x, op, "down");
-  check_float(x, op, "x");
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == x.scalar_type(), op,
-              ": weights must be float32 or x's dtype (", x.scalar_type(), "), got ", weights.scalar_type());
-  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ", indices.scalar_type());
-  TORCH_CHECK(gate_up.scalar_type() == x.scalar_type(), op, ": gate_up must have x's dtype (", x.scalar_type(),
-              "), got ", gate_up.scalar_type());
-  TORCH_CHECK(down.scalar_type() == x.scalar_type(), op, ": down must have x's dtype (", x.scalar_type(), "), got ",
-              down.scalar_type());
-  check_dim(x, 2, op, "x");
-  check_dim(weights, 2, op, "weights");
-  check_dim(indices, 2, op, "indices");
-  check_dim(gate_up, 3, op, "gate_up");
-  check_dim(down, 3, op, "down");
-  Shapes s{x.size(0), x.size(1), indices.size(1), gate_up.size(0), down.size(2)};
-  check_size(indices, 0, s.N, op, "indices");
-  TORCH_CHECK(weights.sizes() == indices.sizes(), op, ": weights must have the shape of indices ", indices.sizes(),
-              ", got ", weights.sizes());
-  TORCH_CHECK(s.E >= 1, op, ": gate_up must hold at least one expert, got shape ", gate_up.sizes());
-  TORCH_CHECK(gate_up.size(1) == 2 * s.Im, op, ": gate_up.size(1) must be 2 * down.size(2) = ", 2 * s.Im,
-              ", got gate_up ", gate_up.sizes(), " and down ", down.sizes());
-  check_size(gate_up, 2, s.H, op, "gate_up");
-  check_size(down, 0, s.E, op, "down");
-  check_size(down, 1, s.H, op, "down");
-  check_contiguous(x, op, "x");
-  check_contiguous(weights, op, "weights");
-  check_contiguous(indices, op, "indices");
-  check_contiguous(gate_up, op, "gate_up");
-  check_contiguous(down, op, "down");
-  return s;
-}
+using Shapes = moe::ExpertsProblem;
 
 // The CUDA-specific limits (the grouping kernel's shared-memory counters, int32 positions).
 void check_cuda_limits(const char* op, const Shapes& s) {
@@ -173,13 +133,15 @@ at::Tensor weights_as_acc(const at::Tensor& weights, at::ScalarType acc) {
   return weights.scalar_type() == acc ? weights : weights.to(acc);
 }
 
-at::Tensor moe_experts_cuda(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
-                            const at::Tensor& gate_up, const at::Tensor& down, c10::string_view activation) {
+at::Tensor moe_experts_cuda(const at::Tensor& x_in, const at::Tensor& weights_in, const at::Tensor& indices_in,
+                            const at::Tensor& gate_up_in, const at::Tensor& down_in, c10::string_view act_name) {
   constexpr const char* op = "gemma4::moe_experts";
-  const Activation act = parse_activation(std::string(activation), op);
-  const Shapes s = check_expert_args(op, x, weights, indices, gate_up, down);
+  check_device(x_in, op, "x", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Shapes s = moe::check_experts(op, x_in, weights_in, indices_in, gate_up_in, down_in, act_name);
   check_cuda_limits(op, s);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor &x = s.x, &weights = s.weights, &indices = s.indices, &gate_up = s.gate_up, &down = s.down;
+  const Activation act = s.act;
   const int64_t P = s.N * s.K;
   if (P == 0 || s.H == 0 || s.Im == 0) return at::zeros({s.N, s.H}, x.options());
   at::Tensor out = at::empty({s.N, s.H}, x.options());
@@ -242,19 +204,17 @@ at::Tensor moe_experts_cuda(const at::Tensor& x, const at::Tensor& weights, cons
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
-    const at::Tensor& gate_up, const at::Tensor& down, c10::string_view activation) {
+    const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weights_in, const at::Tensor& indices_in,
+    const at::Tensor& gate_up_in, const at::Tensor& down_in, c10::string_view act_name) {
   constexpr const char* op = "gemma4::moe_experts_backward";
-  const Activation act = parse_activation(std::string(activation), op);
-  const Shapes s = check_expert_args(op, x, weights, indices, gate_up, down);
-  check_same_device(grad_out, x, op, "grad_out");
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have x's dtype (", x.scalar_type(),
-              "), got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have the shape of x ", x.sizes(), ", got ",
-              grad_out.sizes());
-  check_contiguous(grad_out, op, "grad_out");
+  check_device(x_in, op, "x", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const Shapes s =
+      moe::check_experts_backward(op, grad_out_in, x_in, weights_in, indices_in, gate_up_in, down_in, act_name);
   check_cuda_limits(op, s);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor &x = s.x, &weights = s.weights, &indices = s.indices, &gate_up = s.gate_up, &down = s.down,
+                   &grad_out = s.grad_out;
+  const Activation act = s.act;
   const int64_t P = s.N * s.K;
   if (P == 0 || s.H == 0 || s.Im == 0) {  // nothing flows: every gradient is zero
     return {at::zeros_like(x), at::zeros_like(weights), at::zeros_like(gate_up), at::zeros_like(down)};

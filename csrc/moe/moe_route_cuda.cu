@@ -19,7 +19,7 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/macros/Macros.h>
 
-#include "common/checks.h"
+#include "moe/moe_checks.h"
 #include "common/cuda_launch.cuh"
 #include "common/cuda_reduce.cuh"
 #include "common/cuda_vec.cuh"
@@ -146,25 +146,6 @@ __global__ void __launch_bounds__(256) scale_grad_kernel(const A* __restrict__ g
   if (threadIdx.x == 0) grad_scale[e] = static_cast<S>(s);
 }
 
-// TEMPORARY until the device-agnostic seam lands (core): the CPU checks with the device swapped.
-void check_logits_scale(const char* op, const at::Tensor& logits, const at::Tensor& scale) {
-  const auto dev = c10::DeviceType::CUDA;
-  check_device(logits, op, "logits", dev);
-  check_same_device(scale, logits, op, "per_expert_scale");
-  check_float(logits, op, "logits");
-  check_float(scale, op, "per_expert_scale");
-  check_dim(logits, 2, op, "logits");
-  check_dim(scale, 1, op, "per_expert_scale");
-  TORCH_CHECK(logits.size(1) >= 1, op, ": logits must have at least one expert column, got shape ", logits.sizes());
-  check_size(scale, 0, logits.size(1), op, "per_expert_scale");
-  check_contiguous(logits, op, "logits");
-  check_contiguous(scale, op, "per_expert_scale");
-}
-
-at::ScalarType weights_dtype(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Calls f(scale_ptr) with the scale as T or acc_t<T> (converting once when it is neither).
 template <typename T, typename F>
 void with_scale(const at::Tensor& scale, F&& f) {
@@ -177,13 +158,16 @@ void with_scale(const at::Tensor& scale, F&& f) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> moe_route_cuda(const at::Tensor& logits, const at::Tensor& scale, int64_t top_k) {
+std::tuple<at::Tensor, at::Tensor> moe_route_cuda(const at::Tensor& logits_in, const at::Tensor& scale_in,
+                                                  int64_t top_k) {
   constexpr const char* op = "gemma4::moe_route";
-  check_logits_scale(op, logits, scale);
-  const int64_t N = logits.size(0), E = logits.size(1), K = top_k;
-  TORCH_CHECK(K >= 1 && K <= E, op, ": top_k must be in [1, ", E, "] (the number of experts), got ", K);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor weights = at::empty({N, K}, logits.options().dtype(weights_dtype(logits)));
+  check_device(logits_in, op, "logits", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const moe::RouteProblem p = moe::check_route(op, logits_in, scale_in, top_k);
+  const at::Tensor &logits = p.logits, &scale = p.scale;
+  const int64_t N = p.N, E = p.E, K = p.K;
+  const auto wdtype = moe::route_weights_dtype(p.dtype);
+  at::Tensor weights = at::empty({N, K}, logits.options().dtype(wdtype));
   at::Tensor indices = at::empty({N, K}, logits.options().dtype(at::kLong));
   if (N == 0) return {weights, indices};
   GEMMA4_CUDA_DISPATCH_FLOATS(logits.scalar_type(), "gemma4::moe_route", [&] {
@@ -200,25 +184,17 @@ std::tuple<at::Tensor, at::Tensor> moe_route_cuda(const at::Tensor& logits, cons
   return {weights, indices};
 }
 
-std::tuple<at::Tensor, at::Tensor> moe_route_backward_cuda(const at::Tensor& grad_weights, const at::Tensor& logits,
-                                                           const at::Tensor& scale, const at::Tensor& indices) {
+std::tuple<at::Tensor, at::Tensor> moe_route_backward_cuda(const at::Tensor& grad_weights_in,
+                                                           const at::Tensor& logits_in, const at::Tensor& scale_in,
+                                                           const at::Tensor& indices_in) {
   constexpr const char* op = "gemma4::moe_route_backward";
-  check_logits_scale(op, logits, scale);
-  const int64_t N = logits.size(0), E = logits.size(1);
-  check_same_device(grad_weights, logits, op, "grad_weights");
-  check_same_device(indices, logits, op, "indices");
-  check_float(grad_weights, op, "grad_weights");
-  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ", indices.scalar_type());
-  check_dim(indices, 2, op, "indices");
-  check_size(indices, 0, N, op, "indices");
-  const int64_t K = indices.size(1);
-  TORCH_CHECK(K >= 1 && K <= E, op, ": indices.size(1) (top_k) must be in [1, ", E, "], got ", K);
-  TORCH_CHECK(grad_weights.sizes() == indices.sizes(), op, ": grad_weights must have the shape of indices ",
-              indices.sizes(), ", got ", grad_weights.sizes());
-  check_contiguous(grad_weights, op, "grad_weights");
-  check_contiguous(indices, op, "indices");
+  check_device(logits_in, op, "logits", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const moe::RouteProblem p = moe::check_route_backward(op, grad_weights_in, logits_in, scale_in, indices_in);
+  const at::Tensor &logits = p.logits, &scale = p.scale, &indices = p.indices;
+  const int64_t N = p.N, E = p.E, K = p.K;
+  const auto wdtype = moe::route_weights_dtype(p.dtype);
   // Index range: a device-side assert in the kernel (a host check would need a sync).
-  const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor grad_logits = at::zeros_like(logits);
   at::Tensor grad_scale = at::empty_like(scale);
   if (N == 0) {
@@ -228,8 +204,8 @@ std::tuple<at::Tensor, at::Tensor> moe_route_backward_cuda(const at::Tensor& gra
   GEMMA4_CUDA_DISPATCH_FLOATS(logits.scalar_type(), "gemma4::moe_route_backward", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
-    const at::Tensor gw = grad_weights.to(weights_dtype(logits));  // the forward's weights dtype
-    at::Tensor gsr = at::empty({N, K}, logits.options().dtype(weights_dtype(logits)));
+    const at::Tensor gw = p.grad_weights.to(wdtype);  // the forward's weights dtype
+    at::Tensor gsr = at::empty({N, K}, logits.options().dtype(wdtype));
     with_scale<T>(scale, [&](auto sp) {
       using S = std::remove_const_t<std::remove_pointer_t<decltype(sp)>>;
       moe_route_backward_kernel<T, S><<<cuda::ceil_div<int64_t>(N, 128), 128, 0, cuda::stream()>>>(

@@ -24,29 +24,10 @@
 #include "common/cuda_launch.cuh"
 #include "common/cuda_reduce.cuh"
 #include "common/cuda_vec.cuh"
-#include "norm/rms_norm_common.h"
+#include "norm/norm_checks.h"
 
 namespace gemma4 {
 namespace {
-
-// TEMPORARY until the device-agnostic seam lands (core): the CPU checks with the device swapped.
-inline void check_rms_norm_args_dev(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                    double eps, c10::DeviceType dev) {
-  check_device(x, op, "x", dev);
-  check_float(x, op, "x");
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension (the normalised one), got a scalar");
-  check_contiguous(x, op, "x");
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be a finite non-negative number, got ", eps);
-  if (weight.has_value()) {
-    const at::Tensor& w = *weight;
-    check_same_device(w, x, op, "weight");
-    check_float(w, op, "weight");
-    check_dim(w, 1, op, "weight");
-    TORCH_CHECK(w.size(0) == x.size(-1), op, ": weight must have x.size(-1) = ", x.size(-1),
-                " elements, got shape ", w.sizes());
-    check_contiguous(w, op, "weight");
-  }
-}
 
 using cuda::acc_t;
 using cuda::Pack;
@@ -170,44 +151,69 @@ __global__ void __launch_bounds__(kThreads) rms_norm_backward_kernel(const T* __
   }
 }
 
-// grad_w partials: part[chunk, j] = sum over the rows of row chunk blockIdx.y (in order) of
-// g[row, j] * (x[row, j] * r[row]). A thread owns V adjacent columns (a pack) and walks the rows:
-// neighbouring threads read neighbouring packs, so every row is read coalesced, and the sum over
-// rows stays in registers.
+// grad_w partials: part[chunk, j] = sum over the rows of row chunk blockIdx.y of
+// g[row, j] * (x[row, j] * r[row]). A block is `pcb` pack columns (a thread owns V adjacent columns)
+// times 256 / pcb row lanes: neighbouring threads read neighbouring packs, so rows are read
+// coalesced, and short rows (q/k-norm, D = 256) still fill the block. Each thread sums its rows in
+// registers; the row lanes are then added in lane order (deterministic).
 template <typename T, bool Vec>
 __global__ void __launch_bounds__(kThreads) rms_norm_weight_grad_kernel(const T* __restrict__ g,
                                                                         const T* __restrict__ x,
                                                                         const acc_t<T>* __restrict__ inv_rms,
                                                                         acc_t<T>* __restrict__ part, int64_t rows,
-                                                                        int64_t D, int64_t rows_per_chunk) {
+                                                                        int64_t D, int64_t rows_per_chunk, int pcb) {
   using A = acc_t<T>;
   constexpr int V = step_width<T, Vec>();
-  const int64_t j = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * V;
-  if (j >= D) return;
+  __shared__ A red[kThreads][V];
+  const int pc = threadIdx.x % pcb, lane = threadIdx.x / pcb, lanes = kThreads / pcb;
+  const int64_t j = (int64_t(blockIdx.x) * pcb + pc) * V;
   const int64_t r0 = int64_t(blockIdx.y) * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
   A acc[V] = {};
+  if (j < D) {
 #pragma unroll 4
-  for (int64_t row = r0; row < r1; ++row) {
-    A a[V], b[V];
-    load_step<T, Vec>(x + row * D, j, a);
-    load_step<T, Vec>(g + row * D, j, b);
-    const A inv = inv_rms[row];
+    for (int64_t row = r0 + lane; row < r1; row += lanes) {
+      A a[V], b[V];
+      load_step<T, Vec>(x + row * D, j, a);
+      load_step<T, Vec>(g + row * D, j, b);
+      const A inv = inv_rms[row];
 #pragma unroll
-    for (int i = 0; i < V; ++i) acc[i] = fma(b[i], a[i] * inv, acc[i]);  // g * (x * r): the reference's order
+      for (int i = 0; i < V; ++i) acc[i] = fma(b[i], a[i] * inv, acc[i]);  // g * (x * r): the reference's order
+    }
   }
-  A* out = part + int64_t(blockIdx.y) * D + j;
 #pragma unroll
-  for (int i = 0; i < V; ++i) out[i] = acc[i];
+  for (int i = 0; i < V; ++i) red[threadIdx.x][i] = acc[i];
+  __syncthreads();
+  if (lane == 0 && j < D) {
+    A* out = part + int64_t(blockIdx.y) * D + j;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      A s = red[pc][i];
+      for (int l = 1; l < lanes; ++l) s += red[l * pcb + pc][i];
+      out[i] = s;
+    }
+  }
 }
 
-// grad_w[j] = sum over row chunks c (in order) of part[c, j], rounded once to the weight's dtype.
+// grad_w[j] = sum over row chunks of part[c, j], rounded once to the weight's dtype. A block is 32
+// columns x 8 lanes; lane l adds chunks l, l + 8, ... and the lanes are added in order.
 template <typename A, typename WO>
-__global__ void sum_partials_kernel(const A* __restrict__ part, int64_t slots, int64_t D, WO* __restrict__ out) {
-  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= D) return;
+__global__ void __launch_bounds__(256) sum_partials_kernel(const A* __restrict__ part, int64_t chunks, int64_t D,
+                                                           WO* __restrict__ out) {
+  __shared__ A red[8][32];
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int64_t j = int64_t(blockIdx.x) * 32 + tx;
   A s = 0;
-  for (int64_t k = 0; k < slots; ++k) s += part[k * D + j];
-  out[j] = static_cast<WO>(s);
+  if (j < D) {
+#pragma unroll 4
+    for (int64_t c = ty; c < chunks; c += 8) s += part[c * D + j];
+  }
+  red[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && j < D) {
+    A t = red[0][tx];
+    for (int l = 1; l < 8; ++l) t += red[l][tx];
+    out[j] = static_cast<WO>(t);
+  }
 }
 
 // Runs f.template operator()<TPR, Vec>() for the layout this row length and these pointers allow.
@@ -248,14 +254,16 @@ int grid_for(int64_t rows, int rows_per_block, int blocks_per_sm) {
   return static_cast<int>(std::min<int64_t>(want, int64_t(cuda::sm_count()) * blocks_per_sm));
 }
 
-at::Tensor rms_norm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight, double eps) {
+at::Tensor rms_norm_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& weight_in, double eps) {
   constexpr const char* op = "gemma4::rms_norm";
-  check_rms_norm_args_dev(op, x, weight, eps, c10::kCUDA);
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(x_in, op, "x", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const norm::RmsNormProblem p = norm::check_rms_norm(op, x_in, weight_in, eps);
+  const at::Tensor& x = p.x;
+  const std::optional<at::Tensor>& weight = p.weight;
   at::Tensor y = at::empty_like(x);
-  const int64_t D = x.size(-1);
+  const int64_t D = p.D, rows = p.rows;
   if (x.numel() == 0) return y;
-  const int64_t rows = x.numel() / D;
   GEMMA4_CUDA_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rms_norm", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
@@ -274,21 +282,17 @@ at::Tensor rms_norm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& w
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                                          const std::optional<at::Tensor>& weight, double eps) {
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                                          const std::optional<at::Tensor>& weight_in, double eps) {
   constexpr const char* op = "gemma4::rms_norm_backward";
-  check_rms_norm_args_dev(op, x, weight, eps, c10::kCUDA);
-  check_same_device(grad_out, x, op, "grad_out");
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have x's dtype ", x.scalar_type(),
-              ", got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have x's shape ", x.sizes(), ", got ",
-              grad_out.sizes());
-  check_contiguous(grad_out, op, "grad_out");
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_device(x_in, op, "x", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const norm::RmsNormProblem p = norm::check_rms_norm_backward(op, grad_out_in, x_in, weight_in, eps);
+  const at::Tensor &x = p.x, &grad_out = p.grad_out;
+  const std::optional<at::Tensor>& weight = p.weight;
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_w = weight.has_value() ? at::empty_like(*weight) : at::empty({0}, x.options());
-  const int64_t D = x.size(-1);
-  const int64_t rows = D == 0 ? 0 : x.numel() / D;
+  const int64_t D = p.D, rows = p.rows;
   if (weight.has_value() && (rows == 0 || D == 0)) grad_w.zero_();
   if (rows == 0 || D == 0) return {grad_x, grad_w};
   GEMMA4_CUDA_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rms_norm_backward", [&] {
@@ -313,8 +317,10 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& grad
     if (!weight.has_value()) return;
     // grad_w: row-chunk partials (about 4 blocks per SM in all), then their sum in chunk order.
     const bool vec = aligned && D % Pack<T>::N == 0;
-    const int V = vec ? Pack<T>::N : 1;
-    const int64_t col_blocks = cuda::ceil_div<int64_t>(cuda::ceil_div<int64_t>(D, V), kThreads);
+    const int64_t packs = cuda::ceil_div<int64_t>(D, vec ? Pack<T>::N : 1);  // per row
+    int pcb = 32;  // pack columns per block: a power of two in [32, 256]
+    while (pcb < kThreads && pcb < packs) pcb *= 2;
+    const int64_t col_blocks = cuda::ceil_div<int64_t>(packs, pcb);
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, int64_t(cuda::sm_count()) * 4 / col_blocks));
     const int64_t rows_per_chunk = cuda::ceil_div<int64_t>(rows, chunks);
     at::Tensor part = at::empty({chunks, D}, x.options().dtype(acc_type));
@@ -322,15 +328,15 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& grad
     if (vec) {
       rms_norm_weight_grad_kernel<T, true><<<grid, kThreads, 0, cuda::stream()>>>(
           grad_out.const_data_ptr<T>(), x.const_data_ptr<T>(), inv_p, part.mutable_data_ptr<A>(), rows, D,
-          rows_per_chunk);
+          rows_per_chunk, pcb);
     } else {
       rms_norm_weight_grad_kernel<T, false><<<grid, kThreads, 0, cuda::stream()>>>(
           grad_out.const_data_ptr<T>(), x.const_data_ptr<T>(), inv_p, part.mutable_data_ptr<A>(), rows, D,
-          rows_per_chunk);
+          rows_per_chunk, pcb);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_w.scalar_type(), "rms_norm_grad_w", [&] {
-      sum_partials_kernel<A, scalar_t><<<cuda::ceil_div<int64_t>(D, 256), 256, 0, cuda::stream()>>>(
+      sum_partials_kernel<A, scalar_t><<<cuda::ceil_div<int64_t>(D, 32), 256, 0, cuda::stream()>>>(
           part.const_data_ptr<A>(), chunks, D, grad_w.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -11,7 +11,7 @@
 
 #include <ATen/ops/empty_like.h>
 
-#include "common/checks.h"
+#include "rope/rope_checks.h"
 #include "common/cuda_launch.cuh"
 #include "common/cuda_vec.cuh"
 
@@ -77,41 +77,21 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(const T* __restrict__ x,
   }
 }
 
-// TEMPORARY until the device-agnostic seam lands (core): the CPU checks with the device swapped.
-void check_rope_args(const char* op, const char* xname, const at::Tensor& x, const at::Tensor& positions,
-                     const at::Tensor& inv_freq) {
-  check_device(x, op, xname, c10::kCUDA);
-  check_float(x, op, xname);
-  check_dim(x, 4, op, xname);
-  check_contiguous(x, op, xname);
-  TORCH_CHECK(x.size(3) % 2 == 0, op, ": ", xname, ".size(3) (head_dim) must be even, got shape ", x.sizes());
-  check_same_device(positions, x, op, "positions");
-  check_dtype(positions, at::kLong, op, "positions");
-  check_dim(positions, 2, op, "positions");
-  TORCH_CHECK(positions.size(0) == 1 || positions.size(0) == x.size(0), op, ": positions.size(0) must be 1 or ",
-              xname, ".size(0) = ", x.size(0), ", got shape ", positions.sizes());
-  TORCH_CHECK(positions.size(1) == x.size(1), op, ": positions.size(1) must be ", xname, ".size(1) = ",
-              x.size(1), ", got shape ", positions.sizes());
-  check_contiguous(positions, op, "positions");
-  check_same_device(inv_freq, x, op, "inv_freq");
-  check_dtype(inv_freq, at::kFloat, op, "inv_freq");
-  check_dim(inv_freq, 1, op, "inv_freq");
-  TORCH_CHECK(inv_freq.size(0) == x.size(3) / 2, op, ": inv_freq must have head_dim/2 = ", x.size(3) / 2,
-              " elements, got shape ", inv_freq.sizes());
-  check_contiguous(inv_freq, op, "inv_freq");
-}
-
-at::Tensor rope_apply(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq, bool inverse) {
-  const c10::cuda::CUDAGuard guard(x.device());
+at::Tensor rope_apply(const char* op, const char* xname, const at::Tensor& x_in, const at::Tensor& positions_in,
+                      const at::Tensor& inv_freq_in, bool inverse) {
+  check_device(x_in, op, xname, c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const rope::RopeProblem p = rope::check_rope(op, xname, x_in, positions_in, inv_freq_in);
+  const at::Tensor &x = p.x, &positions = p.positions, &inv_freq = p.inv_freq;
   at::Tensor y = at::empty_like(x);
   if (x.numel() == 0) return y;
-  const int64_t B = x.size(0), T_ = x.size(1), H = x.size(2), hd = x.size(3);
+  const int64_t B = p.B, T_ = p.T, H = p.H, hd = p.hd;
   GEMMA4_CUDA_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rope", [&] {
     using T = scalar_t;
     using A = acc_t<T>;
     const bool vec = (hd / 2) % Pack<T>::N == 0 && cuda::aligned16(x.const_data_ptr(), y.const_data_ptr());
     const size_t smem = size_t(hd) * sizeof(A);  // cos and sin of hd/2 angles
-    const bool per_batch = positions.size(0) != 1;
+    const bool per_batch = p.P != 1;
     auto launch = [&](auto kernel) {
       kernel<<<B * T_, kThreads, smem, cuda::stream()>>>(x.const_data_ptr<T>(), positions.const_data_ptr<int64_t>(),
                                                          inv_freq.const_data_ptr<float>(), y.mutable_data_ptr<T>(),
@@ -124,13 +104,11 @@ at::Tensor rope_apply(const at::Tensor& x, const at::Tensor& positions, const at
 }
 
 at::Tensor rope_cuda(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq) {
-  check_rope_args("gemma4::rope", "x", x, positions, inv_freq);
-  return rope_apply(x, positions, inv_freq, /*inverse=*/false);
+  return rope_apply("gemma4::rope", "x", x, positions, inv_freq, /*inverse=*/false);
 }
 
 at::Tensor rope_backward_cuda(const at::Tensor& grad_out, const at::Tensor& positions, const at::Tensor& inv_freq) {
-  check_rope_args("gemma4::rope_backward", "grad_out", grad_out, positions, inv_freq);
-  return rope_apply(grad_out, positions, inv_freq, /*inverse=*/true);
+  return rope_apply("gemma4::rope_backward", "grad_out", grad_out, positions, inv_freq, /*inverse=*/true);
 }
 
 }  // namespace

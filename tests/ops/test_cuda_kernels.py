@@ -9,6 +9,7 @@ CPU kernel's own error plus two units in the last place. Skipped without a GPU o
 import pytest
 import torch
 
+import gemma4.ops  # noqa: F401  (loads the operator library)
 from tests.helpers import tight_tol
 
 ops = torch.ops.gemma4
