@@ -373,10 +373,11 @@ __global__ void gated_rows_kernel(const Acc* __restrict__ gu, int64_t P, int64_t
 // Backward, one warp per sorted row s (pair = sorted_pair[s], w its routing weight):
 //   h = act(g) u;  grad_weights[pair] = <dh_raw, h>;  hw = w h;  dg = w dh_raw u act'(g);  du = w dh_raw act(g)
 // gu [P, 2Im] holds g | u on entry and dg | du on exit (each element read, then written, by one lane).
-template <Activation Act, typename Acc, typename WT>
+// dgdu_lp (optional): dg | du also rounded to DT, the operand of the tensor-core grad_x GEMM.
+template <Activation Act, typename Acc, typename WT, typename DT>
 __global__ void expert_grad_rows_kernel(Acc* __restrict__ gu, const Acc* __restrict__ dh, const Acc* __restrict__ w,
                                         const int32_t* __restrict__ sorted_pair, int64_t P, int64_t Im,
-                                        Acc* __restrict__ hw, WT* __restrict__ grad_w) {
+                                        Acc* __restrict__ hw, WT* __restrict__ grad_w, DT* __restrict__ dgdu_lp) {
   const int lane = threadIdx.x % 32;
   const int64_t s = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (s >= P) return;
@@ -394,8 +395,13 @@ __global__ void expert_grad_rows_kernel(Acc* __restrict__ gu, const Acc* __restr
     dot = fma(d, h, dot);
     hw[s * Im + j] = h * wi;
     const Acc dhw = d * wi;
-    g_row[j] = dhw * u * da;
-    u_row[j] = dhw * a;
+    const Acc dg = dhw * u * da, du = dhw * a;
+    g_row[j] = dg;
+    u_row[j] = du;
+    if (dgdu_lp != nullptr) {
+      dgdu_lp[s * 2 * Im + j] = static_cast<DT>(dg);
+      dgdu_lp[s * 2 * Im + Im + j] = static_cast<DT>(du);
+    }
   }
   dot = cuda::warp_sum(dot);
   if (lane == 0) grad_w[pair] = static_cast<WT>(dot);

@@ -90,11 +90,12 @@ bool use_tensor_cores(const Shapes& s, const at::Tensor& x, const at::Tensor& ga
   }
 }
 
-template <typename T>
+// BKMajor: B_e read as [K, N] (n contiguous) instead of [N, K].
+template <typename T, bool BKMajor = false>
 void launch_tc_gemm(const TcGemm<T>& p, const GroupLayout& g) {
   if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>) {
     const dim3 grid(static_cast<unsigned>(g.max_tiles), static_cast<unsigned>(cuda::ceil_div<int64_t>(p.N, kTcBN)));
-    pair_gemm_tc_kernel<T><<<grid, kTcThreads, 0, cuda::stream()>>>(p, g);
+    pair_gemm_tc_kernel<T, BKMajor><<<grid, kTcThreads, 0, cuda::stream()>>>(p, g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -238,17 +239,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
       gu = gate_up_rows<T, Acc>(x, gate_up, s, g);
     }
     // dh_raw[s, j] = sum_c grad_out[token(s), c] * down_e[c, j]
+    const bool tc = use_tensor_cores<T>(s, x, gate_up, down) && cuda::aligned16(grad_out.const_data_ptr());
     at::Tensor dh = at::empty({P, s.Im}, x.options().dtype(acc_type));
-    PairGemm<T, T, Acc> pdh{grad_out.const_data_ptr<T>(), true, down.const_data_ptr<T>(), s.H * s.Im, s.Im, s.H,
-                            s.K, dh.mutable_data_ptr<Acc>(), false, nullptr};
-    launch_pair_gemm<T, T, Acc, true>(pdh, g.layout);
+    if (tc) {
+      launch_tc_gemm<T, true>({grad_out.const_data_ptr<T>(), true, down.const_data_ptr<T>(), s.H * s.Im, s.Im, s.H,
+                               s.K, dh.mutable_data_ptr<float>(), false, nullptr}, g.layout);
+    } else {
+      PairGemm<T, T, Acc> pdh{grad_out.const_data_ptr<T>(), true, down.const_data_ptr<T>(), s.H * s.Im, s.Im, s.H,
+                              s.K, dh.mutable_data_ptr<Acc>(), false, nullptr};
+      launch_pair_gemm<T, T, Acc, true>(pdh, g.layout);
+    }
     at::Tensor hw = at::empty({P, s.Im}, x.options().dtype(acc_type));
+    at::Tensor dgdu_lp;  // dg | du rounded to T: the tensor-core grad_x GEMM's operand
+    if (tc) dgdu_lp = at::empty({P, 2 * s.Im}, x.options());
+    T* dgdu_lp_p = tc ? dgdu_lp.mutable_data_ptr<T>() : nullptr;
     GEMMA4_DISPATCH_ACTIVATION(act, Act, [&] {
       auto launch = [&](auto* gw) {
         using WT = std::remove_pointer_t<decltype(gw)>;
-        expert_grad_rows_kernel<Act, Acc, WT><<<cuda::ceil_div<int64_t>(P * 32, 256), 256, 0, cuda::stream()>>>(
+        expert_grad_rows_kernel<Act, Acc, WT, T><<<cuda::ceil_div<int64_t>(P * 32, 256), 256, 0, cuda::stream()>>>(
             gu.mutable_data_ptr<Acc>(), dh.const_data_ptr<Acc>(), w.const_data_ptr<Acc>(), g.layout.sorted_pair, P,
-            s.Im, hw.mutable_data_ptr<Acc>(), gw);
+            s.Im, hw.mutable_data_ptr<Acc>(), gw, dgdu_lp_p);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (grad_w.scalar_type() == x.scalar_type()) launch(grad_w.mutable_data_ptr<T>());
@@ -264,9 +274,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
     launch_weight_grad_gemm<Acc, T, T, Acc>(wg, g.layout, s.E);
     // grad_x[n] = sum_k (dg|du)[pair] @ [G_e; U_e]
     at::Tensor gx_pair = at::empty({P, s.H}, x.options().dtype(acc_type));
-    PairGemm<Acc, T, Acc> px{gu.const_data_ptr<Acc>(), false, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, s.H,
-                             2 * s.Im, s.K, gx_pair.mutable_data_ptr<Acc>(), true, nullptr};
-    launch_pair_gemm<Acc, T, Acc, true>(px, g.layout);
+    if (tc) {
+      launch_tc_gemm<T, true>({dgdu_lp.const_data_ptr<T>(), false, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, s.H,
+                               2 * s.Im, s.K, gx_pair.mutable_data_ptr<float>(), true, nullptr}, g.layout);
+    } else {
+      PairGemm<Acc, T, Acc> px{gu.const_data_ptr<Acc>(), false, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, s.H,
+                               2 * s.Im, s.K, gx_pair.mutable_data_ptr<Acc>(), true, nullptr};
+      launch_pair_gemm<Acc, T, Acc, true>(px, g.layout);
+    }
     launch_sum_slots(gx_pair.const_data_ptr<Acc>(), s.N, s.K, s.H, grad_x.mutable_data_ptr<T>());
   });
   return {grad_x, grad_w, grad_gu, grad_dn};

@@ -1,14 +1,18 @@
-// The many-token path of the MoE forward on tensor cores (bf16 / fp16, sm_80+): a grouped GEMM
-//   C[s, n] = sum_k A[row(s), k] * B_e[n, k]     (A rows gathered by token or by sorted row,
-//                                                 B_e = one expert's [N, K] weight, k contiguous)
+// The many-token MoE GEMMs on tensor cores (bf16 / fp16, sm_80+): a grouped GEMM
+//   C[s, n] = sum_k A[row(s), k] * B_e(k, n)     (A rows gathered by token or by sorted row)
+// with B_e one expert's weight read as [N, K] (BKMajor = false: k contiguous, x @ W^T -- the
+// forward and the recomputed g|u) or as [K, N] (BKMajor = true: n contiguous, g @ W -- dh and grad_x
+// of the backward)
 // over the row tiles of moe_cuda.cuh's grouping (tiles of at most 64 pairs of one expert).
 // Block tile 64 x 64 x 32, 4 warps of 32 x 32 (2 x 2 WMMA 16x16x16 fragments, fp32 accumulators);
 // A and B tiles staged in shared memory with 16-byte cp.async, double-buffered so the next tile's
 // loads overlap this tile's MMAs; rows past the tile and k past K are zero-filled by cp.async.
-// Needs K % 8 == 0 and 16-byte aligned rows (checked by the caller). The epilogue goes through
+// Needs K % 8 == 0 (and N % 8 == 0 when BKMajor) and 16-byte aligned rows (checked by the caller). The epilogue goes through
 // shared memory to apply the row map (sorted row or pair id) and the routing weight.
 #pragma once
 #include <mma.h>
+
+#include <type_traits>
 
 #include "moe/moe_cuda.cuh"
 
@@ -44,14 +48,16 @@ struct WmmaType<c10::BFloat16> { using type = __nv_bfloat16; };
 template <>
 struct WmmaType<c10::Half> { using type = __half; };
 
-template <typename T>
+template <typename T, bool BKMajor>
 __global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, GroupLayout g) {
   using namespace nvcuda;
   using W = typename WmmaType<T>::type;
-  constexpr int LD = kTcBK + kTcPad;  // smem row length (elements): 80 bytes, a multiple of 16
-  __shared__ __align__(128) unsigned char smem_raw[2 * (kTcBM + kTcBN) * LD * sizeof(T)];
+  constexpr int LD = kTcBK + kTcPad;   // A (and n-major B) smem row length: 80 bytes, a multiple of 16
+  constexpr int LDB = kTcBN + kTcPad;  // k-major B smem row length: 144 bytes
+  constexpr int B_STAGE = BKMajor ? kTcBK * LDB : kTcBN * LD;  // elements of one B buffer
+  __shared__ __align__(128) unsigned char smem_raw[(2 * kTcBM * LD + 2 * B_STAGE) * sizeof(T)];
   W* As = reinterpret_cast<W*>(smem_raw);        // [2][kTcBM][LD]
-  W* Bs = As + 2 * kTcBM * LD;                   // [2][kTcBN][LD]
+  W* Bs = As + 2 * kTcBM * LD;                   // [2][kTcBN][LD], or [2][kTcBK][LDB] when BKMajor
   __shared__ int64_t arow[kTcBM];
 
   const int32_t e = g.tile_expert[blockIdx.x];
@@ -76,8 +82,15 @@ __global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, G
       const int64_t ar = arow[r];
       const bool a_ok = ar >= 0 && k < p.K;
       cp_async16(As + (buf * kTcBM + r) * LD + kc, a_ok ? p.a + ar * p.K + k : p.a, a_ok ? 16 : 0);
-      const bool b_ok = n0 + r < p.N && k < p.K;
-      cp_async16(Bs + (buf * kTcBN + r) * LD + kc, b_ok ? b + (n0 + r) * p.K + k : b, b_ok ? 16 : 0);
+      if constexpr (!BKMajor) {
+        const bool b_ok = n0 + r < p.N && k < p.K;
+        cp_async16(Bs + buf * B_STAGE + r * LD + kc, b_ok ? b + (n0 + r) * p.K + k : b, b_ok ? 16 : 0);
+      } else {  // k row kr (of 32), n chunk nc (of 8 chunks of 8)
+        const int kr = chunk / 8, nc = (chunk % 8) * 8;
+        const int64_t kb = kt * kTcBK + kr;
+        const bool b_ok = kb < p.K && n0 + nc < p.N;
+        cp_async16(Bs + buf * B_STAGE + kr * LDB + nc, b_ok ? b + kb * p.N + n0 + nc : b, b_ok ? 16 : 0);
+      }
     }
     cp_async_commit();
   };
@@ -103,11 +116,18 @@ __global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, G
 #pragma unroll
     for (int kk = 0; kk < kTcBK; kk += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::col_major> fb[2];
+      using BLayout = std::conditional_t<BKMajor, wmma::row_major, wmma::col_major>;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, W, BLayout> fb[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (buf * kTcBM + wm + 16 * i) * LD + kk, LD);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (buf * kTcBN + wn + 16 * j) * LD + kk, LD);
+      for (int j = 0; j < 2; ++j) {
+        if constexpr (BKMajor) {
+          wmma::load_matrix_sync(fb[j], Bs + buf * B_STAGE + kk * LDB + wn + 16 * j, LDB);
+        } else {
+          wmma::load_matrix_sync(fb[j], Bs + buf * B_STAGE + (wn + 16 * j) * LD + kk, LD);
+        }
+      }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll

@@ -7,9 +7,10 @@
 // round picks the best element ranked strictly below the previous pick in the total order
 // "larger p first, then lower index; NaN above every number" -- the CPU kernel's tie rule -- so no
 // per-element "taken" marks are needed and any E works without shared memory. p = exp(l - max) / sum
-// is recomputed in each round (identical bits each time). Lane 0 then renormalises the picks in
-// k order and applies per_expert_scale. Reads N * E logits once, writes N * K (weight, index):
-// memory-bound, a few microseconds at Gemma's N * 128.
+// is recomputed in each round (identical bits each time). Lane k keeps pick k in registers (K <= 32;
+// more slots go through the output), the sum over the picks is taken in k order, as the CPU kernel
+// does, and each lane writes its renormalised, scaled weight. Reads N * E logits once, writes N * K
+// (weight, index): the bytes are trivial; the K rounds of shuffles are the cost.
 // Backward: one thread per row (K is small): r = softmax over the chosen logits, grad_logits on
 // the chosen columns (zero elsewhere), g_k r_k per pair; then one block per expert sums g_k r_k over
 // the pairs routed to it with a fixed-order tree, so grad_per_expert_scale is deterministic.
@@ -63,6 +64,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) moe_route_kernel(const T*
   int64_t* idx = indices + n * K;
   A prev = 0;
   int64_t prev_i = -1;  // nothing picked yet
+  A my_p = 0;           // lane k keeps pick k (k < 32) in registers
+  int64_t my_i = 0;
   for (int64_t k = 0; k < K; ++k) {
     A best = 0;
     int64_t best_i = -1;
@@ -82,14 +85,26 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) moe_route_kernel(const T*
         best_i = oi;
       }
     }
-    if (lane == 0) {
-      w[k] = best;  // p for now; renormalised below
+    if (k < 32 && lane == k) {
+      my_p = best;
+      my_i = best_i;
+    }
+    if (K > 32 && lane == 0) {  // many slots: keep the picks in the output (p for now)
+      w[k] = best;
       idx[k] = best_i;
     }
     prev = best;
     prev_i = best_i;
   }
-  if (lane == 0) {
+  if (K <= 32) {
+    // Renormalise in slot order, as the CPU kernel: the sum is gathered by shuffles, not memory.
+    A s = 0;
+    for (int k = 0; k < K; ++k) s += __shfl_sync(0xffffffffu, my_p, k);
+    if (lane < K) {
+      w[lane] = my_p / s * static_cast<A>(scale[my_i]);
+      idx[lane] = my_i;
+    }
+  } else if (lane == 0) {
     A s = 0;
     for (int64_t k = 0; k < K; ++k) s += w[k];
     for (int64_t k = 0; k < K; ++k) w[k] = w[k] / s * static_cast<A>(scale[idx[k]]);
