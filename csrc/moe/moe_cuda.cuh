@@ -373,11 +373,13 @@ __global__ void gated_rows_kernel(const Acc* __restrict__ gu, int64_t P, int64_t
 // Backward, one warp per sorted row s (pair = sorted_pair[s], w its routing weight):
 //   h = act(g) u;  grad_weights[pair] = <dh_raw, h>;  hw = w h;  dg = w dh_raw u act'(g);  du = w dh_raw act(g)
 // gu [P, 2Im] holds g | u on entry and dg | du on exit (each element read, then written, by one lane).
-// dgdu_lp (optional): dg | du also rounded to DT, the operand of the tensor-core grad_x GEMM.
+// Low-precision copies for the tensor-core GEMMs (both nullptr or both given): dgdu_lp = dg | du and
+// hw_lp = w h rounded to DT.
 template <Activation Act, typename Acc, typename WT, typename DT>
 __global__ void expert_grad_rows_kernel(Acc* __restrict__ gu, const Acc* __restrict__ dh, const Acc* __restrict__ w,
                                         const int32_t* __restrict__ sorted_pair, int64_t P, int64_t Im,
-                                        Acc* __restrict__ hw, WT* __restrict__ grad_w, DT* __restrict__ dgdu_lp) {
+                                        Acc* __restrict__ hw, WT* __restrict__ grad_w, DT* __restrict__ dgdu_lp,
+                                        DT* __restrict__ hw_lp) {
   const int lane = threadIdx.x % 32;
   const int64_t s = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (s >= P) return;
@@ -393,7 +395,9 @@ __global__ void expert_grad_rows_kernel(Acc* __restrict__ gu, const Acc* __restr
     cuda::activate_and_grad<Act>(g, a, da);
     const Acc h = a * u;
     dot = fma(d, h, dot);
-    hw[s * Im + j] = h * wi;
+    const Acc hwv = h * wi;
+    if (hw != nullptr) hw[s * Im + j] = hwv;
+    if (hw_lp != nullptr) hw_lp[s * Im + j] = static_cast<DT>(hwv);
     const Acc dhw = d * wi;
     const Acc dg = dhw * u * da, du = dhw * a;
     g_row[j] = dg;

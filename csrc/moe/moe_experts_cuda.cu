@@ -100,6 +100,16 @@ void launch_tc_gemm(const TcGemm<T>& p, const GroupLayout& g) {
   }
 }
 
+template <typename T>
+void launch_tc_weight_grad(const TcWeightGrad<T>& p, const GroupLayout& g, int64_t E) {
+  if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>) {
+    const int64_t m_tiles = cuda::ceil_div<int64_t>(p.M, kTcBM);
+    const dim3 grid(static_cast<unsigned>(E * m_tiles), static_cast<unsigned>(cuda::ceil_div<int64_t>(p.N, kTcBN)));
+    weight_grad_tc_kernel<T><<<grid, kTcThreads, 0, cuda::stream()>>>(p, g, m_tiles);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 template <typename TA, typename TB, typename TO, typename Acc>
 void launch_weight_grad_gemm(const WeightGradGemm<TA, TB, TO>& p, const GroupLayout& g, int64_t E) {
   const int64_t m_tiles = cuda::ceil_div<int64_t>(p.M, kBM);
@@ -249,29 +259,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
                               s.K, dh.mutable_data_ptr<Acc>(), false, nullptr};
       launch_pair_gemm<T, T, Acc, true>(pdh, g.layout);
     }
-    at::Tensor hw = at::empty({P, s.Im}, x.options().dtype(acc_type));
-    at::Tensor dgdu_lp;  // dg | du rounded to T: the tensor-core grad_x GEMM's operand
-    if (tc) dgdu_lp = at::empty({P, 2 * s.Im}, x.options());
-    T* dgdu_lp_p = tc ? dgdu_lp.mutable_data_ptr<T>() : nullptr;
+    // w h and dg | du: fp32 for the SIMT GEMMs, or rounded to T for the tensor-core ones.
+    at::Tensor hw, hw_lp, dgdu_lp;
+    if (tc) {
+      hw_lp = at::empty({P, s.Im}, x.options());
+      dgdu_lp = at::empty({P, 2 * s.Im}, x.options());
+    } else {
+      hw = at::empty({P, s.Im}, x.options().dtype(acc_type));
+    }
     GEMMA4_DISPATCH_ACTIVATION(act, Act, [&] {
       auto launch = [&](auto* gw) {
         using WT = std::remove_pointer_t<decltype(gw)>;
         expert_grad_rows_kernel<Act, Acc, WT, T><<<cuda::ceil_div<int64_t>(P * 32, 256), 256, 0, cuda::stream()>>>(
             gu.mutable_data_ptr<Acc>(), dh.const_data_ptr<Acc>(), w.const_data_ptr<Acc>(), g.layout.sorted_pair, P,
-            s.Im, hw.mutable_data_ptr<Acc>(), gw, dgdu_lp_p);
+            s.Im, tc ? nullptr : hw.mutable_data_ptr<Acc>(), gw, tc ? dgdu_lp.mutable_data_ptr<T>() : nullptr,
+            tc ? hw_lp.mutable_data_ptr<T>() : nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (grad_w.scalar_type() == x.scalar_type()) launch(grad_w.mutable_data_ptr<T>());
       else launch(grad_w.mutable_data_ptr<float>());
     });
-    // grad_down_e[c, j] = sum_s grad_out[token(s), c] * hw[s, j]
-    WeightGradGemm<T, Acc, T> wd{grad_out.const_data_ptr<T>(), true, hw.const_data_ptr<Acc>(), false, s.H, s.Im, s.K,
-                                 grad_dn.mutable_data_ptr<T>()};
-    launch_weight_grad_gemm<T, Acc, T, Acc>(wd, g.layout, s.E);
-    // grad_gate_up_e[j, c] = sum_s (dg|du)[s, j] * x[token(s), c]
-    WeightGradGemm<Acc, T, T> wg{gu.const_data_ptr<Acc>(), false, x.const_data_ptr<T>(), true, 2 * s.Im, s.H, s.K,
-                                 grad_gu.mutable_data_ptr<T>()};
-    launch_weight_grad_gemm<Acc, T, T, Acc>(wg, g.layout, s.E);
+    if (tc) {
+      // grad_down_e[c, j] = sum_s grad_out[token(s), c] * (w h)[s, j];  grad_gate_up_e[j, c] = sum_s (dg|du)[s, j] * x[token(s), c]
+      launch_tc_weight_grad<T>({grad_out.const_data_ptr<T>(), true, hw_lp.const_data_ptr<T>(), false, s.H, s.Im, s.K,
+                                grad_dn.mutable_data_ptr<T>()}, g.layout, s.E);
+      launch_tc_weight_grad<T>({dgdu_lp.const_data_ptr<T>(), false, x.const_data_ptr<T>(), true, 2 * s.Im, s.H, s.K,
+                                grad_gu.mutable_data_ptr<T>()}, g.layout, s.E);
+    } else {
+      WeightGradGemm<T, Acc, T> wd{grad_out.const_data_ptr<T>(), true, hw.const_data_ptr<Acc>(), false, s.H, s.Im,
+                                   s.K, grad_dn.mutable_data_ptr<T>()};
+      launch_weight_grad_gemm<T, Acc, T, Acc>(wd, g.layout, s.E);
+      WeightGradGemm<Acc, T, T> wg{gu.const_data_ptr<Acc>(), false, x.const_data_ptr<T>(), true, 2 * s.Im, s.H, s.K,
+                                   grad_gu.mutable_data_ptr<T>()};
+      launch_weight_grad_gemm<Acc, T, T, Acc>(wg, g.layout, s.E);
+    }
     // grad_x[n] = sum_k (dg|du)[pair] @ [G_e; U_e]
     at::Tensor gx_pair = at::empty({P, s.H}, x.options().dtype(acc_type));
     if (tc) {

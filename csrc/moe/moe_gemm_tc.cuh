@@ -156,4 +156,98 @@ __global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, G
   }
 }
 
+// The weight gradients on tensor cores: C_e[m, n] = sum over the sorted pairs s of expert e of
+// A_s[m] * B_s[n] (A_s, B_s rows gathered by token or by sorted row, M and N multiples of 8), rounded
+// to T; one launch for all experts, grid (E * m_tiles, n_tiles); an expert with no pairs gets zeros.
+// Tiles stage 32 pairs x 64 rows of A (m contiguous: WMMA matrix_a col_major) and of B (row_major).
+template <typename T>
+struct TcWeightGrad {
+  const T* a;
+  bool a_by_token;
+  const T* b;
+  bool b_by_token;
+  int64_t M, N, slots;
+  T* out;  // [E, M, N]
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kTcThreads) weight_grad_tc_kernel(TcWeightGrad<T> p, GroupLayout g,
+                                                                    int64_t m_tiles) {
+  using namespace nvcuda;
+  using W = typename WmmaType<T>::type;
+  constexpr int LDA = kTcBM + kTcPad, LDB = kTcBN + kTcPad;  // 144-byte smem rows
+  constexpr int A_STAGE = kTcBK * LDA, B_STAGE = kTcBK * LDB;
+  constexpr int CLD = kTcBN + 4;
+  constexpr size_t kStaging = 2 * (A_STAGE + B_STAGE) * sizeof(T), kCTile = kTcBM * CLD * sizeof(float);
+  __shared__ __align__(128) unsigned char smem_raw[kStaging > kCTile ? kStaging : kCTile];
+  W* As = reinterpret_cast<W*>(smem_raw);  // [2][kTcBK][LDA]
+  W* Bs = As + 2 * A_STAGE;                // [2][kTcBK][LDB]
+
+  const int64_t e = blockIdx.x / m_tiles;
+  const int64_t m0 = (blockIdx.x % m_tiles) * kTcBM, n0 = int64_t(blockIdx.y) * kTcBN;
+  const int32_t s0 = g.offsets[e], s1 = g.offsets[e + 1];
+  const int tid = threadIdx.x, warp = tid / 32;
+
+  auto stage = [&](int64_t kt, int buf) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int chunk = tid + c * kTcThreads;        // 0..255: 32 pair rows x 8 chunks of 8
+      const int kr = chunk / 8, cc = (chunk % 8) * 8;
+      const int64_t s = s0 + kt * kTcBK + kr;
+      const bool row_ok = s < s1;
+      const int64_t pair = row_ok ? g.sorted_pair[s] : 0;
+      const int64_t ra = p.a_by_token ? pair / p.slots : s, rb = p.b_by_token ? pair / p.slots : s;
+      const bool a_ok = row_ok && m0 + cc < p.M, b_ok = row_ok && n0 + cc < p.N;
+      cp_async16(As + buf * A_STAGE + kr * LDA + cc, a_ok ? p.a + ra * p.M + m0 + cc : p.a, a_ok ? 16 : 0);
+      cp_async16(Bs + buf * B_STAGE + kr * LDB + cc, b_ok ? p.b + rb * p.N + n0 + cc : p.b, b_ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const int64_t k_tiles = (s1 - s0 + kTcBK - 1) / kTcBK;
+  if (k_tiles > 0) stage(0, 0);
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    const int buf = kt % 2;
+    if (kt + 1 < k_tiles) {
+      stage(kt + 1, buf ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTcBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::col_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::row_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + buf * A_STAGE + kk * LDA + wm + 16 * i, LDA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + buf * B_STAGE + kk * LDB + wn + 16 * j, LDB);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  float* Cs = reinterpret_cast<float*>(smem_raw);
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(Cs + (wm + 16 * i) * CLD + wn + 16 * j, acc[i][j], CLD, wmma::mem_row_major);
+  __syncthreads();
+  T* out = p.out + e * p.M * p.N;
+  for (int idx = tid; idx < kTcBM * kTcBN; idx += kTcThreads) {
+    const int r = idx / kTcBN, c = idx % kTcBN;
+    if (m0 + r < p.M && n0 + c < p.N) out[(m0 + r) * p.N + n0 + c] = static_cast<T>(Cs[r * CLD + c]);
+  }
+}
+
 }  // namespace gemma4::moe_cuda
