@@ -1,7 +1,7 @@
 // gemma4::gated_activation and gemma4::gated_activation_backward on CUDA:
 //   y = act(gate) * up;  grad_gate = grad_out * up * act'(gate),  grad_up = grad_out * act(gate)
-// in fp32 (fp64 for fp64), rounded once; act in the logistic form of the CPU kernels
-// (common/cuda_activation.cuh), so CPU and CUDA agree to rounding.
+// in fp32 (fp64 for fp64), rounded once; act is the CPU kernels' own scalar function
+// (common/activation_math.h through common/cuda_activation.cuh), so CPU and CUDA agree to rounding.
 // Reference: gated_activation in python/gemma4/ops/reference.py.
 //
 // Elementwise and memory-bound: a grid-stride loop over 16-byte packs (8 bf16/fp16, 4 fp32, 2 fp64)
@@ -24,12 +24,9 @@ using cuda::Pack;
 
 constexpr int kThreads = 256;
 
-template <typename T>
-constexpr bool kFast = !std::is_same_v<T, float> && !std::is_same_v<T, double>;
-
 template <typename T, Activation Act>
 __device__ __forceinline__ acc_t<T> forward_one(T g, T u) {
-  return cuda::activate<Act, kFast<T>>(static_cast<acc_t<T>>(g)) * static_cast<acc_t<T>>(u);
+  return cuda::activate<Act>(static_cast<acc_t<T>>(g)) * static_cast<acc_t<T>>(u);
 }
 
 // Packs [0, n_packs) when Vec (the first n_packs * N elements), then elements [tail0, n).
@@ -59,7 +56,7 @@ template <typename T, Activation Act>
 __device__ __forceinline__ void backward_one(T go, T g, T u, acc_t<T>& gg, acc_t<T>& gu) {
   using A = acc_t<T>;
   A act, dact;
-  cuda::activate_and_grad<Act, kFast<T>>(static_cast<A>(g), act, dact);
+  cuda::activate_and_grad<Act>(static_cast<A>(g), act, dact);
   const A gf = static_cast<A>(go);
   gg = gf * static_cast<A>(u) * dact;  // g * v * dact: the CPU kernel's order
   gu = gf * act;
