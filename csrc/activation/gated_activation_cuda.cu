@@ -26,7 +26,7 @@ constexpr int kThreads = 256;
 
 template <typename T, Activation Act>
 __device__ __forceinline__ acc_t<T> forward_one(T g, T u) {
-  return cuda::activate<Act>(static_cast<acc_t<T>>(g)) * static_cast<acc_t<T>>(u);
+  return cuda::activate<Act, cuda::kFastExpFor<T>>(static_cast<acc_t<T>>(g)) * static_cast<acc_t<T>>(u);
 }
 
 // Packs [0, n_packs) when Vec (the first n_packs * N elements), then elements [tail0, n).
@@ -56,7 +56,7 @@ template <typename T, Activation Act>
 __device__ __forceinline__ void backward_one(T go, T g, T u, acc_t<T>& gg, acc_t<T>& gu) {
   using A = acc_t<T>;
   A act, dact;
-  cuda::activate_and_grad<Act>(static_cast<A>(g), act, dact);
+  cuda::activate_and_grad<Act, cuda::kFastExpFor<T>>(static_cast<A>(g), act, dact);
   const A gf = static_cast<A>(go);
   gg = gf * static_cast<A>(u) * dact;  // g * v * dact: the CPU kernel's order
   gu = gf * act;
