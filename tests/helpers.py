@@ -1,4 +1,4 @@
-"""Tolerances derived from the computation, never guessed.
+"""Shared test helpers: the backends present, and tolerances derived from the computation, never guessed.
 
 Low precision: our error against a float32 (or float64) reference may be at most 2x the error of
 the same computation done in plain PyTorch at the low precision (the flash-attention rule), plus
@@ -6,6 +6,17 @@ one unit in the last place at the output's magnitude so an exactly-rounded plain
 demand perfection.
 """
 import torch
+
+from gemma4 import _native
+
+# The backends the op tests run on: cpu always, cuda when there is a GPU and a CUDA build.
+BACKENDS = ["cpu"] + (["cuda"] if torch.cuda.is_available() and _native.build_info["cuda"] else [])
+
+
+def has_kernel(op: str, device: torch.device) -> bool:
+    """Whether gemma4::<op> has a kernel registered for device's backend."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}[torch.device(device).type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"gemma4::{op}", key)
 
 
 def max_abs_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -28,3 +39,12 @@ def tight_tol(dtype: torch.dtype) -> dict:
     if dtype == torch.float64:
         return dict(rtol=1e-10, atol=1e-10)
     return dict(rtol=1e-5, atol=1e-5)
+
+
+def assert_same(got, want):
+    """Bit-identical results (a tensor or a tuple of tensors), e.g. strided vs contiguous inputs."""
+    if isinstance(got, torch.Tensor):
+        got, want = (got,), (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)

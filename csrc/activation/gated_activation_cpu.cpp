@@ -10,6 +10,7 @@
 // common/activation_math.h (u * sigmoid(k(u)), one exp per element).
 #include <torch/library.h>
 
+#include "activation/activation_checks.h"
 #include "common/activation_math.h"
 #include "common/vec_utils.h"
 
@@ -63,36 +64,20 @@ void gated_backward_kernel(const T* grad_out, const T* gate, const T* up, T* gra
   });
 }
 
-void check_pair(const char* op, const at::Tensor& gate, const at::Tensor& other, const char* name) {
-  check_same_device(other, gate, op, name);
-  TORCH_CHECK(other.scalar_type() == gate.scalar_type(), op, ": ", name, " must have gate's dtype ",
-              gate.scalar_type(), ", got ", other.scalar_type());
-  TORCH_CHECK(other.sizes() == gate.sizes(), op, ": ", name, " must have gate's shape ", gate.sizes(), ", got ",
-              other.sizes());
-  check_contiguous(other, op, name);
-}
-
-void check_gate(const char* op, const at::Tensor& gate) {
-  check_device(gate, op, "gate", c10::kCPU);
-  check_float(gate, op, "gate");
-  check_contiguous(gate, op, "gate");
-}
-
 at::Tensor gated_activation_cpu(const at::Tensor& gate, const at::Tensor& up, c10::string_view activation) {
   constexpr const char* op = "gemma4::gated_activation";
-  const Activation act = parse_activation(std::string(activation), op);
-  check_gate(op, gate);
-  check_pair(op, gate, up, "up");
-  at::Tensor y = at::empty_like(gate);
-  if (gate.numel() == 0) return y;
-  GEMMA4_DISPATCH_FLOATS(gate.scalar_type(), "gemma4::gated_activation", [&] {
-    const scalar_t* g = gate.const_data_ptr<scalar_t>();
-    const scalar_t* u = up.const_data_ptr<scalar_t>();
+  check_device(gate, op, "gate", c10::kCPU);
+  const activation::GatedProblem p = activation::check_gated_activation(op, gate, up, activation);
+  at::Tensor y = at::empty_like(p.gate);
+  if (p.n == 0) return y;
+  GEMMA4_DISPATCH_FLOATS(p.dtype, "gemma4::gated_activation", [&] {
+    const scalar_t* g = p.gate.const_data_ptr<scalar_t>();
+    const scalar_t* u = p.up.const_data_ptr<scalar_t>();
     scalar_t* o = y.mutable_data_ptr<scalar_t>();
-    if (act == Activation::GeluTanh) {
-      gated_forward_kernel<scalar_t, Activation::GeluTanh>(g, u, o, gate.numel());
+    if (p.act == Activation::GeluTanh) {
+      gated_forward_kernel<scalar_t, Activation::GeluTanh>(g, u, o, p.n);
     } else {
-      gated_forward_kernel<scalar_t, Activation::Silu>(g, u, o, gate.numel());
+      gated_forward_kernel<scalar_t, Activation::Silu>(g, u, o, p.n);
     }
   });
   return y;
@@ -101,22 +86,20 @@ at::Tensor gated_activation_cpu(const at::Tensor& gate, const at::Tensor& up, c1
 std::tuple<at::Tensor, at::Tensor> gated_activation_backward_cpu(const at::Tensor& grad_out, const at::Tensor& gate,
                                                                  const at::Tensor& up, c10::string_view activation) {
   constexpr const char* op = "gemma4::gated_activation_backward";
-  const Activation act = parse_activation(std::string(activation), op);
-  check_gate(op, gate);
-  check_pair(op, gate, up, "up");
-  check_pair(op, gate, grad_out, "grad_out");
-  at::Tensor grad_gate = at::empty_like(gate), grad_up = at::empty_like(up);
-  if (gate.numel() == 0) return {grad_gate, grad_up};
-  GEMMA4_DISPATCH_FLOATS(gate.scalar_type(), "gemma4::gated_activation_backward", [&] {
-    const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
-    const scalar_t* g = gate.const_data_ptr<scalar_t>();
-    const scalar_t* u = up.const_data_ptr<scalar_t>();
+  check_device(gate, op, "gate", c10::kCPU);
+  const activation::GatedProblem p = activation::check_gated_activation_backward(op, grad_out, gate, up, activation);
+  at::Tensor grad_gate = at::empty_like(p.gate), grad_up = at::empty_like(p.up);
+  if (p.n == 0) return {grad_gate, grad_up};
+  GEMMA4_DISPATCH_FLOATS(p.dtype, "gemma4::gated_activation_backward", [&] {
+    const scalar_t* go = p.grad_out.const_data_ptr<scalar_t>();
+    const scalar_t* g = p.gate.const_data_ptr<scalar_t>();
+    const scalar_t* u = p.up.const_data_ptr<scalar_t>();
     scalar_t* gg = grad_gate.mutable_data_ptr<scalar_t>();
     scalar_t* gu = grad_up.mutable_data_ptr<scalar_t>();
-    if (act == Activation::GeluTanh) {
-      gated_backward_kernel<scalar_t, Activation::GeluTanh>(go, g, u, gg, gu, gate.numel());
+    if (p.act == Activation::GeluTanh) {
+      gated_backward_kernel<scalar_t, Activation::GeluTanh>(go, g, u, gg, gu, p.n);
     } else {
-      gated_backward_kernel<scalar_t, Activation::Silu>(go, g, u, gg, gu, gate.numel());
+      gated_backward_kernel<scalar_t, Activation::Silu>(go, g, u, gg, gu, p.n);
     }
   });
   return {grad_gate, grad_up};

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "attention/attention_checks.h"
+#include "attention/attention_kernels.h"
 
 namespace gemma4::attn {
 namespace {
@@ -13,14 +14,14 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::
                                                  const std::optional<at::Tensor>& key_mask, double scale,
                                                  int64_t window) {
   constexpr const char* op = "gemma4::attention";
-  check_inputs(op, q, k, v, key_mask);
-  const int64_t B = q.size(0), T = q.size(1), nH = q.size(2), hd = q.size(3);
-  at::Tensor out = at::empty({B, T, nH, hd}, q.options());
-  at::Tensor lse = at::empty({B, nH, T}, q.options().dtype(lse_dtype(q.scalar_type())));
+  check_device(q, op, "q", c10::kCPU);
+  const AttentionProblem p = check_attention(op, q, k, v, key_mask, scale, window);
+  at::Tensor out = at::empty({p.B, p.T, p.nH, p.hd}, q.options());
+  at::Tensor lse = at::empty({p.B, p.nH, p.T}, q.options().dtype(lse_dtype(p.dtype)));
   if (out.numel() == 0) return {out, lse};
-  GEMMA4_DISPATCH_FLOATS(q.scalar_type(), "gemma4::attention", [&] {
-    const Params<scalar_t> P = make_params<scalar_t>(q, k, v, key_mask, scale, window);
-    forward<scalar_t>(P, out.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_type<scalar_t>>());
+  GEMMA4_DISPATCH_FLOATS(p.dtype, "gemma4::attention", [&] {
+    forward<scalar_t>(make_params<scalar_t>(p), out.mutable_data_ptr<scalar_t>(),
+                      lse.mutable_data_ptr<acc_t<scalar_t>>());
   });
   return {out, lse};
 }

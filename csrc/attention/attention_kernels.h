@@ -32,11 +32,14 @@
 #pragma once
 #include <ATen/Parallel.h>
 
-#include "common/vec_utils.h"  // gemma4::parallel_for: parallel even though the library is built without -fopenmp
+#include "attention/attention_checks.h"  // Params, BwdTensors: the problem the kernels solve
+#include "common/vec_utils.h"
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -54,8 +57,14 @@ using at::vec::Vectorized;
 // ---------------------------------------------------------------------------------------------
 // Small vector helpers.
 
+// max(a, b) with maxps semantics: b when either is NaN (not at::vec::maximum, which propagates NaN).
+#if defined(CPU_CAPABILITY_AVX2)
 inline Vectorized<float> vmax(Vectorized<float> a, Vectorized<float> b) { return _mm256_max_ps(a, b); }
 inline Vectorized<double> vmax(Vectorized<double> a, Vectorized<double> b) { return _mm256_max_pd(a, b); }
+#else
+template <typename A>
+inline Vectorized<A> vmax(Vectorized<A> a, Vectorized<A> b) { return Vectorized<A>::blendv(b, a, a > b); }
+#endif
 // exp_u20 is inline (no call) and accurate to ~20 ulp, far inside the fp32 tolerance of softmax.
 inline Vectorized<float> vexp(Vectorized<float> x) { return x.exp_u20(); }
 inline Vectorized<double> vexp(Vectorized<double> x) { return x.exp(); }
@@ -71,22 +80,26 @@ inline void load_row(const A* src, A* dst, int64_t n, int64_t npad, A mul) {
 }
 inline void load_row(const c10::BFloat16* src, float* dst, int64_t n, int64_t npad, float mul) {
   int64_t d = 0;
+#if defined(CPU_CAPABILITY_AVX2)
   const __m256 m = _mm256_set1_ps(mul);
   for (; d + 8 <= n; d += 8) {  // bf16 -> fp32 is a 16-bit shift
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d));
     const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     _mm256_storeu_ps(dst + d, _mm256_mul_ps(f, m));
   }
+#endif
   for (; d < n; ++d) dst[d] = static_cast<float>(src[d]) * mul;
   for (; d < npad; ++d) dst[d] = 0.f;
 }
 inline void load_row(const c10::Half* src, float* dst, int64_t n, int64_t npad, float mul) {
   int64_t d = 0;
+#if defined(CPU_CAPABILITY_AVX2)
   const __m256 m = _mm256_set1_ps(mul);
   for (; d + 8 <= n; d += 8) {  // F16C conversion
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d));
     _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_cvtph_ps(h), m));
   }
+#endif
   for (; d < n; ++d) dst[d] = static_cast<float>(src[d]) * mul;
   for (; d < npad; ++d) dst[d] = 0.f;
 }
@@ -109,7 +122,38 @@ inline void store_row(const A* src, T* dst, int64_t n, A mul) {
 inline void prefetch_rows(const void* base, int64_t stride_bytes, int64_t rows, int64_t bytes) {
   const char* p = static_cast<const char*>(base);
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(p + r * stride_bytes + o, _MM_HINT_T1);
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + r * stride_bytes + o, 0, 2);  // read, keep in L2 (T1)
+}
+
+// The n rows of one K or V tile, [n x hdp] in the accumulation type. Padding keys (key_mask false,
+// from the prefix counts cnt; null: no mask) become zero rows: their scores are masked anyway, and a
+// zero row keeps a non-finite value there (an fp16 overflow at a padding position) out of the
+// products, where its probability 0 would meet it as 0 * inf = NaN.
+template <typename T, typename A>
+inline void load_tile(const T* rows, int64_t stride, int64_t n, int64_t hd, int64_t hdp, const int32_t* cnt,
+                      int64_t j0, A* dst) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (cnt && cnt[j0 + j + 1] == cnt[j0 + j]) {
+      std::fill(dst + j * hdp, dst + (j + 1) * hdp, A(0));
+    } else {
+      load_row(rows + j * stride, dst + j * hdp, hd, hdp, A(1));
+    }
+  }
+}
+
+// 1 / l and the log-sum-exp m + log l of a finished row: a row that saw nothing (l = 0) gives zeros
+// and -inf; a NaN row (a NaN score among its visible keys) gives NaN for both.
+template <typename A>
+inline void finish_row(A m, A l, A& inv_l, A& lse) {
+  if (l > A(0)) {
+    inv_l = A(1) / l;
+    lse = m + std::log(l);
+  } else if (l == A(0)) {
+    inv_l = A(0);
+    lse = -std::numeric_limits<A>::infinity();
+  } else {
+    inv_l = lse = std::numeric_limits<A>::quiet_NaN();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,22 +308,6 @@ inline void scores_t(int64_t n, int64_t M, int64_t Mp, int64_t hd, int64_t hdp, 
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Problem description shared by forward and backward.
-
-template <typename T>
-struct Params {
-  const T* q; int64_t qsB, qsT, qsH;
-  const T* k; int64_t ksB, ksS, ksH;
-  const T* v; int64_t vsB, vsS, vsH;
-  const bool* mask; int64_t msB, msS;  // nullptr: no key mask
-  int64_t B, Tq, S, nH, nKV, hd, window;  // Tq: query length T
-  double scale;
-};
-
-template <typename T>
-using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
 // Tile sizes (dev/attention/tune_fwd.py): 64 keys x ~128 query rows keeps Q^T, O and the K/V tile in L2
 // and one 16-column Q^T panel in L1; measured flat within noise around these values.
 struct Tiles {
@@ -387,8 +415,8 @@ inline std::vector<int64_t> order_by_cost(const std::vector<int64_t>& cost) {
 // Forward.
 
 template <typename T>
-void forward(const Params<T>& P, T* out, acc_type<T>* lse, const Tiles& tiles = Tiles()) {
-  using A = acc_type<T>;
+void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Tiles()) {
+  using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
   const int64_t B = P.B, Tq = P.Tq, S = P.S, nH = P.nH, nKV = P.nKV, hd = P.hd, W = P.window;
@@ -440,7 +468,7 @@ void forward(const Params<T>& P, T* out, acc_type<T>* lse, const Tiles& tiles = 
     Scratch& s = scratch[worker];
     if (s.Qt.empty()) {
       s.Qt.resize(Mpmax * hdp); s.Qr.resize(kDotMaxRows * hdp); s.St.resize(BK * Mpmax); s.O.resize(Mpmax * hdp);
-      s.Kc.resize(direct ? 0 : BK * hdp); s.Vc.resize(direct ? 0 : BK * hdp); s.row.resize(hdp);
+      s.Kc.resize(BK * hdp); s.Vc.resize(BK * hdp); s.row.resize(hdp);
       s.m.resize(Mpmax); s.l.resize(Mpmax); s.alpha.resize(Mpmax); s.mx.resize(Mpmax); s.pos.resize(Mpmax);
     }
     const int64_t sp = it % nsplit, qt = (it / nsplit) % nqt, g = (it / nsplit / nqt) % nKV,
@@ -481,11 +509,9 @@ void forward(const Params<T>& P, T* out, acc_type<T>* lse, const Tiles& tiles = 
       if constexpr (std::is_same_v<T, A>) {
         Kp = krow; Vp = vrow; ldk = P.ksS; ldv = P.vsS;
       }
-      if (!direct) {
-        for (int64_t j = 0; j < n; ++j) {
-          load_row(krow + j * P.ksS, s.Kc.data() + j * hdp, hd, hdp, A(1));
-          load_row(vrow + j * P.vsS, s.Vc.data() + j * hdp, hd, hdp, A(1));
-        }
+      if (!direct || valid < n) {  // converted copies; padding keys as zero rows
+        load_tile(krow, P.ksS, n, hd, hdp, c, j0, s.Kc.data());
+        load_tile(vrow, P.vsS, n, hd, hdp, c, j0, s.Vc.data());
         Kp = s.Kc.data(); Vp = s.Vc.data(); ldk = ldv = hdp;
       }
       A* St = s.St.data();
@@ -521,9 +547,9 @@ void forward(const Params<T>& P, T* out, acc_type<T>* lse, const Tiles& tiles = 
     }
     for (int64_t i = 0; i < M; ++i) {
       const int64_t t = t0 + i / G, h = g * G + i % G;
-      const A li = s.l[i];
-      store_row<T, A>(s.O.data() + i * hdp, out + ((b * Tq + t) * nH + h) * hd, hd, li > A(0) ? A(1) / li : A(0));
-      lse[(b * nH + h) * Tq + t] = li > A(0) ? s.m[i] + std::log(li) : NEG_INF;
+      A inv_l;
+      finish_row(s.m[i], s.l[i], inv_l, lse[(b * nH + h) * Tq + t]);
+      store_row<T, A>(s.O.data() + i * hdp, out + ((b * Tq + t) * nH + h) * hd, hd, inv_l);
     }
   });
 
@@ -536,13 +562,16 @@ void forward(const Params<T>& P, T* out, acc_type<T>* lse, const Tiles& tiles = 
         const int64_t t0 = qt * bq, nq = std::min(Tq, t0 + bq) - t0;
         if (i >= nq * G) continue;
         A mt = NEG_INF;
+        bool nan_row = false;  // a NaN split makes the row NaN
         for (int64_t sp = 0; sp < nsplit; ++sp) {
           const A* pp = part.data() + (bi * nsplit + sp) * part_stride;
-          if (pp[Mpmax * hdp + Mpmax + i] > A(0)) mt = std::max(mt, pp[Mpmax * hdp + i]);
+          const A li = pp[Mpmax * hdp + Mpmax + i];
+          if (li > A(0)) mt = std::max(mt, pp[Mpmax * hdp + i]);
+          nan_row |= std::isnan(li);
         }
-        A lt = 0;
+        A lt = nan_row ? std::numeric_limits<A>::quiet_NaN() : A(0);
         std::fill(o.begin(), o.end(), A(0));
-        for (int64_t sp = 0; sp < nsplit && mt != NEG_INF; ++sp) {
+        for (int64_t sp = 0; sp < nsplit && mt != NEG_INF && !nan_row; ++sp) {
           const A* pp = part.data() + (bi * nsplit + sp) * part_stride;
           const A li = pp[Mpmax * hdp + Mpmax + i];
           if (!(li > A(0))) continue;
@@ -551,8 +580,9 @@ void forward(const Params<T>& P, T* out, acc_type<T>* lse, const Tiles& tiles = 
           for (int64_t d = 0; d < hd; ++d) o[d] += w * pp[i * hdp + d];
         }
         const int64_t t = t0 + i / G, h = g * G + i % G;
-        store_row<T, A>(o.data(), out + ((b * Tq + t) * nH + h) * hd, hd, lt > A(0) ? A(1) / lt : A(0));
-        lse[(b * nH + h) * Tq + t] = lt > A(0) ? mt + std::log(lt) : NEG_INF;
+        A inv_l;
+        finish_row(mt, lt, inv_l, lse[(b * nH + h) * Tq + t]);
+        store_row<T, A>(o.data(), out + ((b * Tq + t) * nH + h) * hd, hd, inv_l);
       }
     });
   }
@@ -560,16 +590,6 @@ void forward(const Params<T>& P, T* out, acc_type<T>* lse, const Tiles& tiles = 
 
 // ---------------------------------------------------------------------------------------------
 // Backward.
-
-template <typename T>
-struct BwdTensors {
-  const T* dout; int64_t dsB, dsT, dsH;  // grad_out [B,T,nH,hd], last stride 1
-  const T* out; int64_t osB, osT, osH;   // out [B,T,nH,hd], last stride 1
-  const acc_type<T>* lse;                // contiguous [B,nH,T]
-  T* dq;                                 // contiguous [B,T,nH,hd]
-  T* dk;                                 // contiguous [B,S,nKV,hd]
-  T* dv;                                 // contiguous [B,S,nKV,hd]
-};
 
 // Measured flat (58-61 GF/s single-thread) for bk 64-128 x target_m 64-256; 32 is worse.
 struct BwdTiles {
@@ -579,7 +599,7 @@ struct BwdTiles {
 
 template <typename T>
 void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles = BwdTiles()) {
-  using A = acc_type<T>;
+  using A = acc_t<T>;
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
   const int64_t B = P.B, Tq = P.Tq, S = P.S, nH = P.nH, nKV = P.nKV, hd = P.hd, W = P.window;
@@ -670,13 +690,12 @@ void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles 
     int64_t ldk = hdp, ldv = hdp;
     if (q1 > q0) {
       if constexpr (std::is_same_v<T, A>) {
-        if (direct) { Kp = krow; Vp = vrow; ldk = P.ksS; ldv = P.vsS; }
+        if (direct && valid == n) { Kp = krow; Vp = vrow; ldk = P.ksS; ldv = P.vsS; }
       }
-      if (!direct)
-        for (int64_t j = 0; j < n; ++j) {
-          load_row(krow + j * P.ksS, s.Kc.data() + j * hdp, hd, hdp, A(1));
-          load_row(vrow + j * P.vsS, s.Vc.data() + j * hdp, hd, hdp, A(1));
-        }
+      if (!direct || valid < n) {  // converted copies; padding keys as zero rows
+        load_tile(krow, P.ksS, n, hd, hdp, c, j0, s.Kc.data());
+        load_tile(vrow, P.vsS, n, hd, hdp, c, j0, s.Vc.data());
+      }
     }
     for (int64_t qt = q0; qt < q1; ++qt) {
       const int64_t bi = (b * nKV + g) * nqt + qt;

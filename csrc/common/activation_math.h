@@ -4,22 +4,13 @@
 // silu(u) = u * sigmoid(u)
 #pragma once
 #include <cmath>
-#include <string>
 
-#include <c10/util/Exception.h>
+#include "common/checks.h"  // Activation
 #if !defined(__CUDACC__)
 #include <ATen/cpu/vec/vec.h>  // the vectorized forms at the end (CPU kernels only)
 #endif
 
 namespace gemma4 {
-
-enum class Activation { GeluTanh, Silu };
-
-inline Activation parse_activation(const std::string& name, const char* op) {
-  if (name == "gelu_tanh" || name == "gelu_pytorch_tanh") return Activation::GeluTanh;
-  if (name == "silu") return Activation::Silu;
-  TORCH_CHECK(false, op, ": activation must be \"gelu_tanh\" or \"silu\", got \"", name, "\"");
-}
 
 
 template <typename T>

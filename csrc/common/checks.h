@@ -1,8 +1,11 @@
-// Argument checks shared by every kernel: each names the operator and the argument, so a bad call
-// reads as "gemma4::rms_norm: x must be contiguous" rather than a crash or an ATen stack trace.
+// Argument checks shared by every family's seam (csrc/<family>/<family>_checks.h): each names the
+// operator and the argument, so a bad call reads as "gemma4::rms_norm: x must be float32, ..." rather
+// than a crash or an ATen stack trace. Device-agnostic: included by CPU and CUDA sources alike.
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+
+#include <string>
 
 namespace gemma4 {
 
@@ -36,6 +39,15 @@ inline void check_dim(const at::Tensor& t, int64_t dim, const char* op, const ch
 
 inline void check_size(const at::Tensor& t, int64_t d, int64_t want, const char* op, const char* arg) {
   TORCH_CHECK(t.size(d) == want, op, ": ", arg, ".size(", d, ") must be ", want, ", got shape ", t.sizes());
+}
+
+// The activation of a gated MLP (gated_activation, moe_experts), parsed once from the op's string.
+enum class Activation { GeluTanh, Silu };
+
+inline Activation parse_activation(const std::string& name, const char* op) {
+  if (name == "gelu_tanh" || name == "gelu_pytorch_tanh") return Activation::GeluTanh;
+  if (name == "silu") return Activation::Silu;
+  TORCH_CHECK(false, op, ": activation must be \"gelu_tanh\" or \"silu\", got \"", name, "\"");
 }
 
 // Float dtypes the kernels support: fp32 and fp64 compute natively, bf16/fp16 accumulate in fp32.

@@ -1,5 +1,5 @@
 // Shared pieces of the MoE expert kernels (moe_experts_cpu.cpp, moe_experts_backward_cpu.cpp):
-// argument checks, the grouping of (token, slot) pairs by expert, work splitting, and the
+// the grouping of (token, slot) pairs by expert, work splitting, and the
 // vectorized activation.
 #pragma once
 #include <algorithm>
@@ -12,56 +12,11 @@
 
 #include "common/activation_math.h"
 #include "common/checks.h"
+#include "moe/moe_checks.h"
 #include "common/vec_utils.h"  // gemma4::parallel_for
 #include "moe/moe_gemm.h"
 
 namespace gemma4::moe {
-
-// Sizes of one moe_experts call, after the checks.
-struct ExpertShapes {
-  int64_t N, H, K, E, Im;
-};
-
-// Checks shared by moe_experts and moe_experts_backward (op = the operator's name for messages).
-inline ExpertShapes check_expert_args(const char* op, const at::Tensor& x, const at::Tensor& weights,
-                                      const at::Tensor& indices, const at::Tensor& gate_up,
-                                      const at::Tensor& down) {
-  const auto cpu = c10::DeviceType::CPU;
-  check_device(x, op, "x", cpu);
-  check_device(weights, op, "weights", cpu);
-  check_device(indices, op, "indices", cpu);
-  check_device(gate_up, op, "gate_up", cpu);
-  check_device(down, op, "down", cpu);
-  check_float(x, op, "x");
-  TORCH_CHECK(weights.scalar_type() == at::kFloat || weights.scalar_type() == x.scalar_type(), op,
-              ": weights must be float32 or x's dtype (", x.scalar_type(), "), got ", weights.scalar_type());
-  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ", indices.scalar_type());
-  TORCH_CHECK(gate_up.scalar_type() == x.scalar_type(), op, ": gate_up must have x's dtype (",
-              x.scalar_type(), "), got ", gate_up.scalar_type());
-  TORCH_CHECK(down.scalar_type() == x.scalar_type(), op, ": down must have x's dtype (", x.scalar_type(),
-              "), got ", down.scalar_type());
-  check_dim(x, 2, op, "x");
-  check_dim(weights, 2, op, "weights");
-  check_dim(indices, 2, op, "indices");
-  check_dim(gate_up, 3, op, "gate_up");
-  check_dim(down, 3, op, "down");
-  ExpertShapes s{x.size(0), x.size(1), indices.size(1), gate_up.size(0), down.size(2)};
-  check_size(indices, 0, s.N, op, "indices");
-  TORCH_CHECK(weights.sizes() == indices.sizes(), op, ": weights must have the shape of indices ",
-              indices.sizes(), ", got ", weights.sizes());
-  TORCH_CHECK(s.E >= 1, op, ": gate_up must hold at least one expert, got shape ", gate_up.sizes());
-  TORCH_CHECK(gate_up.size(1) == 2 * s.Im, op, ": gate_up.size(1) must be 2 * down.size(2) = ", 2 * s.Im,
-              ", got gate_up ", gate_up.sizes(), " and down ", down.sizes());
-  check_size(gate_up, 2, s.H, op, "gate_up");
-  check_size(down, 0, s.E, op, "down");
-  check_size(down, 1, s.H, op, "down");
-  check_contiguous(x, op, "x");
-  check_contiguous(weights, op, "weights");
-  check_contiguous(indices, op, "indices");
-  check_contiguous(gate_up, op, "gate_up");
-  check_contiguous(down, op, "down");
-  return s;
-}
 
 // The (token, slot) pairs grouped by expert: a stable counting sort of pair ids p = n*K + k by
 // e = indices[n, k], so within an expert the tokens stay in ascending order.

@@ -40,7 +40,7 @@ constexpr const char* kOp = "gemma4::moe_experts_backward";
 template <typename T, typename WT>
 void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights,
                       const moe::Groups& groups, const at::Tensor& gate_up, const at::Tensor& down, Activation act,
-                      const moe::ExpertShapes& s, at::Tensor& grad_x, at::Tensor& grad_w, at::Tensor& grad_gu,
+                      const moe::ExpertsProblem& s, at::Tensor& grad_x, at::Tensor& grad_w, at::Tensor& grad_gu,
                       at::Tensor& grad_dn) {
   using Acc = acc_t<T>;
   using V = moe::Vec<Acc>;
@@ -223,34 +223,30 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
     const at::Tensor& gate_up, const at::Tensor& down, c10::string_view activation) {
-  const Activation act = parse_activation(std::string(activation), kOp);
-  const moe::ExpertShapes s = moe::check_expert_args(kOp, x, weights, indices, gate_up, down);
-  check_device(grad_out, kOp, "grad_out", c10::DeviceType::CPU);
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), kOp, ": grad_out must have x's dtype (", x.scalar_type(),
-              "), got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), kOp, ": grad_out must have the shape of x ", x.sizes(), ", got ",
-              grad_out.sizes());
-  check_contiguous(grad_out, kOp, "grad_out");
-  const moe::Groups groups = moe::group_by_expert(kOp, indices, s.E);
+  check_device(x, kOp, "x", c10::kCPU);
+  const moe::ExpertsProblem p =
+      moe::check_experts_backward(kOp, grad_out, x, weights, indices, gate_up, down, activation);
+  const moe::Groups groups = moe::group_by_expert(kOp, p.indices, p.E);
 
-  at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_w = at::empty_like(weights);
-  at::Tensor grad_gu = at::empty_like(gate_up);
-  at::Tensor grad_dn = at::empty_like(down);
-  if (s.N * s.K == 0 || s.H == 0 || s.Im == 0) {  // nothing flows: every gradient is zero
+  at::Tensor grad_x = at::empty_like(p.x);
+  at::Tensor grad_w = at::empty_like(p.weights);
+  at::Tensor grad_gu = at::empty_like(p.gate_up);
+  at::Tensor grad_dn = at::empty_like(p.down);
+  if (p.N * p.K == 0 || p.H == 0 || p.Im == 0) {  // nothing flows: every gradient is zero
     grad_x.zero_();
     grad_w.zero_();
     grad_gu.zero_();
     grad_dn.zero_();
     return {grad_x, grad_w, grad_gu, grad_dn};
   }
-  GEMMA4_DISPATCH_FLOATS(x.scalar_type(), "moe_experts_backward", [&] {
+  GEMMA4_DISPATCH_FLOATS(p.dtype, "moe_experts_backward", [&] {
     using T = scalar_t;
-    if (weights.scalar_type() == x.scalar_type()) {
-      experts_backward<T, T>(grad_out, x, weights, groups, gate_up, down, act, s, grad_x, grad_w, grad_gu, grad_dn);
+    if (p.weights.scalar_type() == p.dtype) {
+      experts_backward<T, T>(p.grad_out, p.x, p.weights, groups, p.gate_up, p.down, p.act, p, grad_x, grad_w,
+                             grad_gu, grad_dn);
     } else {
-      experts_backward<T, float>(grad_out, x, weights, groups, gate_up, down, act, s, grad_x, grad_w, grad_gu,
-                                 grad_dn);
+      experts_backward<T, float>(p.grad_out, p.x, p.weights, groups, p.gate_up, p.down, p.act, p, grad_x, grad_w,
+                                 grad_gu, grad_dn);
     }
   });
   return {grad_x, grad_w, grad_gu, grad_dn};

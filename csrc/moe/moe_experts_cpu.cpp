@@ -37,7 +37,7 @@ constexpr const char* kOp = "gemma4::moe_experts";
 template <typename T>
 void experts_forward(const at::Tensor& x, const at::Tensor& weights, const moe::Groups& groups,
                      const at::Tensor& gate_up, const at::Tensor& down, Activation act,
-                     const moe::ExpertShapes& s, at::Tensor& out) {
+                     const moe::ExpertsProblem& s, at::Tensor& out) {
   using Acc = acc_t<T>;
   using V = moe::Vec<Acc>;
   constexpr int64_t W = V::size();
@@ -144,13 +144,13 @@ void experts_forward(const at::Tensor& x, const at::Tensor& weights, const moe::
 
 at::Tensor moe_experts_cpu(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
                            const at::Tensor& gate_up, const at::Tensor& down, c10::string_view activation) {
-  const Activation act = parse_activation(std::string(activation), kOp);
-  const moe::ExpertShapes s = moe::check_expert_args(kOp, x, weights, indices, gate_up, down);
-  const moe::Groups groups = moe::group_by_expert(kOp, indices, s.E);
-  at::Tensor out = at::empty({s.N, s.H}, x.options());
+  check_device(x, kOp, "x", c10::kCPU);
+  const moe::ExpertsProblem p = moe::check_experts(kOp, x, weights, indices, gate_up, down, activation);
+  const moe::Groups groups = moe::group_by_expert(kOp, p.indices, p.E);
+  at::Tensor out = at::empty({p.N, p.H}, p.x.options());
   if (out.numel() == 0) return out;
-  GEMMA4_DISPATCH_FLOATS(x.scalar_type(), "moe_experts", [&] {
-    experts_forward<scalar_t>(x, weights, groups, gate_up, down, act, s, out);
+  GEMMA4_DISPATCH_FLOATS(p.dtype, "moe_experts", [&] {
+    experts_forward<scalar_t>(p.x, p.weights, groups, p.gate_up, p.down, p.act, p, out);
   });
   return out;
 }

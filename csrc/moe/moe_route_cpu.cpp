@@ -28,6 +28,7 @@
 
 #include "common/checks.h"
 #include "common/vec_utils.h"  // gemma4::parallel_for
+#include "moe/moe_checks.h"
 #include "moe/moe_gemm.h"
 
 namespace gemma4 {
@@ -114,30 +115,14 @@ void top_softmax(const T* l, const int64_t* idx, int64_t K, Acc* r) {
   for (int64_t k = 0; k < K; ++k) r[k] /= s;
 }
 
-void check_logits_scale(const char* op, const at::Tensor& logits, const at::Tensor& scale) {
-  const auto cpu = c10::DeviceType::CPU;
-  check_device(logits, op, "logits", cpu);
-  check_device(scale, op, "per_expert_scale", cpu);
-  check_float(logits, op, "logits");
-  check_float(scale, op, "per_expert_scale");
-  check_dim(logits, 2, op, "logits");
-  check_dim(scale, 1, op, "per_expert_scale");
-  TORCH_CHECK(logits.size(1) >= 1, op, ": logits must have at least one expert column, got shape ", logits.sizes());
-  check_size(scale, 0, logits.size(1), op, "per_expert_scale");
-  check_contiguous(logits, op, "logits");
-  check_contiguous(scale, op, "per_expert_scale");
-}
-
-at::ScalarType weights_dtype(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-std::tuple<at::Tensor, at::Tensor> moe_route_cpu(const at::Tensor& logits, const at::Tensor& scale, int64_t top_k) {
+std::tuple<at::Tensor, at::Tensor> moe_route_cpu(const at::Tensor& logits_in, const at::Tensor& scale_in,
+                                                  int64_t top_k) {
   constexpr const char* op = "gemma4::moe_route";
-  check_logits_scale(op, logits, scale);
-  const int64_t N = logits.size(0), E = logits.size(1), K = top_k;
-  TORCH_CHECK(K >= 1 && K <= E, op, ": top_k must be in [1, ", E, "] (the number of experts), got ", K);
-  at::Tensor weights = at::empty({N, K}, logits.options().dtype(weights_dtype(logits)));
+  check_device(logits_in, op, "logits", c10::kCPU);
+  const moe::RouteProblem p = moe::check_route(op, logits_in, scale_in, top_k);
+  const at::Tensor &logits = p.logits, &scale = p.scale;
+  const int64_t N = p.N, E = p.E, K = p.K;
+  at::Tensor weights = at::empty({N, K}, logits.options().dtype(moe::route_weights_dtype(p.dtype)));
   at::Tensor indices = at::empty({N, K}, logits.options().dtype(at::kLong));
   if (N == 0) return {weights, indices};
   GEMMA4_DISPATCH_FLOATS(logits.scalar_type(), "moe_route", [&] {
@@ -163,23 +148,14 @@ std::tuple<at::Tensor, at::Tensor> moe_route_cpu(const at::Tensor& logits, const
   return {weights, indices};
 }
 
-std::tuple<at::Tensor, at::Tensor> moe_route_backward_cpu(const at::Tensor& grad_weights, const at::Tensor& logits,
-                                                          const at::Tensor& scale, const at::Tensor& indices) {
+std::tuple<at::Tensor, at::Tensor> moe_route_backward_cpu(const at::Tensor& grad_weights_in,
+                                                          const at::Tensor& logits_in, const at::Tensor& scale_in,
+                                                          const at::Tensor& indices_in) {
   constexpr const char* op = "gemma4::moe_route_backward";
-  check_logits_scale(op, logits, scale);
-  const int64_t N = logits.size(0), E = logits.size(1);
-  check_device(grad_weights, op, "grad_weights", c10::DeviceType::CPU);
-  check_device(indices, op, "indices", c10::DeviceType::CPU);
-  check_float(grad_weights, op, "grad_weights");
-  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ", indices.scalar_type());
-  check_dim(indices, 2, op, "indices");
-  check_size(indices, 0, N, op, "indices");
-  const int64_t K = indices.size(1);
-  TORCH_CHECK(K >= 1 && K <= E, op, ": indices.size(1) (top_k) must be in [1, ", E, "], got ", K);
-  TORCH_CHECK(grad_weights.sizes() == indices.sizes(), op, ": grad_weights must have the shape of indices ",
-              indices.sizes(), ", got ", grad_weights.sizes());
-  check_contiguous(grad_weights, op, "grad_weights");
-  check_contiguous(indices, op, "indices");
+  check_device(logits_in, op, "logits", c10::kCPU);
+  const moe::RouteProblem p = moe::check_route_backward(op, grad_weights_in, logits_in, scale_in, indices_in);
+  const at::Tensor &logits = p.logits, &scale = p.scale, &grad_weights = p.grad_weights, &indices = p.indices;
+  const int64_t N = p.N, E = p.E, K = p.K;
   const int64_t* ix = indices.data_ptr<int64_t>();
   for (int64_t i = 0; i < N * K; ++i) {
     TORCH_CHECK(ix[i] >= 0 && ix[i] < E, op, ": indices must be in [0, ", E, "), got ", ix[i], " at [", i / K,
@@ -193,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor> moe_route_backward_cpu(const at::Tensor& grad
     using LT = scalar_t;
     const LT* l = logits.data_ptr<LT>();
     LT* gl = grad_logits.data_ptr<LT>();
-    const at::Tensor gw_t = grad_weights.to(weights_dtype(logits));  // the forward's weights dtype
+    const at::Tensor gw_t = grad_weights.to(moe::route_weights_dtype(p.dtype));  // the forward's weights dtype
     const Acc* gw = gw_t.data_ptr<Acc>();
     std::vector<Acc> gsr(N * K);  // g_k r_k per pair, summed into grad_scale afterwards
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_backward_scale", [&] {

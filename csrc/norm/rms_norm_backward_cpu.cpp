@@ -10,7 +10,7 @@
 #include <torch/library.h>
 
 #include "common/vec_utils.h"
-#include "norm/rms_norm_common.h"
+#include "norm/norm_checks.h"
 
 namespace gemma4 {
 namespace {
@@ -73,20 +73,17 @@ void rms_norm_backward_rows(const T* g, const T* x, const acc_t<T>* w, T* gx, ac
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                         const std::optional<at::Tensor>& weight, double eps) {
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                                         const std::optional<at::Tensor>& weight_in, double eps) {
   constexpr const char* op = "gemma4::rms_norm_backward";
-  check_rms_norm_args(op, x, weight, eps);
-  check_same_device(grad_out, x, op, "grad_out");
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have x's dtype ", x.scalar_type(),
-              ", got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have x's shape ", x.sizes(), ", got ",
-              grad_out.sizes());
-  check_contiguous(grad_out, op, "grad_out");
+  check_device(x_in, op, "x", c10::kCPU);
+  const norm::RmsNormProblem p = norm::check_rms_norm_backward(op, grad_out_in, x_in, weight_in, eps);
+  const at::Tensor& x = p.x;
+  const at::Tensor& grad_out = p.grad_out;
+  const std::optional<at::Tensor>& weight = p.weight;
 
   at::Tensor grad_x = at::empty_like(x);
-  const int64_t D = x.size(-1);
-  const int64_t rows = D == 0 ? 0 : x.numel() / D;
+  const int64_t D = p.D, rows = p.rows;
   if (!weight.has_value()) {
     if (x.numel() > 0) {
       GEMMA4_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rms_norm_backward", [&] {
@@ -105,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_
   GEMMA4_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rms_norm_backward", [&] {
     using A = acc_t<scalar_t>;
     constexpr auto acc_type = c10::CppTypeToScalarType<A>::value;
-    const at::Tensor w = weight->to(acc_type).contiguous();
+    const at::Tensor w = weight->to(acc_type);
     // One chunk of rows per thread, but no chunk smaller than ~16K elements of work.
     const int64_t max_chunks = (rows + row_grain(D) - 1) / row_grain(D);
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), max_chunks));

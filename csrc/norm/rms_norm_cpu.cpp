@@ -9,7 +9,7 @@
 #include <torch/library.h>
 
 #include "common/vec_utils.h"
-#include "norm/rms_norm_common.h"
+#include "norm/norm_checks.h"
 
 namespace gemma4 {
 namespace {
@@ -69,23 +69,23 @@ void rms_norm_kernel(const T* x, const acc_t<T>* w, T* y, int64_t rows, int64_t 
   });
 }
 
-at::Tensor rms_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight, double eps) {
+at::Tensor rms_norm_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& weight, double eps) {
   constexpr const char* op = "gemma4::rms_norm";
-  check_rms_norm_args(op, x, weight, eps);
+  check_device(x_in, op, "x", c10::kCPU);
+  const norm::RmsNormProblem p = norm::check_rms_norm(op, x_in, weight, eps);
+  const at::Tensor& x = p.x;
   at::Tensor y = at::empty_like(x);
-  const int64_t D = x.size(-1);
   if (x.numel() == 0) return y;
-  const int64_t rows = x.numel() / D;
-  GEMMA4_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rms_norm", [&] {
+  GEMMA4_DISPATCH_FLOATS(p.dtype, "gemma4::rms_norm", [&] {
     using A = acc_t<scalar_t>;
-    if (weight.has_value()) {
+    if (p.weight.has_value()) {
       // The weight is read in the accumulation type: one D-element conversion, outside the rows.
-      const at::Tensor w = weight->to(c10::CppTypeToScalarType<A>::value).contiguous();
+      const at::Tensor w = p.weight->to(c10::CppTypeToScalarType<A>::value);
       rms_norm_kernel<scalar_t, true>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<A>(),
-                                      y.mutable_data_ptr<scalar_t>(), rows, D, eps);
+                                      y.mutable_data_ptr<scalar_t>(), p.rows, p.D, eps);
     } else {
       rms_norm_kernel<scalar_t, false>(x.const_data_ptr<scalar_t>(), nullptr, y.mutable_data_ptr<scalar_t>(),
-                                       rows, D, eps);
+                                       p.rows, p.D, eps);
     }
   });
   return y;

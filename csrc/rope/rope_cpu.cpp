@@ -6,15 +6,16 @@
 // full-attention layers) gives cos = 1, sin = 0, so those dimensions pass through exactly.
 // Reference: rope in python/gemma4/ops/reference.py.
 //
-// x [B,T,nH,hd] contiguous, positions int64 [B|1,T], inv_freq fp32 [hd/2]. Work is split over the
-// rows of positions: each (b,t) -- or each t when positions is [1,T] and broadcasts over the batch --
-// computes its cos/sin table once (vectorized Sleef sin/cos) and rotates every head of every batch
-// element that uses it.
+// x [B,T,nH,hd], positions int64 [B|1,T], inv_freq fp32 [hd/2], all contiguous (rope_checks.h
+// copies strided inputs). Work is split over the rows of positions: each (b,t) -- or each t when
+// positions is [1,T] and broadcasts over the batch -- computes its cos/sin table once (vectorized
+// Sleef sin/cos) and rotates every head of every batch element that uses it.
 #include <torch/library.h>
 
 #include <vector>
 
 #include "common/vec_utils.h"
+#include "rope/rope_checks.h"
 
 namespace gemma4 {
 namespace {
@@ -72,49 +73,28 @@ void rope_kernel(const T* x, const int64_t* pos, const float* inv_freq, T* y, in
   });
 }
 
-// Checks positions and inv_freq against x's (or grad_out's) shape [B,T,nH,hd].
-void check_rope_args(const char* op, const char* xname, const at::Tensor& x, const at::Tensor& positions,
-                     const at::Tensor& inv_freq) {
-  check_device(x, op, xname, c10::kCPU);
-  check_float(x, op, xname);
-  check_dim(x, 4, op, xname);
-  check_contiguous(x, op, xname);
-  TORCH_CHECK(x.size(3) % 2 == 0, op, ": ", xname, ".size(3) (head_dim) must be even, got shape ", x.sizes());
-  check_same_device(positions, x, op, "positions");
-  check_dtype(positions, at::kLong, op, "positions");
-  check_dim(positions, 2, op, "positions");
-  TORCH_CHECK(positions.size(0) == 1 || positions.size(0) == x.size(0), op, ": positions.size(0) must be 1 or ",
-              xname, ".size(0) = ", x.size(0), ", got shape ", positions.sizes());
-  TORCH_CHECK(positions.size(1) == x.size(1), op, ": positions.size(1) must be ", xname, ".size(1) = ",
-              x.size(1), ", got shape ", positions.sizes());
-  check_contiguous(positions, op, "positions");
-  check_same_device(inv_freq, x, op, "inv_freq");
-  check_dtype(inv_freq, at::kFloat, op, "inv_freq");
-  check_dim(inv_freq, 1, op, "inv_freq");
-  TORCH_CHECK(inv_freq.size(0) == x.size(3) / 2, op, ": inv_freq must have head_dim/2 = ", x.size(3) / 2,
-              " elements, got shape ", inv_freq.sizes());
-  check_contiguous(inv_freq, op, "inv_freq");
-}
-
-at::Tensor rope_apply(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq, bool inverse) {
-  at::Tensor y = at::empty_like(x);
-  if (x.numel() == 0) return y;
-  GEMMA4_DISPATCH_FLOATS(x.scalar_type(), "gemma4::rope", [&] {
-    rope_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), positions.const_data_ptr<int64_t>(),
-                          inv_freq.const_data_ptr<float>(), y.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1),
-                          x.size(2), x.size(3), positions.size(0), inverse);
+// Rotates p.x by the angles of p.positions (by their negatives when inverse).
+at::Tensor rope_apply(const rope::RopeProblem& p, bool inverse) {
+  at::Tensor y = at::empty_like(p.x);
+  if (p.x.numel() == 0) return y;
+  GEMMA4_DISPATCH_FLOATS(p.dtype, "gemma4::rope", [&] {
+    rope_kernel<scalar_t>(p.x.const_data_ptr<scalar_t>(), p.positions.const_data_ptr<int64_t>(),
+                          p.inv_freq.const_data_ptr<float>(), y.mutable_data_ptr<scalar_t>(), p.B, p.T, p.H, p.hd,
+                          p.P, inverse);
   });
   return y;
 }
 
 at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq) {
-  check_rope_args("gemma4::rope", "x", x, positions, inv_freq);
-  return rope_apply(x, positions, inv_freq, /*inverse=*/false);
+  constexpr const char* op = "gemma4::rope";
+  check_device(x, op, "x", c10::kCPU);
+  return rope_apply(rope::check_rope(op, "x", x, positions, inv_freq), /*inverse=*/false);
 }
 
 at::Tensor rope_backward_cpu(const at::Tensor& grad_out, const at::Tensor& positions, const at::Tensor& inv_freq) {
-  check_rope_args("gemma4::rope_backward", "grad_out", grad_out, positions, inv_freq);
-  return rope_apply(grad_out, positions, inv_freq, /*inverse=*/true);
+  constexpr const char* op = "gemma4::rope_backward";
+  check_device(grad_out, op, "grad_out", c10::kCPU);
+  return rope_apply(rope::check_rope(op, "grad_out", grad_out, positions, inv_freq), /*inverse=*/true);
 }
 
 }  // namespace

@@ -58,7 +58,8 @@ class AutoModelForCausalLM:
 
     @staticmethod
     def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None,
-                        device_map: Any = None, progress: bool = True, config: Any = None, **kwargs: Any):
+                        device_map: Any = None, progress: bool = True, config: Any = None,
+                        prepare_model: Any = None, **kwargs: Any):
         """Load a local Hugging Face-layout Gemma 4 checkpoint.
 
         dtype / torch_dtype: torch dtype, its name, or "auto"/None (= config.json's dtype, else the
@@ -67,6 +68,8 @@ class AutoModelForCausalLM:
         Other keyword arguments that are Gemma4Config fields override config.json values
         (e.g. `final_logit_softcapping=None`); transformers-only switches such as
         `trust_remote_code` or `attn_implementation` are accepted and ignored.
+        prepare_model: fn(model) run on the meta-device model before loading, e.g. to swap in modules
+        that load their own tensors (the load hook, docs/checkpoints.md).
         """
         from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
         from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
@@ -92,7 +95,8 @@ class AutoModelForCausalLM:
             base = config if config is not None else Gemma4Config.from_pretrained(path)
             config = dataclasses.replace(base, **overrides, source=os.fspath(path))
         return load_pretrained(Gemma4ForCausalLM, path, dtype=dtype, torch_dtype=torch_dtype, device=device,
-                               progress=progress, config=config)
+                               progress=progress, config=config,
+                               prepare_model=prepare_model)
 
     @staticmethod
     def from_config(config: Any, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None):

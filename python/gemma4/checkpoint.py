@@ -12,6 +12,13 @@ Loading (`load_pretrained`):
      the dtype or device differs (peak memory = model + one tensor), with a progress bar;
   4. `model.tie_weights()`, `model.init_non_persistent_buffers()`, `model.eval()`. Tied aliases
      (lm_head.weight) are kept out of to_empty() and re-tied, so they never get storage of their own.
+  Every floating-point tensor read is checked for NaN/inf (CheckpointError naming file and tensor).
+
+Load hook (vLLM's weight_loader / process_weights_after_loading): a submodule that defines
+`load_hf_tensor(name, tensor)` receives the checkpoint tensors under its name (name relative to it,
+tensor as stored: a fresh CPU tensor of the file's dtype) instead of having them copied into its
+state_dict; `expected_hf_tensors()` -> {name: shape or None} (default: its state_dict) says what it
+needs, and `finish_loading()` runs after the last tensor. docs/checkpoints.md has the contract.
 
 Key mapping (checkpoint -> model):
   model.language_model.X   -> model.X    Gemma4ForConditionalGeneration (all Google repos)
@@ -37,7 +44,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -51,6 +58,8 @@ __all__ = [
     "read_safetensors_header",
     "checkpoint_files",
     "map_checkpoint_key",
+    "hook_modules",
+    "check_finite",
     "SAFE_WEIGHTS_NAME",
     "SAFE_WEIGHTS_INDEX_NAME",
 ]
@@ -289,7 +298,8 @@ def resolve_dtype(dtype: Any, torch_dtype: Any, config: Gemma4Config,
 
 # ---------------------------------------------------------------------------------------- load
 def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, device: Any = None,
-                    torch_dtype: Any = None, progress: bool = True, config: Gemma4Config | None = None):
+                    torch_dtype: Any = None, progress: bool = True, config: Gemma4Config | None = None,
+                    prepare_model: Callable[[torch.nn.Module], Any] | None = None):
     """Build `model_cls(config)` from a Hugging Face-layout checkpoint directory.
 
     path: directory with config.json and model.safetensors, or shards + model.safetensors.index.json
@@ -297,6 +307,11 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
     dtype / torch_dtype: torch dtype, its name, "auto" or None (= "auto", as transformers).
     device: where the weights go (default "cpu"; "auto" = cuda when available).
     config: use this config instead of path/config.json.
+    prepare_model: called with the model while it is still on the meta device (already in the target
+        dtype), before the checkpoint is checked against it: it may replace modules (e.g. with
+        quantized linears implementing the load hook, see `load_hf_tensor` below and
+        docs/checkpoints.md). With it, a config.json carrying a `quantization_config` is not refused:
+        the preparer owns that decision.
     The model class must accept `model_cls(config)` and provide `tie_weights()` and
     `init_non_persistent_buffers()` (derived buffers such as RoPE frequencies).
     Raises CheckpointError / ConfigError (ValueError subclasses) naming the file and key.
@@ -308,7 +323,8 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
         if not os.path.isfile(config_file):
             raise CheckpointNotFoundError("checkpoint directory has no config.json", path)
         config = Gemma4Config.from_pretrained(config_file)
-        _refuse_quantized(config_file)
+        if prepare_model is None:
+            _refuse_quantized(config_file)
     entries = _read_headers(files, index)
     target_dtype = resolve_dtype(dtype, torch_dtype, config, entries)
     target_device = _resolve_device(device)
@@ -317,8 +333,11 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
     with torch.device("meta"):
         model = model_cls(config)
     model.to(target_dtype)
+    if prepare_model is not None:
+        prepare_model(model)
     aliases = _tied_aliases(model)
-    plan = _plan(model, config, entries, aliases, index or files[0])
+    hooks = hook_modules(model)
+    plan = _plan(model, config, entries, aliases, hooks, index or files[0])
 
     # to_empty() would give every tied alias (lm_head.weight) storage of its own, only for
     # tie_weights() to drop it again: an extra [V, H] at peak. Detach the aliases first.
@@ -333,9 +352,15 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
     with torch.no_grad(), tqdm(total=total, desc="Loading checkpoint", unit="tensor", disable=not progress) as bar:
         for file, items in plan.items():
             with open(file, "rb") as fh:
-                for ckpt_key, model_key in sorted(items, key=lambda item: entries[item[0]].offset):
-                    _read_into(fh, entries[ckpt_key], live[model_key])
+                for ckpt_key, model_key, owner in sorted(items, key=lambda item: entries[item[0]].offset):
+                    entry = entries[ckpt_key]
+                    if owner is None:
+                        _read_into(fh, entry, live[model_key])
+                    else:
+                        _deliver(hooks[owner], model_key[len(owner) + 1:], _read_tensor(fh, entry), entry)
                     bar.update(1)
+        for owner, module in hooks.items():
+            _finish(module, owner, index or files[0])
 
     if hasattr(model, "tie_weights"):
         model.tie_weights()
@@ -368,14 +393,17 @@ def _refuse_quantized(config_file: str) -> None:
 
 
 def _plan(model: torch.nn.Module, config: Gemma4Config, entries: dict[str, TensorEntry], aliases: dict[str, str],
-          where: str) -> dict[str, list[tuple[str, str]]]:
-    """Check the checkpoint against the (meta) model; return {file: [(checkpoint key, model key)]}.
+          hooks: dict[str, torch.nn.Module], where: str) -> dict[str, list[tuple[str, str, str | None]]]:
+    """Check the checkpoint against the (meta) model; return {file: [(checkpoint key, model key, owner)]}.
 
-    `where` names the checkpoint in errors about missing tensors (the single file or the index).
+    owner is the name of the hook module that receives the tensor (None: copied into the model's
+    own tensor). `where` names the checkpoint in errors about missing tensors (the single file or
+    the index).
     """
-    expected = model.state_dict(keep_vars=True)
+    expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if _owner(k, hooks) is None}
+    hooked = {prefix: _expected_hf_tensors(module, prefix) for prefix, module in hooks.items()}
     unused = _shared_kv_unused(config)
-    plan: dict[str, list[tuple[str, str]]] = {}
+    plan: dict[str, list[tuple[str, str, str | None]]] = {}
     found: dict[str, str] = {}  # model key -> checkpoint key
     unexpected: list[TensorEntry] = []
     for key in sorted(entries):
@@ -387,6 +415,21 @@ def _plan(model: torch.nn.Module, config: Gemma4Config, entries: dict[str, Tenso
             raise CheckpointError(f"tensor maps to {model_key!r} like {found[model_key]!r}; the checkpoint mixes the "
                                   "model.language_model. and model. prefixes", e.file, key)
         found[model_key] = key
+        owner = _owner(model_key, hooks)
+        if owner is not None:
+            shapes = hooked[owner]
+            local = model_key[len(owner) + 1:]
+            if local not in shapes:
+                unexpected.append(e)
+                continue
+            if shapes[local] is not None and tuple(shapes[local]) != e.shape:
+                raise CheckpointError(f"shape {list(e.shape)} in the checkpoint, {type(hooks[owner]).__name__} "
+                                      f"{owner!r} expects {list(shapes[local])} for {local!r}", e.file, key)
+            if e.dtype is None:
+                raise CheckpointError(f"dtype {e.dtype_code} has no torch equivalent in this torch version", e.file,
+                                      key)
+            plan.setdefault(e.file, []).append((key, model_key, owner))
+            continue
         if model_key not in expected:
             if not unused.match(model_key):
                 unexpected.append(e)
@@ -400,12 +443,14 @@ def _plan(model: torch.nn.Module, config: Gemma4Config, entries: dict[str, Tenso
                                   "quantized or integer checkpoints are not supported", e.file, key)
         if model_key in aliases:
             continue  # tied to its canonical tensor, which is loaded instead
-        plan.setdefault(e.file, []).append((key, model_key))
+        plan.setdefault(e.file, []).append((key, model_key, None))
     if unexpected:
         first = unexpected[0]
         raise CheckpointError(f"{len(unexpected)} tensor(s) the model does not have: "
                               f"{_summarise(e.key for e in unexpected)}", first.file, first.key)
     missing = [k for k in expected if k not in found and k not in aliases]
+    missing += [f"{prefix}.{local}" for prefix, shapes in hooked.items() for local in shapes
+                if f"{prefix}.{local}" not in found]
     if missing:
         raise CheckpointError(f"{len(missing)} tensor(s) the model needs are missing: {_summarise(missing)}",
                               where, missing[0])
@@ -413,7 +458,7 @@ def _plan(model: torch.nn.Module, config: Gemma4Config, entries: dict[str, Tenso
 
 
 def _read_into(fh, entry: TensorEntry, target: torch.Tensor) -> None:
-    """Copy one tensor's bytes from the open file into `target` (any dtype/device).
+    """Copy one tensor's bytes from the open file into `target` (any dtype/device): the default load.
 
     Plain reads, no memory map: a CPU target of the stored dtype is filled in place, anything else
     goes through one temporary host tensor. Peak extra memory is one tensor, and the process never
@@ -421,6 +466,20 @@ def _read_into(fh, entry: TensorEntry, target: torch.Tensor) -> None:
     """
     direct = target.device.type == "cpu" and target.dtype == entry.dtype and target.is_contiguous()
     host = target.detach() if direct else torch.empty(entry.shape, dtype=entry.dtype)
+    _read_bytes(fh, entry, host)
+    if not direct:
+        target.copy_(host)
+
+
+def _read_tensor(fh, entry: TensorEntry) -> torch.Tensor:
+    """One tensor as stored (dtype, shape), a fresh CPU tensor the caller may keep."""
+    host = torch.empty(entry.shape, dtype=entry.dtype)
+    _read_bytes(fh, entry, host)
+    return host
+
+
+def _read_bytes(fh, entry: TensorEntry, host: torch.Tensor) -> None:
+    """Fill the contiguous CPU tensor `host` with the entry's bytes; refuse NaN/inf in float tensors."""
     if entry.nbytes:
         view = memoryview(host.reshape(-1).view(torch.uint8).numpy())
         fh.seek(entry.offset)
@@ -431,8 +490,77 @@ def _read_into(fh, entry: TensorEntry, target: torch.Tensor) -> None:
                 raise CheckpointError(f"file ended after {done} of the tensor's {entry.nbytes} bytes (truncated while "
                                       "loading?)", entry.file, entry.key)
             done += got
-    if not direct:
-        target.copy_(host)
+    check_finite(host, entry.file, entry.key)
+
+
+def check_finite(tensor: torch.Tensor, source: str, key: str) -> None:
+    """CheckpointError naming the file and tensor when a floating-point tensor holds NaN or inf.
+
+    A single NaN weight turns every logit NaN; reading the file costs far more than this pass.
+    """
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        nan = int(torch.isnan(tensor).sum())
+        inf = int(torch.isinf(tensor).sum())
+        raise CheckpointError(f"holds non-finite values ({nan} NaN, {inf} inf of {tensor.numel()}); the file is "
+                              "corrupt or the weights diverged", source, key)
+
+
+# ---------------------------------------------------------------------------------------- load hook
+def hook_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """{qualified name: module} of the submodules that load their own checkpoint tensors.
+
+    A module opts in by defining `load_hf_tensor(name, tensor)`; only the outermost such module of
+    a subtree is called (its children's tensors are its own business). The root model cannot opt in.
+    """
+    hooks: dict[str, torch.nn.Module] = {}
+    for name, module in model.named_modules():
+        if name and callable(getattr(module, "load_hf_tensor", None)) and _owner(name, hooks) is None:
+            hooks[name] = module
+    return hooks
+
+
+def _owner(model_key: str, hooks: dict[str, torch.nn.Module]) -> str | None:
+    """The hook module whose subtree holds `model_key` ("a.b.c" -> "a.b" or "a"), or None."""
+    if not hooks:
+        return None
+    parts = model_key.split(".")
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i])
+        if prefix in hooks:
+            return prefix
+    return None
+
+
+def _expected_hf_tensors(module: torch.nn.Module, prefix: str) -> dict[str, tuple[int, ...] | None]:
+    """{local name: shape, or None for any} the hook module wants: `expected_hf_tensors()` if it defines
+    it, else its own state_dict (names and shapes)."""
+    fn = getattr(module, "expected_hf_tensors", None)
+    if fn is None:
+        return {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+    wanted = fn()
+    if not isinstance(wanted, dict) or not all(isinstance(k, str) for k in wanted):
+        raise TypeError(f"{type(module).__name__}.expected_hf_tensors() of {prefix!r} must return "
+                        f"{{name: shape or None}}, got {wanted!r}")
+    return dict(wanted)
+
+
+def _deliver(module: torch.nn.Module, name: str, tensor: torch.Tensor, entry: TensorEntry) -> None:
+    try:
+        module.load_hf_tensor(name, tensor)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{type(module).__name__}.load_hf_tensor({name!r}) refused it: {e}", entry.file,
+                              entry.key) from e
+
+
+def _finish(module: torch.nn.Module, owner: str, where: str) -> None:
+    finish = getattr(module, "finish_loading", None)
+    if finish is None:
+        return
+    try:
+        finish()
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{type(module).__name__}.finish_loading() of {owner!r} failed: {e}", where,
+                              owner) from e
 
 
 def _detach_aliases(model: torch.nn.Module, aliases: dict[str, str]) -> list[tuple[torch.nn.Module, str, str]]:

@@ -10,7 +10,11 @@ import torch
 import gemma4._native  # noqa: F401
 from gemma4.ops import reference
 from gemma4.ops.attention import attention
-from tests.helpers import assert_lowp_close, tight_tol
+from tests.helpers import assert_lowp_close, assert_same, tight_tol
+
+# Every test runs on each backend present (tests/ops/conftest.py), its inputs created there.
+pytestmark = pytest.mark.usefixtures("device")
+OPS = ("attention", "attention_backward")
 
 LOWP = (torch.bfloat16, torch.float16)
 
@@ -285,9 +289,6 @@ def _bad(**over):
     (dict(key_mask=torch.ones(2, 5)), "key_mask must be Bool"),
     (dict(key_mask=torch.ones(2, 4, dtype=torch.bool)), r"key_mask\.size\(1\)"),
     (dict(key_mask=torch.ones(2, 5, 1, dtype=torch.bool)), "key_mask must have 2 dimensions"),
-    (dict(q=torch.randn(2, 3, 4, 16)[..., ::2]), "q must have stride 1"),
-    (dict(k=torch.randn(2, 5, 2, 16)[..., ::2]), "k must have stride 1"),
-    (dict(v=torch.randn(2, 5, 2, 16)[..., ::2]), "v must have stride 1"),
     (dict(q=torch.randn(2, 3, 4, 520), k=torch.randn(2, 5, 2, 520), v=torch.randn(2, 5, 2, 520)), "head_dim"),
     (dict(k=torch.randn(2, 5, 2, 8, dtype=torch.float64)), "k must be Float"),
     (dict(v=torch.randn(2, 5, 2, 8).bfloat16()), "v must be Float"),
@@ -300,6 +301,18 @@ def test_bad_inputs(over, match):
     a = _bad(**over)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.gemma4.attention(a["q"], a["k"], a["v"], a["key_mask"], 1.0, 0)
+
+
+def test_strided_head_dim_is_copied():
+    """q/k/v/grad_out/out whose last dimension is not unit-stride: the op copies them, same bits."""
+    q, k, v = torch.randn(2, 3, 4, 16)[..., ::2], torch.randn(2, 5, 2, 16)[..., ::2], torch.randn(2, 5, 2, 16)[..., ::2]
+    qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
+    out, lse = torch.ops.gemma4.attention(q, k, v, None, 0.5, 0)
+    assert_same((out, lse), torch.ops.gemma4.attention(qc, kc, vc, None, 0.5, 0))
+    go = torch.randn(2, 3, 4, 16)[..., ::2]
+    out_s = torch.stack([out, out], -1)[..., 0]  # out's values, last stride 2
+    assert_same(torch.ops.gemma4.attention_backward(go, q, k, v, out_s, lse, None, 0.5, 0),
+                torch.ops.gemma4.attention_backward(go.contiguous(), qc, kc, vc, out, lse, None, 0.5, 0))
 
 
 def test_bad_backward_inputs():
@@ -319,3 +332,48 @@ def test_bad_backward_inputs():
         bwd(go, q, k, v, out, lse[..., :2], None, 1.0, 0)
     with pytest.raises(RuntimeError, match="nH|multiple of the k/v heads"):
         bwd(go, q, k[:, :, :1].repeat(1, 1, 3, 1), v[:, :, :1].repeat(1, 1, 3, 1), out, lse, None, 1.0, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("T,S", [(1, 90), (12, 12), (20, 150)])
+def test_nonfinite_masked_keys_do_not_contribute(dtype, T, S):
+    """NaN/inf in the K and V rows of padded keys (e.g. an fp16 overflow at a left-padding position)
+    change nothing: out, lse and the gradients equal those with the rows zeroed; the reference agrees."""
+    B, nH, nKV, hd = 2, 4, 2, 64
+    q, k, v = (torch.randn(B, n, h, hd).to(dtype) for n, h in ((T, nH), (S, nKV), (S, nKV)))
+    mask = torch.ones(B, S, dtype=torch.bool)
+    mask[0, : S - T] = False  # row 0 left-padded up to its first query
+    mask[1, torch.randperm(S)[: S // 3]] = False
+    bad_k, bad_v = k.clone(), v.clone()
+    pad = ~mask
+    for t, vals in ((bad_k, (float("nan"), float("inf"))), (bad_v, (float("-inf"), float("nan")))):
+        t[pad] = vals[0]
+        t[pad.nonzero()[::2].unbind(1)] = vals[1]
+    clean_k, clean_v = k.masked_fill(pad[..., None, None], 0), v.masked_fill(pad[..., None, None], 0)
+    go = torch.randn(B, T, nH, hd).to(dtype)
+    for window in (0, 7):
+        out, lse = torch.ops.gemma4.attention(q, bad_k, bad_v, mask, 0.125, window)
+        out_c, lse_c = torch.ops.gemma4.attention(q, clean_k, clean_v, mask, 0.125, window)
+        torch.testing.assert_close(out, out_c, **tight_tol(torch.float32))
+        torch.testing.assert_close(lse, lse_c, **tight_tol(torch.float32))
+        ref_out, ref_lse = reference.attention(q, bad_k, bad_v, mask, 0.125, window)
+        torch.testing.assert_close(ref_out, reference.attention(q, clean_k, clean_v, mask, 0.125, window)[0])
+        grads = torch.ops.gemma4.attention_backward(go, q, bad_k, bad_v, out, lse, mask, 0.125, window)
+        grads_c = torch.ops.gemma4.attention_backward(go, q, clean_k, clean_v, out_c, lse_c, mask, 0.125, window)
+        for g, gc in zip(grads, grads_c):
+            torch.testing.assert_close(g, gc, **tight_tol(torch.float32))
+
+
+def test_reference_normalises_huge_scores():
+    """reference.attention in float32 with scores near 1e37 matches its float64 evaluation (the
+    probabilities still sum to one), and a fully masked row still gives zeros."""
+    B, T, S, nH, hd = 1, 5, 9, 2, 8
+    q, k, v = torch.randn(B, T, nH, hd, dtype=torch.float64), torch.randn(B, S, 1, hd, dtype=torch.float64), \
+        torch.randn(B, S, 1, hd, dtype=torch.float64)
+    mask = torch.ones(B, S, dtype=torch.bool)
+    mask[0, :6] = False  # query 0 (key index 4) sees nothing
+    scale = 1e36 / (q.abs().max() * k.abs().max() * hd).item()
+    out32, _ = reference.attention(q.float(), k.float(), v.float(), mask, scale, 0)
+    out64, _ = reference.attention(q, k, v, mask, scale, 0)
+    torch.testing.assert_close(out32.double(), out64, **tight_tol(torch.float32))
+    assert (out32[0, 0] == 0).all()

@@ -10,9 +10,11 @@ import torch
 
 from gemma4 import _native  # noqa: F401  (loads the operator library)
 
+from . import _fake_checks as chk
+
 __all__ = ["gated_activation"]
 
-_ACTIVATIONS = ("gelu_tanh", "gelu_pytorch_tanh", "silu")  # as csrc/common/activation_math.h
+_ACTIVATIONS = ("gelu_tanh", "gelu_pytorch_tanh", "silu")  # as parse_activation in csrc/common/checks.h
 
 
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, activation: str = "gelu_tanh") -> torch.Tensor:
@@ -29,25 +31,35 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, activation: str = "ge
     Returns:
         ``[..., I]`` in the inputs' dtype. Differentiable in ``gate`` and ``up``.
     """
-    return torch.ops.gemma4.gated_activation(gate.contiguous(), up.contiguous(), activation)
+    return torch.ops.gemma4.gated_activation(gate, up, activation)
 
 
-def _check_activation(op: str, activation: str) -> None:
-    # The same error as the C++ kernel, raised while tracing too (the fake kernels run no C++).
+def check_activation(op: str, activation: str) -> None:
+    """The C++ parse_activation's error, for the fake kernels (moe_experts' too)."""
     if activation not in _ACTIVATIONS:
-        raise RuntimeError(f'{op}: activation must be "gelu_tanh" or "silu", got "{activation}"')
+        chk.fail(op, f'activation must be "gelu_tanh" or "silu", got "{activation}"')
+
+
+def _check(op, gate, up, activation, grad_out=None):
+    """activation_checks.h's checks, for the fake kernels."""
+    check_activation(op, activation)
+    chk.same_device(op, gate, up=up, grad_out=grad_out)
+    chk.floating(op, "gate", gate)
+    chk.like(op, "up", up, "gate", gate)
+    if grad_out is not None:
+        chk.like(op, "grad_out", grad_out, "gate", gate)
 
 
 @torch.library.register_fake("gemma4::gated_activation")
 def _gated_activation_fake(gate, up, activation):
-    _check_activation("gemma4::gated_activation", activation)
-    return torch.empty_like(gate)
+    _check("gemma4::gated_activation", gate, up, activation)
+    return gate.new_empty(gate.shape)
 
 
 @torch.library.register_fake("gemma4::gated_activation_backward")
 def _gated_activation_backward_fake(grad_out, gate, up, activation):
-    _check_activation("gemma4::gated_activation_backward", activation)
-    return torch.empty_like(gate), torch.empty_like(up)
+    _check("gemma4::gated_activation_backward", gate, up, activation, grad_out)
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -58,7 +70,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     gate, up = ctx.saved_tensors
-    grad_gate, grad_up = torch.ops.gemma4.gated_activation_backward(grad_out.contiguous(), gate, up, ctx.activation)
+    grad_gate, grad_up = torch.ops.gemma4.gated_activation_backward(grad_out, gate, up, ctx.activation)
     return grad_gate, grad_up, None
 
 

@@ -11,6 +11,8 @@ import torch
 
 from gemma4 import _native  # noqa: F401  (loads the operator library)
 
+from . import _fake_checks as chk
+
 __all__ = ["attention"]
 
 
@@ -54,8 +56,38 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_MAX_HEAD_DIM = 512  # as kMaxHeadDim in csrc/attention/attention_checks.h
+
+
+def _check(op, q, k, v, key_mask):
+    """attention_checks.h's checks of the forward's arguments, for the fake kernels."""
+    chk.same_device(op, q, k=k, v=v, key_mask=key_mask)
+    chk.floating(op, "q", q)
+    chk.dtype(op, "k", k, q.dtype)
+    chk.dtype(op, "v", v, q.dtype)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        chk.dim(op, name, t, 4)
+    chk.size(op, "k", k, 0, q.shape[0])
+    chk.size(op, "k", k, 3, q.shape[3])
+    for d in range(4):
+        chk.size(op, "v", v, d, k.shape[d])
+    T, nH, hd, S, nKV = q.shape[1], q.shape[2], q.shape[3], k.shape[1], k.shape[2]
+    if S < T:
+        chk.fail(op, f"k/v length S (k.size(1) = {S}) must be >= the query length T (q.size(1) = {T})")
+    if nKV == 0 or nH % nKV:
+        chk.fail(op, f"q heads (q.size(2) = {nH}) must be a multiple of the k/v heads (k.size(2) = {nKV})")
+    if not 1 <= hd <= _MAX_HEAD_DIM:
+        chk.fail(op, f"head_dim (q.size(3)) must be in [1, {_MAX_HEAD_DIM}], got {hd}")
+    if key_mask is not None:
+        chk.dtype(op, "key_mask", key_mask, torch.bool)
+        chk.dim(op, "key_mask", key_mask, 2)
+        chk.size(op, "key_mask", key_mask, 0, q.shape[0])
+        chk.size(op, "key_mask", key_mask, 1, S)
+
+
 @torch.library.register_fake("gemma4::attention")
 def _attention_fake(q, k, v, key_mask, scale, window):
+    _check("gemma4::attention", q, k, v, key_mask)
     B, T, nH, hd = q.shape
     out = q.new_empty((B, T, nH, hd))
     lse = q.new_empty((B, nH, T), dtype=_lse_dtype(q.dtype))
@@ -64,6 +96,18 @@ def _attention_fake(q, k, v, key_mask, scale, window):
 
 @torch.library.register_fake("gemma4::attention_backward")
 def _attention_backward_fake(grad_out, q, k, v, out, lse, key_mask, scale, window):
+    op = "gemma4::attention_backward"
+    _check(op, q, k, v, key_mask)
+    chk.same_device(op, q, grad_out=grad_out, out=out, lse=lse)
+    for name, t in (("grad_out", grad_out), ("out", out)):
+        chk.dtype(op, name, t, q.dtype)
+        chk.dim(op, name, t, 4)
+        for d in range(4):
+            chk.size(op, name, t, d, q.shape[d])
+    chk.dtype(op, "lse", lse, _lse_dtype(q.dtype))
+    chk.dim(op, "lse", lse, 3)
+    for d, want in enumerate((q.shape[0], q.shape[2], q.shape[1])):
+        chk.size(op, "lse", lse, d, want)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 

@@ -51,18 +51,33 @@ def attention(q, k, v, key_mask=None, scale: float = 1.0, window: int = 0):
     allowed = allowed[None, None]  # [1, 1, T, S]
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :].bool()
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)  # [B, nH, T]
-    probs = torch.exp(scores - lse[..., None]).nan_to_num(0.0)  # fully masked rows -> 0
-    out = (probs @ vf).transpose(1, 2)  # [B, T, nH, hd]
+    scores = scores.masked_fill(~allowed, float("-inf"))  # a masked key's score never counts, NaN or not
+    lse = torch.logsumexp(scores, dim=-1)  # [B, nH, T]; -inf where nothing is visible
+    # softmax normalises with the row maximum (stable for huge scores); a row that sees nothing gets
+    # zeros, while a NaN among visible scores still makes its row NaN.
+    visible = allowed.expand(B, nH, T, S).any(-1, keepdim=True)  # [B, nH, T, 1]
+    probs = torch.where(visible, torch.softmax(scores, dim=-1), 0.0)
+    if torch.isfinite(vf).all():
+        out = probs @ vf  # [B, nH, T, hd]
+    else:  # a non-finite value at a masked key must not contribute (0 * inf would): sum visible keys only
+        out = torch.where(allowed[..., None], probs[..., None] * vf[:, :, None], 0.0).sum(-2)
+    out = out.transpose(1, 2)  # [B, T, nH, hd]
     return out.to(q.dtype).contiguous(), lse.to(torch.float32 if acc == torch.float32 else acc)
+
+
+def _gelu_tanh(u: torch.Tensor) -> torch.Tensor:
+    """0.5 u (1 + tanh(z)) written as u * sigmoid(2 z), z = sqrt(2/pi) (u + 0.044715 u^3): the same
+    function without the cancellation of 1 + tanh(z) for negative u (transformers' form loses all
+    relative accuracy near u = -7)."""
+    z = 0.7978845608028654 * (u + 0.044715 * u * u * u)
+    return u * torch.sigmoid(2 * z)
 
 
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, activation: str = "gelu_tanh") -> torch.Tensor:
     acc = _acc(gate)
     g = gate.to(acc)
     if activation == "gelu_tanh":
-        a = F.gelu(g, approximate="tanh")
+        a = _gelu_tanh(g)
     elif activation == "silu":
         a = F.silu(g)
     else:

@@ -9,6 +9,8 @@ import torch
 
 from gemma4 import _native  # noqa: F401  (loads the operator library)
 
+from . import _fake_checks as chk
+
 __all__ = ["rope"]
 
 
@@ -28,17 +30,39 @@ def rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> to
     Returns:
         ``[B, T, nH, hd]`` in ``x.dtype``. Differentiable in ``x`` (the backward rotates by ``-a``).
     """
-    return torch.ops.gemma4.rope(x.contiguous(), positions.contiguous(), inv_freq.contiguous())
+    return torch.ops.gemma4.rope(x, positions, inv_freq)
+
+
+def _check(op, xname, x, positions, inv_freq):
+    """rope_checks.h's checks, for the fake kernels."""
+    chk.same_device(op, x, positions=positions, inv_freq=inv_freq)
+    chk.floating(op, xname, x)
+    chk.dim(op, xname, x, 4)
+    if x.shape[3] % 2:
+        chk.fail(op, f"{xname}.size(3) (head_dim) must be even, got shape {list(x.shape)}")
+    chk.dtype(op, "positions", positions, torch.int64)
+    chk.dim(op, "positions", positions, 2)
+    if positions.shape[0] not in (1, x.shape[0]):
+        chk.fail(op, f"positions.size(0) must be 1 or {xname}.size(0) = {x.shape[0]}, got shape "
+                     f"{list(positions.shape)}")
+    if positions.shape[1] != x.shape[1]:
+        chk.fail(op, f"positions.size(1) must be {xname}.size(1) = {x.shape[1]}, got shape {list(positions.shape)}")
+    chk.dtype(op, "inv_freq", inv_freq, torch.float32)
+    chk.dim(op, "inv_freq", inv_freq, 1)
+    if inv_freq.shape[0] != x.shape[3] // 2:
+        chk.fail(op, f"inv_freq must have head_dim/2 = {x.shape[3] // 2} elements, got shape {list(inv_freq.shape)}")
 
 
 @torch.library.register_fake("gemma4::rope")
 def _rope_fake(x, positions, inv_freq):
-    return torch.empty_like(x)
+    _check("gemma4::rope", "x", x, positions, inv_freq)
+    return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("gemma4::rope_backward")
 def _rope_backward_fake(grad_out, positions, inv_freq):
-    return torch.empty_like(grad_out)
+    _check("gemma4::rope_backward", "grad_out", grad_out, positions, inv_freq)
+    return grad_out.new_empty(grad_out.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -48,7 +72,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     positions, inv_freq = ctx.saved_tensors
-    return torch.ops.gemma4.rope_backward(grad_out.contiguous(), positions, inv_freq), None, None
+    return torch.ops.gemma4.rope_backward(grad_out, positions, inv_freq), None, None
 
 
 torch.library.register_autograd("gemma4::rope", _backward, setup_context=_setup_context)

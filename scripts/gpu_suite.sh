@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# On a CUDA machine: build with CUDA kernels, run the whole test suite (CUDA tests included), then the
+# GPU benchmarks. Logs and results go to $OUT when set (a lent machine's return folder), else build/gpu-suite.
+#   scripts/gpu_suite.sh            # build + tests + benchmarks
+#   SKIP_BENCH=1 scripts/gpu_suite.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-build/gpu-suite}
+mkdir -p "$out"
+jobs=${MAX_JOBS:-$(nproc)}
+py=$(command -v python3)
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+} > "$out/gpu.txt" 2>&1
+cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$py" -DGEMMA4_CUDA=ON \
+  > "$out/build.log" 2>&1 && ninja -C build/gpu -j "$jobs" >> "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+export GEMMA4_LIB_DIR=$PWD/build/gpu PYTHONPATH=$PWD/python:$PWD
+export GEMMA4_TEST_THREADS=${GEMMA4_TEST_THREADS:-4} PYTHONUNBUFFERED=1
+"$py" -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-4}" tests > "$out/tests.log" 2>&1
+tail -5 "$out/tests.log"
+grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -30
+if [ -z "${SKIP_BENCH:-}" ]; then
+  for b in benchmarks/gpu/bench_*.py; do
+    echo "== $b"; "$py" "$b" 2>&1 | grep -v Warning | tail -25
+  done > "$out/bench.log" 2>&1
+  grep -v "^ " "$out/bench.log" | tail -60
+fi
