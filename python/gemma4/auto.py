@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
 from .config import Gemma4Config
+from .devices import parse_device, parse_dtype
 
 __all__ = ["AutoConfig", "AutoModelForCausalLM"]
 
@@ -80,9 +79,10 @@ class AutoModelForCausalLM:
             if isinstance(device_map, dict):
                 raise ValueError("device_map as a dict (splitting the model over devices) is not supported; pass "
                                  "one device, e.g. device='cuda'")
-            if device is not None and torch.device(device) != torch.device(_auto(device_map)):
+            if device is not None and parse_device(device) != parse_device(device_map, "device_map"):
                 raise ValueError(f"device={device!r} and device_map={device_map!r} disagree")
             device = device if device is not None else device_map
+        device = parse_device(device, "device" if device_map is None else "device_map")
         if kwargs.pop("use_safetensors", None) is False:
             raise ValueError("gemma4 loads safetensors only (use_safetensors=False would mean unpickling)")
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in Gemma4Config.__dataclass_fields__}
@@ -115,16 +115,10 @@ class AutoModelForCausalLM:
         config = _config_from(config)
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree")
-        dtype = dtype if dtype is not None else torch_dtype
-        if isinstance(dtype, str):
-            dtype = config.torch_dtype if dtype == "auto" else getattr(torch, dtype)
+        dtype = parse_dtype(dtype if dtype is not None else torch_dtype, auto=config.torch_dtype)
+        device = None if device is None else parse_device(device)
         model = Gemma4ForCausalLM(config)
         if dtype is not None or device is not None:
-            model = model.to(device=None if device is None else torch.device(_auto(device)), dtype=dtype)
+            model = model.to(device=device, dtype=dtype)
         return model
 
-
-def _auto(device: Any) -> Any:
-    if isinstance(device, str) and device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

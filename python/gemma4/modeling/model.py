@@ -12,6 +12,8 @@ from gemma4.lora.adapters import AdapterMixin
 
 from .decoder import Gemma4DecoderLayer
 from .embedding import Gemma4ScaledEmbedding
+from .init import init_weights_
+from .inputs import check_token_ids
 from .loss import IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
 from .norm import Gemma4RMSNorm
 
@@ -95,6 +97,7 @@ class Gemma4TextModel(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
+            check_token_ids(input_ids, self.config.vocab_size)  # ArgumentError naming the id
             inputs_embeds = self.embed_tokens(input_ids)  # [B,T,H]
         B, T, _ = inputs_embeds.shape
         ple = None
@@ -148,14 +151,7 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         """Fresh random weights as transformers initialises them (normal(0, std); norms and scales 1)."""
         if self.model.embed_tokens.weight.is_meta:
             return
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("router.scale") or name.endswith("per_expert_scale"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, std)
-        for name, b in self.named_buffers():
-            if name.endswith("layer_scalar"):
-                b.fill_(1.0)
+        init_weights_(self, std)
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "Gemma4ForCausalLM":
