@@ -110,10 +110,7 @@ def write_quantization_config(model, path: str | os.PathLike) -> None:
     """Add ``quantization_config`` to a saved model's config.json (after checkpoint.save_pretrained)."""
     from torch import nn  # noqa: PLC0415
 
-    from .modules import QuantExperts, QuantLinear  # noqa: PLC0415
-
-    ignore = [name for name, m in model.named_modules()
-              if type(m) is nn.Linear and not isinstance(m, (QuantLinear, QuantExperts))]
+    ignore = [name for name, m in model.named_modules() if type(m) is nn.Linear]  # quantized ones are not nn.Linear
     file = os.path.join(os.fspath(path), "config.json")
     with open(file, encoding="utf-8") as f:
         raw = json.load(f)
@@ -126,9 +123,7 @@ def write_quantization_config(model, path: str | os.PathLike) -> None:
 def compressed_tensors_state_dict(model):
     """Within the block, model.state_dict() gives the quantized modules' tensors under compressed-tensors
     names (what save_pretrained writes)."""
-    from .modules import QuantExperts, QuantLinear  # noqa: PLC0415
-
-    quantized = [m for m in model.modules() if isinstance(m, (QuantLinear, QuantExperts))]
+    quantized = [m for m in model.modules() if hasattr(m, "save_as_compressed_tensors")]  # (modules.py)
     for m in quantized:
         m.save_as_compressed_tensors = True
     try:
