@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .config import SUPPORTED_DTYPES, Gemma4Config
+from .devices import parse_device
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from .hf_format.config_json import CONFIG_NAME, read_json_object
 from .hf_format.keys import map_checkpoint_key, shared_kv_unused_pattern
@@ -233,7 +234,7 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
     entries = _read_headers(files, index)
     _check_layer_count(config, entries)
     target_dtype = resolve_dtype(dtype, torch_dtype, config, entries)
-    target_device = _resolve_device(device)
+    target_device = parse_device(device)
 
     # The model gets its own copy, with the loaded dtype (as transformers records it); the caller's
     # config is left as it was.
@@ -298,14 +299,6 @@ def _check_layer_count(config: Gemma4Config, entries: dict[str, TensorEntry]) ->
         held = f"layers 0-{max(layers)}" if layers == set(range(max(layers) + 1)) else f"{len(layers)} layer indices"
         raise ConfigError(f"is {config.num_hidden_layers} but the checkpoint holds {held}",
                           getattr(config, "_source", None), "num_hidden_layers")
-
-
-def _resolve_device(device: Any) -> torch.device:
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _refuse_quantized(config_file: str) -> None:

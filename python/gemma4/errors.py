@@ -14,6 +14,9 @@ __all__ = [
     "CheckpointNotFoundError",
     "AdapterError",
     "AdapterNotFoundError",
+    "AdapterConfigError",
+    "ArgumentError",
+    "ArgumentTypeError",
 ]
 
 
@@ -70,3 +73,18 @@ class AdapterError(_LocatedError):
 
 class AdapterNotFoundError(AdapterError, FileNotFoundError):
     """The adapter directory or one of its files does not exist."""
+
+
+class AdapterConfigError(AdapterError):
+    """A LoRA adapter config (adapter_config.json or a LoraConfig) with a value of the wrong type or form."""
+
+    default_source = "<adapter config>"
+    key_kind = "key"
+
+
+class ArgumentError(Gemma4Error, ValueError):
+    """A bad argument to a gemma4 call (generate, forward, a tokenizer method); the message names it."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type (also a TypeError, as Python's convention asks)."""
