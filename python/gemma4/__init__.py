@@ -15,6 +15,8 @@ _EXPORTS = {
     "Gemma4ForCausalLM": "gemma4.modeling",
     "CausalLMOutput": "gemma4.modeling",
     "LoraConfig": "gemma4.lora",
+    "QuantizationConfig": "gemma4.quant",
+    "quantize": "gemma4.quant",
     "PRESETS": "gemma4.presets",
     "get_preset": "gemma4.presets",
     "AutoTokenizer": "gemma4.tokenization",

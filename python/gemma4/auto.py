@@ -58,7 +58,7 @@ class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None,
                         device_map: Any = None, progress: bool = True, config: Any = None,
-                        prepare_model: Any = None, **kwargs: Any):
+                        prepare_model: Any = None, quantization_config: Any = None, **kwargs: Any):
         """Load a local Hugging Face-layout Gemma 4 checkpoint.
 
         dtype / torch_dtype: torch dtype, its name, or "auto"/None (= config.json's dtype, else the
@@ -69,6 +69,8 @@ class AutoModelForCausalLM:
         `trust_remote_code` or `attn_implementation` are accepted and ignored.
         prepare_model: fn(model) run on the meta-device model before loading, e.g. to swap in modules
         that load their own tensors (the load hook, docs/checkpoints.md).
+        quantization_config: a gemma4.QuantizationConfig to quantize while loading (docs/quantization.md);
+        a compressed-tensors checkpoint is read quantized without it.
         """
         from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
         from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
@@ -94,9 +96,11 @@ class AutoModelForCausalLM:
 
             base = config if config is not None else Gemma4Config.from_pretrained(path)
             config = dataclasses.replace(base, **overrides, source=os.fspath(path))
+        from gemma4.quant.loading import resolve_preparer  # noqa: PLC0415
+
         return load_pretrained(Gemma4ForCausalLM, path, dtype=dtype, torch_dtype=torch_dtype, device=device,
                                progress=progress, config=config,
-                               prepare_model=prepare_model)
+                               prepare_model=resolve_preparer(path, quantization_config, prepare_model))
 
     @staticmethod
     def from_config(config: Any, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None):

@@ -2,8 +2,9 @@
 
 Loading (`load_pretrained`):
   1. read config.json (`Gemma4Config.from_pretrained`; both the nested "gemma4" and flat
-     "gemma4_text" forms) and every safetensors header (our own parser: truncated or corrupt files
-     are reported before any memory is touched);
+     "gemma4_text" forms) and every safetensors header (gemma4.hf_format.safetensors: truncated or
+     corrupt files are reported before any memory is touched); check num_hidden_layers against the
+     layers the tensors hold, before anything is built;
   2. map checkpoint names to model names (explicit table below) and check every key, shape and
      dtype against the model built on the meta device: one CheckpointError lists everything missing
      or unexpected;
@@ -12,6 +13,7 @@ Loading (`load_pretrained`):
      the dtype or device differs (peak memory = model + one tensor), with a progress bar;
   4. `model.tie_weights()`, `model.init_non_persistent_buffers()`, `model.eval()`. Tied aliases
      (lm_head.weight) are kept out of to_empty() and re-tied, so they never get storage of their own.
+     The model gets a copy of the config (with the loaded dtype); a config passed in is not modified.
   Every floating-point tensor read is checked for NaN/inf (CheckpointError naming file and tensor).
 
 Load hook (vLLM's weight_loader / process_weights_after_loading): a submodule that defines
@@ -20,11 +22,12 @@ tensor as stored: a fresh CPU tensor of the file's dtype) instead of having them
 state_dict; `expected_hf_tensors()` -> {name: shape or None} (default: its state_dict) says what it
 needs, and `finish_loading()` runs after the last tensor. docs/checkpoints.md has the contract.
 
-Key mapping (checkpoint -> model):
+Key mapping (checkpoint -> model; gemma4.hf_format.keys):
   model.language_model.X   -> model.X    Gemma4ForConditionalGeneration (all Google repos)
   model.X                  -> model.X    Gemma4ForCausalLM (text-only saves)
   lm_head.weight           -> lm_head.weight (optional when tied to model.embed_tokens.weight)
-  model.vision_tower.*, model.embed_vision.*, model.audio_tower.*, model.embed_audio.*: skipped
+  model.vision_tower.*, model.embed_vision.*, model.audio_tower.*, model.embed_audio.*,
+  model.multi_modal_projector.* (hf_format.keys.MULTIMODAL_PREFIXES): skipped
   model.layers.{i}.self_attn.{k_proj,v_proj,k_norm,v_norm}.* of KV-shared layers i: skipped
       (Google's E2B/E4B uploads carry these unused tensors; transformers ignores them too)
 

@@ -14,8 +14,8 @@ from .decoder import Gemma4DecoderLayer
 from .embedding import Gemma4ScaledEmbedding
 from .init import init_weights_
 from .inputs import check_token_ids
-from .loss import IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
 from .linear import Linear
+from .loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
 from .norm import Gemma4RMSNorm
 
 
@@ -157,7 +157,10 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "Gemma4ForCausalLM":
         from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
+        from gemma4.quant.loading import resolve_preparer  # noqa: PLC0415
 
+        kwargs["prepare_model"] = resolve_preparer(path, kwargs.pop("quantization_config", None),
+                                                   kwargs.pop("prepare_model", None))
         return load_pretrained(cls, path, **kwargs)
 
     @classmethod
@@ -171,7 +174,13 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         if self.peft_config:
             raise ValueError(f"the model carries LoRA adapters {sorted(self.peft_config)}: save them with "
                              "save_adapter(path), or the merged model with merge_and_unload().save_pretrained(path)")
-        save_pretrained(self, path, **kwargs)
+        if getattr(self, "quantization_config", None) is None:
+            return save_pretrained(self, path, **kwargs)
+        from gemma4.quant import compressed_tensors  # noqa: PLC0415  (quantized: pack-quantized tensors)
+
+        with compressed_tensors.compressed_tensors_state_dict(self):
+            save_pretrained(self, path, **kwargs)
+        compressed_tensors.write_quantization_config(self, path)
 
     @property
     def device(self) -> torch.device:
@@ -200,7 +209,7 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         if labels is not None and torch.is_grad_enabled():
             # Training: the loss goes through the head chunk by chunk and [tokens, V] logits are never
             # materialised (.logits is None). Same value and gradients as transformers' loss.
-            loss = chunked_causal_lm_loss(hidden, self.lm_head.weight, labels, cap, self.loss_chunk_size)
+            loss = chunked_causal_lm_loss(hidden, self.lm_head, labels, cap, self.loss_chunk_size)
             return CausalLMOutput(logits=None, loss=loss, past_key_values=cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -247,7 +256,7 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         return total / (targets != IGNORE_INDEX).sum()
 
     # ---- training ----
-    loss_chunk_size = 1024  # tokens per chunk of the head + cross-entropy
+    loss_chunk_size = DEFAULT_CHUNK_SIZE  # tokens per chunk of the head + cross-entropy (modeling/loss.py)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each decoder layer in backward instead of keeping its activations."""

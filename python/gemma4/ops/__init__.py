@@ -9,6 +9,7 @@ from .attention import attention
 from .linear import linear
 from .moe import moe_experts, moe_route
 from .norm import rms_norm
+from .quant import qgemm
 from .rope import rope
 
-__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "linear"]
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "qgemm", "linear"]
