@@ -137,7 +137,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     import gemma4  # noqa: F401,PLC0415  (the operators; a stale build says "rebuild")
-    from gemma4.demo import build_random_model  # noqa: PLC0415
+    from gemma4.modeling.random_model import build_random_model  # noqa: PLC0415
 
     machine = machine_info(args.threads)
     print(describe(machine))

@@ -127,7 +127,7 @@ def build_models(impl: str, dtype_name: str, seed: int, loss_chunk_size: int | N
     """(model, trainable params, call(ids) -> loss) for ours or transformers + PEFT."""
     import torch  # noqa: PLC0415
 
-    from gemma4.demo import build_random_model  # noqa: PLC0415
+    from gemma4.modeling.random_model import build_random_model  # noqa: PLC0415
 
     dtype = getattr(torch, dtype_name)
     if impl == "ours":

@@ -42,4 +42,10 @@ TORCH_LIBRARY(gemma4, m) {
   m.def("moe_experts(Tensor x, Tensor weights, Tensor indices, Tensor gate_up, Tensor down, str activation) -> Tensor");
   // (grad_x, grad_weights, grad_gate_up, grad_down) of moe_experts.
   m.def("moe_experts_backward(Tensor grad_out, Tensor x, Tensor weights, Tensor indices, Tensor gate_up, Tensor down, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Weight-only quantized linear y = x @ (q * scale)^T (+ bias), float32 accumulation: x [..., K] fp32/bf16/fp16,
+  // qweight uint8 [N,K/2] (int4 as q+8, Q4_0 nibble order) or int8 [N,K], scales [N, K/group], bias [N] in x.dtype.
+  m.def("qgemm(Tensor x, Tensor qweight, Tensor scales, Tensor? bias) -> Tensor");
+  // CPU qgemm instruction set: "" reports it, "auto" | "avx2" | "avx512" selects it (tests run each path).
+  m.def("qgemm_cpu_isa(str request) -> str");
 }

@@ -97,7 +97,7 @@ def load_model(spec: str, dtype: str, device: str, seed: int):
         model = gemma4.AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, device=device)
         return model, spec
     if spec in gemma4.PRESETS:
-        from gemma4.demo import build_random_model  # noqa: PLC0415
+        from gemma4.modeling.random_model import build_random_model  # noqa: PLC0415
 
         torch_dtype = torch.float32 if dtype == "auto" else DTYPES[dtype]
         model = build_random_model(spec, torch_dtype, seed=seed).to(device)

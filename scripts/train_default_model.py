@@ -18,7 +18,7 @@ Steps, all deterministic for a given --seed (and --threads: float sums depend on
    <|turn> 105, <turn|> 106, "\\n" 107; the other ids below 107 are <unusedN> placeholders); the
    multimodal tokens (real ids ~256k) move to 108-114, the 256 byte tokens <0x00>..<0xFF> follow,
    then the learned pieces. tokenizer_class GemmaTokenizer, a "<bos> $A" post-processor and the
-   Gemma-4-style chat template of gemma4.chat_templates.
+   Gemma-4-style chat template of gemma4.tokenization (GEMMA4_CHAT_TEMPLATE).
 3. Model: a Gemma 4 text decoder at toy width (6 layers: 4 sliding (window 64) + 2 full, the last
    two KV-shared with a double-wide MLP, per-layer embeddings of width 32, tied embeddings, final
    logit soft-capping), about 3 M parameters.
@@ -51,6 +51,15 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+try:
+    import gemma4  # noqa: F401
+except ImportError:  # a checkout without an install: python/ holds the package
+    sys.path.insert(0, str(ROOT / "python"))
+from gemma4.tokenization.gemma4_format import CONTROL_TOKENS as GEMMA_CONTROL  # noqa: E402
+from gemma4.tokenization.gemma4_format import MODEL_SPECIFIC_TOKENS as MODEL_SPECIFIC  # noqa: E402
+from gemma4.tokenization.gemma4_format import MULTIMODAL_TOKENS as MULTIMODAL  # noqa: E402
+from gemma4.tokenization.gemma4_format import NEWLINE_ID  # noqa: E402
+
 DEFAULT_OUT = ROOT / "python" / "gemma4" / "default_model"
 DEB_PACKAGE = "r-cran-janeaustenr"
 INSTALLED_RDATA = Path("/usr/lib/R/site-library/janeaustenr/data/Rdata")
@@ -210,18 +219,8 @@ def load_corpus(deb: str | None, cache: Path, val_fraction: float = 0.02):
 
 # ------------------------------------------------------------------------------------- tokenizer
 
-GEMMA_CONTROL = {
-    0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>",
-    46: "<|tool>", 47: "<tool|>", 48: "<|tool_call>", 49: "<tool_call|>",
-    50: "<|tool_response>", 51: "<tool_response|>", 52: '<|"|>',
-    98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>",
-}
-NEWLINE_ID = 107
-MULTIMODAL = ["<|image>", "<|audio>", "<|image|>", "<|audio|>", "<image|>", "<audio|>", "<|video|>"]  # 108-114
-MODEL_SPECIFIC = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
-                  "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>",
-                  "video_token": "<|video|>"}
-
+# Gemma 4's special-token table is the package's (gemma4.tokenization.gemma4_format); the multimodal tokens
+# move to ids 108-114 here.
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """Gemma-style BPE: learned pieces after Gemma 4's control tokens, the multimodal tokens and 256 bytes."""
@@ -267,7 +266,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def save_tokenizer(tok, added, out: Path) -> None:
-    from gemma4.chat_templates import GEMMA4_CHAT_TEMPLATE  # noqa: PLC0415
+    from gemma4.tokenization import GEMMA4_CHAT_TEMPLATE  # noqa: PLC0415
 
     tok.save(str(out / "tokenizer.json"))
     config = {
@@ -287,49 +286,11 @@ def save_tokenizer(tok, added, out: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- model
 
-S, F = "sliding_attention", "full_attention"
-
-
 def model_config(vocab_size: int) -> dict:
-    return {
-        "model_type": "gemma4_text",
-        "architectures": ["Gemma4ForCausalLM"],
-        "vocab_size": vocab_size,
-        "hidden_size": 128,
-        "intermediate_size": 512,           # 1024 on the KV-shared layers 4-5 (double-wide)
-        "num_hidden_layers": 6,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "global_head_dim": 64,
-        "num_global_key_value_heads": None,
-        "attention_k_eq_v": False,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": [1, 106],
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": {
-            S: {"rope_type": "default", "rope_theta": 10000.0},
-            F: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
-        },
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 64,
-        "layer_types": [S, S, F, S, S, F],  # KV-shared 4 (sliding) and 5 (full) read layers 3 and 2
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": None,
-        "vocab_size_per_layer_input": vocab_size,
-        "hidden_size_per_layer_input": 32,
-        "num_kv_shared_layers": 2,
-        "use_double_wide_mlp": True,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
-    }
+    """The "default" preset (gemma4.presets) with the trained tokenizer's vocabulary size."""
+    from gemma4.presets import preset_dict  # noqa: PLC0415
+
+    return preset_dict("default", vocab_size=vocab_size, vocab_size_per_layer_input=vocab_size)
 
 
 GENERATION_DEFAULTS = {"do_sample": True, "temperature": 0.8, "top_k": 50, "top_p": 0.95,
@@ -441,11 +402,7 @@ def main(argv=None) -> int:
 
     import torch  # noqa: PLC0415
 
-    try:
-        import gemma4  # noqa: PLC0415
-    except ImportError:  # a checkout without an install: python/ holds the package
-        sys.path.insert(0, str(ROOT / "python"))
-        import gemma4  # noqa: PLC0415
+    import gemma4  # noqa: PLC0415  (the module-level import above found it)
     from gemma4 import AutoTokenizer  # noqa: PLC0415
     from gemma4.config import Gemma4Config  # noqa: PLC0415
     from gemma4.generation import GenerationConfig  # noqa: PLC0415

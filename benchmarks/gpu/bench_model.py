@@ -83,15 +83,16 @@ def build_pair(preset: str, dtype: torch.dtype):
     with tempfile.TemporaryDirectory() as d:
         ours.config.save_pretrained(d)
         hf_config = transformers.AutoConfig.from_pretrained(d)
-    with torch.device("meta"):
-        hf = transformers.Gemma4ForCausalLM(hf_config)
-    state = {k: v for k, v in ours.state_dict().items()}
-    # share our tensors (assign) so the GPU holds one copy; derived buffers are rebuilt on the GPU
-    hf.load_state_dict(state, strict=False, assign=True)
-    for mod in hf.modules():
-        for bname, buf in list(mod._buffers.items()):
-            if buf is not None and buf.is_meta:
-                raise RuntimeError(f"transformers buffer {bname} of {type(mod).__name__} not materialised")
+    torch.set_default_dtype(dtype)
+    try:  # transformers builds its own derived buffers (RoPE, embedding scale) on the GPU
+        with torch.device("cuda"):
+            hf = transformers.Gemma4ForCausalLM(hf_config)
+    finally:
+        torch.set_default_dtype(prev)
+    # then shares our tensors (assign): its own random weights are freed, the GPU holds one copy
+    missing, unexpected = hf.load_state_dict(ours.state_dict(), strict=False, assign=True)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise RuntimeError(f"state dicts differ: missing {missing[:5]}, unexpected {unexpected[:5]}")
     hf.tie_weights()
     return config, ours, hf.eval()
 

@@ -6,7 +6,10 @@
 //   s = 1 / (1 + e), e = exp(-z), 1 - s = e s,   act' = s (1 + u (1 - s) z'(u)).
 // Fast = true uses the hardware exp (__expf, a few ulp), for bf16/fp16 results whose rounding hides
 // it, as the CPU kernels use ATen's exp_u20 there; fp32/fp64 use the accurate exp.
+// (When activation_math.h gains host+device scalar forms, these should forward to them.)
 #pragma once
+#include <type_traits>
+
 #include "common/activation_math.h"  // enum Activation
 
 namespace gemma4::cuda {
@@ -51,6 +54,10 @@ __device__ __forceinline__ void activate_and_grad(A u, A& act, A& grad) {
   act = u * s;
   grad = s * fma(u * (e * s), activation_logit_grad<Act>(u), A(1));
 }
+
+// Fast exp for reduced-precision outputs.
+template <typename T>
+constexpr bool kFastExpFor = !std::is_same_v<T, float> && !std::is_same_v<T, double>;
 
 // Runtime activation -> compile-time template parameter.
 #define GEMMA4_DISPATCH_ACTIVATION(ACT, NAME, ...)                   \

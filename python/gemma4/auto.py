@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
 from .config import Gemma4Config
+from .devices import parse_device, parse_dtype
 
 __all__ = ["AutoConfig", "AutoModelForCausalLM"]
 
@@ -59,7 +58,7 @@ class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None,
                         device_map: Any = None, progress: bool = True, config: Any = None,
-                        prepare_model: Any = None, **kwargs: Any):
+                        prepare_model: Any = None, quantization_config: Any = None, **kwargs: Any):
         """Load a local Hugging Face-layout Gemma 4 checkpoint.
 
         dtype / torch_dtype: torch dtype, its name, or "auto"/None (= config.json's dtype, else the
@@ -70,6 +69,8 @@ class AutoModelForCausalLM:
         `trust_remote_code` or `attn_implementation` are accepted and ignored.
         prepare_model: fn(model) run on the meta-device model before loading, e.g. to swap in modules
         that load their own tensors (the load hook, docs/checkpoints.md).
+        quantization_config: a gemma4.QuantizationConfig to quantize while loading (docs/quantization.md);
+        a compressed-tensors checkpoint is read quantized without it.
         """
         from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
         from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
@@ -78,9 +79,10 @@ class AutoModelForCausalLM:
             if isinstance(device_map, dict):
                 raise ValueError("device_map as a dict (splitting the model over devices) is not supported; pass "
                                  "one device, e.g. device='cuda'")
-            if device is not None and torch.device(device) != torch.device(_auto(device_map)):
+            if device is not None and parse_device(device) != parse_device(device_map, "device_map"):
                 raise ValueError(f"device={device!r} and device_map={device_map!r} disagree")
             device = device if device is not None else device_map
+        device = parse_device(device, "device" if device_map is None else "device_map")
         if kwargs.pop("use_safetensors", None) is False:
             raise ValueError("gemma4 loads safetensors only (use_safetensors=False would mean unpickling)")
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in Gemma4Config.__dataclass_fields__}
@@ -94,9 +96,11 @@ class AutoModelForCausalLM:
 
             base = config if config is not None else Gemma4Config.from_pretrained(path)
             config = dataclasses.replace(base, **overrides, source=os.fspath(path))
+        from gemma4.quant.loading import resolve_preparer  # noqa: PLC0415
+
         return load_pretrained(Gemma4ForCausalLM, path, dtype=dtype, torch_dtype=torch_dtype, device=device,
                                progress=progress, config=config,
-                               prepare_model=prepare_model)
+                               prepare_model=resolve_preparer(path, quantization_config, prepare_model))
 
     @staticmethod
     def from_config(config: Any, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None):
@@ -111,16 +115,10 @@ class AutoModelForCausalLM:
         config = _config_from(config)
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree")
-        dtype = dtype if dtype is not None else torch_dtype
-        if isinstance(dtype, str):
-            dtype = config.torch_dtype if dtype == "auto" else getattr(torch, dtype)
+        dtype = parse_dtype(dtype if dtype is not None else torch_dtype, auto=config.torch_dtype)
+        device = None if device is None else parse_device(device)
         model = Gemma4ForCausalLM(config)
         if dtype is not None or device is not None:
-            model = model.to(device=None if device is None else torch.device(_auto(device)), dtype=dtype)
+            model = model.to(device=device, dtype=dtype)
         return model
 
-
-def _auto(device: Any) -> Any:
-    if isinstance(device, str) and device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

@@ -108,7 +108,21 @@ class Gemma4Cache:
         self._pos = torch.zeros(1, dtype=torch.int64, device=device)
 
     def _slots(self, spec) -> int:
-        return spec.window if self._is_ring(spec) else self.max_cache_len
+        return self._slots_for(spec, self.max_cache_len)
+
+    @classmethod
+    def _slots_for(cls, spec, max_cache_len: int) -> int:
+        """Slots of a K/V-owning layer's buffers: the window for a ring, else max_cache_len."""
+        return spec.window if cls._is_ring(spec) else max_cache_len
+
+    @classmethod
+    def storage_bytes(cls, config, max_cache_len: int, batch_size: int = 1,
+                      dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of the K and V buffers a cache of `max_cache_len` slots allocates for this config and batch
+        (KV-shared layers own none; the small slot masks are not counted). Python ints: never overflows."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return sum(2 * batch_size * spec.num_kv_heads * cls._slots_for(spec, max_cache_len) * spec.head_dim * itemsize
+                   for spec in config.layers if spec.cache_index is not None)
 
     @staticmethod
     def _is_ring(spec) -> bool:

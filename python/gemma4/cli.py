@@ -18,16 +18,14 @@ import argparse
 import json
 import os
 import sys
-import time
 
-__all__ = ["main", "build_parser", "resolve_model", "CLIError"]
+from gemma4.cli_common import (DTYPES, SEED_RANGE, CLIError, load_config, load_model, load_tokenizer, make_generator,
+                               number, one_line, print_stats, resolve_model, run_generation, user_errors)
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+__all__ = ["main", "build_parser", "resolve_model", "model_info", "CLIError"]
+
+MAX_NEW_TOKENS = 2**32  # argparse's bound; generate refuses lengths whose buffers cannot fit in memory
 SMALL_MODEL_PARAMS = 50_000_000  # below this, --threads defaults to 1
-
-
-class CLIError(Exception):
-    """A user error: printed as one line on stderr, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,219 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise CLIError(f"{self.prog}: {message}")
-
-
-# ------------------------------------------------------------------------------------ model specs
-
-def resolve_model(spec: str) -> tuple[str, str]:
-    """'default' | folder | config.json | preset name -> ("dir", folder) or ("preset", name)."""
-    from gemma4.default_model import DEFAULT_MODEL_NAME, default_model_path  # noqa: PLC0415
-
-    if spec == DEFAULT_MODEL_NAME:
-        return "dir", default_model_path()
-    if os.path.isdir(spec):
-        if not os.path.isfile(os.path.join(spec, "config.json")):
-            raise CLIError(f"{spec}: no config.json in this folder (not a model checkpoint)")
-        return "dir", spec
-    if os.path.isfile(spec):
-        if os.path.basename(spec) == "config.json":
-            return "dir", os.path.dirname(os.path.abspath(spec))
-        raise CLIError(f"{spec}: is a file; give the checkpoint folder (the one holding config.json)")
-    from gemma4.presets import PRESETS  # noqa: PLC0415
-
-    if spec in PRESETS:
-        return "preset", spec
-    raise CLIError(f"{spec}: no such model folder, and not a preset name ('default', or one of: "
-                   f"{', '.join(PRESETS)})")
-
-
-def _load_config(kind: str, where: str):
-    if kind == "preset":
-        from gemma4.presets import get_preset  # noqa: PLC0415
-
-        return get_preset(where)
-    from gemma4.config import Gemma4Config  # noqa: PLC0415
-
-    return Gemma4Config.from_pretrained(where)
-
-
-def _torch_dtype(name: str | None):
-    import torch  # noqa: PLC0415
-
-    return None if name in (None, "auto") else getattr(torch, name)
-
-
-def load_model(spec: str, dtype: str | None = "auto", device: str | None = None):
-    """The model for --model (checkpoint weights, or random weights for a preset), in eval mode."""
-    kind, where = resolve_model(spec)
-    device = None if device is None else _device(device)
-    if kind == "preset":
-        from gemma4.demo import build_random_model  # noqa: PLC0415
-
-        print(f"note: preset {where!r} has RANDOM weights", file=sys.stderr)
-        model = build_random_model(where, _torch_dtype(dtype))
-        if device is not None and device.type != "cpu":
-            model = model.to(device)
-        return model.eval(), kind, where
-    from gemma4.auto import AutoModelForCausalLM  # noqa: PLC0415
-
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=_torch_dtype(dtype), device=device, progress=False)
-    return model.eval(), kind, where
-
-
-def _device(device: str):
-    """--device as a torch.device; CLIError for a name torch does not know or a device that is not there."""
-    import torch  # noqa: PLC0415
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise CLIError(f"--device {device}: not a device name (cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CLIError(f"--device {device}: CUDA is not available here (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CLIError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise CLIError(f"--device {device}: gemma4 runs on cpu or cuda")
-    return dev
-
-
-def load_tokenizer(spec: str | None, kind: str, where: str, vocab_size: int):
-    """--tokenizer, else the model folder's tokenizer, else the default model's when its ids fit the model."""
-    from gemma4.default_model import DEFAULT_MODEL_NAME, default_model_path  # noqa: PLC0415
-    from gemma4.tokenization import AutoTokenizer  # noqa: PLC0415
-
-    if spec is not None:
-        path = default_model_path() if spec == DEFAULT_MODEL_NAME else spec
-    elif kind == "dir" and os.path.isfile(os.path.join(where, "tokenizer.json")):
-        path = where
-    else:
-        path = default_model_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    if len(tok) > vocab_size:
-        origin = "" if spec is not None or path != default_model_path() else (
-            f"{where} has no tokenizer.json and the default model's tokenizer was tried: ")
-        raise CLIError(f"{origin}tokenizer {path} has {len(tok)} tokens, more than the model's vocabulary "
-                       f"({vocab_size}); pass --tokenizer DIR")
-    return tok
-
-
-# ------------------------------------------------------------------------------------ generation
-
-class _VocabLimit:
-    """Logits processor: the model's vocabulary is larger than the tokenizer's; never emit the extra ids."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __call__(self, input_ids, scores):
-        scores[:, self.n:] = float("-inf")
-        return scores
-
-
-def _timed_streamer(tokenizer, lstrip: bool = False):
-    from gemma4.generation import TextStreamer  # noqa: PLC0415
-
-    class TimedStreamer(TextStreamer):
-        """TextStreamer that also records when the prompt went in and when each new token came out."""
-
-        def __init__(self):
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.t_start = time.perf_counter()
-            self.t_first = None
-            self.n_new = 0
-            self.prompt_len = 0
-            self.printed = False
-
-        def put(self, value):
-            if self.next_tokens_are_prompt:
-                self.prompt_len = int(value.shape[-1])
-            else:
-                self.n_new += 1
-                if self.t_first is None:
-                    self.t_first = time.perf_counter()
-            super().put(value)
-
-        def on_finalized_text(self, text, stream_end=False):
-            if lstrip and not self.printed:
-                text = text.lstrip()
-                self.printed = bool(text)
-            super().on_finalized_text(text, stream_end)
-
-        def stats(self) -> dict:
-            end = time.perf_counter()
-            total = end - self.t_start
-            first = (self.t_first or end) - self.t_start
-            decode = end - (self.t_first or end)
-            return {"prompt_tokens": self.prompt_len, "new_tokens": self.n_new, "seconds": total,
-                    "first_token_s": first,
-                    "tokens_per_s": self.n_new / total if total > 0 else 0.0,
-                    "decode_tokens_per_s": (self.n_new - 1) / decode if self.n_new > 1 and decode > 0 else 0.0}
-
-    return TimedStreamer()
-
-
-def sampling_kwargs(args, model) -> dict:
-    """generate() keyword arguments from --temperature/--top-p/--top-k (unset: the model's generation_config)."""
-    kw = {"max_new_tokens": args.max_new_tokens}
-    if args.greedy or (args.temperature is not None and args.temperature == 0):
-        kw["do_sample"] = False
-        return kw
-    if args.temperature is not None:
-        kw["temperature"] = args.temperature
-        kw["do_sample"] = True
-    if args.top_p is not None:
-        kw["top_p"] = args.top_p
-    if args.top_k is not None:
-        kw["top_k"] = args.top_k
-    return kw
-
-
-def make_generator(args, model):
-    """torch.Generator seeded with --seed (None: the global RNG)."""
-    import torch  # noqa: PLC0415
-
-    if args.seed is None:
-        return None
-    return torch.Generator(device=model.device).manual_seed(args.seed)
-
-
-def run_generation(model, tokenizer, input_ids, args, echo_prompt: str | None = None, cache=None, generator=None,
-                   lstrip: bool = False):
-    """Streams the continuation of input_ids [1, T] to stdout; returns (sequences [1, T+N], stats).
-
-    generator: the sampling RNG (default: a new one from --seed). lstrip: drop the reply's leading spaces.
-    """
-    import torch  # noqa: PLC0415
-
-    from gemma4.generation import LogitsProcessorList  # noqa: PLC0415
-
-    kwargs = sampling_kwargs(args, model)
-    generator = generator if generator is not None else make_generator(args, model)
-    if generator is not None:
-        kwargs["generator"] = generator
-    if model.config.vocab_size > len(tokenizer):
-        kwargs["logits_processor"] = LogitsProcessorList([_VocabLimit(len(tokenizer))])
-    if cache is not None:
-        kwargs["past_key_values"] = cache
-        kwargs["return_dict_in_generate"] = True
-    streamer = _timed_streamer(tokenizer, lstrip)
-    if echo_prompt:
-        print(echo_prompt, end="", flush=True)
-    with torch.inference_mode():
-        out = model.generate(input_ids.to(model.device), streamer=streamer, **kwargs)
-    return out, streamer.stats()
-
-
-def _print_stats(stats: dict, quiet: bool) -> None:
-    if quiet:
-        return
-    print(f"[{stats['new_tokens']} tokens in {stats['seconds']:.2f} s: {stats['tokens_per_s']:.1f} tokens/s; "
-          f"prompt {stats['prompt_tokens']} tokens, first token after {stats['first_token_s'] * 1e3:.0f} ms, "
-          f"then {stats['decode_tokens_per_s']:.1f} tokens/s]", file=sys.stderr, flush=True)
 
 
 def _setup(args):
@@ -275,8 +60,16 @@ def cmd_generate(args) -> int:
     else:
         ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
         _, stats = run_generation(model, tokenizer, ids, args, echo_prompt=args.prompt)
-    _print_stats(stats, args.quiet)
+    print_stats(stats, args.quiet)
     return 0
+
+
+def _read_line(stream) -> str:
+    """One line of user input; bytes that are not UTF-8 become U+FFFD instead of ending the session."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (e.g. io.StringIO)
+        return stream.readline()
+    return raw.readline().decode("utf-8", errors="replace")
 
 
 def cmd_chat(args) -> int:
@@ -303,7 +96,7 @@ def cmd_chat(args) -> int:
     while True:
         if interactive:
             print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
+        line = _read_line(sys.stdin)
         if not line:  # EOF
             if interactive:
                 print()
@@ -338,7 +131,7 @@ def cmd_chat(args) -> int:
         cache = out.past_key_values
         if cache is not None and cache.get_seq_length() > len(history):
             cache.crop(len(history))
-        _print_stats(stats, args.quiet)
+        print_stats(stats, args.quiet)
 
 
 # ------------------------------------------------------------------------------------------ info
@@ -347,10 +140,12 @@ def model_info(spec: str) -> dict:
     """Config summary, exact parameter count and memory estimates, computed on the meta device (no weights)."""
     import torch  # noqa: PLC0415
 
+    from gemma4.cache import Gemma4Cache  # noqa: PLC0415
+    from gemma4.devices import DTYPE_NAMES  # noqa: PLC0415
     from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
 
     kind, where = resolve_model(spec)
-    cfg = _load_config(kind, where)
+    cfg = load_config(kind, where)
     with torch.device("meta"):
         model = Gemma4ForCausalLM(cfg)
     params = {id(p): p for p in model.parameters()}
@@ -362,20 +157,11 @@ def model_info(spec: str) -> dict:
                     and "embed_scale" not in name)
     layers = cfg.layers
     n_sliding = sum(s.is_sliding for s in layers)
-    bytes_per = {"float32": 4, "bfloat16": 2, "float16": 2}
+    dtypes = {name: DTYPE_NAMES[name] for name in DTYPES if name != "auto"}
     ctx = 1024
-
-    def kv_elems(tokens: int) -> int:  # K and V elements held for `tokens` tokens of context, batch 1
-        total = 0
-        for s in layers:
-            if s.cache_index is None:
-                continue  # KV-shared layers read their source layer's K/V
-            slots = min(tokens, s.window) if s.is_sliding else tokens
-            total += 2 * s.num_kv_heads * s.head_dim * slots
-        return total
-
-    per_token_full = sum(2 * s.num_kv_heads * s.head_dim for s in layers
-                         if s.cache_index is not None and not s.is_sliding)
+    kv_bytes = {k: Gemma4Cache.storage_bytes(cfg, ctx, dtype=d) for k, d in dtypes.items()}
+    # each token beyond that: only the full-attention buffers grow (the sliding rings are fixed)
+    kv_per_token = {k: Gemma4Cache.storage_bytes(cfg, ctx + 1, dtype=d) - kv_bytes[k] for k, d in dtypes.items()}
     info = {
         "model": spec, "source": where, "kind": kind,
         "config": {
@@ -394,9 +180,9 @@ def model_info(spec: str) -> dict:
         "parameters": n_params,
         "embedding_parameters": n_embed,
         "buffers": n_buffers,
-        "weights_bytes": {k: (n_params + n_buffers) * b for k, b in bytes_per.items()},
-        "kv_cache_bytes_per_1k_tokens": {k: kv_elems(ctx) * b for k, b in bytes_per.items()},
-        "kv_cache_bytes_per_token_beyond_windows": {k: per_token_full * b for k, b in bytes_per.items()},
+        "weights_bytes": {k: (n_params + n_buffers) * d.itemsize for k, d in dtypes.items()},
+        "kv_cache_bytes_per_1k_tokens": kv_bytes,
+        "kv_cache_bytes_per_token_beyond_windows": kv_per_token,
     }
     if kind == "dir":
         files = [f for f in sorted(os.listdir(where)) if f.endswith(".safetensors")]
@@ -457,61 +243,24 @@ def cmd_demo(args) -> int:
 
 # ---------------------------------------------------------------------------------------- parser
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
-
-
-def _temperature(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0 = greedy), got {s!r}")
-    return v
-
-
-def _probability(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}")
-    return v
-
-
 def _add_model_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--model", default="default",
                    help="checkpoint folder, 'default' (the embedded model) or a preset name (random weights)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's; else the default model's)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=max_new_tokens,
+    p.add_argument("--max-new-tokens", type=number(int, 1, MAX_NEW_TOKENS), default=max_new_tokens,
                    help=f"tokens to generate (default {max_new_tokens})")
-    p.add_argument("--temperature", type=_temperature,
+    p.add_argument("--temperature", type=number(float, 0.0),
                    help="sampling temperature; 0 = greedy (default: the model's generation_config)")
-    p.add_argument("--top-p", type=_probability, help="nucleus sampling mass (default: generation_config)")
-    p.add_argument("--top-k", type=_nonneg_int, help="sample among the k most likely (default: generation_config)")
+    p.add_argument("--top-p", type=number(float, 0.0, 1.0, low_open=True),
+                   help="nucleus sampling mass (default: generation_config)")
+    p.add_argument("--top-k", type=number(int, 0),
+                   help="sample among the k most likely (default: generation_config)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (same as --temperature 0)")
-    p.add_argument("--seed", type=int, help="seed of the sampling draws (same seed, same text)")
+    p.add_argument("--seed", type=number(int, *SEED_RANGE),
+                   help="seed of the sampling draws (same seed, same text)")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--threads", type=_positive_int,
+    p.add_argument("--threads", type=number(int, 1),
                    help="torch CPU threads (default: 1 for models under 50 M parameters, else torch's default)")
     p.add_argument("--system", help="system prompt (chat)")
     p.add_argument("--quiet", action="store_true", help="no timing line on stderr")
@@ -551,22 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean a bad path, file or argument (reported in one line, exit status 2)."""
-    errors: list[type[BaseException]] = [CLIError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                         PermissionError]
-    from gemma4.errors import Gemma4Error  # noqa: PLC0415
-
-    errors.append(Gemma4Error)
-    try:
-        from gemma4.tokenization import TokenizerLoadError  # noqa: PLC0415
-
-        errors.append(TokenizerLoadError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -575,9 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         return args.func(args)
-    except _user_errors() as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+    except user_errors() as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)

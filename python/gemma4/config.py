@@ -1,25 +1,14 @@
-"""Gemma 4 text config: reads every config.json form, derives one LayerSpec per layer.
+"""Gemma 4 text config: the dataclass of hyper-parameters and one derived LayerSpec per layer.
 
 `Gemma4Config` holds the text decoder's hyper-parameters with transformers' names and class
-defaults (gemma4-architecture.md, table 1.1). `Gemma4Config.from_dict` accepts:
+defaults (gemma4-architecture.md, table 1.1), validates them, and derives `config.layers`: a frozen
+`LayerSpec` per layer with everything the modules need (head size, KV heads, KV sharing and its
+source layer, MLP width, PLE/MoE, RoPE). The model builds its modules from these specs; forward
+code never computes `layer_idx % 6`.
 
-* the nested multimodal form (`model_type: "gemma4"`, text under `text_config`; the top-level
-  token ids, `dtype` and `tie_word_embeddings` fill in what the text config lacks);
-* the flat text form (`model_type: "gemma4_text"`);
-* full-layer overrides either as the legacy `global_head_dim` / `num_global_key_value_heads`
-  fields (transformers <= 5.5, Google's uploads) or as `per_layer_config` (transformers >= the
-  heterogeneity refactor, e.g. 5.17: keys are zero-padded layer indices such as "05", values hold
-  `head_dim` and, for K=V models, `num_key_value_heads`; overrides equal to the global value are
-  dropped). When `per_layer_config` is present it wins and the legacy fields are ignored, as in
-  transformers;
-* `moe_intermediate_size` or the stale `expert_intermediate_size` (the former is preferred).
-
-`config.layers` is derived from the fields: a frozen `LayerSpec` per layer with everything the
-modules need (head size, KV heads, KV sharing and its source layer, MLP width, PLE/MoE, RoPE). The
-model builds its modules from these specs; forward code never computes `layer_idx % 6`.
-
-Anything that is not a Gemma 4 text config raises `gemma4.errors.ConfigError` naming the file and
-the key.
+Reading and writing config.json (the nested "gemma4" and flat "gemma4_text" forms, per_layer_config
+and the legacy fields) lives in gemma4.hf_format.config_json; `from_dict`, `from_pretrained` and
+`to_dict` here call it. Anything invalid raises `gemma4.errors.ConfigError` naming the file and key.
 """
 from __future__ import annotations
 
@@ -28,13 +17,14 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
 
 from .errors import ConfigError, ConfigNotFoundError
+from .hf_format.config_json import (FULL_ATTENTION, MAX_LAYERS, SLIDING_ATTENTION, config_kwargs, config_to_dict, is_int,
+                                    per_layer_config, read_json_object, resolve_layer_types)
 
 __all__ = [
     "Gemma4Config",
@@ -45,9 +35,6 @@ __all__ = [
     "rope_inv_freq",
 ]
 
-SLIDING_ATTENTION = "sliding_attention"
-FULL_ATTENTION = "full_attention"
-LAYER_TYPES = (SLIDING_ATTENTION, FULL_ATTENTION)
 
 # gemma4-architecture.md 1.3: what transformers fills in when `rope_parameters` is absent.
 DEFAULT_ROPE_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -56,18 +43,22 @@ DEFAULT_ROPE_PARAMETERS: dict[str, dict[str, Any]] = {
 }
 ROPE_TYPES = ("default", "proportional")
 
+# Upper bounds, far above every released Gemma 4 (E2B..31B: <= 60 layers, hidden 5376, vocab 262144):
+# a config beyond them is a typo or an attack, refused before anything is built (a 10**8-layer
+# config would otherwise take minutes and gigabytes just to derive its layer list).
+MAX_SIZES = {
+    "num_hidden_layers": MAX_LAYERS, "num_attention_heads": 1024, "num_key_value_heads": 1024,
+    "num_global_key_value_heads": 1024, "num_experts": 4096, "top_k_experts": 4096,
+    "head_dim": 512, "global_head_dim": 512,  # the attention kernels' limit (csrc/attention/attention_checks.h)
+    "hidden_size": 2**17, "intermediate_size": 2**20, "moe_intermediate_size": 2**20,
+    "hidden_size_per_layer_input": 2**14, "vocab_size": 2**24, "vocab_size_per_layer_input": 2**24,
+    "sliding_window": 2**24, "max_position_embeddings": 2**28,
+}
+# dtypes the kernels compute in (float8 and friends are storage formats, not compute dtypes).
+SUPPORTED_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
 # transformers activation name -> the name our gated_activation / moe_experts ops take.
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "silu": "silu"}
-
-# Keys a config.json must carry: every other field falls back to transformers' class default.
-REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                 "num_attention_heads", "num_key_value_heads", "head_dim")
-
-# Per-layer overrides transformers' Gemma 4 modules read from `per_layer_config`.
-PER_LAYER_KEYS = ("head_dim", "num_key_value_heads")
-
-# Top-level keys of the nested form that may stand in for missing text-config keys.
-_NESTED_FALLBACK_KEYS = ("pad_token_id", "eos_token_id", "bos_token_id", "tie_word_embeddings")
 
 
 def rope_inv_freq(rope_type: str, rope_theta: float, head_dim: int, partial_rotary_factor: float = 1.0,
@@ -245,7 +236,7 @@ class Gemma4Config:
             d["eos_token_id"] = list(d["eos_token_id"])
         if isinstance(d["dtype"], torch.dtype):
             d["dtype"] = str(d["dtype"]).removeprefix("torch.")
-        d["layer_types"] = _resolve_layer_types(d["layer_types"], d["num_hidden_layers"], self._source, "layer_types")
+        d["layer_types"] = resolve_layer_types(d["layer_types"], d["num_hidden_layers"], self._source, "layer_types")
         if d["rope_parameters"] is None:
             d["rope_parameters"] = copy.deepcopy(DEFAULT_ROPE_PARAMETERS)
         elif isinstance(d["rope_parameters"], dict):
@@ -258,66 +249,10 @@ class Gemma4Config:
         Raises ConfigError naming `source` and the key for anything that is not a Gemma 4 text
         config. Unknown keys (transformers bookkeeping, vision/audio configs) are ignored.
         """
-        if not isinstance(d, dict):
-            raise ConfigError(f"expected a JSON object, got {type(d).__name__}", source)
-        model_type = d.get("model_type")
-        top: dict[str, Any] = {}
-        if model_type == "gemma4":
-            text = d.get("text_config")
-            if not isinstance(text, dict):
-                raise ConfigError("a 'gemma4' config needs a 'text_config' object"
-                                  + (" (it is null)" if "text_config" in d else " (it is missing)"), source,
-                                  "text_config")
-            prefix = "text_config."
-            text_type = text.get("model_type", "gemma4_text")
-            if text_type != "gemma4_text":
-                raise ConfigError(f"expected model_type 'gemma4_text', got {text_type!r}", source,
-                                  prefix + "model_type")
-            top = d
-        elif model_type == "gemma4_text":
-            text, prefix = d, ""
-        elif model_type is None:
-            raise ConfigError("missing; a Gemma 4 config.json has model_type 'gemma4' or 'gemma4_text'", source,
-                              "model_type")
-        else:
-            hint = ""
-            if isinstance(model_type, str) and model_type.startswith("gemma4_unified"):
-                hint = " (Gemma 4 'Unified' models are a separate model type, not supported)"
-            elif isinstance(model_type, str) and model_type.startswith("gemma"):
-                hint = " (an earlier Gemma generation)"
-            raise ConfigError(f"{model_type!r} is not a Gemma 4 text model; expected 'gemma4' or 'gemma4_text'{hint}",
-                              source, "model_type")
-
-        missing = [k for k in REQUIRED_KEYS if text.get(k) is None]
-        if missing:
-            raise ConfigError(f"required key(s) missing: {', '.join(prefix + k for k in missing)}", source,
-                              prefix + missing[0])
-
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name in text:
-                kwargs[f.name] = text[f.name]
-            elif f.name in _NESTED_FALLBACK_KEYS and f.name in top:
-                kwargs[f.name] = top[f.name]
-        kwargs.pop("dtype", None)
-        for holder in (text, top):
-            dt = holder.get("dtype") or holder.get("torch_dtype")
-            if dt is not None:
-                kwargs["dtype"] = dt
-                break
-        if kwargs.get("moe_intermediate_size") is None and text.get("expert_intermediate_size") is not None:
-            kwargs["moe_intermediate_size"] = text["expert_intermediate_size"]
-        if "hidden_size_per_layer_input" not in text:
-            warnings.warn(f"{source}: no 'hidden_size_per_layer_input'; using transformers' class default 256 "
-                          "(per-layer embeddings ON). Released 31B/26B-A4B configs set it to 0.", stacklevel=2)
-
-        per_layer_config = text.get("per_layer_config")
-        if per_layer_config is not None:
-            kwargs.update(_per_layer_config_to_fields(text, per_layer_config, source, prefix))
-
+        kwargs, prefix = config_kwargs(d, [f.name for f in dataclasses.fields(cls)], source)
         try:
             return cls(**kwargs, source=source)
-        except ConfigError as e:
+        except ConfigError as e:  # name the key where the file has it (text_config.X in the nested form)
             if prefix and e.key:
                 raise ConfigError(e.detail, source, prefix + e.key) from None
             raise
@@ -325,16 +260,7 @@ class Gemma4Config:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "Gemma4Config":
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise ConfigNotFoundError("config file does not exist", path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"invalid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path) from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"not UTF-8 text ({e.reason} at byte {e.start})", path) from None
-        return cls.from_dict(d, source=path)
+        return cls.from_dict(read_json_object(path), source=path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "Gemma4Config":
@@ -358,40 +284,12 @@ class Gemma4Config:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """The flat `gemma4_text` config.json form (architectures ["Gemma4ForCausalLM"]).
-
-        transformers 5.17 loads it into a Gemma4TextConfig equal to one built from the same values:
-        the full-layer overrides are written as `per_layer_config` exactly as 5.17 writes them
-        (zero-padded layer keys, only values that differ from the global ones), and also as the
-        legacy `global_head_dim` / `num_global_key_value_heads` so that versions before the
-        per_layer_config refactor read them too (5.17 pops and ignores the legacy keys when
-        per_layer_config is present).
-        """
-        self.layers  # validate  # noqa: B018
-        out: dict[str, Any] = {"architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text"}
-        for f in dataclasses.fields(self):
-            out[f.name] = copy.deepcopy(getattr(self, f.name))
-        out["per_layer_config"] = self.per_layer_config()
-        return out
+        """The flat `gemma4_text` config.json form (see gemma4.hf_format.config_json.config_to_dict)."""
+        return config_to_dict(self)
 
     def per_layer_config(self) -> dict[str, dict[str, int]]:
         """Full-layer overrides in transformers 5.17's serialised `per_layer_config` form."""
-        overrides: dict[int, dict[str, int]] = {}
-        for i, t in enumerate(self.layer_types):
-            if t != FULL_ATTENTION:
-                continue
-            o = {}
-            if self.global_head_dim != self.head_dim:
-                o["head_dim"] = self.global_head_dim
-            kv = self.num_global_key_value_heads if self.attention_k_eq_v else None
-            if kv is not None and kv != self.num_key_value_heads:
-                o["num_key_value_heads"] = kv
-            if o:
-                overrides[i] = o
-        if not overrides:
-            return {}
-        width = len(str(max(overrides)))
-        return {str(i).zfill(width): o for i, o in overrides.items()}
+        return per_layer_config(self)
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -519,10 +417,12 @@ class Gemma4Config:
             v = d[name]
             if v is None and optional:
                 return
-            if not _is_int(v):
+            if not is_int(v):
                 raise err(name, f"must be an integer{' or null' if optional else ''}, got {v!r}")
             if v < minimum:
                 raise err(name, f"must be >= {minimum}, got {v}")
+            if name in MAX_SIZES and v > MAX_SIZES[name]:
+                raise err(name, f"{v} is larger than gemma4 supports ({MAX_SIZES[name]}){_why_max(name)}")
 
         def need_bool(name):
             if not isinstance(d[name], bool):
@@ -539,8 +439,8 @@ class Gemma4Config:
         for name in ("pad_token_id", "bos_token_id"):
             need_int(name, 0, optional=True)
         eos = d["eos_token_id"]
-        if not (eos is None or (_is_int(eos) and eos >= 0)
-                or (isinstance(eos, list) and eos and all(_is_int(x) and x >= 0 for x in eos))):
+        if not (eos is None or (is_int(eos) and eos >= 0)
+                or (isinstance(eos, list) and eos and all(is_int(x) and x >= 0 for x in eos))):
             raise err("eos_token_id", f"must be a token id, a non-empty list of token ids, or null; got {eos!r}")
         for name in ("attention_k_eq_v", "tie_word_embeddings", "attention_bias", "use_double_wide_mlp",
                      "enable_moe_block", "use_cache"):
@@ -552,21 +452,22 @@ class Gemma4Config:
         if d["attention_dropout"] >= 1:
             raise err("attention_dropout", f"must be < 1, got {d['attention_dropout']}")
         cap = d["final_logit_softcapping"]
-        if cap is not None and (not _is_number(cap) or not cap > 0):
-            raise err("final_logit_softcapping", f"must be a positive number or null, got {cap!r}")
+        if cap is not None and (not _is_number(cap) or not cap > 0 or not math.isfinite(cap)):
+            raise err("final_logit_softcapping", f"must be a positive finite number or null, got {cap!r}")
         if d["hidden_activation"] not in ACTIVATIONS:
             raise err("hidden_activation", f"{d['hidden_activation']!r} is not supported "
                       f"(supported: {', '.join(ACTIVATIONS)})")
         if d["use_bidirectional_attention"] not in (None, "vision", "all"):
             raise err("use_bidirectional_attention",
                       f"must be null, 'vision' or 'all', got {d['use_bidirectional_attention']!r}")
-        if d["dtype"] is not None:
-            dt = getattr(torch, d["dtype"], None) if isinstance(d["dtype"], str) else None
-            if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-                raise err("dtype", f"must name a torch floating-point dtype (e.g. 'bfloat16'), got {d['dtype']!r}")
+        if d["dtype"] is not None and d["dtype"] not in SUPPORTED_DTYPES:
+            raise err("dtype", f"must be one of {', '.join(SUPPORTED_DTYPES)} (or null), got {d['dtype']!r}")
+        for name in ("pad_token_id", "bos_token_id"):
+            if d[name] is not None and d[name] >= d["vocab_size"]:
+                raise err(name, f"{d[name]} is not a token id: vocab_size is {d['vocab_size']}")
 
         L = d["num_hidden_layers"]
-        types = _resolve_layer_types(d["layer_types"], L, self._source, "layer_types")
+        types = resolve_layer_types(d["layer_types"], L, self._source, "layer_types")
         if types is not d["layer_types"]:  # edited after construction: keep the normalised list
             d["layer_types"] = types
 
@@ -626,87 +527,9 @@ class Gemma4Config:
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Gemma4Config))
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _why_max(name: str) -> str:
+    return "; the attention kernels support head sizes up to 512" if name.endswith("head_dim") else ""
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _resolve_layer_types(layer_types, num_layers, source, key) -> list[str]:
-    """transformers' post-init: default 5:1 pattern; the last layer is forced to full attention."""
-    if not _is_int(num_layers) or num_layers < 1:
-        raise ConfigError(f"must be a positive integer, got {num_layers!r}", source, "num_hidden_layers")
-    if layer_types is None:
-        return [SLIDING_ATTENTION if (i + 1) % 6 else FULL_ATTENTION for i in range(num_layers)]
-    if not isinstance(layer_types, (list, tuple)):
-        raise ConfigError(f"must be a list of layer types, got {layer_types!r}", source, key)
-    if len(layer_types) != num_layers:
-        raise ConfigError(f"has {len(layer_types)} entries but num_hidden_layers is {num_layers}", source, key)
-    for i, t in enumerate(layer_types):
-        if t not in LAYER_TYPES:
-            raise ConfigError(f"entry {i} is {t!r}; expected 'sliding_attention' or 'full_attention'", source, key)
-    if layer_types[-1] != FULL_ATTENTION:
-        warnings.warn(f"{source}: the last layer must use full attention, got {layer_types[-1]!r}; forcing "
-                      "'full_attention' (as transformers does)", stacklevel=4)
-        layer_types = list(layer_types)
-        layer_types[-1] = FULL_ATTENTION
-    return list(layer_types) if isinstance(layer_types, tuple) else layer_types
-
-
-def _per_layer_config_to_fields(text: dict, per_layer_config: Any, source: str, prefix: str) -> dict[str, Any]:
-    """Turn transformers' `per_layer_config` into global_head_dim / num_global_key_value_heads.
-
-    Gemma 4's modules read only `head_dim` and `num_key_value_heads` per layer. Every released
-    model overrides them on full layers only, identically on all of them; anything else cannot be
-    a Gemma 4 checkpoint and is refused rather than silently misread.
-    """
-    key = prefix + "per_layer_config"
-    if not isinstance(per_layer_config, dict):
-        raise ConfigError(f"must be an object keyed by layer index, got {per_layer_config!r}", source, key)
-    L = text["num_hidden_layers"]
-    types = _resolve_layer_types(text.get("layer_types"), L, source, prefix + "layer_types")
-    head_dim, num_kv = text["head_dim"], text["num_key_value_heads"]
-    overrides: dict[int, dict] = {}
-    for raw_idx, o in per_layer_config.items():
-        k = f"{key}.{raw_idx}"
-        idx = raw_idx if _is_int(raw_idx) else (int(raw_idx) if isinstance(raw_idx, str) and raw_idx.isdigit() else None)
-        if idx is None or not 0 <= idx < L:
-            raise ConfigError(f"layer index must be an integer in [0, {L}), got {raw_idx!r}", source, k)
-        if idx in overrides:
-            raise ConfigError(f"layer {idx} appears twice", source, k)
-        if not isinstance(o, dict):
-            raise ConfigError(f"must be an object of overrides, got {o!r}", source, k)
-        for name, v in o.items():
-            if name not in PER_LAYER_KEYS:
-                raise ConfigError(f"per-layer override of {name!r} is not supported by Gemma 4 (only "
-                                  f"{', '.join(PER_LAYER_KEYS)})", source, f"{k}.{name}")
-            if not _is_int(v) or v < 1:
-                raise ConfigError(f"must be a positive integer, got {v!r}", source, f"{k}.{name}")
-        overrides[idx] = o
-    full = [i for i, t in enumerate(types) if t == FULL_ATTENTION]
-    for i, o in overrides.items():
-        if types[i] == SLIDING_ATTENTION and (o.get("head_dim", head_dim) != head_dim
-                                              or o.get("num_key_value_heads", num_kv) != num_kv):
-            raise ConfigError(f"overrides sliding layer {i}; Gemma 4 only overrides full-attention layers",
-                              source, f"{key}.{i}")
-    head_dims = {overrides.get(i, {}).get("head_dim", head_dim) for i in full}
-    kv_heads = {overrides.get(i, {}).get("num_key_value_heads", num_kv) for i in full}
-    if len(head_dims) > 1 or len(kv_heads) > 1:
-        raise ConfigError("full-attention layers must all have the same head_dim and num_key_value_heads "
-                          f"(got head_dim {sorted(head_dims)}, num_key_value_heads {sorted(kv_heads)})", source, key)
-    out: dict[str, Any] = {"global_head_dim": head_dims.pop() if head_dims else head_dim, "layer_types": types}
-    kv = kv_heads.pop() if kv_heads else num_kv
-    if kv != num_kv:
-        if text.get("attention_k_eq_v") is not True:
-            raise ConfigError("overrides num_key_value_heads of full layers, which Gemma 4 supports only with "
-                              "attention_k_eq_v (num_global_key_value_heads)", source, key)
-        out["num_global_key_value_heads"] = kv
-    else:
-        out["num_global_key_value_heads"] = None
-    legacy = text.get("global_head_dim")
-    if legacy is not None and legacy != out["global_head_dim"]:
-        warnings.warn(f"{source}: {prefix}global_head_dim={legacy} is ignored because per_layer_config is present "
-                      f"(full layers use head_dim {out['global_head_dim']}), as transformers does", stacklevel=3)
-    return out

@@ -12,6 +12,11 @@ __all__ = [
     "ConfigNotFoundError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "AdapterError",
+    "AdapterNotFoundError",
+    "AdapterConfigError",
+    "ArgumentError",
+    "ArgumentTypeError",
 ]
 
 
@@ -57,3 +62,29 @@ class CheckpointError(_LocatedError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint directory or one of its files does not exist."""
+
+
+class AdapterError(_LocatedError):
+    """A PEFT adapter directory or file that cannot be read (adapter_config.json, the weights file)."""
+
+    default_source = "<adapter>"
+    key_kind = "tensor"
+
+
+class AdapterNotFoundError(AdapterError, FileNotFoundError):
+    """The adapter directory or one of its files does not exist."""
+
+
+class AdapterConfigError(AdapterError):
+    """A LoRA adapter config (adapter_config.json or a LoraConfig) with a value of the wrong type or form."""
+
+    default_source = "<adapter config>"
+    key_kind = "key"
+
+
+class ArgumentError(Gemma4Error, ValueError):
+    """A bad argument to a gemma4 call (generate, forward, a tokenizer method); the message names it."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type (also a TypeError, as Python's convention asks)."""

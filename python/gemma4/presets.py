@@ -1,9 +1,11 @@
-"""Gemma 4 variants as data: the released checkpoints and small test configs, every number written out.
+"""Gemma 4 variants as data: a shared Gemma 4 base, and each variant as what differs from it.
 
-Each entry is a flat config.json-style dict (`model_type: "gemma4_text"`) in the legacy form the
-released files use (`global_head_dim`, `num_global_key_value_heads`); `get_preset(name)` turns it
-into a `Gemma4Config`. A new variant is a new dict here (or `get_preset(name, **overrides)`), not
-new model code.
+`GEMMA4_BASE` holds the values every released Gemma 4 text model shares (gemma4-architecture.md
+tables 1.2-1.3); a variant writes only its own numbers, gpt-fast style, with its layer pattern
+written out literally. `PRESETS[name]` is the full flat config.json-style dict (`model_type:
+"gemma4_text"`, the legacy `global_head_dim` / `num_global_key_value_heads` form the released files
+use); `get_preset(name, **overrides)` turns it into a `Gemma4Config`. A new variant is a new entry
+here (or `get_preset(name, **overrides)`), not new model code.
 
 Released values: gemma4-architecture.md table 1.2 (text configs of google/gemma-4-E2B, -E4B, -31B,
 -26B-A4B; `eos_token_id` is the base repos' 1, the -it repos list [1, 106] at the top level).
@@ -16,6 +18,7 @@ Test configs keep each release's feature set at toy widths (vocab 512, hidden 64
   tiny-31b      attention_k_eq_v with 1 global KV head, no PLE, bidirectional "vision"
   tiny-26b-a4b  MoE (8 experts, top-2, width 32) beside the dense MLP, attention_k_eq_v
   small-e2b     E2B's widths (vocab 262144) with 5 layers, 2 of them KV-shared: benchmarks
+  default       the embedded default model (gemma4/default_model, docs/default_model.md)
 """
 from __future__ import annotations
 
@@ -24,363 +27,207 @@ from typing import Any
 
 from .config import Gemma4Config
 
-__all__ = ["PRESETS", "get_preset", "RELEASED", "TEST_PRESETS"]
+__all__ = ["PRESETS", "GEMMA4_BASE", "get_preset", "preset_dict", "RELEASED", "TEST_PRESETS"]
 
 S = "sliding_attention"
 F = "full_attention"
 
-# gemma4-architecture.md 1.3: identical in all four releases.
-_ROPE = {
-    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+# What all four releases share. Every key a preset dict holds is here, so a variant's entry below
+# reads as its difference from Gemma 4.
+GEMMA4_BASE: dict[str, Any] = {
+    "model_type": "gemma4_text",
+    "vocab_size": 262144,
+    "vocab_size_per_layer_input": 262144,
+    "head_dim": 256,
+    "global_head_dim": 512,
+    "num_global_key_value_heads": None,
+    "attention_k_eq_v": False,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-06,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+    "tie_word_embeddings": True,
+    "rope_parameters": {  # gemma4-architecture.md 1.3: identical in all four releases
+        S: {"rope_type": "default", "rope_theta": 10000.0},
+        F: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+    },
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "sliding_window": 512,
+    "final_logit_softcapping": 30.0,
+    "use_bidirectional_attention": None,
+    "hidden_size_per_layer_input": 0,
+    "num_kv_shared_layers": 0,
+    "use_double_wide_mlp": False,
+    "enable_moe_block": False,
+    "num_experts": None,
+    "top_k_experts": None,
+    "moe_intermediate_size": None,
+    "dtype": "bfloat16",
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
+# The small (E) models: per-layer embeddings and KV sharing.
+_E_MODELS = {"hidden_size_per_layer_input": 256}
+# The large models: a longer context, wider window, K=V full layers, bidirectional vision tokens.
+_LARGE = {"max_position_embeddings": 262144, "sliding_window": 1024, "attention_k_eq_v": True,
+          "use_bidirectional_attention": "vision"}
+# Test widths shared by the tiny-* configs (float32 by default: no dtype).
+_TINY = {"vocab_size": 512, "vocab_size_per_layer_input": 512, "hidden_size": 64, "intermediate_size": 96,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "global_head_dim": 64,
+         "sliding_window": 8, "dtype": None}
+
+_VARIANTS: dict[str, dict[str, Any]] = {
     # ---------------------------------------------------------------- released checkpoints
     "gemma-4-E2B": {
-        "model_type": "gemma4_text",
-        "vocab_size": 262144,
+        **_E_MODELS,
         "hidden_size": 1536,
         "intermediate_size": 6144,
         "num_hidden_layers": 35,
         "num_attention_heads": 8,
         "num_key_value_heads": 1,
-        "head_dim": 256,
-        "global_head_dim": 512,
-        "num_global_key_value_heads": None,
-        "attention_k_eq_v": False,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 512,
         "layer_types": [
             S, S, S, S, F,  S, S, S, S, F,  S, S, S, S, F,  S, S, S, S, F,  S, S, S, S, F,  # 0-24
             S, S, S, S, F,  S, S, S, S, F,  # 25-34
         ],
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": None,
-        "vocab_size_per_layer_input": 262144,
-        "hidden_size_per_layer_input": 256,
         "num_kv_shared_layers": 20,
         "use_double_wide_mlp": True,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
-        "dtype": "bfloat16",
     },
     "gemma-4-E4B": {
-        "model_type": "gemma4_text",
-        "vocab_size": 262144,
+        **_E_MODELS,
         "hidden_size": 2560,
         "intermediate_size": 10240,
         "num_hidden_layers": 42,
         "num_attention_heads": 8,
         "num_key_value_heads": 2,
-        "head_dim": 256,
-        "global_head_dim": 512,
-        "num_global_key_value_heads": None,
-        "attention_k_eq_v": False,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 512,
         "layer_types": [
             S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  # 0-23
             S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  # 24-41
         ],
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": None,
-        "vocab_size_per_layer_input": 262144,
-        "hidden_size_per_layer_input": 256,
         "num_kv_shared_layers": 18,
-        "use_double_wide_mlp": False,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
-        "dtype": "bfloat16",
     },
     "gemma-4-31B": {
-        "model_type": "gemma4_text",
-        "vocab_size": 262144,
+        **_LARGE,
         "hidden_size": 5376,
         "intermediate_size": 21504,
         "num_hidden_layers": 60,
         "num_attention_heads": 32,
         "num_key_value_heads": 16,
-        "head_dim": 256,
-        "global_head_dim": 512,
         "num_global_key_value_heads": 4,
-        "attention_k_eq_v": True,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 262144,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 1024,
         "layer_types": [
             S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  # 0-23
             S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  # 24-47
             S, S, S, S, S, F,  S, S, S, S, S, F,  # 48-59
         ],
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": "vision",
-        "vocab_size_per_layer_input": 262144,
-        "hidden_size_per_layer_input": 0,
-        "num_kv_shared_layers": 0,
-        "use_double_wide_mlp": False,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
-        "dtype": "bfloat16",
     },
     "gemma-4-26B-A4B": {
-        "model_type": "gemma4_text",
-        "vocab_size": 262144,
+        **_LARGE,
         "hidden_size": 2816,
         "intermediate_size": 2112,
         "num_hidden_layers": 30,
         "num_attention_heads": 16,
         "num_key_value_heads": 8,
-        "head_dim": 256,
-        "global_head_dim": 512,
         "num_global_key_value_heads": 2,
-        "attention_k_eq_v": True,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 262144,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 1024,
         "layer_types": [
             S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  # 0-23
             S, S, S, S, S, F,  # 24-29
         ],
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": "vision",
-        "vocab_size_per_layer_input": 262144,
-        "hidden_size_per_layer_input": 0,
-        "num_kv_shared_layers": 0,
-        "use_double_wide_mlp": False,
         "enable_moe_block": True,
         "num_experts": 128,
         "top_k_experts": 8,
         "moe_intermediate_size": 704,
-        "dtype": "bfloat16",
     },
     # ---------------------------------------------------------------- test configs
     "tiny-e2b": {
-        "model_type": "gemma4_text",
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 96,          # 192 on the KV-shared layers 5-9 (double-wide)
+        **_TINY,                          # intermediate 192 on the KV-shared layers 5-9 (double-wide)
         "num_hidden_layers": 10,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "global_head_dim": 64,
-        "num_global_key_value_heads": None,
-        "attention_k_eq_v": False,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 8,
         "layer_types": [S, S, S, S, F,  S, S, S, S, F],  # shared 5-9 read layer 3 (sliding), 4 (full)
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": None,
-        "vocab_size_per_layer_input": 512,
         "hidden_size_per_layer_input": 16,
         "num_kv_shared_layers": 5,
         "use_double_wide_mlp": True,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
     },
     "tiny-e4b": {
-        "model_type": "gemma4_text",
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 96,
+        **_TINY,
         "num_hidden_layers": 12,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "global_head_dim": 64,
-        "num_global_key_value_heads": None,
-        "attention_k_eq_v": False,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 8,
         "layer_types": [S, S, S, S, S, F,  S, S, S, S, S, F],  # shared 6-11 read layer 4 (sliding), 5 (full)
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": None,
-        "vocab_size_per_layer_input": 512,
         "hidden_size_per_layer_input": 16,
         "num_kv_shared_layers": 6,
-        "use_double_wide_mlp": False,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
     },
     "tiny-31b": {
-        "model_type": "gemma4_text",
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 96,
+        **_TINY,
+        **{k: v for k, v in _LARGE.items() if k != "sliding_window"},
         "num_hidden_layers": 12,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "global_head_dim": 64,
         "num_global_key_value_heads": 1,
-        "attention_k_eq_v": True,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 262144,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 8,
         "layer_types": [S, S, S, S, S, F,  S, S, S, S, S, F],
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": "vision",
-        "vocab_size_per_layer_input": 512,
-        "hidden_size_per_layer_input": 0,
-        "num_kv_shared_layers": 0,
-        "use_double_wide_mlp": False,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
     },
     "tiny-26b-a4b": {
-        "model_type": "gemma4_text",
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 96,
+        **_TINY,
+        **{k: v for k, v in _LARGE.items() if k != "sliding_window"},
         "num_hidden_layers": 12,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "global_head_dim": 64,
         "num_global_key_value_heads": 1,
-        "attention_k_eq_v": True,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 262144,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 8,
         "layer_types": [S, S, S, S, S, F,  S, S, S, S, S, F],
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": "vision",
-        "vocab_size_per_layer_input": 512,
-        "hidden_size_per_layer_input": 0,
-        "num_kv_shared_layers": 0,
-        "use_double_wide_mlp": False,
         "enable_moe_block": True,
         "num_experts": 8,
         "top_k_experts": 2,
         "moe_intermediate_size": 32,
     },
     "small-e2b": {
-        "model_type": "gemma4_text",
-        "vocab_size": 262144,
+        **_E_MODELS,
         "hidden_size": 1536,
         "intermediate_size": 6144,        # 12288 on the KV-shared layers 3-4 (double-wide)
         "num_hidden_layers": 5,
         "num_attention_heads": 8,
         "num_key_value_heads": 1,
-        "head_dim": 256,
-        "global_head_dim": 512,
-        "num_global_key_value_heads": None,
-        "attention_k_eq_v": False,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-06,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": True,
-        "rope_parameters": _ROPE,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "sliding_window": 512,
         "layer_types": [S, S, F,  S, F],  # shared 3-4 read layer 1 (sliding), 2 (full)
-        "final_logit_softcapping": 30.0,
-        "use_bidirectional_attention": None,
-        "vocab_size_per_layer_input": 262144,
-        "hidden_size_per_layer_input": 256,
         "num_kv_shared_layers": 2,
         "use_double_wide_mlp": True,
-        "enable_moe_block": False,
-        "num_experts": None,
-        "top_k_experts": None,
-        "moe_intermediate_size": None,
-        "dtype": "bfloat16",
+    },
+    "default": {  # the embedded default model (scripts/train_default_model.py trains it from this)
+        "vocab_size": 4096,
+        "vocab_size_per_layer_input": 4096,
+        "hidden_size": 128,
+        "intermediate_size": 512,         # 1024 on the KV-shared layers 4-5 (double-wide)
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "global_head_dim": 64,
+        "max_position_embeddings": 2048,
+        "eos_token_id": [1, 106],
+        "sliding_window": 64,
+        "layer_types": [S, S, F,  S, S, F],  # KV-shared 4 (sliding) and 5 (full) read layers 3 and 2
+        "hidden_size_per_layer_input": 32,
+        "num_kv_shared_layers": 2,
+        "use_double_wide_mlp": True,
+        "dtype": "float32",
     },
 }
+
+PRESETS: dict[str, dict[str, Any]] = {name: {**copy.deepcopy(GEMMA4_BASE), **copy.deepcopy(diff)}
+                                      for name, diff in _VARIANTS.items()}
 
 RELEASED = ("gemma-4-E2B", "gemma-4-E4B", "gemma-4-31B", "gemma-4-26B-A4B")
 TEST_PRESETS = ("tiny-e2b", "tiny-e4b", "tiny-31b", "tiny-26b-a4b")
 
 
-def get_preset(name: str, **overrides: Any) -> Gemma4Config:
-    """The named variant as a Gemma4Config; keyword arguments override config.json keys."""
+def preset_dict(name: str, **overrides: Any) -> dict[str, Any]:
+    """The named variant's config.json dict (a copy) with `overrides` applied.
+
+    Raises KeyError for an unknown preset and TypeError for an override that is not one of its keys
+    (a misspelled `sliding_windw=16` must not be silently ignored).
+    """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     d = copy.deepcopy(PRESETS[name])
+    unknown = sorted(set(overrides) - set(d))
+    if unknown:
+        raise TypeError(f"get_preset({name!r}): unknown override(s) {', '.join(unknown)}; a preset's keys are "
+                        f"the Gemma4Config fields: {', '.join(sorted(k for k in d if k != 'model_type'))}")
     d.update(copy.deepcopy(overrides))
-    return Gemma4Config.from_dict(d, source=f"preset {name!r}")
+    return d
+
+
+def get_preset(name: str, **overrides: Any) -> Gemma4Config:
+    """The named variant as a Gemma4Config; keyword arguments override config.json keys."""
+    return Gemma4Config.from_dict(preset_dict(name, **overrides), source=f"preset {name!r}")

@@ -220,8 +220,9 @@ def test_torch_compile_fullgraph():
             assert_close_rel(got, want, 1e-5, f"compiled {getattr(fn, '__name__', type(fn).__name__)}")
 
 
-def test_deepcopy_state_dict_and_pickle_format():
-    """A model with adapters deep-copies and reloads its own state_dict; PEFT's .bin format loads too."""
+def test_deepcopy_state_dict_and_pickle_format_refused():
+    """A model with adapters deep-copies and reloads its own state_dict; PEFT's .bin format is refused
+    unopened (the package never unpickles), with a message saying how to convert it."""
     import copy
 
     preset = "tiny-26b-a4b"
@@ -233,8 +234,13 @@ def test_deepcopy_state_dict_and_pickle_format():
         warnings.simplefilter("ignore")
         pm.save_pretrained(path, safe_serialization=False)
     ours = our_model(preset)
+    before = logits(ours, ids)
+    with pytest.raises(ValueError, match=r"adapter_model\.bin: PEFT's pickle format is not read.*never unpickles"):
+        ours.load_adapter(path)
+    assert not ours.peft_config and torch.equal(logits(ours, ids), before)
+    pm.save_pretrained(path)  # safetensors beside the .bin: that one is read
     ours.load_adapter(path)
-    assert_close_rel(logits(ours, ids), logits(pm, ids), 1e-4, "adapter_model.bin")
+    assert_close_rel(logits(ours, ids), logits(pm, ids), 1e-4, "adapter_model.safetensors")
     twin = copy.deepcopy(ours)
     assert_close_rel(logits(twin, ids), logits(ours, ids), 0.0, "deepcopy")
     twin.load_state_dict(ours.state_dict())

@@ -26,7 +26,9 @@ import random
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from gemma4.chat_templates import GEMMA4_CHAT_TEMPLATE
+from gemma4.tokenization import GEMMA4_CHAT_TEMPLATE
+from gemma4.tokenization.gemma4_format import (CONTROL_TOKENS, MODEL_SPECIFIC_TOKENS, MULTIMODAL_TOKENS, NEWLINE_ID,
+                                               TOOL_TOKENS, TURN_TOKENS)
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -56,22 +58,13 @@ CORPUS = [
     "The model answered , then paused ... and answered again !",
 ]
 
-# Gemma 4 control tokens at their real ids (gemma4-architecture.md section 4).
-GEMMA_CONTROL = {
-    0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>",
-    46: "<|tool>", 47: "<tool|>", 48: "<|tool_call>", 49: "<tool_call|>",
-    50: "<|tool_response>", 51: "<tool_response|>", 52: '<|"|>',
-    98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>",
-}
-NEWLINE_ID = 107
-# Multimodal tokens: real ids are ~256k; here they follow the trained vocabulary.
-GEMMA_MULTIMODAL = ["<|image>", "<|audio>", "<|image|>", "<|audio|>", "<image|>", "<audio|>", "<|video|>"]
-GEMMA_MODEL_SPECIFIC = {
-    "image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
-    "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>",
-}
-TURN_TOKENS = ["<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>"]
-TOOL_TOKENS = ["<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>']
+# Gemma 4's control tokens at their real ids, from the package's table; the multimodal tokens
+# (real ids ~256k) follow the trained vocabulary here.
+GEMMA_CONTROL = CONTROL_TOKENS
+GEMMA_MULTIMODAL = list(MULTIMODAL_TOKENS)
+GEMMA_MODEL_SPECIFIC = MODEL_SPECIFIC_TOKENS
+TURN_TOKENS = list(TURN_TOKENS)
+TOOL_TOKENS = list(TOOL_TOKENS)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from gemma4.chat_templates import GEMMA4_CHAT_TEMPLATE
-from gemma4.tokenizer import AutoTokenizer, BatchEncoding, TokenizerLoadError, get_json_schema
+from gemma4.tokenization import (GEMMA4_CHAT_TEMPLATE, AutoTokenizer, BatchEncoding, TokenizerLoadError,
+                                 get_json_schema)
 from tests.tokenizer import fixtures
 
 transformers = pytest.importorskip("transformers")
@@ -592,7 +592,7 @@ def test_load_errors(dirs, tmp_path):
 
 
 def test_no_transformers_at_runtime(dirs):
-    code = ("import sys; from gemma4.tokenizer import AutoTokenizer; "
+    code = ("import sys; from gemma4.tokenization import AutoTokenizer; "
             f"t = AutoTokenizer.from_pretrained({dirs['gemma']!r}); "
             "t.apply_chat_template([{'role': 'user', 'content': 'hi'}], add_generation_prompt=True, "
             "return_tensors='pt'); t.decode(t('hello')['input_ids']); "

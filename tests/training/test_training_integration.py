@@ -88,7 +88,7 @@ def test_preset_lora_run_saves_an_adapter_that_reloads(corpus, tmp_path):
     assert sorted(config["target_modules"]) == ["down_proj", "o_proj", "q_proj", "v_proj"]
 
     # the same random base (same preset and seed) + the saved adapter = the trained model
-    from gemma4.demo import build_random_model
+    from gemma4.modeling.random_model import build_random_model
 
     fresh = build_random_model("tiny-e2b", torch.float32, seed=3)
     ids = torch.randint(3, 300, (2, 24))

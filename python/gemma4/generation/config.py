@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+from numbers import Integral, Real
 from typing import Any
+
+from gemma4.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["GenerationConfig", "GENERATION_CONFIG_NAME"]
 
@@ -67,6 +70,32 @@ _GLOBAL_DEFAULTS: dict[str, Any] = {
 _EXTRA_OUTPUT_FLAGS = ("output_attentions", "output_hidden_states", "output_scores", "output_logits")
 
 
+def _check_int(name: str, value: Any, low: int) -> None:
+    """None, or an int >= low (bool is not an int here)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ArgumentTypeError(f"`{name}` must be an integer >= {low}, but is {value!r} ({type(value).__name__})")
+    if value < low:
+        raise ArgumentError(f"`{name}` must be an integer >= {low}, but is {value}")
+
+
+def _check_id_list(name: str, value: Any) -> None:
+    """None, a token id, or a non-empty list (or 1-D tensor) of token ids."""
+    if value is None:
+        return
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # a tensor or array
+        value = value.tolist()
+    ids = value if isinstance(value, (list, tuple)) else [value]
+    if not ids:
+        raise ArgumentError(f"`{name}` is an empty list: give a token id, a non-empty list of them, or None")
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, Integral):
+            raise ArgumentTypeError(f"`{name}` must hold integer token ids, but is {value!r}")
+        if i < 0:
+            raise ArgumentError(f"`{name}` holds {i}: token ids are >= 0")
+
+
 class GenerationConfig:
     """Parameters of `generate` (transformers' names). Unknown keyword arguments become attributes."""
 
@@ -83,23 +112,41 @@ class GenerationConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ValueError for values that can never work (the checks transformers makes eagerly)."""
+        """Raise ArgumentError (a ValueError; ArgumentTypeError, also a TypeError, for a wrong type) naming the
+        field, for values that can never work: transformers' eager checks plus the type and range of every
+        length, count and special-token id generate reads."""
         if self.early_stopping not in (None, True, False, "never"):
-            raise ValueError(f"`early_stopping` must be a boolean or 'never', but is {self.early_stopping}.")
-        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
-            raise ValueError(f"`max_new_tokens` must be greater than 0, but is {self.max_new_tokens}.")
+            raise ArgumentError(f"`early_stopping` must be a boolean or 'never', but is {self.early_stopping}.")
+        if self.max_new_tokens is not None:
+            _check_int("max_new_tokens", self.max_new_tokens, 1)
+        for name in ("max_length", "min_length", "min_new_tokens", "no_repeat_ngram_size"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("num_return_sequences", "prefill_chunk_size"):
+            _check_int(name, getattr(self, name), 1)
+        if self.max_time is not None and (isinstance(self.max_time, bool) or not isinstance(self.max_time, Real)
+                                          or not self.max_time > 0):
+            raise ArgumentError(f"`max_time` must be a positive number of seconds, but is {self.max_time!r}")
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+                raise ArgumentTypeError(f"`{name}` must be a number, but is {value!r}")
         if self.temperature is not None and self.do_sample and not self.temperature > 0:
-            raise ValueError(f"`temperature` (={self.temperature}) has to be a strictly positive float; for greedy "
-                             "decoding set `do_sample=False`.")
+            raise ArgumentError(f"`temperature` (={self.temperature}) has to be a strictly positive float; for greedy "
+                                "decoding set `do_sample=False`.")
         if self.top_p is not None and not 0.0 <= float(self.top_p) <= 1.0:
-            raise ValueError(f"`top_p` has to be a float >= 0 and <= 1, but is {self.top_p}")
+            raise ArgumentError(f"`top_p` has to be a float >= 0 and <= 1, but is {self.top_p}")
         if self.min_p is not None and not 0.0 <= float(self.min_p) <= 1.0:
-            raise ValueError(f"`min_p` has to be a float in the [0, 1] interval, but is {self.min_p}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
-            raise ValueError(f"`top_k` has to be a non-negative integer, but is {self.top_k}")
+            raise ArgumentError(f"`min_p` has to be a float in the [0, 1] interval, but is {self.min_p}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, Integral)
+                                       or self.top_k < 0):
+            raise ArgumentError(f"`top_k` has to be a non-negative integer, but is {self.top_k}")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
-            raise ValueError(f"`repetition_penalty` has to be a strictly positive float, but is "
-                             f"{self.repetition_penalty}")
+            raise ArgumentError(f"`repetition_penalty` has to be a strictly positive float, but is "
+                                f"{self.repetition_penalty}")
+        for name in ("pad_token_id", "bos_token_id", "forced_bos_token_id", "decoder_start_token_id"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("eos_token_id", "forced_eos_token_id"):
+            _check_id_list(name, getattr(self, name))
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -127,9 +174,14 @@ class GenerationConfig:
                 config_dict = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise OSError(f"{file} is not a valid JSON file ({e})") from None
-        if kwargs.pop("_from_model_config", False):
-            return cls.from_model_config(config_dict)
-        return cls.from_dict(config_dict, **kwargs)
+        if not isinstance(config_dict, dict):
+            raise OSError(f"{file}: expected a JSON object, found {type(config_dict).__name__}")
+        try:
+            if kwargs.pop("_from_model_config", False):
+                return cls.from_model_config(config_dict)
+            return cls.from_dict(config_dict, **kwargs)
+        except ArgumentError as e:
+            raise type(e)(f"{file}: {e}") from None
 
     @classmethod
     def from_model_config(cls, model_config: Any) -> "GenerationConfig":
@@ -167,6 +219,7 @@ class GenerationConfig:
     def update(self, defaults_only: bool = False, allow_custom_entries: bool = False, **kwargs: Any) -> dict:
         """Set the attributes named in kwargs (only unset ones when defaults_only); returns the unused kwargs."""
         used = []
+        before = dict(self.__dict__)  # a failed update leaves the config as it was
         for key, value in kwargs.items():
             if allow_custom_entries and not hasattr(self, key):
                 setattr(self, key, value)
@@ -175,7 +228,12 @@ class GenerationConfig:
                 if not defaults_only or getattr(self, key) is None:
                     setattr(self, key, value)
                     used.append(key)
-        self.validate()
+        try:
+            self.validate()
+        except ArgumentError:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         return {k: v for k, v in kwargs.items() if k not in used}
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,6 +23,9 @@ from dataclasses import dataclass, fields
 import torch
 
 from gemma4.cache import Gemma4Cache
+from gemma4.devices import available_memory
+from gemma4.errors import ArgumentError, ArgumentTypeError, Gemma4Error
+from gemma4.modeling.inputs import check_token_id, check_token_ids
 
 from .config import GenerationConfig
 from .logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, ForcedBOSTokenLogitsProcessor,
@@ -33,7 +36,11 @@ from .logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, ForcedBOSToke
                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
 from .stopping import EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria, StopStringCriteria, StoppingCriteriaList
 
-__all__ = ["generate", "GenerateDecoderOnlyOutput"]
+__all__ = ["generate", "GenerateDecoderOnlyOutput", "NonFiniteLogitsError"]
+
+
+class NonFiniteLogitsError(Gemma4Error, FloatingPointError):
+    """The model produced NaN or infinite logits during generate (non-finite weights, or an overflow)."""
 
 _MODEL_KWARGS = {"attention_mask", "input_ids", "position_ids", "past_key_values", "cache"}
 
@@ -167,6 +174,53 @@ def _prepare_lengths(gc: GenerationConfig, model, input_len: int, has_default_ma
                          "better yet, setting `max_new_tokens`.")
 
 
+def _check_input_ids(input_ids, vocab_size: int) -> None:
+    """A [batch, length] tensor of token ids in [0, vocab_size), at least one token per row."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise ArgumentTypeError(f"input_ids must be a [batch, length] tensor of token ids, got "
+                                f"{type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise ArgumentError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() == 0:
+        raise ArgumentError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token per "
+                            "sequence (e.g. the bos token)")
+    check_token_ids(input_ids, vocab_size, "input_ids")
+
+
+def _check_cache(cache, batch: int, num_return_sequences: int) -> None:
+    if cache is None:
+        return
+    if not isinstance(cache, Gemma4Cache):
+        raise ArgumentTypeError(f"past_key_values must be a gemma4.Gemma4Cache (returned by an earlier generate or "
+                                f"forward call), got {type(cache).__name__}")
+    if cache.batch_size is not None and cache.batch_size != batch:
+        repeat = f" ({batch // num_return_sequences} x num_return_sequences {num_return_sequences})" \
+            if num_return_sequences > 1 else ""
+        raise ArgumentError(f"past_key_values holds {cache.batch_size} sequence(s) but input_ids has {batch}{repeat}: "
+                            "a cache continues the batch it was filled with")
+
+
+def _check_buffers_fit(model, gc: GenerationConfig, batch: int, input_len: int, new_cache: bool) -> None:
+    """Refuse a length whose preallocated buffers cannot fit in the device's memory (naming the argument),
+    before allocating anything: three [B, max_length] int64 buffers, a KV cache of max_length slots and,
+    when returned, one [B, V] float32 row of scores/logits per new token."""
+    device = model.device
+    max_length = gc.max_length
+    need = 3 * 8 * batch * max_length
+    if new_cache:
+        need += Gemma4Cache.storage_bytes(model.config, max_length - 1, batch, model.dtype)
+    rows = int(bool(gc.return_dict_in_generate and gc.output_scores)) + \
+        int(bool(gc.return_dict_in_generate and gc.output_logits))
+    need += rows * 4 * batch * model.config.vocab_size * (max_length - input_len)
+    free = available_memory(device)
+    if free is not None and need > free:
+        name = "max_new_tokens" if gc.max_new_tokens is not None else "max_length"
+        raise ArgumentError(f"{name}={getattr(gc, name)}: generating up to {max_length} tokens for {batch} "
+                            f"sequence(s) needs {need / 2**30:.1f} GiB of buffers (token ids and KV cache"
+                            f"{', scores' if rows else ''}), more than the {free / 2**30:.1f} GiB available on "
+                            f"{device}; ask for fewer tokens")
+
+
 def _merge(default_list, custom_list):
     """transformers' rule: a custom processor/criterion replaces the default of the same type; others follow."""
     if not custom_list:
@@ -280,8 +334,7 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
         if gc.bos_token_id is None:
             raise ValueError("`bos_token_id` has to be defined when no `input_ids` are provided.")
         input_ids = torch.full((1, 1), gc.bos_token_id, dtype=torch.long, device=device)
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    _check_input_ids(input_ids, model.config.vocab_size)
     input_ids = input_ids.to(device=device, dtype=torch.long)
     B = input_ids.shape[0]
 
@@ -295,6 +348,10 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
                           "consequence, you may observe unexpected behavior. Please pass your input's "
                           "`attention_mask` to obtain reliable results.", UserWarning, stacklevel=2)
         pad = int(eos[0])
+    for i, token in enumerate([] if eos is None else eos.tolist()):
+        check_token_id(token, model.config.vocab_size, "eos_token_id" if len(eos) == 1 else f"eos_token_id[{i}]")
+    if pad is not None:
+        check_token_id(pad, model.config.vocab_size, "pad_token_id")
     if attention_mask is None:
         attention_mask = _prepare_attention_mask(input_ids, pad, eos)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
@@ -314,19 +371,20 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
     if n > 1:
         if not gc.do_sample:
             raise ValueError("Greedy methods without beam search do not support `num_return_sequences` different "
-                             "than 1 (got {n}).")
+                             f"than 1 (got {n}).")
         input_ids, attention_mask, position_ids = (t.repeat_interleave(n, dim=0)
                                                    for t in (input_ids, attention_mask, position_ids))
         B = input_ids.shape[0]
-
-    if streamer is not None:
-        streamer.put(input_ids.cpu())
 
     input_len = input_ids.shape[1]
     _prepare_lengths(gc, model, input_len, has_default_max, has_default_min)
 
     cache = model_kwargs.pop("past_key_values", None)
     cache = model_kwargs.pop("cache", None) if cache is None else cache
+    _check_cache(cache, B, n)
+    _check_buffers_fit(model, gc, B, input_len, cache is None and gc.use_cache)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     if gc.use_cache and cache is None:
         cache = Gemma4Cache(model.config, max_cache_len=gc.max_length - 1, batch_size=B, device=device,
                             dtype=model.dtype)
@@ -337,6 +395,14 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
     criteria = _get_stopping_criteria(gc, eos, tokenizer, stopping_criteria)
     return _decode(model, input_ids, attention_mask, position_ids, cache, gc, processors, criteria, pad,
                    eos is not None, streamer, generator)
+
+
+def _raise_non_finite(rows_finite: torch.Tensor, step: int) -> None:
+    rows = (~rows_finite).nonzero().flatten().tolist()
+    raise NonFiniteLogitsError(f"generate: the model's logits for new token {step} hold NaN or infinity (batch "
+                               f"row(s) {rows}); the weights or inputs are not finite, or a low-precision "
+                               "overflow happened (check the checkpoint; pass remove_invalid_values=True to "
+                               "generate anyway with those values replaced)")
 
 
 def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processors, criteria, pad,
@@ -378,11 +444,18 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
         if start >= input_len:
             break
 
+    # Non-finite logits (NaN/inf weights, an overflow) are refused unless remove_invalid_values asks to
+    # replace them: such rows are processed as zeros (so sampling cannot fail) and the step's host read
+    # raises before the token is used.
+    check_finite = gc.remove_invalid_values is not True
+    true = torch.ones((), dtype=torch.bool, device=device)
     cur_len = input_len
     while True:
         next_logits = out.logits[:, -1].to(dtype=torch.float32, copy=True)  # [B, V]
         del out
-        next_scores = processors(sequences[:, :cur_len], next_logits)
+        rows_finite = torch.isfinite(next_logits).all(-1) if check_finite else None  # [B]
+        scores_in = next_logits if not check_finite else torch.where(rows_finite[:, None], next_logits, 0.0)
+        next_scores = processors(sequences[:, :cur_len], scores_in)
         if want_scores:
             scores_out.append(next_scores)
         if want_logits:
@@ -398,11 +471,16 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
         cur_len += 1
         if sync_stop:
             unfinished = unfinished & ~criteria(sequences[:, :cur_len], tuple(scores_out) if want_scores else None)
+        if sync_stop or check_finite:  # the one host read of the step: [any row unfinished, logits finite]
+            any_unfinished, finite = torch.stack([unfinished.any() if sync_stop else true,
+                                                  rows_finite.all() if check_finite else true]).tolist()
+            if not finite:
+                _raise_non_finite(rows_finite, cur_len - input_len)
         if streamer is not None:
             streamer.put(next_tokens.cpu())
         if cur_len >= max_length:
             break
-        if sync_stop and not bool(unfinished.any()):  # the one host sync of the step
+        if sync_stop and not any_unfinished:
             break
         if cache is not None:
             out = model(input_ids=sequences[:, cur_len - 1:cur_len], position_ids=positions[:, cur_len - 1:cur_len],

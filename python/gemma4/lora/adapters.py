@@ -327,34 +327,55 @@ class AdapterMixin:
 
     def _inject(self, name: str, config: LoraConfig, root: Root, plan: _Plan, trainable: bool,
                 autocast_adapter_dtype: bool, init) -> _Adapter:
+        """Wrap the planned modules and give them adapter `name`: all of it, or (on any error) none of it."""
         state = self._lora
-        if not state.adapters:
+        first = not state.adapters
+        if first:
             state.requires_grad_before = {id(p): p.requires_grad for p in self.parameters()}
         adapter = _Adapter(config=config, root=root, trainable=trainable)
-        for path, r, alpha in plan.linears:
-            module = self.get_submodule(path)
-            if not isinstance(module, LoraLinear):
-                module = LoraLinear(module)
-                self._replace_module(path, module)
-            dtype = self._adapter_dtype(getattr(module.base_layer, "weight", None), autocast_adapter_dtype)
-            module.update_layer(name, r, alpha, config.use_rslora, config.lora_dropout, dtype, init)
-            adapter.linears.append(path)
-        for path, pname, depth, r, alpha in plan.params:
-            top = self.get_submodule(path)
-            wrapper = next((w for w in _param_chain(top) if w.parameter_name == pname), None)
-            if wrapper is None:
-                wrapper = LoraParamWrapper(top, pname)
-                self._replace_module(path, wrapper)
-            dtype = self._adapter_dtype(wrapper.get_param(), autocast_adapter_dtype)
-            wrapper.update_layer(name, r, alpha, config.use_rslora, dtype, init)
-            adapter.params.append((path, pname, depth))
-        for path in plan.saves:
-            module = self.get_submodule(path)
-            if not isinstance(module, ModulesToSaveWrapper):
-                module = ModulesToSaveWrapper(module)
-                self._replace_module(path, module)
-            module.add(name)
-            adapter.saves.append(path)
+        replaced: list[tuple[str, nn.Module]] = []  # (path, the module that was there)
+        touched: list[nn.Module] = []  # layers that may hold a (partial) adapter `name`
+
+        def wrap(path: str, new: nn.Module) -> None:
+            replaced.append((path, self.get_submodule(path)))
+            self._replace_module(path, new)
+
+        try:
+            for path, r, alpha in plan.linears:
+                module = self.get_submodule(path)
+                if not isinstance(module, LoraLinear):
+                    module = LoraLinear(module)
+                    wrap(path, module)
+                touched.append(module)
+                dtype = self._adapter_dtype(getattr(module.base_layer, "weight", None), autocast_adapter_dtype)
+                module.update_layer(name, r, alpha, config.use_rslora, config.lora_dropout, dtype, init)
+                adapter.linears.append(path)
+            for path, pname, depth, r, alpha in plan.params:
+                top = self.get_submodule(path)
+                wrapper = next((w for w in _param_chain(top) if w.parameter_name == pname), None)
+                if wrapper is None:
+                    wrapper = LoraParamWrapper(top, pname)
+                    wrap(path, wrapper)
+                touched.append(wrapper)
+                dtype = self._adapter_dtype(wrapper.get_param(), autocast_adapter_dtype)
+                wrapper.update_layer(name, r, alpha, config.use_rslora, dtype, init)
+                adapter.params.append((path, pname, depth))
+            for path in plan.saves:
+                module = self.get_submodule(path)
+                if not isinstance(module, ModulesToSaveWrapper):
+                    module = ModulesToSaveWrapper(module)
+                    wrap(path, module)
+                touched.append(module)
+                module.add(name)
+                adapter.saves.append(path)
+        except BaseException:
+            for module in touched:
+                module.delete_adapter(name)
+            for path, before in reversed(replaced):
+                self._replace_module(path, before)
+            if first:
+                self.__dict__.pop("_lora_state", None)
+            raise
         state.adapters[name] = adapter
         # the base is frozen while adapters are attached (PEFT's _mark_only_adapters_as_trainable)
         adapter_ids = self._adapter_param_ids()
@@ -454,9 +475,13 @@ class AdapterMixin:
                           f"(e.g. {skipped[0]!r}); this is a text-only model")
         adapter = self._inject(adapter_name, config, root, plan, trainable=is_trainable,
                                autocast_adapter_dtype=autocast_adapter_dtype, init=False)
-        with torch.no_grad():
-            for k, param in self._adapter_tensors(adapter_name, adapter).items():
-                param.copy_(tensors[k])
+        try:
+            with torch.no_grad():
+                for k, param in self._adapter_tensors(adapter_name, adapter).items():
+                    param.copy_(tensors[k])
+        except BaseException:
+            self.delete_adapter(adapter_name)  # all or nothing
+            raise
         if not self._lora.active:
             self._lora.active = [adapter_name]
         self._sync()

@@ -9,11 +9,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import re
 import warnings
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any, Optional, Union
+
+from gemma4.errors import AdapterConfigError
 
 __all__ = ["LoraConfig", "ADAPTER_CONFIG_NAME", "PEFT_FORMAT_VERSION"]
 
@@ -121,20 +125,88 @@ class LoraConfig:
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified. ")
 
+    # ---- types and forms of the values ----
+    @property
+    def source(self) -> str:
+        """Where this config came from: the adapter_config.json path, or "LoraConfig"."""
+        return self.__dict__.get("_source") or "LoraConfig"
+
+    def validate(self) -> None:
+        """Raise AdapterConfigError (a ValueError) naming the source and the key of the first value of the wrong
+        type or form: numbers, booleans, lists of names, and every pattern that is used as a regex."""
+        def bad(key: str, message: str):
+            raise AdapterConfigError(message, self.source, key)
+
+        def is_int(v) -> bool:
+            return isinstance(v, Integral) and not isinstance(v, bool)
+
+        def is_number(v) -> bool:
+            return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        def regex(key: str, pattern: str) -> None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                bad(key, f"{pattern!r} is not a valid regular expression ({e})")
+
+        def names(key: str, value, allow_regex: bool) -> None:
+            if value is None:
+                return
+            if isinstance(value, str):
+                if not allow_regex:
+                    bad(key, f"expected a list of names, got the string {value!r}")
+                if value.lower() != "all-linear":
+                    regex(key, value)
+                return
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                bad(key, f"expected {'a regex string or ' if allow_regex else ''}a list of names, got {value!r}")
+
+        if not is_int(self.r) or self.r <= 0:
+            bad("r", f"the rank must be a positive integer, got {self.r!r}")
+        if not is_number(self.lora_alpha):
+            bad("lora_alpha", f"expected a number, got {self.lora_alpha!r}")
+        if not is_number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
+            bad("lora_dropout", f"expected a probability in [0, 1), got {self.lora_dropout!r}")
+        for key in ("use_rslora", "inference_mode", "use_dora", "fan_in_fan_out", "lora_bias", "use_qalora"):
+            if not isinstance(getattr(self, key), bool):
+                bad(key, f"expected true or false, got {getattr(self, key)!r}")
+        names("target_modules", self.target_modules, allow_regex=True)
+        names("exclude_modules", self.exclude_modules, allow_regex=True)
+        names("target_parameters", self.target_parameters, allow_regex=False)
+        names("modules_to_save", self.modules_to_save, allow_regex=False)
+        for i, m in enumerate(self.modules_to_save or []):
+            regex(f"modules_to_save[{i}]", m)  # PEFT matches the entries as regex fragments
+        layers = self.layers_to_transform
+        if layers is not None and not is_int(layers) and not (isinstance(layers, list) and all(map(is_int, layers))):
+            bad("layers_to_transform", f"expected a layer index or a list of them, got {layers!r}")
+        pattern = self.layers_pattern
+        if pattern is not None:
+            patterns = [pattern] if isinstance(pattern, str) else pattern
+            if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+                bad("layers_pattern", f"expected a name or a list of names, got {pattern!r}")
+            for p in patterns:
+                regex("layers_pattern", p)
+        for key, check, what in (("rank_pattern", lambda v: is_int(v) and v > 0, "a positive integer rank"),
+                                 ("alpha_pattern", is_number, "a number")):
+            for k, v in getattr(self, key).items():
+                if not isinstance(k, str):
+                    bad(key, f"keys are module-name patterns (strings), got {k!r}")
+                regex(f"{key}.{k}", k)
+                if not check(v):
+                    bad(f"{key}.{k}", f"expected {what}, got {v!r}")
+        if not isinstance(self.init_lora_weights, (bool, str)):
+            bad("init_lora_weights", f"expected true, false or a method name, got {self.init_lora_weights!r}")
+
     # ---- what this package can honour ----
     def check_supported(self, for_creation: bool = False) -> None:
-        """Raise ValueError naming the first setting this package cannot honour.
+        """Raise ValueError naming the first setting this package cannot honour (after `validate`).
 
         for_creation: add_adapter (a fresh adapter) also needs an initialisation it can perform.
         """
         def refuse(name: str, why: str) -> None:
-            raise ValueError(f"LoraConfig.{name}={getattr(self, name)!r} is not supported by gemma4: {why}")
+            raise ValueError(f"{self.source}: {name}={getattr(self, name)!r} is not supported by gemma4: {why}")
 
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            refuse("r", "`r` should be a positive integer")
-        for k, v in self.rank_pattern.items():
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"LoraConfig.rank_pattern[{k!r}]={v!r}: ranks must be positive integers")
+        self.validate()
         if self.use_dora:
             refuse("use_dora", "DoRA (weight-decomposed LoRA) is not implemented")
         if self.bias != "none":
@@ -171,8 +243,6 @@ class LoraConfig:
         if self.target_parameters and self.lora_dropout:
             refuse("lora_dropout", "LoRA on parameters (target_parameters) cannot apply dropout: the update is "
                                    "folded into the weight (PEFT refuses it too)")
-        if not 0.0 <= float(self.lora_dropout) < 1.0:
-            refuse("lora_dropout", "must be in [0, 1)")
 
     # ---- (de)serialisation, as PEFT ----
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +271,8 @@ class LoraConfig:
         """Build from an adapter_config.json dict. Keys this PEFT version does not know are accepted only when
         they hold an empty/false value (a newer PEFT's unused option); otherwise they are refused, because
         their meaning is unknown here."""
+        if not isinstance(d, dict):
+            raise AdapterConfigError(f"expected a JSON object, found a {type(d).__name__}", source)
         d = copy.deepcopy(dict(d))
         d.pop("runtime_config", None)  # PEFT drops it too: runtime-only
         names = {f.name for f in dataclasses.fields(cls)}
@@ -211,7 +283,14 @@ class LoraConfig:
                                  "refusing an adapter whose meaning is unknown")
         if unknown:
             warnings.warn(f"{source}: ignoring unknown empty options {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
+        try:
+            config = cls(**{k: v for k, v in d.items() if k in names})
+        except (TypeError, ValueError, AttributeError) as e:  # __post_init__'s checks
+            if isinstance(e, AdapterConfigError):
+                raise
+            raise AdapterConfigError(str(e), source) from None
+        config.__dict__["_source"] = source
+        return config
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "LoraConfig":
@@ -220,11 +299,13 @@ class LoraConfig:
         file = path if os.path.isfile(path) else os.path.join(path, ADAPTER_CONFIG_NAME)
         if not os.path.isfile(file):
             raise FileNotFoundError(f"no {ADAPTER_CONFIG_NAME} in {path}")
-        with open(file, encoding="utf-8") as f:
-            try:
+        try:
+            with open(file, encoding="utf-8") as f:
                 d = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{file}: not valid JSON ({e})") from None
+        except json.JSONDecodeError as e:
+            raise AdapterConfigError(f"not valid JSON ({e})", file) from None
+        except UnicodeDecodeError as e:
+            raise AdapterConfigError(f"not UTF-8 text ({e})", file) from None
         return cls.from_dict(d, source=file)
 
     # ---- PEFT's per-module rank/alpha rule (utils.other.get_pattern_key) ----

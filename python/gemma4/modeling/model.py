@@ -12,6 +12,8 @@ from gemma4.lora.adapters import AdapterMixin
 
 from .decoder import Gemma4DecoderLayer
 from .embedding import Gemma4ScaledEmbedding
+from .init import init_weights_
+from .inputs import check_token_ids
 from .loss import IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
 from .norm import Gemma4RMSNorm
 
@@ -95,6 +97,7 @@ class Gemma4TextModel(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
+            check_token_ids(input_ids, self.config.vocab_size)  # ArgumentError naming the id
             inputs_embeds = self.embed_tokens(input_ids)  # [B,T,H]
         B, T, _ = inputs_embeds.shape
         ple = None
@@ -148,19 +151,15 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         """Fresh random weights as transformers initialises them (normal(0, std); norms and scales 1)."""
         if self.model.embed_tokens.weight.is_meta:
             return
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("router.scale") or name.endswith("per_expert_scale"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, std)
-        for name, b in self.named_buffers():
-            if name.endswith("layer_scalar"):
-                b.fill_(1.0)
+        init_weights_(self, std)
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "Gemma4ForCausalLM":
         from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
+        from gemma4.quant.loading import resolve_preparer  # noqa: PLC0415
 
+        kwargs["prepare_model"] = resolve_preparer(path, kwargs.pop("quantization_config", None),
+                                                   kwargs.pop("prepare_model", None))
         return load_pretrained(cls, path, **kwargs)
 
     @classmethod
@@ -174,7 +173,13 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         if self.peft_config:
             raise ValueError(f"the model carries LoRA adapters {sorted(self.peft_config)}: save them with "
                              "save_adapter(path), or the merged model with merge_and_unload().save_pretrained(path)")
-        save_pretrained(self, path, **kwargs)
+        if getattr(self, "quantization_config", None) is None:
+            return save_pretrained(self, path, **kwargs)
+        from gemma4.quant import compressed_tensors  # noqa: PLC0415  (quantized: pack-quantized tensors)
+
+        with compressed_tensors.compressed_tensors_state_dict(self):
+            save_pretrained(self, path, **kwargs)
+        compressed_tensors.write_quantization_config(self, path)
 
     @property
     def device(self) -> torch.device:

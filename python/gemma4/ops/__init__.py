@@ -8,6 +8,7 @@ from .activation import gated_activation
 from .attention import attention
 from .moe import moe_experts, moe_route
 from .norm import rms_norm
+from .quant import qgemm
 from .rope import rope
 
-__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts"]
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "qgemm"]

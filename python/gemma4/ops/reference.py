@@ -115,3 +115,32 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
 
 
 __all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "softcap"]
+
+
+# ---- quantized linear (gemma4::qgemm) ----
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Packed weights -> [N, K]: uint8 [N, K/2] int4 (32-weight runs of 16 bytes, byte j = weight j low
+    nibble + weight j+16 high nibble, stored q+8) or int8 [N, K]; times scales [N, K/group]."""
+    if qweight.dtype == torch.uint8:
+        n = qweight.shape[0]
+        runs = qweight.reshape(n, -1, 16).to(torch.int16)  # [N, K/32, 16]
+        q = (torch.cat((runs & 0xF, runs >> 4), dim=-1) - 8).reshape(n, -1)  # [N, K]
+    else:
+        q = qweight
+    n, k = q.shape
+    groups = scales.shape[1]
+    w = q.to(dtype).reshape(n, groups, k // groups) * scales.to(dtype)[:, :, None]  # [N, G, group]
+    return w.reshape(n, k)
+
+
+def qgemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
+    """y = x @ dequantize(qweight, scales)^T (+ bias), in float32 (float64 for float64 x)."""
+    acc = _acc(x)
+    y = x.to(acc) @ dequantize(qweight, scales, acc).t()  # [..., N]
+    if bias is not None:
+        y = y + bias.to(acc)
+    return y.to(x.dtype)
+
+
+__all__ += ["dequantize", "qgemm"]

@@ -46,14 +46,54 @@ class TokenizerLoadError(OSError):
     """A tokenizer directory that cannot be read: missing directory or file, invalid JSON."""
 
 
-def _read_json(path: str):
+def _read_json(path: str) -> dict:
+    """A JSON file holding an object (every tokenizer file does)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except json.JSONDecodeError as e:
         raise TokenizerLoadError(f"{path}: invalid JSON ({e})") from None
     except UnicodeDecodeError as e:
         raise TokenizerLoadError(f"{path}: not UTF-8 text ({e})") from None
+    if not isinstance(data, dict):
+        raise TokenizerLoadError(f"{path}: expected a JSON object, found a {type(data).__name__}")
+    return data
+
+
+def _bad(path: str, key: str, message: str) -> TokenizerLoadError:
+    return TokenizerLoadError(f"{path}: key '{key}': {message}")
+
+
+def _as_added_token(fields, path: str, key: str) -> AddedToken:
+    """An AddedToken from its JSON fields (content, special, lstrip, ...), or an error naming file and key."""
+    if not isinstance(fields, dict) or not isinstance(fields.get("content"), str):
+        raise _bad(path, key, f"expected an object with a string 'content', got {fields!r:.80}")
+    try:
+        return AddedToken(**{k: v for k, v in fields.items() if k not in ("__type", "id")})
+    except TypeError as e:
+        raise _bad(path, key, f"not a valid added token ({e})") from None
+
+
+def _check_template(template, path: str, key: str) -> None:
+    """chat_template: a string of Jinja that compiles, or a list of {name, template} / a dict of them."""
+    from .chat_template import ChatTemplateError, compile_template  # noqa: PLC0415
+
+    if isinstance(template, (list, tuple)):
+        for i, entry in enumerate(template):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or "template" not in entry:
+                raise _bad(path, f"{key}[{i}]", "expected an object {\"name\": ..., \"template\": ...}")
+            _check_template(entry["template"], path, f"{key}[{i}].template")
+        return
+    if isinstance(template, dict):
+        for name, t in template.items():
+            _check_template(t, path, f"{key}.{name}")
+        return
+    if not isinstance(template, str):
+        raise _bad(path, key, f"expected a Jinja template string, got {type(template).__name__}")
+    try:
+        compile_template(template)
+    except ChatTemplateError as e:
+        raise _bad(path, key, str(e)) from None
 
 
 def _read_text(path: str) -> str:
@@ -87,11 +127,16 @@ def _token_dict(obj):
 
 def _resolve_class(directory: str, config: dict) -> str | None:
     name = config.get("tokenizer_class")
+    if name is not None and not isinstance(name, str):
+        raise _bad(os.path.join(directory, TOKENIZER_CONFIG_FILE), "tokenizer_class", f"expected a class name, got "
+                   f"{name!r}")
     if name is None:
         path = os.path.join(directory, MODEL_CONFIG_FILE)
         if os.path.isfile(path):
             model_config = _read_json(path)
             name = model_config.get("tokenizer_class")
+            if name is not None and not isinstance(name, str):
+                raise _bad(path, "tokenizer_class", f"expected a class name, got {name!r}")
             if name is None and model_config.get("model_type") in _GEMMA_MODEL_TYPES:
                 name = "GemmaTokenizer"
     return name.removesuffix("Fast") if isinstance(name, str) else None
@@ -107,6 +152,8 @@ def _gemma_backend(tokenizer_file: str, kwargs: dict) -> tuple[RustTokenizer, di
     """
     tokenizer_json = _read_json(tokenizer_file)
     model = tokenizer_json.get("model", {})
+    if not isinstance(model, dict):
+        raise _bad(tokenizer_file, "model", f"expected an object, got {type(model).__name__}")
     if model.get("type") not in (None, "BPE"):
         raise TokenizerLoadError(f"{tokenizer_file}: GemmaTokenizer needs a BPE model, found {model.get('type')}")
     # The post-processor, padding and truncation of tokenizer.json, read from a copy without the
@@ -118,10 +165,8 @@ def _gemma_backend(tokenizer_file: str, kwargs: dict) -> tuple[RustTokenizer, di
         raise TokenizerLoadError(f"{tokenizer_file}: not a valid tokenizers file ({e})") from None
     extra = {"post_processor": from_file.post_processor, "tokenizer_padding": from_file.padding,
              "tokenizer_truncation": from_file.truncation}
-    vocab = model.get("vocab") or {}
-    if isinstance(vocab, list):
-        vocab = {(t[0] if isinstance(t, list) else t): i for i, t in enumerate(vocab)}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+    vocab = _bpe_vocab(model.get("vocab") or {}, tokenizer_file)
+    merges = _bpe_merges(model.get("merges") or [], tokenizer_file)
     for key, default in (("unk_token", "<unk>"), ("bos_token", "<bos>"), ("eos_token", "<eos>"),
                          ("pad_token", "<pad>"), ("mask_token", "<mask>")):
         if kwargs.get(key) is None:
@@ -135,6 +180,31 @@ def _gemma_backend(tokenizer_file: str, kwargs: dict) -> tuple[RustTokenizer, di
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     backend.normalizer = normalizers.Replace(" ", "▁")
     return backend, extra
+
+
+def _bpe_vocab(vocab, path: str) -> dict[str, int]:
+    """model.vocab of a BPE tokenizer.json: {piece: id} (or a list of pieces / [piece, score] pairs)."""
+    if isinstance(vocab, list):
+        vocab = {(t[0] if isinstance(t, list) and t else t): i for i, t in enumerate(vocab)}
+    if not isinstance(vocab, dict):
+        raise _bad(path, "model.vocab", f"expected an object {{piece: id}}, got {type(vocab).__name__}")
+    for piece, index in vocab.items():
+        if not isinstance(piece, str) or isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise _bad(path, "model.vocab", f"entry {piece!r}: {index!r} is not a piece with an id >= 0")
+    return vocab
+
+
+def _bpe_merges(merges, path: str) -> list[tuple[str, str]]:
+    """model.merges of a BPE tokenizer.json: "a b" strings or [a, b] pairs."""
+    if not isinstance(merges, list):
+        raise _bad(path, "model.merges", f"expected a list, got {type(merges).__name__}")
+    out = []
+    for i, m in enumerate(merges):
+        pair = tuple(m.split(" ")) if isinstance(m, str) else tuple(m) if isinstance(m, list) else None
+        if pair is None or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise _bad(path, f"model.merges[{i}]", f"expected \"a b\" or [\"a\", \"b\"], got {m!r:.80}")
+        out.append(pair)
+    return out
 
 
 class AutoTokenizer:
@@ -166,9 +236,8 @@ class AutoTokenizer:
             raise TokenizerLoadError(f"{tokenizer_file}: missing (gemma4.AutoTokenizer needs the `tokenizers` "
                                      "serialization; sentencepiece-only folders are not supported)")
 
-        config = _read_json(path(TOKENIZER_CONFIG_FILE)) if os.path.isfile(path(TOKENIZER_CONFIG_FILE)) else {}
-        if not isinstance(config, dict):
-            raise TokenizerLoadError(f"{path(TOKENIZER_CONFIG_FILE)}: expected a JSON object")
+        config_file = path(TOKENIZER_CONFIG_FILE)
+        config = _read_json(config_file) if os.path.isfile(config_file) else {}
         tokenizer_class = _resolve_class(directory, config)
         config.pop("tokenizer_class", None)
         config.pop("init_inputs", None)
@@ -184,6 +253,11 @@ class AutoTokenizer:
         if template_dir.is_dir():
             for f in sorted(template_dir.glob("*.jinja")):
                 templates[f.name.removesuffix(".jinja")] = _read_text(str(f))
+        for name, text in templates.items():
+            where = path(CHAT_TEMPLATE_FILE) if name == "default" else str(template_dir / f"{name}.jinja")
+            _check_template(text, where, "chat_template")
+        if "chat_template" in config and not templates:
+            _check_template(config["chat_template"], config_file, "chat_template")
         if len(templates) == 1 and "default" in templates:
             config["chat_template"] = templates["default"]
         elif templates:
@@ -203,13 +277,21 @@ class AutoTokenizer:
         added_tokens_decoder: dict[int, AddedToken] = {}
         added_tokens_map: dict[str, AddedToken] = {}
         if "added_tokens_decoder" in config:
-            for idx, token in config.pop("added_tokens_decoder").items():
-                if isinstance(token, dict):
-                    token = AddedToken(**{k: v for k, v in token.items() if k != "__type"})
+            decoder = config.pop("added_tokens_decoder")
+            if not isinstance(decoder, dict):
+                raise _bad(config_file, "added_tokens_decoder", f"expected an object {{id: token}}, got "
+                           f"{type(decoder).__name__}")
+            for idx, token in decoder.items():
+                key = f"added_tokens_decoder.{idx}"
                 if not isinstance(token, AddedToken):
-                    raise TokenizerLoadError(f"{path(TOKENIZER_CONFIG_FILE)}: added_tokens_decoder[{idx}] should be "
-                                             f"a dict, found {type(token).__name__}")
-                added_tokens_decoder[int(idx)] = token
+                    token = _as_added_token(token, config_file, key)
+                try:
+                    index = int(idx)
+                except ValueError:
+                    raise _bad(config_file, key, f"{idx!r} is not an integer token id") from None
+                if index < 0:
+                    raise _bad(config_file, key, "token ids are >= 0")
+                added_tokens_decoder[index] = token
                 added_tokens_map[str(token)] = token
         else:
             if os.path.isfile(path(SPECIAL_TOKENS_MAP_FILE)):
@@ -218,22 +300,28 @@ class AutoTokenizer:
                     if key in kwargs and kwargs[key]:
                         continue
                     if isinstance(value, dict) and key != "extra_special_tokens":
-                        value = {k: v for k, v in value.items() if k not in ("special", "__type")}
-                        value = AddedToken(**value, special=True)
+                        value = _as_added_token(value, path(SPECIAL_TOKENS_MAP_FILE), key)
+                        value.special = True
                     elif key == "extra_special_tokens" and isinstance(value, list):
                         existing = list(config.get("extra_special_tokens") or [])
-                        for tok in value:
-                            tok = AddedToken(**tok, special=True) if isinstance(tok, dict) else tok
+                        for i, tok in enumerate(value):
+                            if isinstance(tok, dict):
+                                tok = _as_added_token(tok, path(SPECIAL_TOKENS_MAP_FILE), f"{key}[{i}]")
+                                tok.special = True
                             if tok not in existing:
                                 existing.append(tok)
                         value = existing
                     config[key] = value
                 if isinstance(config.get("extra_special_tokens"), dict):
                     config.setdefault("model_specific_special_tokens", {}).update(config.pop("extra_special_tokens"))
-            for entry in _read_json(tokenizer_file).get("added_tokens", []):
-                entry = dict(entry)
-                idx = entry.pop("id")
-                added_tokens_decoder[idx] = AddedToken(**entry)
+            entries = _read_json(tokenizer_file).get("added_tokens", [])
+            if not isinstance(entries, list):
+                raise _bad(tokenizer_file, "added_tokens", f"expected a list, got {type(entries).__name__}")
+            for i, entry in enumerate(entries):
+                idx = entry.get("id") if isinstance(entry, dict) else None
+                if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+                    raise _bad(tokenizer_file, f"added_tokens[{i}].id", f"expected a token id >= 0, got {idx!r}")
+                added_tokens_decoder[idx] = _as_added_token(entry, tokenizer_file, f"added_tokens[{i}]")
                 added_tokens_map[str(added_tokens_decoder[idx])] = added_tokens_decoder[idx]
 
         config = _added_token(config)
@@ -259,4 +347,7 @@ class AutoTokenizer:
             except Exception as e:  # the Rust error names no file
                 raise TokenizerLoadError(f"{tokenizer_file}: not a valid tokenizers file ({e})") from None
         config["name_or_path"] = directory
-        return tokenizer_cls(backend, added_tokens_decoder=added_tokens_decoder, **extra, **config)
+        try:
+            return tokenizer_cls(backend, added_tokens_decoder=added_tokens_decoder, **extra, **config)
+        except (TypeError, ValueError) as e:  # a special token, side or length of the wrong kind
+            raise TokenizerLoadError(f"{config_file}: {e}") from None

@@ -14,26 +14,91 @@ What transformers does, and this module does the same way:
   keyword (enable_thinking, ...), extras overriding special tokens;
 - continue_final_message: the final message's content (or the named field) gets a marker
   appended before rendering and the rendered text is cut at the marker.
+
+One addition: a template runs with bounded memory. A string or list built by `*` or `+` and the rendered
+text may hold at most MAX_RENDERED_CHARS characters, `**` at most MAX_POWER_DIGITS digits
+(`{{ 'a' * 10**10 }}` would otherwise ask for 10 GB). Jinja's sandbox already caps range() at 100 000
+items. Every template failure (syntax, raise_exception, a sandbox refusal, a bound) is a ChatTemplateError.
 """
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import types
 from collections.abc import Callable
 from contextlib import contextmanager
 from copy import deepcopy
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import jinja2
 import jinja2.ext
+import jinja2.filters
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from gemma4.errors import Gemma4Error
+
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+MAX_RENDERED_CHARS = 1 << 24  # 16 M characters: far above any prompt a model reads, far below a failed malloc
+MAX_POWER_DIGITS = 10_000
+
+
+class ChatTemplateError(Gemma4Error, jinja2.exceptions.TemplateError):
+    """A chat template that does not compile, raises, or asks for more than the bounds allow."""
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox with `*`, `+` and `**` checked before they run, so that no expression can allocate
+    more than MAX_RENDERED_CHARS items (or a number of more than MAX_POWER_DIGITS digits)."""
+
+    intercepted_binops = frozenset(["*", "+", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > \
+                        MAX_RENDERED_CHARS:
+                    raise ChatTemplateError(f"chat template: {type(seq).__name__} * {times} would hold "
+                                            f"{len(seq) * times:,} items, more than the {MAX_RENDERED_CHARS:,} "
+                                            "a template may produce")
+        elif operator == "+":
+            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)) and \
+                    len(left) + len(right) > MAX_RENDERED_CHARS:
+                raise ChatTemplateError(f"chat template: a concatenation would hold more than the "
+                                        f"{MAX_RENDERED_CHARS:,} items a template may produce")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and \
+                abs(left) > 1 and right * math.log10(abs(left)) > MAX_POWER_DIGITS:
+            raise ChatTemplateError(f"chat template: {left} ** {right} has more than {MAX_POWER_DIGITS} digits")
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, context, obj, *args, **kwargs):
+        # str/list methods that take a size ('x'.ljust(n), .center, .zfill, ...): bound the size
+        if isinstance(getattr(obj, "__self__", None), (str, list, tuple)):
+            _check_sizes(args, kwargs)
+        return super().call(context, obj, *args, **kwargs)
+
+
+def _check_sizes(args, kwargs) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_RENDERED_CHARS:
+            raise ChatTemplateError(f"chat template: a size of {value:,} is more than the {MAX_RENDERED_CHARS:,} "
+                                    "characters a template may produce")
+
+
+def _sized_filter(name: str):
+    """A builtin filter taking a width (center, indent, wordwrap), with the width bounded."""
+    base = jinja2.filters.FILTERS[name]
+
+    @wraps(base)  # keeps jinja's pass_environment marker (wordwrap)
+    def bounded(*args, **kwargs):
+        _check_sizes(args[1:], kwargs)
+        return base(*args, **kwargs)
+
+    return bounded
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,7 +139,7 @@ class _GenerationTracker(jinja2.ext.Extension):
 
 
 def _raise_exception(message):
-    raise jinja2.exceptions.TemplateError(message)
+    raise ChatTemplateError(message)
 
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
@@ -89,12 +154,29 @@ def _strftime_now(format):  # noqa: A002 - the name templates use
 @lru_cache(maxsize=64)
 def compile_template(template: str) -> jinja2.Template:
     """Compiles a chat template (cached per template string)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_GenerationTracker, jinja2.ext.loopcontrols])
+    env = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                              extensions=[_GenerationTracker, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
+    for name in ("center", "indent", "wordwrap"):
+        env.filters[name] = _sized_filter(name)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
-    return env.from_string(template)
+    if not isinstance(template, str):
+        raise ChatTemplateError(f"a chat template is a string of Jinja, got {type(template).__name__}")
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"chat template syntax error at line {e.lineno}: {e.message}") from None
+
+
+def _bounded(pieces):
+    """A template's output stream, refused once it goes past MAX_RENDERED_CHARS."""
+    size = 0
+    for piece in pieces:
+        size += len(piece)
+        if size > MAX_RENDERED_CHARS:
+            raise ChatTemplateError(f"chat template: the rendered text exceeds {MAX_RENDERED_CHARS:,} characters")
+        yield piece
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,16 +231,21 @@ def render_chat_template(conversations: list, chat_template: str, tools: list | 
                 chat[-1][field] = chat[-1][field] + _CONTINUE_TAG
         kwargs = dict(messages=chat, tools=tool_schemas, documents=documents,
                       add_generation_prompt=add_generation_prompt, **template_kwargs)
-        if return_assistant_tokens_mask:
-            blocks: list[str] = []
-            spans: list[tuple[int, int]] = []
-            with template.environment.activate_tracker(blocks, spans):
-                for block in template.generate(**kwargs):
-                    blocks.append(block)
-                text = "".join(blocks)
-            all_spans.append(spans)
-        else:
-            text = template.render(**kwargs)
+        try:
+            if return_assistant_tokens_mask:
+                blocks: list[str] = []
+                spans: list[tuple[int, int]] = []
+                with template.environment.activate_tracker(blocks, spans):
+                    for block in _bounded(template.generate(**kwargs)):
+                        blocks.append(block)
+                    text = "".join(blocks)
+                all_spans.append(spans)
+            else:
+                text = "".join(_bounded(template.generate(**kwargs)))
+        except ChatTemplateError:
+            raise
+        except jinja2.TemplateError as e:  # sandbox refusals, undefined-variable errors, ...
+            raise ChatTemplateError(f"chat template: {e}") from None
         if continue_final_message:
             tag = _CONTINUE_TAG.strip()
             if final_message.strip() not in text or tag not in text:

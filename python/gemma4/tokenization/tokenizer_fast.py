@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sized
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as RustTokenizer
 
+from gemma4.errors import ArgumentError, ArgumentTypeError
+
 from .batch_encoding import BatchEncoding, is_torch_tensor, to_py_obj
 from .chat_template import render_chat_template
 
@@ -48,6 +50,19 @@ def _truncation_strategy(truncation) -> str:
     if truncation not in _TRUNCATION:
         raise ValueError(f"truncation must be True, False or one of {_TRUNCATION}, got {truncation!r}")
     return truncation
+
+
+def _check_ids(ids, method: str) -> None:
+    """Token ids are ints in [0, 2**32) (the backend's u32); anything else is an ArgumentError naming the id.
+    (Ids at or above the vocabulary size decode to nothing, as in transformers.)"""
+    if not isinstance(ids, (list, tuple)):
+        raise ArgumentTypeError(f"{method}: expected token ids (an int, a list of ints or a tensor), got "
+                                f"{type(ids).__name__}")
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ArgumentTypeError(f"{method}: token id {i!r} is not an integer")
+        if not 0 <= i < 2**32:
+            raise ArgumentError(f"{method}: token id {i} is out of range (ids are >= 0)")
 
 
 def _is_valid_text_input(t) -> bool:
@@ -360,9 +375,12 @@ class PreTrainedTokenizerFast:
     def convert_ids_to_tokens(self, ids: int | list[int], skip_special_tokens: bool = False) -> str | list[str]:
         """Id(s) to token string(s); skip_special_tokens drops all_special_ids."""
         if isinstance(ids, int):
+            _check_ids([ids], "convert_ids_to_tokens")
             return self._tokenizer.id_to_token(ids)
+        ids = [int(i) for i in ids]
+        _check_ids(ids, "convert_ids_to_tokens")
         skip = set(self.all_special_ids) if skip_special_tokens else set()
-        return [self._tokenizer.id_to_token(int(i)) for i in ids if int(i) not in skip]
+        return [self._tokenizer.id_to_token(i) for i in ids if i not in skip]
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         decoder = self._tokenizer.decoder
@@ -758,6 +776,7 @@ class PreTrainedTokenizerFast:
             token_ids = [token_ids]
         if isinstance(token_ids, dict):
             token_ids = token_ids["input_ids"]
+        _check_ids(token_ids, "decode")
         text = self._tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
         clean = clean_up_tokenization_spaces if clean_up_tokenization_spaces is not None \
             else self.clean_up_tokenization_spaces
@@ -811,7 +830,7 @@ class PreTrainedTokenizerFast:
         elif chat_template is None:
             if self.chat_template is None:
                 raise ValueError("Cannot use chat template functions because tokenizer.chat_template is not set and "
-                                 "no template argument was passed (see gemma4.chat_templates.GEMMA4_CHAT_TEMPLATE).")
+                                 "no template argument was passed (see gemma4.GEMMA4_CHAT_TEMPLATE).")
             chat_template = self.chat_template
         return chat_template
 

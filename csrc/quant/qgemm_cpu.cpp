@@ -1,0 +1,136 @@
+// gemma4::qgemm on CPU: y = x @ dequant(qweight, scales)^T (+ bias), weight-only int4/int8.
+// Checks the arguments, converts x to float32 once, splits the weight rows over threads and runs the
+// kernel of the best instruction set this CPU supports (AVX-512F when present, else AVX2; one binary
+// serves both). Kernels: qgemm_kernels.h; reference: gemma4.ops.reference.qgemm.
+#include <atomic>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common/vec_utils.h"
+#include "quant/quant_checks.h"
+
+namespace gemma4::quant {
+namespace {
+
+enum class Isa : int { avx2 = 0, avx512 = 1 };
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  // libgcc checks the OS saves the AVX-512 state (XCR0) before reporting these.
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else
+  return false;
+#endif
+}
+
+std::atomic<int>& active_isa() {
+  static std::atomic<int> isa{static_cast<int>(cpu_has_avx512() ? Isa::avx512 : Isa::avx2)};
+  return isa;
+}
+
+const char* isa_name(int isa) { return isa == static_cast<int>(Isa::avx512) ? "avx512" : "avx2"; }
+
+// "" -> report; "auto" -> best available; "avx2" / "avx512" -> force (tests run both paths).
+std::string qgemm_cpu_isa(c10::string_view request) {
+  const std::string req(request);
+  if (req == "auto") {
+    active_isa() = static_cast<int>(cpu_has_avx512() ? Isa::avx512 : Isa::avx2);
+  } else if (req == "avx2") {
+    active_isa() = static_cast<int>(Isa::avx2);
+  } else if (req == "avx512") {
+    TORCH_CHECK(cpu_has_avx512(), "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX-512F and AVX-512BW");
+    active_isa() = static_cast<int>(Isa::avx512);
+  } else {
+    TORCH_CHECK(req.empty(), "gemma4::qgemm_cpu_isa: request must be '', 'auto', 'avx2' or 'avx512', got '",
+                req, "'");
+  }
+  return isa_name(active_isa());
+}
+
+// Activations per int16 scale: the group itself up to 128, else the largest of 128 / 64 / 32 dividing it
+// (so a block never straddles two weight scales, and 128 products of int16 x int8 fit an int32).
+int64_t x_block_for(int64_t group) {
+  if (group <= 128) return group;
+  return group % 128 == 0 ? 128 : group % 64 == 0 ? 64 : 32;
+}
+
+// x [M, K] bf16/fp16 -> (x16 int16 [M, K], scale fp32 [M, K / xblock]) with x ~= x16 * scale.
+std::pair<at::Tensor, at::Tensor> quantize_activations(const at::Tensor& x2d, int64_t xblock) {
+  const int64_t M = x2d.size(0), K = x2d.size(1);
+  const at::Tensor blocks = x2d.to(at::kFloat).view({M, K / xblock, xblock});       // [M, B, xblock]
+  const at::Tensor scale = blocks.abs().amax(-1) / 32767.0f;                       // [M, B]
+  const at::Tensor inv = at::where(scale > 0, scale.reciprocal(), at::zeros_like(scale));
+  const at::Tensor x16 = (blocks * inv.unsqueeze(-1)).round_().clamp_(-32767, 32767).to(at::kShort);
+  return {x16.view({M, K}).contiguous(), scale.contiguous()};
+}
+
+at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                     const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "gemma4::qgemm";
+  check_qgemm_args(x, qweight, scales, bias, op, c10::kCPU);
+  const int64_t K = x.size(-1), N = qweight.size(0), M = x.numel() / K;
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = N;
+  if (M == 0 || N == 0) return at::zeros(out_shape, x.options());
+
+  // fp32 activations are used as they are; bf16/fp16 ones go to int16 (see qgemm_problem.h)
+  const bool int16_path = x.scalar_type() != at::kFloat;
+  const int64_t xblock = x_block_for(K / scales.size(1));
+  at::Tensor xf, x16, xscale;
+  if (int16_path) {
+    std::tie(x16, xscale) = quantize_activations(x.reshape({M, K}), xblock);    // [M, K] int16, [M, K/xblock]
+  } else {
+    xf = x.reshape({M, K}).contiguous();                                           // [M, K] fp32
+  }
+  at::Tensor out_f = at::empty({M, N}, x.options().dtype(at::kFloat));              // [M, N] fp32
+  const std::optional<at::Tensor> bias_f = bias ? std::optional(bias->to(at::kFloat)) : std::nullopt;
+
+  QgemmProblem p{};
+  p.x = int16_path ? nullptr : xf.data_ptr<float>();
+  p.x16 = int16_path ? x16.data_ptr<int16_t>() : nullptr;
+  p.xscale = int16_path ? xscale.data_ptr<float>() : nullptr;
+  p.xblock = xblock;
+  p.qw = static_cast<const uint8_t*>(qweight.data_ptr());
+  p.scales = scales.data_ptr();
+  p.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
+  p.out = out_f.data_ptr<float>();
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.G = scales.size(1);
+  p.group = K / p.G;
+  p.bits = qweight_bits(qweight, op);
+  p.scale_type = scale_type_of(scales);
+
+#if defined(__AVX2__)
+  const bool avx512 = active_isa() == static_cast<int>(Isa::avx512);
+  const int64_t blocks = (N + kQgemmRowBlock - 1) / kQgemmRowBlock;
+  gemma4::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t n0 = b0 * kQgemmRowBlock, n1 = std::min(N, b1 * kQgemmRowBlock);
+    if (avx512) {
+      avx512::qgemm_rows(p, n0, n1);
+    } else {
+      avx2::qgemm_rows(p, n0, n1);
+    }
+  });
+#else
+  TORCH_CHECK(false, op, ": this build has no CPU kernel (built without AVX2: the quantized kernels are x86-64 only)");
+#endif
+  return out_f.to(x.scalar_type()).view(out_shape);
+}
+
+}  // namespace
+}  // namespace gemma4::quant
+
+TORCH_LIBRARY_IMPL(gemma4, CPU, m) { m.impl("qgemm", &gemma4::quant::qgemm_cpu); }
+
+TORCH_LIBRARY_IMPL(gemma4, CompositeExplicitAutograd, m) {
+  m.impl("qgemm_cpu_isa", &gemma4::quant::qgemm_cpu_isa);
+}

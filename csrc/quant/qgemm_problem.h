@@ -1,0 +1,52 @@
+// The quantized-GEMM problem as plain pointers, shared by the ATen-facing op (qgemm_cpu.cpp) and the
+// per-ISA kernel files (qgemm_isa_avx2.cpp, qgemm_isa_avx512.cpp). Deliberately free of ATen/c10
+// headers: the AVX-512 file is compiled with AVX-512 flags, and any inline ATen function it emitted
+// could be merged by the linker into the AVX2 code path (an ODR hazard that crashes AVX2-only CPUs).
+//
+// Packed weight layout (see python/gemma4/quant/formats.py and docs/quantization.md):
+//   int4: uint8 [N, K/2]. Each run of 32 weights along K is 16 bytes; byte j holds weight j in its low
+//         nibble and weight j+16 in its high nibble, stored offset-binary (u = q + 8, q in -8..7) --
+//         exactly the `qs` array of a GGUF Q4_0 block, so Q4_0 repacks by copying.
+//   int8: int8 [N, K], q in -127..127 (-128 allowed).
+//   scales [N, K/group] (group = K for per-channel), float32, bfloat16 or float16:
+//         w[n, k] = q[n, k] * scales[n, k / group]   (exact in float32: q has <= 8 bits, a scale <= 24).
+#pragma once
+#include <cstdint>
+
+namespace gemma4::quant {
+
+enum class ScaleType : int { f32 = 0, bf16 = 1, f16 = 2 };
+
+// Two activation paths:
+//  * float32 x (fp32 activations): weights dequantized to float32 in registers, FMA -- exact products.
+//  * int16 x (bf16/fp16 activations): the caller quantizes each block of `xblock` activations to int16
+//    (x ~= x16 * xscale, |x16| <= 32767: a relative error of 1.5e-5 of the block's largest value, ~100x
+//    below bf16's rounding), then the weights are widened to int16 and multiplied with pmaddwd into
+//    exact int32 sums, folded into float32 once per block: 3-4x fewer instructions per weight.
+struct QgemmProblem {
+  const float* x;        // [M, K] float32 activations, or nullptr when x16 is used
+  const int16_t* x16;    // [M, K] int16 activations, or nullptr
+  const float* xscale;   // [M, K / xblock] float32 scales of x16
+  int64_t xblock;        // activations per x16 scale: divides the group, <= 128 (int32 sums cannot overflow)
+  const uint8_t* qw;     // packed weights, [N, K/2] (bits 4) or [N, K] (bits 8) bytes
+  const void* scales;    // [N, G] in scale_type
+  const float* bias;     // [N] float32 or nullptr
+  float* out;            // [M, N] float32, rounded to the output dtype by the caller
+  int64_t M, N, K, G;    // G = K / group
+  int64_t group;         // multiple of 32, divides K
+  int bits;              // 4 or 8
+  ScaleType scale_type;
+};
+
+// Weight rows per thread task: the unit of the row split (a multiple of every tile's rows).
+constexpr int64_t kQgemmRowBlock = 32;
+
+// y[m, n] for n in [n_begin, n_end), every m. n ranges from different threads never overlap.
+namespace avx2 {
+void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
+}
+namespace avx512 {
+void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
+}
+
+}  // namespace gemma4::quant

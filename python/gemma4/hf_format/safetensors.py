@@ -1,0 +1,175 @@
+"""The one safetensors reader and writer (checkpoints and adapters).
+
+Reading uses our own header parser (no memory map): a truncated file, a corrupt header, an unknown
+dtype code or offsets that do not fit the data are one CheckpointError naming the file and tensor,
+before any tensor memory is allocated. Tensors are read with plain file reads at the validated
+offsets, and every floating-point tensor is checked for NaN/inf as it is read.
+
+Writing goes through the safetensors package, after making every tensor a contiguous CPU tensor
+with storage of its own (safetensors refuses views of one storage).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import CheckpointError
+
+__all__ = ["TensorEntry", "read_header", "read_tensor", "read_into", "load_file", "save_file", "check_finite",
+           "DTYPES"]
+
+# safetensors dtype codes -> (torch dtype, bytes per element). Unknown codes are reported, not guessed.
+DTYPES: dict[str, tuple[torch.dtype | None, int]] = {
+    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+    "F8_E4M3": (getattr(torch, "float8_e4m3fn", None), 1), "F8_E5M2": (getattr(torch, "float8_e5m2", None), 1),
+    "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
+    "U64": (getattr(torch, "uint64", None), 8), "U32": (getattr(torch, "uint32", None), 4),
+    "U16": (getattr(torch, "uint16", None), 2), "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as a safetensors header describes it."""
+
+    file: str
+    key: str
+    dtype_code: str
+    dtype: torch.dtype | None  # None: a code this torch has no dtype for
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in the file
+    nbytes: int
+
+
+def read_header(path: str) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Parse and validate a .safetensors header without reading tensor data.
+
+    Returns ({key: TensorEntry}, metadata). Raises CheckpointError naming the file (and tensor) for
+    a file that is missing, truncated, has a corrupt header, or whose offsets do not fit its data.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"truncated or not a safetensors file ({size} bytes; the 8-byte header "
+                                      "length is missing)", path)
+            n = int.from_bytes(head, "little")
+            if n > _MAX_HEADER_BYTES or n > size - 8:
+                raise CheckpointError(f"corrupt or truncated safetensors file: header length {n} does not fit the "
+                                      f"file's {size} bytes", path)
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"cannot read: {e.strerror or e}", path) from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"corrupt safetensors header (not valid JSON: {e})", path) from None
+    if not isinstance(header, dict):
+        raise CheckpointError("corrupt safetensors header (not a JSON object)", path)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError("corrupt safetensors header (__metadata__ is not an object)", path)
+    data_len = size - 8 - n
+    entries: dict[str, TensorEntry] = {}
+    for key, info in header.items():
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise CheckpointError("corrupt safetensors header entry (needs dtype, shape, data_offsets)", path, key)
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if code not in DTYPES:
+            raise CheckpointError(f"unknown safetensors dtype {code!r}", path, key)
+        dtype, itemsize = DTYPES[code]
+        if (not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+            raise CheckpointError(f"corrupt safetensors header entry (shape {shape!r}, data_offsets {offsets!r})",
+                                  path, key)
+        nbytes = math.prod(shape) * itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise CheckpointError(f"corrupt safetensors header: shape {shape} of {code} needs {nbytes} bytes but "
+                                  f"data_offsets span {offsets[1] - offsets[0]}", path, key)
+        if offsets[1] > data_len:
+            raise CheckpointError(f"truncated safetensors file: the tensor ends at data byte {offsets[1]} but the "
+                                  f"file holds only {data_len} data bytes", path, key)
+        entries[key] = TensorEntry(path, key, code, dtype, tuple(shape), 8 + n + offsets[0], nbytes)
+    return entries, metadata
+
+
+def read_into(fh, entry: TensorEntry, target: torch.Tensor) -> None:
+    """Copy one tensor from the open file into `target` (any dtype/device; the default load).
+
+    A contiguous CPU target of the stored dtype is filled in place, anything else goes through one
+    temporary host tensor: peak extra memory is one tensor, and the file is never memory-mapped
+    (whose pages would otherwise count against the process).
+    """
+    direct = target.device.type == "cpu" and target.dtype == entry.dtype and target.is_contiguous()
+    host = target.detach() if direct else torch.empty(entry.shape, dtype=entry.dtype)
+    _read_bytes(fh, entry, host)
+    if not direct:
+        target.copy_(host)
+
+
+def read_tensor(fh, entry: TensorEntry) -> torch.Tensor:
+    """One tensor as stored (dtype, shape): a fresh CPU tensor the caller may keep."""
+    if entry.dtype is None:
+        raise CheckpointError(f"dtype {entry.dtype_code} has no torch equivalent in torch {torch.__version__}",
+                              entry.file, entry.key)
+    host = torch.empty(entry.shape, dtype=entry.dtype)
+    _read_bytes(fh, entry, host)
+    return host
+
+
+def load_file(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a (small) safetensors file, validated, as CPU tensors in file order."""
+    entries, _ = read_header(path)
+    with open(path, "rb") as fh:
+        return {e.key: read_tensor(fh, e) for e in sorted(entries.values(), key=lambda e: e.offset)}
+
+
+def _read_bytes(fh, entry: TensorEntry, host: torch.Tensor) -> None:
+    """Fill the contiguous CPU tensor `host` with the entry's bytes; refuse NaN/inf in float tensors."""
+    if entry.nbytes:
+        view = memoryview(host.reshape(-1).view(torch.uint8).numpy())
+        fh.seek(entry.offset)
+        done = 0
+        while done < entry.nbytes:
+            got = fh.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"file ended after {done} of the tensor's {entry.nbytes} bytes (truncated while "
+                                      "loading?)", entry.file, entry.key)
+            done += got
+    check_finite(host, entry.file, entry.key)
+
+
+def check_finite(tensor: torch.Tensor, source: str, key: str) -> None:
+    """CheckpointError naming the file and tensor when a floating-point tensor holds NaN or inf.
+
+    A single NaN weight turns every logit NaN; reading the file costs far more than this pass.
+    """
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        nan = int(torch.isnan(tensor).sum())
+        inf = int(torch.isinf(tensor).sum())
+        raise CheckpointError(f"holds non-finite values ({nan} NaN, {inf} inf of {tensor.numel()}); the file is "
+                              "corrupt or the weights diverged", source, key)
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> int:
+    """Write `tensors` (any device, views allowed) to `path`; returns the bytes of tensor data written."""
+    from safetensors.torch import save_file as _save  # noqa: PLC0415
+
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
+            t = t.clone()  # a view of a larger storage, or of one already written: give it its own
+        seen.add(t.untyped_storage().data_ptr())
+        out[key] = t
+    _save(out, path, metadata={"format": "pt", **(metadata or {})})
+    return sum(t.numel() * t.element_size() for t in out.values())

@@ -1,0 +1,108 @@
+"""Weight-only quantized linear: ``gemma4::qgemm``, its fake kernel and autograd.
+
+The C++ op is csrc/quant/qgemm_cpu.cpp (kernels in csrc/quant/qgemm_kernels.h); the plain-PyTorch
+definition is ``reference.qgemm``. The packed layout is described in gemma4/quant/formats.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from gemma4 import _native  # noqa: F401  (loads the operator library)
+
+__all__ = ["qgemm", "qgemm_cpu_isa"]
+
+
+def qgemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = x @ dequant(qweight, scales)^T (+ bias)`` with the weights dequantized in registers.
+
+    ``dequant(q, s)[n, k] = q[n, k] * s[n, k // group]`` with ``group = K // scales.shape[1]`` (a
+    multiple of 32 dividing K: 32, 64, 128, ..., or K for one scale per output channel). The product is
+    exact in float32; the sum accumulates in float32 and is rounded once to ``x.dtype``.
+
+    Args:
+        x: ``[..., K]`` float32/bfloat16/float16 activations (made contiguous), K a multiple of 32.
+        qweight: int4 as uint8 ``[N, K/2]`` (each 32 weights = 16 bytes, byte j = weight j in the low
+            nibble and weight j+16 in the high nibble, stored as q+8 -- GGUF Q4_0's order), or int8
+            ``[N, K]``.
+        scales: ``[N, K // group]`` float32/bfloat16/float16.
+        bias: ``[N]`` in ``x.dtype`` or None.
+
+    Returns:
+        ``[..., N]`` in ``x.dtype``. Differentiable in ``x`` (and ``bias``); the quantized weights are
+        frozen.
+    """
+    return torch.ops.gemma4.qgemm(x.contiguous(), qweight, scales, bias)
+
+
+def qgemm_cpu_isa(request: str = "") -> str:
+    """The CPU kernels' instruction set: ``""`` reports it; ``"auto"``, ``"avx2"`` or ``"avx512"`` selects
+    it (AVX-512 only where the CPU and OS support it). Returns the one in use."""
+    return torch.ops.gemma4.qgemm_cpu_isa(request)
+
+
+def _check_args(x, qweight, scales, bias) -> None:
+    """The C++ op's argument checks, for the fake kernel (meta tensors, torch.compile tracing)."""
+    op = "gemma4::qgemm"
+    for name, t in (("qweight", qweight), ("scales", scales), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"{op}: {name} must be on {x.device} like x, got {t.device}")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise RuntimeError(f"{op}: x must be float32, bfloat16 or float16, got {x.dtype}")
+    if qweight.dtype not in (torch.uint8, torch.int8) or qweight.dim() != 2:
+        raise RuntimeError(f"{op}: qweight must be uint8 (packed int4) or int8, 2-D, got {qweight.dtype} "
+                           f"{tuple(qweight.shape)}")
+    if scales.dtype not in (torch.float32, torch.bfloat16, torch.float16) or scales.dim() != 2:
+        raise RuntimeError(f"{op}: scales must be float32, bfloat16 or float16, 2-D, got {scales.dtype} "
+                           f"{tuple(scales.shape)}")
+    k, n = x.shape[-1], qweight.shape[0]
+    torch._check(k % 32 == 0, lambda: f"{op}: the input size K must be a positive multiple of 32, got {k}")
+    torch._check(qweight.shape[1] == (k // 2 if qweight.dtype == torch.uint8 else k),
+                 lambda: f"{op}: qweight.size(1) does not match K = {k}")
+    torch._check(scales.shape[0] == n and k % scales.shape[1] == 0 and (k // scales.shape[1]) % 32 == 0,
+                 lambda: f"{op}: scales.size(1) must divide K = {k} into groups of a multiple of 32 weights")
+    if bias is not None and (bias.dtype != x.dtype or tuple(bias.shape) != (n,)):
+        raise RuntimeError(f"{op}: bias must be {x.dtype} [{n}], got {bias.dtype} {tuple(bias.shape)}")
+
+
+@torch.library.register_fake("gemma4::qgemm")
+def _qgemm_fake(x, qweight, scales, bias):
+    _check_args(x, qweight, scales, bias)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+# ---- autograd: the weights are frozen; grad_x = grad_out @ dequant(W), a slab of rows at a time ----
+
+_GRAD_ROWS = 256  # weight rows dequantized at once: the full-precision weight never exists whole
+
+
+def _grad_input(grad_out: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    from gemma4.quant.formats import dequantize  # (import here: gemma4.quant imports this module)
+
+    acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+    g = grad_out.reshape(-1, grad_out.shape[-1]).to(acc)  # [M, N]
+    k = qweight.shape[1] * (2 if qweight.dtype == torch.uint8 else 1)
+    grad_x = g.new_zeros((g.shape[0], k))  # [M, K]
+    for n0 in range(0, qweight.shape[0], _GRAD_ROWS):
+        w = dequantize(qweight[n0:n0 + _GRAD_ROWS], scales[n0:n0 + _GRAD_ROWS], acc)  # [rows, K]
+        grad_x.addmm_(g[:, n0:n0 + _GRAD_ROWS], w)
+    return grad_x.reshape(*grad_out.shape[:-1], k)
+
+
+def _setup_context(ctx, inputs, output):
+    x, qweight, scales, bias = inputs
+    ctx.save_for_backward(qweight, scales)
+    ctx.x_dtype = x.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, grad_out):
+    qweight, scales = ctx.saved_tensors
+    grad_x = _grad_input(grad_out, qweight, scales).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+    grad_bias = None
+    if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+        grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+    return grad_x, None, None, grad_bias
+
+
+torch.library.register_autograd("gemma4::qgemm", _backward, setup_context=_setup_context)

@@ -1,0 +1,129 @@
+"""Our packed weight format, the quantizers that fill it, and exact conversions to and from it.
+
+Packed format (what ``gemma4::qgemm`` reads), for a linear weight ``W [N, K]`` (out, in):
+
+* int4: ``qweight`` uint8 ``[N, K/2]``. Each run of 32 weights along K is 16 bytes; byte j holds weight
+  j in its low nibble and weight j+16 in its high nibble, stored offset-binary ``u = q + 8`` with
+  ``q`` in -8..7. This is the ``qs`` array of a GGUF Q4_0 block, so Q4_0 converts by copying bytes.
+* int8: ``qweight`` int8 ``[N, K]``.
+* ``scales [N, K // group]`` in float32, bfloat16 or float16; ``w[n, k] = q[n, k] * scales[n, k // group]``.
+  ``group`` is 32, 64, 128 (any multiple of 32 dividing K) or K (one scale per output channel).
+
+Every function here is exact: packing and unpacking are bit permutations, and quantizers compute the
+integer levels against the scale *as stored* (rounded to its dtype), so dequantizing gives exactly the
+weights the kernels multiply with.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "pack_int4", "unpack_int4", "dequantize", "quantize_int4", "quantize_int8", "quantize_int4_trained_grid",
+    "group_of",
+]
+
+
+def group_of(qweight: torch.Tensor, scales: torch.Tensor) -> int:
+    """The group size of a packed weight: K // scales.shape[1]."""
+    k = qweight.shape[1] * (2 if qweight.dtype == torch.uint8 else 1)
+    return k // scales.shape[1]
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Integer levels ``q [N, K]`` in -8..7 (any integer dtype), K % 32 == 0 -> uint8 ``[N, K/2]``."""
+    n, k = q.shape
+    if k % 32:
+        raise ValueError(f"pack_int4: K must be a multiple of 32, got {k}")
+    u = (q.to(torch.int16) + 8).to(torch.uint8).reshape(n, k // 32, 2, 16)  # [N, runs, low|high, 16]
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(n, k // 2)
+
+
+def unpack_int4(qweight: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, K/2]`` -> int8 levels ``[N, K]`` in -8..7."""
+    n = qweight.shape[0]
+    runs = qweight.reshape(n, -1, 16)  # [N, K/32, 16]
+    u = torch.stack((runs & 0xF, runs >> 4), dim=2)  # [N, K/32, 2, 16]
+    return (u.to(torch.int8) - 8).reshape(n, -1)
+
+
+def levels(qweight: torch.Tensor) -> torch.Tensor:
+    """The integer levels ``q [N, K]`` (int8) of a packed int4 (uint8) or int8 weight."""
+    return unpack_int4(qweight) if qweight.dtype == torch.uint8 else qweight
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Packed weight -> ``[N, K]`` in ``dtype`` (exact in float32/float64; rounded once for bf16/fp16)."""
+    q = levels(qweight)
+    n, k = q.shape
+    g = scales.shape[1]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    w = q.to(acc).reshape(n, g, k // g) * scales.to(acc)[:, :, None]  # [N, G, group]
+    return w.reshape(n, k).to(dtype)
+
+
+def _groups(w: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int]:
+    n, k = w.shape
+    group = k if group_size is None else group_size
+    if k % 32 or group % 32 or k % group:
+        raise ValueError(f"weights of input size {k} cannot be quantized in groups of {group}: "
+                         f"K must be a multiple of 32 and of the group size, itself a multiple of 32")
+    return w.float().reshape(n, k // group, group), group  # [N, G, group]
+
+
+def _levels_for(wg: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """round(w / scale) clamped to [lo, hi]; zero where the scale is zero."""
+    inv = torch.where(scale != 0, 1.0 / scale.double(), torch.zeros_like(scale, dtype=torch.float64))
+    return torch.round(wg.double() * inv[..., None]).clamp_(lo, hi).to(torch.int8)
+
+
+def quantize_int4(w: torch.Tensor, group_size: int | None = 32, scale_dtype: torch.dtype = torch.float32):
+    """Round-to-nearest int4, GGUF Q4_0's rule: per group the weight of largest magnitude ``m`` maps to
+    level -8 (``scale = m / -8``), so all 16 levels are used. Returns ``(qweight uint8 [N, K/2],
+    scales [N, G] in scale_dtype)``."""
+    wg, _ = _groups(w, group_size)  # [N, G, group]
+    idx = wg.abs().argmax(dim=-1, keepdim=True)
+    signed_max = wg.gather(-1, idx)[..., 0]  # [N, G]
+    scales = (signed_max / -8.0).to(scale_dtype)
+    q = _levels_for(wg, scales.float(), -8, 7)
+    return pack_int4(q.reshape(w.shape)), scales
+
+
+def quantize_int8(w: torch.Tensor, group_size: int | None = None, scale_dtype: torch.dtype = torch.float32):
+    """Symmetric round-to-nearest int8 (``scale = absmax / 127``), per output channel (group_size None)
+    or per group. Returns ``(qweight int8 [N, K], scales [N, G] in scale_dtype)``."""
+    wg, _ = _groups(w, group_size)
+    scales = (wg.abs().amax(dim=-1) / 127.0).to(scale_dtype)  # [N, G]
+    q = _levels_for(wg, scales.float(), -127, 127)
+    return q.reshape(w.shape), scales
+
+
+def quantize_int4_trained_grid(w: torch.Tensor, group_size: int = 32, scale_dtype: torch.dtype = torch.bfloat16):
+    """int4 for quantization-aware-trained weights (Google's ``*-qat-q4_0-unquantized``), whose values
+    already sit on a grid ``level * step`` per group. The step is recovered by search: the group's
+    largest magnitude ``a`` is ``m * step`` for some level ``m`` in 1..8, so each candidate
+    ``a / m`` (rounded to ``scale_dtype``) is tried and the one reproducing the most weights exactly (in
+    ``w``'s dtype) wins; a group no candidate beats falls back to Q4_0 rounding.
+
+    Returns ``(qweight, scales, exact)`` where ``exact`` is the fraction of weights reproduced exactly.
+    """
+    wg, _ = _groups(w, group_size)  # [N, G, group] float32 (exact copy of bf16/fp16 values)
+    amax = wg.abs().amax(dim=-1)  # [N, G]
+    target = wg.to(w.dtype)
+    best_q = best_s = None
+    best_hits = torch.full(amax.shape, -1, dtype=torch.int64)
+    for m in range(1, 9):
+        s = (amax / m).to(scale_dtype)
+        q = _levels_for(wg, s.float(), -8, 7)
+        hits = ((q.float() * s.float()[..., None]).to(w.dtype) == target).sum(-1)  # [N, G]
+        better = hits > best_hits
+        best_hits = torch.where(better, hits, best_hits)
+        best_q = q if best_q is None else torch.where(better[..., None], q, best_q)
+        best_s = s if best_s is None else torch.where(better, s, best_s)
+    q4, s4 = quantize_int4(w, group_size, scale_dtype)  # Q4_0 fallback
+    q4 = unpack_int4(q4).reshape(wg.shape)
+    hits4 = ((q4.float() * s4.float()[..., None]).to(w.dtype) == target).sum(-1)
+    use4 = hits4 > best_hits
+    q = torch.where(use4[..., None], q4, best_q)
+    scales = torch.where(use4, s4, best_s)
+    exact = torch.maximum(hits4, best_hits).sum().item() / w.numel()
+    return pack_int4(q.reshape(w.shape)), scales, exact

@@ -1,0 +1,102 @@
+"""gemma4::qgemm against the float64 reference, on every format, activation dtype and CPU path."""
+import pytest
+import torch
+
+from gemma4 import ops
+from gemma4.ops import reference
+from tests.helpers import assert_lowp_close
+from tests.quant.common import FORMAT_IDS, FORMATS, cpu_isa, random_qweight  # noqa: F401 (fixture)
+
+M_VALUES = [1, 2, 3, 4, 5, 7, 16, 33, 300]
+
+
+@pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("k", [704, 2112, 1536])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_qgemm_matches_reference(cpu_isa, bits, group, k, dtype):
+    if group is not None and k % group:
+        pytest.skip(f"K={k} is not a multiple of group {group}")
+    n = 70  # not a multiple of the 4-row tiles: exercises the tails
+    scale_dtype = [torch.float32, torch.bfloat16, torch.float16][torch.randint(3, ()).item()]
+    qweight, scales = random_qweight(n, k, bits, group, scale_dtype)
+    w64 = reference.dequantize(qweight, scales, torch.float64)  # [N, K]
+    w_lowp = w64.to(dtype)
+    for m in M_VALUES:
+        x = torch.randn(m, k).to(dtype)
+        bias = torch.randn(n).to(dtype) if m % 2 else None
+        ours = ops.qgemm(x, qweight, scales, bias)
+        ref64 = x.double() @ w64.t() + (bias.double() if bias is not None else 0)
+        plain = torch.nn.functional.linear(x, w_lowp, bias)  # plain PyTorch in the activation dtype
+        assert ours.dtype == dtype and ours.shape == (m, n)
+        assert_lowp_close(ours, ref64, plain)  # the error rule, float32 activations included
+
+
+def test_qgemm_leading_dims_and_empty():
+    qweight, scales = random_qweight(12, 64, 4, 32)
+    x = torch.randn(2, 3, 64)
+    y = ops.qgemm(x, qweight, scales)
+    assert y.shape == (2, 3, 12)
+    torch.testing.assert_close(y, reference.qgemm(x, qweight, scales))
+    assert ops.qgemm(torch.randn(0, 64), qweight, scales).shape == (0, 12)
+
+
+def test_qgemm_opcheck():
+    qweight, scales = random_qweight(20, 96, 4, 32, torch.bfloat16)
+    x = torch.randn(3, 96, dtype=torch.bfloat16)
+    bias = torch.randn(20, dtype=torch.bfloat16)
+    torch.library.opcheck(torch.ops.gemma4.qgemm, (x, qweight, scales, bias))
+    torch.library.opcheck(torch.ops.gemma4.qgemm, (x.float().requires_grad_(), qweight, scales, None))
+
+
+def test_qgemm_compiles():
+    qweight, scales = random_qweight(8, 64, 8, None)
+    x = torch.randn(5, 64)
+    f = torch.compile(lambda t: ops.qgemm(t, qweight, scales) * 2, fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(x), reference.qgemm(x, qweight, scales) * 2)
+
+
+def test_qgemm_backward_matches_reference():
+    qweight, scales = random_qweight(40, 128, 4, 64)
+    x = torch.randn(6, 128, dtype=torch.float64).float().requires_grad_()
+    bias = torch.randn(40, requires_grad=True)
+    g = torch.randn(6, 40)
+    ops.qgemm(x, qweight, scales, bias).backward(g)
+    w = reference.dequantize(qweight, scales, torch.float64)
+    torch.testing.assert_close(x.grad.double(), g.double() @ w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bias.grad, g.sum(0))
+
+
+def test_qgemm_cpu_isa_reports_and_rejects():
+    assert ops.quant.qgemm_cpu_isa() in ("avx2", "avx512")
+    with pytest.raises(RuntimeError, match="request must be"):
+        ops.quant.qgemm_cpu_isa("sse")
+
+
+def _bad(**over):
+    args = dict(x=torch.randn(2, 64), qweight=random_qweight(8, 64, 4, 32)[0], scales=torch.rand(8, 2), bias=None)
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("args,match", [
+    (_bad(x=torch.randn(2, 64, dtype=torch.float64)), "x must be float32, bfloat16 or float16"),
+    (_bad(x=torch.randn(2, 48)), "K must be a positive multiple of 32"),
+    (_bad(x=torch.randn(64, 2).t()), "x must be contiguous"),
+    (_bad(qweight=torch.zeros(8, 32, dtype=torch.int32)), "qweight must be uint8"),
+    (_bad(qweight=torch.zeros(8, 64, dtype=torch.uint8)), r"qweight.size\(1\) must be 32"),
+    (_bad(qweight=torch.zeros(32, 8, dtype=torch.uint8).t()), "qweight must be contiguous"),
+    (_bad(scales=torch.rand(8, 3)), "scales.size\\(1\\) must divide K"),
+    (_bad(scales=torch.rand(8, 4)), "scales.size\\(1\\) must divide K"),  # groups of 16
+    (_bad(scales=torch.rand(7, 2)), r"scales.size\(0\) must be 8"),
+    (_bad(scales=torch.ones(8, 2, dtype=torch.int32)), "scales must be float32, bfloat16 or float16"),
+    (_bad(bias=torch.randn(8, dtype=torch.bfloat16)), "bias must be Float"),
+    (_bad(bias=torch.randn(9)), r"bias.size\(0\) must be 8"),
+    (_bad(qweight=torch.zeros(8, 32, dtype=torch.uint8, device="meta")), "qweight must be on"),
+])
+def test_qgemm_bad_inputs(args, match):
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        torch.ops.gemma4.qgemm(**args)
+    meta = {k: (v.to("meta") if v is not None else None) for k, v in args.items()}
+    if "contiguous" not in match and "must be on" not in match:  # the fake kernel checks too
+        with pytest.raises((RuntimeError, ValueError)):
+            torch.ops.gemma4.qgemm(**meta)

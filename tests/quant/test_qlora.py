@@ -1,0 +1,80 @@
+"""QLoRA: LoRA over a quantized base trains through qgemm's backward (the weights are dequantized a
+slab of rows at a time, never whole) with the gradients of LoRA over the fake-quantized float model."""
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+
+import gemma4
+from gemma4.lora import LoraConfig
+from gemma4.quant import QuantizationConfig, QuantLinear, quantize
+from tests.helpers import max_abs_err
+from tests.quant.test_quantize import _fake_quantized, _model
+
+LORA = (".lora_A.", ".lora_B.")
+
+
+def _lora(model):
+    return {n: p for n, p in model.named_parameters() if any(k in n for k in LORA)}
+
+
+def _lora_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad for n, p in _lora(model).items()}
+
+
+@pytest.mark.parametrize("preset,weights", [("tiny-e2b", "int4"), ("tiny-26b-a4b", "int8")])
+def test_qlora_gradients_equal_lora_over_fake_quantized_model(preset, weights):
+    model = _model(preset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = quantize(copy.deepcopy(model), QuantizationConfig(weights=weights, scale_dtype="float32"))
+    fake = _fake_quantized(model, qmodel)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    qmodel.add_adapter(config)
+    fake.add_adapter(config)
+    with torch.no_grad():  # the same adapter weights in both
+        theirs = _lora(fake)
+        for n, p in _lora(qmodel).items():
+            theirs[n].copy_(p)
+    assert any(isinstance(m.base_layer, QuantLinear) for m in qmodel.modules() if hasattr(m, "base_layer"))
+    fake64 = copy.deepcopy(fake).double()  # the exact answer, to judge float32 noise by
+    ids = torch.randint(0, model.config.vocab_size, (2, 11))
+    got, want, exact = (_lora_grads(m.train(), ids) for m in (qmodel, fake, fake64))
+    assert got.keys() == want.keys() and got
+    # float32 noise (summation order) is all that may differ: over all LoRA gradients together, ours is
+    # at most 2x as far from the float64 answer as float32 LoRA over the fake-quantized model is
+    flat = {k: torch.cat([g[n].double().flatten() for n in sorted(got)]) for k, g in
+            (("ours", got), ("fake", want), ("exact", exact))}
+    err_ours = (flat["ours"] - flat["exact"]).norm().item()
+    err_fake = (flat["fake"] - flat["exact"]).norm().item()
+    assert err_ours <= 2 * err_fake + 1e-7 * flat["exact"].norm().item(), (err_ours, err_fake)
+    assert all(p.grad is None for n, p in qmodel.named_parameters() if not any(k in n for k in LORA))
+
+
+def test_qlora_on_int4_default_model_halves_the_loss():
+    from gemma4 import default_model_path
+
+    model = gemma4.AutoModelForCausalLM.from_pretrained(default_model_path(), dtype=torch.float32, progress=False,
+                                                       quantization_config=QuantizationConfig(weights="int4"))
+    model.add_adapter(LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    model.train()
+    ids = torch.randint(3, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: one thread is faster, and immune to a busy machine
+    try:
+        losses = []
+        for _ in range(20):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] <= 0.5 * losses[0], losses

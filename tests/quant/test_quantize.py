@@ -1,0 +1,145 @@
+"""gemma4.quantize and QuantizationConfig on whole models: which modules change, how much error the
+kernels add on top of the quantization itself, greedy decoding, casts, errors."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gemma4
+from gemma4.quant import QuantExperts, QuantizationConfig, QuantLinear, quantize
+from tests.helpers import max_abs_err
+
+
+def _model(preset: str, dtype=torch.float32):
+    model = gemma4.Gemma4ForCausalLM(gemma4.get_preset(preset)).eval()
+    with torch.no_grad():  # weights of realistic spread, norms and scales away from 1
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "scale" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.05)
+    return model.to(dtype)
+
+
+def _fake_quantized(model, qmodel):
+    """The float model with each quantized module's weights replaced by its exact dequantized weights."""
+    fake = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, module in qmodel.named_modules():
+            if isinstance(module, QuantLinear):
+                fake.get_submodule(name).weight.copy_(module.dequantize())
+            elif isinstance(module, QuantExperts):
+                for w in ("gate_up_proj", "down_proj"):
+                    getattr(fake.get_submodule(name), w).copy_(module.dequantize(w))
+    return fake
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits.double()
+
+
+@pytest.mark.parametrize("preset", ["tiny-e2b", "tiny-26b-a4b"])
+@pytest.mark.parametrize("weights,group", [("int4", 32), ("int8", None), ("int4", 64)])
+def test_kernels_add_little_to_quantization_error(preset, weights, group):
+    model = _model(preset)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny widths: a few modules do not fit the groups
+        qmodel = quantize(copy.deepcopy(model), QuantizationConfig(weights=weights, group_size=group,
+                                                                    scale_dtype="float32"))
+    ref = _logits(model, ids)
+    fake = _logits(_fake_quantized(model, qmodel), ids)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = _logits(copy.deepcopy(qmodel).to(dtype), ids)
+        fake_lowp = _logits(_fake_quantized(model, qmodel).to(dtype), ids)
+        err_quant = max_abs_err(fake if dtype == torch.float32 else fake_lowp, ref)
+        assert max_abs_err(got, ref) <= 1.25 * err_quant, (dtype, max_abs_err(got, ref), err_quant)
+    assert max_abs_err(fake, ref) > 0  # the test can fail: quantization did change the weights
+
+
+def test_quantize_swaps_the_targeted_modules():
+    model = _model("tiny-26b-a4b")
+    quantize(model, QuantizationConfig(weights="int4", group_size=32))
+    assert model.quantization_skipped == []
+    assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
+    assert isinstance(model.model.layers[0].experts, QuantExperts)
+    assert type(model.lm_head) is nn.Linear and type(model.model.layers[0].router.proj) is nn.Linear
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tied head is untouched
+    assert isinstance(model.quantization_config, QuantizationConfig)
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(model, QuantizationConfig())
+
+
+def test_modules_that_do_not_fit_the_groups_stay_float_with_a_warning():
+    model = _model("tiny-26b-a4b")  # dense down_proj K = 96, experts' down K = 32: no groups of 64
+    with pytest.warns(UserWarning, match="kept in full precision"):
+        quantize(model, QuantizationConfig(weights="int4", group_size=64))
+    assert "model.layers.0.mlp.down_proj" in model.quantization_skipped
+    assert "model.layers.0.experts" in model.quantization_skipped
+    assert type(model.model.layers[0].mlp.down_proj) is nn.Linear
+    assert isinstance(model.model.layers[0].mlp.up_proj, QuantLinear)
+
+
+def test_modules_to_not_convert_and_regex():
+    model = _model("tiny-e4b")
+    config = QuantizationConfig(weights="int8", modules_to_not_convert=["o_proj", r"re:model\.layers\.1\..*"])
+    quantize(model, config)
+    assert type(model.model.layers[0].self_attn.o_proj) is nn.Linear
+    assert all(type(m) is nn.Linear for m in model.model.layers[1].modules() if isinstance(m, nn.Linear))
+    assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
+    assert type(model.lm_head) is nn.Linear  # tied to the embedding: never converted
+
+
+def test_casts_keep_scale_dtype_and_move_bias():
+    model = quantize(_model("tiny-e4b"), QuantizationConfig(weights="int4", scale_dtype="bfloat16"))
+    model.half()
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.scales.dtype == torch.bfloat16 and q.qweight.dtype == torch.uint8
+    assert model.model.embed_tokens.weight.dtype == torch.float16
+
+
+def test_int8_greedy_equals_bf16_on_default_model():
+    from gemma4 import default_model_path
+
+    model = gemma4.AutoModelForCausalLM.from_pretrained(default_model_path(), dtype=torch.bfloat16)
+    tok = gemma4.AutoTokenizer.from_pretrained(default_model_path())
+    ids = tok("It is a truth universally acknowledged, that", return_tensors="pt")["input_ids"]
+    want = model.generate(ids, max_new_tokens=40, do_sample=False)
+    quantize(model, QuantizationConfig(weights="int8"))
+    got = model.generate(ids, max_new_tokens=40, do_sample=False)
+    assert torch.equal(got, want)
+
+
+def test_quantized_model_compiles_fullgraph():
+    model = quantize(_model("tiny-e4b"), QuantizationConfig(weights="int4"))
+    ids = torch.randint(0, model.config.vocab_size, (1, 7))
+    want = _logits(model, ids)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        got = compiled(input_ids=ids).logits.double()
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(weights="int3"), "weights must be 'int4' or 'int8'"),
+    (dict(group_size=48), "group_size must be a positive multiple of 32"),
+    (dict(scale_dtype="float64"), "scale_dtype must be one of"),
+    (dict(weights="int8", trained_grid=True), "trained_grid applies to int4"),
+    (dict(modules_to_not_convert=["re:("]), "not a valid regular expression"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QuantizationConfig(**kwargs)
+
+
+def test_quantize_refuses_meta_and_leaves_model_unchanged():
+    with torch.device("meta"):
+        model = gemma4.Gemma4ForCausalLM(gemma4.get_preset("tiny-e4b"))
+    before = {n: type(m) for n, m in model.named_modules()}
+    with pytest.raises(ValueError, match="meta"):
+        quantize(model, QuantizationConfig())
+    assert {n: type(m) for n, m in model.named_modules()} == before
+    assert getattr(model, "quantization_config", None) is None
