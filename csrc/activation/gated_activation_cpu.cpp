@@ -19,7 +19,7 @@ namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task: a few microseconds of work
 
-// bf16/fp16 results use the fast exp (see exp_for_sigmoid); fp32/fp64 the 1-ULP one.
+// bf16/fp16 results use the fast exp (see exp_nonpositive); fp32/fp64 the 1-ULP one.
 template <typename T>
 constexpr bool kFastExp = c10::is_reduced_floating_point_v<T>;
 

@@ -8,6 +8,10 @@ layering = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(layering)
 
 
+def test_repository_has_no_import_cycle():
+    assert layering.import_cycles(ROOT / "python") == []
+
+
 def test_repository_seams_include_no_kernel_header():
     assert layering.seam_violations(ROOT / "csrc") == []
 
