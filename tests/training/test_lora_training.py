@@ -172,16 +172,22 @@ def test_compiled_training_steps_match_eager():
     eager.add_adapter(LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     eager.train()
     compiled_model = copy.deepcopy(eager)
+    exact = copy.deepcopy(eager).double()  # the float64 reference of the same three steps
     ids = fixed_batch(2, 24, seed=5)
     torch._dynamo.reset()
     compiled = torch.compile(compiled_model)
     want = train(eager, ids, steps=3, lr=1e-2)
     got = train(compiled_model, ids, steps=3, lr=1e-2, forward=compiled)
+    train(exact, ids, steps=3, lr=1e-2)
     # step 1 compares the forward; steps 2-3 also the backward and AdamW update that came before them
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-5, atol=1e-6)
-    ours, ref = lora_params(compiled_model), lora_params(eager)
+    # Parameters: inductor fuses the loss and decoder differently from eager, so float32 rounding differs;
+    # AdamW divides every entry by its own running RMS, which makes near-zero gradient entries' rounding
+    # visible in the update. The compiled run's error against float64 must be within 2x eager float32's.
+    ours, ref, ref64 = lora_params(compiled_model), lora_params(eager), lora_params(exact)
     for n, p in ref.items():
-        assert max_abs_err(ours[n], p) <= 1e-5 * p.abs().max().item() + 1e-7, n
+        err_eager = max_abs_err(p, ref64[n])
+        assert max_abs_err(ours[n], ref64[n]) <= 2 * err_eager + 1e-7 * p.abs().max().item(), n
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gemma4.float32_gemm import linear
+
 __all__ = ["LoraLayer", "LoraLinear", "LoraParamWrapper", "ModulesToSaveWrapper", "is_linear_like"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -152,18 +154,36 @@ class LoraLinear(LoraLayer):
                           device, init)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
+        if type(self.base_layer) is nn.Linear and not args and not kwargs:
+            # (bf16/fp16 GEMMs in float32 on CPUs without a native one: gemma4/float32_gemm.py)
+            result = linear(x, self.base_layer.weight, self.base_layer.bias)
+        else:
+            result = self.base_layer(x, *args, **kwargs)
         active = self._active_unmerged()
         if not active:
             return result
-        result_dtype = result.dtype
+        result_dtype, out_shape = result.dtype, result.shape
+        # The update is accumulated into the base output by the second LoRA GEMM itself (addmm with
+        # alpha = scaling): no separate [.., out] product, scaled copy or sum (PEFT: result +
+        # lora_B(lora_A(x)) * scaling, three passes over the output). A plain Linear's output is a fresh
+        # tensor that nothing saved for backward, so it is updated in place; the output of any other base
+        # (a quantized linear, a nested wrapper) or of another dtype is copied once first.
+        acc = result.reshape(-1, result.shape[-1])  # [N, out]
+        owned = type(self.base_layer) is nn.Linear
+        autocast = torch.is_autocast_enabled(x.device.type)  # then addmm casts its operands itself
         for name in active:
             lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-            xa = x if x.dtype == lora_A.weight.dtype else x.to(lora_A.weight.dtype)
-            low_rank = F.linear(F.linear(self.lora_dropout[name](xa), lora_A.weight), lora_B.weight)  # [..., out]
-            # result + scaling * low_rank in one kernel (PEFT: result + lora_B(lora_A(x)) * scaling)
-            result = torch.add(result, low_rank, alpha=self.scaling[name])
-        return result.to(result_dtype)
+            dtype = lora_A.weight.dtype
+            xa = x if x.dtype == dtype else x.to(dtype)
+            down = F.linear(self.lora_dropout[name](xa), lora_A.weight)  # [..., r], x.A computed once
+            down = down.reshape(-1, down.shape[-1])  # [N, r]
+            if acc.dtype != dtype and not autocast:  # a bf16 base with float32 adapters: sum in float32, as PEFT
+                acc, owned = acc.to(dtype), True
+            if owned and not autocast:
+                acc = acc.addmm_(down, lora_B.weight.t(), alpha=self.scaling[name])  # [N, out]
+            else:
+                acc, owned = torch.addmm(acc, down, lora_B.weight.t(), alpha=self.scaling[name]), True
+        return acc.view(out_shape).to(result_dtype)
 
     # ---- merging (PEFT lora.Linear.merge/unmerge/get_delta_weight) ----
     def get_delta_weight(self, name: str) -> torch.Tensor:

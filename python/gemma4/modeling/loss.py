@@ -1,17 +1,47 @@
-"""Next-token cross-entropy through the LM head and soft-cap, chunked over tokens.
+"""Next-token cross-entropy through the LM head and the soft-cap: fused, chunked over tokens.
 
-The plain computation materialises float32 logits [tokens, V] (V = 262144: 1 GiB per 1024 tokens)
-and keeps them for backward. Here each chunk of tokens goes through the head, the soft-cap and the
-float32 log-softmax, contributes its loss, and is dropped; backward recomputes the chunk's logits.
-Forward value and gradients equal transformers' (logits in the model dtype, soft-cap in the model
-dtype, cross-entropy in float32, mean over labels != -100).
+The plain computation (transformers) materialises logits [tokens, V] (V = 262144: 1 GiB of float32 per
+1024 tokens), upcasts them, keeps them and several same-sized intermediates for backward, and does two
+head GEMMs (logits, then grad_hidden = grad_logits @ W). Here, for a plain Linear head, each chunk of
+tokens goes through
+
+    logits = h @ W.T -> soft-cap -> float32 log-softmax -> loss and d loss / d logits (closed form)
+    -> grad_hidden = grad_logits @ W            (and grad_W += grad_logits.T @ h when W trains)
+
+inside the forward pass, so the gradient costs the two GEMMs the plain computation does and no third
+(no recomputation), no [tokens, V] tensor outlives its chunk, and backward only scales the stored
+gradients by the incoming one. The elementwise chain runs on blocks of a few rows, so its temporaries
+stay in cache instead of streaming [chunk, V] arrays through memory several times.
+
+The loss is the mean over labels != -100 (transformers' ForCausalLMLoss): a row's gradient carries the
+weight valid/count, computed from the targets with no data-dependent indexing (invalid targets are
+clamped to 0 and weighted 0), so torch.compile(fullgraph=True) traces it.
+
+A head that is not a plain Linear (LoRA on the head, a quantized head, a modules_to_save copy) goes the
+generic way: per chunk, head(h) under autograd inside a non-reentrant checkpoint (recomputed in backward),
+so any module works and only one chunk's logits exist at a time.
+
+Numbers: logits and the soft-cap in the model dtype (as transformers), log-softmax in float32; the
+float32 value equals the plain loss to rounding, gradients too (tests/training/test_loss.py).
 """
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from gemma4.float32_gemm import needs_float32_gemm
 
 IGNORE_INDEX = -100
+
+# Tokens per chunk: the head GEMMs' M dimension. Measured (dev/train/bench_loss.py, 256 tokens, 1 thread,
+# CPU time, AVX2 EPYC): 10.1 s at 256 against 11.0 s at 128; larger chunks only grow the one logits
+# buffer, 256 x V in the model dtype (256 MiB in float32 for V = 262144).
+DEFAULT_CHUNK_SIZE = 256
+# Elements per block of the elementwise chain (log-softmax, its gradient, the soft-cap derivative):
+# 4 MiB of float32, so that a block's temporaries stay in the last-level cache.
+_BLOCK_ELEMENTS = 1 << 20
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -19,57 +49,111 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
 
 
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, cap: float | None) -> torch.Tensor:
-    logits = hidden @ weight.t()  # [n, V] model dtype
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+def _softcap(logits: torch.Tensor, cap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(cap * tanh(logits / cap), the tanh) in the logits' dtype, as transformers rounds it; (logits, None)
+    without a cap."""
+    if cap is None:
+        return logits, None
+    t = torch.tanh(logits / cap)
+    return t * cap, t
 
 
-class _ChunkedHeadCrossEntropy(torch.autograd.Function):
+def _block_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
+                         cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a block of rows: (sum of row_weight * cross-entropy, float32 gradient of that sum w.r.t. logits).
+
+    logits [r,V] model dtype (pre-cap), targets [r] in [0, V), row_weight [r] float32 (0 = ignored row).
+    """
+    capped, t = _softcap(logits, cap)  # [r,V] model dtype
+    logp = torch.log_softmax(capped.float(), dim=-1)  # [r,V] fp32
+    picked = logp.gather(1, targets[:, None]).squeeze(1)  # [r]
+    loss = -(picked * row_weight).sum()
+    # d/d capped of sum_r w_r * (lse_r - capped[r, t_r]) = w * (softmax - onehot)
+    w = row_weight[:, None]  # [r,1]
+    grad = logp.exp_().mul_(w).scatter_add_(1, targets[:, None], -w)  # [r,V] fp32
+    if t is not None:  # d capped / d logits = 1 - tanh^2
+        grad = torch.ops.aten.tanh_backward(grad, t.float())
+    return loss, grad
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i row_weight_i * CE(softcap(hidden_i @ weight.T), target_i), gradients computed in forward."""
+
     @staticmethod
-    def forward(ctx, hidden, weight, targets, cap, chunk_size):
-        # hidden [N,H], weight [V,H], targets [N] (-100 = ignored); returns the summed loss (fp32).
+    def forward(ctx, hidden, weight, targets, row_weight, cap, chunk_size, need_hidden, need_weight):
+        # hidden [N,H] model dtype, weight [V,H], targets [N] in [0, V), row_weight [N] fp32
+        N, V = hidden.shape[0], weight.shape[0]
+        n_max = min(chunk_size, N)
+        compiling = torch.compiler.is_compiling()
+        # inductor fuses the elementwise chain itself: one block per chunk keeps the graph small
+        block = n_max if compiling else max(1, _BLOCK_ELEMENTS // V)
         total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, hidden.shape[0], chunk_size):
-            t = targets[start:start + chunk_size]
-            logits = _chunk_logits(hidden[start:start + chunk_size], weight, cap).float()  # [n,V]
-            total = total + F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
-        ctx.save_for_backward(hidden, weight, targets)
-        ctx.cap, ctx.chunk_size = cap, chunk_size
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        logits_buf = hidden.new_empty((n_max, V))  # one buffer for every chunk: logits, then their gradient
+        for start in range(0, N, chunk_size):
+            end = min(start + chunk_size, N)
+            h = hidden[start:end]  # [n,H]
+            logits = logits_buf[:end - start]  # [n,V]
+            torch.mm(h, weight.t(), out=logits)
+            for b in range(0, end - start, block):  # cache-sized blocks of rows, gradient written in place
+                rows = slice(b, min(b + block, end - start))
+                loss, grad = _block_loss_and_grad(logits[rows], targets[start + b:start + rows.stop],
+                                                  row_weight[start + b:start + rows.stop], cap)
+                total = total + loss
+                logits[rows].copy_(grad)
+            if grad_hidden is not None:
+                torch.mm(logits, weight, out=grad_hidden[start:end])  # [n,H]
+            if grad_weight is not None:
+                grad_weight.add_(torch.mm(logits.t(), h))  # [V,H]; float32 accumulation over chunks
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        hidden, weight, targets = ctx.saved_tensors
-        cap, chunk_size = ctx.cap, ctx.chunk_size
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if ctx.needs_input_grad[1] else None
-        for start in range(0, hidden.shape[0], chunk_size):
-            h = hidden[start:start + chunk_size]  # [n,H]
-            t = targets[start:start + chunk_size]  # [n]
-            logits = _chunk_logits(h, weight, cap)  # [n,V] model dtype (recomputed)
-            probs = torch.softmax(logits.float(), dim=-1)  # [n,V] fp32
-            valid = t != IGNORE_INDEX
-            probs[valid, t[valid]] -= 1.0  # d(sum CE)/d(logits) = softmax - onehot
-            grad_logits = probs * valid[:, None] * grad_total  # [n,V]
-            if cap is not None:  # d(cap*tanh(l/cap))/dl = 1 - (capped/cap)^2
-                grad_logits = grad_logits * (1.0 - (logits.float() / cap) ** 2)
-            grad_logits = grad_logits.to(hidden.dtype)
-            if grad_hidden is not None:
-                grad_hidden[start:start + chunk_size] = grad_logits @ weight  # [n,H]
-            if grad_weight is not None:
-                grad_weight += grad_logits.t().float() @ h.float()  # [V,H]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
         if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
+            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
-def chunked_causal_lm_loss(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
-                           softcap: float | None, chunk_size: int = 1024) -> torch.Tensor:
-    """Mean next-token cross-entropy of hidden [B,T,H] through head_weight [V,H] and the soft-cap."""
-    targets = shift_labels(labels).reshape(-1).to(hidden.device)  # [B*T]
-    total = _ChunkedHeadCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), head_weight, targets,
-                                           softcap, chunk_size)
-    return total / (targets != IGNORE_INDEX).sum()
+def _checkpointed_chunk_loss(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
+                             cap: float | None) -> torch.Tensor:
+    capped, _ = _softcap(head(h), cap)  # [n,V]
+    return F.cross_entropy(capped.float(), targets, reduction="none").mul(row_weight).sum()
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, head: nn.Module | torch.Tensor, labels: torch.Tensor,
+                           softcap: float | None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """Mean next-token cross-entropy of hidden [B,T,H] through the LM head and the soft-cap (float32 scalar).
+
+    head: the head module (an nn.Linear without bias takes the fused path; any other module, e.g. LoRA
+    or quantized, is called per chunk under checkpoint), or a head weight [V,H] (a plain Linear).
+    labels [B,T]: token ids, -100 where a position does not count; shifted by one inside.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    H = hidden.shape[-1]
+    targets = shift_labels(labels).reshape(-1).to(hidden.device)  # [N]
+    valid = targets != IGNORE_INDEX  # [N]
+    count = valid.sum()
+    row_weight = valid.float() / count  # [N]: the mean's weights, 0 on ignored rows (NaN if none counts, as upstream)
+    safe_targets = torch.where(valid, targets, 0)  # [N] in [0, V)
+    hidden2 = hidden.reshape(-1, H)  # [N,H]
+    weight = head if isinstance(head, torch.Tensor) else None
+    if type(head) is nn.Linear and head.bias is None:
+        weight = head.weight
+    if weight is not None:
+        if needs_float32_gemm(weight):  # no native bf16/fp16 GEMM on this CPU: the head GEMMs in float32
+            hidden2, weight = hidden2.float(), weight.float()
+        return _FusedLinearCrossEntropy.apply(hidden2, weight, safe_targets, row_weight, softcap, chunk_size,
+                                              hidden2.requires_grad, weight.requires_grad)
+    total = hidden2.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden2.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        total = total + checkpoint(_checkpointed_chunk_loss, head, hidden2[rows], safe_targets[rows],
+                                   row_weight[rows], softcap, use_reentrant=False)
+    return total

@@ -14,7 +14,7 @@ from .decoder import Gemma4DecoderLayer
 from .embedding import Gemma4ScaledEmbedding
 from .init import init_weights_
 from .inputs import check_token_ids
-from .loss import IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
+from .loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
 from .norm import Gemma4RMSNorm
 
 
@@ -208,7 +208,7 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         if labels is not None and torch.is_grad_enabled():
             # Training: the loss goes through the head chunk by chunk and [tokens, V] logits are never
             # materialised (.logits is None). Same value and gradients as transformers' loss.
-            loss = chunked_causal_lm_loss(hidden, self.lm_head.weight, labels, cap, self.loss_chunk_size)
+            loss = chunked_causal_lm_loss(hidden, self.lm_head, labels, cap, self.loss_chunk_size)
             return CausalLMOutput(logits=None, loss=loss, past_key_values=cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -255,7 +255,7 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         return total / (targets != IGNORE_INDEX).sum()
 
     # ---- training ----
-    loss_chunk_size = 1024  # tokens per chunk of the head + cross-entropy
+    loss_chunk_size = DEFAULT_CHUNK_SIZE  # tokens per chunk of the head + cross-entropy (modeling/loss.py)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each decoder layer in backward instead of keeping its activations."""

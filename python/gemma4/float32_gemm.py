@@ -1,0 +1,66 @@
+"""bfloat16/float16 GEMMs computed in float32 on CPUs that have no native low-precision GEMM.
+
+torch's CPU bf16/fp16 GEMM is fast only through oneDNN on CPUs with AVX512-BF16/AMX (AVX512-FP16 for
+fp16); elsewhere it falls back to a generic loop. Measured on the AVX2-only 2-core AMD EPYC of the
+benchmarks (1 thread): bf16 x @ W.T 9 GFLOP/s and grad @ W (a Linear's input gradient) 0.9 GFLOP/s,
+against 40-55 GFLOP/s for float32 (MKL). Upcasting the operands and rounding the float32 result once
+gives the numbers of a bf16 GEMM with float32 accumulation (a product of two bf16 or fp16 numbers is
+exact in float32; only the summation order differs), at float32 speed, for the price of float32 copies
+of the operands while the GEMM runs. Where the native GEMM exists nothing changes.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["linear", "needs_float32_gemm"]
+
+
+def _native_lowp_gemm() -> dict:
+    try:
+        return {torch.bfloat16: bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                torch.float16: bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())}
+    except (AttributeError, RuntimeError):  # a torch without oneDNN: assume native, change nothing
+        return {torch.bfloat16: True, torch.float16: True}
+
+
+_NATIVE = _native_lowp_gemm()  # decided once at import (a constant for torch.compile)
+
+
+def needs_float32_gemm(t: torch.Tensor) -> bool:
+    """True for a CPU bf16/fp16 tensor on a CPU whose torch has no native GEMM for that dtype."""
+    return t.device.type == "cpu" and not _NATIVE.get(t.dtype, True)
+
+
+class _Float32Linear(torch.autograd.Function):
+    """F.linear(x, weight, bias) with every GEMM (forward and backward) done in float32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        # x only when the weight trains (a frozen LoRA base needs just the weight for grad_x)
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        ctx.has_bias, ctx.x_dtype = bias is not None, x.dtype
+        out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())  # [..., out] fp32
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        g = grad.float()  # [..., out]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ weight.float()).to(ctx.x_dtype)  # [..., in]
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.reshape(-1, g.shape[-1]).sum(0).to(weight.dtype)
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear; in float32 (same numbers, float32 speed) for bf16/fp16 on CPUs without a native GEMM.
+
+    Under autocast F.linear is used as is (autocast chooses the dtypes)."""
+    if x.dtype == weight.dtype and needs_float32_gemm(x) and not torch.is_autocast_enabled(x.device.type):
+        return _Float32Linear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
