@@ -4,7 +4,7 @@
 //
 // Two paths, chosen by the number of rows M of x:
 // - M <= kGemvMaxRows (decode): linear_gemv.h, the weights streamed once, bf16 widened in registers,
-//   gemma4::parallel_for over tiles of weight rows.
+//   at::parallel_for over tiles of weight rows.
 // - larger M (prefill): fp32 goes straight to the BLAS sgemm (what torch.matmul does). bf16 x is
 //   widened once; the bf16 weight is widened a block of rows at a time into a per-thread fp32
 //   buffer that stays in L2, and each block is one single-threaded sgemm. torch's own bf16 matmul
@@ -34,7 +34,7 @@ void gemv(const T* w, const float* x, const T* bias, T* y, int64_t N, int64_t K)
   const int64_t tiles = N / R;
   // About 64K weights per task: a smaller problem is not worth waking a second thread for.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, R * K));
-  gemma4::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     float acc[R * M];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * R;
@@ -82,7 +82,7 @@ void gemm_bf16_weight(const c10::BFloat16* w, const at::Tensor& x32, const c10::
   const int64_t nb = std::clamp<int64_t>((96 * 1024 / std::max<int64_t>(K, 1)) / 16 * 16, 16, 256);
   const int64_t blocks = at::divup(N, nb);
   const auto f32 = x32.options();
-  gemma4::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     at::Tensor wbuf = at::empty({nb, K}, f32);  // [nb, K] widened weight rows
     at::Tensor ybuf = at::empty({M, nb}, f32);  // [M, nb] fp32 products
     for (int64_t b = b0; b < b1; ++b) {
