@@ -163,6 +163,7 @@ def child_gemma4(a) -> dict:
 def child_llamacpp(a) -> dict:
     import inspect
 
+    import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
@@ -177,18 +178,23 @@ def child_llamacpp(a) -> dict:
     llm = Llama(**kw)
     t_load = time.perf_counter() - t_load
     ids = _prompt(llm.n_vocab(), a.prompt_len, a.seed)
+    n_vocab = llm.n_vocab()
+
+    def last_argmax() -> int:  # logits of the last evaluated token, read from the C API
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(n_vocab,))))
 
     def one_round(prompt, new):
         llm.reset()
         llm._ctx.memory_clear(True) if hasattr(llm._ctx, "memory_clear") else None
         t0 = time.perf_counter()
         llm.eval(prompt)
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = last_argmax()
         t1 = time.perf_counter()
         out = [tok]
         for _ in range(new - 1):
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = last_argmax()
             out.append(tok)
         return t1 - t0, time.perf_counter() - t1, out
 
