@@ -4,7 +4,7 @@
 // computed in fp32 (fp64 for fp64 inputs) and rounded once to the inputs' dtype.
 // Reference: gated_activation in python/gemma4/ops/reference.py.
 //
-// Elementwise over the flattened tensors: gemma4::parallel_for over blocks, one fused vectorized pass
+// Elementwise over the flattened tensors: at::parallel_for over blocks, one fused vectorized pass
 // (the reference makes five: two upcasts, gelu, multiply, downcast). The activation is a template
 // parameter so the inner loop has no branch; its maths is activate_vec / activate_and_grad_vec in
 // common/activation_math.h (u * sigmoid(k(u)), one exp per element).
@@ -19,7 +19,7 @@ namespace {
 
 constexpr int64_t kGrain = 16384;  // elements per task: a few microseconds of work
 
-// bf16/fp16 results use the fast exp (see exp_for_sigmoid); fp32/fp64 the 1-ULP one.
+// bf16/fp16 results use the fast exp (see exp_nonpositive); fp32/fp64 the 1-ULP one.
 template <typename T>
 constexpr bool kFastExp = c10::is_reduced_floating_point_v<T>;
 
@@ -28,7 +28,7 @@ void gated_forward_kernel(const T* gate, const T* up, T* y, int64_t n) {
   using IO = VecIO<T>;
   using V = typename IO::V;
   constexpr int N = IO::N;
-  gemma4::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + N <= i1; i += N) IO::store(y + i, activate_vec<Act, kFastExp<T>>(IO::load(gate + i)) * IO::load(up + i));
     if (i < i1) {
@@ -43,7 +43,7 @@ void gated_backward_kernel(const T* grad_out, const T* gate, const T* up, T* gra
   using IO = VecIO<T>;
   using V = typename IO::V;
   constexpr int N = IO::N;
-  gemma4::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; i += N) {
       const int m = static_cast<int>(std::min<int64_t>(N, i1 - i));
       const bool full = m == N;

@@ -33,7 +33,7 @@
 #include <ATen/Parallel.h>
 
 #include "attention/attention_checks.h"  // Params, BwdTensors: the problem the kernels solve
-#include "common/vec_utils.h"
+#include "common/vec_utils.h"  // VecIO
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -65,43 +65,20 @@ inline Vectorized<double> vmax(Vectorized<double> a, Vectorized<double> b) { ret
 template <typename A>
 inline Vectorized<A> vmax(Vectorized<A> a, Vectorized<A> b) { return Vectorized<A>::blendv(b, a, a > b); }
 #endif
-// exp_u20 is inline (no call) and accurate to ~20 ulp, far inside the fp32 tolerance of softmax.
-inline Vectorized<float> vexp(Vectorized<float> x) { return x.exp_u20(); }
+// exp_u20 is inline (no call) and accurate to ~20 ulp, far inside the fp32 tolerance of softmax; it
+// maps NaN to a finite value, so NaN is put back (a NaN score must make its row NaN, as in the reference).
+inline Vectorized<float> vexp(Vectorized<float> x) { return Vectorized<float>::blendv(x.exp_u20(), x, x != x); }
 inline Vectorized<double> vexp(Vectorized<double> x) { return x.exp(); }
 
 // dst[0:n] = src[0:n] * mul converted to the accumulation type, zero-padded to npad.
-template <typename A>
-inline void load_row(const A* src, A* dst, int64_t n, int64_t npad, A mul) {
-  using V = Vectorized<A>;
+template <typename T, typename A>
+inline void load_row(const T* src, A* dst, int64_t n, int64_t npad, A mul) {
+  using IO = VecIO<T>;
+  static_assert(std::is_same_v<typename IO::A, A>, "rows are read in their accumulation type");
   int64_t d = 0;
-  for (; d + V::size() <= n; d += V::size()) (V::loadu(src + d) * V(mul)).store(dst + d);
-  for (; d < n; ++d) dst[d] = src[d] * mul;
+  for (; d + IO::N <= n; d += IO::N) (IO::load(src + d) * Vectorized<A>(mul)).store(dst + d);
+  for (; d < n; ++d) dst[d] = static_cast<A>(src[d]) * mul;
   for (; d < npad; ++d) dst[d] = A(0);
-}
-inline void load_row(const c10::BFloat16* src, float* dst, int64_t n, int64_t npad, float mul) {
-  int64_t d = 0;
-#if defined(CPU_CAPABILITY_AVX2)
-  const __m256 m = _mm256_set1_ps(mul);
-  for (; d + 8 <= n; d += 8) {  // bf16 -> fp32 is a 16-bit shift
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d));
-    const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    _mm256_storeu_ps(dst + d, _mm256_mul_ps(f, m));
-  }
-#endif
-  for (; d < n; ++d) dst[d] = static_cast<float>(src[d]) * mul;
-  for (; d < npad; ++d) dst[d] = 0.f;
-}
-inline void load_row(const c10::Half* src, float* dst, int64_t n, int64_t npad, float mul) {
-  int64_t d = 0;
-#if defined(CPU_CAPABILITY_AVX2)
-  const __m256 m = _mm256_set1_ps(mul);
-  for (; d + 8 <= n; d += 8) {  // F16C conversion
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d));
-    _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_cvtph_ps(h), m));
-  }
-#endif
-  for (; d < n; ++d) dst[d] = static_cast<float>(src[d]) * mul;
-  for (; d < npad; ++d) dst[d] = 0.f;
 }
 
 // dst[0:n] = src[0:n] * mul, rounded once to the output dtype.
@@ -387,7 +364,7 @@ inline void run_items(const std::vector<int64_t>& order, const F& work, bool dyn
   if (n == 0) return;
   std::atomic<int64_t> next{0};
   const int64_t nworkers = std::min<int64_t>(at::get_num_threads(), n);
-  gemma4::parallel_for(0, nworkers, 1, [&](int64_t w0, int64_t w1) {
+  at::parallel_for(0, nworkers, 1, [&](int64_t w0, int64_t w1) {
     if (dynamic) {
       for (;;) {
         const int64_t slot = next.fetch_add(1);
@@ -554,7 +531,7 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
   });
 
   if (nsplit > 1) {  // merge the splits: O = sum_s e^(m_s - m) O_s / sum_s e^(m_s - m) l_s
-    gemma4::parallel_for(0, base_items * Mpmax, 1, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, base_items * Mpmax, 1, [&](int64_t r0, int64_t r1) {
       std::vector<A> o(hdp);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t bi = r / Mpmax, i = r % Mpmax;
@@ -622,7 +599,7 @@ void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles 
   // cost another pass over 4 x |q| floats.
   std::unique_ptr<A[]> Qt(new A[nblk * blk]), Qr(new A[nblk * blk]), dOt(new A[nblk * blk]), dOr(new A[nblk * blk]),
       L(new A[nblk * Mpmax]), D(new A[nblk * Mpmax]);
-  gemma4::parallel_for(0, nblk, 1, [&](int64_t k0, int64_t k1) {
+  at::parallel_for(0, nblk, 1, [&](int64_t k0, int64_t k1) {
     std::vector<A> row(hdp), orow(hdp);
     for (int64_t bi = k0; bi < k1; ++bi) {
       const int64_t qt = bi % nqt, g = (bi / nqt) % nKV, b = bi / nqt / nKV;
@@ -738,7 +715,7 @@ void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles 
   }, /*dynamic=*/false);
 
   // 3. grad_q = scale * sum over workers of their dQ buffers.
-  gemma4::parallel_for(0, B * Tq * nH, 16, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, B * Tq * nH, 16, [&](int64_t r0, int64_t r1) {
     std::vector<A> acc(hdp);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t h = r % nH, t = (r / nH) % Tq, b = r / nH / Tq;

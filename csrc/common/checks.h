@@ -2,7 +2,9 @@
 // operator and the argument, so a bad call reads as "gemma4::rms_norm: x must be float32, ..." rather
 // than a crash or an ATen stack trace. Device-agnostic: included by CPU and CUDA sources alike.
 #pragma once
-#include <ATen/ATen.h>
+// Light includes (not <ATen/ATen.h>, which triples nvcc's compile time of a .cu file).
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <string>

@@ -1,6 +1,5 @@
 // Shared pieces of the MoE expert kernels (moe_experts_cpu.cpp, moe_experts_backward_cpu.cpp):
-// the grouping of (token, slot) pairs by expert, work splitting, and the
-// vectorized activation.
+// the grouping of (token, slot) pairs by expert and work splitting.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -10,10 +9,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include "common/activation_math.h"
 #include "common/checks.h"
+#include "common/vec_utils.h"
 #include "moe/moe_checks.h"
-#include "common/vec_utils.h"  // gemma4::parallel_for
 #include "moe/moe_gemm.h"
 
 namespace gemma4::moe {
@@ -71,12 +69,12 @@ inline std::pair<int64_t, int64_t> split(int64_t t, int64_t T, int64_t n, int64_
 }
 
 // Runs fn(t, T) once for each t in [0, T), T = the intra-op thread count, on the pool's threads
-// (gemma4::parallel_for: at::parallel_for's semantics, really parallel without -fopenmp; inside
-// another parallel region, or when fewer threads are granted, a thread runs several t in order).
+// (inside another parallel region, or when fewer threads are granted, a thread runs several t in
+// order).
 template <typename Fn>
 inline void for_each_thread(const Fn& fn) {
   const int64_t T = std::max<int64_t>(1, at::get_num_threads());
-  gemma4::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, T, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) fn(t, T);
   });
 }
@@ -84,7 +82,7 @@ inline void for_each_thread(const Fn& fn) {
 // Row-major copy of a [rows, cols] tensor of T into Acc (x and grad_out widened once up front).
 template <typename Acc, typename T>
 inline void widen_rows(const T* src, Acc* dst, int64_t rows, int64_t cols) {
-  gemma4::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1)), [&](int64_t b, int64_t e) {
     for (int64_t i = b * cols; i < e * cols; ++i) dst[i] = static_cast<Acc>(src[i]);
   });
 }
@@ -98,48 +96,6 @@ inline std::vector<Acc> weights_as_acc(const at::Tensor& weights) {
     for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<Acc>(p[i]);
   });
   return w;
-}
-
-// ---- Vectorized activations ----------------------------------------------------------------
-// Both are u * sigmoid(z(u)): silu z = u; gelu_tanh z = 2 sqrt(2/pi) (u + 0.044715 u^3), because
-// 0.5 (1 + tanh(y)) = sigmoid(2y). One exp per element; the exp argument is clamped so that e stays
-// finite and e * s below never becomes inf * 0. Scalar forms: common/activation_math.h.
-template <typename Acc>
-inline Vec<Acc> exp_clamped(const Vec<Acc>& x) {
-  return at::vec::minimum(x, Vec<Acc>(Acc(std::is_same_v<Acc, double> ? 700 : 80))).exp();
-}
-
-template <typename Acc>
-inline void act_logit(Activation act, const Vec<Acc>& u, Vec<Acc>& z, Vec<Acc>& dz) {
-  if (act == Activation::Silu) {
-    z = u;
-    dz = Vec<Acc>(Acc(1));
-  } else {
-    const Acc a = Acc(2 * 0.7978845608028654), b = Acc(2 * 0.7978845608028654 * 0.044715);
-    const Vec<Acc> u2 = u * u;
-    z = u * at::vec::fmadd(Vec<Acc>(b), u2, Vec<Acc>(a));    // u (a + b u^2)
-    dz = at::vec::fmadd(Vec<Acc>(3 * b), u2, Vec<Acc>(a));   // a + 3 b u^2
-  }
-}
-
-// act(u)
-template <typename Acc>
-inline Vec<Acc> act_vec(Activation act, const Vec<Acc>& u) {
-  Vec<Acc> z, dz;
-  act_logit(act, u, z, dz);
-  return u / (Vec<Acc>(Acc(1)) + exp_clamped(Vec<Acc>(Acc(0)) - z));
-}
-
-// act(u) and act'(u) = s (1 + u (1 - s) z'(u)) with s = sigmoid(z), 1 - s = e s.
-template <typename Acc>
-inline void act_and_grad_vec(Activation act, const Vec<Acc>& u, Vec<Acc>& a, Vec<Acc>& da) {
-  const Vec<Acc> one(Acc(1));
-  Vec<Acc> z, dz;
-  act_logit(act, u, z, dz);
-  const Vec<Acc> e = exp_clamped(Vec<Acc>(Acc(0)) - z);
-  const Vec<Acc> s = one / (one + e);
-  a = u * s;
-  da = s * at::vec::fmadd(u * (e * s), dz, one);
 }
 
 }  // namespace gemma4::moe

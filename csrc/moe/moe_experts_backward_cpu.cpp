@@ -136,9 +136,9 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
             const int64_t n = std::min(W, nj - j);
             const V g = V::loadu(gr + j, n), u = V::loadu(ur + j, n), d = V::loadu(dhr + j, n);
             V a, da;
-            moe::act_and_grad_vec<Acc>(act, g, a, da);
+            activate_and_grad_vec(act, g, a, da);
             const V h = a * u;
-            dwp[j / W] = moe::hsum<Acc>(d * h);  // lanes past n were loaded as zeros: they add 0
+            dwp[j / W] = hsum(d * h);  // lanes past n were loaded as zeros: they add 0
             (h * V(wi)).store(hwr + j, n);
             const V dhw = d * V(wi);
             (dhw * u * da).store(gr + j, n);
@@ -198,7 +198,7 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
   // grad_weights: the parts in column order; grad_x rounded once; zero gradients for the experts
   // nobody chose.
   WT* gw = grad_w.data_ptr<WT>();
-  gemma4::parallel_for(0, P, 4096, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, P, 4096, [&](int64_t b, int64_t e) {
     for (int64_t pos = b; pos < e; ++pos) {
       Acc v = 0;
       for (int64_t b = 0; b < nb; ++b) v += dw_part[pos * nb + b];
@@ -207,11 +207,11 @@ void experts_backward(const at::Tensor& grad_out, const at::Tensor& x, const at:
   });
   if constexpr (!std::is_same_v<T, Acc>) {
     T* o = grad_x.data_ptr<T>();
-    gemma4::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) moe::store_row<T, Acc>(o + n * H, gx + n * H, H);
     });
   }
-  gemma4::parallel_for(0, E, 1, [&](int64_t b, int64_t e1) {
+  at::parallel_for(0, E, 1, [&](int64_t b, int64_t e1) {
     for (int64_t e = b; e < e1; ++e) {
       if (off[e + 1] > off[e]) continue;
       std::memset(static_cast<void*>(ggu_p + e * 2 * Im * H), 0, sizeof(T) * 2 * Im * H);  // all-zero bits are 0 in every float dtype

@@ -102,7 +102,7 @@ void experts_forward(const at::Tensor& x, const at::Tensor& weights, const moe::
           const Acc* ur = ub + r * Im;
           for (int64_t j = j0; j < j1; j += W) {
             const int64_t n = std::min(W, j1 - j);
-            const V h = moe::act_vec<Acc>(act, V::loadu(gr + j, n)) * V::loadu(ur + j, n);
+            const V h = activate_vec(act, V::loadu(gr + j, n)) * V::loadu(ur + j, n);
             h.store(gr + j, n);
           }
         }
@@ -136,7 +136,7 @@ void experts_forward(const at::Tensor& x, const at::Tensor& weights, const moe::
 
   if constexpr (!std::is_same_v<T, Acc>) {  // round once
     T* o = out.data_ptr<T>();
-    gemma4::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) moe::store_row<T, Acc>(o + n * H, acc + n * H, H);
     });
   }

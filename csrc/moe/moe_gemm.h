@@ -23,37 +23,26 @@
 #include <cstdint>
 #include <type_traits>
 
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+
+#include "common/vec_utils.h"  // VecIO
 
 namespace gemma4::moe {
 
 template <typename Acc>
 using Vec = at::vec::Vectorized<Acc>;
 
-// Vec<Acc>::size() elements of T widened to Acc lanes (T == Acc, or bf16/fp16 with Acc = float).
+// Vec<Acc>::size() elements of T widened to Acc lanes (T == Acc, or bf16/fp16 with Acc = float);
+// with n, the first n elements and zero lanes after them (they add nothing to a dot product).
 template <typename Acc, typename T>
 inline Vec<Acc> load_vec(const T* p) {
-  if constexpr (std::is_same_v<T, Acc>) {
-    return Vec<Acc>::loadu(p);
-  } else {
-    static_assert(std::is_same_v<Acc, float>, "reduced-precision storage accumulates in float");
-    Vec<float> v;
-    at::vec::load_to_float(p, v);
-    return v;
-  }
+  static_assert(std::is_same_v<typename VecIO<T>::A, Acc>, "T is read in its accumulation type");
+  return VecIO<T>::load(p);
 }
-
-// The first n (< lanes) elements; the other lanes are zero, so they add nothing to a dot product.
 template <typename Acc, typename T>
 inline Vec<Acc> load_vec(const T* p, int64_t n) {
-  if constexpr (std::is_same_v<T, Acc>) {
-    return Vec<Acc>::loadu(p, n);
-  } else {
-    Acc buf[Vec<Acc>::size()] = {};
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<Acc>(p[i]);
-    return Vec<Acc>::loadu(buf);
-  }
+  static_assert(std::is_same_v<typename VecIO<T>::A, Acc>, "T is read in its accumulation type");
+  return VecIO<T>::load(p, n);
 }
 
 // Accumulator registers. GCC keeps arrays of Vectorized<> objects in memory inside the k loops (it
@@ -83,33 +72,14 @@ struct Reg {
 };
 #endif
 
-// Store the first n lanes of v at p as T, rounding once (round to nearest even for bf16/fp16).
+// Store the first n lanes of v at p as T, rounding once.
 template <typename T, typename Acc>
 inline void store_vec(T* p, const Vec<Acc>& v, int64_t n) {
-  constexpr int64_t W = Vec<Acc>::size();
-  if constexpr (std::is_same_v<T, Acc>) {
-    v.store(p, n);
+  static_assert(std::is_same_v<typename VecIO<T>::A, Acc>, "T is written from its accumulation type");
+  if (n == Vec<Acc>::size()) {
+    VecIO<T>::store(p, v);
   } else {
-#if defined(CPU_CAPABILITY_AVX2)
-    static_assert(std::is_same_v<Acc, float>, "reduced-precision storage accumulates in float");
-    __m128i r;
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      r = at::vec::cvtfp32_bf16(__m256(v));
-    } else {
-      r = at::vec::cvtfp32_fp16(__m256(v));
-    }
-    if (n == W) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), r);
-    } else {
-      T buf[W];
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(buf), r);
-      for (int64_t i = 0; i < n; ++i) p[i] = buf[i];
-    }
-#else
-    Acc buf[W];
-    v.store(buf);
-    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(buf[i]);
-#endif
+    VecIO<T>::store(p, v, n);
   }
 }
 
@@ -118,11 +88,6 @@ template <typename T, typename Acc>
 inline void store_row(T* dst, const Acc* src, int64_t n) {
   constexpr int64_t W = Vec<Acc>::size();
   for (int64_t i = 0; i < n; i += W) store_vec<T, Acc>(dst + i, Vec<Acc>::loadu(src + i, std::min(W, n - i)), std::min(W, n - i));
-}
-
-template <typename Acc>
-inline Acc hsum(const Vec<Acc>& v) {
-  return at::vec::vec_reduce_all<Acc>([](const Vec<Acc>& a, const Vec<Acc>& b) { return a + b; }, v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,7 +123,7 @@ inline void dot_tile(int64_t K, const Acc* const* a, const T* b, int64_t ldb, in
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) epi(i0 + i, j0 + j, hsum<Acc>(V(acc[i][j])));
+    for (int j = 0; j < NR; ++j) epi(i0 + i, j0 + j, gemma4::hsum<Acc>(V(acc[i][j])));
 }
 
 // MR rows of A against B rows [j0, j1): NR-row tiles, then single rows.

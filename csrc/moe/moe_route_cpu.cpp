@@ -15,7 +15,7 @@
 // g_k = grad_weights[n, k] and gr_k = g_k * scale[i_k]:
 //   grad_logits[n, j] = sum_{k: i_k = j} r_k (gr_k - sum_k' gr_k' r_k')     (zero off the top k)
 //   grad_scale[e]     = sum_{(n, k): i_k = e} g_k r_k
-// Rows are independent: gemma4::parallel_for over blocks of rows; the forward softmax is vectorized,
+// Rows are independent: at::parallel_for over blocks of rows; the forward softmax is vectorized,
 // the top-k is one insertion pass (K is small).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/vec_utils.h"  // gemma4::parallel_for
+#include "common/vec_utils.h"
 #include "moe/moe_checks.h"
 #include "moe/moe_gemm.h"
 
@@ -36,6 +36,8 @@ namespace {
 
 // p = softmax(l[0..E)) into p (Acc): max, exp(l - max), scale by 1 / sum, vectorized (E is a few
 // hundred at most, one row per call). A NaN anywhere makes the row NaN, as in torch.softmax.
+// Every probability, the row's tail included, comes from the same vector exp: equal logits give
+// equal probabilities wherever they sit, which the tie rule of top_k_row relies on.
 template <typename Acc, typename T>
 void softmax_row(const T* l, int64_t E, Acc* p) {
   using V = moe::Vec<Acc>;
@@ -57,10 +59,11 @@ void softmax_row(const T* l, int64_t E, Acc* p) {
     e.store(p + i);
     vsum = vsum + e;
   }
-  Acc sum = moe::hsum<Acc>(vsum);
-  for (int64_t i = Ev; i < E; ++i) {
-    p[i] = std::exp(static_cast<Acc>(l[i]) - mx);
-    sum += p[i];
+  Acc sum = hsum(vsum);
+  if (Ev < E) {  // the tail through the same exp; only its E - Ev lanes are stored and summed
+    const V e = (moe::load_vec<Acc>(l + Ev, E - Ev) - V(mx)).exp();
+    e.store(p + Ev, static_cast<int>(E - Ev));
+    for (int64_t i = Ev; i < E; ++i) sum += p[i];
   }
   const Acc inv = Acc(1) / sum;
   for (int64_t i = 0; i < E; ++i) p[i] *= inv;
@@ -133,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> moe_route_cpu(const at::Tensor& logits_in, co
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_scale", [&] {
       const scalar_t* sc = scale.data_ptr<scalar_t>();
       // ~1 us of work per row of 128 experts: only a few hundred rows are worth a second thread.
-      gemma4::parallel_for(0, N, std::max<int64_t>(1, 65536 / E), [&](int64_t b, int64_t e) {
+      at::parallel_for(0, N, std::max<int64_t>(1, 65536 / E), [&](int64_t b, int64_t e) {
         std::vector<Acc> p(E), r(K), top(K);
         for (int64_t n = b; n < e; ++n) {
           softmax_row(l + n * E, E, p.data());
@@ -174,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> moe_route_backward_cpu(const at::Tensor& grad
     std::vector<Acc> gsr(N * K);  // g_k r_k per pair, summed into grad_scale afterwards
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "moe_route_backward_scale", [&] {
       const scalar_t* sc = scale.data_ptr<scalar_t>();
-      gemma4::parallel_for(0, N, std::max<int64_t>(1, 65536 / (K + 8)), [&](int64_t b, int64_t e) {
+      at::parallel_for(0, N, std::max<int64_t>(1, 65536 / (K + 8)), [&](int64_t b, int64_t e) {
         std::vector<Acc> r(K), gl_row(E);
         for (int64_t n = b; n < e; ++n) {
           const int64_t* irow = ix + n * K;

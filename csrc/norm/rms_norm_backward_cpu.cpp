@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_
         const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
         const scalar_t* xp = x.const_data_ptr<scalar_t>();
         scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-        gemma4::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
+        at::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
           rms_norm_backward_rows<scalar_t, false>(g, xp, nullptr, gx, nullptr, r0, r1, D, eps);
         });
       });
@@ -113,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_
       const A* wp = w.const_data_ptr<A>();
       scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
       A* part = partial.mutable_data_ptr<A>();
-      gemma4::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           rms_norm_backward_rows<scalar_t, true>(g, xp, wp, gx, part + c * D, rows * c / chunks,
                                                  rows * (c + 1) / chunks, D, eps);

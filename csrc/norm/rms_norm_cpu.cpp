@@ -3,7 +3,7 @@
 // Reference: rms_norm in python/gemma4/ops/reference.py (the same maths as transformers'
 // Gemma4RMSNorm: upcast, normalise, scale, cast back).
 //
-// Rows are independent: gemma4::parallel_for (common/vec_utils.h) over rows, several short rows
+// Rows are independent: at::parallel_for over rows, several short rows
 // per task (so q/k-norm over [B,T,nH,256] does not pay a task per row); two vectorized passes per
 // row (sum of squares, then scale), the row staying in L1 between them.
 #include <torch/library.h>
@@ -48,7 +48,7 @@ void rms_norm_kernel(const T* x, const acc_t<T>* w, T* y, int64_t rows, int64_t 
   using A = acc_t<T>;
   using V = typename IO::V;
   constexpr int N = IO::N;
-  gemma4::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * D;
       T* yr = y + r * D;

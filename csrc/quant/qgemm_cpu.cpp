@@ -112,7 +112,7 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
 #if defined(__AVX2__)
   const bool avx512 = active_isa() == static_cast<int>(Isa::avx512);
   const int64_t blocks = (N + kQgemmRowBlock - 1) / kQgemmRowBlock;
-  gemma4::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     const int64_t n0 = b0 * kQgemmRowBlock, n1 = std::min(N, b1 * kQgemmRowBlock);
     if (avx512) {
       avx512::qgemm_rows(p, n0, n1);

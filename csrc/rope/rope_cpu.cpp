@@ -29,7 +29,7 @@ void rope_kernel(const T* x, const int64_t* pos, const float* inv_freq, T* y, in
   constexpr int N = IO::N;
   const int64_t half = hd / 2;
   const int64_t batches_per_row = P == 1 ? B : 1;
-  gemma4::parallel_for(0, P * T_, row_grain(batches_per_row * H * hd), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, P * T_, row_grain(batches_per_row * H * hd), [&](int64_t r0, int64_t r1) {
     std::vector<A> cos_t(half), sin_t(half);
     for (int64_t r = r0; r < r1; ++r) {
       // cos/sin table of this position, angles rounded in A exactly as the reference does.

@@ -364,6 +364,19 @@ def test_nonfinite_masked_keys_do_not_contribute(dtype, T, S):
             torch.testing.assert_close(g, gc, **tight_tol(torch.float32))
 
 
+def test_nan_in_a_visible_key_makes_its_rows_nan():
+    """A NaN score among the visible keys makes that query's row and lse NaN, as in the reference
+    (not zeros with lse = -inf, the answer for a row that sees nothing)."""
+    B, T, S, nH, hd = 1, 6, 6, 2, 16
+    q, k, v = torch.randn(B, T, nH, hd), torch.randn(B, S, 1, hd), torch.randn(B, S, 1, hd)
+    k[0, 3, 0, 5] = float("nan")  # queries 3.. see key 3
+    out, lse = torch.ops.gemma4.attention(q, k, v, None, 1.0, 0)
+    ref_out, ref_lse = reference.attention(q, k, v, None, 1.0, 0)
+    torch.testing.assert_close(out, ref_out, equal_nan=True)
+    torch.testing.assert_close(lse, ref_lse, equal_nan=True)
+    assert out[0, 3:].isnan().all() and lse[0, :, 3:].isnan().all() and not out[0, :3].isnan().any()
+
+
 def test_reference_normalises_huge_scores():
     """reference.attention in float32 with scores near 1e37 matches its float64 evaluation (the
     probabilities still sum to one), and a fully masked row still gives zeros."""

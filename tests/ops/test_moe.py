@@ -542,3 +542,17 @@ def test_wrappers_accept_non_contiguous_inputs():
     gut = gate_up.transpose(1, 2).contiguous().transpose(1, 2)
     torch.testing.assert_close(moe_experts(xt, weights, indices, gut, down),
                                ref.moe_experts(x, weights, indices, gate_up, down), **tight_tol(torch.float32))
+
+
+@pytest.mark.parametrize("E", [1, 3, 7, 9, 12, 17, 31, 130])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_route_ties_lower_index_first_for_any_expert_count(E, dtype):
+    """Equal logits give equal probabilities, whether an expert sits in the vector body or the tail
+    of the row: ties go to the lower index (E = 9, top_k = 3 once gave [0, 8, 1])."""
+    N = 40
+    logits = (torch.randint(0, 4, (N, E)) / 4.0).to(dtype)  # few distinct values: many ties
+    logits[0] = 0.5  # a row of equal logits
+    K = min(E, 3 if E < 9 else 8)
+    _, idx = moe_route(logits, _scale(E), K)
+    want = torch.argsort(-logits.double(), dim=-1, stable=True)[:, :K]
+    assert torch.equal(idx, want)
