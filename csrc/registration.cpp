@@ -48,4 +48,8 @@ TORCH_LIBRARY(gemma4, m) {
   m.def("qgemm(Tensor x, Tensor qweight, Tensor scales, Tensor? bias) -> Tensor");
   // CPU qgemm instruction set: "" reports it, "auto" | "avx2" | "avx512" selects it (tests run each path).
   m.def("qgemm_cpu_isa(str request) -> str");
+
+  // Linear: y = x [..., K] @ weight [N, K]^T (+ bias [N]); float32 or bfloat16 (x, weight, bias one
+  // dtype), fp32 accumulation, one rounding to x's dtype.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }

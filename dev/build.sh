@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:?name}
-dirs=${2:-"norm;rope;activation;attention;moe;quant"}
+dirs=${2:-"norm;rope;activation;attention;moe;quant;linear"}
 cmake -S . -B "build/dev-$name" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DPython_EXECUTABLE="$(command -v python3)" -DGEMMA4_KERNEL_DIRS="$dirs" >/dev/null
 ninja -C "build/dev-$name" -j "${MAX_JOBS:-2}"

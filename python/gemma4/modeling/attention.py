@@ -6,6 +6,7 @@ from torch import nn
 
 from gemma4 import ops
 
+from .linear import Linear
 from .norm import Gemma4RMSNorm
 
 
@@ -23,14 +24,14 @@ class Gemma4Attention(nn.Module):
         self.spec = spec
         self.num_heads, self.num_kv_heads, self.head_dim = nH, spec.num_kv_heads, hd
         bias = config.attention_bias
-        self.q_proj = nn.Linear(H, nH * hd, bias=bias)
+        self.q_proj = Linear(H, nH * hd, bias=bias)
         self.q_norm = Gemma4RMSNorm(hd, eps=config.rms_norm_eps)
         if not spec.kv_shared:
-            self.k_proj = nn.Linear(H, self.num_kv_heads * hd, bias=bias)
-            self.v_proj = None if spec.k_eq_v else nn.Linear(H, self.num_kv_heads * hd, bias=bias)
+            self.k_proj = Linear(H, self.num_kv_heads * hd, bias=bias)
+            self.v_proj = None if spec.k_eq_v else Linear(H, self.num_kv_heads * hd, bias=bias)
             self.k_norm = Gemma4RMSNorm(hd, eps=config.rms_norm_eps)
             self.v_norm = Gemma4RMSNorm(hd, eps=config.rms_norm_eps, with_scale=False)
-        self.o_proj = nn.Linear(nH * hd, H, bias=bias)
+        self.o_proj = Linear(nH * hd, H, bias=bias)
         self.scaling = 1.0  # the q/k norms carry the scale
 
     def project_kv(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor):

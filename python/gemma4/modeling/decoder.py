@@ -7,6 +7,7 @@ from torch import nn
 from gemma4 import ops
 
 from .attention import Gemma4Attention
+from .linear import Linear
 from .mlp import Gemma4Experts, Gemma4MLP, Gemma4Router
 from .norm import Gemma4RMSNorm
 
@@ -28,8 +29,8 @@ class Gemma4DecoderLayer(nn.Module):
         if spec.has_ple:
             P = config.hidden_size_per_layer_input
             self.act = act
-            self.per_layer_input_gate = nn.Linear(H, P, bias=False)
-            self.per_layer_projection = nn.Linear(P, H, bias=False)
+            self.per_layer_input_gate = Linear(H, P, bias=False)
+            self.per_layer_projection = Linear(P, H, bias=False)
             self.post_per_layer_input_norm = Gemma4RMSNorm(H, eps)
         if spec.has_moe:
             self.router = Gemma4Router(H, config.num_experts, config.top_k_experts, eps)

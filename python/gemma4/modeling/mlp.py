@@ -6,6 +6,7 @@ from torch import nn
 
 from gemma4 import ops
 
+from .linear import Linear
 from .norm import Gemma4RMSNorm
 
 class Gemma4MLP(nn.Module):
@@ -13,9 +14,9 @@ class Gemma4MLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,7 +31,7 @@ class Gemma4Router(nn.Module):
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, eps: float):
         super().__init__()
         self.norm = Gemma4RMSNorm(hidden_size, eps=eps, with_scale=False)
-        self.proj = nn.Linear(hidden_size, num_experts, bias=False)
+        self.proj = Linear(hidden_size, num_experts, bias=False)
         self.scale = nn.Parameter(torch.ones(hidden_size))
         self.per_expert_scale = nn.Parameter(torch.ones(num_experts))
         self.scalar_root_size = hidden_size**-0.5

@@ -14,6 +14,7 @@ from .decoder import Gemma4DecoderLayer
 from .embedding import Gemma4ScaledEmbedding
 from .init import init_weights_
 from .inputs import check_token_ids
+from .linear import Linear
 from .loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
 from .norm import Gemma4RMSNorm
 
@@ -48,7 +49,7 @@ class Gemma4TextModel(nn.Module):
             L, P = config.num_hidden_layers, self.ple_width
             self.embed_tokens_per_layer = Gemma4ScaledEmbedding(
                 config.vocab_size_per_layer_input, L * P, config.pad_token_id, embed_scale=P**0.5)
-            self.per_layer_model_projection = nn.Linear(H, L * P, bias=False)
+            self.per_layer_model_projection = Linear(H, L * P, bias=False)
             self.per_layer_projection_norm = Gemma4RMSNorm(P, eps=config.rms_norm_eps)
             self.per_layer_model_projection_scale = H**-0.5  # Python floats on model-dtype tensors, as upstream
             self.per_layer_input_scale = 2.0**-0.5
@@ -134,7 +135,7 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
         super().__init__()
         self.config = config
         self.model = Gemma4TextModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
         self.init_weights()
 

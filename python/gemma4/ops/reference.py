@@ -110,11 +110,20 @@ def moe_experts(x, weights, indices, gate_up, down, activation: str = "gelu_tanh
     return out.to(x.dtype)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ weight [N, K]^T (+ bias [N]) in float32 (float64 for float64), rounded once."""
+    acc = _acc(x)
+    y = x.to(acc) @ weight.to(acc).t()  # [..., N]
+    if bias is not None:
+        y = y + bias.to(acc)
+    return y.to(x.dtype)
+
+
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits / cap)
 
 
-__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "softcap"]
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "linear", "softcap"]
 
 
 # ---- quantized linear (gemma4::qgemm) ----

@@ -1,0 +1,302 @@
+"""gemma4 against llama.cpp on the CPU, same random Gemma 4 model, one command.
+
+    python benchmarks/bench_vs_llamacpp.py --llama-src /work/llama/llama_cpp_python-0.3.36
+    python benchmarks/bench_vs_llamacpp.py --preset small-e2b --dtypes float32   # a smaller machine
+
+Needs the llama-cpp-python package (pip builds llama.cpp, ~10 minutes; not a test dependency) and
+its sdist for llama.cpp's own converter (vendor/llama.cpp/convert_hf_to_gguf.py and gguf-py).
+
+1. Writes a random checkpoint of the preset (default: gemma-4-E2B's full shape, bf16 weights, a
+   tokenizer padded to the vocabulary) in transformers' layout, one tensor at a time.
+2. Converts it with llama.cpp's converter to GGUF F32 / BF16.
+3. Runs each (runtime, dtype) in a fresh subprocess: loads the model, then per round one prefill of
+   the prompt and greedy decode steps; reports prefill tok/s, decode tok/s (medians over rounds)
+   and peak RSS (VmHWM of that process). llama.cpp runs with and without flash attention.
+4. Checks that gemma4 and llama.cpp produce the same greedy tokens in float32.
+Results: benchmarks/results/vs_llamacpp-<machine>.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import describe, machine_info, print_table, write_results  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16"}
+TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "python" / "gemma4" / "default_model"
+
+
+# ------------------------------------------------------------------------------------------------
+# The model on disk
+# ------------------------------------------------------------------------------------------------
+
+def write_random_checkpoint(preset: str, path: Path, seed: int = 0, shard_bytes: int = 2 << 30) -> None:
+    """Random bf16 weights of the preset in transformers' layout, generated a tensor at a time so the
+    writer never holds the model. Linear weights ~ N(0, 1/in) (activations keep their scale), embeddings
+    ~ N(0, 1), norm weights and layer scalars 1 + N(0, 0.1) (so no formula hides behind a weight of one)."""
+    import gemma4
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    config = gemma4.get_preset(preset)
+    with torch.device("meta"):
+        model = gemma4.Gemma4ForCausalLM(config)
+    state = {k: v for k, v in model.state_dict().items() if not (k == "lm_head.weight" and config.tie_word_embeddings)}
+    gen = torch.Generator().manual_seed(seed)
+    shard, size, weight_map, n = {}, 0, {}, 0
+
+    def flush():
+        nonlocal shard, size, n
+        if shard:
+            n += 1
+            name = f"model-{n:05d}.safetensors"
+            save_file(shard, str(path / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+            shard, size = {}, 0
+
+    for key, meta in state.items():
+        shape = tuple(meta.shape)
+        if meta.dim() == 2 and "embed" not in key:
+            t = torch.randn(shape, generator=gen).mul_(shape[1] ** -0.5)
+        elif meta.dim() == 2:
+            t = torch.randn(shape, generator=gen)
+        else:
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        shard[key] = t.to(torch.bfloat16)
+        size += shard[key].numel() * 2
+        if size >= shard_bytes:
+            flush()
+    flush()
+    # The final names: model-0000i-of-0000n.safetensors, as transformers expects with an index.
+    renamed = {}
+    for i in range(1, n + 1):
+        old, new = path / f"model-{i:05d}.safetensors", f"model-{i:05d}-of-{n:05d}.safetensors"
+        old.rename(path / new)
+        renamed[old.name] = new
+    index = {"metadata": {"total_size": sum(v.numel() * 2 for v in state.values())},
+             "weight_map": {k: renamed[v] for k, v in weight_map.items()}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    config.save_pretrained(str(path))
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["architectures"] = ["Gemma4ForCausalLM"]
+    cfg["dtype"] = "bfloat16"
+    (path / "config.json").write_text(json.dumps(cfg, indent=1))
+    write_padded_tokenizer(path, config.vocab_size)
+
+
+def write_padded_tokenizer(path: Path, vocab_size: int) -> None:
+    """The default model's Gemma-style tokenizer with its vocabulary padded by <unused_i> pieces to
+    vocab_size, so llama.cpp's converter (which writes every token) sees the model's vocabulary."""
+    tok = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    taken = set(vocab.values()) | {a["id"] for a in tok["added_tokens"]}
+    for i in range(vocab_size):
+        if i not in taken:
+            vocab[f"<unused_{i}>"] = i
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        if (TOKENIZER_DIR / name).exists():
+            (path / name).write_text((TOKENIZER_DIR / name).read_text())
+
+
+def convert_to_gguf(model_dir: Path, out: Path, dtype: str, llama_src: Path) -> None:
+    """llama.cpp's own converter, from the llama-cpp-python sdist (vendor/llama.cpp)."""
+    root = llama_src / "vendor" / "llama.cpp"
+    env = dict(os.environ, PYTHONPATH=f"{root / 'gguf-py'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(out),
+                    "--outtype", GGUF_TYPE[dtype]], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+# ------------------------------------------------------------------------------------------------
+# One runtime in one process (--child): load, time rounds, print one JSON line
+# ------------------------------------------------------------------------------------------------
+
+def _peak_rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6  # kB -> GB
+    return float("nan")
+
+
+def _prompt(vocab: int, n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return [2] + torch.randint(3, min(vocab, 4096), (n - 1,), generator=g).tolist()  # bos + real pieces
+
+
+def child_gemma4(a) -> dict:
+    import gemma4
+    from gemma4.cache import Gemma4Cache
+
+    t_load = time.perf_counter()
+    model = gemma4.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=DTYPES[a.dtype]).eval()
+    t_load = time.perf_counter() - t_load
+    ids = torch.tensor([_prompt(model.config.vocab_size, a.prompt_len, a.seed)])
+
+    @torch.inference_mode()
+    def one_round(prompt, new):
+        cache = Gemma4Cache(model.config, max_cache_len=prompt.shape[1] + new, batch_size=1)
+        t0 = time.perf_counter()
+        tok = model(input_ids=prompt, cache=cache, logits_to_keep=1).logits[0, -1].argmax()
+        t1 = time.perf_counter()
+        out = [int(tok)]
+        for _ in range(new - 1):
+            tok = model(input_ids=tok.view(1, 1), cache=cache).logits[0, -1].argmax()
+            out.append(int(tok))
+        return t1 - t0, time.perf_counter() - t1, out
+
+    one_round(ids[:, :16], 3)  # warm-up
+    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load
+
+
+def child_llamacpp(a) -> dict:
+    import inspect
+
+    import numpy as np
+    from llama_cpp import Llama
+
+    kw = dict(model_path=a.gguf, n_ctx=a.prompt_len + a.new_tokens + 16, n_threads=a.threads,
+              n_threads_batch=a.threads, n_batch=a.prompt_len, n_ubatch=a.prompt_len, verbose=False)
+    params = inspect.signature(Llama.__init__).parameters
+    if "flash_attn" in params:
+        kw["flash_attn"] = bool(a.flash_attn)
+    elif "flash_attn_type" in params:
+        kw["flash_attn_type"] = 1 if a.flash_attn else 0
+    t_load = time.perf_counter()
+    llm = Llama(**kw)
+    t_load = time.perf_counter() - t_load
+    ids = _prompt(llm.n_vocab(), a.prompt_len, a.seed)
+
+    def one_round(prompt, new):
+        llm.reset()
+        llm._ctx.memory_clear(True) if hasattr(llm._ctx, "memory_clear") else None
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t1 = time.perf_counter()
+        out = [tok]
+        for _ in range(new - 1):
+            llm.eval([tok])
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            out.append(tok)
+        return t1 - t0, time.perf_counter() - t1, out
+
+    one_round(ids[:16], 3)
+    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load
+
+
+def run_child(a) -> int:
+    torch.set_num_threads(a.threads)
+    rounds, t_load = (child_gemma4 if a.child == "gemma4" else child_llamacpp)(a)
+    pre = statistics.median(r[0] for r in rounds)
+    dec = statistics.median(r[1] for r in rounds)
+    print(json.dumps({"prefill_tok_s": a.prompt_len / pre, "decode_tok_s": (a.new_tokens - 1) / dec,
+                      "prefill_s_all": [r[0] for r in rounds], "decode_s_all": [r[1] for r in rounds],
+                      "tokens": rounds[0][2], "peak_rss_gb": _peak_rss_gb(), "load_s": t_load}))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The driver
+# ------------------------------------------------------------------------------------------------
+
+def spawn(args, child: str, dtype: str, **extra) -> dict:
+    cmd = [sys.executable, __file__, "--child", child, "--dtype", dtype, "--model-dir", str(args.model_dir),
+           "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds),
+           "--threads", str(args.threads), "--seed", str(args.seed)]
+    for k, v in extra.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def plot(rows):
+    def draw(plt):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        labels = [f"{r['runtime']} {r['dtype']}" for r in rows]
+        for ax, key, title in zip(axes, ("prefill_tok_s", "decode_tok_s", "peak_rss_gb"),
+                                  ("prefill tokens/s", "decode tokens/s", "peak RSS (GB)")):
+            ax.barh(range(len(rows)), [r[key] for r in rows],
+                    color=["tab:blue" if r["runtime"] == "gemma4" else "tab:gray" for r in rows])
+            ax.set_yticks(range(len(rows)), labels, fontsize=8)
+            ax.set_title(title)
+        fig.tight_layout()
+        return fig
+    return draw
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="gemma-4-E2B")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--llama-src", type=Path, default=Path("/work/llama/llama_cpp_python-0.3.36"),
+                    help="the unpacked llama-cpp-python sdist (for convert_hf_to_gguf.py and gguf-py)")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the checkpoint and GGUF files here")
+    ap.add_argument("--save", action="store_true", default=True)
+    # child-process arguments
+    ap.add_argument("--child", choices=["gemma4", "llamacpp"])
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--model-dir", type=Path)
+    ap.add_argument("--gguf")
+    ap.add_argument("--flash-attn", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.child:
+        return run_child(args)
+
+    torch.set_num_threads(args.threads)
+    machine = machine_info(args.threads)
+    print(describe(machine), flush=True)
+    tmp = None if args.workdir else tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR"))
+    work = args.workdir or Path(tmp.name)
+    args.model_dir = work / f"{args.preset}-random"
+    if not (args.model_dir / "config.json").exists():
+        print("writing the random checkpoint ...", flush=True)
+        write_random_checkpoint(args.preset, args.model_dir, args.seed)
+    rows, tokens = [], {}
+    for dtype in args.dtypes.split(","):
+        gguf = work / f"{args.preset}-{GGUF_TYPE[dtype]}.gguf"
+        if not gguf.exists():
+            print(f"converting to GGUF {GGUF_TYPE[dtype]} ...", flush=True)
+            convert_to_gguf(args.model_dir, gguf, dtype, args.llama_src)
+        runs = [("gemma4", {}), ("llama.cpp", {"gguf": gguf, "flash_attn": 0}),
+                ("llama.cpp fa", {"gguf": gguf, "flash_attn": 1})]
+        for name, extra in runs:
+            r = spawn(args, "gemma4" if name == "gemma4" else "llamacpp", dtype, **extra)
+            r.update(runtime=name, dtype=dtype, load_avg_1min=os.getloadavg()[0])
+            tokens[(name, dtype)] = r["tokens"]
+            rows.append(r)
+            print(f"{name:12s} {dtype:9s} prefill {r['prefill_tok_s']:7.2f} tok/s  decode {r['decode_tok_s']:6.2f} "
+                  f"tok/s  peak RSS {r['peak_rss_gb']:.2f} GB  (load avg {r['load_avg_1min']:.1f})", flush=True)
+    same = None
+    if ("gemma4", "float32") in tokens:
+        a, b = tokens[("gemma4", "float32")], tokens[("llama.cpp", "float32")]
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+        print(f"float32 greedy tokens: gemma4 and llama.cpp agree on the first {same} of {len(a)}")
+    print_table(["runtime", "dtype", "prefill tok/s", "decode tok/s", "peak RSS GB"],
+                [[r["runtime"], r["dtype"], f"{r['prefill_tok_s']:.2f}", f"{r['decode_tok_s']:.2f}",
+                  f"{r['peak_rss_gb']:.2f}"] for r in rows])
+    extra = {"preset": args.preset, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+             "rounds": args.rounds, "fp32_greedy_tokens_agree": same}
+    print("wrote", write_results(f"vs_llamacpp_{args.preset}", rows, machine, plot=plot(rows), extra=extra))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

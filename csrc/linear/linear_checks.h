@@ -1,0 +1,37 @@
+// gemma4::linear's argument checks and problem description, with no device assumption: each
+// device's kernel file adds its own device check and kernels.
+#pragma once
+#include <optional>
+
+#include "common/checks.h"
+
+namespace gemma4 {
+
+// y[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]), x's leading dims flattened into M.
+struct LinearProblem {
+  int64_t M, N, K;
+};
+
+inline LinearProblem check_linear_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+              ": x must be float32 or bfloat16, got ", x.scalar_type());
+  check_dtype(weight, x.scalar_type(), op, "weight");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension, got a scalar");
+  check_dim(weight, 2, op, "weight");
+  check_size(weight, 1, x.size(-1), op, "weight");  // weight [N, K] with K = x.size(-1)
+  check_contiguous(x, op, "x");
+  check_contiguous(weight, op, "weight");
+  check_same_device(weight, x, op, "weight");
+  if (bias) {
+    check_dtype(*bias, x.scalar_type(), op, "bias");
+    check_dim(*bias, 1, op, "bias");
+    check_size(*bias, 0, weight.size(0), op, "bias");
+    check_contiguous(*bias, op, "bias");
+    check_same_device(*bias, x, op, "bias");
+  }
+  const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
+  return {M, weight.size(0), x.size(-1)};
+}
+
+}  // namespace gemma4

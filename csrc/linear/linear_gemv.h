@@ -1,0 +1,83 @@
+// Decode-sized linear (a few rows of x): y[m, n] = sum_k x[m, k] * w[n, k], fp32 accumulation.
+// Memory bound: every weight is read once, so the kernel streams R weight rows side by side, widens
+// bf16 to fp32 in registers (a bf16 is the top half of an fp32) and keeps the M rows of x, already
+// fp32, in L1/L2. Bytes: N*K*sizeof(W); FLOPs: 2*M*N*K -- at M <= 8 far below what the FMA units
+// can do while the weights stream, so the floor is the memory bandwidth.
+// Reference: reference.linear in python/gemma4/ops/reference.py.
+#pragma once
+#include <cstdint>
+
+#include <c10/util/BFloat16.h>
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace gemma4::linear {
+
+#if defined(CPU_CAPABILITY_AVX2)
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));  // 8 x bf16
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// out[r * M + m] = dot(w[r], x[m]) for R weight rows (row stride K) and M rows of x (fp32, stride K).
+template <int M, int R, typename W>
+inline void gemv_tile(const W* w, const float* x, int64_t K, float* out) {
+  int64_t k = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+  // U independent accumulator sets: with few rows (R*M <= 4) one set is too few FMA chains to hide
+  // the FMA latency, so two k-steps of 8 run side by side.
+  constexpr int U = R * M <= 4 ? 2 : 1;
+  __m256 acc[U][R][M];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_setzero_ps();
+  for (; k + 8 * U <= K; k += 8 * U) {
+    for (int u = 0; u < U; ++u) {
+      __m256 xv[M];
+      for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k + 8 * u);
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = load8(w + r * K + k + 8 * u);
+        for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_fmadd_ps(wv, xv[m], acc[u][r][m]);
+      }
+    }
+  }
+  for (; k + 8 <= K; k += 8) {
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = load8(w + r * K + k);
+      for (int m = 0; m < M; ++m) acc[0][r][m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k), acc[0][r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) {
+      __m256 a = acc[0][r][m];
+      for (int u = 1; u < U; ++u) a = _mm256_add_ps(a, acc[u][r][m]);
+      out[r * M + m] = hsum8(a);
+    }
+#else
+  for (int i = 0; i < R * M; ++i) out[i] = 0.f;
+#endif
+  for (; k < K; ++k)  // the tail (all of K without AVX2)
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) out[r * M + m] += static_cast<float>(w[r * K + k]) * x[m * K + k];
+}
+
+// dst[i] = float(src[i]) for a bf16 src: the exact widening.
+inline void widen(const c10::BFloat16* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src + i));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+}  // namespace gemma4::linear

@@ -1,0 +1,147 @@
+"""gemma4::linear against reference.linear in float64 (see csrc/linear/).
+
+Both paths are covered: rows <= 8 (the weight-streaming GEMV, every row count 1..8 has its own
+instantiation) and more rows (fp32 sgemm; bf16 widened a block of weight rows at a time). Error rule:
+ours against the float64 reference is at most 2x plain PyTorch's (F.linear in the same dtype).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gemma4.ops import reference as ref
+from gemma4.ops.linear import linear
+from tests.helpers import assert_lowp_close
+
+ops = torch.ops.gemma4
+DTYPES = [torch.float32, torch.bfloat16]
+
+# (leading dims of x, N, K): K off the vector width (tails), N off the row tile (last rows),
+# a K longer than one weight block, Gemma 4 widths, and enough rows for both threads.
+CASES = [((1,), 1, 1), ((1,), 5, 7), ((3,), 13, 37), ((1, 1), 4096, 1536), ((2,), 259, 300),
+         ((5,), 18, 64), ((1, 8), 131, 96), ((7,), 1, 17), ((9,), 70, 33), ((2, 17), 300, 1536),
+         ((130,), 257, 520), ((40,), 20, 12288), ((6,), 1536, 256), ((4,), 300, 6144)]
+
+
+def _rand(shape, dtype, scale=1.0):
+    return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lead,N,K", CASES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_forward(dtype, lead, N, K, with_bias):
+    x = _rand((*lead, K), dtype, scale=10 ** torch.empty(()).uniform_(-1, 1).item())
+    w = _rand((N, K), dtype, scale=K**-0.5)
+    b = _rand((N,), dtype) if with_bias else None
+    ours = linear(x, w, b)
+    assert ours.dtype == dtype and ours.shape == (*lead, N)
+    ref_hi = ref.linear(x.double(), w.double(), None if b is None else b.double())
+    assert_lowp_close(ours, ref_hi, F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 64])
+def test_matches_reference_at_dtype(dtype, rows):
+    """fp32 accumulation, one rounding: the same maths as reference.linear at the dtype."""
+    x, w = _rand((rows, 200), dtype), _rand((150, 200), dtype, scale=0.1)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=8e-3, atol=1e-3)
+    torch.testing.assert_close(linear(x, w), ref.linear(x, w), **tol)
+
+
+def test_threads_agree():
+    """Every output row is computed once by one thread: 1 and 2 threads give identical bits."""
+    before = torch.get_num_threads()
+    x1, x64 = _rand((1, 1536), torch.bfloat16), _rand((64, 1536), torch.bfloat16)
+    w = _rand((2051, 1536), torch.bfloat16, scale=0.03)
+    try:
+        torch.set_num_threads(1)
+        one = linear(x1, w), linear(x64, w)
+        torch.set_num_threads(2)
+        two = linear(x1, w), linear(x64, w)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_empty():
+    assert linear(torch.randn(0, 8), torch.randn(5, 8)).shape == (0, 5)
+    assert linear(torch.randn(3, 8), torch.randn(0, 8)).shape == (3, 0)
+    b = torch.randn(5)
+    torch.testing.assert_close(linear(torch.randn(3, 0), torch.randn(5, 0), b), b.expand(3, 5))
+
+
+@pytest.mark.parametrize("rows", [1, 12])
+def test_backward(rows):
+    x = _rand((2, rows, 24), torch.float32).requires_grad_()
+    w = _rand((10, 24), torch.float32).requires_grad_()
+    b = _rand((10,), torch.float32).requires_grad_()
+    g = torch.randn(2, rows, 10)
+    linear(x, w, b).backward(g)
+    got = x.grad, w.grad, b.grad
+    x.grad = w.grad = b.grad = None
+    F.linear(x, w, b).backward(g)
+    for a, e in zip(got, (x.grad, w.grad, b.grad)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck():
+    for rows in (2, 11):
+        x = _rand((rows, 24), torch.float32).requires_grad_()
+        w = _rand((10, 24), torch.float32).requires_grad_()
+        b = _rand((10,), torch.float32).requires_grad_()
+        torch.library.opcheck(ops.linear, (x, w, b))
+        torch.library.opcheck(ops.linear, (x, w, None))
+    torch.library.opcheck(ops.linear, (_rand((3, 16), torch.bfloat16), _rand((5, 16), torch.bfloat16), None))
+
+
+def test_torch_compile_fullgraph():
+    x, w = _rand((3, 32), torch.float32), _rand((16, 32), torch.float32)
+    compiled = torch.compile(lambda a, b: linear(a, b) * 2.0, fullgraph=True)
+    torch.testing.assert_close(compiled(x, w), linear(x, w) * 2.0)
+
+
+def test_bad_inputs():
+    x, w = torch.randn(4, 16), torch.randn(8, 16)
+    with pytest.raises(RuntimeError, match="x must be float32 or bfloat16"):
+        ops.linear(x.double(), w.double(), None)
+    with pytest.raises(RuntimeError, match="weight must be Float"):
+        ops.linear(x, w.bfloat16(), None)
+    with pytest.raises(RuntimeError, match="weight must have 2 dimensions"):
+        ops.linear(x, torch.randn(16), None)
+    with pytest.raises(RuntimeError, match=r"weight.size\(1\) must be 16"):
+        ops.linear(x, torch.randn(8, 15), None)
+    with pytest.raises(RuntimeError, match="weight must be contiguous"):
+        ops.linear(x, torch.randn(16, 8).t(), None)
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        ops.linear(torch.randn(16, 4).t(), w, None)
+    with pytest.raises(RuntimeError, match=r"bias.size\(0\) must be 8"):
+        ops.linear(x, w, torch.randn(7))
+    with pytest.raises(RuntimeError, match="bias must be Float"):
+        ops.linear(x, w, torch.randn(8).bfloat16())
+    with pytest.raises(RuntimeError, match="x must have at least 1 dimension"):
+        ops.linear(torch.tensor(1.5), w, None)
+    # The wrapper makes a strided x contiguous rather than failing.
+    xt = torch.randn(16, 4).t()
+    torch.testing.assert_close(linear(xt, w), F.linear(xt, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("args,match", [
+    (lambda: (torch.randn(4, 16).double(), torch.randn(8, 16).double(), None), "x must be float32 or bfloat16"),
+    (lambda: (torch.randn(4, 16), torch.randn(8, 16).bfloat16(), None), "weight must be Float"),
+    (lambda: (torch.randn(4, 16), torch.randn(8, 15), None), r"weight.size\(1\) must be 16"),
+    (lambda: (torch.randn(4, 16), torch.randn(8, 16), torch.randn(7)), r"bias.size\(0\) must be 8"),
+])
+def test_fake_kernel_rejects_what_the_kernel_rejects(args, match):
+    a = args()
+    with pytest.raises(RuntimeError, match=match):
+        ops.linear(*a)
+    with pytest.raises(RuntimeError, match=match):
+        ops.linear(*(t.to("meta") if isinstance(t, torch.Tensor) else t for t in a))
+
+
+def test_cpu_and_meta_mixed_is_an_error():
+    x, w = torch.randn(2, 16), torch.randn(8, 16)
+    with pytest.raises(RuntimeError, match="must be on cpu like the input, got meta"):
+        ops.linear(x, w.to("meta"), None)
+    out = ops.linear(x.to("meta"), w.to("meta"), None)
+    assert out.shape == (2, 8) and out.dtype == torch.float32
