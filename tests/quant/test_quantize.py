@@ -66,7 +66,7 @@ def test_quantize_swaps_the_targeted_modules():
     assert model.quantization_skipped == []
     assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
     assert isinstance(model.model.layers[0].experts, QuantExperts)
-    assert type(model.lm_head) is nn.Linear and type(model.model.layers[0].router.proj) is nn.Linear
+    assert isinstance(model.lm_head, nn.Linear) and isinstance(model.model.layers[0].router.proj, nn.Linear)
     assert model.lm_head.weight is model.model.embed_tokens.weight  # the tied head is untouched
     assert isinstance(model.quantization_config, QuantizationConfig)
     with pytest.raises(ValueError, match="already quantized"):
@@ -79,7 +79,7 @@ def test_modules_that_do_not_fit_the_groups_stay_float_with_a_warning():
         quantize(model, QuantizationConfig(weights="int4", group_size=64))
     assert "model.layers.0.mlp.down_proj" in model.quantization_skipped
     assert "model.layers.0.experts" in model.quantization_skipped
-    assert type(model.model.layers[0].mlp.down_proj) is nn.Linear
+    assert isinstance(model.model.layers[0].mlp.down_proj, nn.Linear)
     assert isinstance(model.model.layers[0].mlp.up_proj, QuantLinear)
 
 
@@ -87,10 +87,10 @@ def test_modules_to_not_convert_and_regex():
     model = _model("tiny-e4b")
     config = QuantizationConfig(weights="int8", modules_to_not_convert=["o_proj", r"re:model\.layers\.1\..*"])
     quantize(model, config)
-    assert type(model.model.layers[0].self_attn.o_proj) is nn.Linear
-    assert all(type(m) is nn.Linear for m in model.model.layers[1].modules() if isinstance(m, nn.Linear))
+    assert isinstance(model.model.layers[0].self_attn.o_proj, nn.Linear)
+    assert not any(isinstance(m, QuantLinear) for m in model.model.layers[1].modules())
     assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
-    assert type(model.lm_head) is nn.Linear  # tied to the embedding: never converted
+    assert isinstance(model.lm_head, nn.Linear)  # tied to the embedding: never converted
 
 
 def test_casts_keep_scale_dtype_and_move_bias():

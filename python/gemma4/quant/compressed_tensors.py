@@ -110,7 +110,7 @@ def write_quantization_config(model, path: str | os.PathLike) -> None:
     """Add ``quantization_config`` to a saved model's config.json (after checkpoint.save_pretrained)."""
     from torch import nn  # noqa: PLC0415
 
-    ignore = [name for name, m in model.named_modules() if type(m) is nn.Linear]  # quantized ones are not nn.Linear
+    ignore = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]  # quantized ones are not nn.Linear
     file = os.path.join(os.fspath(path), "config.json")
     with open(file, encoding="utf-8") as f:
         raw = json.load(f)

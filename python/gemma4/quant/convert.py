@@ -22,9 +22,9 @@ def quantizable_modules(model: nn.Module, config: QuantizationConfig) -> list[tu
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     chosen = []
     for name, module in model.named_modules():
-        if type(module) is nn.Linear and id(module.weight) in tied:
+        if isinstance(module, nn.Linear) and id(module.weight) in tied:
             continue
-        if type(module) is nn.Linear or (config.quantize_experts and _is_experts(module)):
+        if isinstance(module, nn.Linear) or (config.quantize_experts and _is_experts(module)):
             if not config.keeps_full_precision(name):
                 chosen.append((name, module))
     return chosen
