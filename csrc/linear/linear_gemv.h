@@ -5,6 +5,7 @@
 // can do while the weights stream, so the floor is the memory bandwidth.
 // Reference: reference.linear in python/gemma4/ops/reference.py.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include <c10/util/BFloat16.h>
@@ -66,9 +67,10 @@ inline void gemv_tile(const W* w, const float* x, int64_t K, float* out) {
 #else
   for (int i = 0; i < R * M; ++i) out[i] = 0.f;
 #endif
-  for (; k < K; ++k)  // the tail (all of K without AVX2)
+  // the tail (all of K without AVX2), fused like the vector body: one rounding per term, not two
+  for (; k < K; ++k)
     for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) out[r * M + m] += static_cast<float>(w[r * K + k]) * x[m * K + k];
+      for (int m = 0; m < M; ++m) out[r * M + m] = std::fma(static_cast<float>(w[r * K + k]), x[m * K + k], out[r * M + m]);
 }
 
 // dst[i] = float(src[i]) for a bf16 src: the exact widening.

@@ -26,8 +26,9 @@ def _lora_grads(model, ids):
     return {n: p.grad for n, p in _lora(model).items()}
 
 
-@pytest.mark.parametrize("preset,weights", [("tiny-e2b", "int4"), ("tiny-26b-a4b", "int8")])
-def test_qlora_gradients_equal_lora_over_fake_quantized_model(preset, weights):
+def _grad_error_ratio(preset, weights):
+    """One random model: how far our QLoRA gradients are from the float64 answer (LoRA over the
+    fake-quantized model in float64), over how far float32 LoRA over the fake-quantized model is."""
     model = _model(preset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -41,18 +42,25 @@ def test_qlora_gradients_equal_lora_over_fake_quantized_model(preset, weights):
         for n, p in _lora(qmodel).items():
             theirs[n].copy_(p)
     assert any(isinstance(m.base_layer, QuantLinear) for m in qmodel.modules() if hasattr(m, "base_layer"))
-    fake64 = copy.deepcopy(fake).double()  # the exact answer, to judge float32 noise by
+    fake64 = copy.deepcopy(fake).double()
     ids = torch.randint(0, model.config.vocab_size, (2, 11))
     got, want, exact = (_lora_grads(m.train(), ids) for m in (qmodel, fake, fake64))
     assert got.keys() == want.keys() and got
-    # float32 noise (summation order) is all that may differ: over all LoRA gradients together, ours is
-    # at most 2x as far from the float64 answer as float32 LoRA over the fake-quantized model is
+    assert all(p.grad is None for n, p in qmodel.named_parameters() if not any(k in n for k in LORA))
     flat = {k: torch.cat([g[n].double().flatten() for n in sorted(got)]) for k, g in
             (("ours", got), ("fake", want), ("exact", exact))}
-    err_ours = (flat["ours"] - flat["exact"]).norm().item()
-    err_fake = (flat["fake"] - flat["exact"]).norm().item()
-    assert err_ours <= 2 * err_fake + 1e-7 * flat["exact"].norm().item(), (err_ours, err_fake)
-    assert all(p.grad is None for n, p in qmodel.named_parameters() if not any(k in n for k in LORA))
+    return (flat["ours"] - flat["exact"]).norm().item() / (flat["fake"] - flat["exact"]).norm().item()
+
+
+@pytest.mark.parametrize("preset,weights", [("tiny-e2b", "int4"), ("tiny-26b-a4b", "int8")])
+def test_qlora_gradients_equal_lora_over_fake_quantized_model(preset, weights):
+    """float32 noise (summation order) is all that may differ, and ours is at most 2x as far from the
+    float64 answer as plain float32 LoRA over the fake-quantized model. One model's ratio is a poor
+    estimate: backpropagation through a random deep net amplifies one rounding direction, so the ratio
+    of two noise norms has a heavy tail (0.2x-5x over 40 models, typically 0.8-0.95x). Its geometric
+    mean over 8 models is a stable one: a real 2x excess fails it, chance alone about once in 5,000."""
+    ratios = [_grad_error_ratio(preset, weights) for _ in range(8)]
+    assert math.exp(sum(map(math.log, ratios)) / len(ratios)) <= 2, ratios
 
 
 def test_qlora_on_int4_default_model_halves_the_loss():

@@ -44,20 +44,23 @@ def _logits(model, ids):
 @pytest.mark.parametrize("preset", ["tiny-e2b", "tiny-26b-a4b"])
 @pytest.mark.parametrize("weights,group", [("int4", 32), ("int8", None), ("int4", 64)])
 def test_kernels_add_little_to_quantization_error(preset, weights, group):
+    """The quantized kernels' error, with quantization itself taken out: against the fake-quantized model
+    in float64 (the exact answer for these integer weights), the quantized model in each dtype is within
+    1.25x of the fake-quantized model run by plain PyTorch in that dtype. The error is the norm over all
+    logits of 4x16 tokens: a max over one short batch is set by a few tokens, and swung 0.6-1.9x by seed."""
     model = _model(preset)
-    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    ids = torch.randint(0, model.config.vocab_size, (4, 16))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tiny widths: a few modules do not fit the groups
         qmodel = quantize(copy.deepcopy(model), QuantizationConfig(weights=weights, group_size=group,
                                                                     scale_dtype="float32"))
-    ref = _logits(model, ids)
-    fake = _logits(_fake_quantized(model, qmodel), ids)
+    fake = _fake_quantized(model, qmodel)
+    exact = _logits(copy.deepcopy(fake).double(), ids)
     for dtype in (torch.float32, torch.bfloat16):
-        got = _logits(copy.deepcopy(qmodel).to(dtype), ids)
-        fake_lowp = _logits(_fake_quantized(model, qmodel).to(dtype), ids)
-        err_quant = max_abs_err(fake if dtype == torch.float32 else fake_lowp, ref)
-        assert max_abs_err(got, ref) <= 1.25 * err_quant, (dtype, max_abs_err(got, ref), err_quant)
-    assert max_abs_err(fake, ref) > 0  # the test can fail: quantization did change the weights
+        err_ours = (_logits(copy.deepcopy(qmodel).to(dtype), ids) - exact).norm().item()
+        err_plain = (_logits(copy.deepcopy(fake).to(dtype), ids) - exact).norm().item()
+        assert err_ours <= 1.25 * err_plain, (dtype, err_ours, err_plain)
+    assert max_abs_err(exact, _logits(model, ids)) > 1e-3  # the test can fail: quantization did change the weights
 
 
 def test_quantize_swaps_the_targeted_modules():
