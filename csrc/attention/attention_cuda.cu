@@ -126,8 +126,10 @@ std::tuple<at::Tensor, at::Tensor> attention_cuda(const at::Tensor& q, const at:
       if (splits > 1) ws = at::empty({cu::decode_workspace_elems(a, splits)}, lse.options());
       float* wsp = splits > 1 ? ws.mutable_data_ptr<float>() : nullptr;
       with_head_dim<T>(p.hd, [&]<int HD>() { cu::flash_decode<T, HD>(a, splits, wsp, stream); });
+      cu::simple_redo_fwd<T>(a, stream);  // rows a masked inf/NaN reached through 0 * inf
     } else if (kernel == Kernel::flash) {
       with_head_dim<T>(p.hd, [&]<int HD>() { cu::flash_fwd<T, HD>(a, stream); });
+      cu::simple_redo_fwd<T>(a, stream);
     } else {
       const cu::SimplePlan plan = cu::simple_fwd_plan<T>(a, sms);
       at::Tensor ws;
@@ -171,6 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda(
     cu::bwd_delta<T>(x, stream);
     if (flash) {
       with_head_dim<T>(p.hd, [&]<int HD>() { cu::flash_bwd<T, HD>(x, stream); });
+      cu::simple_bwd<T>(x, stream, /*redo=*/true);  // rows a masked inf/NaN reached through 0 * inf
     } else {
       cu::simple_bwd<T>(x, stream);
     }

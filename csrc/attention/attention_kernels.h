@@ -133,6 +133,46 @@ inline void finish_row(A m, A l, A& inv_l, A& lse) {
   }
 }
 
+// Whether key j (absolute index) is visible to the query at key index pos: valid under the key mask
+// (prefix counts cnt; null: no mask), not in the future, inside the sliding window (W > 0).
+inline bool key_visible(const int32_t* cnt, int64_t j, int64_t pos, int64_t W) {
+  return (!cnt || cnt[j + 1] != cnt[j]) && j <= pos && (W <= 0 || pos - j < W);
+}
+
+template <typename A>
+inline A dot(const A* a, const A* b, int64_t n) {
+  using V = Vectorized<A>;
+  V acc(A(0));
+  for (int64_t d = 0; d < n; d += V::size()) acc = at::vec::fmadd(V::loadu(a + d), V::loadu(b + d), acc);
+  return at::vec::vec_reduce_all<A>([](V x, V y) { return x + y; }, acc);
+}
+
+template <typename A>
+inline bool all_finite(const A* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
+
+// Whether the non-padding rows of a K or V tile (n rows of hd at stride) are all finite.
+template <typename T>
+inline bool tile_finite(const T* rows, int64_t stride, int64_t n, int64_t hd, const int32_t* cnt, int64_t j0) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (cnt && cnt[j0 + j + 1] == cnt[j0 + j]) continue;
+    for (int64_t d = 0; d < hd; ++d)
+      if (!std::isfinite(static_cast<acc_t<T>>(rows[j * stride + d]))) return false;
+  }
+  return true;
+}
+
+// Masked keys and non-finite K/V. The tile products give a masked key probability 0, which meets a
+// non-finite value there (an fp16 overflow at a padded, future or out-of-window position) as
+// 0 * inf = NaN, and the reference says a masked key contributes nothing at all. Padding keys are
+// zero rows in the converted tiles (load_tile); a causal or window-masked key is visible to some rows
+// of a tile and not others, so no tile-wide zeroing works. Such values are rare, so the fast path
+// runs, and an item whose result holds a non-finite value (forward) or whose K/V tile does (backward)
+// is redone by the *_exact forms below, which visit each (query row, visible key) pair alone.
+
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels.
 
@@ -441,6 +481,43 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
   };
   std::vector<Scratch> scratch(std::min<int64_t>(nthreads, std::max<int64_t>(nitems, 1)));
 
+  // The exact form of one item's (O, m, l) over keys [ks, ke) (see key_visible above): per row, the max
+  // score over the visible keys, then their probabilities and values; a NaN score makes the row NaN.
+  auto forward_exact = [&](int64_t b, int64_t g, int64_t t0, int64_t M, int64_t ks, int64_t ke, Scratch& s) {
+    const int32_t* c = P.mask ? cnt.data() + b * (S + 1) : nullptr;
+    const int64_t pmin = S - Tq + t0;
+    std::vector<A> sc(ke - ks);  // scores of the visible keys of one row
+    for (int64_t i = 0; i < M; ++i) {
+      const int64_t t = t0 + i / G, h = g * G + i % G, pos = pmin + i / G;
+      load_row(P.q + b * P.qsB + t * P.qsT + h * P.qsH, s.row.data(), hd, hdp, scale);
+      A m = NEG_INF;
+      bool nan_row = false;
+      for (int64_t j = ks; j < ke; ++j) {
+        if (!key_visible(c, j, pos, W)) continue;
+        load_row(P.k + b * P.ksB + j * P.ksS + g * P.ksH, s.Kc.data(), hd, hdp, A(1));
+        sc[j - ks] = dot(s.row.data(), s.Kc.data(), hdp);
+        nan_row |= std::isnan(sc[j - ks]);
+        m = std::max(m, sc[j - ks]);
+      }
+      A* o = s.O.data() + i * hdp;
+      std::fill(o, o + hdp, A(0));
+      A l = A(0);
+      for (int64_t j = ks; j < ke && m != NEG_INF && !nan_row; ++j) {
+        if (!key_visible(c, j, pos, W)) continue;
+        const A pj = std::exp(sc[j - ks] - m);
+        l += pj;
+        load_row(P.v + b * P.vsB + j * P.vsS + g * P.vsH, s.Vc.data(), hd, hdp, A(1));
+        for (int64_t d = 0; d < hd; ++d) o[d] += pj * s.Vc[d];
+      }
+      if (nan_row) {
+        l = std::numeric_limits<A>::quiet_NaN();
+        std::fill(o, o + hdp, l);
+      }
+      s.m[i] = m;
+      s.l[i] = l;
+    }
+  };
+
   run_items(order_by_cost(cost), [&](int64_t it, int64_t worker) {
     Scratch& s = scratch[worker];
     if (s.Qt.empty()) {
@@ -515,6 +592,7 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
       first = false;
     }
     if (first) std::fill(s.O.begin(), s.O.begin() + M * hdp, A(0));  // no visible key at all
+    if (!all_finite(s.O.data(), M * hdp)) forward_exact(b, g, t0, M, ks, ke, s);
     if (nsplit > 1) {
       A* pp = part.data() + it * part_stride;
       std::memcpy(pp, s.O.data(), sizeof(A) * M * hdp);
@@ -646,6 +724,36 @@ void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles 
   std::vector<Scratch> scratch(std::min<int64_t>(nthreads, std::max<int64_t>(nitems, 1)));
   const int64_t dq_size = B * nKV * Tq * G * hdp;
 
+  // The exact form of one key tile's work (see key_visible above): each (query row, visible key) pair
+  // alone, with the same P = exp(S - lse), dV += P dO, dS = P (dO . v - D), dK += dS q, dQ += dS k.
+  auto backward_exact = [&](int64_t b, int64_t g, int64_t j0, int64_t n, int64_t q0, int64_t q1, const int32_t* c,
+                            const T* krow, const T* vrow, Scratch& s) {
+    load_tile(krow, P.ksS, n, hd, hdp, c, j0, s.Kc.data());
+    load_tile(vrow, P.vsS, n, hd, hdp, c, j0, s.Vc.data());
+    for (int64_t qt = q0; qt < q1; ++qt) {
+      const int64_t bi = (b * nKV + g) * nqt + qt;
+      const int64_t t0 = qt * bq, M = (std::min(Tq, t0 + bq) - t0) * G, pmin = S - Tq + t0;
+      A* dq = s.dQ.data() + ((b * nKV + g) * Tq + t0) * G * hdp;
+      for (int64_t i = 0; i < M; ++i) {
+        const A* qi = Qr.get() + bi * blk + i * hdp;
+        const A* doi = dOr.get() + bi * blk + i * hdp;
+        const A li = L[bi * Mpmax + i], di = D[bi * Mpmax + i];
+        for (int64_t j = 0; j < n; ++j) {
+          if (!key_visible(c, j0 + j, pmin + i / G, W)) continue;
+          const A* kj = s.Kc.data() + j * hdp;
+          const A* vj = s.Vc.data() + j * hdp;
+          const A pj = std::exp(scale * dot(qi, kj, hdp) - li);
+          const A ds = pj * (dot(doi, vj, hdp) - di);
+          for (int64_t d = 0; d < hd; ++d) {
+            s.dV[j * hdp + d] += pj * doi[d];
+            s.dK[j * hdp + d] += ds * qi[d];
+            dq[i * hdp + d] += ds * kj[d];
+          }
+        }
+      }
+    }
+  };
+
   run_items(order_by_cost(cost), [&](int64_t it, int64_t worker) {
     Scratch& s = scratch[worker];
     if (s.St.empty()) {
@@ -674,7 +782,9 @@ void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles 
         load_tile(vrow, P.vsS, n, hd, hdp, c, j0, s.Vc.data());
       }
     }
-    for (int64_t qt = q0; qt < q1; ++qt) {
+    const bool exact = q1 > q0 && !(tile_finite(krow, P.ksS, n, hd, c, j0) && tile_finite(vrow, P.vsS, n, hd, c, j0));
+    if (exact) backward_exact(b, g, j0, n, q0, q1, c, krow, vrow, s);
+    for (int64_t qt = q0; qt < q1 && !exact; ++qt) {
       const int64_t bi = (b * nKV + g) * nqt + qt;
       const int64_t t0 = qt * bq, nq = std::min(Tq, t0 + bq) - t0, M = nq * G, Mp = (M + VS - 1) / VS * VS;
       const int64_t pmin = S - Tq + t0, pmax = pmin + nq - 1;

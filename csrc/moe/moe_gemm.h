@@ -161,25 +161,35 @@ inline void outer_tile(int64_t K, const AFn& a, const BFn& brow, int64_t i0, int
   using V = Vec<Acc>;
   using R = Reg<Acc>;
   constexpr int64_t W = V::size();
-  typename R::type acc[MR][NV];
+  // Blocked summation: a chain of KB fmas per block, blocks added into total. One chain over all of K
+  // (K = H = 2816 in the backward) would have K roundings in series, several times plain PyTorch's error.
+  constexpr int64_t KB = 32;
+  V total[MR][NV];  // touched once per block, so it may live in memory
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = R::zero();
+    for (int v = 0; v < NV; ++v) total[i][v] = V(Acc(0));
   const bool full = n == NV * W;
-  for (int64_t k = 0; k < K; ++k) {
-    const T* bk = brow(k) + j0;
-    typename R::type bv[NV];
-    if (full) {
-      for (int v = 0; v < NV; ++v) bv[v] = load_vec<Acc>(bk + v * W);
-    } else {
-      bv[0] = load_vec<Acc>(bk, n);  // NV == 1 here
+  for (int64_t k0 = 0; k0 < K; k0 += KB) {
+    typename R::type acc[MR][NV];
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) acc[i][v] = R::zero();
+    for (int64_t k = k0; k < std::min(K, k0 + KB); ++k) {
+      const T* bk = brow(k) + j0;
+      typename R::type bv[NV];
+      if (full) {
+        for (int v = 0; v < NV; ++v) bv[v] = load_vec<Acc>(bk + v * W);
+      } else {
+        bv[0] = load_vec<Acc>(bk, n);  // NV == 1 here
+      }
+      for (int i = 0; i < MR; ++i) {
+        const typename R::type av = V(a(i0 + i, k));
+        for (int v = 0; v < NV; ++v) acc[i][v] = R::fma(av, bv[v], acc[i][v]);
+      }
     }
-    for (int i = 0; i < MR; ++i) {
-      const typename R::type av = V(a(i0 + i, k));
-      for (int v = 0; v < NV; ++v) acc[i][v] = R::fma(av, bv[v], acc[i][v]);
-    }
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) total[i][v] = total[i][v] + V(acc[i][v]);
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) epi(i0 + i, j0 + v * W, V(acc[i][v]), std::min<int64_t>(W, n - v * W));
+    for (int v = 0; v < NV; ++v) epi(i0 + i, j0 + v * W, total[i][v], std::min<int64_t>(W, n - v * W));
 }
 
 // All rows of A against the columns [j0, j0 + n) of B (one tile wide): row tiles of 4, then the rest.

@@ -50,8 +50,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .config import SUPPORTED_DTYPES, Gemma4Config
-from .devices import parse_device
+from .config import Gemma4Config
+from .devices import parse_device, parse_dtype
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from .hf_format.config_json import CONFIG_NAME, read_json_object
 from .hf_format.keys import map_checkpoint_key, shared_kv_unused_pattern
@@ -165,41 +165,33 @@ def _summarise(keys: Iterable[str], limit: int = 8) -> str:
 
 
 # ---------------------------------------------------------------------------------------- dtype
-def _as_dtype(value: Any, argument: str) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        dt = value
-    elif isinstance(value, str):
-        dt = getattr(torch, value.removeprefix("torch."), None)
-        if not isinstance(dt, torch.dtype):
-            raise CheckpointError(f"{argument}={value!r} is not 'auto' or the name of a torch dtype", argument)
-    else:
-        raise CheckpointError(f"{argument} must be a torch.dtype, a dtype name or 'auto', got {value!r}", argument)
-    if str(dt).removeprefix("torch.") not in SUPPORTED_DTYPES:
-        raise CheckpointError(f"{argument}={dt} is not a dtype the model computes in (use "
-                              f"{', '.join(SUPPORTED_DTYPES)})", argument)
-    return dt
+def _as_dtype(value: Any, argument: str) -> torch.dtype | None:
+    """devices.parse_dtype (None for None or "auto"), its errors as CheckpointError."""
+    try:
+        return parse_dtype(value, argument)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(str(e), argument) from None
 
 
 def resolve_dtype(dtype: Any, torch_dtype: Any, config: Gemma4Config,
                   entries: dict[str, TensorEntry] | None = None) -> torch.dtype:
     """The dtype to load in, following transformers 5.17's rules (None means "auto")."""
-    if dtype is not None and torch_dtype is not None:
-        a = dtype if isinstance(dtype, str) and dtype == "auto" else _as_dtype(dtype, "dtype")
-        b = torch_dtype if isinstance(torch_dtype, str) and torch_dtype == "auto" else _as_dtype(torch_dtype,
-                                                                                                 "torch_dtype")
-        if a != b:
+    wanted = _as_dtype(dtype, "dtype")
+    if torch_dtype is not None:
+        old = _as_dtype(torch_dtype, "torch_dtype")
+        if dtype is not None and wanted != old:  # "auto" against a dtype disagrees too
             raise CheckpointError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree (torch_dtype is the "
                                   "old name of dtype; pass one)", "dtype")
-    wanted = dtype if dtype is not None else torch_dtype
-    if wanted is None or (isinstance(wanted, str) and wanted == "auto"):
-        if config.dtype is not None:
-            return _as_dtype(config.dtype, "config.json dtype")
-        for key in sorted(entries or {}):
-            e = entries[key]
-            if e.dtype is not None and e.dtype.is_floating_point and map_checkpoint_key(key) is not None:
-                return e.dtype
-        return torch.get_default_dtype()
-    return _as_dtype(wanted, "dtype")
+        wanted = old
+    if wanted is not None:
+        return wanted
+    if config.dtype is not None:
+        return _as_dtype(config.dtype, "config.json dtype")
+    for key in sorted(entries or {}):
+        e = entries[key]
+        if e.dtype is not None and e.dtype.is_floating_point and map_checkpoint_key(key) is not None:
+            return e.dtype
+    return torch.get_default_dtype()
 
 
 # ---------------------------------------------------------------------------------------- load

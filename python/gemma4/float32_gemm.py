@@ -7,13 +7,21 @@ against 40-55 GFLOP/s for float32 (MKL). Upcasting the operands and rounding the
 gives the numbers of a bf16 GEMM with float32 accumulation (a product of two bf16 or fp16 numbers is
 exact in float32; only the summation order differs), at float32 speed, for the price of float32 copies
 of the operands while the GEMM runs. Where the native GEMM exists nothing changes.
+
+`is_plain_linear` says which modules the fast paths built on this (LoRA's base GEMM, the fused loss's
+head) may bypass: an nn.Linear whose forward is nn.Linear's or one marked `plain_linear_forward` (a
+forward that only picks the kernel for y = x @ W.T + b, as gemma4.modeling.linear.Linear's), with no
+forward hooks. A subclass that overrides forward again, or a QuantLinear (not an nn.Linear), is called.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["linear", "needs_float32_gemm"]
+__all__ = ["is_plain_linear", "linear", "needs_float32_gemm", "plain_linear_forward"]
 
 
 def _native_lowp_gemm() -> dict:
@@ -64,3 +72,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if x.dtype == weight.dtype and needs_float32_gemm(x) and not torch.is_autocast_enabled(x.device.type):
         return _Float32Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+_PLAIN_FORWARDS: list[Callable] = [nn.Linear.forward]
+
+
+def plain_linear_forward(forward: Callable) -> Callable:
+    """Decorator for an nn.Linear subclass's forward that computes exactly F.linear(x, self.weight, self.bias)
+    (only the kernel differs), so that code computing that itself may skip it."""
+    _PLAIN_FORWARDS.append(forward)
+    return forward
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """True when module(x) is y = x @ module.weight.T + module.bias and nothing else (see the module docstring)."""
+    if not isinstance(module, nn.Linear) or module._forward_hooks or module._forward_pre_hooks:
+        return False
+    forward = type(module).forward
+    return any(forward is f for f in _PLAIN_FORWARDS)

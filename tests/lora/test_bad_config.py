@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gemma4 import LoraConfig
-from gemma4.errors import AdapterConfigError, AdapterError
+from gemma4.errors import AdapterConfigError, AdapterError, AdapterNotFoundError
 from gemma4.lora import LoraLinear
 from gemma4.lora.layers import LoraLinear as LoraLinearImpl
 from gemma4.modeling.random_model import build_random_model
@@ -113,6 +113,26 @@ def test_unreadable_config(good_adapter, tmp_path, raw, words):
     path = variant(good_adapter, tmp_path, raw=raw)
     with pytest.raises(AdapterError, match=rf"adapter_config\.json.*{words}"):
         fresh_model().load_adapter(path)
+
+
+@pytest.mark.parametrize("raw, words", [(b"[1, 2]", "JSON object"), (b'{"r": 4, "x": "\xff\xfe"}', "UTF-8"),
+                                        (b'{"r": 4,', "invalid JSON"),
+                                        (b'{"r": 4, "lora_future": 1}', "key 'lora_future': unknown LoRA option"),
+                                        (b'{"r": "4"}', "key 'r'")])  # (this one from validate())
+def test_config_from_pretrained_names_file_and_key(tmp_path, raw, words):
+    """LoraConfig.from_pretrained reads through hf_format's JSON reader, as load_adapter does: one error."""
+    file = tmp_path / "adapter_config.json"
+    file.write_bytes(raw)
+    for where in (tmp_path, file):  # the directory or the file itself
+        with pytest.raises(AdapterConfigError) as info:
+            LoraConfig.from_pretrained(where).validate()
+        assert info.value.source == str(file) and words in str(info.value), str(info.value)
+
+
+def test_config_from_pretrained_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json: file does not exist") as info:
+        LoraConfig.from_pretrained(tmp_path)
+    assert isinstance(info.value, AdapterNotFoundError)
 
 
 def test_add_adapter_with_a_bad_value_changes_nothing(tmp_path):

@@ -239,15 +239,19 @@ def test_default_dtype_is_auto_like_transformers(models, tmp_path):
 
 def test_bad_dtype_arguments(saved):
     path = saved["tiny-e2b", "causal"]
-    with pytest.raises(CheckpointError, match="not a dtype the model computes in"):
+    # devices.parse_dtype's messages, naming the argument
+    with pytest.raises(CheckpointError, match="dtype=torch.int8: gemma4 models run in float32"):
         load_pretrained(HFStandIn, path, dtype=torch.int8, progress=False)
-    with pytest.raises(CheckpointError, match="not 'auto' or the name of a torch dtype"):
-        load_pretrained(HFStandIn, path, dtype="fp33", progress=False)
+    with pytest.raises(CheckpointError, match="torch_dtype='fp33': expected 'auto' or one of"):
+        load_pretrained(HFStandIn, path, torch_dtype="fp33", progress=False)
+    with pytest.raises(CheckpointError, match="dtype: expected a torch.dtype or its name, got int"):
+        load_pretrained(HFStandIn, path, dtype=16, progress=False)
     with pytest.raises(CheckpointError, match="disagree"):
         load_pretrained(HFStandIn, path, dtype=torch.float16, torch_dtype=torch.bfloat16, progress=False)
     config = get_preset("tiny-e2b")
     assert resolve_dtype(None, None, config) == torch.get_default_dtype()  # nothing to go by
     assert resolve_dtype(None, "bfloat16", config) == torch.bfloat16
+    assert resolve_dtype("bf16", torch.bfloat16, config) == torch.bfloat16  # the shared parser's aliases
 
 
 # ------------------------------------------------------------------------------------- saving

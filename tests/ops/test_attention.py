@@ -364,6 +364,47 @@ def test_nonfinite_masked_keys_do_not_contribute(dtype, T, S):
             torch.testing.assert_close(g, gc, **tight_tol(torch.float32))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_nonfinite_hidden_keys_do_not_contribute(dtype, window, bad):
+    """A non-finite K/V row at a key that some queries of its tile may not see (a future key, or one
+    behind their sliding window) changes nothing for those queries; the queries that do see it get a
+    non-finite row, as in the reference. Gradients: non-finite exactly where the reference's are, and
+    elsewhere equal to those with that row replaced by finite values."""
+    B, T, nH, nKV, hd, jbad = 2, 20, 4, 2, 32, 12
+    q, k, v = (torch.randn(B, T, n, hd).to(dtype) for n in (nH, nKV, nKV))
+    bad_k, bad_v = k.clone(), v.clone()
+    bad_k[0, jbad, 1] = float(bad)
+    bad_v[0, jbad, 1, 3] = float(bad)
+    bad_v[1, jbad, 0] = float("-" + bad if bad == "inf" else bad)
+    go = torch.randn(B, T, nH, hd).to(dtype)
+    sees = torch.zeros(T, dtype=torch.bool)  # queries that see key jbad
+    sees[jbad: jbad + window if window else T] = True
+    out, lse = torch.ops.gemma4.attention(q, bad_k, bad_v, None, 0.125, window)
+    out_c, lse_c = torch.ops.gemma4.attention(q, k, v, None, 0.125, window)
+    assert not out[:, sees].isfinite().all()
+    # an item holding a non-finite row is recomputed pair by pair: the same maths in another order, so
+    # equal to rounding in the dtype (assert_close's dtype defaults)
+    torch.testing.assert_close(out[:, ~sees], out_c[:, ~sees])
+    torch.testing.assert_close(lse[..., ~sees], lse_c[..., ~sees])
+    ref_out, _ = reference.attention(q, bad_k, bad_v, None, 0.125, window)
+    assert torch.equal(ref_out.isfinite(), out.isfinite())
+    # gradients: the reference's finite entries are where the bad row does not reach
+    leaves = [t.float().requires_grad_() for t in (q, bad_k, bad_v)]
+    reference.attention(*leaves, None, 0.125, window)[0].backward(go.float())
+    grads = torch.ops.gemma4.attention_backward(go, q, bad_k, bad_v, out, lse, None, 0.125, window)
+    # the backward reads out: give both runs the same rows where they matter (the recomputed rows may
+    # differ from the clean run's in their last bit, which dO . out would carry into the gradients)
+    out_c[:, ~sees], lse_c[..., ~sees] = out[:, ~sees], lse[..., ~sees]
+    grads_c = torch.ops.gemma4.attention_backward(go, q, k, v, out_c, lse_c, None, 0.125, window)
+    for name, g, gc, leaf in zip("qkv", grads, grads_c, leaves):
+        finite = leaf.grad.isfinite()
+        assert not finite.all() and finite.any(), name
+        assert torch.equal(g.isfinite(), finite), name
+        torch.testing.assert_close(g[finite], gc[finite])
+
+
 def test_nan_in_a_visible_key_makes_its_rows_nan():
     """A NaN score among the visible keys makes that query's row and lse NaN, as in the reference
     (not zeros with lse = -inf, the answer for a row that sees nothing)."""

@@ -295,21 +295,33 @@ def _ref_grads(x, weights, indices, gate_up, down, activation, g):
     return torch.autograd.grad(out, leaves, g)
 
 
-@pytest.mark.parametrize("N,E,K,H,Im", EXPERT_SHAPES)
+# Widths of 1 are left to the float64 gradcheck below: there every gradient entry is a product or a
+# sum of a few terms, and the ratio of two float32 error norms has a tail too heavy to bound by 2x.
+@pytest.mark.parametrize("N,E,K,H,Im", [s for s in EXPERT_SHAPES if min(s[3:]) > 1])
 @pytest.mark.parametrize("activation", ACTS)
 def test_experts_gradients_fp32(N, E, K, H, Im, activation):
-    x = torch.randn(N, H)
-    weights, indices = _routing(N, E, K)
-    gate_up, down = _experts(E, H, Im, torch.float32)
-    g = torch.randn(N, H)
-    leaves = [t.clone().requires_grad_() for t in (x, weights, gate_up, down)]
-    moe_experts(leaves[0], leaves[1], indices, leaves[2], leaves[3], activation).backward(g)
-    want = _ref_grads(x, weights, indices, gate_up, down, activation, g)
-    hit = torch.zeros(E, dtype=torch.bool)
-    hit[indices.flatten()] = True
-    for leaf, w in zip(leaves, want):
-        torch.testing.assert_close(leaf.grad, w, rtol=1e-4, atol=1e-5)
-    assert (leaves[2].grad[~hit] == 0).all() and (leaves[3].grad[~hit] == 0).all()
+    # Ours against float64 is judged by the reference run in float32 (the standard 2x rule); a fixed
+    # tolerance does not fit the routing-weight gradient, a dot product over H that cancels. The error
+    # is the norm over 256+ entries of each gradient (tiny problems are drawn several times): over a
+    # handful of entries it is luck, and plain float32 often rounds a few of them exactly.
+    results = [[], [], []]  # per draw: ours, plain float32, float64 (each x, weights, gate_up, down)
+    for _ in range(-(-256 // min(N * K, N * H, 2 * Im * H))):
+        x = torch.randn(N, H)
+        weights, indices = _routing(N, E, K)
+        gate_up, down = _experts(E, H, Im, torch.float32)
+        g = torch.randn(N, H)
+        leaves = [t.clone().requires_grad_() for t in (x, weights, gate_up, down)]
+        moe_experts(leaves[0], leaves[1], indices, leaves[2], leaves[3], activation).backward(g)
+        hit = torch.zeros(E, dtype=torch.bool)
+        hit[indices.flatten()] = True
+        assert (leaves[2].grad[~hit] == 0).all() and (leaves[3].grad[~hit] == 0).all()
+        results[0].append([t.grad for t in leaves])
+        results[1].append(_ref_grads(x, weights, indices, gate_up, down, activation, g))
+        results[2].append(_ref_grads(x.double(), weights.double(), indices, gate_up.double(), down.double(),
+                                     activation, g.double()))
+    for i, name in enumerate(("x", "weights", "gate_up", "down")):
+        ours, plain, exact = (torch.cat([draw[i].double().flatten() for draw in r]) for r in results)
+        assert (ours - exact).norm() <= 2 * (plain - exact).norm(), name
 
 
 @pytest.mark.parametrize("dtype", LOWP)
@@ -381,8 +393,8 @@ def test_gradcheck_route_float64():
 
 
 @pytest.mark.parametrize("activation", ACTS)
-def test_gradcheck_experts_float64(activation):
-    N, E, K, H, Im = 4, 5, 2, 6, 3  # expert 4 or more is likely not hit
+@pytest.mark.parametrize("N,E,K,H,Im", [(4, 5, 2, 6, 3), (3, 4, 4, 1, 1)])  # expert 4 or more is likely not hit
+def test_gradcheck_experts_float64(activation, N, E, K, H, Im):
     x = torch.randn(N, H, dtype=torch.float64, requires_grad=True)
     weights, indices = _routing(N, E, K, torch.float64)
     weights.requires_grad_()

@@ -84,8 +84,12 @@ template <typename T>
 SimplePlan simple_fwd_plan(const Args& a, int num_sms);
 template <typename T>
 void simple_fwd(const Args& a, const SimplePlan& plan, void* workspace, cudaStream_t stream);
+// After a tensor-core forward: recompute the rows whose output came out non-finite.
 template <typename T>
-void simple_bwd(const BwdArgs& a, cudaStream_t stream);
+void simple_redo_fwd(const Args& a, cudaStream_t stream);
+// redo: after a tensor-core backward, recompute only the non-finite rows of grad_q, grad_k, grad_v.
+template <typename T>
+void simple_bwd(const BwdArgs& a, cudaStream_t stream, bool redo = false);
 // delta = rowsum(dout * out) in the acc type (both backward paths).
 template <typename T>
 void bwd_delta(const BwdArgs& a, cudaStream_t stream);

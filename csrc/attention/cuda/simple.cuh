@@ -85,13 +85,28 @@ __device__ __forceinline__ A dot(const A (&x)[DPL], const A (&y)[DPL]) {
   return gemma4::cuda::warp_sum(s);
 }
 
+// Whether a row (hd elements, laid out as load_row reads it) is finite; the same answer in every lane.
+template <typename T, int DPL, int VEC>
+__device__ __forceinline__ bool row_finite(const T* row, int hd, int lane) {
+  using A = acc<T>;
+  A x[DPL];
+  load_row<T, DPL, VEC>(x, row, hd, lane, A(1));
+  bool ok = true;
+#pragma unroll
+  for (int i = 0; i < DPL; ++i) ok &= isfinite(x[i]);
+  return __all_sync(0xffffffffu, ok);
+}
+
 // Key range [lo, hi] (inclusive) that rows at key positions p_min..p_max can see.
 __device__ __forceinline__ void key_range(int p_min, int p_max, int window, int& lo, int& hi) {
   lo = window > 0 ? max(0, p_min - window + 1) : 0;
   hi = p_max;
 }
 
-template <typename T, int DPL, int VEC>
+// REDO: after a tensor-core kernel wrote out and lse, recompute only this warp's rows if one of them
+// is non-finite (see "Masked keys and non-finite K/V" in attention_kernels.h: the tile products meet a
+// masked key's inf/NaN as 0 * inf; this kernel never multiplies a masked key's values). splits == 1.
+template <typename T, int DPL, int VEC, bool REDO = false>
 __global__ void __launch_bounds__(128) simple_fwd_kernel(const Args a, int splits, acc<T>* ws) {
   using A = acc<T>;
   constexpr int R = simple_rows<T>(DPL);
@@ -103,6 +118,15 @@ __global__ void __launch_bounds__(128) simple_fwd_kernel(const Args a, int split
   const int b = blockIdx.z / a.nKV, g = blockIdx.z % a.nKV;
   const int r0 = blockIdx.x * R, nr = min(R, rows - r0);
   const int off = a.S - a.T;
+  if constexpr (REDO) {
+    bool finite = true;
+    for (int i = 0; i < nr; ++i) {
+      const int t = (r0 + i) / G, h = g * G + (r0 + i) % G;
+      finite &= row_finite<T, DPL, VEC>(
+          static_cast<const T*>(a.out) + ((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd, a.hd, lane);
+    }
+    if (finite) return;
+  }
 
   const T* kb = static_cast<const T*>(a.k) + b * a.ksB + g * a.ksH;
   const T* vb = static_cast<const T*>(a.v) + b * a.vsB + g * a.vsH;
@@ -135,12 +159,14 @@ __global__ void __launch_bounds__(128) simple_fwd_kernel(const Args a, int split
       load_row<T, DPL, VEC>(kv[c], kb + j * a.ksS, a.hd, lane, A(1));
     }
     A s[R][CK];
+    bool vis[R][CK];
 #pragma unroll
     for (int i = 0; i < R; ++i)
 #pragma unroll
       for (int c = 0; c < CK; ++c) {
         const A d = dot(q[i], kv[c]);
-        s[i][c] = ok[c] && visible(j0 + c, pos[i], a.window) ? d : -INFINITY;
+        vis[i][c] = ok[c] && visible(j0 + c, pos[i], a.window);
+        s[i][c] = vis[i][c] ? d : -INFINITY;
       }
 #pragma unroll
     for (int c = 0; c < CK; ++c) load_row<T, DPL, VEC>(kv[c], vb + min(j0 + c, ke - 1) * a.vsS, a.hd, lane, A(1));
@@ -160,7 +186,7 @@ __global__ void __launch_bounds__(128) simple_fwd_kernel(const Args a, int split
       for (int d = 0; d < DPL; ++d) {
         A x = o[i][d] * alpha;
 #pragma unroll
-        for (int c = 0; c < CK; ++c) x += p[c] * kv[c][d];
+        for (int c = 0; c < CK; ++c) x += vis[i][c] ? p[c] * kv[c][d] : A(0);  // a masked key adds nothing
         o[i][d] = x;
       }
     }
@@ -267,7 +293,8 @@ __global__ void __launch_bounds__(128) delta_kernel(const BwdArgs x) {
   if (lane == 0) static_cast<A*>(x.delta)[row] = s;
 }
 
-template <typename T, int DPL, int VEC>
+// REDO (after the tensor-core backward): recompute only rows whose grad is non-finite, as in the forward.
+template <typename T, int DPL, int VEC, bool REDO = false>
 __global__ void __launch_bounds__(128) simple_dq_kernel(const BwdArgs x) {
   using A = acc<T>;
   constexpr int R = simple_rows<T>(DPL) / 2 > 0 ? simple_rows<T>(DPL) / 2 : 1;
@@ -279,6 +306,15 @@ __global__ void __launch_bounds__(128) simple_dq_kernel(const BwdArgs x) {
   const int nr = min(R, rows - r0);
   const int b = blockIdx.z / a.nKV, g = blockIdx.z % a.nKV;
   const int off = a.S - a.T;
+  if constexpr (REDO) {
+    bool finite = true;
+    for (int i = 0; i < nr; ++i) {
+      const int t = (r0 + i) / G, h = g * G + (r0 + i) % G;
+      finite &= row_finite<T, DPL, VEC>(
+          static_cast<const T*>(x.dq) + ((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd, a.hd, lane);
+    }
+    if (finite) return;
+  }
   const T* kb = static_cast<const T*>(a.k) + b * a.ksB + g * a.ksH;
   const T* vb = static_cast<const T*>(a.v) + b * a.vsB + g * a.vsH;
   const bool* mb = a.mask ? a.mask + b * a.msB : nullptr;
@@ -324,7 +360,7 @@ __global__ void __launch_bounds__(128) simple_dq_kernel(const BwdArgs x) {
   }
 }
 
-template <typename T, int DPL, int VEC>
+template <typename T, int DPL, int VEC, bool REDO = false>
 __global__ void __launch_bounds__(128) simple_dkdv_kernel(const BwdArgs x) {
   using A = acc<T>;
   constexpr int KR = simple_rows<T>(DPL) / 2 > 0 ? simple_rows<T>(DPL) / 2 : 1;
@@ -336,6 +372,15 @@ __global__ void __launch_bounds__(128) simple_dkdv_kernel(const BwdArgs x) {
   const int G = a.nH / a.nKV;
   const int b = blockIdx.z / a.nKV, g = blockIdx.z % a.nKV;
   const int off = a.S - a.T;
+  if constexpr (REDO) {
+    bool finite = true;
+    for (int c = 0; c < nk; ++c) {
+      const int64_t o = ((static_cast<int64_t>(b) * a.S + j0 + c) * a.nKV + g) * a.hd;
+      finite &= row_finite<T, DPL, VEC>(static_cast<const T*>(x.dk) + o, a.hd, lane) &&
+                row_finite<T, DPL, VEC>(static_cast<const T*>(x.dv) + o, a.hd, lane);
+    }
+    if (finite) return;
+  }
   const bool* mb = a.mask ? a.mask + b * a.msB : nullptr;
   A k[KR][DPL], v[KR][DPL], dk[KR][DPL], dv[KR][DPL];
   bool ok[KR];

@@ -88,6 +88,16 @@ void simple_fwd(const Args& a, const SimplePlan& plan, void* workspace, cudaStre
   if (plan.splits > 1) combine<T>(a, plan.splits, static_cast<const A*>(workspace), stream);
 }
 
+// After a tensor-core forward: recompute the rows whose output is non-finite (simple_fwd_kernel REDO).
+template <typename T>
+void simple_redo_fwd(const Args& a, cudaStream_t stream) {
+  const int R = simple_rows<T>(fwd_layout<T>(a).dpl);
+  const int64_t groups = (static_cast<int64_t>(a.T) * (a.nH / a.nKV) + R - 1) / R;
+  with_layout<T>(fwd_layout<T>(a), [&]<int DPL, int VEC>() {
+    simple_fwd_kernel<T, DPL, VEC, true><<<dim3(groups, 1, a.B * a.nKV), 32, 0, stream>>>(a, 1, nullptr);
+  });
+}
+
 template <typename T>
 Layout<T> bwd_layout(const BwdArgs& x) {
   const Args& a = x.f;
@@ -105,19 +115,25 @@ void bwd_delta(const BwdArgs& x, cudaStream_t stream) {
   });
 }
 
-// x.delta must hold bwd_delta's result.
+// x.delta must hold bwd_delta's result. redo: after a tensor-core backward, recompute only the rows
+// of grad_q, grad_k, grad_v that came out non-finite.
 template <typename T>
-void simple_bwd(const BwdArgs& x, cudaStream_t stream) {
+void simple_bwd(const BwdArgs& x, cudaStream_t stream, bool redo) {
   const Args& a = x.f;
   const Layout<T> L = bwd_layout<T>(x);
   const int R = std::max(1, simple_rows<T>(L.dpl) / 2);
   with_layout<T>(L, [&]<int DPL, int VEC>() {
     const int64_t row_warps = (static_cast<int64_t>(a.T) * (a.nH / a.nKV) + R - 1) / R;
-    simple_dq_kernel<T, DPL, VEC><<<dim3((row_warps + kSimpleWarps - 1) / kSimpleWarps, 1, a.B * a.nKV),
-                                    32 * kSimpleWarps, 0, stream>>>(x);
+    const dim3 dq_grid((row_warps + kSimpleWarps - 1) / kSimpleWarps, 1, a.B * a.nKV);
     const int64_t key_warps = (static_cast<int64_t>(a.S) + R - 1) / R;
-    simple_dkdv_kernel<T, DPL, VEC><<<dim3((key_warps + kSimpleWarps - 1) / kSimpleWarps, 1, a.B * a.nKV),
-                                      32 * kSimpleWarps, 0, stream>>>(x);
+    const dim3 dkdv_grid((key_warps + kSimpleWarps - 1) / kSimpleWarps, 1, a.B * a.nKV);
+    if (redo) {
+      simple_dq_kernel<T, DPL, VEC, true><<<dq_grid, 32 * kSimpleWarps, 0, stream>>>(x);
+      simple_dkdv_kernel<T, DPL, VEC, true><<<dkdv_grid, 32 * kSimpleWarps, 0, stream>>>(x);
+    } else {
+      simple_dq_kernel<T, DPL, VEC><<<dq_grid, 32 * kSimpleWarps, 0, stream>>>(x);
+      simple_dkdv_kernel<T, DPL, VEC><<<dkdv_grid, 32 * kSimpleWarps, 0, stream>>>(x);
+    }
   });
 }
 
@@ -130,5 +146,6 @@ void simple_bwd(const BwdArgs& x, cudaStream_t stream) {
   template void gemma4::attn::cuda::simple_fwd<T>(const gemma4::attn::cuda::Args&,                    \
                                                   const gemma4::attn::cuda::SimplePlan&, void*,       \
                                                   cudaStream_t);                                      \
-  template void gemma4::attn::cuda::simple_bwd<T>(const gemma4::attn::cuda::BwdArgs&, cudaStream_t); \
+  template void gemma4::attn::cuda::simple_redo_fwd<T>(const gemma4::attn::cuda::Args&, cudaStream_t); \
+  template void gemma4::attn::cuda::simple_bwd<T>(const gemma4::attn::cuda::BwdArgs&, cudaStream_t, bool); \
   template void gemma4::attn::cuda::bwd_delta<T>(const gemma4::attn::cuda::BwdArgs&, cudaStream_t);

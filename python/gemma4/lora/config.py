@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, Optional, Union
 
-from gemma4.errors import AdapterConfigError
+from gemma4.errors import AdapterConfigError, AdapterNotFoundError
+from gemma4.hf_format.config_json import read_json_object
 
 __all__ = ["LoraConfig", "ADAPTER_CONFIG_NAME", "PEFT_FORMAT_VERSION"]
 
@@ -279,8 +280,8 @@ class LoraConfig:
         unknown = {k: v for k, v in d.items() if k not in names}
         for k, v in unknown.items():
             if v not in (None, False, 0, "", [], {}):
-                raise ValueError(f"{source}: unknown LoRA option {k!r}={v!r} (not in PEFT 0.21's LoraConfig); "
-                                 "refusing an adapter whose meaning is unknown")
+                raise AdapterConfigError(f"unknown LoRA option (not in PEFT 0.21's LoraConfig), set to {v!r}; "
+                                         "refusing an adapter whose meaning is unknown", source, k)
         if unknown:
             warnings.warn(f"{source}: ignoring unknown empty options {sorted(unknown)}")
         try:
@@ -294,19 +295,11 @@ class LoraConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "LoraConfig":
-        """Read <path>/adapter_config.json (or the file itself)."""
+        """Read <path>/adapter_config.json (or the file itself). A missing file is AdapterNotFoundError (a
+        FileNotFoundError), an unreadable one or a bad value AdapterConfigError naming the file (and key)."""
         path = os.fspath(path)
         file = path if os.path.isfile(path) else os.path.join(path, ADAPTER_CONFIG_NAME)
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"no {ADAPTER_CONFIG_NAME} in {path}")
-        try:
-            with open(file, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise AdapterConfigError(f"not valid JSON ({e})", file) from None
-        except UnicodeDecodeError as e:
-            raise AdapterConfigError(f"not UTF-8 text ({e})", file) from None
-        return cls.from_dict(d, source=file)
+        return cls.from_dict(read_json_object(file, AdapterConfigError, AdapterNotFoundError), source=file)
 
     # ---- PEFT's per-module rank/alpha rule (utils.other.get_pattern_key) ----
     def rank_and_alpha(self, key: str) -> tuple[int, float]:

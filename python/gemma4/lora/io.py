@@ -51,8 +51,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[LoraConfig, dict[str, torch.T
         raise AdapterNotFoundError("adapter directory does not exist (only local adapters are supported; download a "
                                    "Hub adapter first, e.g. with huggingface_hub.snapshot_download)", path)
     config_file = os.path.join(path, ADAPTER_CONFIG_NAME)
-    config = LoraConfig.from_dict(read_json_object(config_file, AdapterError, AdapterNotFoundError),
-                                  source=config_file)
+    config = LoraConfig.from_pretrained(config_file)
     weights = _weights_file(path)
     tensors: dict[str, torch.Tensor] = {}
     for k, v in load_file(weights).items():

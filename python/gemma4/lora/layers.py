@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gemma4.float32_gemm import linear
+from gemma4.float32_gemm import is_plain_linear, linear
 
 __all__ = ["LoraLayer", "LoraLinear", "LoraParamWrapper", "ModulesToSaveWrapper", "is_linear_like"]
 
@@ -44,6 +44,16 @@ def is_linear_like(module: nn.Module) -> bool:
         return True
     return isinstance(getattr(module, "in_features", None), int) and isinstance(
         getattr(module, "out_features", None), int) and not isinstance(module, LoraLayer)
+
+
+def _plain_linear_output(base: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """base(x) for a plain linear (float32_gemm.is_plain_linear), as a fresh tensor that nothing saved."""
+    w, b = base.weight, base.bias
+    grads = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
+    if grads or type(base).forward is nn.Linear.forward:
+        # bf16/fp16 GEMMs, and their backward, in float32 on CPUs without a native one (float32_gemm.py)
+        return linear(x, w, b)
+    return base(x)  # no backward: the subclass's own kernel choice (gemma4's Linear: gemma4::linear)
 
 
 def _scaling(r: int, alpha: float, use_rslora: bool) -> float:
@@ -154,11 +164,9 @@ class LoraLinear(LoraLayer):
                           device, init)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if type(self.base_layer) is nn.Linear and not args and not kwargs:
-            # (bf16/fp16 GEMMs in float32 on CPUs without a native one: gemma4/float32_gemm.py)
-            result = linear(x, self.base_layer.weight, self.base_layer.bias)
-        else:
-            result = self.base_layer(x, *args, **kwargs)
+        # nn.Linear or gemma4's Linear (not a QuantLinear, a nested wrapper or a subclass with its own forward)
+        owned = is_plain_linear(self.base_layer) and not args and not kwargs
+        result = _plain_linear_output(self.base_layer, x) if owned else self.base_layer(x, *args, **kwargs)
         active = self._active_unmerged()
         if not active:
             return result
@@ -169,7 +177,6 @@ class LoraLinear(LoraLayer):
         # tensor that nothing saved for backward, so it is updated in place; the output of any other base
         # (a quantized linear, a nested wrapper) or of another dtype is copied once first.
         acc = result.reshape(-1, result.shape[-1])  # [N, out]
-        owned = type(self.base_layer) is nn.Linear
         autocast = torch.is_autocast_enabled(x.device.type)  # then addmm casts its operands itself
         for name in active:
             lora_A, lora_B = self.lora_A[name], self.lora_B[name]

@@ -1,8 +1,10 @@
 """Linear: an nn.Linear whose forward runs gemma4::linear where that op beats torch's F.linear.
 
 Same parameters, state_dict keys and isinstance(nn.Linear) as nn.Linear, so checkpoint loading,
-LoRA wrapping and quantization swaps see no difference. Which one runs is decided per call from
-what benchmarks/bench_linear_cpu.py measured (docs/performance.md has the numbers):
+LoRA wrapping and quantization swaps see no difference; its forward is marked plain
+(float32_gemm.is_plain_linear), so LoRA's base GEMM and the fused loss's head take their fast paths.
+Which kernel runs is decided per call from what benchmarks/bench_linear_cpu.py measured
+(docs/performance.md has the numbers):
 
 - CPU, float32 or bfloat16 weights and input of the same dtype, a contiguous weight;
 - at most DECODE_ROWS rows of input (decode): ours streams the weights once, bf16 widened in
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gemma4 import ops
+from gemma4.float32_gemm import plain_linear_forward
 
 DECODE_ROWS = 8  # gemma4::linear's weight-streaming kernel takes up to this many rows
 SMALL_FP32_WEIGHT = 1 << 20  # fp32 weights with fewer elements: F.linear (its call costs ~15 us less)
@@ -55,6 +58,7 @@ def uses_gemma4_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
 class Linear(nn.Linear):
     """nn.Linear (weight [out, in], optional bias) computed by gemma4::linear where it is faster."""
 
+    @plain_linear_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if uses_gemma4_kernel(x, self.weight):
             if self.bias is None or self.bias.dtype == x.dtype:

@@ -2,8 +2,8 @@
 
 The plain computation (transformers) materialises logits [tokens, V] (V = 262144: 1 GiB of float32 per
 1024 tokens), upcasts them, keeps them and several same-sized intermediates for backward, and does two
-head GEMMs (logits, then grad_hidden = grad_logits @ W). Here, for a plain Linear head, each chunk of
-tokens goes through
+head GEMMs (logits, then grad_hidden = grad_logits @ W). Here, for a plain Linear head (nn.Linear or
+gemma4's Linear: float32_gemm.is_plain_linear), each chunk of tokens goes through
 
     logits = h @ W.T -> soft-cap -> float32 log-softmax -> loss and d loss / d logits (closed form)
     -> grad_hidden = grad_logits @ W            (and grad_W += grad_logits.T @ h when W trains)
@@ -17,9 +17,9 @@ The loss is the mean over labels != -100 (transformers' ForCausalLMLoss): a row'
 weight valid/count, computed from the targets with no data-dependent indexing (invalid targets are
 clamped to 0 and weighted 0), so torch.compile(fullgraph=True) traces it.
 
-A head that is not a plain Linear (LoRA on the head, a quantized head, a modules_to_save copy) goes the
-generic way: per chunk, head(h) under autograd inside a non-reentrant checkpoint (recomputed in backward),
-so any module works and only one chunk's logits exist at a time.
+A head that is not a plain Linear (LoRA on the head, a quantized head, a modules_to_save copy, one with a
+forward hook) goes the generic way: per chunk, head(h) under autograd inside a non-reentrant checkpoint
+(recomputed in backward), so any module works and only one chunk's logits exist at a time.
 
 Numbers: logits and the soft-cap in the model dtype (as transformers), log-softmax in float32; the
 float32 value equals the plain loss to rounding, gradients too (tests/training/test_loss.py).
@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gemma4.float32_gemm import needs_float32_gemm
+from gemma4.float32_gemm import is_plain_linear, needs_float32_gemm
 
 IGNORE_INDEX = -100
 
@@ -130,8 +130,8 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head: nn.Module | torch.Tensor,
                            softcap: float | None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """Mean next-token cross-entropy of hidden [B,T,H] through the LM head and the soft-cap (float32 scalar).
 
-    head: the head module (an nn.Linear without bias takes the fused path; any other module, e.g. LoRA
-    or quantized, is called per chunk under checkpoint), or a head weight [V,H] (a plain Linear).
+    head: the head module (a plain Linear without bias, float32_gemm.is_plain_linear, takes the fused path;
+    any other module, e.g. LoRA or quantized, is called per chunk under checkpoint), or a head weight [V,H].
     labels [B,T]: token ids, -100 where a position does not count; shifted by one inside.
     """
     if chunk_size < 1:
@@ -144,7 +144,7 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head: nn.Module | torch.Tensor,
     safe_targets = torch.where(valid, targets, 0)  # [N] in [0, V)
     hidden2 = hidden.reshape(-1, H)  # [N,H]
     weight = head if isinstance(head, torch.Tensor) else None
-    if type(head) is nn.Linear and head.bias is None:
+    if is_plain_linear(head) and head.bias is None:  # nn.Linear or gemma4's Linear: logits = h @ W.T
         weight = head.weight
     if weight is not None:
         if needs_float32_gemm(weight):  # no native bf16/fp16 GEMM on this CPU: the head GEMMs in float32

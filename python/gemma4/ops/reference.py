@@ -42,7 +42,6 @@ def attention(q, k, v, key_mask=None, scale: float = 1.0, window: int = 0):
     qf = q.to(acc).transpose(1, 2)  # [B, nH, T, hd]
     kf = k.to(acc).transpose(1, 2).repeat_interleave(groups, dim=1)  # [B, nH, S, hd]
     vf = v.to(acc).transpose(1, 2).repeat_interleave(groups, dim=1)
-    scores = qf @ kf.transpose(-1, -2) * scale  # [B, nH, T, S]
     qi = torch.arange(T, device=q.device)[:, None] + (S - T)  # key index of each query
     kj = torch.arange(S, device=q.device)[None, :]
     allowed = kj <= qi
@@ -51,16 +50,25 @@ def attention(q, k, v, key_mask=None, scale: float = 1.0, window: int = 0):
     allowed = allowed[None, None]  # [1, 1, T, S]
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :].bool()
-    scores = scores.masked_fill(~allowed, float("-inf"))  # a masked key's score never counts, NaN or not
+    # A masked key contributes nothing, even a non-finite one (an fp16 overflow at a padded, future or
+    # out-of-window position): then K and V are masked per (query, key) before any product, so that
+    # neither the forward nor autograd's backward forms 0 * inf.
+    finite = bool(torch.isfinite(kf).all() and torch.isfinite(vf).all())
+    if finite:
+        scores = qf @ kf.transpose(-1, -2) * scale  # [B, nH, T, S]
+    else:
+        kq = torch.where(allowed[..., None], kf[:, :, None], 0.0)  # [B, nH, T, S, hd]
+        scores = (qf[:, :, :, None] * kq).sum(-1) * scale
+    scores = scores.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # [B, nH, T]; -inf where nothing is visible
     # softmax normalises with the row maximum (stable for huge scores); a row that sees nothing gets
     # zeros, while a NaN among visible scores still makes its row NaN.
     visible = allowed.expand(B, nH, T, S).any(-1, keepdim=True)  # [B, nH, T, 1]
     probs = torch.where(visible, torch.softmax(scores, dim=-1), 0.0)
-    if torch.isfinite(vf).all():
+    if finite:
         out = probs @ vf  # [B, nH, T, hd]
-    else:  # a non-finite value at a masked key must not contribute (0 * inf would): sum visible keys only
-        out = torch.where(allowed[..., None], probs[..., None] * vf[:, :, None], 0.0).sum(-2)
+    else:
+        out = (probs[..., None] * torch.where(allowed[..., None], vf[:, :, None], 0.0)).sum(-2)
     out = out.transpose(1, 2)  # [B, T, nH, hd]
     return out.to(q.dtype).contiguous(), lse.to(torch.float32 if acc == torch.float32 else acc)
 
