@@ -97,6 +97,21 @@ __device__ __forceinline__ bool row_finite(const T* row, int hd, int lane) {
   return __all_sync(0xffffffffu, ok);
 }
 
+// Whether rows r0 .. r0+nr-1 of KV group (b, g) (row = position * G + head in group) of a
+// [B, T, nH, hd] tensor (out or grad_q) are all finite.
+template <typename T, int DPL, int VEC>
+__device__ __forceinline__ bool group_rows_finite(const void* base, const Args& a, int b, int g, int r0, int nr,
+                                                  int lane) {
+  const int G = a.nH / a.nKV;
+  bool finite = true;
+  for (int i = 0; i < nr; ++i) {
+    const int t = (r0 + i) / G, h = g * G + (r0 + i) % G;
+    finite &= row_finite<T, DPL, VEC>(
+        static_cast<const T*>(base) + ((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd, a.hd, lane);
+  }
+  return finite;
+}
+
 // Key range [lo, hi] (inclusive) that rows at key positions p_min..p_max can see.
 __device__ __forceinline__ void key_range(int p_min, int p_max, int window, int& lo, int& hi) {
   lo = window > 0 ? max(0, p_min - window + 1) : 0;
@@ -119,13 +134,7 @@ __global__ void __launch_bounds__(128) simple_fwd_kernel(const Args a, int split
   const int r0 = blockIdx.x * R, nr = min(R, rows - r0);
   const int off = a.S - a.T;
   if constexpr (REDO) {
-    bool finite = true;
-    for (int i = 0; i < nr; ++i) {
-      const int t = (r0 + i) / G, h = g * G + (r0 + i) % G;
-      finite &= row_finite<T, DPL, VEC>(
-          static_cast<const T*>(a.out) + ((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd, a.hd, lane);
-    }
-    if (finite) return;
+    if (group_rows_finite<T, DPL, VEC>(a.out, a, b, g, r0, nr, lane)) return;
   }
 
   const T* kb = static_cast<const T*>(a.k) + b * a.ksB + g * a.ksH;
@@ -307,13 +316,7 @@ __global__ void __launch_bounds__(128) simple_dq_kernel(const BwdArgs x) {
   const int b = blockIdx.z / a.nKV, g = blockIdx.z % a.nKV;
   const int off = a.S - a.T;
   if constexpr (REDO) {
-    bool finite = true;
-    for (int i = 0; i < nr; ++i) {
-      const int t = (r0 + i) / G, h = g * G + (r0 + i) % G;
-      finite &= row_finite<T, DPL, VEC>(
-          static_cast<const T*>(x.dq) + ((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd, a.hd, lane);
-    }
-    if (finite) return;
+    if (group_rows_finite<T, DPL, VEC>(x.dq, a, b, g, r0, nr, lane)) return;
   }
   const T* kb = static_cast<const T*>(a.k) + b * a.ksB + g * a.ksH;
   const T* vb = static_cast<const T*>(a.v) + b * a.vsB + g * a.vsH;
