@@ -53,3 +53,32 @@ TORCH_LIBRARY(gemma4, m) {
   // dtype), fp32 accumulation, one rounding to x's dtype.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
+
+// A gemma4 op called on CUDA tensors where no CUDA kernel exists says why, instead of the dispatcher's
+// list of backends: in a CPU-only build every op, in a CUDA build the ops that have only a CPU kernel.
+namespace {
+
+void no_cuda_kernel(const c10::OperatorHandle& op, torch::jit::Stack*) {
+#if defined(GEMMA4_WITH_CUDA)
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op.schema().name(), " has no CUDA kernel yet; run it on CPU tensors");
+#else
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op.schema().name(),
+                              " was called on CUDA tensors, but this gemma4 was built without CUDA kernels "
+                              "(its torch had no CUDA, or nvcc was not found). Rebuild it on the CUDA machine "
+                              "with -DGEMMA4_CUDA=ON (docs/install.md)");
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gemma4, CUDA, m) {
+#if defined(GEMMA4_WITH_CUDA)
+  const char* cpu_only[] = {"qgemm", "linear"};
+#else
+  const char* cpu_only[] = {"rms_norm", "rms_norm_backward", "rope", "rope_backward", "attention",
+                            "attention_backward", "gated_activation", "gated_activation_backward",
+                            "moe_route", "moe_route_backward", "moe_experts", "moe_experts_backward",
+                            "qgemm", "linear"};
+#endif
+  for (const char* name : cpu_only) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernel>());
+}

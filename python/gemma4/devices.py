@@ -38,6 +38,11 @@ def parse_device(device: Any, argument: str = "device") -> torch.device:
                              f"{'' if torch.version.cuda else ', a CPU-only build'})")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{argument}={device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        from gemma4._native import build_info  # noqa: PLC0415  (the compiled parts load with the ops)
+        if not build_info["cuda"]:
+            raise ValueError(f"{argument}={device!r}: this gemma4 was built without CUDA kernels (its torch had "
+                             "no CUDA, or nvcc was not found); rebuild it here with -DGEMMA4_CUDA=ON "
+                             "(docs/install.md)")
     elif dev.type not in ("cpu", "meta"):
         raise ValueError(f"{argument}={device!r}: gemma4 runs on cpu or cuda")
     return dev

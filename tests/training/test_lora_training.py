@@ -187,10 +187,12 @@ def test_compiled_training_steps_match_eager():
     exact_losses = train(exact, ids, steps=3, lr=0.1, optimizer=torch.optim.SGD)
     for g, w, x in zip(got, want, exact_losses):
         assert abs(g - x) <= 2 * abs(w - x) + 1e-6 * abs(x), (got, want, exact_losses)
-    ours, ref, ref64 = lora_params(compiled_model), lora_params(eager), lora_params(exact)
-    for n, p in ref.items():
-        err_eager = max_abs_err(p, ref64[n])
-        assert max_abs_err(ours[n], ref64[n]) <= 2 * err_eager + 1e-7 * p.abs().max().item(), n
+    # The parameters are judged together (the norm over all LoRA entries), as in test_qlora.py: one
+    # tensor's max error is set by a few entries far from the loss, where rounding is most amplified,
+    # and swung 0.2x-5x between seeds.
+    ours, ref, ref64 = (torch.cat([p.detach().double().flatten() for _, p in sorted(params.items())])
+                        for params in (lora_params(compiled_model), lora_params(eager), lora_params(exact)))
+    assert (ours - ref64).norm() <= 2 * (ref - ref64).norm() + 1e-7 * ref64.norm()
 
 
 # --------------------------------------------------------------------------------------------------
