@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from .config import Gemma4Config
-from .devices import parse_device, parse_dtype
+from .devices import parse_device
 
 __all__ = ["AutoConfig", "AutoModelForCausalLM"]
 
@@ -113,12 +113,10 @@ class AutoModelForCausalLM:
             if config in PRESETS:
                 config = get_preset(config)
         config = _config_from(config)
-        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree")
-        dtype = parse_dtype(dtype if dtype is not None else torch_dtype, auto=config.torch_dtype)
+        # The loader's rules, so both entry points accept and refuse the same dtype arguments.
+        from gemma4.checkpoint import resolve_dtype  # noqa: PLC0415
+
+        dtype = resolve_dtype(dtype, torch_dtype, config)  # nothing given: the default dtype, built in anyway
         device = None if device is None else parse_device(device)
-        model = Gemma4ForCausalLM(config)
-        if dtype is not None or device is not None:
-            model = model.to(device=device, dtype=dtype)
-        return model
+        return Gemma4ForCausalLM(config).to(device=device, dtype=dtype)
 

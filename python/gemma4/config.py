@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .devices import DTYPE_NAMES
 from .errors import ConfigError, ConfigNotFoundError
 from .hf_format.config_json import (FULL_ATTENTION, MAX_LAYERS, SLIDING_ATTENTION, config_kwargs, config_to_dict, is_int,
                                     per_layer_config, read_json_object, resolve_layer_types)
@@ -54,8 +55,6 @@ MAX_SIZES = {
     "hidden_size_per_layer_input": 2**14, "vocab_size": 2**24, "vocab_size_per_layer_input": 2**24,
     "sliding_window": 2**24, "max_position_embeddings": 2**28,
 }
-# dtypes the kernels compute in (float8 and friends are storage formats, not compute dtypes).
-SUPPORTED_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # transformers activation name -> the name our gated_activation / moe_experts ops take.
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "silu": "silu"}
@@ -460,8 +459,8 @@ class Gemma4Config:
         if d["use_bidirectional_attention"] not in (None, "vision", "all"):
             raise err("use_bidirectional_attention",
                       f"must be null, 'vision' or 'all', got {d['use_bidirectional_attention']!r}")
-        if d["dtype"] is not None and d["dtype"] not in SUPPORTED_DTYPES:
-            raise err("dtype", f"must be one of {', '.join(SUPPORTED_DTYPES)} (or null), got {d['dtype']!r}")
+        if d["dtype"] is not None and d["dtype"] not in DTYPE_NAMES:
+            raise err("dtype", f"must be one of {', '.join(DTYPE_NAMES)} (or null), got {d['dtype']!r}")
         for name in ("pad_token_id", "bos_token_id"):
             if d[name] is not None and d[name] >= d["vocab_size"]:
                 raise err(name, f"{d[name]} is not a token id: vocab_size is {d['vocab_size']}")

@@ -72,18 +72,15 @@ def test_rank_in_config_disagrees_with_file(model):
                   r"lora_A\.weight.* has shape \(4, 64\).*\(6, 64\)")
 
 
-def test_unknown_module(model):
-    def bad(t):
-        t["base_model.model.model.layers.77.self_attn.q_proj.lora_A.weight"] = torch.randn(4, 64)
-
-    _expect_error(model, _variant(bad), r"layers\.77\.self_attn\.q_proj\.lora_A\.weight.*no module")
-
-
-def test_key_for_untargeted_module(model):
-    def bad(t):
-        t["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"] = torch.randn(4, 64)
-
-    _expect_error(model, _variant(bad), r"layers\.0\.self_attn\.k_proj\.lora_A\.weight.*does not target")
+@pytest.mark.parametrize("key, match", [
+    ("base_model.model.model.layers.77.self_attn.q_proj.lora_A.weight",
+     r"layers\.77\.self_attn\.q_proj\.lora_A\.weight.*no module"),
+    ("base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight",
+     r"layers\.0\.self_attn\.k_proj\.lora_A\.weight.*does not target"),
+    ("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", r"transformer\.h\.0\.attn\.c_attn\.lora_A\.weight"),
+], ids=["unknown_module", "untargeted_module", "not_a_gemma_key"])
+def test_extra_key_is_named(model, key, match):
+    _expect_error(model, _variant(lambda t: t.update({key: torch.randn(4, 64)})), match)
 
 
 def test_missing_key(model):
@@ -91,13 +88,6 @@ def test_missing_key(model):
         del t["base_model.model.model.layers.2.mlp.down_proj.lora_B.weight"]
 
     _expect_error(model, _variant(bad), r"missing key .*layers\.2\.mlp\.down_proj\.lora_B\.weight")
-
-
-def test_not_a_gemma_key(model):
-    def bad(t):
-        t["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"] = torch.randn(4, 64)
-
-    _expect_error(model, _variant(bad), r"transformer\.h\.0\.attn\.c_attn\.lora_A\.weight")
 
 
 def test_integer_tensor(model):

@@ -1,20 +1,35 @@
-"""Our Gemma4ForCausalLM against transformers 5.17.0's, on random perturbed weights.
+"""Our Gemma4ForCausalLM against transformers 5.17.0's, on random perturbed weights, on each device.
 
 One tiny config per released feature set; batches with left padding and sequences longer than the
-sliding window. transformers builds and saves the model, ours loads it from disk.
+sliding window. transformers builds and saves the model, ours loads it from disk; both run on the
+test's device. The cuda cases are collected everywhere and skipped without a CUDA device or without
+gemma4's CUDA kernels. Checks whose CPU versions live elsewhere (tests/generation, tests/lora,
+tests/training: generation, LoRA training, gradient checkpointing) run here on cuda only.
 """
+import copy
+
 import pytest
 import torch
 
 import gemma4
-from tests.helpers import max_abs_err
+from tests.helpers import BACKENDS, max_abs_err
 from tests.oracle import make_hf_model, save_hf
+from tests.training.test_lora_training import train
 
 PRESETS = ["tiny-e2b", "tiny-e4b", "tiny-31b", "tiny-26b-a4b"]
 SEQ = 24  # > the tiny configs' sliding window (8)
+CUDA = pytest.param("cuda", marks=pytest.mark.cuda, id="cuda")  # the marker lets `-m cuda` pick the GPU cases
+cuda_only = pytest.mark.parametrize("device", [CUDA], indirect=True)
 
 
-def _batch(vocab: int, batch: int = 3, seq: int = SEQ, pad_lengths=(0, 5, 11)):
+@pytest.fixture(scope="module", params=["cpu", CUDA])
+def device(request):
+    if request.param not in BACKENDS:
+        pytest.skip("needs a CUDA device and gemma4 built with CUDA kernels")
+    return torch.device(request.param)
+
+
+def _batch(vocab: int, device="cpu", batch: int = 3, seq: int = SEQ, pad_lengths=(0, 5, 11)):
     ids = torch.randint(3, vocab, (batch, seq))
     ids[:, 0] = 2  # one leading <bos>, as Gemma expects
     mask = torch.ones(batch, seq, dtype=torch.long)
@@ -22,7 +37,7 @@ def _batch(vocab: int, batch: int = 3, seq: int = SEQ, pad_lengths=(0, 5, 11)):
         mask[b, :n] = 0  # left padding
         ids[b, :n] = 0
         ids[b, n] = 2
-    return ids, mask
+    return ids.to(device), mask.to(device)  # drawn on the CPU: the same batch for a seed on every device
 
 
 def _valid(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -30,17 +45,23 @@ def _valid(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module", params=PRESETS)
-def saved(request, tmp_path_factory):
+def saved(request, device, tmp_path_factory):
     hf = make_hf_model(request.param, dtype=torch.float32)
     path = tmp_path_factory.mktemp(request.param)
     save_hf(hf, path, layout="causal")
-    return request.param, hf, path
+    return request.param, hf.to(device), path
 
 
-def test_fp32_logits_match(saved):
+def _load(path, device, dtype=torch.float32):
+    ours = gemma4.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device=device)
+    assert ours.device.type == device.type
+    return ours
+
+
+def test_fp32_logits_match(saved, device):
     name, hf, path = saved
-    ours = gemma4.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    ids, mask = _batch(hf.config.vocab_size)
+    ours = _load(path, device)
+    ids, mask = _batch(hf.config.vocab_size, device)
     with torch.no_grad():
         want = hf(input_ids=ids, attention_mask=mask).logits
         got = ours(input_ids=ids, attention_mask=mask).logits
@@ -49,24 +70,18 @@ def test_fp32_logits_match(saved):
     assert max_abs_err(got, want) <= 1e-4 * scale, f"{name}: {max_abs_err(got, want):.3e} vs scale {scale:.2f}"
 
 
-def test_bf16_error_within_twice_transformers(saved):
+def test_bf16_error_within_twice_transformers(saved, device):
+    """bf16: our error against transformers' fp32 logits is at most 2x transformers' bf16 error."""
     name, hf, path = saved
-    ids, mask = _batch(hf.config.vocab_size)
+    ids, mask = _batch(hf.config.vocab_size, device)
     with torch.no_grad():
         ref = _valid(hf(input_ids=ids, attention_mask=mask).logits, mask)
-        hf_bf16 = make_hf_model_like(hf, torch.bfloat16)
-        theirs = _valid(hf_bf16(input_ids=ids, attention_mask=mask).logits, mask)
-        ours = gemma4.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+        theirs = _valid(copy.deepcopy(hf).to(torch.bfloat16)(input_ids=ids, attention_mask=mask).logits, mask)
+        ours = _load(path, device, torch.bfloat16)
         got = _valid(ours(input_ids=ids, attention_mask=mask).logits, mask)
     assert got.dtype == torch.bfloat16
     err_ours, err_theirs = max_abs_err(got, ref), max_abs_err(theirs, ref)
     assert err_ours <= 2 * err_theirs, f"{name}: ours {err_ours:.3e} vs transformers {err_theirs:.3e}"
-
-
-def make_hf_model_like(hf, dtype):
-    import copy
-
-    return copy.deepcopy(hf).to(dtype)
 
 
 def _loss_and_grads(model, ids, mask, labels):
@@ -78,14 +93,14 @@ def _loss_and_grads(model, ids, mask, labels):
     return loss.detach(), grads
 
 
-def test_loss_and_gradients_match(saved):
+def test_loss_and_gradients_match(saved, device):
     """float32 loss and every weight's gradient equal transformers': within 1e-4 of each gradient's
     scale. Where float32 itself is noisier than that (sharp softmaxes at attention scale 1.0 amplify
     rounding), the bound comes from transformers' own float32 error: our worst gradient error relative
     to the float64 truth may be at most twice transformers' worst."""
     name, hf, path = saved
-    ours = gemma4.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    ids, mask = _batch(hf.config.vocab_size)
+    ours = _load(path, device)
+    ids, mask = _batch(hf.config.vocab_size, device)
     labels = ids.masked_fill(mask == 0, -100)
     hf_loss, hf_grads = _loss_and_grads(hf, ids, mask, labels)
     our_loss, our_grads = _loss_and_grads(ours, ids, mask, labels)
@@ -94,7 +109,7 @@ def test_loss_and_gradients_match(saved):
     off = [n for n, g in hf_grads.items() if max_abs_err(our_grads[n], g) > 1e-4 * (g.abs().max().item() + 1e-12)]
     if not off:
         return
-    hf64 = make_hf_model(name, dtype=torch.float64)  # same weights in float64 (eager experts)
+    hf64 = make_hf_model(name, dtype=torch.float64).to(device)  # same weights in float64 (eager experts)
     hf64.load_state_dict({k: v.double() for k, v in hf.state_dict().items()})
     truth = _loss_and_grads(hf64, ids, mask, labels)[1]
 
@@ -134,14 +149,75 @@ def test_our_save_loads_in_transformers(name, tmp_path):
     assert max_abs_err(got, want) <= 1e-4 * want.abs().max().item()
 
 
-def test_torch_compile_fullgraph(tmp_path):
-    hf = make_hf_model("tiny-e2b", dtype=torch.float32)
+@pytest.mark.parametrize("device, name", [
+    ("cpu", "tiny-e2b"), pytest.param("cuda", "tiny-26b-a4b", marks=pytest.mark.cuda, id="cuda-tiny-26b-a4b"),
+], indirect=["device"])
+def test_torch_compile_fullgraph(device, name, tmp_path):
+    hf = make_hf_model(name, dtype=torch.float32)
     save_hf(hf, tmp_path, layout="causal")
-    ours = gemma4.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
-    ids, mask = _batch(hf.config.vocab_size)
+    ours = _load(tmp_path, device)
+    ids, mask = _batch(hf.config.vocab_size, device)
     torch._dynamo.reset()
     compiled = torch.compile(ours, fullgraph=True)
     with torch.no_grad():
         eager = ours(input_ids=ids, attention_mask=mask).logits
         traced = compiled(input_ids=ids, attention_mask=mask).logits
     assert max_abs_err(_valid(traced, mask), _valid(eager, mask)) <= 1e-5 * eager.abs().max().item()
+
+
+@cuda_only
+def test_greedy_generation_matches(saved, device):
+    name, hf, path = saved
+    ours = _load(path, device)
+    ids, mask = _batch(hf.config.vocab_size, device)
+    kw = dict(max_new_tokens=30, min_new_tokens=30, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        want = hf.generate(input_ids=ids, attention_mask=mask, **kw)
+        got = ours.generate(ids, attention_mask=mask, **kw)
+    assert got.device.type == device.type
+    assert torch.equal(got, want), f"{name}: greedy tokens differ from transformers' on {device}"
+
+
+@cuda_only
+def test_sampling_runs_on_device_and_is_seeded(saved, device):
+    _, hf, path = saved
+    ours = _load(path, device)
+    ids, mask = _batch(hf.config.vocab_size, device)
+    kw = dict(max_new_tokens=12, do_sample=True, top_p=0.9, top_k=20, temperature=0.8, pad_token_id=0,
+              eos_token_id=None)
+    torch.manual_seed(7)
+    a = ours.generate(ids, attention_mask=mask, **kw)
+    torch.manual_seed(7)
+    b = ours.generate(ids, attention_mask=mask, **kw)
+    assert a.device.type == device.type and torch.equal(a, b)
+
+
+@cuda_only
+def test_lora_trains_and_merges(device, tmp_path):
+    save_hf(make_hf_model("tiny-e2b", dtype=torch.float32), tmp_path, layout="causal")
+    model = _load(tmp_path, device)
+    model.add_adapter(gemma4.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]),
+                      adapter_name="a")
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params and all(p.device.type == device.type for p in params)
+    ids = torch.randint(3, model.config.vocab_size, (2, 16), device=device)
+    losses = train(model, ids, steps=20, lr=1e-2)
+    assert losses[-1] < 0.5 * losses[0], losses
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        model.merge_adapter()
+        merged = model(input_ids=ids).logits
+    assert max_abs_err(merged, unmerged) <= 1e-4 * unmerged.abs().max().item()
+
+
+@cuda_only
+def test_gradient_checkpointing_same_gradients(device, tmp_path):
+    save_hf(make_hf_model("tiny-e4b", dtype=torch.float32), tmp_path, layout="causal")
+    model = _load(tmp_path, device)
+    ids = torch.randint(3, model.config.vocab_size, (2, 20), device=device)
+    plain = _loss_and_grads(model, ids, torch.ones_like(ids), ids)
+    model.gradient_checkpointing_enable()
+    ckpt = _loss_and_grads(model, ids, torch.ones_like(ids), ids)
+    torch.testing.assert_close(ckpt[0], plain[0])
+    for n, g in plain[1].items():
+        assert max_abs_err(ckpt[1][n], g) <= 1e-5 * (g.abs().max().item() + 1e-12), n
