@@ -80,7 +80,9 @@ def test_bf16_error_within_twice_transformers(saved, device):
         ours = _load(path, device, torch.bfloat16)
         got = _valid(ours(input_ids=ids, attention_mask=mask).logits, mask)
     assert got.dtype == torch.bfloat16
-    err_ours, err_theirs = max_abs_err(got, ref), max_abs_err(theirs, ref)
+    # the norm over all valid logits: a max over one batch is set by a few tokens, and its ratio ran
+    # 0.3x-2.7x over 6 seeds where the norm's ran 0.8x-1.04x (dense) and 0.5x-1.6x (MoE: routing flips)
+    err_ours, err_theirs = ((x.double() - ref.double()).norm().item() for x in (got, theirs))
     assert err_ours <= 2 * err_theirs, f"{name}: ours {err_ours:.3e} vs transformers {err_theirs:.3e}"
 
 

