@@ -144,7 +144,7 @@ inline A dot(const A* a, const A* b, int64_t n) {
   using V = Vectorized<A>;
   V acc(A(0));
   for (int64_t d = 0; d < n; d += V::size()) acc = at::vec::fmadd(V::loadu(a + d), V::loadu(b + d), acc);
-  return at::vec::vec_reduce_all<A>([](V x, V y) { return x + y; }, acc);
+  return hsum(acc);
 }
 
 template <typename A>
