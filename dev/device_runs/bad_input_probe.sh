@@ -14,7 +14,7 @@ echo "== libraries the op library links"; ldd "$GEMMA4_LIB_DIR/libgemma4_ops.so"
 cat > /tmp/probe.py <<'PY'
 import faulthandler, sys, torch
 faulthandler.enable()
-import gemma4  # noqa: F401  (loads the op library)
+import gemma4.ops  # noqa: F401  (loads the op library)
 cases = {
     "rms_norm int32 x": lambda: torch.ops.gemma4.rms_norm(torch.randn(4, 16).int(), torch.randn(16), 1e-6),
     "rms_norm int32 x under cuda default device": None,

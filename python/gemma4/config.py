@@ -24,6 +24,7 @@ import torch
 
 from .devices import DTYPE_NAMES
 from .errors import ConfigError, ConfigNotFoundError
+from .rope_scaling import REQUIRED_KEYS, ROPE_TYPES, rope_frequencies, rope_inv_freq  # noqa: F401 (re-exported)
 from .hf_format.config_json import (FULL_ATTENTION, MAX_LAYERS, SLIDING_ATTENTION, config_kwargs, config_to_dict, is_int,
                                     per_layer_config, read_json_object, resolve_layer_types)
 
@@ -42,7 +43,6 @@ DEFAULT_ROPE_PARAMETERS: dict[str, dict[str, Any]] = {
     SLIDING_ATTENTION: {"rope_type": "default", "rope_theta": 10_000.0},
     FULL_ATTENTION: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
 }
-ROPE_TYPES = ("default", "proportional")
 
 # Upper bounds, far above every released Gemma 4 (E2B..31B: <= 60 layers, hidden 5376, vocab 262144):
 # a config beyond them is a typo or an attack, refused before anything is built (a 10**8-layer
@@ -58,34 +58,6 @@ MAX_SIZES = {
 
 # transformers activation name -> the name our gated_activation / moe_experts ops take.
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "silu": "silu"}
-
-
-def rope_inv_freq(rope_type: str, rope_theta: float, head_dim: int, partial_rotary_factor: float = 1.0,
-                  factor: float = 1.0) -> torch.Tensor:
-    """Inverse frequencies [head_dim // 2] (float32, CPU), bit-identical to transformers 5.17.
-
-    "default" (sliding layers): `1 / theta^(2j/d)` over all d/2 pairs (transformers'
-    Gemma4TextRotaryEmbedding.compute_default_rope_parameters, which ignores partial_rotary_factor
-    and factor). "proportional" (full layers): the first `int(p*d // 2)` pairs get
-    `1 / theta^(2j/d)` (exponent over the FULL head size d), the rest 0 (not rotated); then divided
-    by `factor` (modeling_rope_utils._compute_proportional_rope_parameters). The expressions below
-    are transformers' own, so the float32 rounding is the same.
-    """
-    if rope_type == "default":
-        dim = head_dim
-        return 1.0 / (rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
-    if rope_type == "proportional":
-        rope_angles = int(partial_rotary_factor * head_dim // 2)
-        inv_freq_rotated = 1.0 / (
-            rope_theta ** (torch.arange(0, 2 * rope_angles, 2, dtype=torch.int64).to(dtype=torch.float) / head_dim))
-        nope_angles = head_dim // 2 - rope_angles
-        if nope_angles > 0:
-            inv_freq = torch.cat((inv_freq_rotated, torch.zeros(nope_angles, dtype=torch.float32)), dim=0)
-        else:
-            inv_freq = inv_freq_rotated
-        inv_freq /= factor
-        return inv_freq
-    raise ValueError(f"unsupported rope_type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
 
 
 @dataclass(frozen=True)
@@ -114,7 +86,9 @@ class LayerSpec:
         (transformers' MLP tests `i >= L - S > 0`, attention `>= 0`; both are reproduced, they
         differ only for S == L, which is rejected).
     rope_*: effective RoPE parameters of the layer's type ("default" ignores the partial factor
-        and factor, as transformers does, so they read 1.0 there).
+        and factor, as transformers does, so they read 1.0 there); rope_parameters holds the type's
+        whole entry (as sorted items) and max_position_embeddings the model's, which "dynamic" and
+        "yarn" read (gemma4.rope_scaling).
     """
 
     index: int
@@ -136,6 +110,8 @@ class LayerSpec:
     rope_theta: float
     partial_rotary_factor: float
     rope_factor: float
+    rope_parameters: tuple[tuple[str, Any], ...]
+    max_position_embeddings: int
 
     @property
     def num_kv_groups(self) -> int:
@@ -152,12 +128,16 @@ class LayerSpec:
         """Number of rotated dims of the head (pairs (j, j + head_dim/2) with non-zero frequency, x2)."""
         if self.rope_type == "proportional":
             return 2 * int(self.partial_rotary_factor * self.head_dim // 2)
-        return self.head_dim
+        return 2 * (int(self.head_dim * self.partial_rotary_factor) // 2)
+
+    def rope_frequencies(self, seq_len: int | torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """(inv_freq float32 [head_dim // 2] on CPU, cos/sin scaling), as transformers' rotary buffers for
+        this type; seq_len: the length "dynamic" stretches to (None: max_position_embeddings)."""
+        return rope_frequencies(dict(self.rope_parameters), self.head_dim, self.max_position_embeddings, seq_len)
 
     def rope_inv_freq(self) -> torch.Tensor:
         """float32 [head_dim // 2] on CPU, bit-identical to transformers' rotary buffer for this type."""
-        return rope_inv_freq(self.rope_type, self.rope_theta, self.head_dim, self.partial_rotary_factor,
-                             self.rope_factor)
+        return self.rope_frequencies()[0]
 
 
 _FIELD_NAMES: frozenset[str] = frozenset()  # filled after the class body
@@ -342,12 +322,17 @@ class Gemma4Config:
         """`dtype` as a torch.dtype (None when the config names none)."""
         return None if self.dtype is None else getattr(torch, self.dtype)
 
-    def rope_inv_freq(self, layer_type: str) -> torch.Tensor:
-        """float32 [head_dim_of_type // 2] (CPU) = transformers' `{layer_type}_inv_freq` buffer."""
+    def rope_frequencies(self, layer_type: str, seq_len: int | torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """(float32 [head_dim_of_type // 2] on CPU, cos/sin scaling) = transformers' `{layer_type}_inv_freq`
+        buffer and `{layer_type}_attention_scaling`; seq_len: the length a "dynamic" type stretches to."""
         for spec in self.layers:
             if spec.layer_type == layer_type:
-                return spec.rope_inv_freq()
+                return spec.rope_frequencies(seq_len)
         raise KeyError(f"no layer of type {layer_type!r} (layer_types holds {sorted(set(self.layer_types))})")
+
+    def rope_inv_freq(self, layer_type: str) -> torch.Tensor:
+        """float32 [head_dim_of_type // 2] (CPU) = transformers' `{layer_type}_inv_freq` buffer."""
+        return self.rope_frequencies(layer_type)[0]
 
     def _derive(self) -> list[LayerSpec]:
         self._validate()
@@ -370,7 +355,7 @@ class Gemma4Config:
                 readers.add(kv_source)
             rope = self.rope_parameters[t]
             rope_type = rope["rope_type"]
-            proportional = rope_type == "proportional"
+            scaled = rope_type != "default"  # "default" ignores partial_rotary_factor and factor
             num_kv = self.num_key_value_heads
             if not sliding and self.attention_k_eq_v and self.num_global_key_value_heads is not None:
                 num_kv = self.num_global_key_value_heads
@@ -391,8 +376,10 @@ class Gemma4Config:
                 has_moe=self.enable_moe_block,
                 rope_type=rope_type,
                 rope_theta=float(rope["rope_theta"]),
-                partial_rotary_factor=float(rope.get("partial_rotary_factor", 1.0)) if proportional else 1.0,
-                rope_factor=float(rope.get("factor", 1.0)) if proportional else 1.0,
+                partial_rotary_factor=float(rope.get("partial_rotary_factor") or 1.0) if scaled else 1.0,
+                rope_factor=float(rope.get("factor") or 1.0) if scaled else 1.0,
+                rope_parameters=tuple(sorted(rope.items())),
+                max_position_embeddings=self.max_position_embeddings,
             ))
             if not attn_shared:
                 cache_slots += 1
@@ -518,9 +505,26 @@ class Gemma4Config:
                 raise err(key + ".partial_rotary_factor", f"must be in (0, 1], got {prf!r}")
             if prf is None:
                 p["partial_rotary_factor"] = 1.0
+            for name in REQUIRED_KEYS.get(p["rope_type"], ()):
+                if name not in p:
+                    raise err(f"{key}.{name}", f"required by rope_type {p['rope_type']!r} (it needs "
+                              f"{', '.join(REQUIRED_KEYS[p['rope_type']])})")
             fac = p.get("factor", 1.0)
-            if not _is_number(fac) or not fac > 0:
+            if not (fac is None and p["rope_type"] == "yarn") and (not _is_number(fac) or not fac > 0):
                 raise err(key + ".factor", f"must be a positive number, got {fac!r}")
+            for name in ("original_max_position_embeddings",):
+                if name in p and not (is_int(p[name]) and p[name] > 0):
+                    raise err(f"{key}.{name}", f"must be a positive integer, got {p[name]!r}")
+            for name in ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+                         "low_freq_factor", "high_freq_factor"):
+                if p.get(name) is not None and not (_is_number(p[name]) and p[name] >= 0):
+                    raise err(f"{key}.{name}", f"must be a non-negative number, got {p[name]!r}")
+            if p["rope_type"] == "llama3" and not p["high_freq_factor"] > p["low_freq_factor"]:
+                raise err(key + ".high_freq_factor", f"must exceed low_freq_factor ({p['low_freq_factor']}), "
+                          f"got {p['high_freq_factor']}")
+            hd = d["global_head_dim"] if t == FULL_ATTENTION and d.get("global_head_dim") else d["head_dim"]
+            if p["rope_type"] == "dynamic" and int(p.get("partial_rotary_factor", 1.0) * hd) <= 2:
+                raise err(key + ".partial_rotary_factor", "dynamic needs at least 4 rotated dims")
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Gemma4Config))

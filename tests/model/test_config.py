@@ -437,7 +437,7 @@ BAD = [
     ("moe without experts", _mut(enable_moe_block=True), "num_experts", "required"),
     ("top_k > E", _mut(enable_moe_block=True, num_experts=4, top_k_experts=5, moe_intermediate_size=8),
      "top_k_experts", "exceeds"),
-    ("rope type", lambda d: d.__setitem__("rope_parameters", {S: {"rope_type": "yarn", "rope_theta": 1e4},
+    ("rope type", lambda d: d.__setitem__("rope_parameters", {S: {"rope_type": "longrope", "rope_theta": 1e4},
                                                               F: PRESETS["tiny-e2b"]["rope_parameters"][F]}),
      "rope_parameters.sliding_attention.rope_type", "not supported"),
     ("rope missing type", lambda d: d.__setitem__("rope_parameters", {S: {"rope_type": "default",

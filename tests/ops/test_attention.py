@@ -277,7 +277,8 @@ def test_empty():
 
 def _bad(**over):
     args = dict(q=torch.randn(2, 3, 4, 8), k=torch.randn(2, 5, 2, 8), v=torch.randn(2, 5, 2, 8), key_mask=None)
-    args.update(over)
+    # the parametrised overrides are made on the CPU at import: move them to the test's backend
+    args.update({name: t.to(torch.get_default_device()) for name, t in over.items()})
     return args
 
 

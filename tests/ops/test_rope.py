@@ -131,19 +131,21 @@ def test_backward_low_precision(dtype):
 def test_gradcheck_float64():
     x = torch.randn(2, 3, 2, 6, dtype=torch.float64, requires_grad=True)
     f = _inv_freq(6, "random")
-    assert torch.autograd.gradcheck(lambda a: rope(a, _POS, f), (x,))
-    assert torch.autograd.gradcheck(lambda a: rope(a, _POS[:1], f), (x,))
+    assert torch.autograd.gradcheck(lambda a: rope(a, _pos(), f), (x,))
+    assert torch.autograd.gradcheck(lambda a: rope(a, _pos()[:1], f), (x,))
 
 
-_POS = torch.tensor([[3, 4, 5], [100, 7, -2]])
+def _pos():
+    """Fixed positions (a negative one included) on the test's backend."""
+    return torch.tensor([[3, 4, 5], [100, 7, -2]])
 
 
 def test_opcheck():
     x = torch.randn(2, 3, 2, 8, requires_grad=True)
     f = _inv_freq(8, "random")
-    torch.library.opcheck(ops.rope, (x, _POS, f))
-    torch.library.opcheck(ops.rope, (x, _POS[:1].contiguous(), f))
-    torch.library.opcheck(ops.rope_backward, (torch.randn(2, 3, 2, 8), _POS, f))
+    torch.library.opcheck(ops.rope, (x, _pos(), f))
+    torch.library.opcheck(ops.rope, (x, _pos()[:1].contiguous(), f))
+    torch.library.opcheck(ops.rope_backward, (torch.randn(2, 3, 2, 8), _pos(), f))
 
 
 def test_torch_compile_fullgraph():
@@ -184,28 +186,28 @@ def test_bad_inputs():
     x = torch.randn(2, 3, 2, 8)
     f = _inv_freq(8)
     with pytest.raises(RuntimeError, match="positions must be Long"):
-        ops.rope(x, _POS.int(), f)
+        ops.rope(x, _pos().int(), f)
     with pytest.raises(RuntimeError, match="positions must have 2 dimensions"):
-        ops.rope(x, _POS[0], f)
+        ops.rope(x, _pos()[0], f)
     with pytest.raises(RuntimeError, match="positions.size\\(0\\) must be 1 or"):
         ops.rope(x, torch.zeros(3, 3, dtype=torch.long), f)
     with pytest.raises(RuntimeError, match="positions.size\\(1\\) must be"):
         ops.rope(x, torch.zeros(2, 4, dtype=torch.long), f)
     with pytest.raises(RuntimeError, match="inv_freq must have head_dim/2"):
-        ops.rope(x, _POS, _inv_freq(10))
+        ops.rope(x, _pos(), _inv_freq(10))
     with pytest.raises(RuntimeError, match="inv_freq must be Float"):
-        ops.rope(x, _POS, f.double())
+        ops.rope(x, _pos(), f.double())
     with pytest.raises(RuntimeError, match="inv_freq must have 1 dimensions"):
-        ops.rope(x, _POS, f[None])
+        ops.rope(x, _pos(), f[None])
     with pytest.raises(RuntimeError, match="x must have 4 dimensions"):
-        ops.rope(x[0], _POS, f)
+        ops.rope(x[0], _pos(), f)
     with pytest.raises(RuntimeError, match="head_dim\\) must be even"):
-        ops.rope(torch.randn(2, 3, 2, 7), _POS, f[:3].contiguous())
+        ops.rope(torch.randn(2, 3, 2, 7), _pos(), f[:3].contiguous())
     # Strided inputs give the same bits as contiguous ones (the op copies them in C++).
     xt, pt, ft = x.transpose(1, 2), torch.randint(0, 50, (2, 2)).t(), torch.randn(8)[::2]
     assert_same(ops.rope(xt, pt, ft), ops.rope(xt.contiguous(), pt.contiguous(), ft.contiguous()))
     assert_same(ops.rope_backward(xt, pt, ft), ops.rope_backward(xt.contiguous(), pt.contiguous(), ft.contiguous()))
     with pytest.raises(RuntimeError, match="x must be float32"):
-        ops.rope(x.long(), _POS, f)
+        ops.rope(x.long(), _pos(), f)
     with pytest.raises(RuntimeError, match="grad_out must have 4 dimensions"):
-        ops.rope_backward(x[0], _POS, f)
+        ops.rope_backward(x[0], _pos(), f)

@@ -112,16 +112,23 @@ def test_casts_keep_scale_dtype_and_move_bias():
     assert model.model.embed_tokens.weight.dtype == torch.float16
 
 
-def test_int8_greedy_equals_bf16_on_default_model():
+def test_int8_predicts_the_bf16_tokens_on_default_model():
+    """int8 per-channel weights keep the trained model's next-token choices: teacher-forced on the bf16
+    model's greedy continuation, the int8 model picks the same token at nearly every position. (Equal
+    greedy text over many tokens would depend on the narrowest top-2 margin, which differs from CPU to
+    CPU with the summation order; a rate does not.)"""
     from gemma4 import default_model_path
 
     model = gemma4.AutoModelForCausalLM.from_pretrained(default_model_path(), dtype=torch.bfloat16)
     tok = gemma4.AutoTokenizer.from_pretrained(default_model_path())
     ids = tok("It is a truth universally acknowledged, that", return_tensors="pt")["input_ids"]
-    want = model.generate(ids, max_new_tokens=40, do_sample=False)
-    quantize(model, QuantizationConfig(weights="int8"))
-    got = model.generate(ids, max_new_tokens=40, do_sample=False)
-    assert torch.equal(got, want)
+    seq = model.generate(ids, max_new_tokens=40, do_sample=False)  # [1, T + 40]
+    with torch.no_grad():
+        want = model(input_ids=seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)  # [40]
+        quantize(model, QuantizationConfig(weights="int8"))
+        got = model(input_ids=seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)
+    assert torch.equal(want, seq[0, ids.shape[1]:])  # generate is the forward's argmax
+    assert (got == want).float().mean() >= 0.95, (got != want).nonzero()
 
 
 def test_quantized_model_compiles_fullgraph():

@@ -33,12 +33,18 @@ class Gemma4Attention(nn.Module):
             self.v_norm = Gemma4RMSNorm(hd, eps=config.rms_norm_eps, with_scale=False)
         self.o_proj = Linear(nH * hd, H, bias=bias)
         self.scaling = 1.0  # the q/k norms carry the scale
+        # yarn multiplies RoPE's cos and sin (so the rotated q and k) by its attention factor; 1 otherwise
+        self.rope_scaling = spec.rope_frequencies()[1]
+
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+        out = ops.rope(x, positions, inv_freq)  # [B,T,heads,hd]
+        return out if self.rope_scaling == 1.0 else out * self.rope_scaling
 
     def project_kv(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor):
         B, T, _ = x.shape
         k_raw = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # [B,T,nKV,hd]
         v_raw = k_raw if self.v_proj is None else self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        key = ops.rope(self.k_norm(k_raw), positions, inv_freq)  # [B,T,nKV,hd]
+        key = self._rope(self.k_norm(k_raw), positions, inv_freq)  # [B,T,nKV,hd]
         value = self.v_norm(v_raw)  # [B,T,nKV,hd]
         return key, value
 
@@ -46,7 +52,7 @@ class Gemma4Attention(nn.Module):
                 key_mask: torch.Tensor | None, shared_kv: dict, cache=None) -> torch.Tensor:
         B, T, _ = x.shape
         query = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # [B,T,nH,hd]
-        query = ops.rope(self.q_norm(query), positions, inv_freq)  # [B,T,nH,hd]
+        query = self._rope(self.q_norm(query), positions, inv_freq)  # [B,T,nH,hd]
         if self.spec.kv_shared:
             # the source layer's full-length K/V (cached past included) with its key mask and window
             key, value, key_mask, window = shared_kv[self.spec.kv_source]

@@ -63,6 +63,10 @@ class Gemma4TextModel(nn.Module):
         for layer_type in self.layer_types:
             inv_freq = self.config.rope_inv_freq(layer_type).to(device=device, dtype=torch.float32)
             self.register_buffer(f"{layer_type}_inv_freq", inv_freq, persistent=False)
+        # "dynamic" RoPE: the longest sequence its current frequencies were stretched to (transformers'
+        # max_seq_len_cached per layer type); starts at max_position_embeddings, i.e. unstretched
+        self._dynamic_rope_len = {spec.layer_type: self.config.max_position_embeddings
+                                  for spec in self.config.layers if spec.rope_type == "dynamic"}
         self.embed_tokens.reset_embed_scale()
         if self.ple_width:
             self.embed_tokens_per_layer.reset_embed_scale()
@@ -73,6 +77,24 @@ class Gemma4TextModel(nn.Module):
         super()._apply(fn, recurse)
         self.init_non_persistent_buffers()
         return self
+
+    def _update_dynamic_rope(self, position_ids: torch.Tensor) -> None:
+        """transformers' dynamic_rope_update: a sequence longer than any before stretches the frequencies
+        to its length; one back within max_position_embeddings restores the originals. (State across
+        calls, as there: decoding past the length re-stretches at every step. One host sync per call.)"""
+        original = self.config.max_position_embeddings
+        seq_len = position_ids.max().cpu() + 1  # a tensor, so the frequencies use transformers' float32 maths
+        for spec in {spec.layer_type: spec for spec in self.config.layers}.values():
+            if spec.rope_type != "dynamic":
+                continue
+            t, cached = spec.layer_type, self._dynamic_rope_len[spec.layer_type]
+            buffer = getattr(self, f"{t}_inv_freq")
+            if seq_len > cached:
+                buffer.copy_(spec.rope_frequencies(seq_len)[0])
+                self._dynamic_rope_len[t] = int(seq_len)
+            if seq_len < original and cached > original:
+                buffer.copy_(spec.rope_frequencies()[0])
+                self._dynamic_rope_len[t] = original
 
     def per_layer_inputs(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """PLE: (RMSNorm(proj(h0) * H^-1/2) + table[ids] * sqrt(P)) * 2^-1/2, as [B,T,L,P]."""
@@ -113,6 +135,8 @@ class Gemma4TextModel(nn.Module):
             key_mask = cache.new_token_mask  # [B,T] or None
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=inputs_embeds.device)[None]  # [1,T]
+        if self._dynamic_rope_len:
+            self._update_dynamic_rope(position_ids)
         inv_freq = {t: getattr(self, f"{t}_inv_freq") for t in self.layer_types}
         shared_kv: dict = {}  # source layer index -> its full-length (K, V), for KV-shared layers
         x = inputs_embeds
