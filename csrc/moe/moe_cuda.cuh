@@ -95,6 +95,13 @@ __global__ void __launch_bounds__(kGroupThreads) group_pairs_kernel(const int64_
 
 // ---- pair_gemm ------------------------------------------------------------------------------
 constexpr int kBM = 64, kBN = 64, kBK = 16, kGemmThreads = 256;  // 4 x 4 outputs per thread
+// Blocked summation in the SIMT GEMMs (as moe_gemm.h's outer_tile on the CPU): each output sums
+// kSumBlock products in a chain of its own, and the block sums are added into a running total. One
+// fma chain over all of K (H = 2816 for gate|up and dh, the pairs of an expert for the weight
+// gradients) rounds K times in series, several times plain PyTorch's error; blocks of 32 bring that
+// to about 32 + K/32 roundings. Cost: 16 more accumulator registers and 16 adds per 32 x 16 fmas.
+constexpr int kSumBlock = 32;
+static_assert(kSumBlock % kBK == 0, "a sum block is whole k tiles");
 
 template <typename TA, typename TB, typename Acc>
 struct PairGemm {
@@ -130,47 +137,54 @@ __global__ void __launch_bounds__(kGemmThreads) pair_gemm_kernel(PairGemm<TA, TB
   }
   __syncthreads();
   const TB* b = p.b + int64_t(e) * p.b_expert_stride;
-  Acc acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < p.K; k0 += kBK) {
-    // A tile: row m = tid / 4, k = (tid % 4) * 4 + i.
-    {
-      const int m = tid / 4, kk = (tid % 4) * 4;
-      const int64_t r = arow[m];
+  Acc total[4][4] = {};
+  for (int64_t kb = 0; kb < p.K; kb += kSumBlock) {
+    Acc acc[4][4] = {};  // this block's partial sums (see kSumBlock)
+    for (int64_t k0 = kb; k0 < p.K && k0 < kb + kSumBlock; k0 += kBK) {
+      // A tile: row m = tid / 4, k = (tid % 4) * 4 + i.
+      {
+        const int m = tid / 4, kk = (tid % 4) * 4;
+        const int64_t r = arow[m];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t k = k0 + kk + i;
-        As[kk + i][m] = (r >= 0 && k < p.K) ? static_cast<Acc>(p.a[r * p.K + k]) : Acc(0);
+        for (int i = 0; i < 4; ++i) {
+          const int64_t k = k0 + kk + i;
+          As[kk + i][m] = (r >= 0 && k < p.K) ? static_cast<Acc>(p.a[r * p.K + k]) : Acc(0);
+        }
       }
-    }
-    if constexpr (!BNN) {  // B[k, n] = b[n * K + k]: n = tid / 4, k = (tid % 4) * 4 + i
-      const int n = tid / 4, kk = (tid % 4) * 4;
+      if constexpr (!BNN) {  // B[k, n] = b[n * K + k]: n = tid / 4, k = (tid % 4) * 4 + i
+        const int n = tid / 4, kk = (tid % 4) * 4;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t k = k0 + kk + i;
-        Bs[kk + i][n] = (n0 + n < p.N && k < p.K) ? static_cast<Acc>(b[(n0 + n) * p.K + k]) : Acc(0);
+        for (int i = 0; i < 4; ++i) {
+          const int64_t k = k0 + kk + i;
+          Bs[kk + i][n] = (n0 + n < p.N && k < p.K) ? static_cast<Acc>(b[(n0 + n) * p.K + k]) : Acc(0);
+        }
+      } else {  // B[k, n] = b[k * N + n]: k = tid / 16, n = (tid % 16) * 4 + i
+        const int kk = tid / 16, n = (tid % 16) * 4;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int64_t k = k0 + kk;
+          Bs[kk][n + i] = (n0 + n + i < p.N && k < p.K) ? static_cast<Acc>(b[k * p.N + n0 + n + i]) : Acc(0);
+        }
       }
-    } else {  // B[k, n] = b[k * N + n]: k = tid / 16, n = (tid % 16) * 4 + i
-      const int kk = tid / 16, n = (tid % 16) * 4;
+      __syncthreads();
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int64_t k = k0 + kk;
-        Bs[kk][n + i] = (n0 + n + i < p.N && k < p.K) ? static_cast<Acc>(b[k * p.N + n0 + n + i]) : Acc(0);
+      for (int kk = 0; kk < kBK; ++kk) {
+        Acc av[4], bv[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
       }
+      __syncthreads();
     }
-    __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      Acc av[4], bv[4];
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-    }
-    __syncthreads();
+      for (int j = 0; j < 4; ++j) total[i][j] += acc[i][j];
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -183,7 +197,7 @@ __global__ void __launch_bounds__(kGemmThreads) pair_gemm_kernel(PairGemm<TA, TB
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + tx + 16 * j;
-      if (n < p.N) p.out[orow * p.N + n] = p.weights != nullptr ? w * acc[i][j] : acc[i][j];
+      if (n < p.N) p.out[orow * p.N + n] = p.weights != nullptr ? w * total[i][j] : total[i][j];
     }
   }
 }
@@ -301,36 +315,43 @@ __global__ void __launch_bounds__(kGemmThreads) weight_grad_gemm_kernel(WeightGr
   __shared__ Acc As[kBK][kBM + 1];
   __shared__ Acc Bs[kBK][kBN + 1];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  Acc acc[4][4] = {};
-  for (int32_t k0 = s0; k0 < s1; k0 += kBK) {
-    // Both tiles: k = tid / 16 (one sorted position), 4 consecutive m (n) from (tid % 16) * 4.
-    const int kk = tid / 16, c = (tid % 16) * 4;
-    const int32_t s = k0 + kk;
-    int64_t ra = -1, rb = -1;
-    if (s < s1) {
-      const int64_t pair = g.sorted_pair[s];
-      ra = p.a_by_token ? pair / p.slots : s;
-      rb = p.b_by_token ? pair / p.slots : s;
+  Acc total[4][4] = {};
+  for (int32_t kb = s0; kb < s1; kb += kSumBlock) {
+    Acc acc[4][4] = {};  // this block's partial sums (see kSumBlock)
+    for (int32_t k0 = kb; k0 < s1 && k0 - kb < kSumBlock; k0 += kBK) {  // k0 - kb: no int32 overflow
+      // Both tiles: k = tid / 16 (one sorted position), 4 consecutive m (n) from (tid % 16) * 4.
+      const int kk = tid / 16, c = (tid % 16) * 4;
+      const int32_t s = k0 + kk;
+      int64_t ra = -1, rb = -1;
+      if (s < s1) {
+        const int64_t pair = g.sorted_pair[s];
+        ra = p.a_by_token ? pair / p.slots : s;
+        rb = p.b_by_token ? pair / p.slots : s;
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        As[kk][c + i] = (ra >= 0 && m0 + c + i < p.M) ? static_cast<Acc>(p.a[ra * p.M + m0 + c + i]) : Acc(0);
+        Bs[kk][c + i] = (rb >= 0 && n0 + c + i < p.N) ? static_cast<Acc>(p.b[rb * p.N + n0 + c + i]) : Acc(0);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kq = 0; kq < kBK; ++kq) {
+        Acc av[4], bv[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) av[i] = As[kq][ty + 16 * i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) bv[j] = Bs[kq][tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+      }
+      __syncthreads();
     }
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      As[kk][c + i] = (ra >= 0 && m0 + c + i < p.M) ? static_cast<Acc>(p.a[ra * p.M + m0 + c + i]) : Acc(0);
-      Bs[kk][c + i] = (rb >= 0 && n0 + c + i < p.N) ? static_cast<Acc>(p.b[rb * p.N + n0 + c + i]) : Acc(0);
-    }
-    __syncthreads();
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int kq = 0; kq < kBK; ++kq) {
-      Acc av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = As[kq][ty + 16 * i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = Bs[kq][tx + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-    }
-    __syncthreads();
+      for (int j = 0; j < 4; ++j) total[i][j] += acc[i][j];
   }
   TO* out = p.out + e * p.M * p.N;
 #pragma unroll
@@ -340,7 +361,7 @@ __global__ void __launch_bounds__(kGemmThreads) weight_grad_gemm_kernel(WeightGr
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + tx + 16 * j;
-      if (n < p.N) out[m * p.N + n] = static_cast<TO>(acc[i][j]);
+      if (n < p.N) out[m * p.N + n] = static_cast<TO>(total[i][j]);
     }
   }
 }

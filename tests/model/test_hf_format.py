@@ -19,7 +19,7 @@ import gemma4
 from gemma4.checkpoint import SAFE_WEIGHTS_NAME, load_pretrained
 from gemma4.config import Gemma4Config
 from gemma4.errors import AdapterError, AdapterNotFoundError, CheckpointError, ConfigError
-from gemma4.hf_format.config_json import config_kwargs, read_json_object
+from gemma4.hf_format.config_json import UNIFIED_ABSENT, config_kwargs, read_json_object
 from gemma4.hf_format.keys import MULTIMODAL_PREFIXES, Layout, map_checkpoint_key
 from gemma4.hf_format.safetensors import load_file, read_header, save_file
 from gemma4.lora import LoraConfig
@@ -56,7 +56,9 @@ def test_presets_are_the_base_plus_their_differences():
     sizes = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
              "layer_types"}  # what no two variants share, so the base has none
     for name, d in PRESETS.items():
-        assert set(d) == set(GEMMA4_BASE) | sizes, name  # a variant adds its sizes, and otherwise only overrides
+        # a variant adds its sizes, and otherwise only overrides; a unified (12B) one has no PLE/MoE keys
+        absent = set(UNIFIED_ABSENT) if d["model_type"] == "gemma4_unified_text" else set()
+        assert set(d) == (set(GEMMA4_BASE) | sizes) - absent, name
         assert get_preset(name) == Gemma4Config.from_dict(d)
     # the released models differ from the base in their sizes and layer pattern, not in the shared values
     assert PRESETS["gemma-4-E2B"]["rope_parameters"] == GEMMA4_BASE["rope_parameters"]

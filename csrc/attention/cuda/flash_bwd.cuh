@@ -13,6 +13,9 @@
 // Register budget: each warp owns 16 rows x HD/DSPLIT columns of one (dQ) or two (dK, dV)
 // fp32 accumulators; DSPLIT warps share a row block and sum their partial S / dP through shared memory
 // (xch_write / xch_sum), as the forward does at HD = 512.
+// Masked keys (key_mask false) are zero rows in the K/V tiles of both kernels and get score -inf by a
+// select (mma.cuh, "Masked keys"): non-finite values there change nothing, and their grad_k/grad_v
+// rows are zero.
 #pragma once
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
@@ -39,7 +42,7 @@ struct DqCfg {
   static constexpr int HDW = HD / DSPLIT;
   static constexpr int XCH = DSPLIT > 1 ? NWARPS * 32 * (BN / 2) : 0;  // floats per exchanged tile
   static constexpr size_t SMEM =
-      2 * (2 * size_t(BM) * HD + 4 * size_t(BN) * HD) + 4 * (2 * XCH + 2 * BN + 2 * BM);
+      2 * (2 * size_t(BM) * HD + 4 * size_t(BN) * HD) + 4 * (2 * XCH + 3 * BN + 2 * BM);
 };
 
 template <typename T, int HD>
@@ -53,8 +56,8 @@ __global__ void __launch_bounds__(DqCfg<HD>::NTHREADS, 1) flash_bwd_dq_kernel(co
   T* sK = sdO + BM * HD;     // [2][BN][HD]
   T* sV = sK + 2 * BN * HD;  // [2][BN][HD]
   float* sX = reinterpret_cast<float*>(sV + 2 * BN * HD);  // [2][XCH]: partial S, partial dP
-  float* sBias = sX + 2 * C::XCH;                           // [2][BN]
-  float* sL = sBias + 2 * BN;                               // [BM] lse2, [BM] delta
+  float* sBias = sX + 2 * C::XCH;                           // [3][BN] key-mask bias, tile i in slot i % 3
+  float* sL = sBias + 3 * BN;                               // [BM] lse2, [BM] delta
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp % C::WM, wd = warp / C::WM;
@@ -69,26 +72,31 @@ __global__ void __launch_bounds__(DqCfg<HD>::NTHREADS, 1) flash_bwd_dq_kernel(co
   const T* kb = static_cast<const T*>(a.k) + b * a.ksB + g * a.ksH;
   const T* vb = static_cast<const T*>(a.v) + b * a.vsB + g * a.vsH;
   const bool* mb = a.mask ? a.mask + b * a.msB : nullptr;
-  auto load_kv = [&](int kt, int stage) {
-    const int k0 = kt * BN, nk = min(BN, a.S - k0);
-    load_tile<T, HD, BN, C::NTHREADS>(sK + stage * BN * HD, kb + k0 * a.ksS, a.ksS, nk, tid);
-    load_tile<T, HD, BN, C::NTHREADS>(sV + stage * BN * HD, vb + k0 * a.vsS, a.vsS, nk, tid);
+  // As in the forward: masked keys and keys past S are zero rows, from the tile's mask in shared memory,
+  // which is read from global memory two tiles ahead.
+  auto load_kv = [&](int kt, int stage, const float* bias) {
+    const int k0 = kt * BN;
+    const auto key_ok = [bias](int r) { return bias[r] == 0.f; };
+    load_tile_if<T, HD, BN, C::NTHREADS>(sK + stage * BN * HD, kb + k0 * a.ksS, a.ksS, key_ok, tid);
+    load_tile_if<T, HD, BN, C::NTHREADS>(sV + stage * BN * HD, vb + k0 * a.vsS, a.vsS, key_ok, tid);
   };
-  // Key-mask bias, loaded a tile ahead into a register (as in the forward).
   auto key_bias = [&](int j) { return j < a.S && (mb == nullptr || mb[j * a.msS]) ? 0.f : -INFINITY; };
   load_tile<T, HD, BM, C::NTHREADS>(sQ, static_cast<const T*>(a.q) + b * a.qsB + h * a.qsH + q0 * a.qsT, a.qsT, nq,
                                     tid);
   load_tile<T, HD, BM, C::NTHREADS>(sdO, static_cast<const T*>(x.dout) + b * x.dsB + h * x.dsH + q0 * x.dsT, x.dsT,
                                     nq, tid);
-  load_kv(kt_lo, 0);
-  if (tid < BN) sBias[tid] = key_bias(kt_lo * BN + tid);
-  cp_async_commit();
+  if (tid < BN) {
+    sBias[tid] = key_bias(kt_lo * BN + tid);
+    if (kt_lo < kt_hi) sBias[BN + tid] = key_bias((kt_lo + 1) * BN + tid);
+  }
   if (tid < BM) {
     const int64_t row = (static_cast<int64_t>(b) * a.nH + h) * a.T + q0 + tid;
     sL[tid] = tid < nq ? lse2_of(static_cast<const float*>(a.lse)[row]) : INFINITY;
     sL[BM + tid] = tid < nq ? static_cast<const float*>(x.delta)[row] : 0.f;
   }
-  __syncthreads();
+  __syncthreads();  // also publishes the first tile's mask to its copy
+  load_kv(kt_lo, 0, sBias);
+  cp_async_commit();
 
   const float sl2 = static_cast<float>(a.scale) * kLog2e;
   const int r_a = 16 * wm + (lane >> 2);
@@ -98,12 +106,10 @@ __global__ void __launch_bounds__(DqCfg<HD>::NTHREADS, 1) flash_bwd_dq_kernel(co
   zero(dq);
 
   for (int kt = kt_lo; kt <= kt_hi; ++kt) {
-    const int stage = (kt - kt_lo) & 1;
-    float next_bias = 0.f;
-    if (kt < kt_hi) {
-      load_kv(kt + 1, stage ^ 1);
-      if (tid < BN) next_bias = key_bias((kt + 1) * BN + tid);
-    }
+    const int it = kt - kt_lo, stage = it & 1;
+    if (kt < kt_hi) load_kv(kt + 1, stage ^ 1, sBias + ((it + 1) % 3) * BN);
+    float ahead_bias = 0.f;  // tile kt + 2's
+    if (kt + 2 <= kt_hi && tid < BN) ahead_bias = key_bias((kt + 2) * BN + tid);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -123,13 +129,13 @@ __global__ void __launch_bounds__(DqCfg<HD>::NTHREADS, 1) flash_bwd_dq_kernel(co
     }
     const int k0 = kt * BN;
     const bool full = k0 + BN - 1 <= p_lo && (a.window <= 0 || k0 > p_hi - a.window);
-    const float* bias = sBias + stage * BN;
+    const float* bias = sBias + (it % 3) * BN;
 #pragma unroll
     for (int j = 0; j < NS; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = 8 * j + 2 * (lane & 3) + (e & 1), r = e >> 1;
-        float xs = s[j][e] * sl2 + bias[col];
+        float xs = masked_score(s[j][e] * sl2, bias[col]);
         if (!full && !visible(k0 + col, r ? pb : pa, a.window)) xs = -INFINITY;
         const float p = exp2f(xs - lse2[r]);
         s[j][e] = p * (dp[j][e] - del[r]);  // dS
@@ -137,7 +143,8 @@ __global__ void __launch_bounds__(DqCfg<HD>::NTHREADS, 1) flash_bwd_dq_kernel(co
     uint32_t df[NS / 2][4];
     to_a_frags<T, NS / 2>(df, s);
     gemm_pb<T, HD, NS / 2, NO>(dq, df, sKs, 0, wd * HDW, lane);
-    if (kt < kt_hi && tid < BN) sBias[(stage ^ 1) * BN + tid] = next_bias;
+    // Slot (it + 2) % 3 held tile kt - 1's mask, last read before the previous barrier.
+    if (kt + 2 <= kt_hi && tid < BN) sBias[((it + 2) % 3) * BN + tid] = ahead_bias;
     __syncthreads();
   }
 
@@ -204,19 +211,21 @@ __global__ void __launch_bounds__(DkvCfg<HD>::NTHREADS, 1) flash_bwd_dkdv_kernel
       sL[2 * BM + stage * BM + tid] = tid < nq ? static_cast<const float*>(x.delta)[row] : 0.f;
     }
   };
-  load_tile<T, HD, BN, C::NTHREADS>(sK, static_cast<const T*>(a.k) + b * a.ksB + g * a.ksH + k0 * a.ksS, a.ksS, nk,
-                                    tid);
-  load_tile<T, HD, BN, C::NTHREADS>(sV, static_cast<const T*>(a.v) + b * a.vsB + g * a.vsH + k0 * a.vsS, a.vsS, nk,
-                                    tid);
+  // The block's keys, read once: keys past S and masked keys are zero rows, never read (mma.cuh,
+  // "Masked keys"); the mask bytes are read here once per block.
+  const bool* mb = a.mask ? a.mask + b * a.msB : nullptr;
+  const auto key_ok = [&](int r) { return r < nk && (mb == nullptr || mb[(k0 + r) * a.msS]); };
+  load_tile_if<T, HD, BN, C::NTHREADS>(sK, static_cast<const T*>(a.k) + b * a.ksB + g * a.ksH + k0 * a.ksS, a.ksS,
+                                       key_ok, tid);
+  load_tile_if<T, HD, BN, C::NTHREADS>(sV, static_cast<const T*>(a.v) + b * a.vsB + g * a.vsH + k0 * a.vsS, a.vsS,
+                                       key_ok, tid);
   if (iters > 0) load_q(0, 0);
   cp_async_commit();
 
   const float sl2 = static_cast<float>(a.scale) * kLog2e;
   const int r_a = 16 * wm + (lane >> 2);  // key rows r_a, r_a + 8
   const int ja = k0 + r_a, jb = ja + 8;
-  const bool* mb = a.mask ? a.mask + b * a.msB : nullptr;
-  const float kbias[2] = {ja < a.S && (mb == nullptr || mb[ja * a.msS]) ? 0.f : -INFINITY,
-                          jb < a.S && (mb == nullptr || mb[jb * a.msS]) ? 0.f : -INFINITY};
+  const float kbias[2] = {key_ok(r_a) ? 0.f : -INFINITY, key_ok(r_a + 8) ? 0.f : -INFINITY};
   float dk[NO][4], dv[NO][4];
   zero(dk);
   zero(dv);
@@ -250,7 +259,7 @@ __global__ void __launch_bounds__(DkvCfg<HD>::NTHREADS, 1) flash_bwd_dkdv_kernel
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = 8 * j + 2 * (lane & 3) + (e & 1), r = e >> 1;
-        float xs = s[j][e] * sl2 + kbias[r];
+        float xs = masked_score(s[j][e] * sl2, kbias[r]);
         if (!full && !visible(r ? jb : ja, p0 + col, a.window)) xs = -INFINITY;
         const float p = exp2f(xs - lse2[col]);
         s[j][e] = p;                          // P^T

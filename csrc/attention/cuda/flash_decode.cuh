@@ -12,6 +12,8 @@
 //   anything here: the loop is latency-bound per tile unless many warps share the work.
 // * Each split writes its normalised partial output and lse to a workspace; combine_kernel (simple.cuh)
 //   merges the splits. With one split the block writes out and lse directly.
+// * Masked keys (key_mask false) are zero rows in the K/V tiles and get score -inf by a select
+//   (mma.cuh, "Masked keys"): non-finite values there change nothing.
 #pragma once
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
@@ -33,7 +35,7 @@ struct DecCfg {
   static constexpr int KW = HD / NWARPS;  // head-dim slice per warp
   static constexpr int XCH = NWARPS * 32 * (BN / 2);
   static constexpr size_t SMEM =
-      2 * (size_t(kDecodeRows) * HD + STAGES * 2 * size_t(BN) * HD) + 4 * (XCH + STAGES * BN);
+      2 * (size_t(kDecodeRows) * HD + STAGES * 2 * size_t(BN) * HD) + 4 * (XCH + (STAGES + 1) * BN);
 };
 
 template <typename T, int HD>
@@ -45,7 +47,7 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
   T* sK = sQ + kDecodeRows * HD;  // [ST][BN][HD]
   T* sV = sK + ST * BN * HD;         // [ST][BN][HD]
   float* sX = reinterpret_cast<float*>(sV + ST * BN * HD);
-  float* sBias = sX + C::XCH;  // [ST][BN]
+  float* sBias = sX + C::XCH;  // [ST + 1][BN] key-mask bias, tile i in slot i % (ST + 1)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int split = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
@@ -70,23 +72,32 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
   const T* kb = static_cast<const T*>(a.k) + b * a.ksB + g * a.ksH;
   const T* vb = static_cast<const T*>(a.v) + b * a.vsB + g * a.vsH;
   const bool* mb = a.mask ? a.mask + b * a.msB : nullptr;
+  constexpr int NB = ST + 1;  // mask slots: tile i's is read by its copy (issued ST - 1 tiles ahead) and its softmax
+  // Tile i into its stage; keys past the split and masked keys are zero rows, never read (mma.cuh,
+  // "Masked keys"), from the tile's mask in shared memory.
   auto load_kv = [&](int i) {
-    const int k0 = ks + i * BN, nk = min(BN, ke - k0), slot = i % ST;
-    load_tile<T, HD, BN, C::NTHREADS>(sK + slot * BN * HD, kb + k0 * a.ksS, a.ksS, nk, tid);
-    load_tile<T, HD, BN, C::NTHREADS>(sV + slot * BN * HD, vb + k0 * a.vsS, a.vsS, nk, tid);
+    const int k0 = ks + i * BN, slot = i % ST;
+    const float* bias = sBias + (i % NB) * BN;
+    const auto key_ok = [bias](int r) { return bias[r] == 0.f; };
+    load_tile_if<T, HD, BN, C::NTHREADS>(sK + slot * BN * HD, kb + k0 * a.ksS, a.ksS, key_ok, tid);
+    load_tile_if<T, HD, BN, C::NTHREADS>(sV + slot * BN * HD, vb + k0 * a.vsS, a.vsS, key_ok, tid);
   };
-  // Key-mask bias of tile i: the global load is issued with the tile's copy and its value stored after
-  // the current tile's products, so it never stalls the loop (a synchronous load per tile did).
+  // Key-mask bias (0 or -inf) of tile i: the global load is issued a tile before the tile's copy and
+  // its value stored after the current tile's products, so it never stalls the loop (a synchronous
+  // load per tile did).
   auto key_bias = [&](int i) {
     const int j = ks + i * BN + tid;
     return j < ke && (mb == nullptr || mb[j * a.msS]) ? 0.f : -INFINITY;
   };
+  if (tid < BN) {
+#pragma unroll
+    for (int i = 0; i < ST; ++i)
+      if (i < ntiles) sBias[i * BN + tid] = key_bias(i);
+  }
+  __syncthreads();  // the first tiles' masks, read by their copies
 #pragma unroll
   for (int i = 0; i < ST - 1; ++i) {
-    if (i < ntiles) {
-      load_kv(i);
-      if (tid < BN) sBias[(i % ST) * BN + tid] = key_bias(i);
-    }
+    if (i < ntiles) load_kv(i);
     cp_async_commit();
   }
 
@@ -101,11 +112,9 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
     cp_async_wait<ST - 2>();
     __syncthreads();
     const bool ahead = i + ST - 1 < ntiles;
-    float next_bias = 0.f;
-    if (ahead) {
-      load_kv(i + ST - 1);  // into the slot tile i-1 used
-      if (tid < BN) next_bias = key_bias(i + ST - 1);
-    }
+    if (ahead) load_kv(i + ST - 1);  // into the stage tile i-1 used
+    float next_bias = 0.f;           // tile i + ST's
+    if (i + ST < ntiles && tid < BN) next_bias = key_bias(i + ST);
     cp_async_commit();
     const int slot = i % ST, k0 = ks + i * BN;
     float s[NS][4];
@@ -114,14 +123,14 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
     xch_write(s, sX, warp, lane);
     __syncthreads();
     xch_sum<NS, C::NWARPS, 1>(s, sX, warp, lane);
-    const float* bias = sBias + slot * BN;
+    const float* bias = sBias + (i % NB) * BN;
     float mx[2] = {m[0], m[1]};
 #pragma unroll
     for (int j = 0; j < NS; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = 8 * j + 2 * (lane & 3) + (e & 1);
-        float x = s[j][e] * sl2 + bias[col];
+        float x = masked_score(s[j][e] * sl2, bias[col]);
         if (!visible(k0 + col, pr[e >> 1], a.window)) x = -INFINITY;
         s[j][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
@@ -151,7 +160,9 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
     uint32_t pf[NS / 2][4];
     to_a_frags<T, NS / 2>(pf, s);
     gemm_pb<T, HD, NS / 2, NO>(o, pf, sV + slot * BN * HD, 0, warp * KW, lane);
-    if (ahead && tid < BN) sBias[((i + ST - 1) % ST) * BN + tid] = next_bias;  // read after the next barrier
+    // Slot (i + ST) % NB held tile i - 1's mask, last read before this iteration's first barrier; the
+    // value is read (by tile i + ST's copy) after the next iteration's.
+    if (i + ST < ntiles && tid < BN) sBias[((i + ST) % NB) * BN + tid] = next_bias;
   }
   cp_async_wait<0>();
 
@@ -162,8 +173,10 @@ __global__ void __launch_bounds__(DecCfg<HD>::NTHREADS, 1) flash_decode_kernel(c
     const float lsum = quad_sum(l[r]);
     if (row >= rows) continue;
     const int t = row / G, h = g * G + row % G;
-    const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
-    const float lse = lsum > 0.f ? (m[r] + log2f(lsum)) * 0.6931471805599453f : -INFINITY;
+    // l = 0: nothing visible (zeros, lse -inf); l = NaN (a NaN score among the visible keys): NaN for
+    // both, as in the reference (combine_kernel passes a NaN split on).
+    const float inv = lsum == 0.f ? 0.f : 1.f / lsum;
+    const float lse = lsum == 0.f ? -INFINITY : (m[r] + log2f(lsum)) * 0.6931471805599453f;
     const int64_t grow = (static_cast<int64_t>(b) * a.nH + h) * a.T + t;
     const int d0 = warp * KW + 2 * (lane & 3);
     if (splits == 1) {

@@ -12,7 +12,8 @@
 // * Online softmax in base 2 (scores pre-multiplied by scale*log2 e); P is rounded to the input dtype
 //   for the P V product (as flash-attention and SDPA do); row sums stay fp32.
 // * Key tiles wholly hidden by causality or the sliding window are never visited; tiles wholly visible
-//   skip the per-element causal test; the key mask enters as a 0 / -inf bias per key.
+//   skip the per-element causal test. Masked keys (key_mask false) are zero rows in the K/V tiles
+//   and get score -inf by a select (mma.cuh, "Masked keys"): non-finite values there change nothing.
 // * Rows with no visible key: m stays -inf, l = 0 -> output 0 and lse -inf (the CPU convention).
 #pragma once
 #include <c10/cuda/CUDAException.h>
@@ -36,7 +37,7 @@ struct FwdCfg {
   static constexpr int HDW = HD / DSPLIT;  // output columns per warp
   static constexpr int XCH = DSPLIT > 1 ? NWARPS * 32 * (BN / 2) : 0;  // exchange floats
   static constexpr size_t SMEM =
-      sizeof(uint16_t) * (size_t(BM) * HD + 4 * size_t(BN) * HD) + sizeof(float) * (XCH + 2 * BN);
+      sizeof(uint16_t) * (size_t(BM) * HD + 4 * size_t(BN) * HD) + sizeof(float) * (XCH + 3 * BN);
 };
 
 template <typename T, int HD>
@@ -48,7 +49,7 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
   T* sK = sQ + BM * HD;      // [2][BN][HD]
   T* sV = sK + 2 * BN * HD;  // [2][BN][HD]
   float* sX = reinterpret_cast<float*>(sV + 2 * BN * HD);  // [NWARPS][32][BN/2] partial scores
-  float* sBias = sX + C::XCH;                               // [2][BN] key-mask bias
+  float* sBias = sX + C::XCH;                               // [3][BN] key-mask bias, tile i in slot i % 3
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp % C::WM, wd = warp / C::WM;
@@ -66,18 +67,25 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
   const T* vb = static_cast<const T*>(a.v) + b * a.vsB + g * a.vsH;
   const bool* mb = a.mask ? a.mask + b * a.msB : nullptr;
 
-  auto load_kv = [&](int kt, int stage) {
-    const int k0 = kt * BN, nk = min(BN, a.S - k0);
-    load_tile<T, HD, BN, C::NTHREADS>(sK + stage * BN * HD, kb + k0 * a.ksS, a.ksS, nk, tid);
-    load_tile<T, HD, BN, C::NTHREADS>(sV + stage * BN * HD, vb + k0 * a.vsS, a.vsS, nk, tid);
+  // K/V tile kt into a stage; bias: the tile's key-mask bias in shared memory. Keys past S and masked
+  // keys are zero rows, never read (mma.cuh, "Masked keys").
+  auto load_kv = [&](int kt, int stage, const float* bias) {
+    const int k0 = kt * BN;
+    const auto key_ok = [bias](int r) { return bias[r] == 0.f; };
+    load_tile_if<T, HD, BN, C::NTHREADS>(sK + stage * BN * HD, kb + k0 * a.ksS, a.ksS, key_ok, tid);
+    load_tile_if<T, HD, BN, C::NTHREADS>(sV + stage * BN * HD, vb + k0 * a.vsS, a.vsS, key_ok, tid);
   };
-  // Key-mask bias of key j: loaded a tile ahead into a register and stored after this tile's products,
-  // so the (synchronous) global load never stalls the loop.
+  // Key-mask bias of key j (0 or -inf): read from global memory two tiles ahead into a register and
+  // stored after this tile's products, so the (synchronous) global load never stalls the loop.
   auto key_bias = [&](int j) { return j < a.S && (mb == nullptr || mb[j * a.msS]) ? 0.f : -INFINITY; };
 
-  load_tile<T, HD, BM, C::NTHREADS>(sQ, qb, a.qsT, nq, tid);
-  load_kv(kt_lo, 0);
-  if (tid < BN) sBias[tid] = key_bias(kt_lo * BN + tid);
+  load_tile<T, HD, BM, C::NTHREADS>(sQ, qb, a.qsT, nq, tid);  // in flight while the masks are read
+  if (tid < BN) {
+    sBias[tid] = key_bias(kt_lo * BN + tid);
+    if (kt_lo < kt_hi) sBias[BN + tid] = key_bias((kt_lo + 1) * BN + tid);
+  }
+  __syncthreads();  // the first tile's mask, read by its copy
+  load_kv(kt_lo, 0, sBias);
   cp_async_commit();
 
   const float sl2 = static_cast<float>(a.scale * 1.4426950408889634);
@@ -88,12 +96,10 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
   const int pa = off + q0 + r_a, pb = pa + 8;
 
   for (int kt = kt_lo; kt <= kt_hi; ++kt) {
-    const int stage = (kt - kt_lo) & 1;
-    float next_bias = 0.f;
-    if (kt < kt_hi) {
-      load_kv(kt + 1, stage ^ 1);
-      if (tid < BN) next_bias = key_bias((kt + 1) * BN + tid);
-    }
+    const int it = kt - kt_lo, stage = it & 1;
+    if (kt < kt_hi) load_kv(kt + 1, stage ^ 1, sBias + ((it + 1) % 3) * BN);
+    float ahead_bias = 0.f;  // tile kt + 2's
+    if (kt + 2 <= kt_hi && tid < BN) ahead_bias = key_bias((kt + 2) * BN + tid);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -112,14 +118,14 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
     // Scale, mask, and the running row maxima.
     const int k0 = kt * BN;
     const bool full = k0 + BN - 1 <= p_lo && (a.window <= 0 || k0 > p_hi - a.window);
-    const float* bias = sBias + stage * BN;
+    const float* bias = sBias + (it % 3) * BN;
     float mx[2] = {m[0], m[1]};
 #pragma unroll
     for (int j = 0; j < NS; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = 8 * j + 2 * (lane & 3) + (e & 1);
-        float x = s[j][e] * sl2 + bias[col];
+        float x = masked_score(s[j][e] * sl2, bias[col]);
         if (!full && !visible(k0 + col, e < 2 ? pa : pb, a.window)) x = -INFINITY;
         s[j][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
@@ -149,8 +155,9 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
     uint32_t pf[NS / 2][4];
     to_a_frags<T, NS / 2>(pf, s);
     gemm_pb<T, HD, NS / 2, NO>(o, pf, sVs, 0, wd * HDW, lane);
-    if (kt < kt_hi && tid < BN) sBias[(stage ^ 1) * BN + tid] = next_bias;
-    __syncthreads();  // the next iteration's copy overwrites this stage
+    // Slot (it + 2) % 3 held tile kt - 1's mask, last read before the previous barrier.
+    if (kt + 2 <= kt_hi && tid < BN) sBias[((it + 2) % 3) * BN + tid] = ahead_bias;
+    __syncthreads();  // the next iteration's copy overwrites this stage and reads the mask just stored
   }
 
   // Epilogue: normalise, write out (q's dtype) and lse (fp32, natural log).
@@ -158,7 +165,9 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float lsum = quad_sum(l[r]);
-    const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
+    // l = 0: the row saw nothing (zeros, lse -inf); l = NaN (a NaN score among the visible keys): NaN
+    // for both, as in the reference.
+    const float inv = lsum == 0.f ? 0.f : 1.f / lsum;
     const int row = r_a + 8 * r;
     if (row < nq) {
       const int t = q0 + row;
@@ -170,7 +179,7 @@ __global__ void __launch_bounds__(FwdCfg<HD>::NTHREADS, 1) flash_fwd_kernel(cons
       }
       if (wd == 0 && (lane & 3) == 0)
         static_cast<float*>(a.lse)[(static_cast<int64_t>(b) * a.nH + h) * a.T + t] =
-            lsum > 0.f ? (m[r] + log2f(lsum)) * 0.6931471805599453f : -INFINITY;
+            lsum == 0.f ? -INFINITY : (m[r] + log2f(lsum)) * 0.6931471805599453f;
     }
   }
 }

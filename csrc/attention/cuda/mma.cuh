@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace gemma4::attn::cuda {
@@ -35,19 +36,36 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Copies rows [0, ROWS) x [0, HD) of a global tile (row r at base + r * row_stride, unit stride within a
-// row, rows >= nvalid zero-filled) into a swizzled shared tile, NTHREADS threads cooperating.
-template <typename T, int HD, int ROWS, int NTHREADS>
-__device__ __forceinline__ void load_tile(T* s, const T* base, int64_t row_stride, int nvalid, int tid) {
+// row; rows with row_ok(r) false are zero-filled and not read) into a swizzled shared tile, NTHREADS
+// threads cooperating.
+template <typename T, int HD, int ROWS, int NTHREADS, typename RowOk>
+__device__ __forceinline__ void load_tile_if(T* s, const T* base, int64_t row_stride, RowOk row_ok, int tid) {
   constexpr int CH = HD / 8;  // 16-byte chunks per row
   static_assert((ROWS * CH) % NTHREADS == 0 || ROWS * CH < NTHREADS, "tile not divisible among threads");
 #pragma unroll
   for (int i = tid; i < ROWS * CH; i += NTHREADS) {
     const int r = i / CH, c = i % CH;
-    const bool ok = r < nvalid;
+    const bool ok = row_ok(r);
     const T* src = ok ? base + r * row_stride + c * 8 : base;
     cp_async16(s + r * HD + ((c ^ (r & 7)) << 3), src, ok);
   }
 }
+// The same with rows >= nvalid zero-filled.
+template <typename T, int HD, int ROWS, int NTHREADS>
+__device__ __forceinline__ void load_tile(T* s, const T* base, int64_t row_stride, int nvalid, int tid) {
+  load_tile_if<T, HD, ROWS, NTHREADS>(s, base, row_stride, [nvalid](int r) { return r < nvalid; }, tid);
+}
+
+// Masked keys (key_mask false) and the tensor-core kernels. A masked key must contribute nothing, even
+// when its K/V row holds inf/NaN (an fp16 overflow at a padding position): in a tile product its
+// probability 0 would meet such a value as 0 * inf = NaN, and adding a -inf bias to a NaN score gives
+// NaN. So K/V tiles are loaded with masked rows zero-filled (load_tile_if with the key's mask: the
+// row's bytes are never read), and a masked key's score is set to -inf by a select, never by
+// arithmetic. The tiles then hold exactly what they hold when those rows are zero in memory, so the
+// result is bit for bit that of the run with the rows zeroed. The kernels keep the mask of the next
+// tiles in shared memory (a float per key: 0 visible, -inf masked), read from global memory two tiles
+// ahead of its use, so neither the copies nor the products wait on a global load.
+__device__ __forceinline__ float masked_score(float x, float key_bias) { return key_bias == 0.f ? x : -INFINITY; }
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));

@@ -206,8 +206,11 @@ __global__ void __launch_bounds__(128) simple_fwd_kernel(const Args a, int split
   for (int i = 0; i < R; ++i) {
     if (i >= nr) break;
     const int r = r0 + i, t = r / G, h = g * G + r % G;
-    const A inv = l[i] > 0 ? A(1) / l[i] : A(0);
-    const A lse = l[i] > 0 ? m[i] + lg(l[i]) : A(-INFINITY);
+    // A row that saw nothing (l = 0): zeros and lse -inf. A NaN score among the visible keys left
+    // l = NaN (the max skips NaN, its probability does not): NaN for both, as in the reference and
+    // the CPU's finish_row (a test on l > 0 would turn it into a row that saw nothing).
+    const A inv = l[i] == A(0) ? A(0) : A(1) / l[i];
+    const A lse = l[i] == A(0) ? A(-INFINITY) : m[i] + lg(l[i]);
     const int64_t row = (static_cast<int64_t>(b) * a.nH + h) * a.T + t;
     if (splits == 1) {
       store_row<T, DPL, VEC>(static_cast<T*>(a.out) + ((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd,
@@ -250,11 +253,14 @@ __global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const Args 
   const int lane = threadIdx.x & 31, grp = threadIdx.x >> 5, d = blockIdx.y * 32 + lane;
   const A* lses = ws + splits * BHT * a.hd;
   A M = -INFINITY;
-  for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmax(M, lses[s * BHT + row]);
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmax(M, lses[s * BHT + row]);  // skips NaN
   M = block_max(M, red);
   A sum = 0;
   for (int s = threadIdx.x; s < splits; s += blockDim.x) {
-    const A e = M == -INFINITY ? A(0) : ex(lses[s * BHT + row] - M);
+    // A NaN split (a NaN score among its visible keys) makes the row NaN: its weight is NaN even
+    // when every other split saw nothing (M = -inf).
+    const A ls = lses[s * BHT + row];
+    const A e = isnan(ls) ? ls : (M == -INFINITY ? A(0) : ex(ls - M));
     w[s] = e;
     sum += e;
   }
@@ -271,10 +277,10 @@ __global__ void __launch_bounds__(32 * kCombineWarps) combine_kernel(const Args 
 #pragma unroll
   for (int k = 0; k < kCombineWarps; ++k) y += part[k][lane];
   const int t = row % a.T, h = (row / a.T) % a.nH, b = row / (static_cast<int64_t>(a.T) * a.nH);
-  const A inv = sum > 0 ? A(1) / sum : A(0);
+  const A inv = sum == A(0) ? A(0) : A(1) / sum;  // NaN stays NaN (see simple_fwd_kernel's epilogue)
   if (d < a.hd) static_cast<T*>(a.out)[((static_cast<int64_t>(b) * a.T + t) * a.nH + h) * a.hd + d] =
       static_cast<T>(y * inv);
-  if (blockIdx.y == 0 && lane == 0) static_cast<A*>(a.lse)[row] = sum > 0 ? M + lg(sum) : A(-INFINITY);
+  if (blockIdx.y == 0 && lane == 0) static_cast<A*>(a.lse)[row] = sum == A(0) ? A(-INFINITY) : M + lg(sum);
 }
 
 template <typename T>
