@@ -32,7 +32,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import transformers
     from transformers import (Gemma4Config, Gemma4ForCausalLM, Gemma4ForConditionalGeneration, Gemma4TextConfig,
-                              Gemma4VisionConfig)
+                              Gemma4UnifiedConfig, Gemma4UnifiedForCausalLM, Gemma4UnifiedForConditionalGeneration,
+                              Gemma4UnifiedTextConfig, Gemma4UnifiedVisionConfig, Gemma4VisionConfig)
 
 assert transformers.__version__ == "5.17.0", f"the oracle is transformers 5.17.0, found {transformers.__version__}"
 transformers.logging.set_verbosity_error()
@@ -43,6 +44,13 @@ __all__ = ["hf_config", "make_hf_model", "perturb_", "save_hf", "add_unused_shar
 # A vision tower small enough to cost nothing, present only so the checkpoint has its tensors.
 TINY_VISION_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                           num_key_value_heads=2, head_dim=16, position_embedding_size=64)
+# The 12B ("Unified") has no tower: a patch embedder and an audio embedder, here as small as they go.
+TINY_UNIFIED_VISION_CONFIG = dict(patch_size=2, pooling_kernel_size=2, mm_embed_dim=16, mm_posemb_size=8)
+
+# transformers' classes per text model type: (text config, causal LM, conditional-generation config, model)
+HF_CLASSES = {"gemma4_text": (Gemma4TextConfig, Gemma4ForCausalLM, Gemma4Config, Gemma4ForConditionalGeneration),
+              "gemma4_unified_text": (Gemma4UnifiedTextConfig, Gemma4UnifiedForCausalLM, Gemma4UnifiedConfig,
+                                      Gemma4UnifiedForConditionalGeneration)}
 
 
 def preset_dict(preset_name: str, **overrides: Any) -> dict[str, Any]:
@@ -55,10 +63,10 @@ def preset_dict(preset_name: str, **overrides: Any) -> dict[str, Any]:
 def hf_config(preset_name: str, **overrides: Any) -> Gemma4TextConfig:
     """transformers' own reading of the preset's config.json dict (not ours: an independent oracle)."""
     d = preset_dict(preset_name, **overrides)
-    d.pop("model_type", None)
+    text_config_class = HF_CLASSES[d.pop("model_type")][0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Gemma4TextConfig(**d)
+        return text_config_class(**d)
 
 
 @torch.no_grad()
@@ -133,7 +141,7 @@ def make_hf_model(preset_name: str, dtype: torch.dtype = torch.float32, attn_imp
         config._experts_implementation = experts_implementation
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = Gemma4ForCausalLM(config)
+        model = HF_CLASSES[config.model_type][1](config)
     perturb_(model, generator)
     model.tie_weights()
     return model.to(dtype).eval()
@@ -161,10 +169,18 @@ def save_hf(model: Gemma4ForCausalLM, directory: str | os.PathLike, layout: str 
         if layout == "causal":
             model.save_pretrained(directory, max_shard_size=max_shard_size)
         elif layout == "conditional":
-            config = Gemma4Config(text_config=_text_config_dict(model),
-                                  vision_config=Gemma4VisionConfig(**TINY_VISION_CONFIG).to_dict(), audio_config=None)
+            _, _, config_class, model_class = HF_CLASSES[model.config.model_type]
+            if model.config.model_type == "gemma4_unified_text":
+                vision = Gemma4UnifiedVisionConfig(**TINY_UNIFIED_VISION_CONFIG,
+                                                   output_proj_dims=model.config.hidden_size).to_dict()
+                config = config_class(text_config=_text_config_dict(model), vision_config=vision,
+                                      audio_config={"audio_embed_dim": 8})
+            else:
+                config = config_class(text_config=_text_config_dict(model),
+                                      vision_config=Gemma4VisionConfig(**TINY_VISION_CONFIG).to_dict(),
+                                      audio_config=None)
             dtype = next(model.parameters()).dtype
-            full = Gemma4ForConditionalGeneration(config)
+            full = model_class(config)
             perturb_(full)
             full = full.to(dtype)
             result = full.model.language_model.load_state_dict(model.model.state_dict(), strict=True)

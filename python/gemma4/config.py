@@ -25,8 +25,8 @@ import torch
 from .devices import DTYPE_NAMES
 from .errors import ConfigError, ConfigNotFoundError
 from .rope_scaling import REQUIRED_KEYS, ROPE_TYPES, rope_frequencies, rope_inv_freq  # noqa: F401 (re-exported)
-from .hf_format.config_json import (FULL_ATTENTION, MAX_LAYERS, SLIDING_ATTENTION, config_kwargs, config_to_dict, is_int,
-                                    per_layer_config, read_json_object, resolve_layer_types)
+from .hf_format.config_json import (FULL_ATTENTION, MAX_LAYERS, SLIDING_ATTENTION, TEXT_TYPES, config_kwargs,
+                                    config_to_dict, is_int, per_layer_config, read_json_object, resolve_layer_types)
 
 __all__ = [
     "Gemma4Config",
@@ -187,6 +187,9 @@ class Gemma4Config:
     initializer_range: float = 0.02
     use_cache: bool = True
     dtype: str | None = None
+    # "gemma4_text", or "gemma4_unified_text" for Gemma 4 12B ("Unified"): the same decoder block with
+    # no PLE and no MoE; it decides the class config.json names when saved (docs/variants.md)
+    model_type: str = "gemma4_text"
     source: InitVar[str | None] = None
 
     # ------------------------------------------------------------------ construction
@@ -413,6 +416,12 @@ class Gemma4Config:
         def need_bool(name):
             if not isinstance(d[name], bool):
                 raise err(name, f"must be true or false, got {d[name]!r}")
+
+        if d["model_type"] not in TEXT_TYPES:
+            raise err("model_type", f"must be one of {', '.join(TEXT_TYPES)}, got {d['model_type']!r}")
+        if d["model_type"] == "gemma4_unified_text" and (d["hidden_size_per_layer_input"] or d["enable_moe_block"]):
+            raise err("hidden_size_per_layer_input" if d["hidden_size_per_layer_input"] else "enable_moe_block",
+                      "a gemma4_unified_text model has no per-layer embeddings and no MoE block")
 
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "head_dim", "global_head_dim", "sliding_window",

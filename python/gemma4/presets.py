@@ -8,7 +8,9 @@ use); `get_preset(name, **overrides)` turns it into a `Gemma4Config`. A new vari
 here (or `get_preset(name, **overrides)`), not new model code.
 
 Released values: gemma4-architecture.md table 1.2 (text configs of google/gemma-4-E2B, -E4B, -31B,
--26B-A4B; `eos_token_id` is the base repos' 1, the -it repos list [1, 106] at the top level).
+-26B-A4B; `eos_token_id` is the base repos' 1, the -it repos list [1, 106] at the top level) and its
+"12B" note (Gemma 4 12B "Unified": model_type gemma4_unified_text, whose config.json has no PLE or MoE
+keys, so its presets drop them).
 
 Test configs keep each release's feature set at toy widths (vocab 512, hidden 64, 4 query heads,
 2 sliding KV heads, head_dim 32 / global 64, window 8 so 20-40 token tests cross it):
@@ -17,6 +19,7 @@ Test configs keep each release's feature set at toy widths (vocab 512, hidden 64
   tiny-e4b      PLE, KV sharing (6 of 12 layers, both types), 5:1 pattern
   tiny-31b      attention_k_eq_v with 1 global KV head, no PLE, bidirectional "vision"
   tiny-26b-a4b  MoE (8 experts, top-2, width 32) beside the dense MLP, attention_k_eq_v
+  tiny-12b      gemma4_unified_text (the 12B's type): no PLE/MoE keys, attention_k_eq_v, 1 global KV head
   small-e2b     E2B's widths (vocab 262144) with 5 layers, 2 of them KV-shared: benchmarks
   default       the embedded default model (gemma4/default_model, docs/default_model.md)
 """
@@ -26,6 +29,7 @@ import copy
 from typing import Any
 
 from .config import Gemma4Config
+from .hf_format.config_json import UNIFIED_ABSENT
 
 __all__ = ["PRESETS", "GEMMA4_BASE", "get_preset", "preset_dict", "RELEASED", "TEST_PRESETS"]
 
@@ -73,6 +77,8 @@ _E_MODELS = {"hidden_size_per_layer_input": 256}
 # The large models: a longer context, wider window, K=V full layers, bidirectional vision tokens.
 _LARGE = {"max_position_embeddings": 262144, "sliding_window": 1024, "attention_k_eq_v": True,
           "use_bidirectional_attention": "vision"}
+# Gemma 4 12B "Unified": its own model type, the large models' attention settings, no PLE or MoE.
+_UNIFIED = {"model_type": "gemma4_unified_text", **_LARGE}
 # Test widths shared by the tiny-* configs (float32 by default: no dtype).
 _TINY = {"vocab_size": 512, "vocab_size_per_layer_input": 512, "hidden_size": 64, "intermediate_size": 96,
          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "global_head_dim": 64,
@@ -138,6 +144,19 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         "top_k_experts": 8,
         "moe_intermediate_size": 704,
     },
+    "gemma-4-12B": {
+        **_UNIFIED,
+        "hidden_size": 3840,
+        "intermediate_size": 15360,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "num_global_key_value_heads": 1,
+        "layer_types": [
+            S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  # 0-23
+            S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  S, S, S, S, S, F,  # 24-47
+        ],
+    },
     # ---------------------------------------------------------------- test configs
     "tiny-e2b": {
         **_TINY,                          # intermediate 192 on the KV-shared layers 5-9 (double-wide)
@@ -172,6 +191,13 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         "top_k_experts": 2,
         "moe_intermediate_size": 32,
     },
+    "tiny-12b": {
+        **_TINY,
+        **{k: v for k, v in _UNIFIED.items() if k != "sliding_window"},
+        "num_hidden_layers": 12,
+        "num_global_key_value_heads": 1,
+        "layer_types": [S, S, S, S, S, F,  S, S, S, S, S, F],
+    },
     "small-e2b": {
         **_E_MODELS,
         "hidden_size": 1536,
@@ -204,11 +230,20 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
-PRESETS: dict[str, dict[str, Any]] = {name: {**copy.deepcopy(GEMMA4_BASE), **copy.deepcopy(diff)}
-                                      for name, diff in _VARIANTS.items()}
 
-RELEASED = ("gemma-4-E2B", "gemma-4-E4B", "gemma-4-31B", "gemma-4-26B-A4B")
-TEST_PRESETS = ("tiny-e2b", "tiny-e4b", "tiny-31b", "tiny-26b-a4b")
+
+def _flat(diff: dict[str, Any]) -> dict[str, Any]:
+    d = {**copy.deepcopy(GEMMA4_BASE), **copy.deepcopy(diff)}
+    if d["model_type"] == "gemma4_unified_text":  # its config.json has no PLE / MoE keys
+        for k in UNIFIED_ABSENT:
+            del d[k]
+    return d
+
+
+PRESETS: dict[str, dict[str, Any]] = {name: _flat(diff) for name, diff in _VARIANTS.items()}
+
+RELEASED = ("gemma-4-E2B", "gemma-4-E4B", "gemma-4-31B", "gemma-4-26B-A4B", "gemma-4-12B")
+TEST_PRESETS = ("tiny-e2b", "tiny-e4b", "tiny-31b", "tiny-26b-a4b", "tiny-12b")
 
 
 def preset_dict(name: str, **overrides: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from tokenizers import models as tokenizer_models
 import gemma4
 from tests.oracle import make_hf_model, save_hf
 
-PRESETS = ["tiny-e2b", "tiny-e4b", "tiny-31b", "tiny-26b-a4b"]
+PRESETS = ["tiny-e2b", "tiny-e4b", "tiny-31b", "tiny-26b-a4b", "tiny-12b"]  # tiny-12b: gemma4_unified_text
 WINDOW = 8  # the tiny presets' sliding window
 
 

@@ -19,7 +19,7 @@ import torch
 from gemma4.config import FULL_ATTENTION, SLIDING_ATTENTION, Gemma4Config, LayerSpec, rope_inv_freq
 from gemma4.errors import ConfigError, ConfigNotFoundError
 from gemma4.presets import PRESETS, RELEASED, get_preset
-from tests.oracle import hf_config, preset_dict
+from tests.oracle import HF_CLASSES, hf_config, preset_dict
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -45,7 +45,7 @@ def _quiet(fn, *args, **kwargs):
 
 def _hf_meta_model(config: Gemma4TextConfig) -> HFCausalLM:
     with torch.device("meta"):
-        return _quiet(HFCausalLM, config)
+        return _quiet(HF_CLASSES[config.model_type][1], config)  # Gemma4ForCausalLM or the Unified one
 
 
 def _comparable(d: dict) -> dict:
@@ -102,7 +102,7 @@ def test_layer_specs_match_transformers_modules(name):
         assert spec.stores_shared_kv == (attn.store_full_length_kv and spec.layer_type in shared_types)
         assert spec.intermediate_size == mlp.intermediate_size == mlp.gate_proj.weight.shape[0]
         assert spec.has_ple == hasattr(layer, "per_layer_input_gate")
-        assert spec.has_moe == layer.enable_moe_block == hasattr(layer, "experts")
+        assert spec.has_moe == getattr(layer, "enable_moe_block", False) == hasattr(layer, "experts")
     assert ours.num_kv_layers == sum(not layer.self_attn.is_kv_shared_layer for layer in hf_layers)
     assert [s.cache_index for s in ours.layers if not s.kv_shared] == list(range(ours.num_kv_layers))
 
@@ -158,10 +158,13 @@ _DOC_SHAPES = {
                     F: ([16384, 5376], [2048, 5376], None, [5376, 16384], 8)},
     "gemma-4-26B-A4B": {S: ([4096, 2816], [2048, 2816], [2048, 2816], [2816, 4096], 2),
                         F: ([8192, 2816], [1024, 2816], None, [2816, 8192], 8)},
+    "gemma-4-12B": {S: ([4096, 3840], [2048, 3840], [2048, 3840], [3840, 4096], 2),
+                    F: ([8192, 3840], [512, 3840], None, [3840, 8192], 16)},
 }
-_DOC_KV_LAYERS = {"gemma-4-E2B": 15, "gemma-4-E4B": 24, "gemma-4-31B": 60, "gemma-4-26B-A4B": 30}
+_DOC_KV_LAYERS = {"gemma-4-E2B": 15, "gemma-4-E4B": 24, "gemma-4-31B": 60, "gemma-4-26B-A4B": 30, "gemma-4-12B": 48}
 _DOC_FULL_LAYERS = {"gemma-4-E2B": [4, 9, 14, 19, 24, 29, 34], "gemma-4-E4B": [5, 11, 17, 23, 29, 35, 41],
-                    "gemma-4-31B": list(range(5, 60, 6)), "gemma-4-26B-A4B": [5, 11, 17, 23, 29]}
+                    "gemma-4-31B": list(range(5, 60, 6)), "gemma-4-26B-A4B": [5, 11, 17, 23, 29],
+                    "gemma-4-12B": list(range(5, 48, 6))}
 
 
 @pytest.mark.parametrize("name", RELEASED)
@@ -228,8 +231,9 @@ def test_to_dict_loads_into_equal_transformers_config(name, tmp_path):
     ours = get_preset(name)
     want = hf_config(name)
     d = ours.to_dict()
-    assert d["model_type"] == "gemma4_text" and d["architectures"] == ["Gemma4ForCausalLM"]
-    theirs = _quiet(Gemma4TextConfig, **{k: v for k, v in d.items() if k != "model_type"})
+    config_class, model_class = HF_CLASSES[d["model_type"]][:2]
+    assert d["model_type"] == PRESETS[name]["model_type"] and d["architectures"] == [model_class.__name__]
+    theirs = _quiet(config_class, **{k: v for k, v in d.items() if k != "model_type"})
     assert _comparable(theirs.to_dict()) == _comparable(want.to_dict())
     assert d["per_layer_config"] == want.to_dict()["per_layer_config"]  # 5.17's own serialised form
     for i in range(ours.num_hidden_layers):
@@ -238,7 +242,7 @@ def test_to_dict_loads_into_equal_transformers_config(name, tmp_path):
     # through a file, with transformers' AutoConfig
     ours.save_pretrained(tmp_path)
     auto = _quiet(transformers.AutoConfig.from_pretrained, tmp_path)
-    assert type(auto) is Gemma4TextConfig
+    assert type(auto) is config_class
     assert _comparable(auto.to_dict()) == _comparable(want.to_dict())
     assert auto.dtype == (None if ours.dtype is None else getattr(torch, ours.dtype))
 
@@ -417,7 +421,10 @@ def _del(*keys):
 BAD = [
     ("other model type", _mut(model_type="llama"), "model_type", "not a Gemma 4"),
     ("gemma 3", _mut(model_type="gemma3_text"), "model_type", "earlier Gemma"),
-    ("unified", _mut(model_type="gemma4_unified_text"), "model_type", "Unified"),
+    ("unified with PLE", _mut(model_type="gemma4_unified_text", hidden_size_per_layer_input=16),
+     "hidden_size_per_layer_input", "no per-layer embeddings"),
+    ("unified with MoE", _mut(model_type="gemma4_unified_text", hidden_size_per_layer_input=0,
+                              vocab_size_per_layer_input=None, enable_moe_block=True), "enable_moe_block", "no MoE"),
     ("no model_type", _del("model_type"), "model_type", "missing"),
     ("missing hidden_size", _del("hidden_size"), "hidden_size", "required"),
     ("missing head_dim", _del("head_dim"), "head_dim", "required"),
@@ -495,7 +502,8 @@ def test_bad_config_raises_naming_key(case, tmp_path):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("case", [c for c in BAD if c[2] not in ("model_type",)], ids=lambda c: c[0])
+@pytest.mark.parametrize("case", [c for c in BAD if c[2] != "model_type" and not c[0].startswith("unified")],
+                         ids=lambda c: c[0])
 def test_bad_nested_config_names_text_config_key(case):
     _, mutate, key, message = case
     text = preset_dict("tiny-e2b")
@@ -505,6 +513,24 @@ def test_bad_nested_config_names_text_config_key(case):
         Gemma4Config.from_dict({"model_type": "gemma4", "text_config": text}, source="nested.json")
     assert info.value.key.startswith("text_config." + key), info.value.key
     assert "nested.json" in str(info.value)
+
+
+def test_unified_nested_and_flat_forms():
+    """gemma4_unified (nested) and gemma4_unified_text (flat) read the same; the Unified class defaults
+    apply to absent keys; a PLE key is named where the file has it; the nested type must match."""
+    text = preset_dict("tiny-12b")
+    for k in ("sliding_window", "max_position_embeddings", "use_bidirectional_attention"):
+        del text[k]
+    flat = Gemma4Config.from_dict(text)
+    nested = Gemma4Config.from_dict({"model_type": "gemma4_unified", "text_config": text})
+    assert flat == nested and flat.model_type == "gemma4_unified_text"
+    assert (flat.sliding_window, flat.max_position_embeddings, flat.use_bidirectional_attention) == (1024, 262144, "vision")
+    assert flat.hidden_size_per_layer_input == 0 and not flat.enable_moe_block
+    with pytest.raises(ConfigError, match="no per-layer embeddings") as info:
+        Gemma4Config.from_dict({"model_type": "gemma4_unified", "text_config": {**text, "hidden_size_per_layer_input": 8}})
+    assert info.value.key == "text_config.hidden_size_per_layer_input"
+    with pytest.raises(ConfigError, match="expected model_type 'gemma4_unified_text'"):
+        Gemma4Config.from_dict({"model_type": "gemma4_unified", "text_config": {**text, "model_type": "gemma4_text"}})
 
 
 def test_nested_config_without_text_config():

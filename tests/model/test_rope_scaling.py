@@ -155,3 +155,22 @@ def test_bad_rope_parameters(entry, match):
     d["rope_parameters"]["sliding_attention"] = entry
     with pytest.raises(gemma4.ConfigError, match=match):
         gemma4.Gemma4Config.from_dict(d)
+
+
+def test_set_rope_parameters_on_a_built_model(tmp_path):
+    """Switching a loaded model's RoPE from Python gives the model loaded with that config; a refused
+    switch leaves it as it was."""
+    hf = make_hf_model("tiny-e2b", torch.float32, max_position_embeddings=ORIGINAL)
+    model = gemma4.AutoModelForCausalLM.from_pretrained(save_hf(hf, tmp_path), dtype=torch.float32)
+    ids = torch.randint(3, hf.config.vocab_size, (1, 2 * ORIGINAL))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        with pytest.raises(gemma4.ConfigError, match="original_max_position_embeddings"):
+            model.set_rope_parameters(rope_parameters("yarn") | {"full_attention": {"rope_type": "yarn", "rope_theta": 1e6,
+                                                                                    "factor": 2.0}})
+        assert torch.equal(model(input_ids=ids).logits, before)
+        model.set_rope_parameters(rope_parameters("yarn_mscale"))
+        want = make_hf_model("tiny-e2b", torch.float32, max_position_embeddings=ORIGINAL,
+                             rope_parameters=rope_parameters("yarn_mscale"))
+        want.load_state_dict(hf.state_dict())
+        _close(model(input_ids=ids).logits, want(input_ids=ids).logits, "yarn after set_rope_parameters")

@@ -16,7 +16,7 @@ from tests.helpers import BACKENDS, max_abs_err
 from tests.oracle import make_hf_model, save_hf
 from tests.training.test_lora_training import train
 
-PRESETS = ["tiny-e2b", "tiny-e4b", "tiny-31b", "tiny-26b-a4b"]
+PRESETS = ["tiny-e2b", "tiny-e4b", "tiny-31b", "tiny-26b-a4b", "tiny-12b"]  # tiny-12b: gemma4_unified_text
 SEQ = 24  # > the tiny configs' sliding window (8)
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda, id="cuda")  # the marker lets `-m cuda` pick the GPU cases
 cuda_only = pytest.mark.parametrize("device", [CUDA], indirect=True)
@@ -123,7 +123,7 @@ def test_loss_and_gradients_match(saved, device):
         f"transformers {worst(hf_grads):.2e}")
 
 
-@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-26b-a4b"])
+@pytest.mark.parametrize("name", ["tiny-e2b", "tiny-26b-a4b", "tiny-12b"])
 def test_conditional_generation_layout(name, tmp_path):
     hf = make_hf_model(name, dtype=torch.float32)
     save_hf(hf, tmp_path, layout="conditional")
@@ -137,13 +137,14 @@ def test_conditional_generation_layout(name, tmp_path):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_our_save_loads_in_transformers(name, tmp_path):
-    from transformers import Gemma4ForCausalLM as HFGemma4ForCausalLM
+    from transformers import AutoModelForCausalLM as HFAutoModelForCausalLM
 
     hf = make_hf_model(name, dtype=torch.float32)
     save_hf(hf, tmp_path / "hf", layout="causal")
     ours = gemma4.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
     ours.save_pretrained(tmp_path / "ours")
-    reloaded = HFGemma4ForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    reloaded = HFAutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    assert type(reloaded) is type(hf)  # Gemma4ForCausalLM, or Gemma4UnifiedForCausalLM for tiny-12b
     ids, mask = _batch(hf.config.vocab_size)
     with torch.no_grad():
         want = _valid(ours(input_ids=ids, attention_mask=mask).logits, mask)

@@ -4,6 +4,9 @@ Read (`config_kwargs`, which Gemma4Config.from_dict calls):
 * the nested multimodal form (`model_type: "gemma4"`, text under `text_config`; the top-level
   token ids, `dtype` and `tie_word_embeddings` fill in what the text config lacks);
 * the flat text form (`model_type: "gemma4_text"`);
+* Gemma 4 12B ("Unified"): `gemma4_unified` (nested, text under `text_config` of type
+  `gemma4_unified_text`) and the flat `gemma4_unified_text`. Its text config has no PLE and MoE keys
+  (they are absent from the model) and its own class defaults (UNIFIED_DEFAULTS), applied here;
 * full-layer overrides either as the legacy `global_head_dim` / `num_global_key_value_heads`
   fields (transformers <= 5.5, Google's uploads) or as `per_layer_config` (transformers >= the
   heterogeneity refactor, e.g. 5.17: keys are zero-padded layer indices such as "05", values hold
@@ -14,8 +17,9 @@ Read (`config_kwargs`, which Gemma4Config.from_dict calls):
 * `dtype` or `torch_dtype`.
 Anything that is not a Gemma 4 text config raises ConfigError naming the file and the dotted key.
 
-Write (`config_to_dict`): the flat `gemma4_text` form (architectures ["Gemma4ForCausalLM"]) with the
-overrides both as 5.17's `per_layer_config` and as the legacy fields.
+Write (`config_to_dict`): the flat `gemma4_text` form (architectures ["Gemma4ForCausalLM"]), or
+`gemma4_unified_text` (["Gemma4UnifiedForCausalLM"], without the PLE and MoE keys) for a unified
+config, with the overrides both as 5.17's `per_layer_config` and as the legacy fields.
 
 transformers' post-init rules for `layer_types` (default 5:1 pattern, last layer forced to full
 attention) and the layer-type names live here too, so this module needs nothing from
@@ -55,6 +59,16 @@ REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
 # Per-layer overrides transformers' Gemma 4 modules read from `per_layer_config`.
 PER_LAYER_KEYS = ("head_dim", "num_key_value_heads")
 
+# The text model types, the nested type that holds each, and the transformers class that loads the flat form.
+TEXT_TYPES = {"gemma4_text": ("gemma4", "Gemma4ForCausalLM"),
+              "gemma4_unified_text": ("gemma4_unified", "Gemma4UnifiedForCausalLM")}
+# Gemma4UnifiedTextConfig's class defaults where they differ from Gemma4TextConfig's, and the PLE/MoE
+# fields its model lacks (off for us).
+UNIFIED_DEFAULTS = {"sliding_window": 1024, "use_bidirectional_attention": "vision",
+                    "max_position_embeddings": 262_144}
+UNIFIED_ABSENT = {"hidden_size_per_layer_input": 0, "enable_moe_block": False, "vocab_size_per_layer_input": None,
+                  "num_experts": None, "top_k_experts": None, "moe_intermediate_size": None}
+
 # Top-level keys of the nested form that may stand in for missing text-config keys.
 _NESTED_FALLBACK_KEYS = ("pad_token_id", "eos_token_id", "bos_token_id", "tie_word_embeddings")
 
@@ -90,32 +104,35 @@ def config_kwargs(d: dict[str, Any], field_names: list[str], source: str = "<dic
     if not isinstance(d, dict):
         raise ConfigError(f"expected a JSON object, got {type(d).__name__}", source)
     model_type = d.get("model_type")
+    nested = {outer: inner for inner, (outer, _) in TEXT_TYPES.items()}
     top: dict[str, Any] = {}
-    if model_type == "gemma4":
+    if model_type in nested:
         text = d.get("text_config")
         if not isinstance(text, dict):
-            raise ConfigError("a 'gemma4' config needs a 'text_config' object"
+            raise ConfigError(f"a {model_type!r} config needs a 'text_config' object"
                               + (" (it is null)" if "text_config" in d else " (it is missing)"), source,
                               "text_config")
         prefix = "text_config."
-        text_type = text.get("model_type", "gemma4_text")
-        if text_type != "gemma4_text":
-            raise ConfigError(f"expected model_type 'gemma4_text', got {text_type!r}", source,
+        text_type = text.get("model_type", nested[model_type])
+        if text_type != nested[model_type]:
+            raise ConfigError(f"expected model_type {nested[model_type]!r}, got {text_type!r}", source,
                               prefix + "model_type")
         top = d
-    elif model_type == "gemma4_text":
-        text, prefix = d, ""
+    elif model_type in TEXT_TYPES:
+        text, prefix, text_type = d, "", model_type
     elif model_type is None:
-        raise ConfigError("missing; a Gemma 4 config.json has model_type 'gemma4' or 'gemma4_text'", source,
-                          "model_type")
+        raise ConfigError("missing; a Gemma 4 config.json has model_type 'gemma4', 'gemma4_text', "
+                          "'gemma4_unified' or 'gemma4_unified_text'", source, "model_type")
     else:
-        hint = ""
-        if isinstance(model_type, str) and model_type.startswith("gemma4_unified"):
-            hint = " (Gemma 4 'Unified' models are a separate model type, not supported)"
-        elif isinstance(model_type, str) and model_type.startswith("gemma"):
-            hint = " (an earlier Gemma generation)"
-        raise ConfigError(f"{model_type!r} is not a Gemma 4 text model; expected 'gemma4' or 'gemma4_text'{hint}",
-                          source, "model_type")
+        hint = " (an earlier Gemma generation)" if isinstance(model_type, str) and model_type.startswith("gemma") else ""
+        raise ConfigError(f"{model_type!r} is not a Gemma 4 text model; expected 'gemma4', 'gemma4_text', "
+                          f"'gemma4_unified' or 'gemma4_unified_text'{hint}", source, "model_type")
+    unified = text_type == "gemma4_unified_text"
+    if unified:
+        present = [k for k, off in UNIFIED_ABSENT.items() if text.get(k) not in (None, off, 0)]
+        if present:
+            raise ConfigError("a gemma4_unified_text model has no per-layer embeddings and no MoE block; "
+                              f"remove {', '.join(prefix + k for k in present)}", source, prefix + present[0])
 
     missing = [k for k in REQUIRED_KEYS if text.get(k) is None]
     if missing:
@@ -129,6 +146,10 @@ def config_kwargs(d: dict[str, Any], field_names: list[str], source: str = "<dic
         elif name in _NESTED_FALLBACK_KEYS and name in top:
             kwargs[name] = top[name]
     kwargs.pop("dtype", None)
+    kwargs["model_type"] = text_type
+    if unified:
+        kwargs.update({k: v for k, v in UNIFIED_DEFAULTS.items() if k not in text})
+        kwargs.update({k: v for k, v in UNIFIED_ABSENT.items() if v is not None})
     for holder in (text, top):
         dt = holder.get("dtype") or holder.get("torch_dtype")
         if dt is not None:
@@ -136,7 +157,7 @@ def config_kwargs(d: dict[str, Any], field_names: list[str], source: str = "<dic
             break
     if kwargs.get("moe_intermediate_size") is None and text.get("expert_intermediate_size") is not None:
         kwargs["moe_intermediate_size"] = text["expert_intermediate_size"]
-    if "hidden_size_per_layer_input" not in text:
+    if "hidden_size_per_layer_input" not in text and not unified:
         warnings.warn(f"{source}: no 'hidden_size_per_layer_input'; using transformers' class default 256 "
                       "(per-layer embeddings ON). Released 31B/26B-A4B configs set it to 0.", stacklevel=3)
 
@@ -158,9 +179,12 @@ def config_to_dict(config) -> dict[str, Any]:
     per_layer_config is present).
     """
     config.layers  # validate  # noqa: B018
-    out: dict[str, Any] = {"architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text"}
+    out: dict[str, Any] = {"architectures": [TEXT_TYPES[config.model_type][1]]}
     for f in dataclasses.fields(config):
         out[f.name] = copy.deepcopy(getattr(config, f.name))
+    if config.model_type == "gemma4_unified_text":
+        for k in UNIFIED_ABSENT:
+            out.pop(k)
     out["per_layer_config"] = per_layer_config(config)
     return out
 

@@ -22,8 +22,9 @@ __all__ = ["CONDITIONAL_PREFIX", "CAUSAL_PREFIX", "MULTIMODAL_PREFIXES", "SHARED
 CONDITIONAL_PREFIX = "model.language_model."
 CAUSAL_PREFIX = "model."
 # The one list of Gemma4ForConditionalGeneration's non-text parts (towers, embedders, projector).
+# Gemma 4 12B ("Unified") has no towers: a patch embedder (vision_embedder) and the two projectors.
 MULTIMODAL_PREFIXES = ("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.",
-                       "model.multi_modal_projector.")
+                       "model.multi_modal_projector.", "model.vision_embedder.")
 # Projections a KV-shared layer does not have (present, unused, in Google's original uploads).
 SHARED_KV_UNUSED = ("k_proj", "v_proj", "k_norm", "v_norm")
 PEFT_PREFIX = "base_model.model."

@@ -1,6 +1,8 @@
 """Gemma4TextModel and Gemma4ForCausalLM, with transformers' module and parameter names."""
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import torch
@@ -169,6 +171,19 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def init_non_persistent_buffers(self) -> None:
+        self.model.init_non_persistent_buffers()
+
+    def set_rope_parameters(self, rope_parameters: dict) -> None:
+        """Switch a built model's RoPE (any type of docs/variants.md, per layer type), e.g. to extend the
+        context with yarn: `model.set_rope_parameters({"sliding_attention": {...}, "full_attention": {...}})`.
+        Validated first (ConfigError naming the key); a refused call changes nothing."""
+        d = self.config.to_dict()
+        d["rope_parameters"] = copy.deepcopy(rope_parameters)
+        checked = type(self.config).from_dict(d, source="set_rope_parameters")
+        self.config.rope_parameters = checked.rope_parameters  # re-derives config.layers
+        for layer, spec in zip(self.model.layers, self.config.layers):
+            layer.spec = layer.self_attn.spec = spec
+            layer.self_attn.rope_scaling = spec.rope_frequencies()[1]
         self.model.init_non_persistent_buffers()
 
     @torch.no_grad()
