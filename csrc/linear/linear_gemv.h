@@ -5,7 +5,6 @@
 // can do while the weights stream, so the floor is the memory bandwidth.
 // Reference: reference.linear in python/gemma4/ops/reference.py.
 #pragma once
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -43,35 +42,42 @@ inline void gemv_tile(const W* w, const float* x, int64_t K, float* out) {
   // into tot. One chain over all of K (6144 for an MLP down projection) had K / 8 roundings in series,
   // 2-3x the error of MKL's sgemm.
   constexpr int64_t KB = 256;
+  static_assert(KB % (8 * U) == 0, "a block is whole k-steps");
   __m256 tot[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) tot[r][m] = _mm256_setzero_ps();
-  while (k + 8 <= K) {
-    const int64_t kend = std::min<int64_t>(K, k + KB);
+  // fmas over [k, k + n) (n a multiple of 8) into fresh accumulators, then one add into tot. Called
+  // with the constant KB for whole blocks, so that loop has a fixed trip count, as fast as one chain.
+  auto block = [&](int64_t n) {
     __m256 acc[U][R][M];
     for (int u = 0; u < U; ++u)
       for (int r = 0; r < R; ++r)
         for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_setzero_ps();
-    for (; k + 8 * U <= kend; k += 8 * U) {
+    int64_t j = 0;
+    for (; j + 8 * U <= n; j += 8 * U) {
       for (int u = 0; u < U; ++u) {
         __m256 xv[M];
-        for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k + 8 * u);
+        for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k + j + 8 * u);
         for (int r = 0; r < R; ++r) {
-          const __m256 wv = load8(w + r * K + k + 8 * u);
+          const __m256 wv = load8(w + r * K + k + j + 8 * u);
           for (int m = 0; m < M; ++m) acc[u][r][m] = _mm256_fmadd_ps(wv, xv[m], acc[u][r][m]);
         }
       }
     }
-    for (; k + 8 <= kend; k += 8) {
+    for (; j < n; j += 8) {
       for (int r = 0; r < R; ++r) {
-        const __m256 wv = load8(w + r * K + k);
-        for (int m = 0; m < M; ++m) acc[0][r][m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k), acc[0][r][m]);
+        const __m256 wv = load8(w + r * K + k + j);
+        for (int m = 0; m < M; ++m)
+          acc[0][r][m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k + j), acc[0][r][m]);
       }
     }
     for (int r = 0; r < R; ++r)
       for (int m = 0; m < M; ++m)
         for (int u = 0; u < U; ++u) tot[r][m] = _mm256_add_ps(tot[r][m], acc[u][r][m]);
-  }
+    k += n;
+  };
+  while (k + KB <= K) block(KB);
+  if (K - k >= 8) block((K - k) & ~int64_t(7));
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) out[r * M + m] = hsum8(tot[r][m]);
 #else
