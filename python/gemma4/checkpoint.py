@@ -484,7 +484,9 @@ def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, max_shard_s
     state = model.state_dict()
     aliases = _tied_aliases(model)
     tensors: dict[str, torch.Tensor] = {k: t for k, t in state.items() if k not in aliases}
-    float_dtypes = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    # the model's dtype: that of most float tensors, quantization scales aside (their dtype is the
+    # scales' own, bf16 by default, and must not turn a float32 model into a bf16 one when reloaded)
+    float_dtypes = [t.dtype for k, t in tensors.items() if t.is_floating_point() and not k.endswith("weight_scale")]
     config_dict = config.to_dict()
     if float_dtypes:
         config_dict["dtype"] = str(max(set(float_dtypes), key=float_dtypes.count)).removeprefix("torch.")

@@ -6,6 +6,9 @@
     python -m gemma4 chat --model default          # multi-turn; one message a line, /exit or EOF ends
     python -m gemma4 info default|PATH|PRESET       # config, parameters, memory per dtype, KV cache
     python -m gemma4 demo                           # the default model streaming a continuation
+    python -m gemma4 quantize MODEL OUT [--weights int4|int8] [--group-size 32|64|128|channel]
+                              [--keep NAME ...] [--trained-grid] [--no-experts]
+                                                    # quantize while loading; write compressed-tensors
 
 --model takes a checkpoint folder (config.json + safetensors, Hugging Face layout), "default" (the
 embedded model, gemma4.default_model_path()) or a preset name (gemma4.PRESETS: random weights).
@@ -235,6 +238,45 @@ def cmd_info(args) -> int:
     return 0
 
 
+# tokenizer and generation files a checkpoint folder may hold beside the weights: copied as they are
+_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+               "generation_config.json", "tokenizer.model")
+
+
+def cmd_quantize(args) -> int:
+    import shutil  # noqa: PLC0415
+
+    from gemma4.auto import AutoModelForCausalLM  # noqa: PLC0415
+    from gemma4.quant import QuantizationConfig  # noqa: PLC0415
+
+    kind, where = resolve_model(args.model)
+    if kind != "dir":
+        raise CLIError(f"{args.model}: quantize needs a checkpoint folder (a preset has no trained weights)")
+    if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+        raise CLIError(f"{args.out}: exists and is not an empty folder")
+    group = None if args.group_size == "channel" else "default" if args.group_size is None else int(args.group_size)
+    try:
+        qconfig = QuantizationConfig(weights=args.weights, group_size=group, quantize_experts=not args.no_experts,
+                                     trained_grid=args.trained_grid,
+                                     **({"modules_to_not_convert": args.keep} if args.keep else {}))
+    except ValueError as e:
+        raise CLIError(f"quantize: {one_line(e)}") from None
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=args.dtype, quantization_config=qconfig,
+                                                 progress=not args.quiet)
+    model.save_pretrained(args.out)
+    for name in _SIDE_FILES:
+        if os.path.isfile(os.path.join(where, name)):
+            shutil.copyfile(os.path.join(where, name), os.path.join(args.out, name))
+
+    def folder_bytes(d):
+        return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".safetensors"))
+
+    before, after = folder_bytes(where), folder_bytes(args.out)
+    print(f"{args.out}: {args.weights} (group {qconfig.group_size or 'per channel'}) compressed-tensors checkpoint, "
+          f"{_size(after)} of weights (from {_size(before)})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from gemma4 import demo  # noqa: PLC0415
 
@@ -290,6 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint folder, config.json, 'default' or a preset name")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("quantize", help="quantize a checkpoint while loading it; write compressed-tensors",
+                       description="Read a checkpoint folder tensor by tensor, quantize its linear weights "
+                                   "(docs/quantization.md) and write a compressed-tensors pack-quantized "
+                                   "checkpoint that gemma4, transformers and vLLM load; tokenizer files are copied.")
+    p.add_argument("model", help="checkpoint folder (config.json + safetensors) or 'default'")
+    p.add_argument("out", help="output folder (new or empty)")
+    p.add_argument("--weights", choices=("int4", "int8"), default="int4", help="weight format (default int4)")
+    p.add_argument("--group-size", choices=("32", "64", "128", "channel"),
+                   help="scale group along K, or 'channel' for one scale per row (default: int4 32, int8 channel)")
+    p.add_argument("--keep", nargs="+", metavar="NAME",
+                   help="module names (or suffixes) left unquantized (default: lm_head and router; embeddings never are)")
+    p.add_argument("--trained-grid", action="store_true",
+                   help="int4 on a quantization-aware-trained checkpoint: recover each group's trained step")
+    p.add_argument("--no-experts", action="store_true", help="leave the MoE expert banks unquantized")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="activation dtype (default: the checkpoint's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_quantize)
 
     from gemma4 import demo  # noqa: PLC0415
 

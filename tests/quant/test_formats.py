@@ -71,8 +71,10 @@ def test_quantize_uses_the_stored_scale():
 
 def test_trained_grid_recovers_qat_weights():
     """Weights that sit on a grid level * step (step bf16, the largest level anywhere in -8..7) come back
-    exactly, where Q4_0's amax/-8 rule does not."""
-    n, k = 64, 256
+    exactly, where Q4_0's amax/-8 rule does not. (Many of these bf16 weights are not exactly level * step:
+    the product needs up to 12 significant bits. About 96% come back equal; 131K weights make that
+    fraction steady to +-0.2%, where 16K swung across 95% with the seed.)"""
+    n, k = 512, 256
     q = torch.randint(-8, 8, (n, k), dtype=torch.int8)
     top = torch.randint(3, 9, (n, k // 32))  # each group's largest level magnitude: 3..8
     q = q.reshape(n, k // 32, 32).clamp(-top[..., None], torch.minimum(top[..., None], torch.tensor(7)))
