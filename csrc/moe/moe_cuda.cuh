@@ -116,6 +116,33 @@ struct PairGemm {
   const Acc* weights;   // routing weights by pair id, or nullptr (no scaling)
 };
 
+// The two SIMT GEMMs' register tile: thread (tx, ty) owns rows ty + 16i and columns tx + 16j of the
+// 64x64 block; tile_fma runs one shared-memory k-tile through it, add_block folds a summation block
+// (kSumBlock) into the running total.
+template <typename Acc>
+__device__ __forceinline__ void tile_fma(const Acc (&As)[kBK][kBM + 1], const Acc (&Bs)[kBK][kBN + 1], int tx,
+                                         int ty, Acc (&acc)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kBK; ++kk) {
+    Acc av[4], bv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+  }
+}
+template <typename Acc>
+__device__ __forceinline__ void add_block(Acc (&total)[4][4], const Acc (&acc)[4][4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) total[i][j] += acc[i][j];
+}
+
 template <typename TA, typename TB, typename Acc, bool BNN>
 __global__ void __launch_bounds__(kGemmThreads) pair_gemm_kernel(PairGemm<TA, TB, Acc> p, GroupLayout g) {
   const int64_t tile = blockIdx.x;
@@ -167,24 +194,10 @@ __global__ void __launch_bounds__(kGemmThreads) pair_gemm_kernel(PairGemm<TA, TB
         }
       }
       __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kBK; ++kk) {
-        Acc av[4], bv[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx + 16 * j];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-      }
+      tile_fma(As, Bs, tx, ty, acc);
       __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) total[i][j] += acc[i][j];
+    add_block(total, acc);
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -334,24 +347,10 @@ __global__ void __launch_bounds__(kGemmThreads) weight_grad_gemm_kernel(WeightGr
         Bs[kk][c + i] = (rb >= 0 && n0 + c + i < p.N) ? static_cast<Acc>(p.b[rb * p.N + n0 + c + i]) : Acc(0);
       }
       __syncthreads();
-#pragma unroll
-      for (int kq = 0; kq < kBK; ++kq) {
-        Acc av[4], bv[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) av[i] = As[kq][ty + 16 * i];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) bv[j] = Bs[kq][tx + 16 * j];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-      }
+      tile_fma(As, Bs, tx, ty, acc);
       __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) total[i][j] += acc[i][j];
+    add_block(total, acc);
   }
   TO* out = p.out + e * p.M * p.N;
 #pragma unroll
