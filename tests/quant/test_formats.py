@@ -113,3 +113,17 @@ def test_compressed_tensors_packing_is_bit_exact(bits):
     assert torch.equal(unpack_int32(packed, bits, 64), q)
     ct = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
     assert torch.equal(ct.pack_to_int32(q, bits), packed)
+
+
+def test_quantizers_in_row_chunks_equal_whole(monkeypatch):
+    """Large weights are quantized a few rows at a time (bounded temporaries); the chunked result is
+    bit-identical to quantizing the whole weight at once."""
+    w = (torch.randn(300, 256) * torch.rand(300, 1) * 0.1).to(torch.bfloat16)
+    whole = (formats.quantize_int4(w, 32, torch.bfloat16), formats.quantize_int8(w, None, torch.bfloat16),
+             formats.quantize_int8(w, 64, torch.float16), formats.quantize_int4_trained_grid(w, 32, torch.bfloat16))
+    monkeypatch.setattr(formats, "_CHUNK_ELEMENTS", 256 * 7)  # 7 rows a chunk, the last one shorter
+    chunked = (formats.quantize_int4(w, 32, torch.bfloat16), formats.quantize_int8(w, None, torch.bfloat16),
+               formats.quantize_int8(w, 64, torch.float16), formats.quantize_int4_trained_grid(w, 32, torch.bfloat16))
+    for a, b in zip(whole, chunked):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert whole[3][2] == chunked[3][2]  # the exact fraction

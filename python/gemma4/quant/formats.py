@@ -70,6 +70,21 @@ def _groups(w: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int]
     return w.float().reshape(n, k // group, group), group  # [N, G, group]
 
 
+# Elements quantized at a time: a quantizer's float64 temporaries are about ten times its input, so a
+# weight goes through in row chunks of about 2M elements (~200 MB of temporaries at most), and
+# quantizing while loading costs about one weight more than the quantized model, not ten weights.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def _by_rows(quantizer, w: torch.Tensor, *args):
+    """quantizer(w, *args) applied to row chunks of w, the results concatenated along the rows."""
+    rows = max(1, _CHUNK_ELEMENTS // max(1, w.shape[1]))
+    if w.shape[0] <= rows:
+        return quantizer(w, *args)
+    parts = [quantizer(chunk, *args) for chunk in w.split(rows)]
+    return tuple(torch.cat(items) for items in zip(*parts))
+
+
 def _levels_for(wg: torch.Tensor, scale: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """round(w / scale) clamped to [lo, hi]; zero where the scale is zero."""
     inv = torch.where(scale != 0, 1.0 / scale.double(), torch.zeros_like(scale, dtype=torch.float64))
@@ -80,6 +95,10 @@ def quantize_int4(w: torch.Tensor, group_size: int | None = 32, scale_dtype: tor
     """Round-to-nearest int4, GGUF Q4_0's rule: per group the weight of largest magnitude ``m`` maps to
     level -8 (``scale = m / -8``), so all 16 levels are used. Returns ``(qweight uint8 [N, K/2],
     scales [N, G] in scale_dtype)``."""
+    return _by_rows(_quantize_int4, w, group_size, scale_dtype)
+
+
+def _quantize_int4(w: torch.Tensor, group_size: int | None, scale_dtype: torch.dtype):
     wg, _ = _groups(w, group_size)  # [N, G, group]
     idx = wg.abs().argmax(dim=-1, keepdim=True)
     signed_max = wg.gather(-1, idx)[..., 0]  # [N, G]
@@ -91,6 +110,10 @@ def quantize_int4(w: torch.Tensor, group_size: int | None = 32, scale_dtype: tor
 def quantize_int8(w: torch.Tensor, group_size: int | None = None, scale_dtype: torch.dtype = torch.float32):
     """Symmetric round-to-nearest int8 (``scale = absmax / 127``), per output channel (group_size None)
     or per group. Returns ``(qweight int8 [N, K], scales [N, G] in scale_dtype)``."""
+    return _by_rows(_quantize_int8, w, group_size, scale_dtype)
+
+
+def _quantize_int8(w: torch.Tensor, group_size: int | None, scale_dtype: torch.dtype):
     wg, _ = _groups(w, group_size)
     scales = (wg.abs().amax(dim=-1) / 127.0).to(scale_dtype)  # [N, G]
     q = _levels_for(wg, scales.float(), -127, 127)
@@ -106,6 +129,12 @@ def quantize_int4_trained_grid(w: torch.Tensor, group_size: int = 32, scale_dtyp
 
     Returns ``(qweight, scales, exact)`` where ``exact`` is the fraction of weights reproduced exactly.
     """
+    hits = _by_rows(_trained_grid_hits, w, group_size, scale_dtype)
+    return hits[0], hits[1], hits[2].sum().item() / w.numel()
+
+
+def _trained_grid_hits(w: torch.Tensor, group_size: int, scale_dtype: torch.dtype):
+    """quantize_int4_trained_grid on some rows: (qweight, scales, [1] count of exact weights)."""
     wg, _ = _groups(w, group_size)  # [N, G, group] float32 (exact copy of bf16/fp16 values)
     amax = wg.abs().amax(dim=-1)  # [N, G]
     target = wg.to(w.dtype)
@@ -125,5 +154,5 @@ def quantize_int4_trained_grid(w: torch.Tensor, group_size: int = 32, scale_dtyp
     use4 = hits4 > best_hits
     q = torch.where(use4[..., None], q4, best_q)
     scales = torch.where(use4, s4, best_s)
-    exact = torch.maximum(hits4, best_hits).sum().item() / w.numel()
+    exact = torch.maximum(hits4, best_hits).sum().reshape(1)
     return pack_int4(q.reshape(w.shape)), scales, exact
