@@ -71,9 +71,9 @@ def _groups(w: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int]
 
 
 # Elements quantized at a time: a quantizer's float64 temporaries are about ten times its input, so a
-# weight goes through in row chunks of about 2M elements (~200 MB of temporaries at most), and
+# weight goes through in row chunks of about 512K elements (~40 MB of temporaries at most), and
 # quantizing while loading costs about one weight more than the quantized model, not ten weights.
-_CHUNK_ELEMENTS = 1 << 21
+_CHUNK_ELEMENTS = 1 << 19
 
 
 def _by_rows(quantizer, w: torch.Tensor, *args):
