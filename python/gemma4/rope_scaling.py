@@ -55,9 +55,10 @@ def _pad(inv_freq: torch.Tensor, head_dim: int) -> torch.Tensor:
     return torch.cat((inv_freq, torch.zeros(missing, dtype=torch.float32)))
 
 
-def _plain(base, dim: int) -> torch.Tensor:
-    """1 / base^(2j/dim) with transformers' int64 arange converted to float32."""
-    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / dim))
+def _plain(base, dim: int, over: int | None = None) -> torch.Tensor:
+    """1 / base^(2j/over) for the dim / 2 pairs (over = dim unless given; proportional divides by the
+    whole head), with transformers' int64 arange converted to float32."""
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / (over or dim)))
 
 
 def rope_frequencies(params: dict[str, Any], head_dim: int, max_position_embeddings: int,
@@ -71,15 +72,11 @@ def rope_frequencies(params: dict[str, Any], head_dim: int, max_position_embeddi
     rope_type = params["rope_type"]
     theta = params["rope_theta"]
     if rope_type == "default":
-        return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)), 1.0
+        return _plain(theta, head_dim), 1.0
     partial = params.get("partial_rotary_factor", 1.0)
     if rope_type == "proportional":
         rope_angles = int(partial * head_dim // 2)
-        rotated = 1.0 / (theta ** (torch.arange(0, 2 * rope_angles, 2, dtype=torch.int64).to(dtype=torch.float)
-                                   / head_dim))
-        inv_freq = _pad(rotated, head_dim)
-        inv_freq /= params.get("factor", 1.0)
-        return inv_freq, 1.0
+        return _pad(_plain(theta, 2 * rope_angles, head_dim), head_dim) / params.get("factor", 1.0), 1.0
     dim = int(head_dim * partial)
     factor = params["factor"]
     if rope_type == "linear":
