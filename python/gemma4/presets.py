@@ -84,6 +84,16 @@ _TINY = {"vocab_size": 512, "vocab_size_per_layer_input": 512, "hidden_size": 64
          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "global_head_dim": 64,
          "sliding_window": 8, "dtype": None}
 
+# The large models' attention (K=V full layers, 1 global KV head) at test widths: tiny-31b, and the base
+# of tiny-26b-a4b and tiny-12b.
+_TINY_LARGE = {
+    **_TINY,
+    **{k: v for k, v in _LARGE.items() if k != "sliding_window"},
+    "num_hidden_layers": 12,
+    "num_global_key_value_heads": 1,
+    "layer_types": [S, S, S, S, S, F,  S, S, S, S, S, F],
+}
+
 _VARIANTS: dict[str, dict[str, Any]] = {
     # ---------------------------------------------------------------- released checkpoints
     "gemma-4-E2B": {
@@ -173,31 +183,15 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         "hidden_size_per_layer_input": 16,
         "num_kv_shared_layers": 6,
     },
-    "tiny-31b": {
-        **_TINY,
-        **{k: v for k, v in _LARGE.items() if k != "sliding_window"},
-        "num_hidden_layers": 12,
-        "num_global_key_value_heads": 1,
-        "layer_types": [S, S, S, S, S, F,  S, S, S, S, S, F],
-    },
+    "tiny-31b": _TINY_LARGE,
     "tiny-26b-a4b": {
-        **_TINY,
-        **{k: v for k, v in _LARGE.items() if k != "sliding_window"},
-        "num_hidden_layers": 12,
-        "num_global_key_value_heads": 1,
-        "layer_types": [S, S, S, S, S, F,  S, S, S, S, S, F],
+        **_TINY_LARGE,
         "enable_moe_block": True,
         "num_experts": 8,
         "top_k_experts": 2,
         "moe_intermediate_size": 32,
     },
-    "tiny-12b": {
-        **_TINY,
-        **{k: v for k, v in _UNIFIED.items() if k != "sliding_window"},
-        "num_hidden_layers": 12,
-        "num_global_key_value_heads": 1,
-        "layer_types": [S, S, S, S, S, F,  S, S, S, S, S, F],
-    },
+    "tiny-12b": {**_TINY_LARGE, "model_type": _UNIFIED["model_type"]},  # the 31B's tiny twin, unified type
     "small-e2b": {
         **_E_MODELS,
         "hidden_size": 1536,
