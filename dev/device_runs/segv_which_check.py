@@ -13,7 +13,7 @@ CASES = {
     "aten_mm": "torch.mm(torch.randn(4, 16), torch.randn(15, 3))",
 }
 PATHS = {
-    "torch.ops": "from torch.ops.gemma4 import rms_norm",
+    "torch.ops": "rms_norm = torch.ops.gemma4.rms_norm",
     "wrapper": "from gemma4.ops.norm import rms_norm",
     "wrapper+grad": "from gemma4.ops.norm import rms_norm as _r\n"
                     "def rms_norm(x, w, e): return _r(x, w.requires_grad_() if w.is_floating_point() else w, e)",
