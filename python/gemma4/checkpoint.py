@@ -9,8 +9,12 @@ Loading (`load_pretrained`):
      dtype against the model built on the meta device: one CheckpointError lists everything missing
      or unexpected;
   3. `model.to(dtype)` on meta, `model.to_empty(device)`, then read tensors one at a time with
-     plain file reads (no mmap) straight into their parameters, through one temporary tensor when
-     the dtype or device differs (peak memory = model + one tensor), with a progress bar;
+     plain file reads straight into their parameters, through one temporary tensor when the dtype
+     or device differs (peak memory = model + one tensor), with a progress bar. The embedding tables
+     (every nn.Embedding: the token table, which the head shares, and the per-layer table) are
+     memory-mapped instead when they stay on the CPU in the file's dtype (hf_format.safetensors.
+     map_tensor): a run keeps resident only the rows it touches, like llama.cpp. In another dtype
+     or on a GPU they are read and converted like every other tensor;
   4. `model.tie_weights()`, `model.init_non_persistent_buffers()`, `model.eval()`. Tied aliases
      (lm_head.weight) are kept out of to_empty() and re-tied, so they never get storage of their own.
      The model gets a copy of the config (with the loaded dtype); a config passed in is not modified.
@@ -55,7 +59,8 @@ from .devices import parse_device, parse_dtype
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from .hf_format.config_json import CONFIG_NAME, read_json_object
 from .hf_format.keys import map_checkpoint_key, shared_kv_unused_pattern
-from .hf_format.safetensors import TensorEntry, check_finite, read_header, read_into, read_tensor, save_file
+from .hf_format.safetensors import (TensorEntry, check_finite, map_tensor, read_header, read_into, read_tensor,
+                                    save_file)
 
 read_safetensors_header = read_header  # the name this module has always exported
 
@@ -248,6 +253,8 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
     for module, name, canonical in detached:
         setattr(module, name, model.get_parameter(canonical))
     live = model.state_dict(keep_vars=True)
+    mappable = _embedding_tables(model)
+    maps: dict[str, Any] = {}  # one memory map per file (map_tensor)
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     total = sum(len(v) for v in plan.values())
@@ -257,7 +264,13 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
                 for ckpt_key, model_key, owner in sorted(items, key=lambda item: entries[item[0]].offset):
                     entry = entries[ckpt_key]
                     if owner is None:
-                        read_into(fh, entry, live[model_key])
+                        target = live[model_key]
+                        mapped = (map_tensor(entry, maps) if model_key in mappable and target.device.type == "cpu"
+                                  and target.dtype == entry.dtype else None)
+                        if mapped is not None:
+                            target.data = mapped  # the to_empty() storage (never touched) is freed
+                        else:
+                            read_into(fh, entry, target)
                     else:
                         _deliver(hooks[owner], model_key[len(owner) + 1:], read_tensor(fh, entry), entry)
                     bar.update(1)
@@ -274,6 +287,11 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
                         "after to_empty() they would hold garbage")
     _check_ties(model, aliases)
     return model.eval()
+
+
+def _embedding_tables(model: torch.nn.Module) -> set[str]:
+    """Model keys of the lookup tables worth memory-mapping: every nn.Embedding's weight."""
+    return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
 
 
 _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.")

@@ -1,9 +1,10 @@
 """The one safetensors reader and writer (checkpoints and adapters).
 
-Reading uses our own header parser (no memory map): a truncated file, a corrupt header, an unknown
-dtype code or offsets that do not fit the data are one CheckpointError naming the file and tensor,
-before any tensor memory is allocated. Tensors are read with plain file reads at the validated
-offsets, and every floating-point tensor is checked for NaN/inf as it is read.
+Reading uses our own header parser: a truncated file, a corrupt header, an unknown dtype code or
+offsets that do not fit the data are one CheckpointError naming the file and tensor, before any tensor
+memory is allocated. Tensors are read with plain file reads at the validated offsets, and every
+floating-point tensor is checked for NaN/inf as it is read. The one exception is `map_tensor`: the big
+lookup tables (embeddings) are memory-mapped, so only the rows a run touches become resident.
 
 Writing goes through the safetensors package, after making every tensor a contiguous CPU tensor
 with storage of its own (safetensors refuses views of one storage).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 from dataclasses import dataclass
 
@@ -19,8 +21,8 @@ import torch
 
 from ..errors import CheckpointError
 
-__all__ = ["TensorEntry", "read_header", "read_tensor", "read_into", "load_file", "save_file", "check_finite",
-           "DTYPES"]
+__all__ = ["TensorEntry", "read_header", "read_tensor", "read_into", "map_tensor", "load_file", "save_file",
+           "check_finite", "DTYPES"]
 
 # safetensors dtype codes -> (torch dtype, bytes per element). Unknown codes are reported, not guessed.
 DTYPES: dict[str, tuple[torch.dtype | None, int]] = {
@@ -124,6 +126,35 @@ def read_tensor(fh, entry: TensorEntry) -> torch.Tensor:
     return host
 
 
+def map_tensor(entry: TensorEntry, maps: dict[str, mmap.mmap]) -> torch.Tensor | None:
+    """The tensor as a private, copy-on-write memory map of its file (None when its offset is not a
+    multiple of its element size, which torch.frombuffer needs).
+
+    Pages are read from the file (or the page cache, shared with other processes) when first touched,
+    so a table used one row per token costs the rows used, as llama.cpp's mmap does. A write (training
+    the table) copies the page it touches and never reaches the file. `maps` holds one map per file,
+    shared by its tensors (each tensor keeps its map alive). The finite check reads every page once;
+    they are released after it, so loading leaves none of them resident.
+    """
+    item = entry.dtype.itemsize
+    if entry.offset % item or not entry.nbytes:
+        return None
+    if entry.file not in maps:
+        with open(entry.file, "rb") as fh:
+            maps[entry.file] = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE,
+                                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    m = maps[entry.file]
+    t = torch.frombuffer(m, dtype=entry.dtype, count=entry.nbytes // item, offset=entry.offset).view(entry.shape)
+    rows = t.reshape(t.shape[0], -1)  # [R, C]
+    step = max(1, (1 << 24) // max(1, rows[0].numel() * item))  # 16 MiB of rows at a time
+    for start in range(0, rows.shape[0], step):
+        check_finite(rows[start:start + step], entry.file, entry.key)
+    # The whole map, not just this tensor's range: the kernel maps neighbouring cached pages around
+    # each fault ("fault-around"). Nothing in the map has been written yet, so nothing is lost.
+    m.madvise(mmap.MADV_DONTNEED)
+    return t
+
+
 def load_file(path: str) -> dict[str, torch.Tensor]:
     """Every tensor of a (small) safetensors file, validated, as CPU tensors in file order."""
     entries, _ = read_header(path)
@@ -159,7 +190,11 @@ def check_finite(tensor: torch.Tensor, source: str, key: str) -> None:
 
 
 def save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> int:
-    """Write `tensors` (any device, views allowed) to `path`; returns the bytes of tensor data written."""
+    """Write `tensors` (any device, views allowed) to `path`; returns the bytes of tensor data written.
+
+    Written to a temporary file beside `path`, then renamed over it: the old file's inode lives on for
+    tensors still memory-mapped from it (map_tensor), which rewriting it in place would corrupt.
+    """
     from safetensors.torch import save_file as _save  # noqa: PLC0415
 
     out: dict[str, torch.Tensor] = {}
@@ -171,5 +206,11 @@ def save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, s
             t = t.clone()  # a view of a larger storage, or of one already written: give it its own
         seen.add(t.untyped_storage().data_ptr())
         out[key] = t
-    _save(out, path, metadata={"format": "pt", **(metadata or {})})
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        _save(out, tmp, metadata={"format": "pt", **(metadata or {})})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return sum(t.numel() * t.element_size() for t in out.values())
