@@ -5,7 +5,7 @@
 //  * M <= kGemvMaxRows: a weight-streaming GEMV on tensor cores (device helpers and the fragment order in
 //    qgemm_cuda.cuh). A small kernel first writes x in the MMA's fragment order (bf16/fp16; fp32 x as three
 //    bf16 terms), zero-padded to 8, 16 or 32 rows. Then each warp owns 32 weight rows (two 16-row tiles)
-//    over a slice of K: per 32-byte chunk of a row each lane issues one 8-byte load (four chunks ahead),
+//    over a slice of K: per 32-byte chunk of a row each lane issues one 8-byte load (2-4 chunks ahead),
 //    converts the levels exactly to bf16/fp16, and multiplies all M rows with mma.sync, fp32 accumulation;
 //    each 32-weight run's sum is scaled in fp32. A block's warps take consecutive K slices of the same rows
 //    and are added in warp order through shared memory: deterministic, one launch, no workspace. The weights
@@ -384,7 +384,7 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   auto out_shape = x.sizes().vec();
   out_shape.back() = N;
   if (M == 0 || N == 0) return at::zeros(out_shape, x.options());
-  TORCH_CHECK(N < (int64_t(1) << 31) && K / 32 < (int64_t(1) << 31), op, ": N and K / 32 must fit in int32 on CUDA");
+  TORCH_CHECK(N < (int64_t(1) << 31) && K < (int64_t(1) << 31), op, ": N and K must be below 2^31 on CUDA");
   const int bits = qweight_bits(qweight, op);
   // The vector loads need a 16-byte aligned base; a sliced qweight may not have one.
   const at::Tensor qw = cuda::aligned16(qweight.const_data_ptr()) ? qweight : qweight.clone();
