@@ -73,7 +73,7 @@ void no_cuda_kernel(const c10::OperatorHandle& op, torch::jit::Stack*) {
 
 TORCH_LIBRARY_IMPL(gemma4, CUDA, m) {
 #if defined(GEMMA4_WITH_CUDA)
-  const char* cpu_only[] = {"qgemm", "linear"};
+  const char* cpu_only[] = {"linear"};
 #else
   const char* cpu_only[] = {"rms_norm", "rms_norm_backward", "rope", "rope_backward", "attention",
                             "attention_backward", "gated_activation", "gated_activation_backward",

@@ -24,7 +24,7 @@ def _calls():
     }
 
 
-CPU_ONLY = {"linear", "qgemm"}
+CPU_ONLY = {"linear"}
 
 
 @pytest.mark.parametrize("name", list(_calls()))

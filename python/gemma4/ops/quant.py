@@ -1,6 +1,6 @@
 """Weight-only quantized linear: ``gemma4::qgemm``, its fake kernel and autograd.
 
-The C++ op is csrc/quant/qgemm_cpu.cpp (kernels in csrc/quant/qgemm_kernels.h); the plain-PyTorch
+The C++ ops are csrc/quant/qgemm_cpu.cpp (kernels in qgemm_kernels.h) and qgemm_cuda.cu; the plain-PyTorch
 definition is ``reference.qgemm``. The packed layout is described in gemma4/quant/formats.py.
 """
 from __future__ import annotations

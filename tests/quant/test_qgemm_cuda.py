@@ -1,0 +1,175 @@
+"""gemma4::qgemm on CUDA (csrc/quant/qgemm_cuda.cu): the tensor-core GEMV (M <= 32, x tiles of 8, 16 and 32
+rows) and the dequantize + cuBLAS path above it, against float64 and against plain PyTorch doing the same
+matmul in the activation dtype on the GPU (the error rule: at most 2x its error, plus one ulp of the
+largest output), and against the CPU kernel. Every format, activation dtype and scale dtype; K = 704 and
+2112 (odd numbers of 64-weight chunks, an odd run count's tail) and 1536; N not a multiple of 32 (tail
+rows) and large (few K slices per block). Skipped without a GPU or a CUDA build."""
+import pytest
+import torch
+
+from gemma4 import ops
+from gemma4._native import build_info
+from gemma4.ops import reference
+from tests.helpers import assert_lowp_close, assert_same
+from tests.quant.common import FORMAT_IDS, FORMATS, random_qweight
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not (torch.cuda.is_available() and build_info["cuda"]),
+                                 reason="needs a GPU and a CUDA build")]
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SCALE_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Both sides of the GEMV's 8-row tiles (1, 2, 4 tiles) and of the switch to dequantize + cuBLAS (32 | 33).
+M_VALUES = [1, 2, 3, 5, 8, 9, 16, 17, 32, 33, 64, 300]
+
+
+def _check(qweight, scales, x, bias):
+    """ours (CUDA) vs float64, vs plain PyTorch on CUDA in x's dtype, and vs the CPU kernel."""
+    dtype = x.dtype
+    w64 = reference.dequantize(qweight, scales, torch.float64)  # [N, K]
+    ref64 = x.double() @ w64.t() + (bias.double() if bias is not None else 0)
+    dev = lambda t: None if t is None else t.cuda()  # noqa: E731
+    ours = ops.qgemm(dev(x), dev(qweight), dev(scales), dev(bias))
+    plain = torch.nn.functional.linear(dev(x), w64.to(dtype).cuda(), dev(bias))
+    assert ours.is_cuda and ours.dtype == dtype and ours.shape == ref64.shape
+    assert_lowp_close(ours.cpu(), ref64, plain.cpu())
+    cpu = ops.qgemm(x, qweight, scales, bias)
+    assert_lowp_close(ours.cpu(), ref64, cpu)
+
+
+@pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("k", [704, 2112, 1536])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("scale_dtype", SCALE_DTYPES, ids=lambda d: f"scales-{str(d)[6:]}")
+def test_qgemm_cuda_matches_reference(bits, group, k, dtype, scale_dtype):
+    if group is not None and k % group:
+        pytest.skip(f"K={k} is not a multiple of group {group}")
+    n = 70  # two and a bit 32-row warp tiles: the tail rows
+    qweight, scales = random_qweight(n, k, bits, group, scale_dtype)
+    for m in M_VALUES:
+        x = torch.randn(m, k).to(dtype)
+        bias = torch.randn(n).to(dtype) if m % 2 else None
+        _check(qweight, scales, x, bias)
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (4, None), (8, None), (8, 32)], ids=str)
+@pytest.mark.parametrize("n,k", [(5000, 2112), (1000, 21504)])
+def test_qgemm_cuda_large_shapes(bits, group, n, k):
+    """Many rows (few K slices per block) and a long K (many chunks per warp, the unrolled loop's tail)."""
+    qweight, scales = random_qweight(n, k, bits, group, torch.bfloat16)
+    for m in (1, 8, 16, 32, 40):
+        x = torch.randn(m, k).to(torch.bfloat16)
+        _check(qweight, scales, x, torch.randn(n).to(torch.bfloat16))
+
+
+def test_qgemm_cuda_odd_runs_and_small_k():
+    """K = 96 and 32: an odd number of 32-weight runs (the int4 chunk's missing second run), one run."""
+    for k in (96, 32, 160):
+        for bits in (4, 8):
+            qweight, scales = random_qweight(45, k, bits, 32)
+            for m in (1, 7, 20):
+                _check(qweight, scales, torch.randn(m, k), None)
+
+
+def test_qgemm_cuda_deterministic_and_leading_dims():
+    qweight, scales = random_qweight(300, 1536, 4, 32, torch.bfloat16)
+    qweight, scales = qweight.cuda(), scales.cuda()
+    for m in (1, 16, 100):
+        x = torch.randn(2, m, 1536, device="cuda", dtype=torch.bfloat16)
+        y = ops.qgemm(x, qweight, scales)
+        assert y.shape == (2, m, 300)
+        assert_same(y, ops.qgemm(x, qweight, scales))
+        assert_same(y.reshape(-1, 300), ops.qgemm(x.reshape(-1, 1536), qweight, scales))
+    assert ops.qgemm(torch.randn(0, 1536, device="cuda"), qweight, scales).shape == (0, 300)
+
+
+def test_qgemm_cuda_misaligned_qweight():
+    """A qweight whose data does not start on a 16-byte boundary (a slice) gives the same result."""
+    qweight, scales = random_qweight(40, 256, 4, 64)
+    buf = torch.empty(qweight.numel() + 3, dtype=torch.uint8, device="cuda")
+    shifted = buf[3:].view(qweight.shape)
+    shifted.copy_(qweight.cuda())
+    for m in (2, 50):
+        x = torch.randn(m, 256, device="cuda")
+        assert_same(ops.qgemm(x, shifted, scales.cuda()), ops.qgemm(x, qweight.cuda(), scales.cuda()))
+
+
+def test_qgemm_cuda_graph_capture():
+    """No host synchronisation: the op can be captured in a CUDA graph and replayed."""
+    qweight, scales = random_qweight(64, 512, 4, 32, torch.bfloat16)
+    qweight, scales = qweight.cuda(), scales.cuda()
+    for m in (4, 64):
+        x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+        want = ops.qgemm(x, qweight, scales)
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            ops.qgemm(x, qweight, scales)  # warm-up outside the capture
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(g):
+            out = ops.qgemm(x, qweight, scales)
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        assert_same(out, ops.qgemm(x, qweight, scales))
+        assert not torch.equal(out, want)
+
+
+@pytest.mark.parametrize("arg", ["qweight", "scales", "bias"])
+def test_qgemm_cuda_argument_on_cpu_is_named(arg):
+    qweight, scales = random_qweight(8, 64, 4, 32)
+    args = dict(x=torch.randn(2, 64, device="cuda"), qweight=qweight.cuda(), scales=scales.cuda(),
+                bias=torch.randn(8, device="cuda"))
+    args[arg] = args[arg].cpu()
+    with pytest.raises(RuntimeError, match=f"gemma4::qgemm: {arg} must be on (CUDA|cuda)"):
+        torch.ops.gemma4.qgemm(**args)
+
+
+def test_qgemm_cuda_x_on_cpu_with_cuda_weights_is_named():
+    """The CUDA weights pick the CUDA kernel, which names x."""
+    qweight, scales = random_qweight(8, 64, 4, 32)
+    with pytest.raises(RuntimeError, match="gemma4::qgemm: x must be on CUDA"):
+        torch.ops.gemma4.qgemm(torch.randn(2, 64), qweight.cuda(), scales.cuda(), None)
+
+
+@pytest.mark.parametrize("args,match", [
+    (dict(x=torch.randn(2, 48)), "K must be a positive multiple of 32"),
+    (dict(scales=torch.rand(8, 4)), "scales.size\\(1\\) must divide K"),
+    (dict(x=torch.randn(2, 64, dtype=torch.float64)), "x must be float32, bfloat16 or float16"),
+    (dict(bias=torch.randn(8, dtype=torch.bfloat16)), "bias must be Float"),
+])
+def test_qgemm_cuda_bad_inputs(args, match):
+    base = dict(x=torch.randn(2, 64), qweight=random_qweight(8, 64, 4, 32)[0], scales=torch.rand(8, 2), bias=None)
+    base.update(args)
+    cuda_args = {k: (v.cuda() if v is not None else None) for k, v in base.items()}
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.gemma4.qgemm(**cuda_args)
+
+
+def test_qgemm_cuda_opcheck():
+    qweight, scales = random_qweight(20, 96, 4, 32, torch.bfloat16)
+    qweight, scales = qweight.cuda(), scales.cuda()
+    x = torch.randn(3, 96, dtype=torch.bfloat16, device="cuda")
+    bias = torch.randn(20, dtype=torch.bfloat16, device="cuda")
+    torch.library.opcheck(torch.ops.gemma4.qgemm, (x, qweight, scales, bias))
+    torch.library.opcheck(torch.ops.gemma4.qgemm, (x.float().requires_grad_(), qweight, scales, None))
+    x8 = torch.randn(40, 96, device="cuda")  # the dequantize + cuBLAS path
+    q8, s8 = random_qweight(20, 96, 8, None)
+    torch.library.opcheck(torch.ops.gemma4.qgemm, (x8.requires_grad_(), q8.cuda(), s8.cuda(), None))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [6, 300])
+def test_qgemm_cuda_backward_matches_reference(dtype, m):
+    qweight, scales = random_qweight(300, 128, 4, 64)  # more rows than the backward's 256-row slab
+    qweight, scales = qweight.cuda(), scales.cuda()
+    x = torch.randn(m, 128, device="cuda").to(dtype).requires_grad_()
+    bias = torch.randn(300, device="cuda").to(dtype).requires_grad_()
+    g = torch.randn(m, 300, device="cuda").to(dtype)
+    ops.qgemm(x, qweight, scales, bias).backward(g)
+    w = reference.dequantize(qweight, scales, torch.float64)  # [N, K]
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(x.grad.double(), (g.double() @ w).to(dtype).double(), **tol)
+    torch.testing.assert_close(bias.grad.double(), g.double().sum(0).to(dtype).double(), **tol)
+    assert x.grad.is_cuda and x.grad.dtype == dtype
