@@ -86,3 +86,27 @@ def test_qlora_on_int4_default_model_halves_the_loss():
         torch.set_num_threads(threads)
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] <= 0.5 * losses[0], losses
+
+
+@pytest.mark.cuda
+def test_qlora_on_cuda_adapters_follow_the_base():
+    """A model quantized on the GPU gets its adapters there (a quantized base has no .weight to ask), and
+    one step's LoRA gradients equal the same step on the CPU to float32 noise."""
+    model = _model("tiny-e2b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cpu = quantize(copy.deepcopy(model), QuantizationConfig(weights="int4", scale_dtype="float32"))
+    gpu = copy.deepcopy(cpu).cuda()
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    cpu.add_adapter(config)
+    gpu.add_adapter(config)
+    assert all(p.device.type == "cuda" for p in _lora(gpu).values())
+    with torch.no_grad():
+        for n, p in _lora(gpu).items():
+            p.copy_(_lora(cpu)[n])
+    ids = torch.randint(0, model.config.vocab_size, (2, 11))
+    want = _lora_grads(cpu.train(), ids)
+    got = _lora_grads(gpu.train(), ids.cuda())
+    for n in want:
+        scale = want[n].abs().max().item()
+        assert max_abs_err(got[n].cpu(), want[n]) <= 1e-4 * scale, n

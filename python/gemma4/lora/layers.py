@@ -159,7 +159,8 @@ class LoraLinear(LoraLayer):
 
     def update_layer(self, name: str, r: int, alpha: float, use_rslora: bool, dropout: float,
                      dtype: torch.dtype, init: bool | str = True) -> None:
-        device = self.weight.device if hasattr(self.base_layer, "weight") else None
+        # the base's device: its weight, or for a quantized base (no .weight) its packed tensors
+        device = next((t.device for t in (*self.base_layer.parameters(), *self.base_layer.buffers())), None)
         self._new_factors(name, self.in_features, r, self.out_features, r, alpha, use_rslora, dropout, dtype,
                           device, init)
 
