@@ -49,6 +49,19 @@ class AutoConfig:
         return Gemma4Config.from_dict(d)
 
 
+def _from_gguf(path, gguf_file, dtype, torch_dtype, device, progress, overrides, **refused):
+    """from_pretrained(path, gguf_file=...): the GGUF file carries the config and decides the quantization."""
+    from gemma4.hf_format.gguf_tensors import gguf_path, load_gguf  # noqa: PLC0415
+    from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
+
+    given = sorted(k for k, v in refused.items() if v is not None)
+    if given:
+        raise ValueError(f"from_pretrained: {', '.join(given)} cannot be combined with gguf_file (the GGUF file holds "
+                         "the config, and its tensor types decide what stays quantized)")
+    return load_gguf(Gemma4ForCausalLM, gguf_path(path, gguf_file), dtype=dtype, torch_dtype=torch_dtype,
+                     device=device, progress=progress, overrides=overrides)
+
+
 class AutoModelForCausalLM:
     """Builds gemma4.modeling.Gemma4ForCausalLM from a checkpoint directory or a config."""
 
@@ -58,7 +71,8 @@ class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None,
                         device_map: Any = None, progress: bool = True, config: Any = None,
-                        prepare_model: Any = None, quantization_config: Any = None, **kwargs: Any):
+                        prepare_model: Any = None, quantization_config: Any = None, gguf_file: Any = None,
+                        **kwargs: Any):
         """Load a local Hugging Face-layout Gemma 4 checkpoint.
 
         dtype / torch_dtype: torch dtype, its name, or "auto"/None (= config.json's dtype, else the
@@ -71,6 +85,8 @@ class AutoModelForCausalLM:
         that load their own tensors (the load hook, docs/checkpoints.md).
         quantization_config: a gemma4.QuantizationConfig to quantize while loading (docs/quantization.md);
         a compressed-tensors checkpoint is read quantized without it.
+        gguf_file: a llama.cpp GGUF file in `path` (or a path), as transformers' argument: config, weights
+        (Q4_0 / Q8_0 kept quantized, other types dequantized) from the file alone (docs/quantization.md).
         """
         from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
         from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
@@ -89,6 +105,9 @@ class AutoModelForCausalLM:
         unknown = sorted(k for k in kwargs if k not in _IGNORED_KWARGS)
         if unknown:
             raise TypeError(f"from_pretrained got unexpected keyword argument(s): {', '.join(unknown)}")
+        if gguf_file is not None:
+            return _from_gguf(path, gguf_file, dtype, torch_dtype, device, progress, overrides, config=config,
+                              prepare_model=prepare_model, quantization_config=quantization_config)
         if config is not None:
             config = _config_from(config)
         if overrides:

@@ -174,12 +174,17 @@ def _gemma_backend(tokenizer_file: str, kwargs: dict) -> tuple[RustTokenizer, di
     if not vocab:
         vocab = {str(kwargs[k]): i for i, k in enumerate(("pad_token", "eos_token", "bos_token", "unk_token",
                                                            "mask_token"))}
-    backend = RustTokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=str(kwargs["unk_token"]),
-                                dropout=None, byte_fallback=True))
+    return gemma_pipeline(vocab, merges, str(kwargs["unk_token"])), extra
+
+
+def gemma_pipeline(vocab: dict[str, int], merges: list[tuple[str, str]], unk_token: str) -> RustTokenizer:
+    """GemmaTokenizer's `tokenizers` pipeline around a BPE vocabulary and its merges (also built from GGUF)."""
+    backend = RustTokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=unk_token, dropout=None,
+                                byte_fallback=True))
     backend.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     backend.normalizer = normalizers.Replace(" ", "▁")
-    return backend, extra
+    return backend
 
 
 def _bpe_vocab(vocab, path: str) -> dict[str, int]:
@@ -225,6 +230,12 @@ class AutoTokenizer:
         for ignored in ("use_fast", "trust_remote_code", "local_files_only", "revision", "cache_dir", "token"):
             kwargs.pop(ignored, None)
         directory = str(pretrained_model_name_or_path)
+        if kwargs.get("gguf_file") is not None:  # the vocabulary of a llama.cpp GGUF file (gguf_vocab.py)
+            from ..hf_format.gguf_tensors import gguf_path  # noqa: PLC0415
+            from .gguf_vocab import tokenizer_from_gguf  # noqa: PLC0415
+
+            return tokenizer_from_gguf(gguf_path(directory, kwargs.pop("gguf_file")), **kwargs)
+        kwargs.pop("gguf_file", None)
         if not os.path.isdir(directory):
             if os.path.exists(directory):
                 raise TokenizerLoadError(f"{directory}: not a directory (give the folder holding tokenizer.json)")

@@ -1,0 +1,135 @@
+"""A small GGUF writer for the tests: a model of ours written as llama.cpp's convert_hf_to_gguf.py writes
+Gemma 4 (its Gemma4Model and TextModel.prepare_tensors, read for the facts; CI has no llama.cpp), plus the
+float weights a reader of that file must end up with (the `gguf` package's own dequantization).
+
+The name table is written here independently of gemma4.hf_format.gguf_tensors, so a wrong entry there
+cannot hide behind the same wrong entry here (the local llama.cpp test checks both against the converter).
+"""
+import re
+
+import gguf
+import numpy as np
+import torch
+
+GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+          "lm_head.weight": "output.weight", "model.embed_tokens_per_layer.weight": "per_layer_token_embd.weight",
+          "model.per_layer_model_projection.weight": "per_layer_model_proj.weight",
+          "model.per_layer_projection_norm.weight": "per_layer_proj_norm.weight"}
+LAYER = {"input_layernorm.weight": "attn_norm", "layer_scalar": "layer_output_scale",
+         "self_attn.q_proj.weight": "attn_q", "self_attn.k_proj.weight": "attn_k", "self_attn.v_proj.weight": "attn_v",
+         "self_attn.o_proj.weight": "attn_output", "self_attn.q_norm.weight": "attn_q_norm",
+         "self_attn.k_norm.weight": "attn_k_norm", "mlp.gate_proj.weight": "ffn_gate", "mlp.up_proj.weight": "ffn_up",
+         "mlp.down_proj.weight": "ffn_down", "post_attention_layernorm.weight": "post_attention_norm",
+         "pre_feedforward_layernorm.weight": "ffn_norm", "post_feedforward_layernorm.weight": "post_ffw_norm",
+         "post_feedforward_layernorm_1.weight": "post_ffw_norm_1",
+         "post_feedforward_layernorm_2.weight": "post_ffw_norm_2",
+         "pre_feedforward_layernorm_2.weight": "pre_ffw_norm_2", "router.proj.weight": "ffn_gate_inp",
+         "experts.gate_up_proj": "ffn_gate_up_exps", "experts.down_proj": "ffn_down_exps",
+         "per_layer_input_gate.weight": "inp_gate", "per_layer_projection.weight": "proj",
+         "post_per_layer_input_norm.weight": "post_norm"}
+SCALES = {"router.scale": "ffn_gate_inp.scale", "router.per_expert_scale": "ffn_down_exps.scale"}
+
+
+def gguf_name(key: str) -> str:
+    if key in GLOBAL:
+        return GLOBAL[key]
+    i, rest = re.match(r"model\.layers\.(\d+)\.(.+)$", key).groups()
+    return f"blk.{i}.{SCALES[rest]}" if rest in SCALES else f"blk.{i}.{LAYER[rest]}.weight"
+
+
+def tensor_type(name: str, shape, qtype: str) -> str:
+    """The converter's rule: 1-D tensors, norms, the router and ".scale"s F32; a quantized type that does not
+    fit a row (K % 32) falls back to F16."""
+    if len(shape) <= 1 or name.endswith("_norm.weight") or ".ffn_gate_inp." in name or not name.endswith(".weight"):
+        return "F32"
+    if qtype in ("Q8_0", "Q4_0") and shape[-1] % 32:
+        return "F16"
+    return qtype
+
+
+def write_gguf(model, path, qtype: str = "F32", edit=None, skip=()) -> dict[str, torch.Tensor]:
+    """Write `model` (ours) to `path` in `qtype`; return {our key: the float32 weight the file holds}.
+    edit(key, value) may change a metadata value before writing (None drops the key); tensors named in
+    `skip` are left out."""
+    c = model.config
+    sliding = [t == "sliding_attention" for t in c.layer_types]
+    n, first_shared = c.num_hidden_layers, c.num_hidden_layers - c.num_kv_shared_layers
+    full = c.rope_parameters["full_attention"]
+    n_rot = int(c.global_head_dim * full["partial_rotary_factor"] / 2)
+    meta = {
+        "gemma4.block_count": n, "gemma4.context_length": c.max_position_embeddings,
+        "gemma4.embedding_length": c.hidden_size,
+        "gemma4.feed_forward_length": ([c.intermediate_size * (2 if i >= first_shared else 1) for i in range(n)]
+                                       if c.use_double_wide_mlp else c.intermediate_size),
+        "gemma4.attention.head_count": c.num_attention_heads,
+        "gemma4.attention.head_count_kv": ([c.num_key_value_heads if s else c.num_global_key_value_heads
+                                            for s in sliding] if c.num_global_key_value_heads else
+                                           c.num_key_value_heads),
+        "gemma4.rope.freq_base": float(full["rope_theta"]),
+        "gemma4.rope.freq_base_swa": float(c.rope_parameters["sliding_attention"]["rope_theta"]),
+        "gemma4.attention.layer_norm_rms_epsilon": c.rms_norm_eps,
+        "gemma4.attention.key_length": c.global_head_dim, "gemma4.attention.value_length": c.global_head_dim,
+        "gemma4.attention.key_length_swa": c.head_dim, "gemma4.attention.value_length_swa": c.head_dim,
+        "gemma4.final_logit_softcapping": c.final_logit_softcapping,
+        "gemma4.attention.sliding_window": c.sliding_window,
+        "gemma4.attention.shared_kv_layers": c.num_kv_shared_layers,
+        "gemma4.embedding_length_per_layer_input": c.hidden_size_per_layer_input,
+        "gemma4.attention.sliding_window_pattern": sliding,
+        "gemma4.rope.dimension_count": c.global_head_dim, "gemma4.rope.dimension_count_swa": c.head_dim,
+        "tokenizer.ggml.model": "gemma4",
+        "tokenizer.ggml.tokens": ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"t{i}" for i in range(4, c.vocab_size)],
+        "tokenizer.ggml.bos_token_id": c.bos_token_id, "tokenizer.ggml.eos_token_id": c.eos_token_id,
+        "tokenizer.ggml.padding_token_id": c.pad_token_id,
+    }
+    if c.enable_moe_block:
+        meta.update({"gemma4.expert_count": c.num_experts, "gemma4.expert_used_count": c.top_k_experts,
+                     "gemma4.expert_feed_forward_length": c.moe_intermediate_size})
+    if edit is not None:
+        meta = {k: v for k, v in ((k, edit(k, v)) for k, v in meta.items()) if v is not None}
+    w = gguf.GGUFWriter(str(path), "gemma4")
+    for key, value in meta.items():
+        if isinstance(value, list):
+            w.add_array(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        elif value is not None:
+            w.add_uint32(key, int(value))
+    rope_freqs = np.array([1.0] * n_rot + [1e30] * (c.global_head_dim // 2 - n_rot), dtype=np.float32)
+    if "rope_freqs.weight" not in skip:
+        w.add_tensor("rope_freqs.weight", rope_freqs)
+    held = {}
+    tied = c.tie_word_embeddings
+    for key, t in model.state_dict().items():
+        if key == "lm_head.weight" and tied:
+            continue
+        name = gguf_name(key)
+        if name in skip:
+            continue
+        x = t.detach().float().numpy()
+        kind = tensor_type(name, x.shape, qtype)
+        q = gguf.GGMLQuantizationType[kind]
+        data = x if kind == "F32" else x.astype(np.float16) if kind == "F16" else gguf.quants.quantize(x, q)
+        w.add_tensor(name, data, raw_dtype=None if kind in ("F32", "F16") else q)
+        back = data if kind in ("F32", "F16") else gguf.quants.dequantize(data, q)
+        held[key] = torch.from_numpy(np.asarray(back, dtype=np.float32).reshape(x.shape).copy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return held
+
+
+def random_model(preset: str):
+    """A model of the preset with weights of realistic spread and norms/scales away from 1 (as test_quantize)."""
+    import gemma4
+
+    model = gemma4.Gemma4ForCausalLM(gemma4.get_preset(preset)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "scale" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0.0, 0.05)
+    return model
