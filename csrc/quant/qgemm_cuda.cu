@@ -3,14 +3,14 @@
 //
 // Two paths, by M = the rows of x:
 //  * M <= kGemvMaxRows: a weight-streaming GEMV on tensor cores (device helpers and the fragment order in
-//    qgemm_cuda.cuh). A small kernel first writes x in the MMA's fragment order (bf16/fp16; fp32 x as three
-//    bf16 terms), zero-padded to 8, 16 or 32 rows. Then each warp owns 32 weight rows (two 16-row tiles)
+//    qgemm_cuda.cuh). A small kernel first writes x in the MMA's fragment order (bf16/fp16 x; fp32 x takes
+//    the other path), zero-padded to 8, 16 or 32 rows. Then each warp owns 32 weight rows (two 16-row tiles)
 //    over a slice of K: per 32-byte chunk of a row each lane issues one 8-byte load (2-4 chunks ahead),
 //    converts the levels exactly to bf16/fp16, and multiplies all M rows with mma.sync, fp32 accumulation;
 //    each 32-weight run's sum is scaled in fp32. A block's warps take consecutive K slices of the same rows
 //    and are added in warp order through shared memory: deterministic, one launch, no workspace. The weights
 //    are read once for all M rows, so M = 1..32 costs about one pass over them.
-//  * larger M: the weight is dequantized into an [N, K] workspace in x's dtype (each value rounded once from
+//  * larger M, and fp32 x at any M: the weight is dequantized into an [N, K] workspace in x's dtype (each value rounded once from
 //    the exact q * scale, as plain PyTorch's dequant(W).to(dtype) does) and at::linear multiplies (cuBLAS;
 //    fp32 follows torch's allow_tf32 setting like torch.matmul).
 #include <torch/library.h>
@@ -286,15 +286,13 @@ void dispatch_bits(int bits, F&& f) {
 }
 
 // Calls f.template operator()<T, MT, P>() for x's dtype: T the activation type, MT the MMA operand type,
-// P the planes of x (3 for fp32).
+// P the planes of x. bf16/fp16 only: fp32 x takes the dequantize + cuBLAS path (see qgemm_cuda).
 template <typename F>
 void dispatch_x(at::ScalarType s, F&& f) {
   if (s == at::kBFloat16) {
     f.template operator()<c10::BFloat16, __nv_bfloat16, 1>();
-  } else if (s == at::kHalf) {
-    f.template operator()<c10::Half, __half, 1>();
   } else {
-    f.template operator()<float, __nv_bfloat16, 3>();
+    f.template operator()<c10::Half, __half, 1>();
   }
 }
 
@@ -390,7 +388,9 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   const at::Tensor qw = cuda::aligned16(qweight.const_data_ptr()) ? qweight : qweight.clone();
   const at::Tensor x2 = x.reshape({M, K});  // [M, K]
   at::Tensor y;
-  if (M <= kGemvMaxRows) {
+  // fp32 x as three bf16 planes through the tensor cores measured 3-4x plain fp32's error on the H200
+  // (their fp32 accumulation is not round-to-nearest), outside the 2x rule: fp32 dequantizes and uses cuBLAS.
+  if (M <= kGemvMaxRows && x.scalar_type() != at::kFloat) {
     y = qgemv(x2, qw, scales, bias, bits);  // [M, N]
   } else {
     const at::Tensor w = dequantize_cuda(qw, scales, bits, K, x.scalar_type());  // [N, K]

@@ -9,9 +9,10 @@ import torch
 import gemma4
 from gemma4.errors import CheckpointError
 from gemma4.quant import QuantExperts, QuantLinear
-from tests.quant.gguf_support import random_model, write_gguf
 
-pytest.importorskip("gguf")
+pytest.importorskip("gguf")  # before gguf_support, which imports it
+
+from tests.quant.gguf_support import random_model, write_gguf  # noqa: E402
 
 
 def _reference(model, held):

@@ -24,10 +24,10 @@ import json
 import os
 from pathlib import Path
 
-from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as RustTokenizer
-from tokenizers.models import BPE
 
+from .pipeline import gemma_pipeline
 from .tokenizer_fast import SPECIAL_TOKENS_ATTRIBUTES, GemmaTokenizerFast, PreTrainedTokenizerFast
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -175,16 +175,6 @@ def _gemma_backend(tokenizer_file: str, kwargs: dict) -> tuple[RustTokenizer, di
         vocab = {str(kwargs[k]): i for i, k in enumerate(("pad_token", "eos_token", "bos_token", "unk_token",
                                                            "mask_token"))}
     return gemma_pipeline(vocab, merges, str(kwargs["unk_token"])), extra
-
-
-def gemma_pipeline(vocab: dict[str, int], merges: list[tuple[str, str]], unk_token: str) -> RustTokenizer:
-    """GemmaTokenizer's `tokenizers` pipeline around a BPE vocabulary and its merges (also built from GGUF)."""
-    backend = RustTokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=unk_token, dropout=None,
-                                byte_fallback=True))
-    backend.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
-    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    backend.normalizer = normalizers.Replace(" ", "▁")
-    return backend
 
 
 def _bpe_vocab(vocab, path: str) -> dict[str, int]:

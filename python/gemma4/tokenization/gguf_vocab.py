@@ -22,7 +22,7 @@ import re
 
 from tokenizers import AddedToken, processors
 
-from .auto import gemma_pipeline
+from .pipeline import gemma_pipeline
 from .gemma4_format import CONTROL_TOKENS, MODEL_SPECIFIC_TOKENS, MULTIMODAL_TOKENS
 from .tokenizer_fast import GemmaTokenizerFast
 
