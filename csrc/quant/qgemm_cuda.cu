@@ -357,7 +357,7 @@ at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& scales, 
   at::Tensor w = at::empty({N, K}, scales.options().dtype(dtype));  // [N, K]
   const int G = static_cast<int>(scales.size(1)), group = static_cast<int>(K / G);
   const int64_t threads = N * (K / 32);
-  dispatch_x(dtype, [&]<typename T, typename MT, int P>() {
+  const auto run = [&]<typename T>() {
     dispatch_bits(bits, [&]<int BITS>() {
       dispatch_scale(scales.scalar_type(), [&]<typename S>() {
         qdequant_kernel<S, BITS, T><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
@@ -366,7 +366,14 @@ at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& scales, 
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
-  });
+  };
+  if (dtype == at::kBFloat16) {
+    run.template operator()<c10::BFloat16>();
+  } else if (dtype == at::kHalf) {
+    run.template operator()<c10::Half>();
+  } else {
+    run.template operator()<float>();
+  }
   return w;
 }
 
