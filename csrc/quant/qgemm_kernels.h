@@ -40,11 +40,27 @@ inline void qgemm_tile(const QgemmProblem& p, int64_t m0, int64_t n0) {
   const S* scales = static_cast<const S*>(p.scales);
   const float* x0 = p.x + m0 * K;
 
-  F acc[MB][NR][P];
+  F acc[MB][NR][P];  // the current block of kQgemmSumRuns runs
+  F tot[MB][NR];     // the blocks' sums
 #pragma GCC unroll 16
   for (int m = 0; m < MB; ++m)
-    for (int r = 0; r < NR; ++r)
+    for (int r = 0; r < NR; ++r) {
+      tot[m][r] = Isa::zero();
       for (int q = 0; q < P; ++q) acc[m][r][q] = Isa::zero();
+    }
+  // Blocked summation: a lane's running sum over all of K (264 terms at K = 2112) grows its rounding
+  // error past plain PyTorch's (MKL sums in blocks); folding every kQgemmSumRuns runs keeps it level.
+  const auto fold = [&] {
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < NR; ++r) {
+        F a = acc[m][r][0];
+        if constexpr (P == 2) a = Isa::add(a, acc[m][r][1]);
+        tot[m][r] = Isa::add(tot[m][r], a);
+        for (int q = 0; q < P; ++q) acc[m][r][q] = Isa::zero();
+      }
+  };
+  int runs_in_block = 0;
 
   for (int64_t g = 0; g < G; ++g) {
     F s[NR], off[NR];
@@ -75,14 +91,17 @@ inline void qgemm_tile(const QgemmProblem& p, int64_t m0, int64_t n0) {
           for (int v = 0; v < V; ++v)
             acc[m][r][v % P] = Isa::fmadd(w[v], Isa::loadx(x0 + m * K + k + v * L), acc[m][r][v % P]);
       }
+      if (++runs_in_block == kQgemmSumRuns) {
+        fold();
+        runs_in_block = 0;
+      }
     }
   }
+  fold();
 #pragma GCC unroll 4
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < NR; ++r) {
-      F a = acc[m][r][0];
-      if constexpr (P == 2) a = Isa::add(a, acc[m][r][1]);
-      float y = Isa::hsum(a);
+      float y = Isa::hsum(tot[m][r]);
       if (p.bias) y += p.bias[n0 + r];
       p.out[(m0 + m) * p.N + n0 + r] = y;
     }

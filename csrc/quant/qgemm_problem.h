@@ -40,6 +40,8 @@ struct QgemmProblem {
 
 // Weight rows per thread task: the unit of the row split (a multiple of every tile's rows).
 constexpr int64_t kQgemmRowBlock = 32;
+// Runs of 32 weights summed into one block accumulator before it is added to the total (qgemm_tile).
+constexpr int kQgemmSumRuns = 8;
 
 // y[m, n] for n in [n_begin, n_end), every m. n ranges from different threads never overlap.
 namespace avx2 {
