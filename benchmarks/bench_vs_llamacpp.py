@@ -8,7 +8,8 @@ its sdist for llama.cpp's own converter (vendor/llama.cpp/convert_hf_to_gguf.py 
 
 1. Writes a random checkpoint of the preset (default: gemma-4-E2B's full shape, bf16 weights, a
    tokenizer padded to the vocabulary) in transformers' layout, one tensor at a time.
-2. Converts it with llama.cpp's converter to GGUF F32 / BF16.
+2. Converts it with llama.cpp's converter to GGUF F32 / BF16 / Q8_0, and to Q4_0 with its quantizer
+   (--dtypes int8,int4: our quantize-on-load int8 / int4, groups of 32, against Q8_0 / Q4_0).
 3. Runs each (runtime, dtype) in a fresh subprocess: loads the model, then per round one prefill of
    the prompt and greedy decode steps; reports prefill tok/s, decode tok/s (medians over rounds)
    and peak RSS (VmHWM of that process). llama.cpp runs with and without flash attention.
@@ -32,8 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import describe, machine_info, print_table, write_results  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16, "int4": torch.bfloat16}
+# llama.cpp's file per row: its converter writes f32 / bf16 / q8_0; Q4_0 comes from llama.cpp's own
+# quantizer (llama_model_quantize) applied to the bf16 file. int8 / int4 rows of ours quantize the same
+# bf16 checkpoint while loading: int8 groups of 32 (Q8_0's grid), int4 groups of 32 (Q4_0's), bf16
+# activations; the tied head stays bf16 (gemma4's default), where llama.cpp quantizes it with the rest.
+GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0", "int4": "q4_0"}
+QUANT = {"int8": ("int8", 32), "int4": ("int4", 32)}
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "python" / "gemma4" / "default_model"
 
 
@@ -111,7 +117,20 @@ def write_padded_tokenizer(path: Path, vocab_size: int) -> None:
 
 
 def convert_to_gguf(model_dir: Path, out: Path, dtype: str, llama_src: Path) -> None:
-    """llama.cpp's own converter, from the llama-cpp-python sdist (vendor/llama.cpp)."""
+    """llama.cpp's own converter, from the llama-cpp-python sdist (vendor/llama.cpp); Q4_0 through its
+    quantizer from the bf16 file."""
+    if dtype == "int4":
+        import llama_cpp
+
+        src = out.with_name(out.name.replace("q4_0", "bf16"))
+        if not src.exists():
+            convert_to_gguf(model_dir, src, "bfloat16", llama_src)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+        params.nthread = 2
+        if llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params) != 0:
+            raise RuntimeError(f"llama_model_quantize failed on {src}")
+        return
     root = llama_src / "vendor" / "llama.cpp"
     env = dict(os.environ, PYTHONPATH=f"{root / 'gguf-py'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(out),
@@ -140,7 +159,11 @@ def child_gemma4(a) -> dict:
     from gemma4.cache import Gemma4Cache
 
     t_load = time.perf_counter()
-    model = gemma4.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=DTYPES[a.dtype]).eval()
+    quant = {}
+    if a.dtype in QUANT:
+        weights, group = QUANT[a.dtype]
+        quant = {"quantization_config": gemma4.QuantizationConfig(weights=weights, group_size=group)}
+    model = gemma4.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=DTYPES[a.dtype], **quant).eval()
     t_load = time.perf_counter() - t_load
     ids = torch.tensor([_prompt(model.config.vocab_size, a.prompt_len, a.seed)])
 

@@ -30,6 +30,22 @@ LAYER = {"input_layernorm.weight": "attn_norm", "layer_scalar": "layer_output_sc
 SCALES = {"router.scale": "ffn_gate_inp.scale", "router.per_expert_scale": "ffn_down_exps.scale"}
 
 
+
+def add_metadata(w, meta: dict) -> None:
+    """Write {key: value} as llama.cpp's converter types them: lists as arrays, str, bool, float32, else uint32
+    (None: left out)."""
+    for key, value in meta.items():
+        if isinstance(value, list):
+            w.add_array(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        elif value is not None:
+            w.add_uint32(key, int(value))
+
 def gguf_name(key: str) -> str:
     if key in GLOBAL:
         return GLOBAL[key]
@@ -87,15 +103,7 @@ def write_gguf(model, path, qtype: str = "F32", edit=None, skip=()) -> dict[str,
     if edit is not None:
         meta = {k: v for k, v in ((k, edit(k, v)) for k, v in meta.items()) if v is not None}
     w = gguf.GGUFWriter(str(path), "gemma4")
-    for key, value in meta.items():
-        if isinstance(value, list):
-            w.add_array(key, value)
-        elif isinstance(value, str):
-            w.add_string(key, value)
-        elif isinstance(value, float):
-            w.add_float32(key, value)
-        elif value is not None:
-            w.add_uint32(key, int(value))
+    add_metadata(w, meta)
     rope_freqs = np.array([1.0] * n_rot + [1e30] * (c.global_head_dim // 2 - n_rot), dtype=np.float32)
     if "rope_freqs.weight" not in skip:
         w.add_tensor("rope_freqs.weight", rope_freqs)

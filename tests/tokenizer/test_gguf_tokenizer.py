@@ -13,6 +13,8 @@ from gemma4.tokenization import AutoTokenizer, GemmaTokenizerFast
 
 gguf = pytest.importorskip("gguf")
 
+from tests.quant.gguf_support import add_metadata  # noqa: E402  (after the skip: it imports gguf)
+
 DIR = str(resources.files(default_model))
 VISIBLE = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>'}
 NAMED = ("bos", "eos", "unk", "pad", "mask")
@@ -36,17 +38,7 @@ def _write_vocab(path, drop=None):
             "tokenizer.ggml.mask_token_id": ids["mask"], "tokenizer.ggml.add_bos_token": True,
             "tokenizer.chat_template": open(f"{DIR}/chat_template.jinja", encoding="utf-8").read()}
     w = gguf.GGUFWriter(str(path), "gemma4")
-    for key, value in meta.items():
-        if key == drop:
-            continue
-        if isinstance(value, list):
-            w.add_array(key, value)
-        elif isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        else:
-            w.add_string(key, value)
+    add_metadata(w, {k: v for k, v in meta.items() if k != drop})
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
