@@ -146,11 +146,16 @@ def map_tensor(entry: TensorEntry, maps: dict[str, mmap.mmap]) -> torch.Tensor |
     m = maps[entry.file]
     t = torch.frombuffer(m, dtype=entry.dtype, count=entry.nbytes // item, offset=entry.offset).view(entry.shape)
     rows = t.reshape(t.shape[0], -1)  # [R, C]
-    step = max(1, (1 << 24) // max(1, rows[0].numel() * item))  # 16 MiB of rows at a time
+    row_bytes = rows[0].numel() * item
+    step = max(1, (1 << 24) // max(1, row_bytes))  # 16 MiB of rows at a time
+    page = mmap.PAGESIZE
     for start in range(0, rows.shape[0], step):
         check_finite(rows[start:start + step], entry.file, entry.key)
-    # The whole map, not just this tensor's range: the kernel maps neighbouring cached pages around
-    # each fault ("fault-around"). Nothing in the map has been written yet, so nothing is lost.
+        first = (entry.offset + start * row_bytes) // page * page  # madvise wants a page-aligned start
+        end = entry.offset + min(start + step, rows.shape[0]) * row_bytes
+        m.madvise(mmap.MADV_DONTNEED, first, end - first)  # so the check never holds more than a chunk
+    # Then the whole map: the kernel also maps cached pages around each fault ("fault-around"). Nothing
+    # in the map has been written yet, so nothing is lost.
     m.madvise(mmap.MADV_DONTNEED)
     return t
 
