@@ -35,10 +35,10 @@ using namespace quant_cuda;
 constexpr int64_t kGemvMaxRows = 32;
 constexpr int kRowTiles = 2;     // 16-row MMA tiles per warp: 32 weight rows share each activation load
 // Chunks loaded ahead: 2 x 4 independent 8-byte loads in flight per lane (int4: 128 weights per row; int8
-// takes 4 chunks, as many bytes). Fewer with 4 row tiles of x (and fp32's three planes): more spills
-// registers (ptxas -v), each chunk's scales being held too.
-template <int BITS, int NT, int P>
-constexpr int kUnroll = BITS == 4 ? (NT == 4 && P == 3 ? 1 : 2) : (NT == 4 ? 2 : 4);
+// takes 4 chunks, as many bytes). Fewer with 4 row tiles of x: more spills registers (ptxas -v), each
+// chunk's scales being held too.
+template <int BITS, int NT>
+constexpr int kUnroll = BITS == 4 ? 2 : (NT == 4 ? 2 : 4);
 constexpr int kMaxWarps = 16;    // K slices (warps) per block
 constexpr int kWarpsPerSm = 24;  // resident warps wanted: enough loads in flight to cover HBM latency
 constexpr int kReduceSmem = 48 * 1024;  // the warps' partial sums, within the default shared-memory limit
@@ -46,7 +46,7 @@ constexpr int kReduceSmem = 48 * 1024;  // the warps' partial sums, within the d
 struct GemvArgs {
   const uint8_t* qw;   // [N, K/2] (int4) or [N, K] (int8)
   const void* scales;  // [N, G] in S
-  const uint4* xp;     // x in fragment order: [runs][P][NT][32 lanes] x 16 bytes
+  const uint4* xp;     // x in fragment order: [runs][NT][32 lanes] x 16 bytes
   const void* bias;    // [N] in T, or nullptr
   void* y;             // [M, N] in T
   int M, N;
@@ -58,9 +58,9 @@ struct GemvArgs {
   int chunks_per_warp;  // of one K slice
 };
 
-// x [M, K] -> xp in fragment order (qgemm_cuda.cuh): one thread per (run, 8-row tile, lane), 8 values,
-// P 16-byte planes (fp32 x: hi, mid, lo bf16 terms whose sum is x; otherwise x itself, exact).
-template <typename T, typename MT, int P, int BITS>
+// x [M, K] -> xp in fragment order (qgemm_cuda.cuh): one thread per (run, 8-row tile, lane), 8 values
+// in 16 bytes (bf16/fp16 x as it is: exact).
+template <typename T, typename MT, int BITS>
 __global__ void qgemv_prep_kernel(const T* __restrict__ x, uint4* __restrict__ xp, int M, int64_t K, int runs,
                                   int NT) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -71,28 +71,23 @@ __global__ void qgemv_prep_kernel(const T* __restrict__ x, uint4* __restrict__ x
   float v[8];
 #pragma unroll
   for (int j = 0; j < 8; ++j) v[j] = m < M ? static_cast<float>(x[m * K + run * 32 + run_offset<BITS>(t, j)]) : 0.0f;
+  uint32_t o[4];
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
-    uint32_t o[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      if constexpr (std::is_same_v<MT, __nv_bfloat16>) {
-        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * q], v[2 * q + 1]);
-        v[2 * q] -= __low2float(h);  // exact: the next term holds what this one lost
-        v[2 * q + 1] -= __high2float(h);
-        o[q] = *reinterpret_cast<const uint32_t*>(&h);
-      } else {
-        const __half2 h = __floats2half2_rn(v[2 * q], v[2 * q + 1]);
-        o[q] = *reinterpret_cast<const uint32_t*>(&h);
-      }
+  for (int q = 0; q < 4; ++q) {
+    if constexpr (std::is_same_v<MT, __nv_bfloat16>) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * q], v[2 * q + 1]);
+      o[q] = *reinterpret_cast<const uint32_t*>(&h);
+    } else {
+      const __half2 h = __floats2half2_rn(v[2 * q], v[2 * q + 1]);
+      o[q] = *reinterpret_cast<const uint32_t*>(&h);
     }
-    xp[((run * P + p) * NT + nt) * 32 + lane] = make_uint4(o[0], o[1], o[2], o[3]);
   }
+  xp[(run * NT + nt) * 32 + lane] = make_uint4(o[0], o[1], o[2], o[3]);
 }
 
-template <typename MT, int P, typename S, int BITS, int NT, typename T>
+template <typename MT, typename S, int BITS, int NT, typename T>
 __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a) {
-  constexpr int RT = kRowTiles, U = kUnroll<BITS, NT, P>;
+  constexpr int RT = kRowTiles, U = kUnroll<BITS, NT>;
   constexpr int RPC = BITS == 4 ? 2 : 1;  // runs per 32-byte chunk
   constexpr int E = RT * NT * 4;          // accumulators per lane
   extern __shared__ float red[];          // [warps][E][32]
@@ -179,17 +174,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
         }
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          uint4 xb[P];  // this 8-row tile's B fragments of the run (one 16-byte load per plane)
-#pragma unroll
-          for (int p = 0; p < P; ++p) xb[p] = __ldg(a.xp + ((int64_t(run) * P + p) * NT + nt) * 32 + lane);
+          const uint4 xb = __ldg(a.xp + (int64_t(run) * NT + nt) * 32 + lane);  // this 8-row tile's B fragments
 #pragma unroll
           for (int rt = 0; rt < RT; ++rt) {
             float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // the run's exact-product sums, then scaled once
-#pragma unroll
-            for (int p = 0; p < P; ++p) {
-              mma16816<MT>(d, a0[rt], xb[p].x, xb[p].y);
-              mma16816<MT>(d, a1[rt], xb[p].z, xb[p].w);
-            }
+            mma16816<MT>(d, a0[rt], xb.x, xb.y);
+            mma16816<MT>(d, a1[rt], xb.z, xb.w);
             acc[rt][nt][0] = fmaf(sv[u][rt][0][r], d[0], acc[rt][nt][0]);
             acc[rt][nt][1] = fmaf(sv[u][rt][0][r], d[1], acc[rt][nt][1]);
             acc[rt][nt][2] = fmaf(sv[u][rt][1][r], d[2], acc[rt][nt][2]);
@@ -285,14 +275,14 @@ void dispatch_bits(int bits, F&& f) {
   }
 }
 
-// Calls f.template operator()<T, MT, P>() for x's dtype: T the activation type, MT the MMA operand type,
-// P the planes of x. bf16/fp16 only: fp32 x takes the dequantize + cuBLAS path (see qgemm_cuda).
+// Calls f.template operator()<T, MT>() for x's dtype: T the activation type, MT the MMA operand type.
+// bf16/fp16 only: fp32 x takes the dequantize + cuBLAS path (see qgemm_cuda).
 template <typename F>
 void dispatch_x(at::ScalarType s, F&& f) {
   if (s == at::kBFloat16) {
-    f.template operator()<c10::BFloat16, __nv_bfloat16, 1>();
+    f.template operator()<c10::BFloat16, __nv_bfloat16>();
   } else {
-    f.template operator()<c10::Half, __half, 1>();
+    f.template operator()<c10::Half, __half>();
   }
 }
 
@@ -324,17 +314,17 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
   a.chunks_per_warp = static_cast<int>(cuda::ceil_div<int64_t>(a.chunks, warps));
   warps = static_cast<int>(cuda::ceil_div<int64_t>(a.chunks, a.chunks_per_warp));
 
-  dispatch_x(x2.scalar_type(), [&]<typename T, typename MT, int P>() {
-    at::Tensor xp = at::empty({int64_t(runs) * P * NT * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B per lane
+  dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
+    at::Tensor xp = at::empty({int64_t(runs) * NT * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B per lane
     a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
     dispatch_bits(bits, [&]<int BITS>() {
       const int64_t threads = int64_t(runs) * NT * 32;
-      qgemv_prep_kernel<T, MT, P, BITS><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
+      qgemv_prep_kernel<T, MT, BITS><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
           x2.const_data_ptr<T>(), reinterpret_cast<uint4*>(xp.mutable_data_ptr()), a.M, K, runs, NT);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       dispatch_scale(scales.scalar_type(), [&]<typename S>() {
         const auto launch = [&]<int NTc>() {
-          qgemv_kernel<MT, P, S, BITS, NTc, T><<<row_groups, warps * 32, warps * smem_per_warp, cuda::stream()>>>(a);
+          qgemv_kernel<MT, S, BITS, NTc, T><<<row_groups, warps * 32, warps * smem_per_warp, cuda::stream()>>>(a);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
         if (NT == 1) {

@@ -6,9 +6,9 @@
 // M = 1..32 all cost about one read of the weights.
 // Exactness: the weight levels q (-8..7, -128..127) are exact in bf16 and fp16, and so are bf16/fp16
 // activations, so every product is exact and summed in fp32 inside the MMA; the scale is applied in fp32
-// to each 32-weight run's partial sum. (fp32 activations split into P = 3 bf16 planes were tried and
+// to each 32-weight run's partial sum. (fp32 activations split into three bf16 terms were tried and
 // measured 3-4x plain fp32's error on the H200: the MMA's fp32 accumulation does not round to nearest.
-// qgemm_cuda sends fp32 x to dequantize + cuBLAS instead, so P is 1 in every launch.)
+// qgemm_cuda sends fp32 x to dequantize + cuBLAS instead.)
 //
 // Fragment order. The MMA's A fragment gives lane (g = lane / 4, t = lane % 4) rows g and g + 8 and the
 // k slots {2t, 2t+1, 2t+8, 2t+9} of each 16-wide step; one scale per run needs the four lanes of a quad to
