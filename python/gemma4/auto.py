@@ -88,7 +88,6 @@ class AutoModelForCausalLM:
         gguf_file: a llama.cpp GGUF file in `path` (or a path), as transformers' argument: config, weights
         (Q4_0 / Q8_0 kept quantized, other types dequantized) from the file alone (docs/quantization.md).
         """
-        from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
         from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
 
         if device_map is not None:
@@ -115,11 +114,10 @@ class AutoModelForCausalLM:
 
             base = config if config is not None else Gemma4Config.from_pretrained(path)
             config = dataclasses.replace(base, **overrides, source=os.fspath(path))
-        from gemma4.quant.loading import resolve_preparer  # noqa: PLC0415
+        from gemma4.quant.loading import load_pretrained_quantized  # noqa: PLC0415
 
-        return load_pretrained(Gemma4ForCausalLM, path, dtype=dtype, torch_dtype=torch_dtype, device=device,
-                               progress=progress, config=config,
-                               prepare_model=resolve_preparer(path, quantization_config, prepare_model))
+        return load_pretrained_quantized(Gemma4ForCausalLM, path, quantization_config, prepare_model, dtype=dtype,
+                                         torch_dtype=torch_dtype, device=device, progress=progress, config=config)
 
     @staticmethod
     def from_config(config: Any, *, dtype: Any = None, torch_dtype: Any = None, device: Any = None):

@@ -31,6 +31,7 @@ def _quantized(preset, dtype, **config):
     ("tiny-e4b", dict(weights="int4", group_size=32)),
     ("tiny-e4b", dict(weights="int8", scale_dtype="float16")),
     ("tiny-26b-a4b", dict(weights="int4", group_size=32)),
+    ("tiny-e4b", dict(weights="int4", group_size=32, modules_to_not_convert=["router"])),  # the tied head too
 ])
 def test_save_and_load_back_quantized(preset, config):
     model = _quantized(preset, torch.bfloat16, **config)
@@ -41,13 +42,16 @@ def test_save_and_load_back_quantized(preset, config):
         assert q["quant_method"] == "compressed-tensors" and q["format"] == "pack-quantized"
         w = q["config_groups"]["group_0"]["weights"]
         assert w["num_bits"] == int(config["weights"][3:]) and w["symmetric"] and w["type"] == "int"
-        assert "lm_head" in q["ignore"]
+        head = "lm_head" not in config.get("modules_to_not_convert", ["lm_head"])
+        assert ("lm_head" in q["ignore"]) != head
         with safe_open(os.path.join(d, "model.safetensors"), "pt") as f:
             keys = set(f.keys())
             assert f.get_tensor("model.layers.0.self_attn.q_proj.weight_packed").dtype == torch.int32
         assert "model.layers.0.self_attn.q_proj.weight" not in keys
+        assert ("lm_head.weight_packed" in keys) == head
         loaded = gemma4.AutoModelForCausalLM.from_pretrained(d, progress=False)
     assert isinstance(loaded.model.layers[0].self_attn.q_proj, QuantLinear)
+    assert isinstance(loaded.lm_head, QuantLinear) == head and loaded.config.tie_word_embeddings != head
     for name, m in model.named_modules():
         if isinstance(m, (QuantLinear, QuantExperts)):
             mine, theirs = m.state_dict(), loaded.get_submodule(name).state_dict()
@@ -57,12 +61,13 @@ def test_save_and_load_back_quantized(preset, config):
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))
 
 
-@pytest.mark.parametrize("weights,group", [("int4", 32), ("int4", 64), ("int8", None)])
-def test_transformers_loads_ours_with_the_same_logits(weights, group):
+@pytest.mark.parametrize("weights,group,keep", [("int4", 32, ["lm_head", "router"]), ("int4", 64, ["lm_head", "router"]),
+                                               ("int8", None, ["lm_head", "router"]), ("int4", 32, ["router"])])
+def test_transformers_loads_ours_with_the_same_logits(weights, group, keep):
     pytest.importorskip("compressed_tensors")
     import transformers
 
-    model = _quantized("tiny-e4b", torch.float32, weights=weights, group_size=group)
+    model = _quantized("tiny-e4b", torch.float32, weights=weights, group_size=group, modules_to_not_convert=keep)
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
@@ -76,11 +81,12 @@ def test_transformers_loads_ours_with_the_same_logits(weights, group):
     assert max_abs_err(ours, theirs) <= 1e-4 * theirs.abs().max().item()
 
 
-@pytest.mark.parametrize("preset", ["tiny-e4b", "tiny-26b-a4b"])
-def test_quantize_on_load_equals_quantize_after_load(preset):
+@pytest.mark.parametrize("preset,keep", [("tiny-e4b", ["lm_head", "router"]), ("tiny-26b-a4b", ["lm_head", "router"]),
+                                         ("tiny-e4b", ["router"])])
+def test_quantize_on_load_equals_quantize_after_load(preset, keep):
     model = _model(preset, torch.bfloat16)
     ids = torch.randint(0, model.config.vocab_size, (2, 9))
-    config = QuantizationConfig(weights="int4", group_size=32)
+    config = QuantizationConfig(weights="int4", group_size=32, modules_to_not_convert=keep)
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
         with warnings.catch_warnings():
@@ -89,6 +95,8 @@ def test_quantize_on_load_equals_quantize_after_load(preset):
             after = quantize(gemma4.AutoModelForCausalLM.from_pretrained(d, progress=False), config)
     assert sum(isinstance(m, QuantLinear) for m in on_load.modules()) > 0
     assert [type(m) for m in on_load.modules()] == [type(m) for m in after.modules()]
+    assert isinstance(on_load.lm_head, QuantLinear) == ("lm_head" not in keep)
+    assert on_load.config.tie_word_embeddings == after.config.tie_word_embeddings == ("lm_head" in keep)
     assert torch.equal(_logits(on_load, ids), _logits(after, ids))
 
 

@@ -101,7 +101,7 @@ def test_modules_to_not_convert_and_regex():
     assert isinstance(model.model.layers[0].self_attn.o_proj, nn.Linear)
     assert not any(isinstance(m, QuantLinear) for m in model.model.layers[1].modules())
     assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
-    assert isinstance(model.lm_head, nn.Linear)  # tied to the embedding: never converted
+    assert isinstance(model.lm_head, QuantLinear)  # the list replaces the default, and omits lm_head
 
 
 def test_casts_keep_scale_dtype_and_move_bias():
@@ -161,3 +161,27 @@ def test_quantize_refuses_meta_and_leaves_model_unchanged():
         quantize(model, QuantizationConfig())
     assert {n: type(m) for n, m in model.named_modules()} == before
     assert getattr(model, "quantization_config", None) is None
+
+
+def test_tied_head_is_converted_only_when_asked():
+    """Default: the tied head keeps the full-precision table. With "lm_head" out of modules_to_not_convert,
+    a quantized copy becomes the head and the model is untied; the embedding keeps its table, and the
+    logits are those of the float model whose (untied) head and linears hold the dequantized weights."""
+    model = _model("tiny-e2b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = quantize(copy.deepcopy(model), QuantizationConfig(weights="int4"))
+        q = quantize(copy.deepcopy(model), QuantizationConfig(weights="int4", modules_to_not_convert=["router"]))
+    assert default.lm_head.weight is default.model.embed_tokens.weight and default.config.tie_word_embeddings
+    assert isinstance(q.lm_head, QuantLinear) and not q.config.tie_word_embeddings
+    assert torch.equal(q.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    q.tie_weights()
+    assert isinstance(q.lm_head, QuantLinear)
+    untied = copy.deepcopy(model)
+    untied.config.tie_word_embeddings = False
+    untied.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    fake = _fake_quantized(untied, q)
+    assert not torch.equal(fake.lm_head.weight, fake.model.embed_tokens.weight)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    want = _logits(fake, ids)
+    assert max_abs_err(_logits(q, ids), want) <= 1e-4 * want.abs().max().item()

@@ -194,18 +194,14 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "Gemma4ForCausalLM":
-        from gemma4.checkpoint import load_pretrained  # noqa: PLC0415
-
         if kwargs.get("gguf_file") is not None:  # a llama.cpp GGUF file (gemma4.hf_format.gguf_tensors)
             from gemma4.hf_format.gguf_tensors import gguf_path, load_gguf  # noqa: PLC0415
 
             return load_gguf(cls, gguf_path(path, kwargs.pop("gguf_file")), **kwargs)
         kwargs.pop("gguf_file", None)
-        from gemma4.quant.loading import resolve_preparer  # noqa: PLC0415
+        from gemma4.quant.loading import load_pretrained_quantized  # noqa: PLC0415
 
-        kwargs["prepare_model"] = resolve_preparer(path, kwargs.pop("quantization_config", None),
-                                                   kwargs.pop("prepare_model", None))
-        return load_pretrained(cls, path, **kwargs)
+        return load_pretrained_quantized(cls, path, **kwargs)
 
     @classmethod
     def from_config(cls, config) -> "Gemma4ForCausalLM":

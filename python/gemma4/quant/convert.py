@@ -8,7 +8,7 @@ from torch import nn
 from .config import QuantizationConfig
 from .modules import QuantExperts, QuantLinear
 
-__all__ = ["quantize", "quantizable_modules"]
+__all__ = ["quantize", "quantizable_modules", "tied_head", "quantize_tied_head"]
 
 
 def _is_experts(module: nn.Module) -> bool:
@@ -30,6 +30,18 @@ def quantizable_modules(model: nn.Module, config: QuantizationConfig) -> list[tu
     return chosen
 
 
+def tied_head(model: nn.Module, config: QuantizationConfig) -> nn.Linear | None:
+    """The LM head when it shares the token table and ``config`` converts it ("lm_head" taken out of
+    modules_to_not_convert), else None. Quantizing it quantizes a copy of the table: the embedding keeps
+    the full-precision one, and the head is untied (config.tie_word_embeddings becomes False)."""
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if (isinstance(head, nn.Linear) and isinstance(embed, nn.Embedding) and head.weight is embed.weight
+            and not config.keeps_full_precision("lm_head")):
+        return head
+    return None
+
+
 def _input_sizes(module: nn.Module) -> list[int]:
     if isinstance(module, nn.Linear):
         return [module.in_features]
@@ -49,6 +61,8 @@ def quantize(model: nn.Module, config: QuantizationConfig | None = None) -> nn.M
     kept in ``model.quantization_skipped``. Every replacement is computed before any is installed, so an
     error leaves the model as it was. The model remembers the config as
     ``model.quantization_config`` (save_pretrained writes it). Add LoRA adapters after quantizing.
+    A tied LM head is converted only when "lm_head" is taken out of ``modules_to_not_convert`` (see
+    ``tied_head``): decode then reads the packed head instead of the full-precision table.
     """
     config = config or QuantizationConfig()
     if not isinstance(config, QuantizationConfig):
@@ -58,7 +72,8 @@ def quantize(model: nn.Module, config: QuantizationConfig | None = None) -> nn.M
     if getattr(model, "quantization_config", None) is not None:
         raise ValueError("quantize: the model is already quantized")
     replacements, skipped = [], []
-    for name, module in quantizable_modules(model, config):
+    head = tied_head(model, config)
+    for name, module in quantizable_modules(model, config) + ([("lm_head", head)] if head is not None else []):
         if not _fits(module, config.group_size):
             skipped.append(name)
             continue
@@ -74,6 +89,8 @@ def quantize(model: nn.Module, config: QuantizationConfig | None = None) -> nn.M
     for name, new in replacements:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    if head is not None and "lm_head" not in skipped:
+        model.config.tie_word_embeddings = False  # tie_weights() must not put the float table back
     if skipped:
         warnings.warn(f"quantize: {len(skipped)} modules kept in full precision because their input size is not a "
                       f"multiple of 32 and of group_size={config.group_size}: {', '.join(skipped[:6])}"
@@ -81,3 +98,19 @@ def quantize(model: nn.Module, config: QuantizationConfig | None = None) -> nn.M
     model.quantization_config = config
     model.quantization_skipped = skipped
     return model
+
+
+def quantize_tied_head(model: nn.Module, config: QuantizationConfig) -> None:
+    """Quantize-on-load's last step: the tied head, when ``config`` converts it. The loader's per-tensor
+    path cannot (the checkpoint holds the table once, for the embedding), so it runs on the loaded model."""
+    head = tied_head(model, config)
+    if head is None:
+        return
+    if not _fits(head, config.group_size):
+        model.quantization_skipped.append("lm_head")
+        warnings.warn(f"quantization: lm_head kept in full precision (input size {head.in_features} is not a "
+                      f"multiple of 32 and of group_size={config.group_size})", stacklevel=3)
+        return
+    model.lm_head = QuantLinear.from_linear(head, config.bits, config.group_size, config.torch_scale_dtype,
+                                            config.trained_grid)
+    model.config.tie_word_embeddings = False

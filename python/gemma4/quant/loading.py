@@ -20,10 +20,10 @@ from torch import nn
 
 from .compressed_tensors import parse_quantization_config
 from .config import QuantizationConfig
-from .convert import _fits, quantizable_modules
+from .convert import _fits, quantizable_modules, quantize_tied_head
 from .modules import QuantExperts, QuantLinear
 
-__all__ = ["make_preparer", "resolve_preparer", "checkpoint_quantization"]
+__all__ = ["make_preparer", "resolve_preparer", "checkpoint_quantization", "load_pretrained_quantized"]
 
 _CG_PREFIX = "model.language_model."  # Gemma4ForConditionalGeneration's text-model prefix
 
@@ -77,6 +77,19 @@ def resolve_preparer(path, quantization_config, prepare_model):
             raise ValueError("from_pretrained: pass quantization_config or prepare_model, not both")
         return prepare_model
     return make_preparer(path, quantization_config)
+
+
+def load_pretrained_quantized(model_cls, path, quantization_config=None, prepare_model=None, **kwargs):
+    """checkpoint.load_pretrained with the preparer for ``quantization_config`` (or for a quantized
+    checkpoint), then the tied head when the config converts it (quantize_tied_head): what every
+    from_pretrained does."""
+    from ..checkpoint import load_pretrained  # noqa: PLC0415
+
+    model = load_pretrained(model_cls, path, prepare_model=resolve_preparer(path, quantization_config, prepare_model),
+                            **kwargs)
+    if quantization_config is not None:
+        quantize_tied_head(model, quantization_config)
+    return model
 
 
 def _prepare(model: nn.Module, config: QuantizationConfig, source: str, ignore: list[str] | None) -> None:
