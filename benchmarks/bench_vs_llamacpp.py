@@ -37,8 +37,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bf
 # llama.cpp's file per row: its converter writes f32 / bf16 / q8_0; Q4_0 comes from llama.cpp's own
 # quantizer (llama_model_quantize) applied to the bf16 file. int8 / int4 rows of ours quantize the same
 # bf16 checkpoint while loading: int8 groups of 32 (Q8_0's grid), int4 groups of 32 (Q4_0's), bf16
-# activations, the tied head quantized too (modules_to_not_convert without "lm_head"), as llama.cpp
-# quantizes its output (Q6_K in a Q4_0 file, Q8_0 in a Q8_0 file).
+# activations; the tied head stays bf16 (gemma4's default), where llama.cpp quantizes it with the rest
+# (quantizing ours too, modules_to_not_convert=["router"], measured no faster here and raised peak RSS:
+# docs/performance.md).
 GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0", "int4": "q4_0"}
 QUANT = {"int8": ("int8", 32), "int4": ("int4", 32)}
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "python" / "gemma4" / "default_model"
@@ -163,8 +164,7 @@ def child_gemma4(a) -> dict:
     quant = {}
     if a.dtype in QUANT:
         weights, group = QUANT[a.dtype]
-        quant = {"quantization_config": gemma4.QuantizationConfig(weights=weights, group_size=group,
-                                                                  modules_to_not_convert=["router"])}
+        quant = {"quantization_config": gemma4.QuantizationConfig(weights=weights, group_size=group)}
     model = gemma4.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=DTYPES[a.dtype], **quant).eval()
     t_load = time.perf_counter() - t_load
     ids = torch.tensor([_prompt(model.config.vocab_size, a.prompt_len, a.seed)])
