@@ -112,3 +112,4 @@ def test_non_finite_table_is_one_error(checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="non-finite") as info:
         Gemma4ForCausalLM.from_pretrained(path, progress=False)
     assert SAFE_WEIGHTS_NAME in str(info.value) and TABLES[1] in str(info.value)
+    assert f"1 NaN, 0 inf of {tensors[TABLES[1]].numel()}" in str(info.value)  # counted over the whole table

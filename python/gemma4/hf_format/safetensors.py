@@ -150,7 +150,8 @@ def map_tensor(entry: TensorEntry, maps: dict[str, mmap.mmap]) -> torch.Tensor |
     step = max(1, (1 << 24) // max(1, row_bytes))  # 16 MiB of rows at a time
     page = mmap.PAGESIZE
     for start in range(0, rows.shape[0], step):
-        check_finite(rows[start:start + step], entry.file, entry.key)
+        if not bool(torch.isfinite(rows[start:start + step]).all()):
+            check_finite(t, entry.file, entry.key)  # the error, with the whole table's counts
         first = (entry.offset + start * row_bytes) // page * page  # madvise wants a page-aligned start
         end = entry.offset + min(start + step, rows.shape[0]) * row_bytes
         m.madvise(mmap.MADV_DONTNEED, first, end - first)  # so the check never holds more than a chunk
