@@ -6,7 +6,7 @@ What llama.cpp's converter writes for Gemma 4 (Gemma4Model.set_vocab, gguf.Llama
   tokens, 4 user-defined = the tool/channel tokens, 6 byte); merges ("a b"); bos / eos / unknown /
   padding / mask ids; add_bos_token; tokenizer.chat_template.
 
-The pipeline is GemmaTokenizer's (auto.gemma_pipeline) around those tokens and merges, with <bos> added in
+The pipeline is GemmaTokenizer's (pipeline.gemma_pipeline) around those tokens and merges, with <bos> added in
 front as the original tokenizer.json's post-processor does when add_bos_token is true.
 
 The file does not say which pieces were the original's added tokens: transformers' special-token list
