@@ -10,7 +10,6 @@ import torch
 import gemma4
 from gemma4.lora import LoraConfig
 from gemma4.quant import QuantizationConfig, QuantLinear, quantize
-from tests.helpers import max_abs_err
 from tests.quant.test_quantize import _fake_quantized, _model
 
 LORA = (".lora_A.", ".lora_B.")
@@ -26,17 +25,21 @@ def _lora_grads(model, ids):
     return {n: p.grad for n, p in _lora(model).items()}
 
 
-def _grad_error_ratio(preset, weights):
-    """One random model: how far our QLoRA gradients are from the float64 answer (LoRA over the
-    fake-quantized model in float64), over how far float32 LoRA over the fake-quantized model is."""
+def _grad_error_ratio(preset, weights, device="cpu"):
+    """One random model: how far our QLoRA gradients (the quantized model moved to device) are from the
+    float64 answer (LoRA over the fake-quantized model in float64, on the CPU), over how far float32
+    LoRA over the fake-quantized model on the CPU is."""
     model = _model(preset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = quantize(copy.deepcopy(model), QuantizationConfig(weights=weights, scale_dtype="float32"))
     fake = _fake_quantized(model, qmodel)
+    qmodel = qmodel.to(device)
     config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     qmodel.add_adapter(config)
     fake.add_adapter(config)
+    # A quantized base has no .weight to ask for its device: the adapters must follow it anyway.
+    assert all(p.device.type == device for p in _lora(qmodel).values())
     with torch.no_grad():  # the same adapter weights in both
         theirs = _lora(fake)
         for n, p in _lora(qmodel).items():
@@ -44,7 +47,8 @@ def _grad_error_ratio(preset, weights):
     assert any(isinstance(m.base_layer, QuantLinear) for m in qmodel.modules() if hasattr(m, "base_layer"))
     fake64 = copy.deepcopy(fake).double()
     ids = torch.randint(0, model.config.vocab_size, (2, 11))
-    got, want, exact = (_lora_grads(m.train(), ids) for m in (qmodel, fake, fake64))
+    got = {n: g.cpu() for n, g in _lora_grads(qmodel.train(), ids.to(device)).items()}
+    want, exact = (_lora_grads(m.train(), ids) for m in (fake, fake64))
     assert got.keys() == want.keys() and got
     assert all(p.grad is None for n, p in qmodel.named_parameters() if not any(k in n for k in LORA))
     flat = {k: torch.cat([g[n].double().flatten() for n in sorted(got)]) for k, g in
@@ -89,24 +93,8 @@ def test_qlora_on_int4_default_model_halves_the_loss():
 
 
 @pytest.mark.cuda
-def test_qlora_on_cuda_adapters_follow_the_base():
-    """A model quantized on the GPU gets its adapters there (a quantized base has no .weight to ask), and
-    one step's LoRA gradients equal the same step on the CPU to float32 noise."""
-    model = _model("tiny-e2b")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cpu = quantize(copy.deepcopy(model), QuantizationConfig(weights="int4", scale_dtype="float32"))
-    gpu = copy.deepcopy(cpu).cuda()
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    cpu.add_adapter(config)
-    gpu.add_adapter(config)
-    assert all(p.device.type == "cuda" for p in _lora(gpu).values())
-    with torch.no_grad():
-        for n, p in _lora(gpu).items():
-            p.copy_(_lora(cpu)[n])
-    ids = torch.randint(0, model.config.vocab_size, (2, 11))
-    want = _lora_grads(cpu.train(), ids)
-    got = _lora_grads(gpu.train(), ids.cuda())
-    for n in want:
-        scale = want[n].abs().max().item()
-        assert max_abs_err(got[n].cpu(), want[n]) <= 1e-4 * scale, n
+def test_qlora_on_cuda_gradients_equal_lora_over_fake_quantized_model():
+    """A model quantized and moved to the GPU gets its adapters there, and its LoRA gradients are held
+    to the CPU test's rule: at most 2x float32 LoRA's distance from the float64 answer (geometric mean)."""
+    ratios = [_grad_error_ratio("tiny-e2b", "int4", "cuda") for _ in range(8)]
+    assert math.exp(sum(map(math.log, ratios)) / len(ratios)) <= 2, ratios
