@@ -2,11 +2,13 @@
 // Checks the arguments, converts x to float32 once, splits the weight rows over threads and runs the
 // kernel of the best instruction set this CPU supports (AVX-512F when present, else AVX2; one binary
 // serves both). Kernels: qgemm_kernels.h; reference: gemma4.ops.reference.qgemm.
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
-#include <tuple>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -61,14 +63,30 @@ int64_t x_block_for(int64_t group) {
   return group % 128 == 0 ? 128 : group % 64 == 0 ? 64 : 32;
 }
 
-// x [M, K] bf16/fp16 -> (x16 int16 [M, K], scale fp32 [M, K / xblock]) with x ~= x16 * scale.
-std::pair<at::Tensor, at::Tensor> quantize_activations(const at::Tensor& x2d, int64_t xblock) {
-  const int64_t M = x2d.size(0), K = x2d.size(1);
-  const at::Tensor blocks = x2d.to(at::kFloat).view({M, K / xblock, xblock});       // [M, B, xblock]
-  const at::Tensor scale = blocks.abs().amax(-1) / 32767.0f;                       // [M, B]
-  const at::Tensor inv = at::where(scale > 0, scale.reciprocal(), at::zeros_like(scale));
-  const at::Tensor x16 = (blocks * inv.unsqueeze(-1)).round_().clamp_(-32767, 32767).to(at::kShort);
-  return {x16.view({M, K}).contiguous(), scale.contiguous()};
+// x [M, K] bf16/fp16 -> x16 int16 [M, K] and scale fp32 [M, K / xblock], x ~= x16 * scale: per block of
+// xblock activations, scale = amax / 32767 and x16 = round-half-even(x / scale). One pass in plain C++
+// (the compiler vectorizes it): the ATen version cost ~70 us of a decode GEMV's time in op overhead.
+// A block holding NaN or inf gets a NaN scale and zeros, so its rows come out NaN.
+template <class T>
+void quantize_activations(const T* x, int64_t blocks, int64_t xblock, int16_t* x16, float* scale) {
+  at::parallel_for(0, blocks, 256, [&](int64_t b0, int64_t b1) {
+    float v[128];  // xblock <= 128
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* src = x + b * xblock;  // [xblock]: rows are contiguous and xblock divides K
+      float amax = 0.0f;
+      for (int64_t i = 0; i < xblock; ++i) {
+        v[i] = static_cast<float>(src[i]);
+        amax = std::max(amax, std::abs(v[i]));
+      }
+      bool finite = true;
+      for (int64_t i = 0; i < xblock; ++i) finite &= std::isfinite(v[i]);
+      const float s = amax / 32767.0f;
+      const float inv = finite && s > 0.0f ? 1.0f / s : 0.0f;
+      for (int64_t i = 0; i < xblock; ++i)
+        x16[b * xblock + i] = static_cast<int16_t>(std::clamp(std::nearbyint(v[i] * inv), -32767.0f, 32767.0f));
+      scale[b] = finite ? s : std::numeric_limits<float>::quiet_NaN();
+    }
+  });
 }
 
 at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
@@ -85,7 +103,16 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   const int64_t xblock = x_block_for(K / scales.size(1));
   at::Tensor xf, x16, xscale;
   if (int16_path) {
-    std::tie(x16, xscale) = quantize_activations(x.reshape({M, K}), xblock);    // [M, K] int16, [M, K/xblock]
+    const at::Tensor xc = x.contiguous();
+    x16 = at::empty({M, K}, x.options().dtype(at::kShort));                        // [M, K] int16
+    xscale = at::empty({M, K / xblock}, x.options().dtype(at::kFloat));             // [M, K / xblock]
+    if (x.scalar_type() == at::kBFloat16) {
+      quantize_activations(xc.const_data_ptr<at::BFloat16>(), M * K / xblock, xblock, x16.data_ptr<int16_t>(),
+                           xscale.data_ptr<float>());
+    } else {
+      quantize_activations(xc.const_data_ptr<at::Half>(), M * K / xblock, xblock, x16.data_ptr<int16_t>(),
+                           xscale.data_ptr<float>());
+    }
   } else {
     xf = x.reshape({M, K}).contiguous();                                           // [M, K] fp32
   }

@@ -100,3 +100,16 @@ def test_qgemm_bad_inputs(args, match):
     if "contiguous" not in match and "must be on" not in match:  # the fake kernel checks too
         with pytest.raises((RuntimeError, ValueError)):
             torch.ops.gemma4.qgemm(**meta)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_qgemm_non_finite_activations_poison_only_their_row(cpu_isa, dtype):
+    """A NaN or inf in one row of x (bf16/fp16 take the int16 path, whose block scale must not hide it)
+    makes that row's outputs non-finite, as a plain matmul does, and leaves the other rows exact."""
+    qweight, scales = random_qweight(40, 128, 4, 32, torch.bfloat16)
+    for bad in (float("nan"), float("inf")):
+        x = torch.randn(3, 128).to(dtype)
+        x[1, 77] = bad
+        ours = ops.qgemm(x, qweight, scales)
+        assert not torch.isfinite(ours[1]).any()
+        torch.testing.assert_close(ours[[0, 2]], ops.qgemm(x[[0, 2]], qweight, scales), rtol=0, atol=0)
