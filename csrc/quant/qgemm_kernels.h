@@ -14,7 +14,7 @@
 // Weight rows are walked in blocks of kQgemmRowBlock so a block stays in L2 while the x row blocks sweep it.
 //
 // This header must be included inside an ISA-specific namespace, after the Isa struct is defined.
-// It includes nothing itself, so no inline function from another header is compiled with the ISA's
+// It includes only its sibling qgemm_gemv_q4.h (intrinsics too), so no inline function from another header is compiled with the ISA's
 // flags here.
 
 // Scale element -> float32 (exact for all three types).
@@ -139,6 +139,9 @@ inline void qgemm_tile_i16(const QgemmProblem& p, int64_t m0, int64_t n0) {
         for (int r = 0; r < NR; ++r) {
           I w[W];
           const uint8_t* src = p.qw + (n0 + r) * row_bytes + (BITS == 4 ? k / 2 : k);
+          // The next tile's rows, one cache line per line read here: the hardware prefetcher does not
+          // follow NR interleaved row streams, and without this decode runs at DRAM latency, not bandwidth.
+          if ((k & (BITS == 4 ? 127 : 63)) == 0) __builtin_prefetch(src + NR * row_bytes);
           if constexpr (BITS == 4) {
             Isa::unpack_i16_q4(src, w);
           } else {
@@ -183,8 +186,14 @@ inline void qgemm_row_block_i16(const QgemmProblem& p, int64_t m0, int64_t n0, i
   for (; n < n1; ++n) qgemm_tile_i16<S, BITS, MB, 1>(p, m0, n);
 }
 
+#include "quant/qgemm_gemv_q4.h"
+
 template <class S, int BITS>
 inline void qgemm_rows_typed(const QgemmProblem& p, int64_t n_begin, int64_t n_end) {
+  if (BITS == 4 && p.x16p) {
+    gemv_q4_rows<S>(p, n_begin, n_end);
+    return;
+  }
   if (p.x16) {
     for (int64_t nb = n_begin; nb < n_end; nb += kQgemmRowBlock) {
       const int64_t ne = nb + kQgemmRowBlock < n_end ? nb + kQgemmRowBlock : n_end;
