@@ -89,31 +89,37 @@ void quantize_activations(const T* x, int64_t blocks, int64_t xblock, int16_t* x
   });
 }
 
-// The int4 g32 decode GEMV's view of one int16 activation row (see qgemm_gemv_q4.h for the lane order):
-// x16p [B8 * 256], dxp [B8 * 8] and xsum8p [B8 * 8], B8 = the blocks rounded up to a multiple of 8.
-struct GemvQ4Inputs {
+// The int4 group-32 kernel's view of the int16 activations (see qgemm_q4g32.h for the lane order):
+// x16p [M, B8 * 32], dxp [M, B8] and xsum8p [M, B8], B8 = the blocks per row rounded up to a multiple of 8.
+struct Q4g32Inputs {
   at::Tensor x16p, dxp, xsum8p;
 };
 
-GemvQ4Inputs prepare_gemv_q4(const int16_t* x16, const float* xscale, int64_t K, const at::TensorOptions& opt) {
+Q4g32Inputs prepare_q4g32(const int16_t* x16, const float* xscale, int64_t M, int64_t K, const at::TensorOptions& opt) {
   const int64_t B = K / 32, B8 = (B + 7) / 8 * 8;
-  GemvQ4Inputs g{at::zeros({B8 * 32}, opt.dtype(at::kShort)), at::zeros({B8}, opt.dtype(at::kFloat)),
-                 at::zeros({B8}, opt.dtype(at::kInt))};
+  Q4g32Inputs g{at::zeros({M, B8 * 32}, opt.dtype(at::kShort)), at::zeros({M, B8}, opt.dtype(at::kFloat)),
+                at::zeros({M, B8}, opt.dtype(at::kInt))};
   int16_t* xp = g.x16p.data_ptr<int16_t>();
-  for (int64_t step = 0; step < B / 2; ++step)       // 64 activations: blocks 2 step, 2 step + 1
-    for (int j = 0; j < 4; ++j)                       // w0..w3: weights 2i, 2i + 16, 2i + 1, 2i + 17
-      for (int h = 0; h < 2; ++h)                     // the step's block in this 128-bit half
-        for (int i = 0; i < 8; ++i)
-          xp[step * 64 + j * 16 + h * 8 + i] = x16[step * 64 + h * 32 + (j & 1) * 16 + (j >> 1) + 2 * i];
   float* dx = g.dxp.data_ptr<float>();
   int32_t* xs = g.xsum8p.data_ptr<int32_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t lane = (b / 8) * 8 + std::find(kGemvQ4LaneBlock, kGemvQ4LaneBlock + 8, b % 8) - kGemvQ4LaneBlock;
-    int32_t sum = 0;
-    for (int i = 0; i < 32; ++i) sum += x16[b * 32 + i];
-    dx[lane] = xscale[b];
-    xs[lane] = 8 * sum;
-  }
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const int16_t* xr = x16 + m * K;                 // [K]
+      int16_t* pr = xp + m * B8 * 32;                  // [B8 * 32]
+      for (int64_t step = 0; step < B / 2; ++step)     // 64 activations: blocks 2 step, 2 step + 1
+        for (int j = 0; j < 4; ++j)                     // w0..w3: weights 2i, 2i + 16, 2i + 1, 2i + 17
+          for (int h = 0; h < 2; ++h)                   // the step's block in this 128-bit half
+            for (int i = 0; i < 8; ++i)
+              pr[step * 64 + j * 16 + h * 8 + i] = xr[step * 64 + h * 32 + (j & 1) * 16 + (j >> 1) + 2 * i];
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t lane = m * B8 + (b / 8) * 8 + (std::find(kQ4g32LaneBlock, kQ4g32LaneBlock + 8, b % 8) - kQ4g32LaneBlock);
+        int32_t sum = 0;
+        for (int i = 0; i < 32; ++i) sum += xr[b * 32 + i];
+        dx[lane] = xscale[m * B + b];
+        xs[lane] = 8 * sum;
+      }
+    }
+  });
   return g;
 }
 
@@ -163,12 +169,12 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   p.group = K / p.G;
   p.bits = qweight_bits(qweight, op);
   p.scale_type = scale_type_of(scales);
-  GemvQ4Inputs gemv;
-  if (gemv_q4_applies(p)) {
-    gemv = prepare_gemv_q4(p.x16, p.xscale, K, x.options());
-    p.x16p = gemv.x16p.data_ptr<int16_t>();
-    p.dxp = gemv.dxp.data_ptr<float>();
-    p.xsum8p = gemv.xsum8p.data_ptr<int32_t>();
+  Q4g32Inputs q4g32;
+  if (q4g32_applies(p)) {
+    q4g32 = prepare_q4g32(p.x16, p.xscale, M, K, x.options());
+    p.x16p = q4g32.x16p.data_ptr<int16_t>();
+    p.dxp = q4g32.dxp.data_ptr<float>();
+    p.xsum8p = q4g32.xsum8p.data_ptr<int32_t>();
   }
 
 #if defined(__AVX2__)

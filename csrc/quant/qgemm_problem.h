@@ -36,19 +36,17 @@ struct QgemmProblem {
   int64_t group;         // multiple of 32, divides K
   int bits;              // 4 or 8
   ScaleType scale_type;
-  // The int4 g32 decode GEMV (qgemm_gemv_q4.h) reads x in its own lane order; the caller fills these
-  // (all padded to a multiple of 8 blocks, padding zero) when gemv_q4_applies(), else leaves them null.
-  const int16_t* x16p;   // [B8 * 256] x16, each 64-weight step as four 16-lane vectors (see the header)
-  const float* dxp;      // [B8 * 8] x scales, lane order per 8 blocks (kGemvQ4LaneBlock)
-  const int32_t* xsum8p; // [B8 * 8] 8 * the sum of each block's x16, lane order
+  // The int4 group-32 kernel (qgemm_q4g32.h) reads x in its own lane order; the caller fills these (each
+  // x row padded to B8 = a multiple of 8 blocks, padding zero) when q4g32_applies(), else leaves them null.
+  const int16_t* x16p;   // [M, B8 * 32] x16, each 64-weight step as four 16-lane vectors (see the header)
+  const float* dxp;      // [M, B8] x scales, lane order per 8 blocks (kQ4g32LaneBlock)
+  const int32_t* xsum8p; // [M, B8] 8 * the sum of each block's x16, lane order
 };
 
-// The decode GEMV's condition: one int16 activation row, int4 in groups of 32, K a multiple of 64.
-inline bool gemv_q4_applies(const QgemmProblem& p) {
-  return p.x16 && p.M == 1 && p.bits == 4 && p.group == 32 && p.K % 64 == 0;
-}
-// Lane L of the GEMV's per-8-block vectors holds block kGemvQ4LaneBlock[L] (the order three hadds leave).
-constexpr int kGemvQ4LaneBlock[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+// The int4 group-32 kernel's condition: int16 activations, int4 in groups of 32, K a multiple of 64.
+inline bool q4g32_applies(const QgemmProblem& p) { return p.x16 && p.bits == 4 && p.group == 32 && p.K % 64 == 0; }
+// Lane L of that kernel's per-8-block vectors holds block kQ4g32LaneBlock[L] (the order three hadds leave).
+constexpr int kQ4g32LaneBlock[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 
 // Weight rows per thread task: the unit of the row split (a multiple of every tile's rows).
 constexpr int64_t kQgemmRowBlock = 32;
