@@ -89,15 +89,15 @@ void quantize_activations(const T* x, int64_t blocks, int64_t xblock, int16_t* x
   });
 }
 
-// The int4 group-32 kernel's view of the int16 activations (see qgemm_q4g32.h for the lane order):
+// The group-32 kernel's view of the int16 activations (see qgemm_g32.h for the lane order):
 // x16p [M, B8 * 32], dxp [M, B8] and xsum8p [M, B8], B8 = the blocks per row rounded up to a multiple of 8.
-struct Q4g32Inputs {
+struct G32Inputs {
   at::Tensor x16p, dxp, xsum8p;
 };
 
-Q4g32Inputs prepare_q4g32(const int16_t* x16, const float* xscale, int64_t M, int64_t K, const at::TensorOptions& opt) {
+G32Inputs prepare_g32(const int16_t* x16, const float* xscale, int64_t M, int64_t K, const at::TensorOptions& opt) {
   const int64_t B = K / 32, B8 = (B + 7) / 8 * 8;
-  Q4g32Inputs g{at::zeros({M, B8 * 32}, opt.dtype(at::kShort)), at::zeros({M, B8}, opt.dtype(at::kFloat)),
+  G32Inputs g{at::zeros({M, B8 * 32}, opt.dtype(at::kShort)), at::zeros({M, B8}, opt.dtype(at::kFloat)),
                 at::zeros({M, B8}, opt.dtype(at::kInt))};
   int16_t* xp = g.x16p.data_ptr<int16_t>();
   float* dx = g.dxp.data_ptr<float>();
@@ -112,7 +112,7 @@ Q4g32Inputs prepare_q4g32(const int16_t* x16, const float* xscale, int64_t M, in
             for (int i = 0; i < 8; ++i)
               pr[step * 64 + j * 16 + h * 8 + i] = xr[step * 64 + h * 32 + (j & 1) * 16 + (j >> 1) + 2 * i];
       for (int64_t b = 0; b < B; ++b) {
-        const int64_t lane = m * B8 + (b / 8) * 8 + (std::find(kQ4g32LaneBlock, kQ4g32LaneBlock + 8, b % 8) - kQ4g32LaneBlock);
+        const int64_t lane = m * B8 + (b / 8) * 8 + (std::find(kG32LaneBlock, kG32LaneBlock + 8, b % 8) - kG32LaneBlock);
         int32_t sum = 0;
         for (int i = 0; i < 32; ++i) sum += xr[b * 32 + i];
         dx[lane] = xscale[m * B + b];
@@ -169,12 +169,12 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   p.group = K / p.G;
   p.bits = qweight_bits(qweight, op);
   p.scale_type = scale_type_of(scales);
-  Q4g32Inputs q4g32;
-  if (q4g32_applies(p)) {
-    q4g32 = prepare_q4g32(p.x16, p.xscale, M, K, x.options());
-    p.x16p = q4g32.x16p.data_ptr<int16_t>();
-    p.dxp = q4g32.dxp.data_ptr<float>();
-    p.xsum8p = q4g32.xsum8p.data_ptr<int32_t>();
+  G32Inputs g32;
+  if (g32_applies(p)) {
+    g32 = prepare_g32(p.x16, p.xscale, M, K, x.options());
+    p.x16p = g32.x16p.data_ptr<int16_t>();
+    p.dxp = g32.dxp.data_ptr<float>();
+    p.xsum8p = g32.xsum8p.data_ptr<int32_t>();
   }
 
 #if defined(__AVX2__)

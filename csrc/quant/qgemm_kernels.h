@@ -14,7 +14,7 @@
 // Weight rows are walked in blocks of kQgemmRowBlock so a block stays in L2 while the x row blocks sweep it.
 //
 // This header must be included inside an ISA-specific namespace, after the Isa struct is defined.
-// It includes only its sibling qgemm_q4g32.h (intrinsics too), so no inline function from another header is compiled with the ISA's
+// It includes only its sibling qgemm_g32.h (intrinsics too), so no inline function from another header is compiled with the ISA's
 // flags here.
 
 // Scale element -> float32 (exact for all three types).
@@ -186,12 +186,12 @@ inline void qgemm_row_block_i16(const QgemmProblem& p, int64_t m0, int64_t n0, i
   for (; n < n1; ++n) qgemm_tile_i16<S, BITS, MB, 1>(p, m0, n);
 }
 
-#include "quant/qgemm_q4g32.h"
+#include "quant/qgemm_g32.h"
 
 template <class S, int BITS>
 inline void qgemm_rows_typed(const QgemmProblem& p, int64_t n_begin, int64_t n_end) {
-  if (BITS == 4 && p.x16p) {
-    q4g32_rows<S>(p, n_begin, n_end);
+  if (p.x16p) {
+    g32_rows<S, BITS>(p, n_begin, n_end);
     return;
   }
   if (p.x16) {

@@ -36,17 +36,17 @@ struct QgemmProblem {
   int64_t group;         // multiple of 32, divides K
   int bits;              // 4 or 8
   ScaleType scale_type;
-  // The int4 group-32 kernel (qgemm_q4g32.h) reads x in its own lane order; the caller fills these (each
-  // x row padded to B8 = a multiple of 8 blocks, padding zero) when q4g32_applies(), else leaves them null.
+  // The group-32 kernel (qgemm_g32.h) reads x in its own lane order; the caller fills these (each x row
+  // padded to B8 = a multiple of 8 blocks, padding zero) when g32_applies(), else leaves them null.
   const int16_t* x16p;   // [M, B8 * 32] x16, each 64-weight step as four 16-lane vectors (see the header)
-  const float* dxp;      // [M, B8] x scales, lane order per 8 blocks (kQ4g32LaneBlock)
-  const int32_t* xsum8p; // [M, B8] 8 * the sum of each block's x16, lane order
+  const float* dxp;      // [M, B8] x scales, lane order per 8 blocks (kG32LaneBlock)
+  const int32_t* xsum8p; // [M, B8] 8 * the sum of each block's x16, lane order (int4's offset)
 };
 
-// The int4 group-32 kernel's condition: int16 activations, int4 in groups of 32, K a multiple of 64.
-inline bool q4g32_applies(const QgemmProblem& p) { return p.x16 && p.bits == 4 && p.group == 32 && p.K % 64 == 0; }
-// Lane L of that kernel's per-8-block vectors holds block kQ4g32LaneBlock[L] (the order three hadds leave).
-constexpr int kQ4g32LaneBlock[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+// The group-32 kernel's condition: int16 activations, int4 or int8 in groups of 32, K a multiple of 64.
+inline bool g32_applies(const QgemmProblem& p) { return p.x16 && p.group == 32 && p.K % 64 == 0; }
+// Lane L of that kernel's per-8-block vectors holds block kG32LaneBlock[L] (the order three hadds leave).
+constexpr int kG32LaneBlock[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 
 // Weight rows per thread task: the unit of the row split (a multiple of every tile's rows).
 constexpr int64_t kQgemmRowBlock = 32;

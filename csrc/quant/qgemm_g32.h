@@ -1,0 +1,129 @@
+// The group-32 kernel for int4 (Q4_0, Google's QAT, w4a16-ct: the format most people run) and int8
+// (Q8_0): y = x @ dequant(W)^T for int16-quantized activations, one or two x rows per pass over the
+// weights. Written
+// with AVX2 intrinsics and included by both ISA files (AVX-512 implies AVX2). The general tile
+// (qgemm_tile_i16) folds every 32-weight block into float32 on its own -- a convert and two
+// multiplies, as much as the block's arithmetic; this one reduces eight blocks' int32 sums together and
+// folds them with one convert and one FMA.
+//
+// Per weight row, per step of 64 weights (blocks b and b+1), four int16 vectors w0..w3 hold weights
+// 2i, 2i+16, 2i+1, 2i+17 of block b in their low 128-bit half and of block b+1 in the high half, made
+// without a byte shuffle: int4 loads the step's 32 bytes and each int16 lane's four nibbles are one
+// weight of each vector; int8 loads 16 bytes of each block per half and splits even and odd bytes.
+// The caller stores x in the same lane order (QgemmProblem::x16p) and pmaddwd multiplies exactly into
+// int32. int4's unsigned nibbles u = q + 8 are corrected once per block: sum(q x) = sum(u x) - 8 sum(x).
+// Three hadds turn four steps (eight blocks) into one vector of block sums, lane L holding block
+// kG32LaneBlock[L], then acc += float(sum) * (weight scale * x scale). Exact int32: a block's
+// |sum| <= 32 * 128 * 32767 < 2^31.
+//
+// Reference: gemma4.ops.reference.qgemm. Include inside an ISA namespace, after qgemm_kernels.h's scale types.
+
+// Eight consecutive groups' scales as float32, in lane order; `count` < 8 only at a row's end (zeros after).
+template <class S>
+inline __m256 g32_load8_scales(const S* s, int64_t count) {
+  __m256 v;
+  if (count == 8) {
+    if constexpr (sizeof(S) == 4) {
+      v = _mm256_loadu_ps(reinterpret_cast<const float*>(s));
+    } else {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+      if constexpr (__is_same(S, Bf16Bits)) {
+        v = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+      } else {
+        v = _mm256_cvtph_ps(h);
+      }
+    }
+  } else {
+    alignas(32) float f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t i = 0; i < count; ++i) f[i] = scale_to_float(s[i]);
+    v = _mm256_load_ps(f);
+  }
+  const int* l = kG32LaneBlock;
+  return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]));
+}
+
+// One 64-weight step's four weight vectors: int4 as u = q + 8 (0..15), int8 as q, one per int16 lane.
+// w: the step's first byte (block b's; block b+1 follows it).
+template <int BITS>
+inline void g32_unpack(const uint8_t* w, __m256i out[4]) {
+  if constexpr (BITS == 4) {
+    const __m256i nib = _mm256_set1_epi16(0x000F);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));  // 4 weights per int16 lane
+    out[0] = _mm256_and_si256(v, nib);
+    out[1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+    out[2] = _mm256_and_si256(_mm256_srli_epi16(v, 8), nib);
+    out[3] = _mm256_srli_epi16(v, 12);
+  } else {
+    const auto half = [w](int off) {  // bytes off..off+15 of block b | of block b+1
+      return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(w + 32 + off), reinterpret_cast<const __m128i*>(w + off));
+    };
+    const __m256i v01 = half(0), v23 = half(16);
+    out[0] = _mm256_srai_epi16(_mm256_slli_epi16(v01, 8), 8);  // even bytes: weights 2i
+    out[1] = _mm256_srai_epi16(_mm256_slli_epi16(v23, 8), 8);  // 2i + 16
+    out[2] = _mm256_srai_epi16(v01, 8);                         // odd bytes: 2i + 1
+    out[3] = _mm256_srai_epi16(v23, 8);                         // 2i + 17
+  }
+}
+
+// Their int32 products with one x row's step (xp: 64 int16 in lane order): low half block 2t, high 2t+1.
+inline __m256i g32_dot(const __m256i w[4], const int16_t* xp) {
+  const auto x = [xp](int j) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 16 * j)); };
+  return _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(w[0], x(0)), _mm256_madd_epi16(w[1], x(1))),
+                          _mm256_add_epi32(_mm256_madd_epi16(w[2], x(2)), _mm256_madd_epi16(w[3], x(3))));
+}
+
+inline float g32_hsum(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+// y[m0 .. m0 + MB, n] for one weight row n.
+template <class S, int BITS, int MB>
+inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
+  constexpr int kBlockBytes = BITS * 4;                     // 32 weights
+  const int64_t B = p.K / 32, B8 = (B + 7) / 8 * 8;         // blocks (= groups) per row, even; padded
+  const uint8_t* w = p.qw + n * B * kBlockBytes;            // [B * kBlockBytes] bytes
+  const S* sc = static_cast<const S*>(p.scales) + n * B;    // [B]
+  __m256 acc[MB];
+  for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
+  for (int64_t b0 = 0; b0 < B; b0 += 8) {
+    const int64_t steps = B - b0 >= 8 ? 4 : (B - b0) / 2;
+    // The run 2 KB ahead (measured: 1.2-1.4x over the hardware prefetcher alone on this EPYC).
+    for (int line = 0; line < BITS / 2; ++line) __builtin_prefetch(w + b0 * kBlockBytes + 2048 + 64 * line);
+    __m256i s[MB][4];
+    for (int t = 0; t < 4; ++t) {
+      __m256i wv[4];
+      if (t < steps) g32_unpack<BITS>(w + (b0 + 2 * t) * kBlockBytes, wv);
+      for (int m = 0; m < MB; ++m)
+        s[m][t] = t < steps ? g32_dot(wv, p.x16p + (m0 + m) * B8 * 32 + (b0 + 2 * t) * 32) : _mm256_setzero_si256();
+    }
+    const __m256 ws = g32_load8_scales(sc + b0, B - b0 < 8 ? B - b0 : 8);
+    for (int m = 0; m < MB; ++m) {
+      const int64_t lanes = (m0 + m) * B8 + b0;
+      __m256i sum = _mm256_hadd_epi32(_mm256_hadd_epi32(s[m][0], s[m][1]), _mm256_hadd_epi32(s[m][2], s[m][3]));
+      if constexpr (BITS == 4) sum = _mm256_sub_epi32(sum, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xsum8p + lanes)));
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ws, _mm256_loadu_ps(p.dxp + lanes)), acc[m]);
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    float y = g32_hsum(acc[m]);
+    if (p.bias) y += p.bias[n];
+    p.out[(m0 + m) * p.N + n] = y;
+  }
+}
+
+// Weight rows [n_begin, n_end) against every x row: blocks of kQgemmRowBlock weight rows stay in cache
+// while the x rows sweep them in pairs.
+template <class S, int BITS>
+inline void g32_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end) {
+  for (int64_t nb = n_begin; nb < n_end; nb += kQgemmRowBlock) {
+    const int64_t ne = nb + kQgemmRowBlock < n_end ? nb + kQgemmRowBlock : n_end;
+    int64_t m = 0;
+    for (; m + 2 <= p.M; m += 2)
+      for (int64_t n = nb; n < ne; ++n) g32_row<S, BITS, 2>(p, m, n);
+    if (m < p.M)
+      for (int64_t n = nb; n < ne; ++n) g32_row<S, BITS, 1>(p, m, n);
+  }
+}
