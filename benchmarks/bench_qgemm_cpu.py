@@ -57,11 +57,13 @@ def cases(quick: bool):
         g128 = k % 128 == 0  # 26B-A4B's K = 2112 has no groups of 128
         q4_128, s4_128 = formats.quantize_int4(w, 128 if g128 else 64, torch.bfloat16)
         q8, s8 = formats.quantize_int8(w, None, torch.bfloat16)
+        q8_32, s8_32 = formats.quantize_int8(w, 32, torch.bfloat16)  # Q8_0's grid
         w_bf16, w_f32 = w.bfloat16(), w.float()
         fns = {
             "ours int4 g32": (lambda x: ops.qgemm(x, q4_32, s4_32), q4_32.numel() + s4_32.numel() * 2),
             "ours int4 g128": (lambda x: ops.qgemm(x, q4_128, s4_128), q4_128.numel() + s4_128.numel() * 2),
             "ours int8 channel": (lambda x: ops.qgemm(x, q8, s8), q8.numel() + s8.numel() * 2),
+            "ours int8 g32": (lambda x: ops.qgemm(x, q8_32, s8_32), q8_32.numel() + s8_32.numel() * 2),
             "torch int4 g32": (torch_int4(w, 32), q4_32.numel() + s4_32.numel() * 4),
             "torch int4 g128": (torch_int4(w, 128 if g128 else 64), q4_128.numel() + s4_128.numel() * 4),
             "torch int8 channel": (torch_int8(w), q8.numel() + n * 2),

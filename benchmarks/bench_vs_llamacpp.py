@@ -37,9 +37,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bf
 # llama.cpp's file per row: its converter writes f32 / bf16 / q8_0; Q4_0 comes from llama.cpp's own
 # quantizer (llama_model_quantize) applied to the bf16 file. int8 / int4 rows of ours quantize the same
 # bf16 checkpoint while loading: int8 groups of 32 (Q8_0's grid), int4 groups of 32 (Q4_0's), bf16
-# activations; the tied head stays bf16 (gemma4's default), where llama.cpp quantizes it with the rest
-# (quantizing ours too, modules_to_not_convert=["router"], measured no faster here and raised peak RSS:
-# docs/performance.md).
+# activations. Two gemma4 rows each: the tied head in bf16 (gemma4's default) and, as llama.cpp does
+# (Q8_0 for a Q8_0 file, Q6_K for Q4_0), quantized with the rest ("gemma4 qhead":
+# modules_to_not_convert=["router"], so the head gets the layers' int8 / int4 g32).
 GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0", "int4": "q4_0"}
 QUANT = {"int8": ("int8", 32), "int4": ("int4", 32)}
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "python" / "gemma4" / "default_model"
@@ -164,7 +164,8 @@ def child_gemma4(a) -> dict:
     quant = {}
     if a.dtype in QUANT:
         weights, group = QUANT[a.dtype]
-        quant = {"quantization_config": gemma4.QuantizationConfig(weights=weights, group_size=group)}
+        keep = {"modules_to_not_convert": ["router"]} if a.quantize_head else {}
+        quant = {"quantization_config": gemma4.QuantizationConfig(weights=weights, group_size=group, **keep)}
     model = gemma4.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=DTYPES[a.dtype], **quant).eval()
     t_load = time.perf_counter() - t_load
     ids = torch.tensor([_prompt(model.config.vocab_size, a.prompt_len, a.seed)])
@@ -260,7 +261,7 @@ def plot(rows):
         for ax, key, title in zip(axes, ("prefill_tok_s", "decode_tok_s", "peak_rss_gb"),
                                   ("prefill tokens/s", "decode tokens/s", "peak RSS (GB)")):
             ax.barh(range(len(rows)), [r[key] for r in rows],
-                    color=["tab:blue" if r["runtime"] == "gemma4" else "tab:gray" for r in rows])
+                    color=["tab:blue" if r["runtime"].startswith("gemma4") else "tab:gray" for r in rows])
             ax.set_yticks(range(len(rows)), labels, fontsize=8)
             ax.set_title(title)
         fig.tight_layout()
@@ -287,6 +288,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir", type=Path)
     ap.add_argument("--gguf")
     ap.add_argument("--flash-attn", type=int, default=0)
+    ap.add_argument("--quantize-head", type=int, default=0)
     args = ap.parse_args(argv)
     if args.child:
         return run_child(args)
@@ -306,10 +308,10 @@ def main(argv=None) -> int:
         if not gguf.exists():
             print(f"converting to GGUF {GGUF_TYPE[dtype]} ...", flush=True)
             convert_to_gguf(args.model_dir, gguf, dtype, args.llama_src)
-        runs = [("gemma4", {}), ("llama.cpp", {"gguf": gguf, "flash_attn": 0}),
-                ("llama.cpp fa", {"gguf": gguf, "flash_attn": 1})]
+        runs = [("gemma4", {})] + ([("gemma4 qhead", {"quantize_head": 1})] if dtype in QUANT else []) \
+            + [("llama.cpp", {"gguf": gguf, "flash_attn": 0}), ("llama.cpp fa", {"gguf": gguf, "flash_attn": 1})]
         for name, extra in runs:
-            r = spawn(args, "gemma4" if name == "gemma4" else "llamacpp", dtype, **extra)
+            r = spawn(args, "gemma4" if name.startswith("gemma4") else "llamacpp", dtype, **extra)
             r.update(runtime=name, dtype=dtype, load_avg_1min=os.getloadavg()[0])
             tokens[(name, dtype)] = r["tokens"]
             rows.append(r)

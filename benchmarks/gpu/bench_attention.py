@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import gemma4._native  # noqa: F401
-from benchmarks.gpu.common import gpu_info, write_gpu_results
+from benchmarks.gpu.common import gpu_info, graph_time_ms, write_gpu_results
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -41,22 +41,6 @@ def cuda_time(fn, reps: int = 20, warmup: int = 3) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
-
-
-def graph_time(fn, calls: int = 8, reps: int = 20) -> float:
-    """Median milliseconds per fn() replayed from a CUDA graph of `calls` calls: the device time of a
-    decode step captured in a graph (as generate's decode_step will be), without host launch overhead."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    return cuda_time(g.replay, reps=reps) / calls
 
 
 def visible_pairs(T: int, S: int, window: int) -> int:
@@ -144,7 +128,7 @@ def decode_row(hd, nH, nKV, S, B=1, caches=4):
 
     eager_ms = cuda_time(ours, reps=50)
     try:
-        ms = graph_time(ours)
+        ms = graph_time_ms([ours] * 8)  # a decode step's device time, as a captured generate step runs it
     except RuntimeError as e:  # a capture failure must not lose the eager numbers
         print(f"graph capture failed ({e}); decode timed eagerly")
         ms = eager_ms
@@ -156,7 +140,7 @@ def decode_row(hd, nH, nKV, S, B=1, caches=4):
                                               enable_gqa=nH != nKV, scale=1.0)
 
     try:
-        base_ms = graph_time(sdpa)
+        base_ms = graph_time_ms([sdpa] * 8)
     except RuntimeError:
         try:
             base_ms = cuda_time(sdpa, reps=50)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.gpu.common import gpu_info, write_gpu_results  # noqa: E402
+from benchmarks.gpu.common import gpu_info, graph_time_ms, write_gpu_results  # noqa: E402
 
 DT = torch.bfloat16
 
@@ -47,34 +47,14 @@ def cuda_time_ms(fn, inputs: list, warmup: int = 3, reps: int = 30) -> float:
     return statistics.median(a.elapsed_time(b) for a, b in times)
 
 
-def graph_time_ms(fn, inputs: list, reps: int = 20) -> float | None:
-    """GPU time per call: one call per input set captured in a CUDA graph, replays timed with events
-    (no host launch cost). None when fn cannot be captured (it synchronises with the host)."""
+def graph_ms(fn, inputs: list, reps: int = 20) -> float | None:
+    """GPU time per call, one call per input set in a CUDA graph (common.graph_time_ms); None when fn
+    cannot be captured (it synchronises with the host)."""
     try:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for inp in inputs:
-                fn(*inp)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for inp in inputs:
-                fn(*inp)
+        return graph_time_ms([lambda inp=inp: fn(*inp) for inp in inputs], reps)
     except Exception:  # noqa: BLE001  (host syncs inside fn: not capturable)
         torch.cuda.synchronize()
         return None
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        times.append((a, b))
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in times) / len(inputs)
 
 
 def copies(make, nbytes: int) -> list:
@@ -213,10 +193,10 @@ def main():
                 # ours_ms / base_ms: GPU time (CUDA graph replay) where the op can be captured;
                 # *_launch_ms: per call from Python, host launch cost included.
                 row["ours_launch_ms"] = cuda_time_ms(c["ours"], c["inputs"])
-                row["ours_ms"] = graph_time_ms(c["ours"], c["inputs"]) or row["ours_launch_ms"]
+                row["ours_ms"] = graph_ms(c["ours"], c["inputs"]) or row["ours_launch_ms"]
                 row["eager_launch_ms"] = cuda_time_ms(c["base"], c["inputs"], reps=10)
                 # (a baseline that syncs with the host -- the reference's per-expert loop -- is not captured)
-                row["eager_ms"] = (None if c.get("base_syncs") else graph_time_ms(c["base"], c["inputs"], reps=5)) \
+                row["eager_ms"] = (None if c.get("base_syncs") else graph_ms(c["base"], c["inputs"], reps=5)) \
                     or row["eager_launch_ms"]
                 if c.get("compiled") is not None:
                     row["compiled_ms"] = cuda_time_ms(c["compiled"], c["inputs"])

@@ -18,7 +18,6 @@ beside the 4.8 TB/s HBM peak. A method that fails records its error instead of a
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,37 +25,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.gpu.common import gpu_info, write_gpu_results  # noqa: E402
+from benchmarks.gpu.common import gpu_info, graph_time_ms, write_gpu_results  # noqa: E402
 
 HBM_PEAK = 4.8e12
 SHAPES = {"31B gate_up": (43008, 5376), "31B down": (5376, 21504), "E2B gate_up": (12288, 1536)}
 M_VALUES = [1, 2, 4, 8, 16, 32, 64, 128, 512]
 ROTATE_BYTES = 150 << 20
-
-
-def graph_time_us(calls: list, reps: int = 5) -> float:
-    """Median µs per call of `calls` (closures) captured in one CUDA graph and replayed."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in calls[:4]:
-            c()  # warm-up: cuBLAS handles, workspaces, lazy init
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(calls))
-    return statistics.median(times)
 
 
 def copies_for(nbytes: int) -> int:
@@ -142,7 +116,7 @@ def main():
                     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                     iters = max(len(weights), 8)
                     calls = [lambda w=weights[i % len(weights)]: fn(x, *w) for i in range(iters)]
-                    us = graph_time_us(calls)
+                    us = graph_time_ms(calls, reps=5) * 1e3
                     row.update(us=us, TBps=nbytes / us / 1e6, fraction_of_hbm_peak=nbytes / us / 1e6 / (HBM_PEAK / 1e12))
                     print(f"{shape:12s} {name:18s} M={m:4d} {us:9.1f} us {row['TBps']:6.2f} TB/s")
                 except Exception as e:  # noqa: BLE001  (one failing method must not stop the others)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,3 +46,31 @@ def write_gpu_results(name: str, rows: list[dict[str, Any]], info: dict[str, Any
             if src.exists():
                 shutil.copy(src, Path(out) / src.name)
     return path
+
+
+def graph_time_ms(calls: list[Callable[[], Any]], reps: int = 20) -> float:
+    """Median GPU milliseconds per call: the closures in `calls` captured once, in order, in a CUDA graph,
+    and the graph's replays timed with CUDA events, so no host launch cost is counted. The first four
+    calls run once on a side stream first (cuBLAS handles, workspaces, lazy init). Raises what capture
+    raises: a call that synchronises with the host cannot be captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls[:4]:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(calls))
+    return statistics.median(times)

@@ -246,12 +246,7 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
     hooks = hook_modules(model)
     plan = _plan(model, config, entries, aliases, hooks, index or files[0])
 
-    # to_empty() would give every tied alias (lm_head.weight) storage of its own, only for
-    # tie_weights() to drop it again: an extra [V, H] at peak. Detach the aliases first.
-    detached = _detach_aliases(model, aliases)
-    model.to_empty(device=target_device)
-    for module, name, canonical in detached:
-        setattr(module, name, model.get_parameter(canonical))
+    materialize(model, aliases, target_device)
     live = model.state_dict(keep_vars=True)
     mappable = _embedding_tables(model)
     maps: dict[str, Any] = {}  # one memory map per file (map_tensor)
@@ -277,13 +272,28 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
         for owner, module in hooks.items():
             _finish(module, owner, index or files[0])
 
+    return finish_loading(model, aliases)
+
+
+def materialize(model: torch.nn.Module, aliases: dict[str, str], device) -> None:
+    """model.to_empty(device) for a model built on meta. to_empty() would give every tied alias
+    (lm_head.weight) storage of its own, only for tie_weights() to drop it again: an extra [V, H] at
+    peak. So the aliases are detached first and re-tied after."""
+    detached = _detach_aliases(model, aliases)
+    model.to_empty(device=device)
+    for module, name, canonical in detached:
+        setattr(module, name, model.get_parameter(canonical))
+
+
+def finish_loading(model: torch.nn.Module, aliases: dict[str, str]) -> torch.nn.Module:
+    """The last steps once every weight is read: tie, rebuild the derived buffers, check the ties, eval."""
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     init = getattr(model, "init_non_persistent_buffers", None)
     if init is not None:
         init()
     elif _has_non_persistent_buffers(model):
-        raise TypeError(f"{model_cls.__name__} has non-persistent buffers but no init_non_persistent_buffers(); "
+        raise TypeError(f"{type(model).__name__} has non-persistent buffers but no init_non_persistent_buffers(); "
                         "after to_empty() they would hold garbage")
     _check_ties(model, aliases)
     return model.eval()

@@ -12,7 +12,9 @@ from safetensors.torch import save_file
 
 from gemma4.checkpoint import SAFE_WEIGHTS_NAME
 from gemma4.errors import CheckpointError
+from gemma4.hf_format.safetensors import _PM_PRESENT, page_map, release_pages
 from gemma4.modeling import Gemma4ForCausalLM
+from gemma4.quant import QuantizationConfig, QuantLinear
 from tests.oracle import make_hf_model, save_hf
 
 TABLES = ("model.embed_tokens.weight", "model.embed_tokens_per_layer.weight")
@@ -113,3 +115,36 @@ def test_non_finite_table_is_one_error(checkpoint, tmp_path):
         Gemma4ForCausalLM.from_pretrained(path, progress=False)
     assert SAFE_WEIGHTS_NAME in str(info.value) and TABLES[1] in str(info.value)
     assert f"1 NaN, 0 inf of {tensors[TABLES[1]].numel()}" in str(info.value)  # counted over the whole table
+
+
+def _present_pages(t: torch.Tensor) -> int:
+    return int(((page_map(t) & _PM_PRESENT) != 0).sum())
+
+
+def test_quantizing_the_tied_head_leaves_the_table_not_resident(checkpoint):
+    """The tied head quantized while loading reads the whole mapped table once (quant/modules.py
+    _quantize_into); its pages are handed back block by block, so the pass does not leave it resident."""
+    path, hf = checkpoint
+    file = os.path.join(path, SAFE_WEIGHTS_NAME)
+    config = QuantizationConfig(weights="int8", group_size=32, modules_to_not_convert=["router"])
+    model = Gemma4ForCausalLM.from_pretrained(path, progress=False, quantization_config=config)
+    table = model.model.embed_tokens.weight
+    assert isinstance(model.lm_head, QuantLinear) and _is_mapped_from(table, file)
+    assert len(page_map(table)) >= 16
+    assert _present_pages(table) == 0
+    # the head is the table, quantized: within half a level of it
+    err = (model.lm_head.dequantize() - table.float()).abs()
+    assert (err <= model.lm_head.scales.float().repeat_interleave(32, 1) / 2 * (1 + 1e-6)).all()
+
+
+def test_written_table_pages_are_never_dropped(checkpoint):
+    """release_pages refuses a range holding a page written since mapping (dropping it would lose the write)."""
+    path, _ = checkpoint
+    model = Gemma4ForCausalLM.from_pretrained(path, progress=False)
+    table = model.model.embed_tokens.weight
+    with torch.no_grad():
+        table[table.shape[0] // 2] += 1.0  # one private (copy-on-write) page, inside the whole pages
+    want = table.detach().clone()
+    release_pages(table)
+    assert _present_pages(table) >= 1
+    assert torch.equal(table, want)

@@ -199,7 +199,7 @@ def load_gguf(model_cls, file: str | os.PathLike, dtype=None, torch_dtype=None, 
     dtype: the float dtype of unquantized weights ("auto"/None: the default dtype, float32, as
     transformers dequantizes GGUF). Raises CheckpointError naming the file and the key or tensor.
     """
-    from ..checkpoint import _check_ties, _detach_aliases, _tied_aliases, resolve_dtype  # noqa: PLC0415
+    from ..checkpoint import _tied_aliases, finish_loading, materialize, resolve_dtype  # noqa: PLC0415
     from ..devices import parse_device  # noqa: PLC0415
 
     f = GGUFFile(file)
@@ -235,10 +235,7 @@ def load_gguf(model_cls, file: str | os.PathLike, dtype=None, torch_dtype=None, 
     if missing:
         raise f.error(f"{len(missing)} tensor(s) the model needs are missing: {', '.join(missing[:6])}", missing[0])
 
-    detached = _detach_aliases(model, aliases)
-    model.to_empty(device=parse_device(device))
-    for module, name, canonical in detached:
-        setattr(module, name, model.get_parameter(canonical))
+    materialize(model, aliases, parse_device(device))
     live = model.state_dict(keep_vars=True)
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -257,10 +254,7 @@ def load_gguf(model_cls, file: str | os.PathLike, dtype=None, torch_dtype=None, 
                 dest.copy_(tmp)
             else:
                 _load_float(f, it, dest.data)
-    model.tie_weights()
-    model.init_non_persistent_buffers()
-    _check_ties(model, aliases)
-    return model.eval()
+    return finish_loading(model, aliases)
 
 
 def gguf_path(path: str | os.PathLike, gguf_file: str | os.PathLike) -> str:

@@ -161,6 +161,63 @@ def map_tensor(entry: TensorEntry, maps: dict[str, mmap.mmap]) -> torch.Tensor |
     return t
 
 
+def is_file_mapped(t: torch.Tensor) -> bool:
+    """Whether t's memory lies in a mapping of a file (map_tensor's tables), per /proc/self/maps (Linux)."""
+    if t.device.type != "cpu" or not t.numel() or not os.path.exists("/proc/self/maps"):
+        return False
+    addr = t.data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            lo, hi = (int(a, 16) for a in fields[0].split("-"))
+            if lo <= addr < hi:
+                return len(fields) >= 6 and fields[5].startswith("/")
+    return False
+
+
+# /proc/self/pagemap: one 64-bit entry per virtual page (Documentation/admin-guide/mm/pagemap.rst).
+_PM_PRESENT, _PM_SWAPPED, _PM_FILE = 1 << 63, 1 << 62, 1 << 61
+
+
+def _whole_pages(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last) addresses of the pages wholly inside t's memory."""
+    page, start = mmap.PAGESIZE, t.data_ptr()
+    return -(-start // page) * page, (start + t.numel() * t.element_size()) // page * page
+
+
+def page_map(t: torch.Tensor):
+    """The pagemap entries (numpy uint64) of the pages wholly inside t, or None where unreadable."""
+    import numpy as np  # noqa: PLC0415
+
+    first, last = _whole_pages(t)
+    if last <= first:
+        return np.zeros(0, dtype=np.uint64)
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(first // mmap.PAGESIZE * 8)
+            return np.frombuffer(f.read((last - first) // mmap.PAGESIZE * 8), dtype=np.uint64)
+    except OSError:
+        return None
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Drop the resident pages wholly inside t, a file-mapped tensor (is_file_mapped) just read through,
+    so one pass over a memory-mapped table (quantizing the tied head) does not leave it all resident.
+    They come back from the file when touched again. Only when none of them was written since mapping:
+    a written page of a private map is the only copy of the write, and dropping it would lose it (then,
+    or where pagemap cannot be read, nothing is done)."""
+    import ctypes  # noqa: PLC0415
+
+    entries = page_map(t)
+    if entries is None or not len(entries):
+        return
+    private = ((entries & (_PM_PRESENT | _PM_SWAPPED)) != 0) & ((entries & _PM_FILE) == 0)
+    if private.any():
+        return
+    first, last = _whole_pages(t)
+    ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
 def load_file(path: str) -> dict[str, torch.Tensor]:
     """Every tensor of a (small) safetensors file, validated, as CPU tensors in file order."""
     entries, _ = read_header(path)

@@ -53,6 +53,14 @@ def _fits(module: nn.Module, group_size: int | None) -> bool:
     return all(k % 32 == 0 and k % (group_size or k) == 0 for k in _input_sizes(module))
 
 
+def _quantized(module: nn.Module, config: QuantizationConfig) -> QuantLinear | QuantExperts:
+    """module's (a Linear or an experts block) quantized replacement under config."""
+    args = (config.bits, config.group_size, config.torch_scale_dtype, config.trained_grid)
+    if isinstance(module, nn.Linear):
+        return QuantLinear.from_linear(module, *args)
+    return QuantExperts.from_experts(module, *args)
+
+
 def quantize(model: nn.Module, config: QuantizationConfig | None = None) -> nn.Module:
     """Quantize ``model``'s Linears (and MoE experts) in place per ``config`` and return it.
 
@@ -79,10 +87,8 @@ def quantize(model: nn.Module, config: QuantizationConfig | None = None) -> nn.M
             continue
         if module.weight.is_meta if isinstance(module, nn.Linear) else module.gate_up_proj.is_meta:
             raise ValueError(f"quantize: {name} has no weights yet (meta tensors); load the model first")
-        args = (config.bits, config.group_size, config.torch_scale_dtype, config.trained_grid)
         try:
-            new = QuantLinear.from_linear(module, *args) if isinstance(module, nn.Linear) \
-                else QuantExperts.from_experts(module, *args)
+            new = _quantized(module, config)
         except ValueError as e:
             raise ValueError(f"quantize: cannot quantize {name}: {e}") from None
         replacements.append((name, new))
@@ -111,6 +117,5 @@ def quantize_tied_head(model: nn.Module, config: QuantizationConfig) -> None:
         warnings.warn(f"quantization: lm_head kept in full precision (input size {head.in_features} is not a "
                       f"multiple of 32 and of group_size={config.group_size})", stacklevel=3)
         return
-    model.lm_head = QuantLinear.from_linear(head, config.bits, config.group_size, config.torch_scale_dtype,
-                                            config.trained_grid)
+    model.lm_head = _quantized(head, config)
     model.config.tie_word_embeddings = False

@@ -76,9 +76,14 @@ def _groups(w: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int]
 _CHUNK_ELEMENTS = 1 << 19
 
 
+def chunk_rows(k: int) -> int:
+    """Rows of a [N, k] weight quantized at a time."""
+    return max(1, _CHUNK_ELEMENTS // max(1, k))
+
+
 def _by_rows(quantizer, w: torch.Tensor, *args):
     """quantizer(w, *args) applied to row chunks of w, the results concatenated along the rows."""
-    rows = max(1, _CHUNK_ELEMENTS // max(1, w.shape[1]))
+    rows = chunk_rows(w.shape[1])
     if w.shape[0] <= rows:
         return quantizer(w, *args)
     parts = [quantizer(chunk, *args) for chunk in w.split(rows)]

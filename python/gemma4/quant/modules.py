@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gemma4 import ops
+from gemma4.hf_format.safetensors import is_file_mapped, release_pages
 
 from . import compressed_tensors as ct
 from . import formats
@@ -35,6 +36,23 @@ def _quantize(w: torch.Tensor, bits: int, group_size: int | None, scale_dtype: t
     if trained_grid:
         return formats.quantize_int4_trained_grid(w, group_size, scale_dtype)[:2]
     return formats.quantize_int4(w, group_size, scale_dtype)
+
+
+@torch.no_grad()
+def _quantize_into(q: "QuantLinear", w: torch.Tensor, trained_grid: bool) -> None:
+    """Fill q's packed buffers from its float weight w [N, K] a block of rows at a time: the peak is the
+    packed weight plus one block (the whole-weight quantizers would also hold a list of packed chunks and
+    their concatenation, two more packed copies). A memory-mapped w (the tied head's table) has each
+    block's pages handed back after it, so the pass does not leave the whole table resident."""
+    mapped = is_file_mapped(w)
+    rows = formats.chunk_rows(w.shape[1])
+    for start in range(0, w.shape[0], rows):
+        block = w[start:start + rows]
+        qweight, scales = _quantize(block, q.bits, q.group_size, q.scales.dtype, trained_grid)
+        q.qweight[start:start + rows].copy_(qweight)
+        q.scales[start:start + rows].copy_(scales)
+        if mapped:
+            release_pages(block)
 
 
 def _packed_shapes(out_features: int, in_features: int, bits: int, group_size: int | None):
@@ -145,7 +163,7 @@ class QuantLinear(_KeepsScaleDtype):
         w = linear.weight
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size, scale_dtype,
                 dtype=w.dtype, device=w.device)
-        q.load_quantized(*_quantize(w.detach(), bits, group_size, scale_dtype, trained_grid))
+        _quantize_into(q, w.detach(), trained_grid)
         if linear.bias is not None:
             q.bias.copy_(linear.bias)
         return q
