@@ -2,7 +2,7 @@
 
     python -m gemma4 generate --model default --prompt "Elizabeth was" [--max-new-tokens 64]
                               [--temperature 0.8] [--top-p 0.95] [--top-k 50] [--seed 0]
-                              [--dtype auto] [--device cpu] [--chat] [--tokenizer DIR]
+                              [--dtype auto] [--device cpu] [--quantize int4|int8] [--chat] [--tokenizer DIR]
     python -m gemma4 chat --model default          # multi-turn; one message a line, /exit or EOF ends
     python -m gemma4 info default|PATH|PRESET       # config, parameters, memory per dtype, KV cache
     python -m gemma4 demo                           # the default model streaming a continuation
@@ -43,7 +43,7 @@ def _setup(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, kind, where = load_model(args.model, args.dtype, args.device)
+    model, kind, where = load_model(args.model, args.dtype, args.device, args.quantize)
     if not args.threads and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
         # A few million parameters: every operator is tiny and threads only add synchronisation
         # (on a busy machine a second thread can make decoding ten times slower).
@@ -302,6 +302,8 @@ def _add_model_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
                    help="seed of the sampling draws (same seed, same text)")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--quantize", choices=("int4", "int8"),
+                   help="quantize the weights while loading (int4: groups of 32; int8: per channel; docs/quantization.md)")
     p.add_argument("--threads", type=number(int, 1),
                    help="torch CPU threads (default: 1 for models under 50 M parameters, else torch's default)")
     p.add_argument("--system", help="system prompt (chat)")

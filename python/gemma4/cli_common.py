@@ -97,8 +97,9 @@ def load_config(kind: str, where: str):
     return Gemma4Config.from_pretrained(where)
 
 
-def load_model(spec: str, dtype: str | None = "auto", device: str | None = None):
-    """The model for --model (checkpoint weights, or random weights for a preset), in eval mode."""
+def load_model(spec: str, dtype: str | None = "auto", device: str | None = None, quantize: str | None = None):
+    """The model for --model (checkpoint weights, or random weights for a preset), in eval mode;
+    --quantize int4|int8 quantizes it (while loading a checkpoint) with QuantizationConfig's defaults."""
     from gemma4.devices import parse_device, parse_dtype  # noqa: PLC0415
 
     kind, where = resolve_model(spec)
@@ -107,14 +108,28 @@ def load_model(spec: str, dtype: str | None = "auto", device: str | None = None)
         dtype = parse_dtype(dtype, "--dtype")
     except ValueError as e:
         raise CLIError(str(e)) from None
+    qconfig = None
+    if quantize:
+        from gemma4.quant import QuantizationConfig  # noqa: PLC0415
+
+        qconfig = QuantizationConfig(weights=quantize)
     if kind == "preset":
         from gemma4.modeling.random_model import build_random_model  # noqa: PLC0415
 
         print(f"note: preset {where!r} has RANDOM weights", file=sys.stderr)
-        return build_random_model(where, dtype, device=device), kind, where
+        model = build_random_model(where, dtype, device=device)
+        if qconfig is not None:
+            from gemma4.quant import quantize as quantize_model  # noqa: PLC0415
+
+            quantize_model(model, qconfig)
+        return model, kind, where
     from gemma4.auto import AutoModelForCausalLM  # noqa: PLC0415
 
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device=device, progress=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device=device, progress=False,
+                                                     quantization_config=qconfig)
+    except ValueError as e:  # e.g. --quantize on an already quantized checkpoint
+        raise CLIError(f"{spec}: {one_line(e)}") from None
     return model.eval(), kind, where
 
 

@@ -40,3 +40,23 @@ def test_quantize_command_errors(tmp_path):
         run_cli("quantize", "default", str(tmp_path / "b"), "--weights", "int8", "--trained-grid"))
     assert "invalid choice" in one_error_line(
         run_cli("quantize", "default", str(tmp_path / "c"), "--group-size", "48"))
+
+
+def test_generate_quantize_streams_what_the_quantized_model_generates(tmp_path):
+    """`generate --quantize int4` quantizes while loading and prints the greedy text of the model
+    gemma4.quantize makes in memory; on an already quantized checkpoint it is one error line."""
+    prompt = "It is a truth universally acknowledged"
+    r = run_cli("generate", "--model", "default", "--prompt", prompt, "--greedy", "--max-new-tokens", "16",
+                "--threads", "1", "--quantize", "int4", "--quiet")
+    assert r.returncode == 0, r.stderr
+    model = gemma4.AutoModelForCausalLM.from_pretrained(default_model_path(), progress=False)
+    quantize(model, QuantizationConfig(weights="int4"))
+    tok = gemma4.AutoTokenizer.from_pretrained(default_model_path())
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = model.eval().generate(ids, do_sample=False, max_new_tokens=16)
+    assert r.stdout.rstrip("\n") == prompt + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    quantized = tmp_path / "q"
+    assert run_cli("quantize", "default", str(quantized), "--quiet").returncode == 0
+    line = one_error_line(run_cli("generate", "--model", str(quantized), "--prompt", prompt, "--quantize", "int8"))
+    assert "quantiz" in line
