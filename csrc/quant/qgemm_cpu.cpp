@@ -1,7 +1,8 @@
 // gemma4::qgemm on CPU: y = x @ dequant(qweight, scales)^T (+ bias), weight-only int4/int8.
-// Checks the arguments, converts x to float32 once, splits the weight rows over threads and runs the
-// kernel of the best instruction set this CPU supports (AVX-512F when present, else AVX2; one binary
-// serves both). Kernels: qgemm_kernels.h; reference: gemma4.ops.reference.qgemm.
+// Checks the arguments, quantizes bf16/fp16 x to int16 once (fp32 x is used as it is; groups of 32 also
+// get x in their kernel's lane order), splits the weight rows over threads and runs the kernel of the
+// best instruction set this CPU supports (AVX-512F when present, else AVX2; one binary serves both).
+// Kernels: qgemm_kernels.h, qgemm_g32.h; reference: gemma4.ops.reference.qgemm.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
