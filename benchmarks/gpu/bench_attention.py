@@ -15,32 +15,16 @@ Usage (repo root, CUDA build): GEMMA4_LIB_DIR=... PYTHONPATH=python:. python3 be
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import gemma4._native  # noqa: F401
-from benchmarks.gpu.common import gpu_info, graph_time_ms, write_gpu_results
+from benchmarks.gpu.common import cuda_time_ms as cuda_time, gpu_info, graph_time_ms, write_gpu_results
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
-
-
-def cuda_time(fn, reps: int = 20, warmup: int = 3) -> float:
-    """Median milliseconds of fn() over reps, CUDA events around each call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def visible_pairs(T: int, S: int, window: int) -> int:

@@ -48,6 +48,21 @@ def write_gpu_results(name: str, rows: list[dict[str, Any]], info: dict[str, Any
     return path
 
 
+def cuda_time_ms(fn: Callable[[], Any], reps: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of fn() over reps, CUDA events around each call, synchronised after each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def graph_time_ms(calls: list[Callable[[], Any]], reps: int = 20) -> float:
     """Median GPU milliseconds per call: the closures in `calls` captured once, in order, in a CUDA graph,
     and the graph's replays timed with CUDA events, so no host launch cost is counted. The first four
@@ -63,14 +78,4 @@ def graph_time_ms(calls: list[Callable[[], Any]], reps: int = 20) -> float:
     with torch.cuda.graph(graph):
         for call in calls:
             call()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(calls))
-    return statistics.median(times)
+    return cuda_time_ms(graph.replay, reps, warmup=1) / len(calls)
