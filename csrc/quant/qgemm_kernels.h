@@ -14,8 +14,8 @@
 // Weight rows are walked in blocks of kQgemmRowBlock so a block stays in L2 while the x row blocks sweep it.
 //
 // This header must be included inside an ISA-specific namespace, after the Isa struct is defined.
-// It includes only its sibling qgemm_g32.h (intrinsics too), so no inline function from another header is compiled with the ISA's
-// flags here.
+// It includes only its sibling qgemm_g32.h (intrinsics too), so no inline function from another header
+// is compiled with the ISA's flags here.
 
 // Scale element -> float32 (exact for all three types).
 inline float scale_to_float(float s) { return s; }
