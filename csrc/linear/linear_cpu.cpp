@@ -2,10 +2,12 @@
 // accumulation, rounded once to x's dtype.
 // Reference: linear in python/gemma4/ops/reference.py.
 //
-// Two paths, chosen by the number of rows M of x:
+// Paths, chosen by the number of rows M of x and the shape:
 // - M <= kGemvMaxRows (decode): linear_gemv.h, the weights streamed once, bf16 widened in registers,
 //   at::parallel_for over tiles of weight rows.
-// - larger M (prefill): fp32 goes straight to the BLAS sgemm (what torch.matmul does). bf16 x is
+// - larger M (prefill), fp32, most shapes (AVX2 builds): linear_gemm.h's packing-free tile GEMM, faster
+//   than MKL's multi-threaded sgemm there (tile_gemm_faster).
+// - larger M otherwise: fp32 goes straight to the BLAS sgemm (what torch.matmul does). bf16 x is
 //   widened once; the bf16 weight is widened a block of rows at a time into a per-thread fp32
 //   buffer that stays in L2, and each block is one single-threaded sgemm. torch's own bf16 matmul
 //   on a CPU without AVX512-BF16 runs several times slower than its fp32 one at these shapes.
@@ -15,6 +17,7 @@
 
 #include "common/vec_utils.h"
 #include "linear/linear_checks.h"
+#include "linear/linear_gemm.h"
 #include "linear/linear_gemv.h"
 
 namespace gemma4 {
@@ -102,6 +105,35 @@ void gemm_bf16_weight(const c10::BFloat16* w, const at::Tensor& x32, const c10::
   });
 }
 
+// Where linear_gemm.h's fp32 tile GEMM measured faster than MKL's sgemm on the benchmarks' AVX2 EPYC (2
+// threads, M = 128, GFLOP/s ours / MKL): the widening projections (q/k/v, gate/up; 1536 -> 2048..12288:
+// 94-104 / 46-78) and the narrowing ones up to K = 6144 (2048..6144 -> 1536: 95-100 / 70-80). The
+// 12288 -> 1536 MLP down projection ran 79-90 / 101-110, so it keeps the sgemm.
+bool tile_gemm_faster(int64_t N, int64_t K) {
+#if defined(CPU_CAPABILITY_AVX2)
+  return N >= K || K <= 6144;
+#else
+  return false;
+#endif
+}
+
+// y[M, N] = x[M, K] @ w[N, K]^T (+ bias), fp32: tasks of kNG weight rows, each summing into an fp32
+// [M, kNG] buffer.
+void tile_gemm(const float* w, const float* x, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
+#if defined(CPU_CAPABILITY_AVX2)
+  using linear::kNG;
+  at::parallel_for(0, at::divup(N, kNG), 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> cbuf(M * kNG);  // [M, kNG]
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n0 = g * kNG, rows = std::min(kNG, N - n0);
+      linear::gemm_rows(w, x, M, K, n0, rows, cbuf.data());
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t i = 0; i < rows; ++i) y[m * N + n0 + i] = cbuf[m * kNG + i] + (bias ? bias[n0 + i] : 0.0f);
+    }
+  });
+#endif
+}
+
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "gemma4::linear";
   check_device(x, op, "x", c10::kCPU);
@@ -128,6 +160,11 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     return y;
   }
 
+  if (x.scalar_type() == at::kFloat && tile_gemm_faster(p.N, p.K)) {
+    tile_gemm(weight.const_data_ptr<float>(), x32.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
+              y.mutable_data_ptr<float>(), p.M, p.N, p.K);
+    return y;
+  }
   if (x.scalar_type() == at::kFloat) {  // the BLAS sgemm, as torch.matmul
     at::Tensor y2d = y.view({p.M, p.N});
     if (bias) {

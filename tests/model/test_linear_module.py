@@ -25,7 +25,8 @@ def test_choice():
     w32, w16 = torch.randn(1024, 1024), torch.randn(8, 1024).bfloat16()
     assert uses_gemma4_kernel(torch.randn(1, 3, 1024), w32)  # decode rows
     assert uses_gemma4_kernel(torch.randn(8, 1024), w32)
-    assert not uses_gemma4_kernel(torch.randn(9, 1024), w32)  # fp32 prefill: torch's sgemm
+    assert uses_gemma4_kernel(torch.randn(9, 1024), w32)  # fp32 prefill: the op picks tile GEMM or sgemm
+    assert uses_gemma4_kernel(torch.randn(9, 16), torch.randn(8, 16))
     assert not uses_gemma4_kernel(torch.randn(1, 16), torch.randn(8, 16))  # small fp32 weight
     assert uses_gemma4_kernel(torch.randn(1, 1024).bfloat16(), w16)
     assert uses_gemma4_kernel(torch.randn(64, 1024).bfloat16(), w16)  # bf16 prefill
@@ -34,6 +35,8 @@ def test_choice():
     assert not uses_gemma4_kernel(torch.randn(1, 1024), torch.randn(2048, 1024).t())  # strided weight
     with torch_linear_only():
         assert not uses_gemma4_kernel(torch.randn(1, 1024), w32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # F.linear applies autocast's dtypes
+        assert not uses_gemma4_kernel(torch.randn(16, 1024), w32)
 
 
 def _tiny(seed=0):

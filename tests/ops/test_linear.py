@@ -1,7 +1,9 @@
 """gemma4::linear against reference.linear in float64 (see csrc/linear/).
 
-Both paths are covered: rows <= 8 (the weight-streaming GEMV, every row count 1..8 has its own
-instantiation) and more rows (fp32 sgemm; bf16 widened a block of weight rows at a time). Error rule:
+Every path is covered: rows <= 8 (the weight-streaming GEMV, every row count 1..8 has its own
+instantiation) and more rows (fp32: the tile GEMM of linear_gemm.h, with row and column edges, a K
+tail and K longer than one k-block, and the sgemm for K = 12288; bf16 widened a block of weight rows
+at a time). Error rule:
 ours against the float64 reference is at most 2x plain PyTorch's (F.linear in the same dtype).
 """
 import math
@@ -21,7 +23,7 @@ DTYPES = [torch.float32, torch.bfloat16]
 # a K longer than one weight block, Gemma 4 widths, and enough rows for both threads.
 CASES = [((1,), 1, 1), ((1,), 5, 7), ((3,), 13, 37), ((1, 1), 4096, 1536), ((2,), 259, 300),
          ((5,), 18, 64), ((1, 8), 131, 96), ((7,), 1, 17), ((9,), 70, 33), ((2, 17), 300, 1536),
-         ((130,), 257, 520), ((40,), 20, 12288), ((6,), 1536, 256), ((4,), 300, 6144)]
+         ((130,), 257, 520), ((40,), 20, 12288), ((6,), 1536, 256), ((4,), 300, 6144), ((12,), 41, 4100)]
 
 
 def _rand(shape, dtype, scale=1.0):
