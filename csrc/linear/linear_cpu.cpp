@@ -161,8 +161,8 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   }
 
   if (x.scalar_type() == at::kFloat && tile_gemm_faster(p.N, p.K)) {
-    tile_gemm(weight.const_data_ptr<float>(), x32.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
-              y.mutable_data_ptr<float>(), p.M, p.N, p.K);
+    tile_gemm(weight.const_data_ptr<float>(), x32.const_data_ptr<float>(),
+              bias ? bias->const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(), p.M, p.N, p.K);
     return y;
   }
   if (x.scalar_type() == at::kFloat) {  // the BLAS sgemm, as torch.matmul

@@ -1,6 +1,7 @@
-// Prefill-sized fp32 linear (many rows of x) without packing: y[m, n] = sum_k x[m, k] * w[n, k]. A register tile of RN weight rows x RM rows of x keeps RN*RM vector accumulators of 8
-// k-partial sums; both operands are read along k as they lie in memory (no transposed copy), and each
-// accumulator is reduced once per k-block. 4 x 3 tiles: 12 accumulators + 4 weight + 3 x registers of the
+// Prefill-sized fp32 linear (many rows of x) without packing: y[m, n] = sum_k x[m, k] * w[n, k].
+// A register tile of RN weight rows x RM rows of x keeps RN*RM vector accumulators of 8 k-partial sums;
+// both operands are read along k as they lie in memory (no transposed copy), and each accumulator is
+// reduced once per k-block. 4 x 3 tiles: 12 accumulators + 4 weight + 3 x registers of the
 // 16, 12 FMAs per 7 loads. Loops: a task owns kNG weight rows; per k-block of kKC it walks x in kMC-row
 // blocks (kept in L2) and, per 4 weight rows (kept in L1), every 3-row tile of the block.
 // Why: MKL's multi-threaded sgemm on the AVX2 EPYC of the benchmarks runs these shapes at 46-78 GFLOP/s
