@@ -5,17 +5,16 @@
 // Paths, chosen by the number of rows M of x and the shape:
 // - M <= kGemvMaxRows (decode): linear_gemv.h, the weights streamed once, bf16 widened in registers,
 //   at::parallel_for over tiles of weight rows.
-// - larger M (prefill), fp32, most shapes (AVX2 builds): linear_gemm.h's packing-free tile GEMM, faster
-//   than MKL's multi-threaded sgemm there (tile_gemm_faster).
-// - larger M otherwise: fp32 goes straight to the BLAS sgemm (what torch.matmul does). bf16 x is
-//   widened once; the bf16 weight is widened a block of rows at a time into a per-thread fp32
-//   buffer that stays in L2, and each block is one single-threaded sgemm. torch's own bf16 matmul
-//   on a CPU without AVX512-BF16 runs several times slower than its fp32 one at these shapes.
+// - larger M (prefill): linear_gemm.h's packed GEMM (x widened to fp32 once; bf16 weights widened while
+//   they are packed). torch's own bf16 matmul on a CPU without AVX512-BF16 runs several times slower
+//   than its fp32 one at these shapes, and MKL's fp32 sgemm is slower on most of them
+//   (packed_gemm_faster); where it is not, fp32 goes to the BLAS sgemm, as torch.matmul does.
 #include <vector>
 
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "common/vec_utils.h"
 #include "linear/linear_checks.h"
 #include "linear/linear_gemm.h"
 #include "linear/linear_gemv.h"
@@ -75,41 +74,10 @@ void gemv_dispatch(int64_t M, const T* w, const float* x, const T* bias, T* y, i
   }
 }
 
-// y[M, N] = x32[M, K] @ w[N, K]^T (+ bias) for a bf16 weight: each task widens a block of nb weight
-// rows into an fp32 buffer that stays in L2, multiplies it with one single-threaded sgemm (at::mm
-// inside a parallel region does not start threads of its own) into an fp32 [M, nb] buffer, then adds
-// the bias and rounds once into y's columns n0..n0+nb.
-void gemm_bf16_weight(const c10::BFloat16* w, const at::Tensor& x32, const c10::BFloat16* bias,
-                      c10::BFloat16* y, int64_t M, int64_t N, int64_t K) {
-  // Rows per block: a widened block of about 384 KB (at least 16 rows, the sgemm's register tile).
-  const int64_t nb = std::clamp<int64_t>((96 * 1024 / std::max<int64_t>(K, 1)) / 16 * 16, 16, 256);
-  const int64_t blocks = at::divup(N, nb);
-  const auto f32 = x32.options();
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    at::Tensor wbuf = at::empty({nb, K}, f32);  // [nb, K] widened weight rows
-    at::Tensor ybuf = at::empty({M, nb}, f32);  // [M, nb] fp32 products
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * nb, rows = std::min(nb, N - n0);
-      linear::widen(w + n0 * K, wbuf.mutable_data_ptr<float>(), rows * K);
-      at::Tensor yb = ybuf.narrow(1, 0, rows);
-      if (rows != nb) yb = at::empty({M, rows}, f32);
-      at::mm_out(yb, x32, wbuf.narrow(0, 0, rows).t());  // [M, rows]
-      const float* src = yb.const_data_ptr<float>();
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t i = 0; i < rows; ++i) {
-          float v = src[m * rows + i];
-          if (bias) v += static_cast<float>(bias[n0 + i]);
-          y[m * N + n0 + i] = static_cast<c10::BFloat16>(v);
-        }
-    }
-  });
-}
-
-// Where linear_gemm.h's fp32 tile GEMM measured faster than MKL's sgemm on the benchmarks' AVX2 EPYC (2
-// threads, M = 128, GFLOP/s ours / MKL): the widening projections (q/k/v, gate/up; 1536 -> 2048..12288:
-// 94-104 / 46-78) and the narrowing ones up to K = 6144 (2048..6144 -> 1536: 95-100 / 70-80). The
-// 12288 -> 1536 MLP down projection ran 79-90 / 101-110, so it keeps the sgemm.
-bool tile_gemm_faster(int64_t N, int64_t K) {
+// Where linear_gemm.h's packed GEMM measured faster than MKL's sgemm for an fp32 weight, on the benchmarks'
+// AVX2 EPYC (2 threads, M = 128): SHAPES_TBD. bf16 weights always take it (torch's bf16 matmul on a CPU
+// without AVX512-BF16 is several times slower than its fp32 one).
+bool packed_gemm_faster(int64_t N, int64_t K) {
 #if defined(CPU_CAPABILITY_AVX2)
   return N >= K || K <= 6144;
 #else
@@ -117,21 +85,40 @@ bool tile_gemm_faster(int64_t N, int64_t K) {
 #endif
 }
 
-// y[M, N] = x[M, K] @ w[N, K]^T (+ bias), fp32: tasks of kNG weight rows, each summing into an fp32
-// [M, kNG] buffer.
-void tile_gemm(const float* w, const float* x, const float* bias, float* y, int64_t M, int64_t N, int64_t K) {
-#if defined(CPU_CAPABILITY_AVX2)
-  using linear::kNG;
-  at::parallel_for(0, at::divup(N, kNG), 1, [&](int64_t g0, int64_t g1) {
-    std::vector<float> cbuf(M * kNG);  // [M, kNG]
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t n0 = g * kNG, rows = std::min(kNG, N - n0);
-      linear::gemm_rows(w, x, M, K, n0, rows, cbuf.data());
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t i = 0; i < rows; ++i) y[m * N + n0 + i] = cbuf[m * kNG + i] + (bias ? bias[n0 + i] : 0.0f);
+// y[M, N] = x32[M, K] @ w[N, K]^T (+ bias), rounded once to T: x packed once, then tasks of nc weight rows,
+// each summing into an fp32 [groups * kMR, nc] buffer.
+template <typename T>
+void packed_gemm(const T* w, const at::Tensor& x32, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+  using linear::kKC;
+  using linear::kMR;
+  using linear::kNR;
+  const int64_t groups = at::divup(M, kMR), kblocks = at::divup(K, kKC);
+  const float* x = x32.const_data_ptr<float>();
+  at::Tensor ap = at::empty({groups * kMR * K}, x32.options());  // x packed: [kblocks][groups][kc][kMR]
+  float* app = ap.mutable_data_ptr<float>();
+  at::parallel_for(0, kblocks * groups, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t k0 = (t / groups) * kKC, g = t % groups, kc = std::min(kKC, K - k0);
+      linear::pack_x_group(x, M, K, k0, kc, g, app + k0 * groups * kMR + g * kc * kMR);
     }
   });
-#endif
+  // Weight rows per task: about 4 tasks per thread (balance for N = 256), at most 128 (the packed panel of
+  // a k-block, 128 KB, stays in L2).
+  const int64_t per = at::divup(N, 4 * static_cast<int64_t>(at::get_num_threads()));
+  const int64_t nc = std::clamp<int64_t>(at::divup(per, kNR) * kNR, kNR, 128);
+  at::parallel_for(0, at::divup(N, nc), 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> bp(kKC * nc), cbuf(groups * kMR * nc);  // packed weights [nc/kNR][kc][kNR], sums [M', nc]
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * nc, rows = std::min(nc, N - n0);
+      linear::gemm_panel(w, app, groups, K, n0, rows, bp.data(), cbuf.data(), nc);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t i = 0; i < rows; ++i) {
+          float v = cbuf[m * nc + i];
+          if (bias) v += static_cast<float>(bias[n0 + i]);
+          y[m * N + n0 + i] = static_cast<T>(v);
+        }
+    }
+  });
 }
 
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
@@ -160,12 +147,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     return y;
   }
 
-  if (x.scalar_type() == at::kFloat && tile_gemm_faster(p.N, p.K)) {
-    tile_gemm(weight.const_data_ptr<float>(), x32.const_data_ptr<float>(),
-              bias ? bias->const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(), p.M, p.N, p.K);
-    return y;
-  }
-  if (x.scalar_type() == at::kFloat) {  // the BLAS sgemm, as torch.matmul
+  if (x.scalar_type() == at::kFloat && !packed_gemm_faster(p.N, p.K)) {  // the BLAS sgemm, as torch.matmul
     at::Tensor y2d = y.view({p.M, p.N});
     if (bias) {
       at::addmm_out(y2d, *bias, x2d, weight.t());
@@ -174,8 +156,16 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     }
     return y;
   }
-  gemm_bf16_weight(weight.const_data_ptr<c10::BFloat16>(), x32, bias ? bias->const_data_ptr<c10::BFloat16>() : nullptr,
-                   y.mutable_data_ptr<c10::BFloat16>(), p.M, p.N, p.K);
+  AT_DISPATCH_SWITCH(x.scalar_type(), op,
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      packed_gemm<float>(weight.const_data_ptr<float>(), x32, bias ? bias->const_data_ptr<float>() : nullptr,
+                         y.mutable_data_ptr<float>(), p.M, p.N, p.K);
+    })
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      using B = c10::BFloat16;
+      packed_gemm<B>(weight.const_data_ptr<B>(), x32, bias ? bias->const_data_ptr<B>() : nullptr,
+                     y.mutable_data_ptr<B>(), p.M, p.N, p.K);
+    }));
   return y;
 }
 }  // namespace

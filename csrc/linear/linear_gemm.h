@@ -1,13 +1,18 @@
-// Prefill-sized fp32 linear (many rows of x) without packing: y[m, n] = sum_k x[m, k] * w[n, k].
-// A register tile of RN weight rows x RM rows of x keeps RN*RM vector accumulators of 8 k-partial sums;
-// both operands are read along k as they lie in memory (no transposed copy), and each accumulator is
-// reduced once per k-block. 4 x 3 tiles: 12 accumulators + 4 weight + 3 x registers of the
-// 16, 12 FMAs per 7 loads. Loops: a task owns kNG weight rows; per k-block of kKC it walks x in kMC-row
-// blocks (kept in L2) and, per 4 weight rows (kept in L1), every 3-row tile of the block.
-// Why: MKL's multi-threaded sgemm on the AVX2 EPYC of the benchmarks runs these shapes at 46-78 GFLOP/s
-// on 2 threads; this loop measured 94-104 (dev/perf/gemm_dot_kernel.cpp). linear_cpu.cpp uses it where
-// it measured faster. (bf16 weights keep their widen + single-threaded sgemm per block, which measured
-// as fast as this loop.)
+// Prefill-sized linear (many rows of x): y[m, n] = sum_k x[m, k] * w[n, k], fp32 accumulation, for fp32
+// or bf16 weights. A packed register-tile GEMM in the BLIS manner:
+// - x is packed once per call, per k-block of kKC, into groups of kMR rows stored k-major
+//   ([kc][kMR]: the microkernel broadcasts one value per row);
+// - a task owns a panel of weight rows; per k-block it packs them into kNR-row micro-panels stored
+//   k-major ([kc][kNR]: two 8-lane vectors per k), widening bf16 to fp32 on the way;
+// - the 6 x 16 microkernel keeps 12 vector accumulators and does 12 FMAs per 2 vector loads and
+//   6 broadcasts, with no horizontal sums; the 16 KB weight micro-panel stays in L1 while every x group
+//   streams past it from L2.
+// Each output is summed by one task in a fixed order (k within a block, then block after block), so the
+// result does not depend on the thread count.
+// Why: MKL's multi-threaded sgemm on the benchmarks' AVX2 EPYC runs Gemma 4's projections at 46-80
+// GFLOP/s on 2 threads, and torch's bf16 matmul without AVX512-BF16 far slower; the packing-free dot tile
+// this replaced ran 95-104, this kernel measured more (dev/perf/gemm_packed_kernel.cpp, numbers in
+// docs/performance.md).
 // Reference: reference.linear in python/gemma4/ops/reference.py.
 #pragma once
 #include <algorithm>
@@ -22,65 +27,102 @@
 
 namespace gemma4::linear {
 
-constexpr int kTileN = 4, kTileM = 3;
-constexpr int64_t kKC = 2048;  // k per block: 4 fp32 weight rows of it are 32 KB (L1)
-constexpr int64_t kMC = 30;    // x rows per block: 30 x 2048 fp32 = 240 KB (L2)
-constexpr int64_t kNG = 48;    // weight rows per task
+constexpr int kMR = 6;        // rows of x per tile
+constexpr int kNR = 16;       // weight rows per tile: two vectors of outputs
+constexpr int64_t kKC = 256;  // k per block: a packed micro-panel of weights is 16 KB (L1)
+
+// Packed x: for each k-block (offset k0 * groups * kMR), group g at g * kc * kMR holds
+// dst[k * kMR + i] = x[g * kMR + i, k0 + k], rows past M zero.
+inline void pack_x_group(const float* x, int64_t M, int64_t K, int64_t k0, int64_t kc, int64_t g, float* dst) {
+  for (int i = 0; i < kMR; ++i) {
+    const int64_t m = g * kMR + i;
+    for (int64_t k = 0; k < kc; ++k) dst[k * kMR + i] = m < M ? x[m * K + k0 + k] : 0.f;
+  }
+}
 
 #if defined(CPU_CAPABILITY_AVX2)
-// c[j * ldc + i] (+)= sum over k < kc of w[i * ldw + k] * x[j * ldx + k], for i < RN, j < RM.
-template <int RN, int RM>
-inline void dot_tile(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc, float* c, int64_t ldc,
-                     bool add) {
-  __m256 acc[RN][RM];
-  for (int i = 0; i < RN; ++i)
-    for (int j = 0; j < RM; ++j) acc[i][j] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= kc; k += 8) {
-    __m256 xv[RM];
-    for (int j = 0; j < RM; ++j) xv[j] = _mm256_loadu_ps(x + j * ldx + k);
-    for (int i = 0; i < RN; ++i) {
-      const __m256 wv = _mm256_loadu_ps(w + i * ldw + k);
-      for (int j = 0; j < RM; ++j) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
-    }
-  }
-  for (int i = 0; i < RN; ++i)
-    for (int j = 0; j < RM; ++j) {
-      float s = hsum8(acc[i][j]);
-      for (int64_t t = k; t < kc; ++t) s = std::fma(w[i * ldw + t], x[j * ldx + t], s);  // kc % 8 tail
-      c[j * ldc + i] = add ? c[j * ldc + i] + s : s;
-    }
-}
-
-// The tile for rn <= kTileN weight rows and rm <= kTileM x rows (the edges use the smaller ones).
-template <int RN = kTileN>
-inline void dot_tile_any(int rn, int rm, const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t kc,
-                         float* c, int64_t ldc, bool add) {
-  if constexpr (RN > 1) {
-    if (rn < RN) return dot_tile_any<RN - 1>(rn, rm, w, ldw, x, ldx, kc, c, ldc, add);
-  }
-  switch (rm) {
-    case 3: return dot_tile<RN, 3>(w, ldw, x, ldx, kc, c, ldc, add);
-    case 2: return dot_tile<RN, 2>(w, ldw, x, ldx, kc, c, ldc, add);
-    default: return dot_tile<RN, 1>(w, ldw, x, ldx, kc, c, ldc, add);
-  }
-}
-
-// cbuf[m, i] = sum_k x[m, k] * w[n0 + i, k] for m < M, i < rows (<= kNG): one task's weight rows.
-inline void gemm_rows(const float* w, const float* x, int64_t M, int64_t K, int64_t n0, int64_t rows,
-                      float* cbuf) {
-  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
-    const int64_t kc = std::min(kKC, K - k0);
-    for (int64_t m0 = 0; m0 < M; m0 += kMC) {
-      const int64_t m1 = std::min(M, m0 + kMC);
-      for (int64_t i = 0; i < rows; i += kTileN)
-        for (int64_t m = m0; m < m1; m += kTileM)
-          dot_tile_any(static_cast<int>(std::min<int64_t>(kTileN, rows - i)),
-                       static_cast<int>(std::min<int64_t>(kTileM, m1 - m)), w + (n0 + i) * K + k0, K,
-                       x + m * K + k0, K, kc, cbuf + m * kNG + i, kNG, k0 > 0);
-    }
-  }
+// The 8 x 8 transpose of r[0..7] (rows) into columns, in place.
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 #endif
+
+// A weight micro-panel: dst[k * kNR + j] = float(w[j * K + k]) for j < rows (<= kNR; zero beyond), k < kc.
+template <typename T>
+inline void pack_w_panel(const T* w, int64_t K, int64_t rows, int64_t kc, float* dst) {
+  int64_t k = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+  if (rows == kNR) {
+    for (; k + 8 <= kc; k += 8)
+      for (int j0 = 0; j0 < kNR; j0 += 8) {
+        __m256 r[8];
+        for (int j = 0; j < 8; ++j) r[j] = load8(w + (j0 + j) * K + k);
+        transpose8(r);
+        for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (k + t) * kNR + j0, r[t]);
+      }
+  }
+#endif
+  for (; k < kc; ++k)
+    for (int j = 0; j < kNR; ++j) dst[k * kNR + j] = j < rows ? static_cast<float>(w[j * K + k]) : 0.f;
+}
+
+// c[i * ldc + j] (+)= sum over k < kc of a[k * kMR + i] * b[k * kNR + j], i < kMR, j < kNR.
+inline void micro_6x16(const float* a, const float* b, int64_t kc, float* c, int64_t ldc, bool add) {
+#if defined(CPU_CAPABILITY_AVX2)
+  __m256 acc[kMR][2];
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + k * kNR), b1 = _mm256_loadu_ps(b + k * kNR + 8);
+    for (int i = 0; i < kMR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a + k * kMR + i);
+      acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+    }
+  }
+  for (int i = 0; i < kMR; ++i)
+    for (int v = 0; v < 2; ++v) {
+      float* p = c + i * ldc + 8 * v;
+      _mm256_storeu_ps(p, add ? _mm256_add_ps(_mm256_loadu_ps(p), acc[i][v]) : acc[i][v]);
+    }
+#else  // the same sums in the same order, left to the compiler to vectorize
+  float acc[kMR][kNR] = {};
+  for (int64_t k = 0; k < kc; ++k)
+    for (int i = 0; i < kMR; ++i)
+      for (int j = 0; j < kNR; ++j) acc[i][j] = std::fma(a[k * kMR + i], b[k * kNR + j], acc[i][j]);
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) c[i * ldc + j] = add ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+#endif
+}
+
+// cbuf[m, i] = sum_k x[m, k] * w[n0 + i, k] for m < groups * kMR, i < nc (rounded up to kNR; ldc >= that):
+// one task's panel of weight rows. ap: x packed by pack_x_group; bp: kKC * ldc floats of scratch.
+template <typename T>
+inline void gemm_panel(const T* w, const float* ap, int64_t groups, int64_t K, int64_t n0, int64_t nc, float* bp,
+                       float* cbuf, int64_t ldc) {
+  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+    const int64_t kc = std::min(kKC, K - k0);
+    for (int64_t j = 0; j < nc; j += kNR)
+      pack_w_panel(w + (n0 + j) * K + k0, K, std::min<int64_t>(kNR, nc - j), kc, bp + j * kc);
+    const float* ablk = ap + k0 * groups * kMR;
+    for (int64_t j = 0; j < nc; j += kNR)
+      for (int64_t g = 0; g < groups; ++g)
+        micro_6x16(ablk + g * kc * kMR, bp + j * kc, kc, cbuf + g * kMR * ldc + j, ldc, k0 > 0);
+  }
+}
 
 }  // namespace gemma4::linear

@@ -96,13 +96,4 @@ inline void gemv_tile(const W* w, const float* x, int64_t K, float* out) {
       for (int m = 0; m < M; ++m) out[r * M + m] = std::fma(static_cast<float>(w[r * K + k]), x[m * K + k], out[r * M + m]);
 }
 
-// dst[i] = float(src[i]) for a bf16 src: the exact widening.
-inline void widen(const c10::BFloat16* src, float* dst, int64_t n) {
-  int64_t i = 0;
-#if defined(CPU_CAPABILITY_AVX2)
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src + i));
-#endif
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
 }  // namespace gemma4::linear
