@@ -52,6 +52,8 @@ TORCH_LIBRARY(gemma4, m) {
   // Linear: y = x [..., K] @ weight [N, K]^T (+ bias [N]); float32 or bfloat16 (x, weight, bias one
   // dtype), fp32 accumulation, one rounding to x's dtype.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // linear's input gradient: grad_out [..., N] @ weight [N, K] -> [..., K], the same dtypes and rounding.
+  m.def("linear_grad_input(Tensor grad_out, Tensor weight) -> Tensor");
 }
 
 // A gemma4 op called on CUDA tensors where no CUDA kernel exists says why, instead of the dispatcher's
@@ -73,12 +75,12 @@ void no_cuda_kernel(const c10::OperatorHandle& op, torch::jit::Stack*) {
 
 TORCH_LIBRARY_IMPL(gemma4, CUDA, m) {
 #if defined(GEMMA4_WITH_CUDA)
-  const char* cpu_only[] = {"linear"};
+  const char* cpu_only[] = {"linear", "linear_grad_input"};
 #else
   const char* cpu_only[] = {"rms_norm", "rms_norm_backward", "rope", "rope_backward", "attention",
                             "attention_backward", "gated_activation", "gated_activation_backward",
                             "moe_route", "moe_route_backward", "moe_experts", "moe_experts_backward",
-                            "qgemm", "linear"};
+                            "qgemm", "linear", "linear_grad_input"};
 #endif
   for (const char* name : cpu_only) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernel>());
 }

@@ -34,4 +34,19 @@ inline LinearProblem check_linear_args(const char* op, const at::Tensor& x, cons
   return {M, weight.size(0), x.size(-1)};
 }
 
+// gemma4::linear_grad_input: grad_x[M, K] = grad_out[M, N] @ weight[N, K], grad_out's leading dims in M.
+inline LinearProblem check_linear_grad_input_args(const char* op, const at::Tensor& grad_out, const at::Tensor& weight) {
+  TORCH_CHECK(grad_out.scalar_type() == at::kFloat || grad_out.scalar_type() == at::kBFloat16, op,
+              ": grad_out must be float32 or bfloat16, got ", grad_out.scalar_type());
+  check_dtype(weight, grad_out.scalar_type(), op, "weight");
+  TORCH_CHECK(grad_out.dim() >= 1, op, ": grad_out must have at least 1 dimension, got a scalar");
+  check_dim(weight, 2, op, "weight");
+  check_size(weight, 0, grad_out.size(-1), op, "weight");  // weight [N, K] with N = grad_out.size(-1)
+  check_contiguous(grad_out, op, "grad_out");
+  check_contiguous(weight, op, "weight");
+  check_same_device(weight, grad_out, op, "weight");
+  const int64_t M = c10::multiply_integers(grad_out.sizes().slice(0, grad_out.dim() - 1));
+  return {M, weight.size(0), weight.size(1)};
+}
+
 }  // namespace gemma4

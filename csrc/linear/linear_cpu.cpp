@@ -85,9 +85,9 @@ bool packed_gemm_faster(int64_t N, int64_t K) {
 #endif
 }
 
-// y[M, N] = x32[M, K] @ w[N, K]^T (+ bias), rounded once to T: x packed once, then tasks of nc weight rows,
-// each summing into an fp32 [groups * kMR, nc] buffer.
-template <typename T>
+// y[M, N] = x32[M, K] @ w[N, K]^T (+ bias), or with KMajor x32 @ w[K, N], rounded once to T: x packed once,
+// then tasks of nc output columns, each summing into an fp32 [groups * kMR, nc] buffer.
+template <bool KMajor = false, typename T>
 void packed_gemm(const T* w, const at::Tensor& x32, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
   using linear::kKC;
   using linear::kMR;
@@ -110,7 +110,7 @@ void packed_gemm(const T* w, const at::Tensor& x32, const T* bias, T* y, int64_t
     std::vector<float> bp(kKC * nc), cbuf(groups * kMR * nc);  // packed weights [nc/kNR][kc][kNR], sums [M', nc]
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * nc, rows = std::min(nc, N - n0);
-      linear::gemm_panel(w, app, groups, K, n0, rows, bp.data(), cbuf.data(), nc);
+      linear::gemm_panel<KMajor>(w, app, groups, K, N, n0, rows, bp.data(), cbuf.data(), nc);
       for (int64_t m = 0; m < M; ++m)
         for (int64_t i = 0; i < rows; ++i) {
           float v = cbuf[m * nc + i];
@@ -158,18 +158,45 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   }
   AT_DISPATCH_SWITCH(x.scalar_type(), op,
     AT_DISPATCH_CASE(at::kFloat, [&] {
-      packed_gemm<float>(weight.const_data_ptr<float>(), x32, bias ? bias->const_data_ptr<float>() : nullptr,
+      packed_gemm(weight.const_data_ptr<float>(), x32, bias ? bias->const_data_ptr<float>() : nullptr,
                          y.mutable_data_ptr<float>(), p.M, p.N, p.K);
     })
     AT_DISPATCH_CASE(at::kBFloat16, [&] {
       using B = c10::BFloat16;
-      packed_gemm<B>(weight.const_data_ptr<B>(), x32, bias ? bias->const_data_ptr<B>() : nullptr,
+      packed_gemm(weight.const_data_ptr<B>(), x32, bias ? bias->const_data_ptr<B>() : nullptr,
                      y.mutable_data_ptr<B>(), p.M, p.N, p.K);
     }));
   return y;
 }
+
+// grad_x = grad_out @ weight: the packed GEMM reading the weight k-major (its rows are the reduction).
+at::Tensor linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& weight) {
+  constexpr const char* op = "gemma4::linear_grad_input";
+  check_device(grad_out, op, "grad_out", c10::kCPU);
+  const LinearProblem p = check_linear_grad_input_args(op, grad_out, weight);
+  std::vector<int64_t> out_shape(grad_out.sizes().begin(), grad_out.sizes().end());
+  out_shape.back() = p.K;
+  at::Tensor gx = at::empty(out_shape, grad_out.options());
+  if (gx.numel() == 0) return gx;
+  if (p.N == 0) return gx.zero_();
+  const at::Tensor g32 = as_fp32(grad_out.view({p.M, p.N})).contiguous();  // [M, N]
+  AT_DISPATCH_SWITCH(grad_out.scalar_type(), op,
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      packed_gemm<true>(weight.const_data_ptr<float>(), g32, static_cast<const float*>(nullptr),
+                        gx.mutable_data_ptr<float>(), p.M, p.K, p.N);
+    })
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      using B = c10::BFloat16;
+      packed_gemm<true>(weight.const_data_ptr<B>(), g32, static_cast<const B*>(nullptr), gx.mutable_data_ptr<B>(),
+                        p.M, p.K, p.N);
+    }));
+  return gx;
+}
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gemma4, CPU, m) { m.impl("linear", &linear_cpu); }
+TORCH_LIBRARY_IMPL(gemma4, CPU, m) {
+  m.impl("linear", &linear_cpu);
+  m.impl("linear_grad_input", &linear_grad_input_cpu);
+}
 
 }  // namespace gemma4

@@ -29,7 +29,7 @@ namespace gemma4::linear {
 
 constexpr int kMR = 6;        // rows of x per tile
 constexpr int kNR = 16;       // weight rows per tile: two vectors of outputs
-constexpr int64_t kKC = 256;  // k per block: a packed micro-panel of weights is 16 KB (L1)
+constexpr int64_t kKC = 128;  // k per block: a packed micro-panel of weights is 8 KB (L1)
 
 // Packed x: for each k-block (offset k0 * groups * kMR), group g at g * kc * kMR holds
 // dst[k * kMR + i] = x[g * kMR + i, k0 + k], rows past M zero.
@@ -109,15 +109,40 @@ inline void micro_6x16(const float* a, const float* b, int64_t kc, float* c, int
 #endif
 }
 
-// cbuf[m, i] = sum_k x[m, k] * w[n0 + i, k] for m < groups * kMR, i < nc (rounded up to kNR; ldc >= that):
-// one task's panel of weight rows. ap: x packed by pack_x_group; bp: kKC * ldc floats of scratch.
+// The same micro-panel from a weight stored k-major, wt[K, N] (the input gradient's g @ W, W [N_out, K_in]):
+// dst[k * kNR + j] = float(wt[k * ldw + j]) for j < cols (<= kNR; zero beyond): a copy of kNR values per k.
 template <typename T>
-inline void gemm_panel(const T* w, const float* ap, int64_t groups, int64_t K, int64_t n0, int64_t nc, float* bp,
-                       float* cbuf, int64_t ldc) {
+inline void pack_kn_panel(const T* wt, int64_t ldw, int64_t cols, int64_t kc, float* dst) {
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* src = wt + k * ldw;
+    int64_t j = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+    if (cols == kNR) {
+      _mm256_storeu_ps(dst + k * kNR, load8(src));
+      _mm256_storeu_ps(dst + k * kNR + 8, load8(src + 8));
+      continue;
+    }
+#endif
+    for (; j < kNR; ++j) dst[k * kNR + j] = j < cols ? static_cast<float>(src[j]) : 0.f;
+  }
+}
+
+// cbuf[m, i] = sum_k x[m, k] * w(k, n0 + i) for m < groups * kMR, i < nc (rounded up to kNR; ldc >= that):
+// one task's panel of output columns, with w(k, n) = w[n * K + k] (a weight [N, K], y = x @ w^T) or, with
+// KMajor, w[k * N + n] (a weight [K, N], y = x @ w). ap: x packed by pack_x_group; bp: kKC * ldc floats.
+template <bool KMajor, typename T>
+inline void gemm_panel(const T* w, const float* ap, int64_t groups, int64_t K, int64_t N, int64_t n0, int64_t nc,
+                       float* bp, float* cbuf, int64_t ldc) {
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0);
-    for (int64_t j = 0; j < nc; j += kNR)
-      pack_w_panel(w + (n0 + j) * K + k0, K, std::min<int64_t>(kNR, nc - j), kc, bp + j * kc);
+    for (int64_t j = 0; j < nc; j += kNR) {
+      const int64_t cols = std::min<int64_t>(kNR, nc - j);
+      if constexpr (KMajor) {
+        pack_kn_panel(w + k0 * N + n0 + j, N, cols, kc, bp + j * kc);
+      } else {
+        pack_w_panel(w + (n0 + j) * K + k0, K, cols, kc, bp + j * kc);
+      }
+    }
     const float* ablk = ap + k0 * groups * kMR;
     for (int64_t j = 0; j < nc; j += kNR)
       for (int64_t g = 0; g < groups; ++g)

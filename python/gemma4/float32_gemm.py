@@ -5,8 +5,9 @@ fp16); elsewhere it falls back to a generic loop. Measured on the AVX2-only 2-co
 benchmarks (1 thread): bf16 x @ W.T 9 GFLOP/s and grad @ W (a Linear's input gradient) 0.9 GFLOP/s,
 against 40-55 GFLOP/s for float32 (MKL). Upcasting the operands and rounding the float32 result once
 gives the numbers of a bf16 GEMM with float32 accumulation (a product of two bf16 or fp16 numbers is
-exact in float32; only the summation order differs), at float32 speed, for the price of float32 copies
-of the operands while the GEMM runs. Where the native GEMM exists nothing changes.
+exact in float32; only the summation order differs), at float32 speed. bf16 goes through gemma4's own
+CPU ops (gemma4::linear, linear_grad_input), which widen inside the kernel; fp16 pays for float32
+copies of the operands while torch's GEMM runs. Where the native GEMM exists nothing changes.
 
 `is_plain_linear` says which modules the fast paths built on this (LoRA's base GEMM, the fused loss's
 head) may bypass: an nn.Linear whose forward is nn.Linear's or one marked `plain_linear_forward` (a
@@ -20,6 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from gemma4 import ops
 
 __all__ = ["is_plain_linear", "linear", "needs_float32_gemm", "plain_linear_forward"]
 
@@ -41,28 +44,41 @@ def needs_float32_gemm(t: torch.Tensor) -> bool:
 
 
 class _Float32Linear(torch.autograd.Function):
-    """F.linear(x, weight, bias) with every GEMM (forward and backward) done in float32."""
+    """F.linear(x, weight, bias) with every GEMM (forward and backward) done in float32.
+
+    bf16 with a contiguous weight: gemma4::linear and linear_grad_input, which widen the operands inside the
+    kernel (the same numbers without float32 copies of the weight); fp16: upcast copies and torch's GEMMs."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         # x only when the weight trains (a frozen LoRA base needs just the weight for grad_x)
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
         ctx.has_bias, ctx.x_dtype = bias is not None, x.dtype
+        if _own_kernels(x, weight) and (bias is None or bias.dtype == x.dtype):
+            return ops.linear(x, weight, bias)  # [..., out]
         out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())  # [..., out] fp32
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        g = grad.float()  # [..., out]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g @ weight.float()).to(ctx.x_dtype)  # [..., in]
+            if _own_kernels(grad, weight):
+                grad_x = ops.linear_grad_input(grad, weight)  # [..., in]
+            else:
+                grad_x = (grad.float() @ weight.float()).to(ctx.x_dtype)  # [..., in]
         if ctx.needs_input_grad[1]:
-            grad_w = (g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
+            g = grad.reshape(-1, grad.shape[-1]).float()  # [rows, out]
+            grad_w = (g.t() @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.reshape(-1, g.shape[-1]).sum(0).to(weight.dtype)
+            grad_b = grad.reshape(-1, grad.shape[-1]).float().sum(0).to(weight.dtype)
         return grad_x, grad_w, grad_b
+
+
+def _own_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """gemma4's CPU linear ops take bf16 with a contiguous weight (fp16 they do not)."""
+    return x.dtype == weight.dtype == torch.bfloat16 and weight.is_contiguous() and x.device.type == "cpu"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,9 +1,8 @@
 """gemma4::linear against reference.linear in float64 (see csrc/linear/).
 
 Every path is covered: rows <= 8 (the weight-streaming GEMV, every row count 1..8 has its own
-instantiation) and more rows (fp32: the tile GEMM of linear_gemm.h, with row and column edges, a K
-tail and K longer than one k-block, and the sgemm for K = 12288; bf16 widened a block of weight rows
-at a time). Error rule:
+instantiation) and more rows (the packed GEMM of linear_gemm.h, fp32 and bf16 weights, with row and
+column edges, a K tail and K longer than one k-block; fp32's sgemm for K = 12288). Error rule:
 ours against the float64 reference is at most 2x plain PyTorch's (F.linear in the same dtype).
 """
 import math

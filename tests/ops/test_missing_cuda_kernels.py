@@ -15,6 +15,7 @@ def _calls():
     q, k, v = torch.randn(1, 4, 2, 8), torch.randn(1, 4, 1, 8), torch.randn(1, 4, 1, 8)
     return {
         "linear": (x, torch.randn(5, 8), None),
+        "linear_grad_input": (x, torch.randn(8, 5)),
         "qgemm": (x, torch.zeros(5, 4, dtype=torch.uint8), torch.ones(5, 1), None),
         "rms_norm": (x, w, 1e-6),
         "rope": (q, torch.arange(4)[None], torch.rand(4)),
@@ -24,7 +25,7 @@ def _calls():
     }
 
 
-CPU_ONLY = {"linear"}
+CPU_ONLY = {"linear", "linear_grad_input"}
 
 
 @pytest.mark.parametrize("name", list(_calls()))

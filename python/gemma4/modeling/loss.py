@@ -92,8 +92,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        # CPU fp32: gemma4::linear's tile GEMM runs this wide GEMM (H -> V) at about 2x MKL's sgemm on the
-        # benchmarks' EPYC; it returns a fresh [n,V] per chunk (freed before the next one is made).
+        # CPU fp32: gemma4::linear's packed GEMM runs this wide GEMM (H -> V) and grad_hidden's (V -> H) faster
+        # than MKL's sgemm on the benchmarks' EPYC; it returns a fresh [n,V] per chunk (freed before the next
+        # one is made).
         own_gemm = not compiling and hidden.dtype == torch.float32 and uses_gemma4_kernel(hidden[:n_max], weight)
         logits_buf = None if own_gemm else hidden.new_empty((n_max, V))  # logits, then their gradient
         for start in range(0, N, chunk_size):
@@ -111,7 +112,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                                                   row_weight[start + b:start + rows.stop], cap)
                 total = total + loss
                 logits[rows].copy_(grad)
-            if grad_hidden is not None:
+            if grad_hidden is not None and own_gemm:
+                grad_hidden[start:end] = ops.linear_grad_input(logits, weight)  # [n,H]
+            elif grad_hidden is not None:
                 torch.mm(logits, weight, out=grad_hidden[start:end])  # [n,H]
             if grad_weight is not None:
                 grad_weight.add_(torch.mm(logits.t(), h))  # [V,H]; float32 accumulation over chunks

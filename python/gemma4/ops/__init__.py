@@ -6,10 +6,10 @@ from gemma4 import _native  # noqa: F401  (loads libgemma4_ops.so, which registe
 
 from .activation import gated_activation
 from .attention import attention
-from .linear import linear
+from .linear import linear, linear_grad_input
 from .moe import moe_experts, moe_route
 from .norm import rms_norm
 from .quant import qgemm
 from .rope import rope
 
-__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "qgemm", "linear"]
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "qgemm", "linear", "linear_grad_input"]

@@ -12,7 +12,7 @@ from gemma4 import _native  # noqa: F401  (loads the operator library)
 
 from . import _fake_checks as chk
 
-__all__ = ["linear"]
+__all__ = ["linear", "linear_grad_input"]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -24,9 +24,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         bias: ``[N]`` in ``x.dtype``, or None.
 
     Returns:
-        ``[..., N]`` in ``x.dtype``. Differentiable in all three (the backward is plain torch matmuls).
+        ``[..., N]`` in ``x.dtype``. Differentiable in all three (the input gradient is ``linear_grad_input``,
+        the weight's a torch matmul).
     """
     return torch.ops.gemma4.linear(x.contiguous(), weight, bias)
+
+
+def linear_grad_input(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``grad_out @ weight``: ``linear``'s input gradient, accumulated in float32 and rounded once.
+
+    Args:
+        grad_out: ``[..., N]``, float32 or bfloat16 (made contiguous if it is not).
+        weight: ``[N, K]`` in ``grad_out.dtype``, contiguous.
+
+    Returns:
+        ``[..., K]`` in ``grad_out.dtype``. Differentiable in both.
+    """
+    return torch.ops.gemma4.linear_grad_input(grad_out.contiguous(), weight)
 
 
 def _check(op, x, weight, bias):
@@ -51,6 +65,24 @@ def _linear_fake(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+def _check_grad_input(op, grad_out, weight):
+    """csrc/linear/linear_checks.h's checks of linear_grad_input, for the fake kernel."""
+    if grad_out.dtype not in (torch.float32, torch.bfloat16):
+        chk.fail(op, f"grad_out must be float32 or bfloat16, got {chk.dtype_name(grad_out.dtype)}")
+    chk.dtype(op, "weight", weight, grad_out.dtype)
+    if grad_out.dim() < 1:
+        chk.fail(op, "grad_out must have at least 1 dimension, got a scalar")
+    chk.dim(op, "weight", weight, 2)
+    chk.size(op, "weight", weight, 0, grad_out.shape[-1])
+    chk.same_device(op, grad_out, weight=weight)
+
+
+@torch.library.register_fake("gemma4::linear_grad_input")
+def _linear_grad_input_fake(grad_out, weight):
+    _check_grad_input("gemma4::linear_grad_input", grad_out, weight)
+    return grad_out.new_empty((*grad_out.shape[:-1], weight.shape[1]))
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias = inputs
     ctx.save_for_backward(x, weight)
@@ -59,7 +91,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
-    grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None  # [..., K]
+    grad_x = linear_grad_input(grad_out, weight) if ctx.needs_input_grad[0] else None  # [..., K]
     grad_w = grad_b = None
     if ctx.needs_input_grad[1]:
         grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # [N, K]
@@ -69,3 +101,20 @@ def _backward(ctx, grad_out):
 
 
 torch.library.register_autograd("gemma4::linear", _backward, setup_context=_setup_context)
+
+
+def _setup_grad_input_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _grad_input_backward(ctx, grad_gx):
+    grad_out, weight = ctx.saved_tensors
+    g_grad_out = linear(grad_gx, weight) if ctx.needs_input_grad[0] else None  # [..., N]
+    g_weight = None
+    if ctx.needs_input_grad[1]:  # [N, K]
+        g_weight = grad_out.reshape(-1, grad_out.shape[-1]).t() @ grad_gx.reshape(-1, grad_gx.shape[-1])
+    return g_grad_out, g_weight
+
+
+torch.library.register_autograd("gemma4::linear_grad_input", _grad_input_backward,
+                                setup_context=_setup_grad_input_context)

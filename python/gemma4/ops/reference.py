@@ -127,11 +127,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return y.to(x.dtype)
 
 
+def linear_grad_input(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad_out [..., N] @ weight [N, K] in float32 (float64 for float64), rounded once."""
+    acc = _acc(grad_out)
+    return (grad_out.to(acc) @ weight.to(acc)).to(grad_out.dtype)  # [..., K]
+
+
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits / cap)
 
 
-__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "linear", "softcap"]
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "linear", "linear_grad_input", "softcap"]
 
 
 # ---- quantized linear (gemma4::qgemm) ----
