@@ -21,7 +21,7 @@ def main(name: str, out: str):
         methods = make_methods(n, k)
         for meth in ("ours_int4_g32", "ours_int8_channel"):
             nbytes, weights, fn = methods[meth]
-            for m in (1, 4, 16, 32):
+            for m in (1, 2, 4, 8, 16, 32):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 calls = [lambda w=weights[i % len(weights)]: fn(x, *w) for i in range(max(len(weights), 8))]
                 us = graph_time_ms(calls, reps=7) * 1e3
