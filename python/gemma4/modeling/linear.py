@@ -10,10 +10,10 @@ Which kernel runs is decided per call from what benchmarks/bench_linear_cpu.py m
 - at most DECODE_ROWS rows of input (decode): ours streams the weights once, bf16 widened in
   registers (about 2x torch's bf16 rate; in fp32 on par with MKL's sgemv, except that for small fp32
   weights torch's lower call overhead wins);
-- more rows in bfloat16 (prefill): ours widens the weights to fp32 block by block and runs sgemm,
-  several times faster than torch's bf16 matmul on CPUs without AVX512-BF16;
-- more rows in float32: ours runs its own tile GEMM on AVX2 builds where that beat MKL's multi-threaded
-  sgemm (most Gemma 4 projections, 1.2-2x on 2 threads) and the same sgemm as torch elsewhere.
+- more rows (prefill): ours runs its packed GEMM (linear_gemm.h), bf16 widened while the weights are
+  packed: several times faster than torch's bf16 matmul on CPUs without AVX512-BF16, and faster than
+  MKL's multi-threaded sgemm at most Gemma 4 projections in fp32 (the op itself keeps the sgemm for the
+  shapes where it measured faster).
 """
 from __future__ import annotations
 
