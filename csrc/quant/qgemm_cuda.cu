@@ -4,12 +4,15 @@
 // Two paths, by M = the rows of x:
 //  * M <= kGemvMaxRows: a weight-streaming GEMV on tensor cores (device helpers and the fragment order in
 //    qgemm_cuda.cuh). A small kernel first writes x in the MMA's fragment order (bf16/fp16 x; fp32 x takes
-//    the other path), zero-padded to 8, 16 or 32 rows. Then each warp owns 32 weight rows (two 16-row tiles)
-//    over a slice of K: per 32-byte chunk of a row each lane issues one 8-byte load (2-4 chunks ahead),
-//    converts the levels exactly to bf16/fp16, and multiplies all M rows with mma.sync, fp32 accumulation;
-//    each 32-weight run's sum is scaled in fp32. A block's warps take consecutive K slices of the same rows
-//    and are added in warp order through shared memory: deterministic, one launch, no workspace. The weights
-//    are read once for all M rows, so M = 1..32 costs about one pass over them.
+//    the other path), zero-padded to whole 8-column MMA tiles. Then each warp owns 32 weight rows (two
+//    16-row tiles) over a slice of K: each lane loads 16, 8 or 4 bytes of a row per span (load_bytes: int4
+//    16 for M <= 2, where each lane's load already is its MMA fragment and the runs go to separate MMA
+//    columns; 4 for M > 4, in qgemv_shuffle_kernel: 8 bytes and a shuffle), converts the levels exactly to
+//    bf16/fp16 and multiplies all M rows with mma.sync, fp32 accumulation; each 32-weight run's sum is
+//    scaled in fp32. A block's warps take consecutive K slices of
+//    the same rows and are added in warp order through shared memory; where the rows are too few to fill the
+//    GPU, several blocks split K and a second kernel adds their sums in a fixed order (plan_gemv):
+//    deterministic either way. The weights are read once for all M rows, so M = 1..32 costs about one pass.
 //  * larger M, and fp32 x at any M: the weight is dequantized into an [N, K] workspace in x's dtype (each value rounded once from
 //    the exact q * scale, as plain PyTorch's dequant(W).to(dtype) does) and at::linear multiplies (cuBLAS;
 //    fp32 follows torch's allow_tf32 setting like torch.matmul).
@@ -18,6 +21,11 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/zeros.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <unordered_map>
 
 #include "common/cuda_launch.cuh"
 #include "common/cuda_vec.cuh"
@@ -29,24 +37,32 @@ namespace {
 
 using namespace quant_cuda;
 
-// Up to this many activation rows the GEMV runs (MMA tiles of 8 rows: 1, 2 or 4 of them); above, dequantize
-// + cuBLAS. The GEMV reads the weights once whatever M, so it wins while its MMAs hide under the weight
-// reads; benchmarks/gpu/bench_qgemm_gpu.py times both sides of the switch (M = 32 vs 64).
+// Up to this many activation rows the GEMV runs; above, dequantize + cuBLAS. The GEMV reads the weights once
+// whatever M, so it wins while its MMAs hide under the weight reads; benchmarks/gpu/bench_qgemm_gpu.py times
+// both sides of the switch (M = 32 vs 64).
 constexpr int64_t kGemvMaxRows = 32;
-constexpr int kRowTiles = 2;     // 16-row MMA tiles per warp: 32 weight rows share each activation load
-// Chunks loaded ahead: 2 x 4 independent 8-byte loads in flight per lane (int4: 128 weights per row; int8
-// takes 4 chunks, as many bytes). Fewer with 4 row tiles of x: more spills registers (ptxas -v), each
-// chunk's scales being held too.
-template <int BITS, int NT>
-constexpr int kUnroll = BITS == 4 ? 2 : (NT == 4 ? 2 : 4);
+constexpr int kRowTiles = 2;  // 16-row MMA tiles per warp: 32 weight rows share each activation load
+// Weight bytes one lane loads per row and span (qgemm_cuda.cuh), by the rows of x. More bytes per load means
+// fewer load instructions, but R = 4 LB / run bytes runs per span leave only 8 / R x rows per MMA tile:
+// int4 loads 16 bytes (4 runs a span) for M <= 2, 8 (2 runs) for M <= 4, and 4 (one run: the shuffle
+// kernel) above; int8 loads 8 bytes (one run). On the H200 (dev/cuda/experiments/README.md), 16 bytes took
+// the 31B gate_up int4 GEMV from 80 to 61 us at M = 1; 2 runs per span lose at M = 8 and up (87 against
+// 80 us), their MMA tiles serving 4 x rows.
+constexpr int load_bytes(int bits, int64_t M) { return bits == 8 ? 8 : M <= 2 ? 16 : M <= 4 ? 8 : 4; }
+// The most x rows each load width serves (the kernel instances to build).
+constexpr int64_t max_rows(int bits, int LB) { return bits == 8 || LB == 4 ? kGemvMaxRows : LB == 16 ? 2 : 4; }
+// Spans loaded ahead together: 16 bytes of weights per lane and row (one span of 16-byte loads: two measured
+// slower, their registers cutting the resident warps), and fewer with 4 or more column tiles of 8-byte
+// loads (more registers spill past 128, ptxas -v).
+constexpr int kUnroll(int LB, int NT) { return LB == 16 ? 1 : NT >= 4 ? 1 : 2; }
 constexpr int kMaxWarps = 16;    // K slices (warps) per block
-constexpr int kWarpsPerSm = 24;  // resident warps wanted: enough loads in flight to cover HBM latency
 constexpr int kReduceSmem = 48 * 1024;  // the warps' partial sums, within the default shared-memory limit
+constexpr int kMaxParts = 8;            // blocks per row group (their sums go through a workspace)
 
 struct GemvArgs {
   const uint8_t* qw;   // [N, K/2] (int4) or [N, K] (int8)
   const void* scales;  // [N, G] in S
-  const uint4* xp;     // x in fragment order: [runs][NT][32 lanes] x 16 bytes
+  const uint4* xp;     // x in fragment order: [spans][NT][R step pairs][32 lanes] x 16 bytes
   const void* bias;    // [N] in T, or nullptr
   void* y;             // [M, N] in T
   int M, N;
@@ -54,23 +70,35 @@ struct GemvArgs {
   int G;      // scales per row
   int group;  // weights per scale
   int runs;   // K / 32
-  int chunks;           // 32-byte chunks per row: ceil(runs / 2) for int4, runs for int8
-  int chunks_per_warp;  // of one K slice
+  bool pair_scales;     // group 32 with G even and 2-scale-aligned rows: a run pair's scales are one load
+  bool pair_shared;     // groups of a multiple of 64 weights, or one per row: run 2i and 2i + 1 share a scale
+  int spans;            // spans (R runs) per row: ceil(runs / R)
+  int spans_per_warp;   // of one K slice
+  int parts;            // blocks per row group: 1 writes y, more write partial
+  float* partial;       // [parts, M, N] when parts > 1
 };
 
-// x [M, K] -> xp in fragment order (qgemm_cuda.cuh): one thread per (run, 8-row tile, lane), 8 values
-// in 16 bytes (bf16/fp16 x as it is: exact).
-template <typename T, typename MT, int BITS>
+// x [M, K] -> xp in fragment order (qgemm_cuda.cuh): one thread per (span, column tile, step pair, lane),
+// the lane's B fragments of two steps in 16 bytes (bf16/fp16 x as it is: exact), zeros where the lane's run
+// is not its column's run, where the x row is past M and where the run is past K.
+template <typename T, typename MT, int BITS, int LB>
 __global__ void qgemv_prep_kernel(const T* __restrict__ x, uint4* __restrict__ xp, int M, int64_t K, int runs,
-                                  int NT) {
+                                  int spans, int NT) {
+  constexpr int R = 4 * LB / (BITS == 4 ? 16 : 32), XR = 8 / R;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= int64_t(runs) * NT * 32) return;
-  const int lane = i % 32, nt = (i / 32) % NT;
-  const int64_t run = i / (32 * NT);
-  const int m = nt * 8 + lane / 4, t = lane % 4;
+  if (i >= int64_t(spans) * NT * R * 32) return;
+  const int lane = i % 32, p = (i / 32) % R, nt = (i / (32 * R)) % NT;
+  const int64_t span = i / (32 * R * NT);
+  const int g = lane / 4, t = lane % 4;
+  const int m = nt * XR + g / R, r = g % R;
+  const int64_t run = span * R + r;
+  const bool live = (t * R) / 4 == r && m < M && run < runs;
   float v[8];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = m < M ? static_cast<float>(x[m * K + run * 32 + run_offset<BITS>(t, j)]) : 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    const int s = 2 * p + j / 4;
+    v[j] = live ? static_cast<float>(x[m * K + run * 32 + run_offset<BITS, LB>(t, s, j % 4)]) : 0.0f;
+  }
   uint32_t o[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
@@ -82,17 +110,198 @@ __global__ void qgemv_prep_kernel(const T* __restrict__ x, uint4* __restrict__ x
       o[q] = *reinterpret_cast<const uint32_t*>(&h);
     }
   }
-  xp[(run * NT + nt) * 32 + lane] = make_uint4(o[0], o[1], o[2], o[3]);
+  xp[i] = make_uint4(o[0], o[1], o[2], o[3]);
 }
 
-template <typename MT, typename S, int BITS, int NT, typename T>
+// Scales of runs q and q + 1 of a row (q + 1 only used when the lanes hold two runs per output, R >= 2).
+template <typename S, int R>
+__device__ __forceinline__ float2 run_scales(const S* srow, int q, const GemvArgs& a) {
+  if constexpr (R >= 2) {
+    if (a.pair_scales) {  // group 32: scale index = run, q even, q + 1 < runs
+      if constexpr (sizeof(S) == 2) {
+        const uint32_t v = __ldg(reinterpret_cast<const unsigned int*>(srow + q));
+        S lo, hi;
+        const uint16_t l16 = v & 0xFFFF, h16 = v >> 16;
+        memcpy(&lo, &l16, 2);
+        memcpy(&hi, &h16, 2);
+        return make_float2(scale_to_float(lo), scale_to_float(hi));
+      } else {
+        return __ldg(reinterpret_cast<const float2*>(srow + q));
+      }
+    }
+    const float s0 = scale_to_float(__ldg(srow + q * 32 / a.group));
+    const float s1 = a.pair_shared ? s0 : scale_to_float(__ldg(srow + min(q + 1, a.runs - 1) * 32 / a.group));
+    return make_float2(s0, s1);
+  } else {
+    const float s0 = scale_to_float(__ldg(srow + q * 32 / a.group));
+    return make_float2(s0, s0);
+  }
+}
+
+template <typename MT, typename S, int BITS, int NT, int LB, typename T>
 __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a) {
-  constexpr int RT = kRowTiles, U = kUnroll<BITS, NT>;
-  constexpr int RPC = BITS == 4 ? 2 : 1;  // runs per 32-byte chunk
-  constexpr int E = RT * NT * 4;          // accumulators per lane
-  extern __shared__ float red[];          // [warps][E][32]
+  constexpr int RT = kRowTiles, U = kUnroll(LB, NT), NW = LB / 4;
+  static_assert(LB >= 8, "int4 with 4-byte lanes: qgemv_shuffle_kernel");
+  constexpr int R = 4 * LB / (BITS == 4 ? 16 : 32);  // runs per span
+  constexpr int XR = 8 / R;                          // x rows per 8-column tile
+  constexpr int AC = R >= 2 ? 2 : 4;  // accumulators per (row tile, column tile): R >= 2 adds the run pair
+  constexpr int E = RT * NT * AC;     // accumulators per lane
+  extern __shared__ float red[];      // [warps][E][32]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t row_bytes = BITS == 4 ? a.K / 2 : a.K;
+  const int n0 = blockIdx.x * 16 * RT;
+  const int my_run = (t * R) / 4;        // run of the span this lane's weight bytes belong to
+  const int pair_run = R >= 2 ? (2 * t) % R : 0;  // first run of the lane's two D columns (R >= 2)
+  const uint8_t* wrow[RT][2];  // this lane's LB bytes of span 0 of rows g and g + 8 of each tile
+  const S* srow[RT][2];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t n = min(n0 + rt * 16 + h * 8 + g, a.N - 1);  // rows past N compute junk, never stored
+      wrow[rt][h] = a.qw + n * row_bytes + LB * t;
+      srow[rt][h] = static_cast<const S*>(a.scales) + n * a.G;
+    }
+  // This warp's K slice: slice blockIdx.y * warps + warp of the row group's a.parts * warps.
+  const int c0 = (blockIdx.y * (blockDim.x / 32) + warp) * a.spans_per_warp, c1 = min(a.spans, c0 + a.spans_per_warp);
+  // B fragments: only the lanes whose run is their column's run, for x rows below M, hold nonzeros.
+  bool x_live[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) x_live[nt] = my_run == g % R && nt * XR + g / R < a.M;
+
+  float acc[RT][NT][AC];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < AC; ++j) acc[rt][nt][j] = 0.0f;
+
+  // Loads of U spans into one buffer (weights, then their scales), all in flight together.
+  using WBuf = uint32_t[U][RT][2][NW];
+  using SBuf = float2[U][RT][2];
+  const auto load = [&](int c, WBuf& wv, SBuf& sv) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int cu = c + u;
+      if (cu >= c1) break;
+      const bool has = cu * R + my_run < a.runs;  // the last span may hold fewer than R runs
+      // past the last run: any valid scale (its sums are zero); R >= 2 keeps q even (pair_scales: q + 1 < runs)
+      const int q = R >= 2 ? min(cu * R + pair_run, a.runs - 1) & ~1 : min(cu * R, a.runs - 1);
+#pragma unroll
+      for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if (has) {
+            load_stream<NW>(wrow[rt][h] + int64_t(cu) * 4 * LB, wv[u][rt][h]);
+          } else {
+#pragma unroll
+            for (int k = 0; k < NW; ++k) wv[u][rt][h][k] = 0;
+          }
+          sv[u][rt][h] = run_scales<S, R>(srow[rt][h], q, a);
+        }
+    }
+  };
+  const auto compute = [&](int c, const WBuf& wv, const SBuf& sv) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int cu = c + u;
+      if (cu >= c1) break;
+#pragma unroll
+      for (int p = 0; p < R; ++p) {  // step pairs: B fragments of two steps in one 16-byte load per column tile
+        uint4 xb[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          xb[nt] = x_live[nt] ? __ldg(a.xp + ((int64_t(cu) * NT + nt) * R + p) * 32 + lane) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
+          float d[NT][4];  // exact sums of the two steps, per D column; scaled once below
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) d[nt][j] = 0.0f;
+#pragma unroll
+          for (int ss = 0; ss < 2; ++ss) {
+            const int s = 2 * p + ss;
+            uint32_t af[4];  // {row g, row g+8} x {slots 2t.., 2t+8..}
+            af[0] = weight_pair<MT, BITS>(wv[u][rt][0], s, 0);
+            af[1] = weight_pair<MT, BITS>(wv[u][rt][1], s, 0);
+            af[2] = weight_pair<MT, BITS>(wv[u][rt][0], s, 1);
+            af[3] = weight_pair<MT, BITS>(wv[u][rt][1], s, 1);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              mma16816<MT>(d[nt], af, ss == 0 ? xb[nt].x : xb[nt].z, ss == 0 ? xb[nt].y : xb[nt].w);
+          }
+          const float2 s0 = sv[u][rt][0], s1 = sv[u][rt][1];  // rows g, g + 8
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            if constexpr (AC == 2) {  // D columns 2t, 2t+1: runs pair_run, pair_run + 1 of one x row
+              acc[rt][nt][0] = fmaf(s0.y, d[nt][1], fmaf(s0.x, d[nt][0], acc[rt][nt][0]));
+              acc[rt][nt][1] = fmaf(s1.y, d[nt][3], fmaf(s1.x, d[nt][2], acc[rt][nt][1]));
+            } else {  // D columns 2t, 2t+1: x rows 2t, 2t+1, one run
+              acc[rt][nt][0] = fmaf(s0.x, d[nt][0], acc[rt][nt][0]);
+              acc[rt][nt][1] = fmaf(s0.x, d[nt][1], acc[rt][nt][1]);
+              acc[rt][nt][2] = fmaf(s1.x, d[nt][2], acc[rt][nt][2]);
+              acc[rt][nt][3] = fmaf(s1.x, d[nt][3], acc[rt][nt][3]);
+            }
+          }
+        }
+      }
+    }
+  };
+  for (int c = c0; c < c1; c += U) {
+    WBuf wv;
+    SBuf sv;
+    load(c, wv, sv);
+    compute(c, wv, sv);
+  }
+
+  // The K slices' partial sums, added in warp order. Accumulator (rt, nt, j) of lane (g, t) belongs to
+  // n = n0 + rt*16 + g + 8 (j >= 2) and m = nt*8 + 2t + (j & 1) when AC = 4; with AC = 2 to
+  // n = n0 + rt*16 + g + 8j and m = nt*XR + 2t / R, which lanes t and t + 1 share when R = 4 (their runs differ).
+  float* mine = red + warp * E * 32;
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < AC; ++j) mine[((rt * NT + nt) * AC + j) * 32 + lane] = acc[rt][nt][j];
+  __syncthreads();
+  constexpr int LPO = R == 4 ? 2 : 1;  // lanes per output
+  const int warps = blockDim.x / 32;
+  const T* bias = static_cast<const T*>(a.bias);
+  T* y = static_cast<T*>(a.y);
+  for (int i = threadIdx.x; i < E * 32; i += blockDim.x) {
+    const int e = i / 32, ln = i % 32, j = e % AC, nt = (e / AC) % NT, rt = e / (AC * NT);
+    if (ln % LPO != 0) continue;
+    const int lg = ln / 4, lt = ln % 4;
+    const int n = n0 + rt * 16 + lg + (AC == 4 ? (j >= 2 ? 8 : 0) : 8 * j);
+    const int m = AC == 4 ? nt * 8 + 2 * lt + (j & 1) : nt * XR + 2 * lt / R;
+    if (n >= a.N || m >= a.M) continue;
+    float s = 0.0f;
+    for (int w = 0; w < warps; ++w)
+#pragma unroll
+      for (int l = 0; l < LPO; ++l) s += red[w * E * 32 + i + l];
+    if (a.parts > 1) {  // this block's share; qgemv_sum_parts_kernel adds the parts and the bias
+      a.partial[(int64_t(blockIdx.y) * a.M + m) * a.N + n] = s;
+      continue;
+    }
+    if (bias != nullptr) s += static_cast<float>(bias[n]);
+    y[int64_t(m) * a.N + n] = static_cast<T>(s);
+  }
+}
+
+// int4 with 4-byte lanes (M > 4): the earlier GEMV, kept because it measured faster there than the kernel
+// above with one run per span (31B gate_up M = 8: 80 against 88-121 us, dev/cuda/experiments/README.md).
+// Per 32-byte chunk (a run pair) of a row each lane issues one 8-byte load and one shuffle (exchange_int4)
+// leaves it word pi(t) of both runs; x comes from qgemv_prep_kernel with LB = 4 (one run a span, all 8
+// columns x rows). One block per row group (GemvArgs.parts = 1), spans_per_warp even.
+template <typename MT, typename S, int NT, typename T>
+__global__ void __launch_bounds__(kMaxWarps * 32) qgemv_shuffle_kernel(const GemvArgs a) {
+  constexpr int RT = kRowTiles, U = 2;  // chunks loaded ahead: 2 x 4 independent 8-byte loads per lane
+  constexpr int E = RT * NT * 4;        // accumulators per lane
+  extern __shared__ float red[];        // [warps][E][32]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int n0 = blockIdx.x * 16 * RT;
   const uint8_t* wrow[RT][2];  // this lane's 8 bytes of chunk 0 of rows g and g + 8 of each tile
   const S* srow[RT][2];
@@ -101,10 +310,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t n = min(n0 + rt * 16 + h * 8 + g, a.N - 1);  // rows past N compute junk, never stored
-      wrow[rt][h] = a.qw + n * row_bytes + 8 * t;
+      wrow[rt][h] = a.qw + n * (a.K / 2) + 8 * t;
       srow[rt][h] = static_cast<const S*>(a.scales) + n * a.G;
     }
-  const int c0 = warp * a.chunks_per_warp, c1 = min(a.chunks, c0 + a.chunks_per_warp);
+  const int chunks = (a.runs + 1) / 2, per_warp = a.spans_per_warp / 2;
+  const int c0 = warp * per_warp, c1 = min(chunks, c0 + per_warp);
 
   float acc[RT][NT][4];
 #pragma unroll
@@ -116,8 +326,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
 
   for (int c = c0; c < c1; c += U) {
     // All loads of U chunks first (weights, then their scales), so they are in flight together.
-    uint2 wv[U][RT][2];
-    float sv[U][RT][2][RPC];
+    uint32_t wv[U][RT][2][2];
+    float sv[U][RT][2][2];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int cu = c + u;
@@ -126,12 +336,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
       for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          // int4 with an odd number of runs: the last chunk's second run does not exist (lanes 2, 3)
-          const bool has = BITS == 8 || t < 2 || 2 * cu + 1 < a.runs;
-          wv[u][rt][h] = has ? load_stream8(wrow[rt][h] + int64_t(cu) * 32) : make_uint2(0, 0);
+          // an odd number of runs: the last chunk's second run does not exist (lanes 2, 3)
+          wv[u][rt][h][0] = wv[u][rt][h][1] = 0;
+          if (t < 2 || 2 * cu + 1 < a.runs) load_stream<2>(wrow[rt][h] + int64_t(cu) * 32, wv[u][rt][h]);
 #pragma unroll
-          for (int r = 0; r < RPC; ++r) {
-            const int run = min(cu * RPC + r, a.runs - 1);
+          for (int r = 0; r < 2; ++r) {
+            const int run = min(cu * 2 + r, a.runs - 1);
             sv[u][rt][h][r] = scale_to_float(__ldg(srow[rt][h] + run * 32 / a.group));
           }
         }
@@ -140,46 +350,28 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
     for (int u = 0; u < U; ++u) {
       const int cu = c + u;
       if (cu >= c1) break;
-      uint32_t wr[RT][2][RPC][2];  // per run: the lane's weight words (int4: one, int8: two)
+      uint32_t wr[RT][2][2][1];  // [tile][row g, g + 8][run]: the lane's word pi(t) of the run
 #pragma unroll
       for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          if constexpr (BITS == 4) {
-            exchange_int4(wv[u][rt][h], t, wr[rt][h][0][0], wr[rt][h][RPC - 1][0]);
-            wr[rt][h][0][1] = wr[rt][h][RPC - 1][1] = 0;
-          } else {
-            wr[rt][h][0][0] = wv[u][rt][h].x;
-            wr[rt][h][0][1] = wv[u][rt][h].y;
-          }
-        }
+        for (int h = 0; h < 2; ++h)
+          exchange_int4(make_uint2(wv[u][rt][h][0], wv[u][rt][h][1]), t, wr[rt][h][0][0], wr[rt][h][1][0]);
 #pragma unroll
-      for (int r = 0; r < RPC; ++r) {
-        const int run = cu * RPC + r;
+      for (int r = 0; r < 2; ++r) {
+        const int run = cu * 2 + r;
         if (run >= a.runs) break;
-        // A fragments of the run's two k16 steps for both tiles: {row g, row g+8} x {slots 2t.., 2t+8..}
-        uint32_t a0[RT][4], a1[RT][4];
-#pragma unroll
-        for (int rt = 0; rt < RT; ++rt) {
-          const uint32_t* w0 = wr[rt][0][r];  // row g
-          const uint32_t* w1 = wr[rt][1][r];  // row g + 8
-#pragma unroll
-          for (int s = 0; s < 2; ++s) {
-            uint32_t(&af)[4] = s == 0 ? a0[rt] : a1[rt];
-            af[0] = weight_pair<MT, BITS>(w0[0], w0[1], 2 * s);
-            af[1] = weight_pair<MT, BITS>(w1[0], w1[1], 2 * s);
-            af[2] = weight_pair<MT, BITS>(w0[0], w0[1], 2 * s + 1);
-            af[3] = weight_pair<MT, BITS>(w1[0], w1[1], 2 * s + 1);
-          }
-        }
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const uint4 xb = __ldg(a.xp + (int64_t(run) * NT + nt) * 32 + lane);  // this 8-row tile's B fragments
+          const uint4 xb = __ldg(a.xp + (int64_t(run) * NT + nt) * 32 + lane);  // this tile's B fragments
 #pragma unroll
           for (int rt = 0; rt < RT; ++rt) {
             float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // the run's exact-product sums, then scaled once
-            mma16816<MT>(d, a0[rt], xb.x, xb.y);
-            mma16816<MT>(d, a1[rt], xb.z, xb.w);
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+              const uint32_t af[4] = {weight_pair<MT, 4>(wr[rt][0][r], s, 0), weight_pair<MT, 4>(wr[rt][1][r], s, 0),
+                                      weight_pair<MT, 4>(wr[rt][0][r], s, 1), weight_pair<MT, 4>(wr[rt][1][r], s, 1)};
+              mma16816<MT>(d, af, s == 0 ? xb.x : xb.z, s == 0 ? xb.y : xb.w);
+            }
             acc[rt][nt][0] = fmaf(sv[u][rt][0][r], d[0], acc[rt][nt][0]);
             acc[rt][nt][1] = fmaf(sv[u][rt][0][r], d[1], acc[rt][nt][1]);
             acc[rt][nt][2] = fmaf(sv[u][rt][1][r], d[2], acc[rt][nt][2]);
@@ -190,7 +382,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
     }
   }
 
-  // The K slices' partial sums, added in warp order; accumulator (rt, nt, j) of lane (g, t) is
+  // The warps' partial sums, added in warp order; accumulator (rt, nt, j) of lane (g, t) is
   // y[m = nt*8 + 2t + (j & 1), n = n0 + rt*16 + g + (j >= 2 ? 8 : 0)] (the MMA's C fragment).
   float* mine = red + warp * E * 32;
 #pragma unroll
@@ -212,6 +404,87 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
     if (bias != nullptr) s += static_cast<float>(bias[n]);
     y[int64_t(m) * a.N + n] = static_cast<T>(s);
   }
+}
+
+// y[m, n] = sum over the parts (in part order: deterministic) of partial[p, m, n] (+ bias[n]).
+template <typename T>
+__global__ void qgemv_sum_parts_kernel(const float* __restrict__ partial, const T* __restrict__ bias,
+                                       T* __restrict__ y, int parts, int64_t MN, int N) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= MN) return;
+  float s = partial[i];
+  for (int p = 1; p < parts; ++p) s += partial[p * MN + i];
+  if (bias != nullptr) s += static_cast<float>(bias[i % N]);
+  y[i] = static_cast<T>(s);
+}
+
+// How one GEMV launch splits its work: each row group of 32 weight rows gets `parts` blocks of `warps`
+// warps, and each of those parts * warps warps a K slice of spans_per_warp spans.
+struct GemvPlan {
+  int warps = 1, parts = 1, spans_per_warp = 1;
+};
+
+// Blocks of w warps (w = 1..max_warps, 0 above) of `kernel` with its shared memory that fit on one SM of
+// the current device. Cached per thread, kernel and device.
+const std::array<int, kMaxWarps + 1>& resident_blocks(const void* kernel, int smem_per_warp, int max_warps) {
+  struct Entry {
+    int device = -1;
+    std::array<int, kMaxWarps + 1> blocks{};
+  };
+  static thread_local std::unordered_map<const void*, Entry> cache;
+  Entry& e = cache[kernel];
+  const int d = c10::cuda::current_device();
+  if (e.device != d) {
+    for (int w = 1; w <= max_warps; ++w)
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&e.blocks[w], kernel, w * 32, w * smem_per_warp));
+    e.device = d;
+  }
+  return e.blocks;
+}
+
+// The split that finishes first by a wave model (dev/cuda/experiments/README.md): a launch runs in waves of
+// the blocks that fit on the GPU at once (occupancy), and each wave costs its warps' runs plus a fixed
+// latency of about kWaveRuns runs (fitted on the H200 to two splits of the 31B gate_up shape). Few rows (31B
+// down: 168 row groups) need several blocks per row group to fill the GPU; many rows want fewer, longer
+// blocks. A split must also keep kMinWarpsPerSm warps on each SM (or all that fit): the loads in flight per
+// SM bound a GEMV, and the model does not see that. Parts beyond one cost a pass over an fp32 [parts, M, N]
+// workspace, kept well below the weights' bytes. Ties keep fewer parts, then fewer warps.
+GemvPlan plan_gemv(int row_groups, int spans, int runs_per_span, int64_t MN, int64_t weight_bytes, int sms,
+                   const std::array<int, kMaxWarps + 1>& resident) {
+  constexpr int kWaveRuns = 40, kMinWarpsPerSm = 16;
+  const auto search = [&](bool fill) {
+    std::optional<GemvPlan> best;
+    int64_t best_cost = INT64_MAX;
+    int best_parts = 0, best_warps = 0;
+    for (int w = 1; w <= std::min(kMaxWarps, spans); ++w) {
+      if (resident[w] == 0) continue;
+      for (int p = 1; p <= kMaxParts && w * p <= spans; ++p) {
+        if (p > 1 && 8 * p * MN * int64_t(sizeof(float)) > weight_bytes) break;
+        if (fill && int64_t(row_groups) * p * w < int64_t(sms) * std::min(kMinWarpsPerSm, resident[w] * w)) continue;
+        const int spw = cuda::ceil_div(spans, w * p);
+        const int64_t waves = cuda::ceil_div<int64_t>(int64_t(row_groups) * p, int64_t(resident[w]) * sms);
+        const int64_t cost = waves * (int64_t(spw) * runs_per_span + kWaveRuns);
+        if (std::tie(cost, p, w) < std::tie(best_cost, best_parts, best_warps)) {
+          std::tie(best_cost, best_parts, best_warps) = std::tie(cost, p, w);
+          best = GemvPlan{w, p, spw};
+        }
+      }
+    }
+    return best;
+  };
+  if (const auto plan = search(true)) return *plan;
+  if (const auto plan = search(false)) return *plan;
+  return GemvPlan{1, 1, spans};
+}
+
+// The earlier GEMV's split, for qgemv_shuffle_kernel (int4, M > 4): one block per row group, its warps
+// splitting K so that about kWarpsPerSm warps run per SM (K slices of whole run pairs: span_align 2).
+GemvPlan plan_by_warps_per_sm(int row_groups, int spans, int span_align, int max_warps, int sms) {
+  constexpr int kWarpsPerSm = 24;
+  const int64_t want = cuda::ceil_div<int64_t>(int64_t(sms) * kWarpsPerSm, row_groups);
+  const int warps = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, max_warps, spans})));
+  const int spw = cuda::ceil_div(cuda::ceil_div(spans, warps), span_align) * span_align;
+  return GemvPlan{cuda::ceil_div(spans, spw), 1, spw};
 }
 
 // One thread per 32-weight run: w[n, k] = q * scale computed exactly in fp32, rounded once to T.
@@ -289,7 +562,6 @@ void dispatch_x(at::ScalarType s, F&& f) {
 at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                  const std::optional<at::Tensor>& bias, int bits) {
   const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
-  const int NT = M <= 8 ? 1 : M <= 16 ? 2 : 4;
   const int runs = static_cast<int>(K / 32);
   at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
   GemvArgs a{};
@@ -303,38 +575,83 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
   a.G = static_cast<int>(scales.size(1));
   a.group = static_cast<int>(K / a.G);
   a.runs = runs;
-  a.chunks = bits == 4 ? (runs + 1) / 2 : runs;
-
-  // Grid: a block per 32 weight rows; its warps split K so that about kWarpsPerSm warps run per SM.
+  a.pair_scales = a.group == 32 && a.G % 2 == 0 &&
+                  reinterpret_cast<uintptr_t>(a.scales) % (2 * scales.element_size()) == 0;
+  a.pair_shared = a.group % 64 == 0 || a.G == 1;
   const int row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, 16 * kRowTiles));
-  const int smem_per_warp = kRowTiles * NT * 4 * 32 * static_cast<int>(sizeof(float));
-  const int64_t want = cuda::ceil_div<int64_t>(int64_t(cuda::sm_count()) * kWarpsPerSm, row_groups);
-  int warps = static_cast<int>(std::min<int64_t>({want, kMaxWarps, kReduceSmem / smem_per_warp, a.chunks}));
-  warps = std::max(warps, 1);
-  a.chunks_per_warp = static_cast<int>(cuda::ceil_div<int64_t>(a.chunks, warps));
-  warps = static_cast<int>(cuda::ceil_div<int64_t>(a.chunks, a.chunks_per_warp));
+
+  const int LBv = load_bytes(bits, M);
+  const int R = 4 * LBv / (bits == 4 ? 16 : 32), XR = 8 / R;
+  int NT = 1;  // 8-column MMA tiles: 1, 2 or 4
+  while (NT * XR < M) NT *= 2;
+  const int AC = R >= 2 ? 2 : 4;
+  a.spans = static_cast<int>(cuda::ceil_div<int64_t>(runs, R));
+  const int smem_per_warp = kRowTiles * NT * AC * 32 * static_cast<int>(sizeof(float));
+  const int64_t weight_bytes = qweight.nbytes() + scales.nbytes();
 
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
-    at::Tensor xp = at::empty({int64_t(runs) * NT * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B per lane
+    at::Tensor xp = at::empty({int64_t(a.spans) * NT * R * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B a lane
     a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
     dispatch_bits(bits, [&]<int BITS>() {
-      const int64_t threads = int64_t(runs) * NT * 32;
-      qgemv_prep_kernel<T, MT, BITS><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
-          x2.const_data_ptr<T>(), reinterpret_cast<uint4*>(xp.mutable_data_ptr()), a.M, K, runs, NT);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      dispatch_scale(scales.scalar_type(), [&]<typename S>() {
-        const auto launch = [&]<int NTc>() {
-          qgemv_kernel<MT, S, BITS, NTc, T><<<row_groups, warps * 32, warps * smem_per_warp, cuda::stream()>>>(a);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        };
-        if (NT == 1) {
-          launch.template operator()<1>();
-        } else if (NT == 2) {
-          launch.template operator()<2>();
+      const auto with_lb = [&]<int LB>() {
+        const int64_t threads = int64_t(a.spans) * NT * R * 32;
+        qgemv_prep_kernel<T, MT, BITS, LB><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
+            x2.const_data_ptr<T>(), reinterpret_cast<uint4*>(xp.mutable_data_ptr()), a.M, K, runs, a.spans, NT);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        dispatch_scale(scales.scalar_type(), [&]<typename S>() {
+          const auto launch = [&]<int NTc>() {
+            constexpr int XRc = 8 * (BITS == 4 ? 16 : 32) / (4 * LB);  // x rows per column tile
+            if constexpr (NTc > 1 && (NTc / 2) * XRc >= max_rows(BITS, LB)) {
+              TORCH_INTERNAL_ASSERT(false, "qgemv: no instance for ", NTc, " column tiles");  // not built
+            } else {
+              const auto kernel = [] {
+                if constexpr (LB == 4) {
+                  return qgemv_shuffle_kernel<MT, S, NTc, T>;
+                } else {
+                  return qgemv_kernel<MT, S, BITS, NTc, LB, T>;
+                }
+              }();
+              const int max_warps = std::min(kMaxWarps, kReduceSmem / smem_per_warp);
+              const GemvPlan plan =
+                  LB == 4 ? plan_by_warps_per_sm(row_groups, a.spans, 2, max_warps, cuda::sm_count())
+                          : plan_gemv(row_groups, a.spans, R, M * N, weight_bytes, cuda::sm_count(),
+                                      resident_blocks(reinterpret_cast<const void*>(kernel), smem_per_warp, max_warps));
+              a.spans_per_warp = plan.spans_per_warp;
+              a.parts = plan.parts;
+              at::Tensor partial;  // [parts, M, N]
+              if (plan.parts > 1) {
+                partial = at::empty({plan.parts, M, N}, x2.options().dtype(at::kFloat));
+                a.partial = partial.mutable_data_ptr<float>();
+              }
+              kernel<<<dim3(row_groups, plan.parts), plan.warps * 32, plan.warps * smem_per_warp, cuda::stream()>>>(a);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+              if (plan.parts > 1) {
+                qgemv_sum_parts_kernel<T><<<cuda::ceil_div<int64_t>(M * N, 256), 256, 0, cuda::stream()>>>(
+                    a.partial, static_cast<const T*>(a.bias), static_cast<T*>(a.y), plan.parts, M * N, a.N);
+                C10_CUDA_KERNEL_LAUNCH_CHECK();
+              }
+            }
+          };
+          if (NT == 1) {
+            launch.template operator()<1>();
+          } else if (NT == 2) {
+            launch.template operator()<2>();
+          } else {
+            launch.template operator()<4>();  // M <= 32 with 8 x rows per tile (load_bytes)
+          }
+        });
+      };
+      if constexpr (BITS == 4) {
+        if (LBv == 16) {
+          with_lb.template operator()<16>();
+        } else if (LBv == 8) {
+          with_lb.template operator()<8>();
         } else {
-          launch.template operator()<4>();
+          with_lb.template operator()<4>();
         }
-      });
+      } else {
+        with_lb.template operator()<8>();
+      }
     });
   });
   return y;

@@ -11,15 +11,24 @@
 // qgemm_cuda sends fp32 x to dequantize + cuBLAS instead.)
 //
 // Fragment order. The MMA's A fragment gives lane (g = lane / 4, t = lane % 4) rows g and g + 8 and the
-// k slots {2t, 2t+1, 2t+8, 2t+9} of each 16-wide step; one scale per run needs the four lanes of a quad to
-// hold the same run in a step. Each lane therefore holds 8 weights of a run (two steps), in this order:
-//   int4: the 32-bit word pi(t) of the run's 16 bytes, pi = {0, 2, 1, 3} (the order the 8-byte loads and
-//         one shuffle produce, see exchange_int4). Word w holds weights 4w..4w+3 (low nibbles) and
-//         4w+16..4w+19 (high nibbles); the four bf16x2 pairs taken with shifts 0, 4, 8, 12 are
-//         (4w, 4w+2), (4w+16, 4w+18), (4w+1, 4w+3), (4w+17, 4w+19).
-//   int8: bytes 8t..8t+7 of the run's 32 bytes, pairs (8t, 8t+1), (8t+2, 8t+3), (8t+4, 8t+5), (8t+6, 8t+7).
-// Step 0 uses pairs 0 (slots 2t, 2t+1) and 1 (slots 2t+8, 2t+9), step 1 pairs 2 and 3. The activations
-// are laid out in the same order beforehand (run_offset), so a lane's B fragments are one 16-byte load.
+// k slots {2t, 2t+1, 2t+8, 2t+9} of each 16-wide step. Each lane loads LB contiguous bytes of a row (8 or
+// 16), so the four lanes of a quad cover a span of 4 LB bytes = R runs (R = 4 LB / run bytes: int4 16-byte
+// runs, int8 32-byte runs), and lane t's bytes all belong to run t R / 4 of the span. Nothing moves between
+// lanes: in every k step of a span the quad holds R different runs, each with its own scale, and the MMA
+// keeps them apart in its output columns. B column c stands for x row c / R and run c % R: it holds x's
+// values in the k slots of the lanes that hold run c % R, and zeros in the others. So D column c is the
+// exact sum of run c % R for x row c / R over all 2R steps of the span, and its scale is applied once, in
+// fp32 (8 / R x rows per 8-column tile: the cost is the tile count at M > 8 / R).
+// One exception: int4 with 4 bytes per lane (R = 1, for M > 4) loads 8 bytes of a run pair and exchanges
+// half with a neighbour lane (exchange_int4), as lane t's 4 bytes alone would use half of each 32-byte sector.
+// A lane's own order. Step s (0..2R-1) of a span uses the lane's 32-bit word j (int4 j = s / 2: two steps
+// per word, int8 j = s); b = the lane's first byte within its run (4 pi(t) for int4 with LB = 4):
+//   int4: byte i of a run holds weights i (low nibble) and i + 16 (high). The bf16x2 pairs taken with
+//         nibble shift 8e and 8e + 4 (e = s % 2) are weights (b+4j+e, b+4j+e+2) for slots 2t, 2t+1 and
+//         (b+4j+e+16, b+4j+e+18) for slots 2t+8, 2t+9.
+//   int8: bytes b+4j, b+4j+1 for slots 2t, 2t+1 and b+4j+2, b+4j+3 for slots 2t+8, 2t+9.
+// The activations are laid out in the same order beforehand (run_offset), so a lane's B fragments for two
+// steps are one 16-byte load.
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -29,15 +38,17 @@
 
 namespace gemma4::quant_cuda {
 
-// Offset within the 32-weight run of the j-th activation (j = 0..7) lane-in-quad t multiplies.
-template <int BITS>
-__host__ __device__ __forceinline__ int run_offset(int t, int j) {
+// Weight index within its 32-weight run of k slot i (0..3: 2t, 2t+1, 2t+8, 2t+9) of step s that lane-in-quad
+// t supplies when lanes load LB bytes (see the fragment order above).
+template <int BITS, int LB>
+__host__ __device__ __forceinline__ int run_offset(int t, int s, int i) {
   if constexpr (BITS == 4) {
-    const int w = ((t & 1) << 1) | (t >> 1);  // pi(t)
-    constexpr int kOff[8] = {0, 2, 16, 18, 1, 3, 17, 19};
-    return 4 * w + kOff[j];
+    constexpr int kOff[4] = {0, 2, 16, 18};
+    // LB = 4: the lane holds word pi(t) = {0, 2, 1, 3}[t] of each run (exchange_int4)
+    const int b = LB == 4 ? 4 * (((t & 1) << 1) | (t >> 1)) : (LB * t) % 16;
+    return b + 4 * (s / 2) + s % 2 + kOff[i];
   } else {
-    return 8 * t + j;
+    return (LB * t) % 32 + 4 * s + i;
   }
 }
 
@@ -99,25 +110,35 @@ __device__ __forceinline__ uint32_t int8_pair(uint32_t w, int i) {
   }
 }
 
-// Pair p (0..3) of a lane's 8 weights of one run (words w0, w1: int4 uses w0 only).
-template <typename MT, int BITS>
-__device__ __forceinline__ uint32_t weight_pair(uint32_t w0, uint32_t w1, int p) {
+// The bf16x2 / fp16x2 pair of step s for slots 2t, 2t+1 (hi = 0) or 2t+8, 2t+9 (hi = 1), from the lane's words.
+template <typename MT, int BITS, int NW>
+__device__ __forceinline__ uint32_t weight_pair(const uint32_t (&w)[NW], int s, int hi) {
   if constexpr (BITS == 4) {
-    return int4_pair<MT>(w0, 4 * p);
+    return int4_pair<MT>(w[s / 2], 8 * (s % 2) + 4 * hi);
   } else {
-    return int8_pair<MT>(p < 2 ? w0 : w1, p & 1);
+    return int8_pair<MT>(w[s], hi);
   }
 }
 
-// 8 bytes from global memory, not kept in L1 (the weights stream once; L1 keeps the activations).
-__device__ __forceinline__ uint2 load_stream8(const void* p) {
-  uint2 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
-  return v;
+// NW 32-bit words (4, 8 or 16 bytes) from global memory, not kept in L1 (the weights stream once; L1 keeps the
+// activations and scales).
+template <int NW>
+__device__ __forceinline__ void load_stream(const void* p, uint32_t (&w)[NW]) {
+  static_assert(NW == 1 || NW == 2 || NW == 4);
+  if constexpr (NW == 1) {
+    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(w[0]) : "l"(p));
+  } else if constexpr (NW == 2) {
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+  } else {
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                 : "l"(p));
+  }
 }
 
-// int4: lane t of a quad loaded bytes 8t..8t+7 of 32 bytes = runs 0 and 1 of a row (lanes 0, 1: run 0;
-// lanes 2, 3: run 1). One shuffle with lane t ^ 2 leaves each lane word pi(t) of both runs.
+// int4 with LB = 4 (one run per span): lane t of a quad loaded bytes 8t..8t+7 of 32 bytes = runs 0 and 1 of
+// a row (lanes 0, 1: run 0; lanes 2, 3: run 1), full 32-byte sectors; one shuffle with lane t ^ 2 leaves
+// each lane word pi(t) of both runs, pi = {0, 2, 1, 3}.
 __device__ __forceinline__ void exchange_int4(uint2 v, int t, uint32_t& run0, uint32_t& run1) {
   const bool low = t < 2;
   const uint32_t recv = __shfl_xor_sync(0xffffffffu, low ? v.y : v.x, 2);
