@@ -85,40 +85,60 @@ bool packed_gemm_faster(int64_t N, int64_t K) {
 #endif
 }
 
-// y[M, N] = x32[M, K] @ w[N, K]^T (+ bias), or with KMajor x32 @ w[K, N], rounded once to T: x packed once,
-// then tasks of nc output columns, each summing into an fp32 [groups * kMR, nc] buffer.
+// Floats of packed x at a time: a long reduction is packed a k-range at a time (the fused loss's grad_hidden
+// reduces over 262144 logits, whose whole packed copy would be 268 MB).
+constexpr int64_t kPackFloats = int64_t(2) << 20;  // 8 MB
+
+// y[M, N] = x32[M, K] @ w[N, K]^T (+ bias), or with KMajor x32 @ w[K, N], rounded once to T. Per k-range,
+// x is packed, then tasks of nc output columns sum into fp32: with one k-range each task's own
+// [groups * kMR, nc] buffer, written to y at once; with several, a shared [groups * kMR, N'] one.
 template <bool KMajor = false, typename T>
 void packed_gemm(const T* w, const at::Tensor& x32, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
   using linear::kKC;
   using linear::kMR;
   using linear::kNR;
-  const int64_t groups = at::divup(M, kMR), kblocks = at::divup(K, kKC);
-  const float* x = x32.const_data_ptr<float>();
-  at::Tensor ap = at::empty({groups * kMR * K}, x32.options());  // x packed: [kblocks][groups][kc][kMR]
-  float* app = ap.mutable_data_ptr<float>();
-  at::parallel_for(0, kblocks * groups, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t k0 = (t / groups) * kKC, g = t % groups, kc = std::min(kKC, K - k0);
-      linear::pack_x_group(x, M, K, k0, kc, g, app + k0 * groups * kMR + g * kc * kMR);
-    }
-  });
-  // Weight rows per task: about 4 tasks per thread (balance for N = 256), at most 128 (the packed panel of
-  // a k-block, 128 KB, stays in L2).
+  const int64_t groups = at::divup(M, kMR), rows = groups * kMR;
+  const int64_t ks = std::max<int64_t>(1, kPackFloats / (rows * kKC)) * kKC;  // k per range: whole k-blocks
+  const int64_t ranges = at::divup(K, ks);
+  // Output columns per task: about 4 tasks per thread (balance for N = 256), at most 128 (the packed weights
+  // of a k-block, 64 KB, stay in L2).
   const int64_t per = at::divup(N, 4 * static_cast<int64_t>(at::get_num_threads()));
   const int64_t nc = std::clamp<int64_t>(at::divup(per, kNR) * kNR, kNR, 128);
-  at::parallel_for(0, at::divup(N, nc), 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> bp(kKC * nc), cbuf(groups * kMR * nc);  // packed weights [nc/kNR][kc][kNR], sums [M', nc]
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * nc, rows = std::min(nc, N - n0);
-      linear::gemm_panel<KMajor>(w, app, groups, K, N, n0, rows, bp.data(), cbuf.data(), nc);
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t i = 0; i < rows; ++i) {
-          float v = cbuf[m * nc + i];
-          if (bias) v += static_cast<float>(bias[n0 + i]);
-          y[m * N + n0 + i] = static_cast<T>(v);
-        }
-    }
-  });
+  const int64_t tasks = at::divup(N, nc), ldn = tasks * nc;
+  const float* x = x32.const_data_ptr<float>();
+  at::Tensor ap = at::empty({rows * std::min(K, ks)}, x32.options());  // x packed: [k-blocks][groups][kc][kMR]
+  at::Tensor acc = ranges > 1 ? at::empty({rows, ldn}, x32.options()) : at::Tensor();  // [rows, N'] sums
+  float* app = ap.mutable_data_ptr<float>();
+  // y[m, n0 + i] = T(c[m * ldc + i] + bias) for m < M, i < cols
+  const auto store = [&](const float* c, int64_t ldc, int64_t m0, int64_t m1, int64_t n0, int64_t cols) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t i = 0; i < cols; ++i) {
+        float v = c[m * ldc + i];
+        if (bias) v += static_cast<float>(bias[n0 + i]);
+        y[m * N + n0 + i] = static_cast<T>(v);
+      }
+  };
+  for (int64_t r = 0; r < ranges; ++r) {
+    const int64_t kb = r * ks, ke = std::min(K, kb + ks), kblocks = at::divup(ke - kb, kKC);
+    at::parallel_for(0, kblocks * groups, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t k0 = kb + (t / groups) * kKC, g = t % groups, kc = std::min(kKC, ke - k0);
+        linear::pack_x_group(x, M, K, k0, kc, g, app + (k0 - kb) * rows + g * kc * kMR);
+      }
+    });
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> bp(kKC * nc), cbuf(ranges > 1 ? 0 : rows * nc);  // packed weights; sums [rows, nc]
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n0 = t * nc, cols = std::min(nc, N - n0);
+        float* c = ranges > 1 ? acc.mutable_data_ptr<float>() + n0 : cbuf.data();
+        const int64_t ldc = ranges > 1 ? ldn : nc;
+        linear::gemm_panel<KMajor>(w, K, N, kb, ke, app, groups, n0, cols, bp.data(), c, ldc, r > 0);
+        if (ranges == 1) store(c, ldc, 0, M, n0, cols);
+      }
+    });
+  }
+  if (ranges > 1)
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { store(acc.const_data_ptr<float>(), ldn, m0, m1, 0, N); });
 }
 
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {

@@ -1,6 +1,7 @@
 // Prefill-sized linear (many rows of x): y[m, n] = sum_k x[m, k] * w[n, k], fp32 accumulation, for fp32
 // or bf16 weights. A packed register-tile GEMM in the BLIS manner:
-// - x is packed once per call, per k-block of kKC, into groups of kMR rows stored k-major
+// - x is packed once per call (a k-range at a time when it is long), per k-block of kKC, into groups of
+//   kMR rows stored k-major
 //   ([kc][kMR]: the microkernel broadcasts one value per row);
 // - a task owns a panel of weight rows; per k-block it packs them into kNR-row micro-panels stored
 //   k-major ([kc][kNR]: two 8-lane vectors per k), widening bf16 to fp32 on the way;
@@ -127,14 +128,16 @@ inline void pack_kn_panel(const T* wt, int64_t ldw, int64_t cols, int64_t kc, fl
   }
 }
 
-// cbuf[m, i] = sum_k x[m, k] * w(k, n0 + i) for m < groups * kMR, i < nc (rounded up to kNR; ldc >= that):
-// one task's panel of output columns, with w(k, n) = w[n * K + k] (a weight [N, K], y = x @ w^T) or, with
-// KMajor, w[k * N + n] (a weight [K, N], y = x @ w). ap: x packed by pack_x_group; bp: kKC * ldc floats.
+// cbuf[m, i] (+)= sum over k in [k_begin, k_end) of x[m, k] * w(k, n0 + i), for m < groups * kMR and
+// i < nc (rounded up to kNR; ldc >= that): one task's panel of output columns over one packed k-range, with
+// w(k, n) = w[n * K + k] (a weight [N, K], y = x @ w^T) or, with KMajor, w[k * N + n] (a weight [K, N],
+// y = x @ w). ap: x's rows packed by pack_x_group for this k-range; bp: kKC * nc floats of scratch. add:
+// add to cbuf (a later k-range) rather than start it.
 template <bool KMajor, typename T>
-inline void gemm_panel(const T* w, const float* ap, int64_t groups, int64_t K, int64_t N, int64_t n0, int64_t nc,
-                       float* bp, float* cbuf, int64_t ldc) {
-  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
-    const int64_t kc = std::min(kKC, K - k0);
+inline void gemm_panel(const T* w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end, const float* ap,
+                       int64_t groups, int64_t n0, int64_t nc, float* bp, float* cbuf, int64_t ldc, bool add) {
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kKC) {
+    const int64_t kc = std::min(kKC, k_end - k0);
     for (int64_t j = 0; j < nc; j += kNR) {
       const int64_t cols = std::min<int64_t>(kNR, nc - j);
       if constexpr (KMajor) {
@@ -143,10 +146,10 @@ inline void gemm_panel(const T* w, const float* ap, int64_t groups, int64_t K, i
         pack_w_panel(w + (n0 + j) * K + k0, K, cols, kc, bp + j * kc);
       }
     }
-    const float* ablk = ap + k0 * groups * kMR;
+    const float* ablk = ap + (k0 - k_begin) * groups * kMR;
     for (int64_t j = 0; j < nc; j += kNR)
       for (int64_t g = 0; g < groups; ++g)
-        micro_6x16(ablk + g * kc * kMR, bp + j * kc, kc, cbuf + g * kMR * ldc + j, ldc, k0 > 0);
+        micro_6x16(ablk + g * kc * kMR, bp + j * kc, kc, cbuf + g * kMR * ldc + j, ldc, add || k0 > k_begin);
   }
 }
 

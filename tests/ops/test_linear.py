@@ -2,7 +2,8 @@
 
 Every path is covered: rows <= 8 (the weight-streaming GEMV, every row count 1..8 has its own
 instantiation) and more rows (the packed GEMM of linear_gemm.h, fp32 and bf16 weights, with row and
-column edges, a K tail and K longer than one k-block; fp32's sgemm for K = 12288). Error rule:
+column edges, a K tail and K longer than one k-block, 300 x 8200 bf16 packed in two k-ranges; fp32's sgemm
+for K = 12288 and 8200). Error rule:
 ours against the float64 reference is at most 2x plain PyTorch's (F.linear in the same dtype).
 """
 import math
@@ -22,7 +23,8 @@ DTYPES = [torch.float32, torch.bfloat16]
 # a K longer than one weight block, Gemma 4 widths, and enough rows for both threads.
 CASES = [((1,), 1, 1), ((1,), 5, 7), ((3,), 13, 37), ((1, 1), 4096, 1536), ((2,), 259, 300),
          ((5,), 18, 64), ((1, 8), 131, 96), ((7,), 1, 17), ((9,), 70, 33), ((2, 17), 300, 1536),
-         ((130,), 257, 520), ((40,), 20, 12288), ((6,), 1536, 256), ((4,), 300, 6144), ((12,), 41, 4100)]
+         ((130,), 257, 520), ((40,), 20, 12288), ((6,), 1536, 256), ((4,), 300, 6144), ((12,), 41, 4100),
+         ((300,), 40, 8200)]
 
 
 def _rand(shape, dtype, scale=1.0):

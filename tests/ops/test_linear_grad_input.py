@@ -31,9 +31,10 @@ def test_forward(dtype, lead, N, K):
     assert_lowp_close(*(torch.cat(r) for r in zip(*results)))
 
 
-@pytest.mark.parametrize("lead,N,K", [((12,), 4100, 41), ((130,), 520, 257)])
+@pytest.mark.parametrize("lead,N,K", [((12,), 4100, 41), ((130,), 520, 257), ((300,), 8200, 40)])
 def test_long_reduction(lead, N, K):
-    """A reduction over several k-blocks with a tail (CASES' K = 4100 and 520, as N here)."""
+    """A reduction over several k-blocks with a tail (CASES' K = 4100 and 520, as N here); 300 rows x 8200 is
+    packed in two k-ranges (linear_cpu.cpp's kPackFloats)."""
     g, w = _rand((*lead, N), torch.float32), _rand((N, K), torch.float32, scale=N**-0.5)
     assert_lowp_close(linear_grad_input(g, w), ref.linear_grad_input(g.double(), w.double()), g @ w)
 
