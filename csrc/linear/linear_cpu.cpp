@@ -74,9 +74,11 @@ void gemv_dispatch(int64_t M, const T* w, const float* x, const T* bias, T* y, i
   }
 }
 
-// Where linear_gemm.h's packed GEMM measured faster than MKL's sgemm for an fp32 weight, on the benchmarks'
-// AVX2 EPYC (2 threads, M = 128): SHAPES_TBD. bf16 weights always take it (torch's bf16 matmul on a CPU
-// without AVX512-BF16 is several times slower than its fp32 one).
+// Where linear_gemm.h's packed GEMM takes an fp32 weight rather than MKL's sgemm. On the benchmarks' AVX2
+// EPYC (2 threads, M = 128, GFLOP/s ours / MKL) it is faster on the widening projections (1536 -> 6144 and
+// 12288: 108-116 / 68-76) and equal within noise elsewhere (101-121 / 110-119); the narrowing shapes with
+// K > 6144 keep the sgemm, as with the kernel before it. bf16 weights always take it (torch's bf16 matmul on
+// a CPU without AVX512-BF16 is several times slower than its fp32 one). docs/performance.md has the table.
 bool packed_gemm_faster(int64_t N, int64_t K) {
 #if defined(CPU_CAPABILITY_AVX2)
   return N >= K || K <= 6144;
@@ -179,12 +181,12 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   AT_DISPATCH_SWITCH(x.scalar_type(), op,
     AT_DISPATCH_CASE(at::kFloat, [&] {
       packed_gemm(weight.const_data_ptr<float>(), x32, bias ? bias->const_data_ptr<float>() : nullptr,
-                         y.mutable_data_ptr<float>(), p.M, p.N, p.K);
+                  y.mutable_data_ptr<float>(), p.M, p.N, p.K);
     })
     AT_DISPATCH_CASE(at::kBFloat16, [&] {
       using B = c10::BFloat16;
       packed_gemm(weight.const_data_ptr<B>(), x32, bias ? bias->const_data_ptr<B>() : nullptr,
-                     y.mutable_data_ptr<B>(), p.M, p.N, p.K);
+                  y.mutable_data_ptr<B>(), p.M, p.N, p.K);
     }));
   return y;
 }

@@ -1,19 +1,18 @@
 // Prefill-sized linear (many rows of x): y[m, n] = sum_k x[m, k] * w[n, k], fp32 accumulation, for fp32
 // or bf16 weights. A packed register-tile GEMM in the BLIS manner:
 // - x is packed once per call (a k-range at a time when it is long), per k-block of kKC, into groups of
-//   kMR rows stored k-major
-//   ([kc][kMR]: the microkernel broadcasts one value per row);
+//   kMR rows stored k-major ([kc][kMR]: the microkernel broadcasts one value per row);
 // - a task owns a panel of weight rows; per k-block it packs them into kNR-row micro-panels stored
 //   k-major ([kc][kNR]: two 8-lane vectors per k), widening bf16 to fp32 on the way;
 // - the 6 x 16 microkernel keeps 12 vector accumulators and does 12 FMAs per 2 vector loads and
-//   6 broadcasts, with no horizontal sums; the 16 KB weight micro-panel stays in L1 while every x group
+//   6 broadcasts, with no horizontal sums; the 8 KB weight micro-panel stays in L1 while every x group
 //   streams past it from L2.
 // Each output is summed by one task in a fixed order (k within a block, then block after block), so the
 // result does not depend on the thread count.
 // Why: MKL's multi-threaded sgemm on the benchmarks' AVX2 EPYC runs Gemma 4's projections at 46-80
-// GFLOP/s on 2 threads, and torch's bf16 matmul without AVX512-BF16 far slower; the packing-free dot tile
-// this replaced ran 95-104, this kernel measured more (dev/perf/gemm_packed_kernel.cpp, numbers in
-// docs/performance.md).
+// GFLOP/s on 2 threads, and torch's bf16 matmul without AVX512-BF16 far slower. On one thread this kernel
+// ran 68-76 GFLOP/s against the packing-free dot tile it replaced, 55-69; on two, 101-121, where both
+// kernels meet the VM's ceiling (dev/perf/gemm_packed_kernel.cpp; the table is in docs/performance.md).
 // Reference: reference.linear in python/gemma4/ops/reference.py.
 #pragma once
 #include <algorithm>
