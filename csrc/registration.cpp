@@ -50,7 +50,7 @@ TORCH_LIBRARY(gemma4, m) {
   m.def("qgemm_cpu_isa(str request) -> str");
 
   // Linear: y = x [..., K] @ weight [N, K]^T (+ bias [N]); float32 or bfloat16 (x, weight, bias one
-  // dtype), fp32 accumulation, one rounding to x's dtype.
+  // dtype, or a bf16 weight under fp32 x), fp32 accumulation, one rounding to x's dtype.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // linear's input gradient: grad_out [..., N] @ weight [N, K] -> [..., K], the same dtypes and rounding.
   m.def("linear_grad_input(Tensor grad_out, Tensor weight) -> Tensor");

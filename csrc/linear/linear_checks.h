@@ -7,6 +7,17 @@
 
 namespace gemma4 {
 
+// The weight's dtype: x's, or bf16 under fp32 x (fp32 results from a bf16 weight, with no float32 copy of it:
+// the fused loss's head on CPUs without a native bf16 GEMM).
+inline void check_weight_dtype(const at::Tensor& weight, at::ScalarType x, const char* op) {
+  if (x == at::kFloat) {
+    TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16, op,
+                ": weight must be Float or BFloat16, got ", weight.scalar_type());
+  } else {
+    check_dtype(weight, x, op, "weight");
+  }
+}
+
 // y[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]), x's leading dims flattened into M.
 struct LinearProblem {
   int64_t M, N, K;
@@ -16,7 +27,7 @@ inline LinearProblem check_linear_args(const char* op, const at::Tensor& x, cons
                                        const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
               ": x must be float32 or bfloat16, got ", x.scalar_type());
-  check_dtype(weight, x.scalar_type(), op, "weight");
+  check_weight_dtype(weight, x.scalar_type(), op);
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension, got a scalar");
   check_dim(weight, 2, op, "weight");
   check_size(weight, 1, x.size(-1), op, "weight");  // weight [N, K] with K = x.size(-1)
@@ -38,7 +49,7 @@ inline LinearProblem check_linear_args(const char* op, const at::Tensor& x, cons
 inline LinearProblem check_linear_grad_input_args(const char* op, const at::Tensor& grad_out, const at::Tensor& weight) {
   TORCH_CHECK(grad_out.scalar_type() == at::kFloat || grad_out.scalar_type() == at::kBFloat16, op,
               ": grad_out must be float32 or bfloat16, got ", grad_out.scalar_type());
-  check_dtype(weight, grad_out.scalar_type(), op, "weight");
+  check_weight_dtype(weight, grad_out.scalar_type(), op);
   TORCH_CHECK(grad_out.dim() >= 1, op, ": grad_out must have at least 1 dimension, got a scalar");
   check_dim(weight, 2, op, "weight");
   check_size(weight, 0, grad_out.size(-1), op, "weight");  // weight [N, K] with N = grad_out.size(-1)

@@ -1,5 +1,5 @@
-// gemma4::linear on CPU: y = x @ weight^T (+ bias) for float32 or bfloat16 x and weight, fp32
-// accumulation, rounded once to x's dtype.
+// gemma4::linear on CPU: y = x @ weight^T (+ bias) for float32 or bfloat16 x and weight (one dtype, or a
+// bf16 weight under fp32 x), fp32 accumulation, rounded once to x's dtype.
 // Reference: linear in python/gemma4/ops/reference.py.
 //
 // Paths, chosen by the number of rows M of x and the shape:
@@ -30,8 +30,8 @@ at::Tensor as_fp32(const at::Tensor& x2d) {
 }
 
 // Rows of x handled together: R weight rows per tile keep R*M accumulators in 16 AVX2 registers.
-template <int M, typename T>
-void gemv(const T* w, const float* x, const T* bias, T* y, int64_t N, int64_t K) {
+template <int M, typename W, typename Y>
+void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t N, int64_t K) {
   constexpr int R = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
   const int64_t tiles = N / R;
   // About 64K weights per task: a smaller problem is not worth waking a second thread for.
@@ -45,7 +45,7 @@ void gemv(const T* w, const float* x, const T* bias, T* y, int64_t N, int64_t K)
         for (int m = 0; m < M; ++m) {
           float v = acc[r * M + m];
           if (bias) v += static_cast<float>(bias[n0 + r]);
-          y[m * N + n0 + r] = static_cast<T>(v);
+          y[m * N + n0 + r] = static_cast<Y>(v);
         }
     }
   });
@@ -55,13 +55,13 @@ void gemv(const T* w, const float* x, const T* bias, T* y, int64_t N, int64_t K)
     for (int m = 0; m < M; ++m) {
       float v = acc[m];
       if (bias) v += static_cast<float>(bias[n]);
-      y[m * N + n] = static_cast<T>(v);
+      y[m * N + n] = static_cast<Y>(v);
     }
   }
 }
 
-template <typename T>
-void gemv_dispatch(int64_t M, const T* w, const float* x, const T* bias, T* y, int64_t N, int64_t K) {
+template <typename W, typename Y>
+void gemv_dispatch(int64_t M, const W* w, const float* x, const Y* bias, Y* y, int64_t N, int64_t K) {
   switch (M) {
     case 1: return gemv<1>(w, x, bias, y, N, K);
     case 2: return gemv<2>(w, x, bias, y, N, K);
@@ -91,11 +91,11 @@ bool packed_gemm_faster(int64_t N, int64_t K) {
 // reduces over 262144 logits, whose whole packed copy would be 268 MB).
 constexpr int64_t kPackFloats = int64_t(2) << 20;  // 8 MB
 
-// y[M, N] = x32[M, K] @ w[N, K]^T (+ bias), or with KMajor x32 @ w[K, N], rounded once to T. Per k-range,
+// y[M, N] = x32[M, K] @ w[N, K]^T (+ bias), or with KMajor x32 @ w[K, N], rounded once to Y. Per k-range,
 // x is packed, then tasks of nc output columns sum into fp32: with one k-range each task's own
 // [groups * kMR, nc] buffer, written to y at once; with several, a shared [groups * kMR, N'] one.
-template <bool KMajor = false, typename T>
-void packed_gemm(const T* w, const at::Tensor& x32, const T* bias, T* y, int64_t M, int64_t N, int64_t K) {
+template <bool KMajor = false, typename W, typename Y>
+void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
   using linear::kKC;
   using linear::kMR;
   using linear::kNR;
@@ -111,13 +111,13 @@ void packed_gemm(const T* w, const at::Tensor& x32, const T* bias, T* y, int64_t
   at::Tensor ap = at::empty({rows * std::min(K, ks)}, x32.options());  // x packed: [k-blocks][groups][kc][kMR]
   at::Tensor acc = ranges > 1 ? at::empty({rows, ldn}, x32.options()) : at::Tensor();  // [rows, N'] sums
   float* app = ap.mutable_data_ptr<float>();
-  // y[m, n0 + i] = T(c[m * ldc + i] + bias) for m < M, i < cols
+  // y[m, n0 + i] = Y(c[m * ldc + i] + bias) for m < M, i < cols
   const auto store = [&](const float* c, int64_t ldc, int64_t m0, int64_t m1, int64_t n0, int64_t cols) {
     for (int64_t m = m0; m < m1; ++m)
       for (int64_t i = 0; i < cols; ++i) {
         float v = c[m * ldc + i];
         if (bias) v += static_cast<float>(bias[n0 + i]);
-        y[m * N + n0 + i] = static_cast<T>(v);
+        y[m * N + n0 + i] = static_cast<Y>(v);
       }
   };
   for (int64_t r = 0; r < ranges; ++r) {
@@ -143,6 +143,15 @@ void packed_gemm(const T* w, const at::Tensor& x32, const T* bias, T* y, int64_t
     at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { store(acc.const_data_ptr<float>(), ldn, m0, m1, 0, N); });
 }
 
+// Calls f(W{}, Y{}) for the (weight, output) types: (fp32, fp32), (bf16, bf16), or (bf16, fp32) for fp32 x
+// with a bf16 weight.
+template <typename F>
+void dispatch_weight_out(at::ScalarType weight, at::ScalarType out, const F& f) {
+  if (weight == at::kFloat) return f(float{}, float{});
+  if (out == at::kFloat) return f(c10::BFloat16{}, float{});
+  return f(c10::BFloat16{}, c10::BFloat16{});
+}
+
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "gemma4::linear";
   check_device(x, op, "x", c10::kCPU);
@@ -156,20 +165,15 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const at::Tensor x32 = as_fp32(x2d).contiguous();  // [M, K]
 
   if (p.M <= kGemvMaxRows) {
-    AT_DISPATCH_SWITCH(x.scalar_type(), op,
-      AT_DISPATCH_CASE(at::kFloat, [&] {
-        gemv_dispatch<float>(p.M, weight.const_data_ptr<float>(), x32.const_data_ptr<float>(),
-                             bias ? bias->const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(), p.N, p.K);
-      })
-      AT_DISPATCH_CASE(at::kBFloat16, [&] {
-        using B = c10::BFloat16;
-        gemv_dispatch<B>(p.M, weight.const_data_ptr<B>(), x32.const_data_ptr<float>(),
-                         bias ? bias->const_data_ptr<B>() : nullptr, y.mutable_data_ptr<B>(), p.N, p.K);
-      }));
+    dispatch_weight_out(weight.scalar_type(), x.scalar_type(), [&](auto wt, auto yt) {
+      using W = decltype(wt);
+      using Y = decltype(yt);
+      gemv_dispatch(p.M, weight.const_data_ptr<W>(), x32.const_data_ptr<float>(),
+                    bias ? bias->const_data_ptr<Y>() : nullptr, y.mutable_data_ptr<Y>(), p.N, p.K);
+    });
     return y;
   }
-
-  if (x.scalar_type() == at::kFloat && !packed_gemm_faster(p.N, p.K)) {  // the BLAS sgemm, as torch.matmul
+  if (weight.scalar_type() == at::kFloat && !packed_gemm_faster(p.N, p.K)) {  // the BLAS sgemm, as torch.matmul
     at::Tensor y2d = y.view({p.M, p.N});
     if (bias) {
       at::addmm_out(y2d, *bias, x2d, weight.t());
@@ -178,16 +182,12 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     }
     return y;
   }
-  AT_DISPATCH_SWITCH(x.scalar_type(), op,
-    AT_DISPATCH_CASE(at::kFloat, [&] {
-      packed_gemm(weight.const_data_ptr<float>(), x32, bias ? bias->const_data_ptr<float>() : nullptr,
-                  y.mutable_data_ptr<float>(), p.M, p.N, p.K);
-    })
-    AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      using B = c10::BFloat16;
-      packed_gemm(weight.const_data_ptr<B>(), x32, bias ? bias->const_data_ptr<B>() : nullptr,
-                  y.mutable_data_ptr<B>(), p.M, p.N, p.K);
-    }));
+  dispatch_weight_out(weight.scalar_type(), x.scalar_type(), [&](auto wt, auto yt) {
+    using W = decltype(wt);
+    using Y = decltype(yt);
+    packed_gemm(weight.const_data_ptr<W>(), x32, bias ? bias->const_data_ptr<Y>() : nullptr, y.mutable_data_ptr<Y>(),
+                p.M, p.N, p.K);
+  });
   return y;
 }
 
@@ -202,16 +202,12 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& w
   if (gx.numel() == 0) return gx;
   if (p.N == 0) return gx.zero_();
   const at::Tensor g32 = as_fp32(grad_out.view({p.M, p.N})).contiguous();  // [M, N]
-  AT_DISPATCH_SWITCH(grad_out.scalar_type(), op,
-    AT_DISPATCH_CASE(at::kFloat, [&] {
-      packed_gemm<true>(weight.const_data_ptr<float>(), g32, static_cast<const float*>(nullptr),
-                        gx.mutable_data_ptr<float>(), p.M, p.K, p.N);
-    })
-    AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      using B = c10::BFloat16;
-      packed_gemm<true>(weight.const_data_ptr<B>(), g32, static_cast<const B*>(nullptr), gx.mutable_data_ptr<B>(),
-                        p.M, p.K, p.N);
-    }));
+  dispatch_weight_out(weight.scalar_type(), grad_out.scalar_type(), [&](auto wt, auto yt) {
+    using W = decltype(wt);
+    using Y = decltype(yt);
+    packed_gemm<true>(weight.const_data_ptr<W>(), g32, static_cast<const Y*>(nullptr), gx.mutable_data_ptr<Y>(), p.M,
+                      p.K, p.N);
+  });
   return gx;
 }
 }  // namespace

@@ -50,6 +50,22 @@ def test_forward(dtype, lead, N, K, with_bias):
     assert_lowp_close(*(torch.cat(r) for r in zip(*results)))
 
 
+@pytest.mark.parametrize("lead,N,K", [((1,), 5, 7), ((3,), 13, 37), ((2, 17), 300, 1536), ((130,), 257, 520)])
+def test_float32_x_with_bfloat16_weight(lead, N, K):
+    """fp32 x and a bf16 weight (the fused loss's frozen head): fp32 out, the same numbers as the weight widened
+    to fp32 first (a bf16 value is exact in fp32), through the GEMV (rows <= 8) and the packed GEMM; backward
+    gives the weight's gradient in bf16."""
+    x = _rand((*lead, K), torch.float32).requires_grad_()
+    w = _rand((N, K), torch.bfloat16, scale=K**-0.5).requires_grad_()
+    b = _rand((N,), torch.float32)
+    ours = linear(x, w, b)
+    assert ours.dtype == torch.float32
+    assert torch.equal(ours, linear(x, w.float(), b))
+    assert_lowp_close(ours, ref.linear(x.double(), w.double(), b.double()), F.linear(x, w.float(), b))
+    ours.sum().backward()
+    assert w.grad.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 64])
 def test_matches_reference_at_dtype(dtype, rows):
@@ -115,8 +131,10 @@ def test_bad_inputs():
     x, w = torch.randn(4, 16), torch.randn(8, 16)
     with pytest.raises(RuntimeError, match="x must be float32 or bfloat16"):
         ops.linear(x.double(), w.double(), None)
-    with pytest.raises(RuntimeError, match="weight must be Float"):
-        ops.linear(x, w.bfloat16(), None)
+    with pytest.raises(RuntimeError, match="weight must be Float or BFloat16, got Half"):
+        ops.linear(x, w.half(), None)
+    with pytest.raises(RuntimeError, match="weight must be BFloat16"):
+        ops.linear(x.bfloat16(), w, None)
     with pytest.raises(RuntimeError, match="weight must have 2 dimensions"):
         ops.linear(x, torch.randn(16), None)
     with pytest.raises(RuntimeError, match=r"weight.size\(1\) must be 16"):
@@ -138,7 +156,8 @@ def test_bad_inputs():
 
 @pytest.mark.parametrize("args,match", [
     (lambda: (torch.randn(4, 16).double(), torch.randn(8, 16).double(), None), "x must be float32 or bfloat16"),
-    (lambda: (torch.randn(4, 16), torch.randn(8, 16).bfloat16(), None), "weight must be Float"),
+    (lambda: (torch.randn(4, 16), torch.randn(8, 16).half(), None), "weight must be Float or BFloat16"),
+    (lambda: (torch.randn(4, 16).bfloat16(), torch.randn(8, 16), None), "weight must be BFloat16"),
     (lambda: (torch.randn(4, 16), torch.randn(8, 15), None), r"weight.size\(1\) must be 16"),
     (lambda: (torch.randn(4, 16), torch.randn(8, 16), torch.randn(7)), r"bias.size\(0\) must be 8"),
 ])

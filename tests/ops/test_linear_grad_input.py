@@ -39,6 +39,14 @@ def test_long_reduction(lead, N, K):
     assert_lowp_close(linear_grad_input(g, w), ref.linear_grad_input(g.double(), w.double()), g @ w)
 
 
+def test_float32_grad_out_with_bfloat16_weight():
+    """fp32 grad_out and a bf16 weight: fp32 out, the same numbers as the weight widened to fp32 first."""
+    for lead, N, K in (((1,), 7, 5), ((130,), 520, 257), ((300,), 8200, 40)):
+        g, w = _rand((*lead, N), torch.float32), _rand((N, K), torch.bfloat16, scale=N**-0.5)
+        ours = linear_grad_input(g, w)
+        assert ours.dtype == torch.float32 and torch.equal(ours, linear_grad_input(g, w.float()))
+
+
 def test_threads_agree():
     before = torch.get_num_threads()
     g, w = _rand((64, 2051), torch.bfloat16), _rand((2051, 1536), torch.bfloat16, scale=0.03)
@@ -90,7 +98,8 @@ def test_opcheck():
 
 BAD = [
     (lambda: (torch.randn(4, 8).double(), torch.randn(8, 16).double()), "grad_out must be float32 or bfloat16"),
-    (lambda: (torch.randn(4, 8), torch.randn(8, 16).bfloat16()), "weight must be Float"),
+    (lambda: (torch.randn(4, 8), torch.randn(8, 16).half()), "weight must be Float or BFloat16"),
+    (lambda: (torch.randn(4, 8).bfloat16(), torch.randn(8, 16)), "weight must be BFloat16"),
     (lambda: (torch.randn(4, 8), torch.randn(16)), "weight must have 2 dimensions"),
     (lambda: (torch.randn(4, 8), torch.randn(9, 16)), r"weight.size\(0\) must be 8"),
     (lambda: (torch.tensor(1.5), torch.randn(8, 16)), "grad_out must have at least 1 dimension"),

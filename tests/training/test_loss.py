@@ -157,3 +157,20 @@ def test_compiles_fullgraph_and_equals_eager(train_weight):
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
     for g, w in zip(got_grads, eager_grads):
         assert max_abs_err(g, w) <= 1e-5 * w.abs().max().item()
+
+
+def test_frozen_bf16_head_is_not_copied_to_float32():
+    """On a CPU without a native bf16 GEMM the fused loss runs its head GEMMs in float32; a frozen bf16 head goes
+    to gemma4's ops as it is (no float32 copy of it), with the same numbers as the float32 copy gives."""
+    from gemma4.float32_gemm import needs_float32_gemm
+    hidden, weight, labels = make_case(B=2, T=40, H=48, V=700, dtype=torch.bfloat16, seed=5)
+    if not needs_float32_gemm(weight):
+        pytest.skip("this CPU has a native bf16 GEMM: the loss runs in bf16")
+    h = hidden.clone().requires_grad_()
+    got = chunked_causal_lm_loss(h, weight, labels, 30.0, 16)  # weight frozen (requires_grad False)
+    (gh,) = torch.autograd.grad(got, h)
+    h32 = hidden.float().requires_grad_()
+    want = chunked_causal_lm_loss(h32, weight.float(), labels, 30.0, 16)  # the float32 copy, explicitly
+    (gh32,) = torch.autograd.grad(want, h32)
+    assert got.item() == want.item()
+    assert torch.equal(gh, gh32.bfloat16())

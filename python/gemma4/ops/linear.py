@@ -20,7 +20,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     Args:
         x: ``[..., K]``, float32 or bfloat16 (made contiguous if it is not).
-        weight: ``[N, K]`` in ``x.dtype``, contiguous (an ``nn.Linear`` weight).
+        weight: ``[N, K]`` in ``x.dtype`` (or bfloat16 under float32 ``x``: float32 results without a float32
+            copy of the weight), contiguous (an ``nn.Linear`` weight).
         bias: ``[N]`` in ``x.dtype``, or None.
 
     Returns:
@@ -35,7 +36,7 @@ def linear_grad_input(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Ten
 
     Args:
         grad_out: ``[..., N]``, float32 or bfloat16 (made contiguous if it is not).
-        weight: ``[N, K]`` in ``grad_out.dtype``, contiguous.
+        weight: ``[N, K]`` in ``grad_out.dtype`` (or bfloat16 under float32 ``grad_out``), contiguous.
 
     Returns:
         ``[..., K]`` in ``grad_out.dtype``. Differentiable in both.
@@ -43,11 +44,20 @@ def linear_grad_input(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     return torch.ops.gemma4.linear_grad_input(grad_out.contiguous(), weight)
 
 
+def _check_weight_dtype(op, weight, dtype):
+    """check_weight_dtype of csrc/linear/linear_checks.h: x's dtype, or bf16 under fp32 x."""
+    if dtype == torch.float32:
+        if weight.dtype not in (torch.float32, torch.bfloat16):
+            chk.fail(op, f"weight must be Float or BFloat16, got {chk.dtype_name(weight.dtype)}")
+    else:
+        chk.dtype(op, "weight", weight, dtype)
+
+
 def _check(op, x, weight, bias):
     """csrc/linear/linear_checks.h's checks, for the fake kernel."""
     if x.dtype not in (torch.float32, torch.bfloat16):
         chk.fail(op, f"x must be float32 or bfloat16, got {chk.dtype_name(x.dtype)}")
-    chk.dtype(op, "weight", weight, x.dtype)
+    _check_weight_dtype(op, weight, x.dtype)
     if x.dim() < 1:
         chk.fail(op, "x must have at least 1 dimension, got a scalar")
     chk.dim(op, "weight", weight, 2)
@@ -69,7 +79,7 @@ def _check_grad_input(op, grad_out, weight):
     """csrc/linear/linear_checks.h's checks of linear_grad_input, for the fake kernel."""
     if grad_out.dtype not in (torch.float32, torch.bfloat16):
         chk.fail(op, f"grad_out must be float32 or bfloat16, got {chk.dtype_name(grad_out.dtype)}")
-    chk.dtype(op, "weight", weight, grad_out.dtype)
+    _check_weight_dtype(op, weight, grad_out.dtype)
     if grad_out.dim() < 1:
         chk.fail(op, "grad_out must have at least 1 dimension, got a scalar")
     chk.dim(op, "weight", weight, 2)
@@ -94,7 +104,8 @@ def _backward(ctx, grad_out):
     grad_x = linear_grad_input(grad_out, weight) if ctx.needs_input_grad[0] else None  # [..., K]
     grad_w = grad_b = None
     if ctx.needs_input_grad[1]:
-        grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # [N, K]
+        grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # [N, K] in x's dtype
+        grad_w = grad_w.to(weight.dtype)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)  # [N]
     return grad_x, grad_w, grad_b
@@ -113,6 +124,7 @@ def _grad_input_backward(ctx, grad_gx):
     g_weight = None
     if ctx.needs_input_grad[1]:  # [N, K]
         g_weight = grad_out.reshape(-1, grad_out.shape[-1]).t() @ grad_gx.reshape(-1, grad_gx.shape[-1])
+        g_weight = g_weight.to(weight.dtype)
     return g_grad_out, g_weight
 
 
