@@ -23,17 +23,25 @@ struct LinearProblem {
   int64_t M, N, K;
 };
 
+// The checks both ops make: an activation `name` [..., D] (float32 or bfloat16, contiguous) and a contiguous
+// 2-D weight with weight.size(weight_dim) == D, on one device. Returns the activation's leading dims' product.
+inline int64_t check_activation_and_weight(const char* op, const at::Tensor& a, const char* name,
+                                           const at::Tensor& weight, int64_t weight_dim) {
+  TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16, op, ": ", name,
+              " must be float32 or bfloat16, got ", a.scalar_type());
+  check_weight_dtype(weight, a.scalar_type(), op);
+  TORCH_CHECK(a.dim() >= 1, op, ": ", name, " must have at least 1 dimension, got a scalar");
+  check_dim(weight, 2, op, "weight");
+  check_size(weight, weight_dim, a.size(-1), op, "weight");
+  check_contiguous(a, op, name);
+  check_contiguous(weight, op, "weight");
+  check_same_device(weight, a, op, "weight");
+  return c10::multiply_integers(a.sizes().slice(0, a.dim() - 1));
+}
+
 inline LinearProblem check_linear_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
-              ": x must be float32 or bfloat16, got ", x.scalar_type());
-  check_weight_dtype(weight, x.scalar_type(), op);
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension, got a scalar");
-  check_dim(weight, 2, op, "weight");
-  check_size(weight, 1, x.size(-1), op, "weight");  // weight [N, K] with K = x.size(-1)
-  check_contiguous(x, op, "x");
-  check_contiguous(weight, op, "weight");
-  check_same_device(weight, x, op, "weight");
+  const int64_t M = check_activation_and_weight(op, x, "x", weight, 1);  // weight [N, K], K = x.size(-1)
   if (bias) {
     check_dtype(*bias, x.scalar_type(), op, "bias");
     check_dim(*bias, 1, op, "bias");
@@ -41,22 +49,12 @@ inline LinearProblem check_linear_args(const char* op, const at::Tensor& x, cons
     check_contiguous(*bias, op, "bias");
     check_same_device(*bias, x, op, "bias");
   }
-  const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
   return {M, weight.size(0), x.size(-1)};
 }
 
 // gemma4::linear_grad_input: grad_x[M, K] = grad_out[M, N] @ weight[N, K], grad_out's leading dims in M.
 inline LinearProblem check_linear_grad_input_args(const char* op, const at::Tensor& grad_out, const at::Tensor& weight) {
-  TORCH_CHECK(grad_out.scalar_type() == at::kFloat || grad_out.scalar_type() == at::kBFloat16, op,
-              ": grad_out must be float32 or bfloat16, got ", grad_out.scalar_type());
-  check_weight_dtype(weight, grad_out.scalar_type(), op);
-  TORCH_CHECK(grad_out.dim() >= 1, op, ": grad_out must have at least 1 dimension, got a scalar");
-  check_dim(weight, 2, op, "weight");
-  check_size(weight, 0, grad_out.size(-1), op, "weight");  // weight [N, K] with N = grad_out.size(-1)
-  check_contiguous(grad_out, op, "grad_out");
-  check_contiguous(weight, op, "weight");
-  check_same_device(weight, grad_out, op, "weight");
-  const int64_t M = c10::multiply_integers(grad_out.sizes().slice(0, grad_out.dim() - 1));
+  const int64_t M = check_activation_and_weight(op, grad_out, "grad_out", weight, 0);  // N = grad_out.size(-1)
   return {M, weight.size(0), weight.size(1)};
 }
 

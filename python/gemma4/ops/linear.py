@@ -53,16 +53,22 @@ def _check_weight_dtype(op, weight, dtype):
         chk.dtype(op, "weight", weight, dtype)
 
 
+def _check_activation_and_weight(op, a, name, weight, weight_dim):
+    """check_activation_and_weight of csrc/linear/linear_checks.h: the checks both ops make."""
+    if a.dtype not in (torch.float32, torch.bfloat16):
+        chk.fail(op, f"{name} must be float32 or bfloat16, got {chk.dtype_name(a.dtype)}")
+    _check_weight_dtype(op, weight, a.dtype)
+    if a.dim() < 1:
+        chk.fail(op, f"{name} must have at least 1 dimension, got a scalar")
+    chk.dim(op, "weight", weight, 2)
+    chk.size(op, "weight", weight, weight_dim, a.shape[-1])
+    chk.same_device(op, a, weight=weight)
+
+
 def _check(op, x, weight, bias):
     """csrc/linear/linear_checks.h's checks, for the fake kernel."""
-    if x.dtype not in (torch.float32, torch.bfloat16):
-        chk.fail(op, f"x must be float32 or bfloat16, got {chk.dtype_name(x.dtype)}")
-    _check_weight_dtype(op, weight, x.dtype)
-    if x.dim() < 1:
-        chk.fail(op, "x must have at least 1 dimension, got a scalar")
-    chk.dim(op, "weight", weight, 2)
-    chk.size(op, "weight", weight, 1, x.shape[-1])
-    chk.same_device(op, x, weight=weight, bias=bias)
+    _check_activation_and_weight(op, x, "x", weight, 1)
+    chk.same_device(op, x, bias=bias)
     if bias is not None:
         chk.dtype(op, "bias", bias, x.dtype)
         chk.dim(op, "bias", bias, 1)
@@ -77,14 +83,7 @@ def _linear_fake(x, weight, bias):
 
 def _check_grad_input(op, grad_out, weight):
     """csrc/linear/linear_checks.h's checks of linear_grad_input, for the fake kernel."""
-    if grad_out.dtype not in (torch.float32, torch.bfloat16):
-        chk.fail(op, f"grad_out must be float32 or bfloat16, got {chk.dtype_name(grad_out.dtype)}")
-    _check_weight_dtype(op, weight, grad_out.dtype)
-    if grad_out.dim() < 1:
-        chk.fail(op, "grad_out must have at least 1 dimension, got a scalar")
-    chk.dim(op, "weight", weight, 2)
-    chk.size(op, "weight", weight, 0, grad_out.shape[-1])
-    chk.same_device(op, grad_out, weight=weight)
+    _check_activation_and_weight(op, grad_out, "grad_out", weight, 0)
 
 
 @torch.library.register_fake("gemma4::linear_grad_input")
