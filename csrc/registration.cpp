@@ -54,6 +54,11 @@ TORCH_LIBRARY(gemma4, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // linear's input gradient: grad_out [..., N] @ weight [N, K] -> [..., K], the same dtypes and rounding.
   m.def("linear_grad_input(Tensor grad_out, Tensor weight) -> Tensor");
+
+  // Cross-entropy through Gemma's logit soft-cap, loss and gradient in one pass: per row i of logits [n,V]
+  // (pre-cap), c = cap*tanh(x/cap) (c = x when softcap is None), returns loss[i] = row_weight[i] *
+  // (logsumexp(c) - c[targets[i]]) (fp32; fp64 for fp64) and overwrites the row with d loss[i] / d x.
+  m.def("softcap_cross_entropy(Tensor(a!) logits, Tensor targets, Tensor row_weight, float? softcap) -> Tensor");
 }
 
 // A gemma4 op called on CUDA tensors where no CUDA kernel exists says why, instead of the dispatcher's
@@ -80,7 +85,7 @@ TORCH_LIBRARY_IMPL(gemma4, CUDA, m) {
   const char* cpu_only[] = {"rms_norm", "rms_norm_backward", "rope", "rope_backward", "attention",
                             "attention_backward", "gated_activation", "gated_activation_backward",
                             "moe_route", "moe_route_backward", "moe_experts", "moe_experts_backward",
-                            "qgemm", "linear", "linear_grad_input"};
+                            "qgemm", "linear", "linear_grad_input", "softcap_cross_entropy"};
 #endif
   for (const char* name : cpu_only) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernel>());
 }

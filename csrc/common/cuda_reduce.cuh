@@ -40,4 +40,17 @@ __device__ __forceinline__ A block_sum(A v, A* scratch) {
   return t;
 }
 
+// NaN-propagating max over a whole block, as block_sum.
+template <typename A>
+__device__ __forceinline__ A block_max(A v, A* scratch) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  v = warp_max(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  A t = lane < warps ? scratch[lane] : scratch[0];
+  t = warp_max(t);
+  __syncthreads();
+  return t;
+}
+
 }  // namespace gemma4::cuda

@@ -36,7 +36,6 @@ def main():
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--chunks", default="256")
-    ap.add_argument("--blocks", default="", help="override _BLOCK_ELEMENTS, comma list")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--plain", action="store_true")
@@ -58,10 +57,8 @@ def main():
         w, c = timed(run(lambda: plain(hidden, weight, labels, 30.0)), args.reps)
         print(f"plain            wall {w:6.2f} s  cpu {c:6.2f} s")
     for chunk in [int(x) for x in args.chunks.split(",")]:
-        for block in ([int(b) for b in args.blocks.split(",")] if args.blocks else [L._BLOCK_ELEMENTS]):
-            L._BLOCK_ELEMENTS = block
-            w, c = timed(run(lambda: L.chunked_causal_lm_loss(hidden, weight, labels, 30.0, chunk)), args.reps)
-            print(f"fused chunk {chunk:4d} block {block:8d} wall {w:6.2f} s  cpu {c:6.2f} s", flush=True)
+        w, c = timed(run(lambda: L.chunked_causal_lm_loss(hidden, weight, labels, 30.0, chunk)), args.reps)
+        print(f"fused chunk {chunk:4d} wall {w:6.2f} s  cpu {c:6.2f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ def _calls():
         "attention": (q, k, v, None, 1.0, 0),
         "gated_activation": (x, x, "silu"),
         "moe_route": (x, torch.ones(8), 2),
+        "softcap_cross_entropy": (x, torch.randint(0, 8, (3,)), torch.rand(3), 30.0),
     }
 
 

@@ -52,19 +52,6 @@ def test_fused_loss_equals_plain_fp32(cap, chunk, train_weight):
         assert max_abs_err(g, w) <= 1e-5 * w.abs().max().item()
 
 
-def test_blocks_of_rows_smaller_than_a_chunk(monkeypatch):
-    # the elementwise chain runs on cache-sized blocks of rows: force blocks of 3 rows inside chunks of 16
-    hidden, weight, labels = make_case(B=3, T=17, seed=5)
-    monkeypatch.setattr(loss_mod, "_BLOCK_ELEMENTS", 3 * weight.shape[0])
-    hidden.requires_grad_()
-    want = plain_loss(hidden, weight, labels, 30.0)
-    (gh_want,) = torch.autograd.grad(want, hidden)
-    got = chunked_causal_lm_loss(hidden, weight, labels, 30.0, 16)
-    (gh,) = torch.autograd.grad(got, hidden)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    assert max_abs_err(gh, gh_want) <= 1e-5 * gh_want.abs().max().item()
-
-
 def test_upstream_gradient_scales_the_result():
     # backward multiplies the gradients stored in forward by the incoming gradient (e.g. loss / accumulation)
     hidden, weight, labels = make_case(seed=3)

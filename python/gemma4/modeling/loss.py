@@ -10,8 +10,9 @@ gemma4's Linear: float32_gemm.is_plain_linear), each chunk of tokens goes throug
 
 inside the forward pass, so the gradient costs the two GEMMs the plain computation does and no third
 (no recomputation), no [tokens, V] tensor outlives its chunk, and backward only scales the stored
-gradients by the incoming one. The elementwise chain runs on blocks of a few rows, so its temporaries
-stay in cache instead of streaming [chunk, V] arrays through memory several times.
+gradients by the incoming one. The elementwise chain (soft-cap, log-softmax, loss, gradient) is one op,
+gemma4::softcap_cross_entropy, which overwrites each chunk's logits with their gradient in three passes
+per row and makes no [chunk, V] temporary (under torch.compile the composed torch ops, which inductor fuses).
 
 The loss is the mean over labels != -100 (transformers' ForCausalLMLoss): a row's gradient carries the
 weight valid/count, computed from the targets with no data-dependent indexing (invalid targets are
@@ -41,9 +42,6 @@ IGNORE_INDEX = -100
 # CPU time, AVX2 EPYC): 10.1 s at 256 against 11.0 s at 128; larger chunks only grow the one logits
 # buffer, 256 x V in the model dtype (256 MiB in float32 for V = 262144).
 DEFAULT_CHUNK_SIZE = 256
-# Elements per block of the elementwise chain (log-softmax, its gradient, the soft-cap derivative):
-# 4 MiB of float32, so that a block's temporaries stay in the last-level cache.
-_BLOCK_ELEMENTS = 1 << 20
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -60,9 +58,10 @@ def _softcap(logits: torch.Tensor, cap: float | None) -> tuple[torch.Tensor, tor
     return t * cap, t
 
 
-def _block_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
+def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
                          cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a block of rows: (sum of row_weight * cross-entropy, float32 gradient of that sum w.r.t. logits).
+    """For a chunk of rows, composed of torch ops (the torch.compile path): (sum of row_weight * cross-entropy,
+    float32 gradient of that sum w.r.t. logits).
 
     logits [r,V] model dtype (pre-cap), targets [r] in [0, V), row_weight [r] float32 (0 = ignored row).
     """
@@ -87,8 +86,6 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         N, V = hidden.shape[0], weight.shape[0]
         n_max = min(chunk_size, N)
         compiling = torch.compiler.is_compiling()
-        # inductor fuses the elementwise chain itself: one block per chunk keeps the graph small
-        block = n_max if compiling else max(1, _BLOCK_ELEMENTS // V)
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
@@ -107,12 +104,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             else:
                 logits = logits_buf[:end - start]  # [n,V]
                 torch.mm(h, weight.t(), out=logits)
-            for b in range(0, end - start, block):  # cache-sized blocks of rows, gradient written in place
-                rows = slice(b, min(b + block, end - start))
-                loss, grad = _block_loss_and_grad(logits[rows], targets[start + b:start + rows.stop],
-                                                  row_weight[start + b:start + rows.stop], cap)
-                total = total + loss
-                logits[rows].copy_(grad)
+            if compiling:  # inductor fuses the composed chain into a few kernels
+                loss, grad = _chunk_loss_and_grad(logits, targets[start:end], row_weight[start:end], cap)
+                logits.copy_(grad)
+            else:  # one kernel: the loss of each row, its gradient written over the logits
+                loss = ops.softcap_cross_entropy(logits, targets[start:end], row_weight[start:end], cap).sum()
+            total = total + loss
             if grad_hidden is not None and own_gemm:
                 grad_hidden[start:end] = ops.linear_grad_input(logits, weight)  # [n,H]
             elif grad_hidden is not None:

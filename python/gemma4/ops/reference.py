@@ -137,7 +137,28 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(logits / cap)
 
 
-__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "linear", "linear_grad_input", "softcap"]
+def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
+                          cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(losses [n], gradient [n,V]) of row_weight * CE(cap * tanh(logits / cap), targets), out of place.
+
+    The cap in the logits' dtype (as transformers rounds it), the rest in float32 (float64 for float64);
+    the gradient rounded once to the logits' dtype.
+    """
+    acc = _acc(logits)
+    t = torch.tanh(logits / cap) if cap is not None else None  # [n,V] logits dtype
+    capped = (t * cap if t is not None else logits).to(acc)  # [n,V]
+    logp = torch.log_softmax(capped, dim=-1)  # [n,V]
+    w = row_weight.to(acc)[:, None]  # [n,1]
+    losses = -(logp.gather(1, targets[:, None]) * w).squeeze(1)  # [n]
+    onehot = torch.zeros_like(logp).scatter_(1, targets[:, None], 1.0)  # [n,V]
+    grad = w * (logp.exp() - onehot)  # [n,V]
+    if t is not None:
+        grad = grad * (1 - t.to(acc) ** 2)
+    return losses, grad.to(logits.dtype)
+
+
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "linear", "linear_grad_input", "softcap",
+           "softcap_cross_entropy"]
 
 
 # ---- quantized linear (gemma4::qgemm) ----
