@@ -60,6 +60,55 @@ def _scaling(r: int, alpha: float, use_rslora: bool) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
+class _LowpInputLoraUpdate(torch.autograd.Function):
+    """out = (base_out.float() + scaling * (x.float() @ A.T) @ B.T).to(base_out.dtype) for a bf16/fp16 x and
+    base output with float32 factors (PEFT's autocast_adapter_dtype), saving x in its own dtype.
+
+    The generic path (F.linear on x.to(float32)) keeps the float32 copy of x for A's gradient: twice the
+    bytes of x, per LoRA Linear, while x itself is usually kept anyway (q/k/v read the same normed input).
+    Here backward widens x again instead. Forward and backward run the same ops in the same order as autograd
+    does for the generic path (AddmmBackward0 / MmBackward0 with B and A stored row-major, so their
+    transposes are column-major), so outputs and gradients are the same numbers.
+    Saved: x (its own dtype), A, B and down = x.float() @ A.T [N, r].
+    """
+
+    @staticmethod
+    def forward(ctx, base_out: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                scaling: float) -> torch.Tensor:
+        x2 = x.float().reshape(-1, x.shape[-1])  # [N, in]
+        down = x2.mm(A.t())  # [N, r]
+        acc = base_out.reshape(-1, base_out.shape[-1]).float()  # a fresh float32 copy: updated in place
+        out = acc.addmm_(down, B.t(), alpha=scaling).view(base_out.shape).to(base_out.dtype)
+        _, x_grad, A_grad, B_grad, _ = ctx.needs_input_grad
+        ctx.scaling = scaling
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.save_for_backward(x if A_grad else None, A if x_grad else None, B if (x_grad or A_grad) else None,
+                              down if B_grad else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, A, B, down = ctx.saved_tensors
+        base_grad, x_grad, A_grad, B_grad, _ = ctx.needs_input_grad
+        s = ctx.scaling
+        g = grad_out.float().reshape(-1, grad_out.shape[-1])  # [N, out]
+        grad_base = grad_out if base_grad else None  # (.to(float32) and back: the same values)
+        grad_x = grad_A = grad_B = None
+        if B_grad:
+            grad_B = g.t().mm(down)  # [out, r]
+            if s != 1:
+                grad_B = grad_B * s
+        if x_grad or A_grad:
+            gd = g.mm(B)  # [N, r]
+            if s != 1:
+                gd = gd * s
+            if A_grad:
+                grad_A = gd.t().mm(x.float().reshape(-1, x.shape[-1]))  # [r, in]
+            if x_grad:
+                grad_x = gd.mm(A).view(ctx.x_shape).to(ctx.x_dtype)
+        return grad_base, grad_x, grad_A, grad_B, None
+
+
 class LoraLayer(nn.Module):
     """Per-layer adapter state shared by the LoRA layers (PEFT's LoraLayer attributes, same names)."""
 
@@ -171,6 +220,10 @@ class LoraLinear(LoraLayer):
         active = self._active_unmerged()
         if not active:
             return result
+        if owned and len(active) == 1 and self._lowp_input_update(x, result, active[0]):
+            name = active[0]
+            return _LowpInputLoraUpdate.apply(result, x, self.lora_A[name].weight, self.lora_B[name].weight,
+                                              self.scaling[name])
         result_dtype, out_shape = result.dtype, result.shape
         # The update is accumulated into the base output by the second LoRA GEMM itself (addmm with
         # alpha = scaling): no separate [.., out] product, scaled copy or sum (PEFT: result +
@@ -192,6 +245,23 @@ class LoraLinear(LoraLayer):
             else:
                 acc, owned = torch.addmm(acc, down, lora_B.weight.t(), alpha=self.scaling[name]), True
         return acc.view(out_shape).to(result_dtype)
+
+    def _lowp_input_update(self, x: torch.Tensor, result: torch.Tensor, name: str) -> bool:
+        """True when the loop below would do exactly _LowpInputLoraUpdate's maths for adapter `name` under
+        autograd: a bf16/fp16 x and base output, float32 factors, no autocast, a dropout that is the identity
+        (p = 0, eval mode or nn.Identity, no hooks), and something requiring a gradient."""
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        if not (x.dtype in _LOW_PRECISION and result.dtype in _LOW_PRECISION and x.dim() >= 2
+                and A.dtype == torch.float32 and B.dtype == torch.float32):
+            return False
+        if not torch.is_grad_enabled() or not (x.requires_grad or A.requires_grad or B.requires_grad):
+            return False  # nothing is saved: the generic path costs no memory
+        if torch.is_autocast_enabled(x.device.type):
+            return False
+        drop = self.lora_dropout[name]
+        if drop._forward_hooks or drop._forward_pre_hooks:
+            return False
+        return type(drop) is nn.Identity or (type(drop) is nn.Dropout and (drop.p == 0 or not drop.training))
 
     # ---- merging (PEFT lora.Linear.merge/unmerge/get_delta_weight) ----
     def get_delta_weight(self, name: str) -> torch.Tensor:
