@@ -68,13 +68,17 @@ def test_lora_layer_over_the_model_linear_takes_the_fast_path(monkeypatch):
     lora = model.model.layers[0].self_attn.q_proj
     assert isinstance(lora, LoraLinear) and type(lora.base_layer) is Linear
     fast = calls(monkeypatch, lora_layers, "_plain_linear_output")
-    gemm = calls(monkeypatch, lora_layers, "linear")  # float32_gemm.linear: its backward in float32
-    x = torch.randn(2, 5, lora.in_features, requires_grad=True)
+    gemm = calls(monkeypatch, lora_layers, "linear")  # float32_gemm.linear: torch's GEMM
+    own = calls(monkeypatch, lora_layers.ops, "linear")  # gemma4::linear, the model Linear's own choice
+    x = torch.randn(2, 5, lora.in_features, requires_grad=True)  # 10 rows of float32: gemma4::linear's
     lora(x).sum().backward()
-    assert len(fast) == 1 and len(gemm) == 1 and gemm[0][1] is lora.base_layer.weight
-    with torch.no_grad():  # no backward: the base's own kernel choice, still the fast path (updated in place)
+    assert len(fast) == 1 and len(own) == 1 and own[0][1] is lora.base_layer.weight and not gemm
+    with torch.no_grad():  # no backward: still the fast path (updated in place)
         lora(x)
-    assert len(fast) == 2 and len(gemm) == 1
+    assert len(fast) == 2 and len(own) == 2 and not gemm
+    x1 = torch.randn(1, 1, lora.in_features, requires_grad=True)  # one row, a small float32 weight: torch's
+    lora(x1).sum().backward()
+    assert len(fast) == 3 and len(own) == 2 and len(gemm) == 1 and gemm[0][1] is lora.base_layer.weight
 
 
 @pytest.mark.parametrize("base_cls, plain", [(nn.Linear, True), (Linear, True), (KeepsForward, True),

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gemma4 import ops
 from gemma4.float32_gemm import is_plain_linear, linear
 
 __all__ = ["LoraLayer", "LoraLinear", "LoraParamWrapper", "ModulesToSaveWrapper", "is_linear_like"]
@@ -48,7 +49,13 @@ def is_linear_like(module: nn.Module) -> bool:
 
 def _plain_linear_output(base: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """base(x) for a plain linear (float32_gemm.is_plain_linear), as a fresh tensor that nothing saved."""
+    from gemma4.modeling.linear import uses_gemma4_kernel  # noqa: PLC0415 (modeling imports lora)
+
     w, b = base.weight, base.bias
+    if uses_gemma4_kernel(x, w) and (b is None or b.dtype == x.dtype):
+        # gemma4::linear where it beats torch's GEMM (CPU prefill in float32 and bf16), and
+        # linear_grad_input in backward: the same choice as the model's own Linear layers
+        return ops.linear(x, w, b)
     grads = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
     if grads or type(base).forward is nn.Linear.forward:
         # bf16/fp16 GEMMs, and their backward, in float32 on CPUs without a native one (float32_gemm.py)
@@ -220,7 +227,8 @@ class LoraLinear(LoraLayer):
         active = self._active_unmerged()
         if not active:
             return result
-        if owned and len(active) == 1 and self._lowp_input_update(x, result, active[0]):
+        # any base, a quantized one included: the update widens the base output into a fresh float32 copy
+        if len(active) == 1 and self._lowp_input_update(x, result, active[0]):
             name = active[0]
             return _LowpInputLoraUpdate.apply(result, x, self.lora_A[name].weight, self.lora_B[name].weight,
                                               self.scaling[name])
