@@ -94,7 +94,7 @@ def _linear_grad_input_fake(grad_out, weight):
 
 def _setup_context(ctx, inputs, output):
     x, weight, bias = inputs
-    ctx.save_for_backward(x, weight)
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)  # x: only for the weight's gradient
     ctx.has_bias = bias is not None
 
 
