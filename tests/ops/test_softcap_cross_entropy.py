@@ -18,9 +18,9 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 def _case(n, V, dtype, scale=8.0, seed=0):
     g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(n, V, generator=g, dtype=torch.float64) * scale).to(dtype)
-    targets = torch.randint(0, V, (n,), generator=g)
-    row_weight = torch.rand(n, generator=g) + 0.1
+    logits = (torch.randn(n, V, generator=g, dtype=torch.float64, device="cpu") * scale).to(dtype)
+    targets = torch.randint(0, V, (n,), generator=g, device="cpu")
+    row_weight = torch.rand(n, generator=g, device="cpu") + 0.1
     if n > 2:
         row_weight[1] = 0.0  # a row that does not count: zero loss and zero gradient
     dev = torch.get_default_device()
