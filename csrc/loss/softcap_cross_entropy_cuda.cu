@@ -34,6 +34,11 @@ constexpr int kThreads = 512;
 template <typename T, typename A>
 __device__ __forceinline__ A round_to(A v) { return static_cast<A>(static_cast<T>(v)); }
 
+// held * cap rounded as a product of its own: nvcc would otherwise fuse it into the subtraction that follows
+// (an FMA) in one pass and not in another, and the max, the sum and the target's logit would see different c.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 // Elements [j, j + W) of a row (W = 1 or a 16-byte pack).
 template <typename T, int W, typename A>
 __device__ __forceinline__ void load_w(const T* p, int64_t j, A (&a)[W]) {
@@ -55,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) softcap_xent_kernel(T* __restrict__ 
   constexpr bool kFast = !std::is_same_v<T, A>;  // bf16/fp16 results hide __expf's few ULP
   __shared__ A scratch[32];
   T* row = logits + int64_t(blockIdx.x) * V;
-  auto capped = [&](A held) { return Cap ? round_to<T>(held * cap) : held; };
+  auto capped = [&](A held) { return Cap ? round_to<T>(mul_rn(held, cap)) : held; };
 
   A mx = -std::numeric_limits<A>::infinity();
   for (int64_t j = int64_t(threadIdx.x) * W; j < V; j += kThreads * W) {

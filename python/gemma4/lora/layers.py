@@ -33,8 +33,6 @@ from torch.nn import functional as F
 
 from gemma4 import ops
 from gemma4.float32_gemm import is_plain_linear, linear
-from gemma4.lora import bf16_split
-from gemma4.lora.bf16_split import Bf16SplitLoraUpdate
 
 __all__ = ["LoraLayer", "LoraLinear", "LoraParamWrapper", "ModulesToSaveWrapper", "is_linear_like"]
 
@@ -232,9 +230,8 @@ class LoraLinear(LoraLayer):
         # any base, a quantized one included: the update widens the base output into a fresh float32 copy
         if len(active) == 1 and self._lowp_input_update(x, result, active[0]):
             name = active[0]
-            # CUDA bf16: the float32 LoRA GEMMs on bf16 tensor cores (bf16_split.py); elsewhere float32 GEMMs
-            update = Bf16SplitLoraUpdate if bf16_split.applies(x, result) else _LowpInputLoraUpdate
-            return update.apply(result, x, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
+            return _LowpInputLoraUpdate.apply(result, x, self.lora_A[name].weight, self.lora_B[name].weight,
+                                              self.scaling[name])
         result_dtype, out_shape = result.dtype, result.shape
         # The update is accumulated into the base output by the second LoRA GEMM itself (addmm with
         # alpha = scaling): no separate [.., out] product, scaled copy or sum (PEFT: result +
