@@ -44,16 +44,13 @@ def _recomputing_activation(hidden: torch.Tensor, gate: torch.Tensor, up: torch.
     recipe = _Recompute(gate, up, activation)
 
     def pack(t: torch.Tensor):
-        # hidden or a view of it (F.linear saves the 2-D reshape): the recipe and where the view sits
+        # hidden or a view of it (F.linear saves the 2-D reshape): where the view sits in the recomputed tensor
         if t.dtype == hidden.dtype and t.untyped_storage().data_ptr() == storage:
-            return recipe, t.shape, t.stride(), t.storage_offset()
+            return t.shape, t.stride(), t.storage_offset()
         return t
 
     def unpack(saved):
-        if isinstance(saved, tuple):
-            recipe_, shape, stride, offset = saved
-            return recipe_().as_strided(shape, stride, offset)
-        return saved
+        return recipe().as_strided(*saved) if isinstance(saved, tuple) else saved
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
