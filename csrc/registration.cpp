@@ -59,6 +59,16 @@ TORCH_LIBRARY(gemma4, m) {
   // (pre-cap), c = cap*tanh(x/cap) (c = x when softcap is None), returns loss[i] = row_weight[i] *
   // (logsumexp(c) - c[targets[i]]) (fp32; fp64 for fp64) and overwrites the row with d loss[i] / d x.
   m.def("softcap_cross_entropy(Tensor(a!) logits, Tensor targets, Tensor row_weight, float? softcap) -> Tensor");
+
+  // The thin GEMMs of a LoRA update with float32 factors over an activation in its own dtype (fp32, bf16,
+  // fp16), widened in registers, float32 accumulation (PEFT's maths without the float32 copies):
+  // lora_down: scale * x [N,K] @ weight [r,K]^T -> float32 [N,r]  (weight: float32, any strides).
+  m.def("lora_down(Tensor x, Tensor weight, float scale) -> Tensor");
+  // lora_up: base [N,M] + scale * down [N,r] @ weight [M,r]^T, summed in float32 and rounded once to dtype
+  // (base None: the product alone).
+  m.def("lora_up(Tensor down, Tensor weight, float scale, Tensor? base, ScalarType dtype) -> Tensor");
+  // lora_weight_grad: scale * d [N,r]^T @ x [N,K] -> float32 [r,K] (a factor's gradient), deterministic.
+  m.def("lora_weight_grad(Tensor x, Tensor d, float scale) -> Tensor");
 }
 
 // A gemma4 op called on CUDA tensors where no CUDA kernel exists says why, instead of the dispatcher's
@@ -85,7 +95,8 @@ TORCH_LIBRARY_IMPL(gemma4, CUDA, m) {
   const char* cpu_only[] = {"rms_norm", "rms_norm_backward", "rope", "rope_backward", "attention",
                             "attention_backward", "gated_activation", "gated_activation_backward",
                             "moe_route", "moe_route_backward", "moe_experts", "moe_experts_backward",
-                            "qgemm", "linear", "linear_grad_input", "softcap_cross_entropy"};
+                            "qgemm", "linear", "linear_grad_input", "softcap_cross_entropy", "lora_down",
+                            "lora_up", "lora_weight_grad"};
 #endif
   for (const char* name : cpu_only) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernel>());
 }

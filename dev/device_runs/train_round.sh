@@ -12,6 +12,7 @@ export GEMMA4_LIB_DIR=$PWD/build/x PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=
 timeout ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider -n 8 ${TESTS:-tests/ops/test_softcap_cross_entropy.py tests/training tests/lora} \
   >$OUT/tests.log 2>&1; echo "tests rc=$?"
 grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -20
+[ -z "$EXTRA" ] || eval "$EXTRA"  # e.g. a micro-benchmark: EXTRA="python3 dev/train/bench_lora_ops_gpu.py"
 for impl in ${IMPLS:-ours}; do
   timeout ${PROF_S:-150} python3 dev/train/profile_gpu_step.py --impl $impl --out $OUT/prof-$impl > $OUT/prof-$impl.log 2>&1
   echo "profile $impl rc=$?"; grep "forward / backward" $OUT/prof-$impl.txt | cut -c1-200; head -1 $OUT/prof-$impl.txt

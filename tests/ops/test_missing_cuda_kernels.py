@@ -23,6 +23,9 @@ def _calls():
         "gated_activation": (x, x, "silu"),
         "moe_route": (x, torch.ones(8), 2),
         "softcap_cross_entropy": (x, torch.randint(0, 8, (3,)), torch.rand(3), 30.0),
+        "lora_down": (x, torch.randn(2, 8), 1.0),
+        "lora_up": (torch.randn(3, 2), torch.randn(8, 2), 1.0, None, torch.float32),
+        "lora_weight_grad": (x, torch.randn(3, 2), 1.0),
     }
 
 

@@ -67,53 +67,22 @@ def _scaling(r: int, alpha: float, use_rslora: bool) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
-class _LowpInputLoraUpdate(torch.autograd.Function):
-    """out = (base_out.float() + scaling * (x.float() @ A.T) @ B.T).to(base_out.dtype) for a bf16/fp16 x and
-    base output with float32 factors (PEFT's autocast_adapter_dtype), saving x in its own dtype.
+def _lowp_input_lora_update(base_out: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                            scaling: float) -> torch.Tensor:
+    """(base_out.float() + scaling * (x.float() @ A.T) @ B.T).to(base_out.dtype) for a bf16/fp16 x and base
+    output with float32 factors (PEFT's autocast_adapter_dtype), by the gemma4::lora_* ops.
 
-    The generic path (F.linear on x.to(float32)) keeps the float32 copy of x for A's gradient: twice the
-    bytes of x, per LoRA Linear, while x itself is usually kept anyway (q/k/v read the same normed input).
-    Here backward widens x again instead. Forward and backward run the same ops in the same order as autograd
-    does for the generic path (AddmmBackward0 / MmBackward0 with B and A stored row-major, so their
-    transposes are column-major), so outputs and gradients are the same numbers.
-    Saved: x (its own dtype), A, B and down = x.float() @ A.T [N, r].
+    PEFT's maths (F.linear on x.to(float32), then a float32 sum with the base output) makes float32 copies of
+    x, of the base output and, in backward, of the output gradient, and keeps the copy of x for A's
+    gradient: twice the bytes of x per LoRA Linear, while x itself is usually kept anyway (q/k/v read the
+    same normed input). The ops read each in its own dtype instead (on CUDA without any copy), and autograd
+    saves x, A, B and down = x.float() @ A.T [N, r]. The same sums in float32, so the numbers are PEFT's up
+    to float32 rounding order (on the CPU, the same ATen GEMMs).
     """
-
-    @staticmethod
-    def forward(ctx, base_out: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                scaling: float) -> torch.Tensor:
-        x2 = x.float().reshape(-1, x.shape[-1])  # [N, in]
-        down = x2.mm(A.t())  # [N, r]
-        acc = base_out.reshape(-1, base_out.shape[-1]).float()  # a fresh float32 copy: updated in place
-        out = acc.addmm_(down, B.t(), alpha=scaling).view(base_out.shape).to(base_out.dtype)
-        _, x_grad, A_grad, B_grad, _ = ctx.needs_input_grad
-        ctx.scaling = scaling
-        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
-        ctx.save_for_backward(x if A_grad else None, A if x_grad else None, B if (x_grad or A_grad) else None,
-                              down if B_grad else None)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x, A, B, down = ctx.saved_tensors
-        base_grad, x_grad, A_grad, B_grad, _ = ctx.needs_input_grad
-        s = ctx.scaling
-        g = grad_out.float().reshape(-1, grad_out.shape[-1])  # [N, out]
-        grad_base = grad_out if base_grad else None  # (.to(float32) and back: the same values)
-        grad_x = grad_A = grad_B = None
-        if B_grad:
-            grad_B = g.t().mm(down)  # [out, r]
-            if s != 1:
-                grad_B = grad_B * s
-        if x_grad or A_grad:
-            gd = g.mm(B)  # [N, r]
-            if s != 1:
-                gd = gd * s
-            if A_grad:
-                grad_A = gd.t().mm(x.float().reshape(-1, x.shape[-1]))  # [r, in]
-            if x_grad:
-                grad_x = gd.mm(A).view(ctx.x_shape).to(ctx.x_dtype)
-        return grad_base, grad_x, grad_A, grad_B, None
+    x2 = x.reshape(-1, x.shape[-1])  # [N, in]
+    down = ops.lora_down(x2, A)  # [N, r] float32
+    out = ops.lora_up(down, B, scaling, base_out.reshape(-1, base_out.shape[-1]), base_out.dtype)  # [N, out]
+    return out.view(base_out.shape)
 
 
 class LoraLayer(nn.Module):
@@ -230,8 +199,8 @@ class LoraLinear(LoraLayer):
         # any base, a quantized one included: the update widens the base output into a fresh float32 copy
         if len(active) == 1 and self._lowp_input_update(x, result, active[0]):
             name = active[0]
-            return _LowpInputLoraUpdate.apply(result, x, self.lora_A[name].weight, self.lora_B[name].weight,
-                                              self.scaling[name])
+            return _lowp_input_lora_update(result, x, self.lora_A[name].weight, self.lora_B[name].weight,
+                                           self.scaling[name])
         result_dtype, out_shape = result.dtype, result.shape
         # The update is accumulated into the base output by the second LoRA GEMM itself (addmm with
         # alpha = scaling): no separate [.., out] product, scaled copy or sum (PEFT: result +
@@ -255,15 +224,13 @@ class LoraLinear(LoraLayer):
         return acc.view(out_shape).to(result_dtype)
 
     def _lowp_input_update(self, x: torch.Tensor, result: torch.Tensor, name: str) -> bool:
-        """True when the loop below would do exactly _LowpInputLoraUpdate's maths for adapter `name` under
-        autograd: a bf16/fp16 x and base output, float32 factors, no autocast, a dropout that is the identity
-        (p = 0, eval mode or nn.Identity, no hooks), and something requiring a gradient."""
+        """True when the loop below would do _lowp_input_lora_update's maths for adapter `name`: a bf16/fp16
+        x and base output, float32 factors, no autocast, and a dropout that is the identity (p = 0, eval mode
+        or nn.Identity, no hooks). With or without autograd (the ops skip the float32 copies either way)."""
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
         if not (x.dtype in _LOW_PRECISION and result.dtype in _LOW_PRECISION and x.dim() >= 2
                 and A.dtype == torch.float32 and B.dtype == torch.float32):
             return False
-        if not torch.is_grad_enabled() or not (x.requires_grad or A.requires_grad or B.requires_grad):
-            return False  # nothing is saved: the generic path costs no memory
         if torch.is_autocast_enabled(x.device.type):
             return False
         drop = self.lora_dropout[name]

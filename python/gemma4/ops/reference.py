@@ -157,8 +157,37 @@ def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, row_weigh
     return losses, grad.to(logits.dtype)
 
 
+# ---- LoRA's thin GEMMs (gemma4::lora_down / lora_up / lora_weight_grad) ----
+# In float32, or float64 when any input is float64 (the tests' exact reference).
+
+def _lora_acc(*tensors: torch.Tensor | None) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def lora_down(x: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * x [N, K] @ weight [r, K]^T -> [N, r] in the accumulation dtype."""
+    acc = _lora_acc(x, weight)
+    return (x.to(acc) @ weight.to(acc).t()) * scale
+
+
+def lora_up(down: torch.Tensor, weight: torch.Tensor, scale: float, base: torch.Tensor | None,
+            dtype: torch.dtype) -> torch.Tensor:
+    """base [N, M] + scale * down [N, r] @ weight [M, r]^T, summed in the accumulation dtype, rounded to dtype."""
+    acc = _lora_acc(down, weight, base)
+    out = (down.to(acc) @ weight.to(acc).t()) * scale  # [N, M]
+    if base is not None:
+        out = base.to(acc) + out
+    return out.to(dtype)
+
+
+def lora_weight_grad(x: torch.Tensor, d: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * d [N, r]^T @ x [N, K] -> [r, K] in the accumulation dtype."""
+    acc = _lora_acc(x, d)
+    return (d.to(acc).t() @ x.to(acc)) * scale
+
+
 __all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "linear", "linear_grad_input", "softcap",
-           "softcap_cross_entropy"]
+           "softcap_cross_entropy", "lora_down", "lora_up", "lora_weight_grad"]
 
 
 # ---- quantized linear (gemma4::qgemm) ----
