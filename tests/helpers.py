@@ -5,9 +5,12 @@ the same computation done in plain PyTorch at the low precision (the flash-atten
 one unit in the last place at the output's magnitude so an exactly-rounded plain result does not
 demand perfection.
 """
+from collections.abc import Sequence
+
 import torch
 
 from gemma4 import _native
+from gemma4.modeling.mlp import Gemma4Router
 
 # The backends the op tests run on: cpu always, cuda when there is a GPU and a CUDA build.
 BACKENDS = ["cpu"] + (["cuda"] if torch.cuda.is_available() and _native.build_info["cuda"] else [])
@@ -48,3 +51,62 @@ def assert_same(got, want):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+
+
+# MoE routing is a discrete choice per (layer, token): the top k of each token's router logits pick its experts.
+# Two implementations that differ only by rounding (a quantized kernel and plain PyTorch, ours and llama.cpp)
+# choose different experts where the k-th and (k+1)-th logits are closer than their difference, and a flipped
+# expert changes that token's hidden state, which attention carries into every later token: an error that no
+# tolerance can absorb without hiding real ones. Tests of MoE models therefore draw inputs whose routing is
+# well conditioned (draw_routable_ids).
+
+
+def router_margins(model, ids: torch.Tensor) -> torch.Tensor | None:
+    """[B, T] ids -> [B, T]: per token, the smallest top-k margin (k-th minus (k+1)-th largest router logit,
+    the logits the experts are chosen from) over the MoE layers; None for a model without MoE."""
+    routers = [m for m in model.modules() if isinstance(m, Gemma4Router)]
+    if not routers:
+        return None
+    logits = []
+    hooks = [r.proj.register_forward_hook(lambda mod, args, out: logits.append(out.detach())) for r in routers]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    k = routers[0].top_k
+    top = torch.stack(logits).double().topk(k + 1, dim=-1).values  # [layers, B*T, k+1], largest first
+    return (top[..., k - 1] - top[..., k]).amin(0).view(ids.shape)
+
+
+def draw_routable_ids(model, rows: int, tokens: int, low: int, high: int, min_margin: float,
+                      prefix: Sequence[int] = (), candidates: int = 16, rounds: int = 8) -> torch.Tensor | None:
+    """[rows, len(prefix) + tokens] ids: prefix (the same in every row), then random ids in [low, high) from
+    the global RNG. For a MoE model each random id is drawn again (candidates at a time per row, up to rounds
+    times) until every routing choice of its token, in model, has a margin >= min_margin (router_margins):
+    causal attention makes a token's routing depend on it and the ids before it only, so the draw goes token
+    by token. None when the prefix's routing (which the weights alone decide) or a position finds no such id:
+    draw another model. A model without MoE gets plain random ids (torch.randint(low, high, (rows, tokens)))."""
+    ids = torch.tensor(list(prefix), dtype=torch.long).view(1, -1).expand(rows, -1)
+    if not any(isinstance(m, Gemma4Router) for m in model.modules()):  # dense: no discrete choice to condition
+        return torch.cat([ids, torch.randint(low, high, (rows, tokens))], dim=1)
+    if len(prefix) and router_margins(model, ids[:1]).min() < min_margin:
+        return None
+    for _ in range(tokens):
+        chosen = [None] * rows
+        for _ in range(rounds):
+            pending = [r for r in range(rows) if chosen[r] is None]
+            drawn = torch.randint(low, high, (len(pending), candidates))
+            seqs = torch.cat([ids[pending].repeat_interleave(candidates, dim=0), drawn.view(-1, 1)], dim=1)
+            ok = (router_margins(model, seqs)[:, -1] >= min_margin).view(len(pending), candidates)
+            for i, r in enumerate(pending):
+                if ok[i].any():
+                    chosen[r] = int(drawn[i, ok[i].nonzero()[0, 0]])
+            if None not in chosen:
+                break
+        else:
+            return None
+        ids = torch.cat([ids, torch.tensor(chosen).view(rows, 1)], dim=1)
+    # the test runs the rows as one batch: hold that very forward to the margin too
+    return ids if router_margins(model, ids).min() >= min_margin else None

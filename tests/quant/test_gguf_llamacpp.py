@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import gemma4
-from gemma4.modeling.mlp import Gemma4Router
 from benchmarks.bench_vs_llamacpp import write_padded_tokenizer
+from tests.helpers import draw_routable_ids
 
 llama_cpp = pytest.importorskip("llama_cpp")
 SRC = Path(os.environ.get("GEMMA4_LLAMA_SRC", "/work/llama/llama_cpp_python-0.3.36")) / "vendor" / "llama.cpp"
@@ -73,48 +73,12 @@ def _random_model(config) -> gemma4.Gemma4ForCausalLM:
     return model.eval()
 
 
-def _router_margins(model, ids: torch.Tensor) -> torch.Tensor | None:
-    """[B, T] ids -> [B, T]: per token, the smallest top-k margin (k-th minus (k+1)-th largest router logit,
-    the logits the experts are chosen from) over the MoE layers; None for a model without MoE."""
-    routers = [m for m in model.modules() if isinstance(m, Gemma4Router)]
-    if not routers:
-        return None
-    logits = []
-    hooks = [r.proj.register_forward_hook(lambda mod, args, out: logits.append(out.detach())) for r in routers]
-    try:
-        with torch.no_grad():
-            model(ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    k = routers[0].top_k
-    top = torch.stack(logits).float().topk(k + 1, dim=-1).values  # [layers, B*T, k+1], largest first
-    return (top[..., k - 1] - top[..., k]).amin(0).view(ids.shape)
-
-
 def _draw_ids(model) -> list[int] | None:
-    """BOS, then TOKENS - 1 random ids; for a MoE model each id is drawn again (CANDIDATES at a time, from the
-    test's seeded RNG) until every routing choice of its token has a margin >= ROUTER_MARGIN. Causal attention
-    makes a token's routing depend on it and the ids before it only, so the draw goes token by token. None
-    when BOS (whose routing the weights alone decide) or a position finds no such id: draw another model."""
-    ids = [2]
-    margins = _router_margins(model, torch.tensor([ids]))
-    if margins is None:  # dense: no discrete choice to condition
-        return ids + torch.randint(3, VOCAB, (TOKENS - 1,)).tolist()
-    if margins[0, 0] < ROUTER_MARGIN:
-        return None
-    for _ in range(TOKENS - 1):
-        for _ in range(CANDIDATE_ROUNDS):
-            candidates = torch.randint(3, VOCAB, (CANDIDATES, 1))
-            rows = torch.cat([torch.tensor([ids]).expand(CANDIDATES, -1), candidates], dim=1)
-            ok = (_router_margins(model, rows)[:, -1] >= ROUTER_MARGIN).nonzero().flatten()
-            if len(ok):
-                ids.append(int(candidates[ok[0], 0]))
-                break
-        else:
-            return None
-    # the comparison runs the sequence as one row: hold that very forward to the margin too
-    return ids if _router_margins(model, torch.tensor([ids])).min() >= ROUTER_MARGIN else None
+    """BOS, then TOKENS - 1 random ids, every routing choice of a MoE model's tokens with a margin of at least
+    ROUTER_MARGIN (tests.helpers.draw_routable_ids); None when BOS or a position finds none: draw another model."""
+    ids = draw_routable_ids(model, 1, TOKENS - 1, 3, VOCAB, ROUTER_MARGIN, prefix=[2], candidates=CANDIDATES,
+                            rounds=CANDIDATE_ROUNDS)
+    return None if ids is None else ids[0].tolist()
 
 
 @pytest.mark.parametrize("preset", ["tiny-e2b", "tiny-26b-a4b"])
