@@ -8,8 +8,10 @@
 //                     staged in shared memory 512 at a time; each lane sums 4 consecutive k of every 128,
 //                     and a butterfly reduce-scatter across the warp leaves each lane 2 finished sums.
 //   lora_up           out[N, M] = round(base + scale * down[N, r] @ w[M, r]^T)
-//                     A block of 256 threads takes 32 rows x 256 columns; a thread keeps its 4 columns of
-//                     the factor in registers, 8 ranks at a time; base is read and out written once.
+//                     A block of 256 threads takes 256 columns and up to 128 rows, 32 rows per pass; the
+//                     block's columns of the factor (staged once for r <= 16, coalesced whatever its strides)
+//                     and each pass's rows of down sit in shared memory; a thread sums its 4 columns 8 ranks
+//                     at a time while its base values load; base is read and out written once.
 //   lora_weight_grad  out[r, K] = scale * d[N, r]^T @ x[N, K]
 //                     A block of 4 warps takes 512 columns (4 per lane) over one split of the rows and
 //                     writes a partial [r, 512]; a second kernel sums the splits in a fixed order (no
@@ -17,6 +19,7 @@
 // Everything accumulates in float32. Reference: lora_down / lora_up / lora_weight_grad in
 // python/gemma4/ops/reference.py; the CPU kernels are lora_cpu.cpp.
 #include <ATen/ops/empty.h>
+#include <algorithm>
 #include <torch/library.h>
 
 #include "common/cuda_launch.cuh"
@@ -85,7 +88,7 @@ __device__ __forceinline__ void reduce_scatter_step(float (&v)[64], int lane) {
 }
 
 template <typename T, bool Vec>
-__global__ void __launch_bounds__(kDownWarps * 32)
+__global__ void __launch_bounds__(kDownWarps * 32, 2)  // <= 128 registers: two blocks per SM
 lora_down_kernel(const T* __restrict__ x, const float* __restrict__ w, int64_t w_sr, int64_t w_sk,
                  float* __restrict__ out, int64_t N, int64_t K, int64_t r, float scale) {
   __shared__ __align__(16) float ws[kR][kDownChunk + kDownPad];  // w[j0 + j, k0 + kc]
@@ -101,12 +104,17 @@ lora_down_kernel(const T* __restrict__ x, const float* __restrict__ w, int64_t w
     __syncthreads();  // the previous chunk is consumed
     // stage along the factor's unit stride (a transposed factor [K, r] is rank-minor)
     const bool rank_minor = w_sk != 1;
-    for (int i = threadIdx.x; i < kR * kDownChunk; i += blockDim.x) {
+#pragma unroll 4  // (more at once would spill the accumulators)
+    for (int it = 0; it < kR * kDownChunk / (kDownWarps * 32); ++it) {
+      const int i = threadIdx.x + it * kDownWarps * 32;
       const int j = rank_minor ? i % kR : i / kDownChunk, kc = rank_minor ? i / kR : i % kDownChunk;
       ws[j][kc] = (j0 + j < r && kc < kn) ? w[(j0 + j) * w_sr + (k0 + kc) * w_sk] : 0.f;
     }
     __syncthreads();
-    for (int kc = 4 * lane; kc < kn; kc += 128) {
+#pragma unroll 2
+    for (int step = 0; step < kDownChunk / 128; ++step) {
+      const int kc = 4 * lane + 128 * step;
+      if (kc >= kn) break;
       float xv[kDownRows][4];
 #pragma unroll
       for (int rr = 0; rr < kDownRows; ++rr) {
@@ -146,70 +154,95 @@ lora_down_kernel(const T* __restrict__ x, const float* __restrict__ w, int64_t w
 
 constexpr int kUpThreads = 256, kUpColThreads = 64;             // 64 threads x 4 columns = 256 columns
 constexpr int kUpRowGroups = kUpThreads / kUpColThreads;        // 4
-constexpr int kUpRowsPerThread = 8;                             // 32 rows per block
+constexpr int kUpRowsPerThread = 8;                             // 32 rows per pass
 constexpr int kUpRows = kUpRowGroups * kUpRowsPerThread;
+constexpr int kUpMaxPasses = 4;                                 // up to 128 rows per block
 constexpr int kUpRanks = 8;                                     // factor ranks held in registers at a time
 
 template <typename T, bool Vec>
-__global__ void __launch_bounds__(kUpThreads)
+__global__ void __launch_bounds__(kUpThreads, 2)  // <= 128 registers: two blocks per SM
 lora_up_kernel(const float* __restrict__ down, const float* __restrict__ w, int64_t w_sm, int64_t w_sj,
-               const T* __restrict__ base, T* __restrict__ out, int64_t N, int64_t M, int64_t r, float scale) {
-  __shared__ __align__(16) float ds[kUpRows][kR];  // down[n0 + i, j0 + j]
+               const T* __restrict__ base, T* __restrict__ out, int64_t N, int64_t M, int64_t r, float scale,
+               int passes) {
+  constexpr int kCols = 4 * kUpColThreads;
+  __shared__ __align__(16) float ds[kUpRows][kR];       // down[nb + row, j0 + j]
+  __shared__ __align__(16) float ws[kR][kCols + 4];      // w[mb + col, j0 + j] (+4: fewer bank conflicts)
   const int c = threadIdx.x % kUpColThreads, g = threadIdx.x / kUpColThreads;
-  const int64_t m = int64_t(blockIdx.y) * (4 * kUpColThreads) + 4 * c;
-  const int64_t nb = int64_t(blockIdx.x) * kUpRows;
+  const int64_t mb = int64_t(blockIdx.y) * kCols, m = mb + 4 * c;
   const int mvalid = static_cast<int>(M - m < 4 ? M - m : 4);  // <= 0 past the last column
-  float acc[kUpRowsPerThread][4];
-#pragma unroll
-  for (int i = 0; i < kUpRowsPerThread; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+  const bool rank_minor = w_sj == 1;                             // B [M, r]; A.t() is column-minor
 
-  for (int64_t j0 = 0; j0 < r; j0 += kR) {
-    __syncthreads();  // the previous rank pass is consumed
-    for (int i = threadIdx.x; i < kUpRows * kR; i += kUpThreads) {
-      const int row = i / kR, j = i % kR;
-      ds[row][j] = (nb + row < N && j0 + j < r) ? down[(nb + row) * r + j0 + j] : 0.f;
+  for (int pass = 0; pass < passes; ++pass) {
+    const int64_t nb = (int64_t(blockIdx.x) * passes + pass) * kUpRows;
+    if (nb >= N) break;  // (uniform over the block)
+    // this pass's base values first: their loads are in flight while the sums are formed
+    float o[kUpRowsPerThread][4];
+#pragma unroll
+    for (int i = 0; i < kUpRowsPerThread; ++i) {
+      const int64_t n = nb + g + kUpRowGroups * i;
+      if (base != nullptr && n < N && mvalid > 0) {
+        load4<T, Vec>(base + n * M + m, mvalid, o[i]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[i][e] = 0.f;
+      }
     }
-    __syncthreads();
+    float acc[kUpRowsPerThread][4];
 #pragma unroll
-    for (int jh = 0; jh < kR; jh += kUpRanks) {
-      float wv[kUpRanks][4];  // this thread's 4 columns of the factor, 8 ranks
+    for (int i = 0; i < kUpRowsPerThread; ++i)
 #pragma unroll
-      for (int j = 0; j < kUpRanks; ++j)
+      for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+
+    for (int64_t j0 = 0; j0 < r; j0 += kR) {
+      __syncthreads();  // the previous pass is consumed
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          wv[j][e] = (e < mvalid && j0 + jh + j < r) ? w[(m + e) * w_sm + (j0 + jh + j) * w_sj] : 0.f;
+      for (int it = 0; it < kUpRows * kR / kUpThreads; ++it) {
+        const int i = threadIdx.x + it * kUpThreads;
+        const int row = i / kR, j = i % kR;
+        ds[row][j] = (nb + row < N && j0 + j < r) ? down[(nb + row) * r + j0 + j] : 0.f;
+      }
+      if (pass == 0 || r > kR) {  // the block's columns of the factor: staged once when r <= 16
+        // read along the factor's unit stride (coalesced)
+#pragma unroll 4
+        for (int it = 0; it < kR * kCols / kUpThreads; ++it) {
+          const int i = threadIdx.x + it * kUpThreads;
+          const int j = rank_minor ? i % kR : i / kCols, col = rank_minor ? i / kR : i % kCols;
+          ws[j][col] = (mb + col < M && j0 + j < r) ? w[(mb + col) * w_sm + (j0 + j) * w_sj] : 0.f;
+        }
+      }
+      __syncthreads();
+#pragma unroll 1
+      for (int jh = 0; jh < kR; jh += kUpRanks) {
+        float wv[kUpRanks][4];  // this thread's 4 columns of the factor, 8 ranks
 #pragma unroll
-      for (int i = 0; i < kUpRowsPerThread; ++i) {
-        const int row = g + kUpRowGroups * i;
+        for (int j = 0; j < kUpRanks; ++j) {
+          const float4 w4 = *reinterpret_cast<const float4*>(&ws[jh + j][4 * c]);
+          wv[j][0] = w4.x, wv[j][1] = w4.y, wv[j][2] = w4.z, wv[j][3] = w4.w;
+        }
 #pragma unroll
-        for (int jq = 0; jq < kUpRanks; jq += 4) {
-          const float4 d4 = *reinterpret_cast<const float4*>(&ds[row][jh + jq]);
-          const float dj[4] = {d4.x, d4.y, d4.z, d4.w};
+        for (int i = 0; i < kUpRowsPerThread; ++i) {
+          const int row = g + kUpRowGroups * i;
 #pragma unroll
-          for (int u = 0; u < 4; ++u)
+          for (int jq = 0; jq < kUpRanks; jq += 4) {
+            const float4 d4 = *reinterpret_cast<const float4*>(&ds[row][jh + jq]);
+            const float dj[4] = {d4.x, d4.y, d4.z, d4.w};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][e] = fmaf(dj[u], wv[jq + u][e], acc[i][e]);
+            for (int u = 0; u < 4; ++u)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) acc[i][e] = fmaf(dj[u], wv[jq + u][e], acc[i][e]);
+          }
         }
       }
     }
-  }
-  if (mvalid <= 0) return;
+    if (mvalid <= 0) continue;
 #pragma unroll
-  for (int i = 0; i < kUpRowsPerThread; ++i) {
-    const int64_t n = nb + g + kUpRowGroups * i;
-    if (n >= N) continue;
-    float o[4];
-    if (base != nullptr) {
-      load4<T, Vec>(base + n * M + m, mvalid, o);
-    } else {
+    for (int i = 0; i < kUpRowsPerThread; ++i) {
+      const int64_t n = nb + g + kUpRowGroups * i;
+      if (n >= N) continue;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o[e] = 0.f;
+      for (int e = 0; e < 4; ++e) o[i][e] = fmaf(scale, acc[i][e], o[i][e]);
+      store4<T, Vec>(out + n * M + m, mvalid, o[i]);
     }
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[e] = fmaf(scale, acc[i][e], o[e]);
-    store4<T, Vec>(out + n * M + m, mvalid, o);
   }
 }
 
@@ -220,7 +253,7 @@ constexpr int kWgWarps = 4, kWgCols = kWgWarps * 128;           // 512 columns p
 constexpr int kWgChunk = 64;                                    // rows of d staged per pass
 
 template <typename T, bool Vec>
-__global__ void __launch_bounds__(kWgWarps * 32)
+__global__ void __launch_bounds__(kWgWarps * 32, 4)  // <= 128 registers: four blocks per SM
 lora_weight_grad_kernel(const T* __restrict__ x, const float* __restrict__ d, float* __restrict__ out,
                         int64_t N, int64_t K, int64_t r, int64_t rows_per_split, float scale) {
   __shared__ __align__(16) float dsm[kWgChunk][kR];  // d[n + i, j0 + j]
@@ -239,7 +272,9 @@ lora_weight_grad_kernel(const T* __restrict__ x, const float* __restrict__ d, fl
   for (int64_t n0 = nbeg; n0 < nend; n0 += kWgChunk) {
     const int rows = static_cast<int>(nend - n0 < kWgChunk ? nend - n0 : kWgChunk);
     __syncthreads();
-    for (int i = threadIdx.x; i < kWgChunk * kR; i += blockDim.x) {
+#pragma unroll 4
+    for (int it = 0; it < kWgChunk * kR / (kWgWarps * 32); ++it) {
+      const int i = threadIdx.x + it * kWgWarps * 32;
       const int row = i / kR, j = i % kR;
       dsm[row][j] = (row < rows && j0 + j < r) ? d[(n0 + row) * r + j0 + j] : 0.f;
     }
@@ -347,11 +382,16 @@ at::Tensor lora_up_cuda(const at::Tensor& down, const at::Tensor& weight, double
   dispatch_activation(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* base_ptr = base.has_value() ? base->const_data_ptr<T>() : nullptr;
-    const dim3 grid(ceil_div<int64_t>(p.N, kUpRows), ceil_div<int64_t>(p.K, 4 * kUpColThreads));
+    // several 32-row passes per block reuse its staged factor columns, while enough blocks remain to fill
+    // the GPU (a narrow output, M = 256, keeps one pass per block)
+    const int64_t col_blocks = ceil_div<int64_t>(p.K, 4 * kUpColThreads);
+    const int64_t fill = ceil_div<int64_t>(p.N, kUpRows) * col_blocks / (4 * cuda::sm_count());
+    const int passes = static_cast<int>(std::clamp<int64_t>(fill, 1, kUpMaxPasses));
+    const dim3 grid(ceil_div<int64_t>(p.N, kUpRows * passes), col_blocks);
     auto launch = [&](auto kernel) {
       kernel<<<grid, kUpThreads, 0, cuda::stream()>>>(
           down.const_data_ptr<float>(), weight.const_data_ptr<float>(), weight.stride(0), weight.stride(1),
-          base_ptr, out.mutable_data_ptr<T>(), p.N, p.K, p.r, static_cast<float>(scale));
+          base_ptr, out.mutable_data_ptr<T>(), p.N, p.K, p.r, static_cast<float>(scale), passes);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     const bool vec = vec4_ok<T>(out.const_data_ptr(), p.K) && (!base_ptr || vec4_ok<T>(base_ptr, p.K));

@@ -19,8 +19,8 @@ SHAPES = [(1, 4, 1), (5, 3, 2), (37, 256, 16), (70, 704, 8), (33, 2112, 17), (30
 
 
 def _rand(*shape, dtype=torch.float32, seed=0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+    g = torch.Generator().manual_seed(seed)  # (a CPU generator: draws on the CPU, then moved)
+    t = torch.randn(*shape, generator=g, dtype=torch.float64, device="cpu") * scale
     return t.to(dtype).to(torch.get_default_device())
 
 
