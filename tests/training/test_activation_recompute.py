@@ -2,6 +2,9 @@
 activation is recomputed from gate and up (which gated_activation keeps anyway) in backward. Gradients are
 bit-identical to keeping it, the recipe is used once per MLP, and never under other saved-tensor hooks
 (gradient checkpointing, offloading) or when nothing needs the activation."""
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -49,3 +52,32 @@ def test_not_used_under_checkpointing_or_without_a_weight_gradient(monkeypatch):
     model.requires_grad_(True)
     _grads(model, ids)
     assert calls == []  # first call: kept as a recipe but never unpacked; second: checkpointing's hooks
+
+
+def test_the_activation_itself_is_freed_after_forward(monkeypatch):
+    """The recipe replaces the tensor: once forward is done nothing refers to act(gate) * up. (A hook closure
+    that captured the tensor once kept every layer's activation alive, so the recomputation saved nothing.)"""
+    model = build_random_model("tiny-e2b", torch.bfloat16, seed=6)
+    # (q_proj too: then every MLP's gate needs a gradient, the recomputation's condition; with down_proj
+    # alone the first layer's activation has no gradient path and is rightly kept, the cheaper choice)
+    model.add_adapter(LoraConfig(r=4, target_modules=["down_proj", "q_proj"]))
+    ids = torch.randint(3, model.config.vocab_size, (2, 9))
+    refs, real = [], mlp_mod.ops.gated_activation
+
+    class SpyOps:  # mlp.py's `ops`, recording each activation the MLPs make
+        def __getattr__(self, name):
+            return getattr(mlp_mod.ops_module, name)
+
+        @staticmethod
+        def gated_activation(gate, up, activation):
+            hidden = real(gate, up, activation)
+            refs.append(weakref.ref(hidden))
+            return hidden
+
+    monkeypatch.setattr(mlp_mod, "ops_module", mlp_mod.ops, raising=False)
+    monkeypatch.setattr(mlp_mod, "ops", SpyOps())
+    loss = model(input_ids=ids, labels=ids).loss
+    gc.collect()
+    assert len(refs) == model.config.num_hidden_layers
+    assert all(r() is None for r in refs), f"{sum(r() is not None for r in refs)} activations still alive"
+    loss.backward()  # and backward rebuilds them

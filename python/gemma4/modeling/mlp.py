@@ -40,12 +40,14 @@ def _recomputing_activation(hidden: torch.Tensor, gate: torch.Tensor, up: torch.
     gated_activation's backward keeps gate and up anyway: recomputing the activation there (one elementwise
     pass) saves a [tokens, I] tensor per layer, e.g. 5.2 GiB of E2B's bf16 training step at B4 x T2048."""
 
-    storage = hidden.untyped_storage().data_ptr()
+    # The closures must not refer to `hidden` itself: autograd keeps the hooks with what they packed, and a
+    # closure cell holding `hidden` would keep the very tensor this saves alive.
+    storage, dtype = hidden.untyped_storage().data_ptr(), hidden.dtype
     recipe = _Recompute(gate, up, activation)
 
     def pack(t: torch.Tensor):
         # hidden or a view of it (F.linear saves the 2-D reshape): where the view sits in the recomputed tensor
-        if t.dtype == hidden.dtype and t.untyped_storage().data_ptr() == storage:
+        if t.dtype == dtype and t.untyped_storage().data_ptr() == storage:
             return t.shape, t.stride(), t.storage_offset()
         return t
 
