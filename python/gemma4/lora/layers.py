@@ -196,7 +196,7 @@ class LoraLinear(LoraLayer):
         active = self._active_unmerged()
         if not active:
             return result
-        # any base, a quantized one included: the update widens the base output into a fresh float32 copy
+        # any base, a quantized one included: lora_up reads the base output and writes a new one
         if len(active) == 1 and self._lowp_input_update(x, result, active[0]):
             name = active[0]
             return _lowp_input_lora_update(result, x, self.lora_A[name].weight, self.lora_B[name].weight,
