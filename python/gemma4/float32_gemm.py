@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gemma4 import ops
+from gemma4.linear_choice import own_bf16_kernels
 
 __all__ = ["is_plain_linear", "linear", "needs_float32_gemm", "plain_linear_forward"]
 
@@ -54,7 +55,7 @@ class _Float32Linear(torch.autograd.Function):
         # x only when the weight trains (a frozen LoRA base needs just the weight for grad_x)
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
         ctx.has_bias, ctx.x_dtype = bias is not None, x.dtype
-        if _own_kernels(x, weight) and (bias is None or bias.dtype == x.dtype):
+        if own_bf16_kernels(x, weight) and (bias is None or bias.dtype == x.dtype):
             return ops.linear(x, weight, bias)  # [..., out]
         out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())  # [..., out] fp32
         return out.to(x.dtype)
@@ -64,7 +65,7 @@ class _Float32Linear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            if _own_kernels(grad, weight):
+            if own_bf16_kernels(grad, weight):
                 grad_x = ops.linear_grad_input(grad, weight)  # [..., in]
             else:
                 grad_x = (grad.float() @ weight.float()).to(ctx.x_dtype)  # [..., in]
@@ -74,11 +75,6 @@ class _Float32Linear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.reshape(-1, grad.shape[-1]).float().sum(0).to(weight.dtype)
         return grad_x, grad_w, grad_b
-
-
-def _own_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """gemma4's CPU linear ops take bf16 with a contiguous weight (fp16 they do not)."""
-    return x.dtype == weight.dtype == torch.bfloat16 and weight.is_contiguous() and x.device.type == "cpu"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

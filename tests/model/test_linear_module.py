@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gemma4
-from gemma4.modeling import linear as linear_module
+from gemma4 import linear_choice
 from gemma4.modeling.linear import Linear, torch_linear_only, uses_gemma4_kernel
 
 
@@ -45,7 +45,7 @@ def _tiny(seed=0):
 
 
 def test_greedy_tokens_match_torch_linear_fp32(monkeypatch):
-    monkeypatch.setattr(linear_module, "SMALL_FP32_WEIGHT", 0)  # the tiny model's weights are all small
+    monkeypatch.setattr(linear_choice, "SMALL_FP32_WEIGHT", 0)  # the tiny model's weights are all small
     model = _tiny()
     ids = torch.randint(3, model.config.vocab_size, (2, 37))
     kw = dict(max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from gemma4 import ops
 from gemma4.float32_gemm import is_plain_linear, linear
+from gemma4.linear_choice import uses_gemma4_kernel
 
 __all__ = ["LoraLayer", "LoraLinear", "LoraParamWrapper", "ModulesToSaveWrapper", "is_linear_like"]
 
@@ -49,8 +50,6 @@ def is_linear_like(module: nn.Module) -> bool:
 
 def _plain_linear_output(base: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """base(x) for a plain linear (float32_gemm.is_plain_linear), as a fresh tensor that nothing saved."""
-    from gemma4.modeling.linear import uses_gemma4_kernel  # noqa: PLC0415 (modeling imports lora)
-
     w, b = base.weight, base.bias
     if uses_gemma4_kernel(x, w) and (b is None or b.dtype == x.dtype):
         # gemma4::linear where it beats torch's GEMM (CPU prefill in float32 and bf16), and

@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gemma4 import ops
 from gemma4.float32_gemm import is_plain_linear, needs_float32_gemm
-from gemma4.modeling.linear import uses_gemma4_kernel
+from gemma4.linear_choice import uses_gemma4_kernel
 
 IGNORE_INDEX = -100
 

@@ -1,0 +1,58 @@
+"""Which kernel computes y = x @ W.T (+ b) on the CPU: gemma4::linear or torch's F.linear.
+
+One place for the rule, with no gemma4 imports, so that every caller (modeling.linear's Linear, the fused
+loss's head, LoRA's base GEMM, float32_gemm's bf16 path) asks the same question without import cycles.
+The thresholds come from benchmarks/bench_linear_cpu.py (docs/performance.md has the numbers):
+
+- CPU, float32 or bfloat16 weights and input of the same dtype, a contiguous weight;
+- at most DECODE_ROWS rows of input (decode): ours streams the weights once, bf16 widened in
+  registers (about 2x torch's bf16 rate; in fp32 on par with MKL's sgemv, except that for small fp32
+  weights torch's lower call overhead wins);
+- more rows (prefill): ours runs its packed GEMM (csrc/linear/linear_gemm.h), bf16 widened while the
+  weights are packed: several times faster than torch's bf16 matmul on CPUs without AVX512-BF16, and
+  faster than MKL's multi-threaded sgemm at most Gemma 4 projections in fp32 (the op itself keeps the
+  sgemm for the shapes where it measured faster).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["DECODE_ROWS", "SMALL_FP32_WEIGHT", "own_bf16_kernels", "torch_linear_only", "uses_gemma4_kernel"]
+
+DECODE_ROWS = 8  # gemma4::linear's weight-streaming kernel takes up to this many rows
+SMALL_FP32_WEIGHT = 1 << 20  # fp32 weights with fewer elements: F.linear (its call costs ~15 us less)
+_enabled = True  # False inside torch_linear_only()
+
+
+@contextlib.contextmanager
+def torch_linear_only():
+    """Run every Linear through F.linear inside the block (benchmarks and tests compare the two)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def uses_gemma4_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True where gemma4::linear is the faster choice for y = x @ weight.T (see the module docstring)."""
+    if not _enabled or x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
+        return False
+    if torch.is_autocast_enabled("cpu"):  # F.linear follows autocast's dtype policy; our op does not
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16) or not weight.is_contiguous():
+        return False
+    if x.dtype == torch.bfloat16:
+        return True
+    rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 0
+    return rows > DECODE_ROWS or weight.numel() >= SMALL_FP32_WEIGHT
+
+
+def own_bf16_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """gemma4's CPU linear ops (gemma4::linear, linear_grad_input) can take this bf16 GEMM: both bf16, a
+    contiguous weight, on the CPU. (fp16 they do not take.) Used where the GEMM must run in float32
+    anyway (float32_gemm), so speed thresholds do not apply."""
+    return x.dtype == weight.dtype == torch.bfloat16 and weight.is_contiguous() and x.device.type == "cpu"
