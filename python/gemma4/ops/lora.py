@@ -166,8 +166,9 @@ def _up_backward(ctx, grad):  # grad [N, M] in dtype
 
 def _weight_grad_setup(ctx, inputs, output):
     x, d, scale = inputs
+    x_grad, d_grad = ctx.needs_input_grad[:2]
     ctx.scale, ctx.x_dtype = scale, x.dtype
-    ctx.save_for_backward(x, d)
+    ctx.save_for_backward(x if d_grad else None, d if x_grad else None)
 
 
 def _weight_grad_backward(ctx, grad):  # grad [r, K] float32
