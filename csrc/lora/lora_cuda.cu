@@ -24,6 +24,7 @@
 
 #include "common/cuda_launch.cuh"
 #include "lora/lora_checks.h"
+#include "lora/lora_tc.cuh"
 
 namespace gemma4 {
 namespace {
@@ -62,6 +63,25 @@ __device__ __forceinline__ void store4(T* p, int valid, const float (&v)[4]) {
     for (int i = 0; i < 4; ++i)
       if (i < valid) p[i] = static_cast<T>(v[i]);
   }
+}
+
+// out[i] = scale * sum over splits of part[split][i], the splits in order.
+__global__ void sum_splits_kernel(const float* __restrict__ part, float* __restrict__ out, int64_t splits,
+                                  int64_t count, float scale) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    float s = 0.f;
+    for (int64_t p = 0; p < splits; ++p) s += part[p * count + i];
+    out[i] = scale * s;
+  }
+}
+
+// out = scale * the sum of the `splits` partials in part ([splits, count]), in order, on the current stream.
+void sum_splits(const at::Tensor& part, at::Tensor& out, int64_t splits, double scale) {
+  const int64_t count = out.numel();
+  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div<int64_t>(count, 256), 4 * cuda::sm_count()));
+  sum_splits_kernel<<<blocks, 256, 0, cuda::stream()>>>(part.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                                        splits, count, static_cast<float>(scale));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -319,15 +339,6 @@ lora_weight_grad_kernel(const T* __restrict__ x, const float* __restrict__ d, fl
   }
 }
 
-// out[i] = scale * sum over splits of part[split][i], the splits in order.
-__global__ void sum_splits_kernel(const float* __restrict__ part, float* __restrict__ out, int64_t splits,
-                                  int64_t count, float scale) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
-    float s = 0.f;
-    for (int64_t p = 0; p < splits; ++p) s += part[p * count + i];
-    out[i] = scale * s;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------
 // host side
@@ -349,6 +360,65 @@ bool vec4_ok(const void* p, int64_t cols) {
   return cols % 4 == 0 && reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
 }
 
+// 16-byte vector access (8 bf16) from p.
+bool vec8_ok(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The tensor-core kernels (lora_tc.cuh) for a bf16 x with K % 32 == 0 (down) or K % 8 == 0 (weight grad).
+// Both split their reduction over blocks until one wave of two (down) or three (weight grad) blocks per SM
+// runs, and sum the splits' partials in a fixed order.
+void lora_down_tc(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out, const lora::ThinProblem& p,
+                  double scale) {
+  const int64_t row_blocks = ceil_div<int64_t>(p.N, lora_tc::kDownRows), rank_tiles = ceil_div<int64_t>(p.r, lora_tc::kR);
+  // (as many splits as fit in one wave: a second, partial wave would leave most SMs idle)
+  const int64_t want = 2 * cuda::sm_count() / (row_blocks * rank_tiles);
+  const int64_t splits_max = ceil_div<int64_t>(p.K, lora_tc::kDownChunk);
+  int64_t splits = std::clamp<int64_t>(want, 1, splits_max);
+  const int64_t k_per_split = ceil_div<int64_t>(ceil_div<int64_t>(p.K, splits), lora_tc::kDownChunk) * lora_tc::kDownChunk;
+  splits = ceil_div<int64_t>(p.K, k_per_split);
+  TORCH_CHECK(row_blocks <= INT32_MAX && rank_tiles <= 65535, "gemma4::lora_down: too many rows or ranks for one launch");
+  at::Tensor part = splits > 1 ? at::empty({splits, p.N, p.r}, out.options()) : out;
+  const dim3 grid(row_blocks, splits, rank_tiles);
+  lora_tc::lora_down_tc_kernel<<<grid, lora_tc::kDownWarps * 32, 0, cuda::stream()>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x.const_data_ptr()), weight.const_data_ptr<float>(), weight.stride(0),
+      weight.stride(1), part.mutable_data_ptr<float>(), p.N, p.K, p.r, k_per_split, static_cast<float>(scale));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (splits > 1) sum_splits(part, out, splits, scale);
+}
+
+void lora_weight_grad_tc(const at::Tensor& x, const at::Tensor& d, at::Tensor& out, const lora::ThinProblem& p,
+                         double scale) {
+  const int64_t col_blocks = ceil_div<int64_t>(p.K, lora_tc::kWgCols), rank_tiles = ceil_div<int64_t>(p.r, lora_tc::kR);
+  const int64_t want = 3 * cuda::sm_count() / (col_blocks * rank_tiles);  // (one wave, as above)
+  int64_t splits = std::clamp<int64_t>(want, 1, ceil_div<int64_t>(p.N, lora_tc::kWgChunk));
+  const int64_t rows_per_split = ceil_div<int64_t>(ceil_div<int64_t>(p.N, splits), lora_tc::kWgChunk) * lora_tc::kWgChunk;
+  splits = ceil_div<int64_t>(p.N, rows_per_split);
+  TORCH_CHECK(splits <= 65535 && rank_tiles <= 65535, "gemma4::lora_weight_grad: too many rows or ranks for one launch");
+  at::Tensor part = splits > 1 ? at::empty({splits, p.r, p.K}, out.options()) : out;
+  const dim3 grid(col_blocks, splits, rank_tiles);
+  lora_tc::lora_weight_grad_tc_kernel<<<grid, lora_tc::kWgWarps * 32, 0, cuda::stream()>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x.const_data_ptr()), d.const_data_ptr<float>(),
+      part.mutable_data_ptr<float>(), p.N, p.K, p.r, rows_per_split, static_cast<float>(scale));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (splits > 1) sum_splits(part, out, splits, scale);
+}
+
+// The tensor-core lora_up (lora_tc.cuh): bf16 out, M % 16 == 0, r <= 64, 16-byte aligned rows.
+void lora_up_tc(const at::Tensor& down, const at::Tensor& weight, const std::optional<at::Tensor>& base,
+                at::Tensor& out, const lora::ThinProblem& p, double scale) {
+  const int64_t col_blocks = ceil_div<int64_t>(p.K, lora_tc::kUpCols);
+  const int64_t row_groups = ceil_div<int64_t>(p.N, 16 * lora_tc::kUpWarps);  // 128 rows: one tile per warp
+  // more row tiles per warp where the grid would still fill two blocks per SM
+  const int64_t fill = row_groups * col_blocks / (2 * cuda::sm_count());
+  const int tiles = static_cast<int>(std::clamp<int64_t>(fill, 1, lora_tc::kUpMaxTiles));
+  const dim3 grid(ceil_div<int64_t>(row_groups, tiles), col_blocks);
+  TORCH_CHECK(col_blocks <= 65535, "gemma4::lora_up: too many columns for one launch");
+  lora_tc::lora_up_tc_kernel<<<grid, lora_tc::kUpWarps * 32, 0, cuda::stream()>>>(
+      down.const_data_ptr<float>(), weight.const_data_ptr<float>(), weight.stride(0), weight.stride(1),
+      base.has_value() ? reinterpret_cast<const __nv_bfloat16*>(base->const_data_ptr()) : nullptr,
+      reinterpret_cast<__nv_bfloat16*>(out.mutable_data_ptr()), p.N, p.K, p.r, static_cast<float>(scale), tiles);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 at::Tensor lora_down_cuda(const at::Tensor& x, const at::Tensor& weight, double scale) {
   constexpr const char* op = "gemma4::lora_down";
   check_device(x, op, "x", c10::kCUDA);
@@ -357,6 +427,10 @@ at::Tensor lora_down_cuda(const at::Tensor& x, const at::Tensor& weight, double 
   at::Tensor out = at::empty({p.N, p.r}, x.options().dtype(at::kFloat));
   if (p.N == 0 || p.r == 0) return out;
   if (p.K == 0) return out.zero_();
+  if (x.scalar_type() == at::kBFloat16 && p.K % 32 == 0 && vec8_ok(x.const_data_ptr())) {
+    lora_down_tc(x, weight, out, p, scale);
+    return out;
+  }
   dispatch_activation(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(ceil_div<int64_t>(p.N, kDownWarps * kDownRows), ceil_div<int64_t>(p.r, kR));
@@ -379,6 +453,11 @@ at::Tensor lora_up_cuda(const at::Tensor& down, const at::Tensor& weight, double
   const lora::ThinProblem p = lora::check_lora_up(op, down, weight, base, dtype);  // p.K is M
   at::Tensor out = at::empty({p.N, p.K}, down.options().dtype(dtype));
   if (out.numel() == 0) return out;
+  if (dtype == at::kBFloat16 && p.K % 16 == 0 && p.r <= 16 * lora_tc::kUpMaxRankSteps &&
+      vec8_ok(out.const_data_ptr()) && (!base.has_value() || vec8_ok(base->const_data_ptr()))) {
+    lora_up_tc(down, weight, base, out, p, scale);
+    return out;
+  }
   dispatch_activation(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* base_ptr = base.has_value() ? base->const_data_ptr<T>() : nullptr;
@@ -408,6 +487,10 @@ at::Tensor lora_weight_grad_cuda(const at::Tensor& x, const at::Tensor& d, doubl
   at::Tensor out = at::empty({p.r, p.K}, x.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
   if (p.N == 0) return out.zero_();
+  if (x.scalar_type() == at::kBFloat16 && p.K % 8 == 0 && vec8_ok(x.const_data_ptr())) {
+    lora_weight_grad_tc(x, d, out, p, scale);
+    return out;
+  }
   // Split the rows so that about 8 blocks per SM run, each split at least one staged chunk of rows.
   const int64_t col_blocks = ceil_div<int64_t>(p.K, kWgCols), rank_tiles = ceil_div<int64_t>(p.r, kR);
   const int64_t want = ceil_div<int64_t>(8 * cuda::sm_count(), col_blocks * rank_tiles);
@@ -429,13 +512,7 @@ at::Tensor lora_weight_grad_cuda(const at::Tensor& x, const at::Tensor& d, doubl
     if (vec4_ok<T>(x.const_data_ptr(), p.K)) launch(lora_weight_grad_kernel<T, true>);
     else launch(lora_weight_grad_kernel<T, false>);
   });
-  if (splits > 1) {
-    const int64_t count = p.r * p.K;
-    const int blocks = static_cast<int>(std::min<int64_t>(ceil_div<int64_t>(count, 256), 4 * cuda::sm_count()));
-    sum_splits_kernel<<<blocks, 256, 0, cuda::stream()>>>(part.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
-                                                          splits, count, static_cast<float>(scale));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  if (splits > 1) sum_splits(part, out, splits, scale);
   return out;
 }
 

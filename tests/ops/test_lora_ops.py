@@ -2,7 +2,7 @@
 its own dtype) against reference.lora_* in float64. Error rule: ours against the float64 reference is at most
 2x plain PyTorch's (the reference run in float32, which is PEFT's maths: the activation widened to float32).
 Runs on every backend (the device fixture); CUDA is also compared with the CPU kernel. Shapes cover the
-vector paths (K % 4 == 0) and the element paths (odd K), ranks below, at and above the 16-rank tile, row
+vector paths (K % 4 == 0), the element paths (odd K) and CUDA's tensor-core paths (bf16; K % 32 == 0, M % 16 == 0), ranks below, at and above the 16-rank tile, row
 counts that leave partial blocks, and strided (transposed) factors.
 """
 import pytest
@@ -15,7 +15,10 @@ from tests.helpers import BACKENDS, assert_lowp_close, assert_same
 pytestmark = pytest.mark.usefixtures("device")
 OPS = ("lora_down", "lora_up", "lora_weight_grad")
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
-SHAPES = [(1, 4, 1), (5, 3, 2), (37, 256, 16), (70, 704, 8), (33, 2112, 17), (300, 1536, 16), (9, 130, 40)]
+# (in bf16 on CUDA: K % 32 == 0 takes the tensor-core lora_down, K % 8 == 0 the tensor-core weight grad,
+# M % 16 == 0 with r <= 64 the tensor-core lora_up; 1040 leaves a partial 64-column block)
+SHAPES = [(1, 4, 1), (5, 3, 2), (37, 256, 16), (70, 704, 8), (33, 2112, 17), (300, 1536, 16), (9, 130, 40),
+          (130, 1024, 40), (130, 1040, 40)]
 
 
 def _rand(*shape, dtype=torch.float32, seed=0, scale=1.0):
@@ -129,10 +132,11 @@ def test_opcheck():
 
 
 @pytest.mark.skipif("cuda" not in BACKENDS, reason="no CUDA backend")
-def test_cuda_matches_the_cpu_kernel(device):
+@pytest.mark.parametrize("K,M", [(1538, 1000), (1536, 1040)])  # the SIMT kernels; the tensor-core ones
+def test_cuda_matches_the_cpu_kernel(device, K, M):
     if device.type != "cuda":
         pytest.skip("compares the CUDA kernels with the CPU ones")
-    N, K, M, r = 257, 1538, 1000, 16  # odd row blocks; K, M not multiples of the column tiles
+    N, r = 257, 16  # odd row blocks; M not a multiple of the column tiles
     x, A, B = _rand(N, K, dtype=torch.bfloat16, seed=1), _rand(r, K, seed=2), _rand(M, r, seed=3)
     base, d = _rand(N, M, dtype=torch.bfloat16, seed=4), _rand(N, r, seed=5)
     cpu = lambda t: t.cpu()  # noqa: E731
