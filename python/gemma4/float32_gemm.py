@@ -23,25 +23,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from gemma4 import ops
-from gemma4.linear_choice import own_bf16_kernels
+from gemma4.linear_choice import NATIVE_LOWP_GEMM, own_bf16_kernels
 
 __all__ = ["is_plain_linear", "linear", "needs_float32_gemm", "plain_linear_forward"]
 
 
-def _native_lowp_gemm() -> dict:
-    try:
-        return {torch.bfloat16: bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-                torch.float16: bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())}
-    except (AttributeError, RuntimeError):  # a torch without oneDNN: assume native, change nothing
-        return {torch.bfloat16: True, torch.float16: True}
-
-
-_NATIVE = _native_lowp_gemm()  # decided once at import (a constant for torch.compile)
-
-
 def needs_float32_gemm(t: torch.Tensor) -> bool:
     """True for a CPU bf16/fp16 tensor on a CPU whose torch has no native GEMM for that dtype."""
-    return t.device.type == "cpu" and not _NATIVE.get(t.dtype, True)
+    return t.device.type == "cpu" and not NATIVE_LOWP_GEMM.get(t.dtype, True)
 
 
 class _Float32Linear(torch.autograd.Function):
