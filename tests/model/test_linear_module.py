@@ -29,7 +29,11 @@ def test_choice():
     assert uses_gemma4_kernel(torch.randn(9, 16), torch.randn(8, 16))
     assert not uses_gemma4_kernel(torch.randn(1, 16), torch.randn(8, 16))  # small fp32 weight
     assert uses_gemma4_kernel(torch.randn(1, 1024).bfloat16(), w16)
-    assert uses_gemma4_kernel(torch.randn(64, 1024).bfloat16(), w16)  # bf16 prefill
+    assert uses_gemma4_kernel(torch.randn(linear_choice.NATIVE_BF16_ROWS, 1024).bfloat16(), w16)
+    # bf16 prefill: ours where torch's bf16 GEMM is a generic loop, torch's where it is oneDNN's native one
+    native = linear_choice.NATIVE_LOWP_GEMM[torch.bfloat16]
+    assert uses_gemma4_kernel(torch.randn(64, 1024).bfloat16(), w16) is not native
+    assert uses_gemma4_kernel(torch.randn(linear_choice.NATIVE_BF16_ROWS + 1, 1024).bfloat16(), w16) is not native
     assert not uses_gemma4_kernel(torch.randn(1, 1024).bfloat16(), w32)  # mixed dtypes
     assert not uses_gemma4_kernel(torch.randn(1, 1024, dtype=torch.float64), w32.double())
     assert not uses_gemma4_kernel(torch.randn(1, 1024), torch.randn(2048, 1024).t())  # strided weight
