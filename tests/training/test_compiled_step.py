@@ -39,3 +39,38 @@ def test_fullgraph_compiled_lora_step_equals_eager():
         assert max_abs_err(ours[n].grad, p.grad) <= 1e-5 * p.grad.abs().max().item() + 1e-9, n
     for n, p in compiled_model.named_parameters():
         assert (p.grad is None) == (n not in ours), n
+
+
+def test_bf16_base_lora_ops_step_traces_in_one_graph(monkeypatch):
+    """LoRA over a bf16 model with float32 adapters runs on the gemma4::lora_* ops, whose autograd is C++
+    (csrc/lora/lora_autograd.cpp). AOTAutograd traces forward and backward through it in one graph; with
+    the aot_eager backend (the traced ops run as they are, no inductor rounding) every gradient equals
+    eager's exactly, and the loss to float32 rounding (the traced graph may add the chunks' losses in
+    another order: 1 ulp apart at seed 2)."""
+    import gemma4.lora.layers as layers
+
+    model = randomize_norms_(trained_scale_model(config=small_config("tiny-e2b"))).to(torch.bfloat16)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for n, p in lora_params(model).items():
+            assert p.dtype == torch.float32, n
+            if ".lora_B." in n:
+                p.normal_(0, 0.05)
+    model.loss_chunk_size = 16
+    model.train()
+    compiled_model = copy.deepcopy(model)
+    ids = fixed_batch(2, 24, seed=9)
+
+    taken = []
+    real = layers._lowp_input_lora_update
+    monkeypatch.setattr(layers, "_lowp_input_lora_update", lambda *a: taken.append(1) or real(*a))
+    want = model(input_ids=ids, labels=ids).loss
+    want.backward()
+    assert taken  # the eager run took the lora-ops path
+    torch._dynamo.reset()
+    got = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")(input_ids=ids, labels=ids).loss
+    got.backward()
+    torch.testing.assert_close(got, want, rtol=2.5e-7, atol=0)  # 2 float32 ulps
+    ours, ref = lora_params(compiled_model), lora_params(model)
+    for n, p in ref.items():
+        assert torch.equal(ours[n].grad, p.grad), n

@@ -7,7 +7,7 @@ copies never exist. The C++ kernels are csrc/lora/ (CPU: ATen's float32 GEMM on 
 the same maths as PEFT's; CUDA: bandwidth-bound thin kernels); the plain-PyTorch definitions are
 ``reference.lora_down`` / ``lora_up`` / ``lora_weight_grad``. lora/layers.py composes them:
 ``out = lora_up(lora_down(x, A), B, scaling, base_out)``; each op's gradient is the other ops, so the
-backward is the same three kernels.
+backward is the same three kernels (autograd in C++: csrc/lora/lora_autograd.cpp).
 """
 from __future__ import annotations
 
@@ -130,55 +130,5 @@ def _lora_weight_grad_fake(x, d, scale):
     return x.new_empty((d.shape[1], x.shape[1]), dtype=torch.float32)
 
 
-# ---- autograd: each op's gradient is made of the three ops ----
-# Only what a requested gradient reads is saved: lora_down keeps x only for the factor's gradient (x is
-# kept in its own dtype, not a float32 copy) and the factor only for x's.
-
-def _down_setup(ctx, inputs, output):
-    x, weight, scale = inputs
-    x_grad, w_grad = ctx.needs_input_grad[:2]
-    ctx.scale, ctx.x_dtype = scale, x.dtype
-    ctx.save_for_backward(x if w_grad else None, weight if x_grad else None)
-
-
-def _down_backward(ctx, grad):  # grad [N, r] float32
-    x, weight = ctx.saved_tensors
-    x_grad, w_grad = ctx.needs_input_grad[:2]
-    grad_x = lora_up(grad, weight.t(), ctx.scale, None, ctx.x_dtype) if x_grad else None  # [N, K]
-    grad_w = lora_weight_grad(x, grad, ctx.scale) if w_grad else None  # [r, K]
-    return grad_x, grad_w, None
-
-
-def _up_setup(ctx, inputs, output):
-    down, weight, scale, base, dtype = inputs
-    d_grad, w_grad = ctx.needs_input_grad[:2]
-    ctx.scale = scale
-    ctx.save_for_backward(down if w_grad else None, weight if d_grad else None)
-
-
-def _up_backward(ctx, grad):  # grad [N, M] in dtype
-    down, weight = ctx.saved_tensors
-    d_grad, w_grad, _, base_grad = ctx.needs_input_grad[:4]
-    grad_down = lora_down(grad, weight.t(), ctx.scale) if d_grad else None  # [N, r]
-    grad_w = lora_weight_grad(grad, down, ctx.scale).t() if w_grad else None  # [M, r]
-    return grad_down, grad_w, None, grad if base_grad else None, None
-
-
-def _weight_grad_setup(ctx, inputs, output):
-    x, d, scale = inputs
-    x_grad, d_grad = ctx.needs_input_grad[:2]
-    ctx.scale, ctx.x_dtype = scale, x.dtype
-    ctx.save_for_backward(x if d_grad else None, d if x_grad else None)
-
-
-def _weight_grad_backward(ctx, grad):  # grad [r, K] float32
-    x, d = ctx.saved_tensors
-    x_grad, d_grad = ctx.needs_input_grad[:2]
-    grad_x = lora_up(d, grad.t(), ctx.scale, None, ctx.x_dtype) if x_grad else None  # [N, K]
-    grad_d = lora_down(x, grad, ctx.scale) if d_grad else None  # [N, r]
-    return grad_x, grad_d, None
-
-
-torch.library.register_autograd("gemma4::lora_down", _down_backward, setup_context=_down_setup)
-torch.library.register_autograd("gemma4::lora_up", _up_backward, setup_context=_up_setup)
-torch.library.register_autograd("gemma4::lora_weight_grad", _weight_grad_backward, setup_context=_weight_grad_setup)
+# ---- autograd: csrc/lora/lora_autograd.cpp (each op's gradient is made of the three ops; in C++ so that
+# the calls, a GPU training step's ~1,200 of them, do not each pass through Python) ----
