@@ -4,9 +4,9 @@
 //
 // Why C++: a LoRA Linear's forward and backward are six of these calls, a GPU training step of E2B about
 // 1,200 of them. Registered from Python (torch.library.register_autograd), every call, the backward's
-// included, ran through torch's Python autograd wrapper: a tiny bf16 LoRA Linear's forward + backward
-// cost 234 us of host time against PEFT's 128 (2-core EPYC, 1 thread), and on the H200 the step's
-// kernels wait for the host. Here the calls stay in the dispatcher.
+// included, ran through torch's Python autograd wrapper: a small bf16 LoRA Linear's forward + backward
+// cost 208-229 us of host time (134-168 us here; PEFT's 120-154; dev/train/bench_lora_host_time.py),
+// and on the H200 the step's kernels wait for the host. Here the calls stay in the dispatcher.
 // Reference: python/gemma4/ops/reference.py (lora_down, lora_up, lora_weight_grad) under torch autograd.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
