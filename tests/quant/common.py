@@ -37,10 +37,11 @@ def available_isas():
     return isas
 
 
-@pytest.fixture(params=["avx2", "avx512"])
+@pytest.fixture(params=["avx2", "avx512", "dequant"])
 def cpu_isa(request):
-    """Runs a test once per CPU kernel instruction set (AVX-512 skipped where the CPU lacks it)."""
-    if request.param not in available_isas():
+    """Runs a test once per CPU kernel instruction set (AVX-512 skipped where the CPU lacks it), and once
+    with bf16 activations on the dequantize-then-GEMM route (torch's bf16 GEMM: any CPU can run it)."""
+    if request.param not in available_isas() + ["dequant"]:
         pytest.skip("this CPU has no AVX-512F")
     qops.qgemm_cpu_isa(request.param)
     yield request.param

@@ -68,6 +68,8 @@ def test_qgemm_backward_matches_reference():
 
 def test_qgemm_cpu_isa_reports_and_rejects():
     assert ops.quant.qgemm_cpu_isa() in ("avx2", "avx512")
+    assert ops.quant.qgemm_cpu_isa("dequant") == "dequant"
+    assert ops.quant.qgemm_cpu_isa("auto") in ("avx2", "avx512")
     with pytest.raises(RuntimeError, match="request must be"):
         ops.quant.qgemm_cpu_isa("sse")
 
