@@ -16,6 +16,9 @@
 //                     A block of 4 warps takes 512 columns (4 per lane) over one split of the rows and
 //                     writes a partial [r, 512]; a second kernel sums the splits in a fixed order (no
 //                     atomics: the gradient is the same on every run).
+// A bf16 activation (bf16 output for lora_up) takes the tensor-core kernels of lora_tc.cuh instead where
+// its shape allows (K % 32 == 0 for down, K % 8 == 0 for the weight grad, M % 16 == 0 and r <= 64 for up;
+// 16-byte aligned rows); these SIMT kernels serve fp16, float32 and the rest.
 // Everything accumulates in float32. Reference: lora_down / lora_up / lora_weight_grad in
 // python/gemma4/ops/reference.py; the CPU kernels are lora_cpu.cpp.
 #include <ATen/ops/empty.h>
