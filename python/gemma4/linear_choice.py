@@ -28,6 +28,7 @@ __all__ = ["DECODE_ROWS", "NATIVE_BF16_ROWS", "NATIVE_LOWP_GEMM", "SMALL_FP32_WE
 
 DECODE_ROWS = 8  # gemma4::linear's weight-streaming kernel takes up to this many rows
 NATIVE_BF16_ROWS = 4  # bf16 where torch has a native bf16 GEMM: ours up to this many rows
+SMALL_FP32_WEIGHT = 1 << 20  # fp32 weights with fewer elements: F.linear (its call costs ~15 us less)
 
 
 def _native_lowp_gemm() -> dict:
@@ -40,7 +41,6 @@ def _native_lowp_gemm() -> dict:
 
 
 NATIVE_LOWP_GEMM = _native_lowp_gemm()  # decided once at import (a constant for torch.compile)
-SMALL_FP32_WEIGHT = 1 << 20  # fp32 weights with fewer elements: F.linear (its call costs ~15 us less)
 _enabled = True  # False inside torch_linear_only()
 
 
