@@ -115,3 +115,24 @@ def test_qgemm_non_finite_activations_poison_only_their_row(cpu_isa, dtype):
         ours = ops.qgemm(x, qweight, scales)
         assert not torch.isfinite(ours[1]).any()
         torch.testing.assert_close(ours[[0, 2]], ops.qgemm(x[[0, 2]], qweight, scales), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
+def test_dequantize_route_is_plain_pytorch_on_the_bf16_weight(bits, group):
+    """The bf16 route of CPUs with a native bf16 GEMM (forced here) dequantizes to bf16 exactly as
+    formats.dequantize does (q * scale in float32, rounded to nearest even once) and calls torch's GEMM:
+    with one slab of weight rows its output is F.linear's on that weight, bit for bit."""
+    from gemma4.quant import formats
+
+    k = 2112 if group is None or 2112 % group == 0 else 1536
+    qweight, scales = random_qweight(300, k, bits, group, torch.float32)
+    scales[0, 0] = scales.abs().max() * 1e3  # a large scale: products far from the others' exponents
+    w = formats.dequantize(qweight, scales, torch.bfloat16)  # [N, K]
+    x = torch.randn(70, k).to(torch.bfloat16)
+    bias = torch.randn(300).to(torch.bfloat16)
+    ops.quant.qgemm_cpu_isa("dequant")
+    try:
+        got = ops.qgemm(x, qweight, scales, bias)
+    finally:
+        ops.quant.qgemm_cpu_isa("auto")
+    assert torch.equal(got, torch.nn.functional.linear(x, w, bias))
