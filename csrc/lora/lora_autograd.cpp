@@ -8,9 +8,9 @@
 // cost 208-229 us of host time (134-168 us here; PEFT's 120-154; dev/train/bench_lora_host_time.py),
 // and on the H200 the step's kernels wait for the host. Here the calls stay in the dispatcher.
 // Reference: python/gemma4/ops/reference.py (lora_down, lora_up, lora_weight_grad) under torch autograd.
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "../common/autograd_util.h"
 
 namespace gemma4 {
 namespace {
@@ -20,29 +20,20 @@ using torch::autograd::variable_list;
 
 // The ops through the dispatcher (their Autograd kernels below, then the device kernels).
 at::Tensor call_down(const at::Tensor& x, const at::Tensor& w, double scale) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("gemma4::lora_down", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+  static const auto op = typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("gemma4::lora_down");
   return op.call(x, w, scale);
 }
 at::Tensor call_up(const at::Tensor& down, const at::Tensor& w, double scale, const std::optional<at::Tensor>& base,
                    at::ScalarType dtype) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("gemma4::lora_up", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, const std::optional<at::Tensor>&,
-                            at::ScalarType)>();
+  static const auto op = typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, double,
+                                             const std::optional<at::Tensor>&, at::ScalarType)>("gemma4::lora_up");
   return op.call(down, w, scale, base, dtype);
 }
 at::Tensor call_weight_grad(const at::Tensor& x, const at::Tensor& d, double scale) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("gemma4::lora_weight_grad", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+  static const auto op =
+      typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("gemma4::lora_weight_grad");
   return op.call(x, d, scale);
 }
-
-// Inside forward the ops run below autograd (no graph of their own).
-at::Tensor keep_if(bool keep, const at::Tensor& t) { return keep ? t : at::Tensor(); }
 
 // out [N, r] = scale * x [N, K] @ w [r, K]^T. grad_x = lora_up(grad, w^T, scale), grad_w = lora_weight_grad(x, grad).
 struct LoraDown : public torch::autograd::Function<LoraDown> {
@@ -111,13 +102,25 @@ struct LoraWeightGrad : public torch::autograd::Function<LoraWeightGrad> {
 };
 
 at::Tensor lora_down_autograd(const at::Tensor& x, const at::Tensor& w, double scale) {
+  if (!records_graph(x, w)) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return call_down(x, w, scale);
+  }
   return LoraDown::apply(x, w, scale);
 }
 at::Tensor lora_up_autograd(const at::Tensor& down, const at::Tensor& w, double scale,
                             const std::optional<at::Tensor>& base, at::ScalarType dtype) {
+  if (!records_graph(down, w, base)) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return call_up(down, w, scale, base, dtype);
+  }
   return LoraUp::apply(down, w, scale, base, dtype);
 }
 at::Tensor lora_weight_grad_autograd(const at::Tensor& x, const at::Tensor& d, double scale) {
+  if (!records_graph(x, d)) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    return call_weight_grad(x, d, scale);
+  }
   return LoraWeightGrad::apply(x, d, scale);
 }
 

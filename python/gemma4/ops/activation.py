@@ -1,7 +1,8 @@
 """Gated activations (GeGLU / SwiGLU): ``gemma4::gated_activation`` and its backward, with fake
-kernels and autograd.
+kernels.
 
-The C++ kernel is csrc/activation/gated_activation_cpu.cpp; the plain-PyTorch definition is
+The C++ kernel is csrc/activation/gated_activation_cpu.cpp, the autograd
+gated_activation_autograd.cpp; the plain-PyTorch definition is
 ``reference.gated_activation``.
 """
 from __future__ import annotations
@@ -61,17 +62,3 @@ def _gated_activation_backward_fake(grad_out, gate, up, activation):
     _check("gemma4::gated_activation_backward", gate, up, activation, grad_out)
     return gate.new_empty(gate.shape), up.new_empty(up.shape)
 
-
-def _setup_context(ctx, inputs, output):
-    gate, up, activation = inputs
-    ctx.save_for_backward(gate, up)
-    ctx.activation = activation
-
-
-def _backward(ctx, grad_out):
-    gate, up = ctx.saved_tensors
-    grad_gate, grad_up = torch.ops.gemma4.gated_activation_backward(grad_out, gate, up, ctx.activation)
-    return grad_gate, grad_up, None
-
-
-torch.library.register_autograd("gemma4::gated_activation", _backward, setup_context=_setup_context)

@@ -1,8 +1,8 @@
 """Causal / sliding-window grouped-query attention: ``gemma4::attention`` and its backward, with fake
-kernels and autograd.
+kernels.
 
 The C++ kernels are csrc/attention/attention_cpu.cpp and attention_backward_cpu.cpp (flash-attention
-style, tiled with an online softmax; see attention_kernels.h); the plain-PyTorch definition is
+style, tiled with an online softmax; see attention_kernels.h), the autograd attention_autograd.cpp; the plain-PyTorch definition is
 ``reference.attention``.
 """
 from __future__ import annotations
@@ -110,23 +110,3 @@ def _attention_backward_fake(grad_out, q, k, v, out, lse, key_mask, scale, windo
         chk.size(op, "lse", lse, d, want)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, key_mask, scale, window = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_mask)
-    ctx.scale = scale
-    ctx.window = window
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, key_mask = ctx.saved_tensors
-    if grad_out is None:
-        return None, None, None, None, None, None
-    grad_q, grad_k, grad_v = torch.ops.gemma4.attention_backward(
-        grad_out, q, k, v, out, lse, key_mask, ctx.scale, ctx.window)
-    return grad_q, grad_k, grad_v, None, None, None
-
-
-torch.library.register_autograd("gemma4::attention", _backward, setup_context=_setup_context)

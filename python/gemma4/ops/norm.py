@@ -1,6 +1,7 @@
-"""RMSNorm as used by Gemma 4: ``gemma4::rms_norm`` and its backward, with fake kernels and autograd.
+"""RMSNorm as used by Gemma 4: ``gemma4::rms_norm`` and its backward, with fake kernels.
 
-The C++ kernels are csrc/norm/rms_norm_cpu.cpp and rms_norm_backward_cpu.cpp; the plain-PyTorch
+The C++ kernels are csrc/norm/rms_norm_cpu.cpp and rms_norm_backward_cpu.cpp, the autograd
+rms_norm_autograd.cpp; the plain-PyTorch
 definition is ``reference.rms_norm``.
 """
 from __future__ import annotations
@@ -63,17 +64,3 @@ def _rms_norm_backward_fake(grad_out, x, weight, eps):
     grad_weight = weight.new_empty(weight.shape) if weight is not None else x.new_empty((0,))
     return x.new_empty(x.shape), grad_weight
 
-
-def _setup_context(ctx, inputs, output):
-    x, weight, eps = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.eps = eps
-
-
-def _backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_weight = torch.ops.gemma4.rms_norm_backward(grad_out, x, weight, ctx.eps)
-    return grad_x, (grad_weight if weight is not None else None), None
-
-
-torch.library.register_autograd("gemma4::rms_norm", _backward, setup_context=_setup_context)

@@ -1,7 +1,6 @@
-"""Rotary position embedding (rotate-half): ``gemma4::rope`` and its backward, with fake kernels and
-autograd.
+"""Rotary position embedding (rotate-half): ``gemma4::rope`` and its backward, with fake kernels.
 
-The C++ kernel is csrc/rope/rope_cpu.cpp; the plain-PyTorch definition is ``reference.rope``.
+The C++ kernel is csrc/rope/rope_cpu.cpp, the autograd rope_autograd.cpp; the plain-PyTorch definition is ``reference.rope``.
 """
 from __future__ import annotations
 
@@ -64,15 +63,3 @@ def _rope_backward_fake(grad_out, positions, inv_freq):
     _check("gemma4::rope_backward", "grad_out", grad_out, positions, inv_freq)
     return grad_out.new_empty(grad_out.shape)
 
-
-def _setup_context(ctx, inputs, output):
-    _, positions, inv_freq = inputs
-    ctx.save_for_backward(positions, inv_freq)
-
-
-def _backward(ctx, grad_out):
-    positions, inv_freq = ctx.saved_tensors
-    return torch.ops.gemma4.rope_backward(grad_out, positions, inv_freq), None, None
-
-
-torch.library.register_autograd("gemma4::rope", _backward, setup_context=_setup_context)
