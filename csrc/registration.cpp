@@ -54,6 +54,9 @@ TORCH_LIBRARY(gemma4, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // linear's input gradient: grad_out [..., N] @ weight [N, K] -> [..., K], the same dtypes and rounding.
   m.def("linear_grad_input(Tensor grad_out, Tensor weight) -> Tensor");
+  // CPU decode (<= 8 rows) instruction set: "" reports it ("avx2", "avx512" or "avx512bf16"), "auto" | "avx2" |
+  // "avx512" selects it (tests run each path).
+  m.def("linear_cpu_isa(str request) -> str");
 
   // Cross-entropy through Gemma's logit soft-cap, loss and gradient in one pass: per row i of logits [n,V]
   // (pre-cap), c = cap*tanh(x/cap) (c = x when softcap is None), returns loss[i] = row_weight[i] *

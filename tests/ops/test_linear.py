@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from gemma4.ops import reference as ref
-from gemma4.ops.linear import linear
+from gemma4.ops.linear import linear, linear_cpu_isa
 from tests.helpers import assert_lowp_close
 
 ops = torch.ops.gemma4
@@ -27,6 +27,26 @@ CASES = [((1,), 1, 1), ((1,), 5, 7), ((3,), 13, 37), ((1, 1), 4096, 1536), ((2,)
          ((300,), 40, 8200)]
 
 
+def _cpu_has_avx512():
+    try:
+        linear_cpu_isa("avx512")
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        linear_cpu_isa("auto")
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def gemv_isa(request):
+    """Runs a test once per decode-kernel instruction set (AVX-512 skipped where the CPU lacks it; on a CPU with
+    AVX512-BF16 the AVX-512 run takes vdpbf16ps for bf16 x and weights)."""
+    if request.param == "avx512" and not _cpu_has_avx512():
+        pytest.skip("this CPU has no AVX-512 F/BW/VL")
+    yield linear_cpu_isa(request.param)
+    linear_cpu_isa("auto")
+
+
 def _rand(shape, dtype, scale=1.0):
     return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype)
 
@@ -34,7 +54,7 @@ def _rand(shape, dtype, scale=1.0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lead,N,K", CASES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_forward(dtype, lead, N, K, with_bias):
+def test_forward(gemv_isa, dtype, lead, N, K, with_bias):
     # A tiny problem has a handful of outputs, and its max error is luck (one lucky rounding in F.linear
     # halves its error), so tiny shapes are drawn several times and judged over 256+ outputs together.
     draws = -(-256 // (math.prod(lead) * N))
@@ -51,7 +71,7 @@ def test_forward(dtype, lead, N, K, with_bias):
 
 
 @pytest.mark.parametrize("lead,N,K", [((1,), 5, 7), ((3,), 13, 37), ((2, 17), 300, 1536), ((130,), 257, 520)])
-def test_float32_x_with_bfloat16_weight(lead, N, K):
+def test_float32_x_with_bfloat16_weight(gemv_isa, lead, N, K):
     """fp32 x and a bf16 weight (the fused loss's frozen head): fp32 out, the same numbers as the weight widened
     to fp32 first (a bf16 value is exact in fp32), through the GEMV (rows <= 8) and the packed GEMM; backward
     gives the weight's gradient in bf16."""
@@ -68,14 +88,14 @@ def test_float32_x_with_bfloat16_weight(lead, N, K):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 64])
-def test_matches_reference_at_dtype(dtype, rows):
+def test_matches_reference_at_dtype(gemv_isa, dtype, rows):
     """fp32 accumulation, one rounding: the same maths as reference.linear at the dtype."""
     x, w = _rand((rows, 200), dtype), _rand((150, 200), dtype, scale=0.1)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=8e-3, atol=1e-3)
     torch.testing.assert_close(linear(x, w), ref.linear(x, w), **tol)
 
 
-def test_threads_agree():
+def test_threads_agree(gemv_isa):
     """Every output row is computed once by one thread: 1 and 2 threads give identical bits."""
     before = torch.get_num_threads()
     x1, x64 = _rand((1, 1536), torch.bfloat16), _rand((64, 1536), torch.bfloat16)
@@ -88,6 +108,14 @@ def test_threads_agree():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_cpu_isa_reports_and_rejects():
+    assert linear_cpu_isa() in ("avx2", "avx512", "avx512bf16")
+    assert linear_cpu_isa("avx2") == "avx2"
+    assert linear_cpu_isa("auto") in ("avx2", "avx512", "avx512bf16")
+    with pytest.raises(RuntimeError, match="request must be"):
+        linear_cpu_isa("sse")
 
 
 def test_empty():

@@ -12,7 +12,7 @@ from gemma4 import _native  # noqa: F401  (loads the operator library)
 
 from . import _fake_checks as chk
 
-__all__ = ["linear", "linear_grad_input"]
+__all__ = ["linear", "linear_cpu_isa", "linear_grad_input"]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -43,6 +43,13 @@ def linear_grad_input(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     """
     return torch.ops.gemma4.linear_grad_input(grad_out.contiguous(), weight)
 
+
+
+def linear_cpu_isa(request: str = "") -> str:
+    """The CPU decode kernel's (x of at most 8 rows) instruction set: ``""`` reports it (``"avx2"``,
+    ``"avx512"``, or ``"avx512bf16"`` where bf16 x and weights take ``vdpbf16ps``); ``"auto"`` (the default:
+    AVX-512 where the CPU and OS support it), ``"avx2"`` or ``"avx512"`` selects it. Returns the one in use."""
+    return torch.ops.gemma4.linear_cpu_isa(request)
 
 def _check_weight_dtype(op, weight, dtype):
     """check_weight_dtype of csrc/linear/linear_checks.h: x's dtype, or bf16 under fp32 x."""
