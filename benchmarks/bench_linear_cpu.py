@@ -37,13 +37,25 @@ def bench_shape(name, N, K, rows, dtype, target_s):
     torch.manual_seed(0)
     w = torch.randn(N, K).div_(K**0.5).to(dtype)
     x = torch.randn(rows, K).to(dtype)
+    isa = ops.linear_cpu_isa()
     ours = time_fn(lambda: ops.linear(x, w), target_s=target_s)
     base = time_fn(lambda: F.linear(x, w), target_s=target_s)
+    avx2 = None
+    if rows <= 8 and isa != "avx2":  # decode on an AVX-512 CPU: the AVX2 kernel beside it
+        ops.linear_cpu_isa("avx2")
+        try:
+            avx2 = time_fn(lambda: ops.linear(x, w), target_s=target_s)
+        finally:
+            ops.linear_cpu_isa("auto")
     nbytes = N * K * w.element_size()
     flops = 2.0 * rows * N * K
     row = {"shape": name, "N": N, "K": K, "rows": rows, "dtype": str(dtype).removeprefix("torch."),
            "ours_ms": ours["min_ms"], "torch_ms": base["min_ms"],
-           "ours_median_ms": ours["median_ms"], "torch_median_ms": base["median_ms"]}
+           "ours_median_ms": ours["median_ms"], "torch_median_ms": base["median_ms"],
+           "ours_isa": isa if rows <= 8 else "packed GEMM / BLAS"}
+    if avx2 is not None:
+        row["ours_avx2_ms"] = avx2["min_ms"]
+        row["ours_avx2_gb_s"] = nbytes / (avx2["min_ms"] / 1e3) / 1e9
     for who in ("ours", "torch"):
         s = row[f"{who}_ms"] / 1e3
         row[f"{who}_gb_s"] = nbytes / s / 1e9
@@ -89,8 +101,9 @@ def main(argv=None) -> int:
                 r = bench_shape(name, N, K, m, DTYPES[dt], 0.3 if args.quick else 1.0)
                 rows.append(r)
                 unit = "gb_s" if m <= 8 else "gflop_s"
+                avx2 = f"  (avx2 kernel {r['ours_avx2_gb_s']:6.1f})" if "ours_avx2_gb_s" in r else ""
                 print(f"{dt:9s} M={m:<4d} {name:18s} ours {r['ours_ms']:8.3f} ms ({r['ours_' + unit]:6.1f}) "
-                      f"torch {r['torch_ms']:8.3f} ms ({r['torch_' + unit]:6.1f})  x{r['speedup']:.2f}", flush=True)
+                      f"torch {r['torch_ms']:8.3f} ms ({r['torch_' + unit]:6.1f})  x{r['speedup']:.2f}{avx2}", flush=True)
     print_table(["dtype", "rows", "shape", "ours ms", "torch ms", "ours GB/s|GFLOP/s", "torch", "x"],
                 [[r["dtype"], r["rows"], r["shape"], f"{r['ours_ms']:.3f}", f"{r['torch_ms']:.3f}",
                   f"{r['ours_gb_s' if r['rows'] <= 8 else 'ours_gflop_s']:.1f}",
