@@ -5,7 +5,7 @@
 // Paths, chosen by the number of rows M of x and the shape:
 // - M <= kGemvMaxRows (decode): linear_gemv.h, the weights streamed once, bf16 widened in registers,
 //   at::parallel_for over tiles of weight rows; on CPUs with AVX-512 its 16-lane form,
-//   linear_gemv_avx512.cpp (vdpbf16ps for bf16 x and weights where AVX512-BF16 exists).
+//   linear_gemv_avx512.cpp.
 // - larger M (prefill): linear_gemm.h's packed GEMM (x widened to fp32 once; bf16 weights widened while
 //   they are packed). torch's own bf16 matmul on a CPU without AVX512-BF16 runs several times slower
 //   than its fp32 one at these shapes, and MKL's fp32 sgemm is slower on most of them
@@ -102,36 +102,22 @@ std::string linear_cpu_isa(c10::string_view request) {
   } else {
     TORCH_CHECK(req.empty(), "gemma4::linear_cpu_isa: request must be '', 'auto', 'avx2' or 'avx512', got '", req, "'");
   }
-  if (!gemv_uses_avx512()) return "avx2";
-  return linear::avx512::has_bf16_dot() ? "avx512bf16" : "avx512";
+  return gemv_uses_avx512() ? "avx512" : "avx2";
 }
 
 // The AVX-512 GEMV: tasks of kRows weight rows (each output computed by one task, so the result does not depend
-// on the thread count). bf16 x with bf16 weights take vdpbf16ps where the CPU has it (x read as it is);
-// otherwise x is widened to fp32 once.
+// on the thread count), x widened to fp32 once.
 template <typename W, typename Y>
-void gemv_avx512(const at::Tensor& x2d, const W* w, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
+void gemv_avx512(const float* x, const W* w, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
   constexpr int64_t kRows = 64;
-  const bool bf16_dot = std::is_same_v<W, c10::BFloat16> && x2d.scalar_type() == at::kBFloat16 &&
-                        linear::avx512::has_bf16_dot();
-  const at::Tensor xin = bf16_dot ? x2d.contiguous() : as_fp32(x2d).contiguous();  // [M, K]
-  const auto* wbits = reinterpret_cast<const std::conditional_t<std::is_same_v<W, float>, float, uint16_t>*>(w);
+  using Bits = std::conditional_t<std::is_same_v<W, float>, float, uint16_t>;  // the AVX-512 file's bf16 type
+  const Bits* wbits = reinterpret_cast<const Bits*>(w);
   const int64_t grain = std::max<int64_t>(1, 65536 / (kRows * K));  // about 64K weights per task at least
   at::parallel_for(0, at::divup(N, kRows), grain, [&](int64_t t0, int64_t t1) {
     float acc[kRows * kGemvMaxRows];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * kRows, n1 = std::min(N, n0 + kRows);
-      if constexpr (std::is_same_v<W, c10::BFloat16>) {
-        if (bf16_dot) {
-          linear::avx512::gemv_rows_bf16(static_cast<int>(M), wbits,
-                                         reinterpret_cast<const uint16_t*>(xin.const_data_ptr<c10::BFloat16>()), K,
-                                         n0, n1, acc);
-        } else {
-          linear::avx512::gemv_rows(static_cast<int>(M), wbits, xin.const_data_ptr<float>(), K, n0, n1, acc);
-        }
-      } else {
-        linear::avx512::gemv_rows(static_cast<int>(M), wbits, xin.const_data_ptr<float>(), K, n0, n1, acc);
-      }
+      linear::avx512::gemv_rows(static_cast<int>(M), wbits, x, K, n0, n1, acc);
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t m = 0; m < M; ++m) {
           float v = acc[(n - n0) * M + m];
@@ -230,21 +216,15 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   if (y.numel() == 0) return y;
   if (p.K == 0) return bias ? y.copy_(bias->expand_as(y)) : y.zero_();
   const at::Tensor x2d = x.view({p.M, p.K});
-  if (p.M <= kGemvMaxRows && gemv_uses_avx512()) {
-    dispatch_weight_out(weight.scalar_type(), x.scalar_type(), [&](auto wt, auto yt) {
-      using W = decltype(wt);
-      using Y = decltype(yt);
-      gemv_avx512(x2d, weight.const_data_ptr<W>(), bias ? bias->const_data_ptr<Y>() : nullptr,
-                  y.mutable_data_ptr<Y>(), p.M, p.N, p.K);
-    });
-    return y;
-  }
   const at::Tensor x32 = as_fp32(x2d).contiguous();  // [M, K]
 
   if (p.M <= kGemvMaxRows) {
     dispatch_weight_out(weight.scalar_type(), x.scalar_type(), [&](auto wt, auto yt) {
       using W = decltype(wt);
       using Y = decltype(yt);
+      if (gemv_uses_avx512())
+        return gemv_avx512(x32.const_data_ptr<float>(), weight.const_data_ptr<W>(),
+                           bias ? bias->const_data_ptr<Y>() : nullptr, y.mutable_data_ptr<Y>(), p.M, p.N, p.K);
       gemv_dispatch(p.M, weight.const_data_ptr<W>(), x32.const_data_ptr<float>(),
                     bias ? bias->const_data_ptr<Y>() : nullptr, y.mutable_data_ptr<Y>(), p.N, p.K);
     });

@@ -11,11 +11,7 @@ namespace gemma4::linear::avx512 {
 // x, fp32 accumulation (blocked as in linear_gemv.h). w [N, K] and x [M, K] are row-major.
 void gemv_rows(int M, const float* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out);
 void gemv_rows(int M, const uint16_t* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out);
-// bf16 x and bf16 w with vdpbf16ps: the products are exact in fp32 (8-bit significands), summed in fp32.
-// Only on CPUs with AVX512-BF16 (has_bf16_dot).
-void gemv_rows_bf16(int M, const uint16_t* w, const uint16_t* x, int64_t K, int64_t n0, int64_t n1, float* out);
 
-bool supported();      // AVX-512 F, BW and VL, with the OS saving their state
-bool has_bf16_dot();   // AVX512-BF16 as well
+bool supported();  // AVX-512 F, BW and VL, with the OS saving their state
 
 }  // namespace gemma4::linear::avx512

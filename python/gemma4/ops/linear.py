@@ -46,9 +46,9 @@ def linear_grad_input(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Ten
 
 
 def linear_cpu_isa(request: str = "") -> str:
-    """The CPU decode kernel's (x of at most 8 rows) instruction set: ``""`` reports it (``"avx2"``,
-    ``"avx512"``, or ``"avx512bf16"`` where bf16 x and weights take ``vdpbf16ps``); ``"auto"`` (the default:
-    AVX-512 where the CPU and OS support it), ``"avx2"`` or ``"avx512"`` selects it. Returns the one in use."""
+    """The CPU decode kernel's (x of at most 8 rows) instruction set: ``""`` reports it (``"avx2"`` or
+    ``"avx512"``); ``"auto"`` (the default: AVX-512 where the CPU and OS support AVX-512 F/BW/VL), ``"avx2"`` or
+    ``"avx512"`` selects it. Returns the one in use."""
     return torch.ops.gemma4.linear_cpu_isa(request)
 
 def _check_weight_dtype(op, weight, dtype):
