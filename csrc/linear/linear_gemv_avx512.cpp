@@ -29,9 +29,9 @@ inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmas
 template <int M>
 constexpr int rows_per_tile() { return M <= 2 ? 4 : (M <= 4 ? 2 : 1); }
 
-// out[r * M + m] = dot(w[r], x[m]) for R weight rows (stride K), fp32 x.
+// out[r * M + m] = dot(w[r], x[m]) for R weight rows (stride K) and M rows of x (fp32, stride K).
 template <int M, int R, typename W>
-void tile_f32x(const W* w, const float* x, int64_t K, float* out) {
+void tile(const W* w, const float* x, int64_t K, float* out) {
   constexpr int U = R * M <= 4 ? 2 : 1;
   constexpr int64_t kLine = 64 / sizeof(W);  // weights per cache line
   __m512 tot[R][M];
@@ -78,32 +78,35 @@ void tile_f32x(const W* w, const float* x, int64_t K, float* out) {
 }
 
 // Rows [n0, n1) tile by tile, the last (n1 - n0) % R one by one.
-template <int M, typename W, typename X, typename Tile, typename Tile1>
-void rows(const W* w, const X* x, int64_t K, int64_t n0, int64_t n1, float* out, Tile tile, Tile1 tile1) {
+template <int M, typename W>
+void rows(const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
   constexpr int R = rows_per_tile<M>();
   int64_t n = n0;
-  for (; n + R <= n1; n += R) tile(w + n * K, x, K, out + (n - n0) * M);
-  for (; n < n1; ++n) tile1(w + n * K, x, K, out + (n - n0) * M);
+  for (; n + R <= n1; n += R) tile<M, R>(w + n * K, x, K, out + (n - n0) * M);
+  for (; n < n1; ++n) tile<M, 1>(w + n * K, x, K, out + (n - n0) * M);
 }
 
 template <typename W>
-void rows_f32x(int M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
+void rows_of(int M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
   switch (M) {
-#define GEMMA4_ROWS(m) \
-  case m: return rows<m>(w, x, K, n0, n1, out, tile_f32x<m, rows_per_tile<m>(), W>, tile_f32x<m, 1, W>);
-    GEMMA4_ROWS(1) GEMMA4_ROWS(2) GEMMA4_ROWS(3) GEMMA4_ROWS(4) GEMMA4_ROWS(5) GEMMA4_ROWS(6) GEMMA4_ROWS(7)
-    default: GEMMA4_ROWS(8)
-#undef GEMMA4_ROWS
+    case 1: return rows<1>(w, x, K, n0, n1, out);
+    case 2: return rows<2>(w, x, K, n0, n1, out);
+    case 3: return rows<3>(w, x, K, n0, n1, out);
+    case 4: return rows<4>(w, x, K, n0, n1, out);
+    case 5: return rows<5>(w, x, K, n0, n1, out);
+    case 6: return rows<6>(w, x, K, n0, n1, out);
+    case 7: return rows<7>(w, x, K, n0, n1, out);
+    default: return rows<8>(w, x, K, n0, n1, out);
   }
 }
 
 }  // namespace
 
 void gemv_rows(int M, const float* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
-  rows_f32x(M, w, x, K, n0, n1, out);
+  rows_of(M, w, x, K, n0, n1, out);
 }
 void gemv_rows(int M, const uint16_t* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
-  rows_f32x(M, w, x, K, n0, n1, out);
+  rows_of(M, w, x, K, n0, n1, out);
 }
 bool supported() {
   __builtin_cpu_init();  // libgcc checks that the OS saves the AVX-512 state (XCR0) before reporting these

@@ -1,5 +1,5 @@
 // Experiment, not built: a bf16 x bf16 decode GEMV tile on vdpbf16ps (AVX512-BF16), tried in
-// csrc/linear/linear_gemv_avx512.cpp on 2026-12-02 and taken out. Same contract as tile_f32x there (drop it in
+// csrc/linear/linear_gemv_avx512.cpp on 2026-12-02 and taken out. Same contract as tile() there (drop it in
 // beside it to rerun; it needs __attribute__((target("avx512bf16"))) or -mavx512bf16, and kBlock,
 // kPrefetchTiles, mask32 from that file).
 //
