@@ -14,5 +14,5 @@ from .norm import rms_norm
 from .quant import qgemm
 from .rope import rope
 
-__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "qgemm", "linear", "linear_cpu_isa", "linear_grad_input",
-           "softcap_cross_entropy", "lora_down", "lora_up", "lora_weight_grad"]
+__all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "moe_experts", "qgemm", "linear",
+           "linear_cpu_isa", "linear_grad_input", "softcap_cross_entropy", "lora_down", "lora_up", "lora_weight_grad"]

@@ -2,8 +2,8 @@
 kernels.
 
 The C++ kernels are csrc/attention/attention_cpu.cpp and attention_backward_cpu.cpp (flash-attention
-style, tiled with an online softmax; see attention_kernels.h), the autograd attention_autograd.cpp; the plain-PyTorch definition is
-``reference.attention``.
+style, tiled with an online softmax; see attention_kernels.h), the autograd attention_autograd.cpp; the
+plain-PyTorch definition is ``reference.attention``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """RMSNorm as used by Gemma 4: ``gemma4::rms_norm`` and its backward, with fake kernels.
 
 The C++ kernels are csrc/norm/rms_norm_cpu.cpp and rms_norm_backward_cpu.cpp, the autograd
-rms_norm_autograd.cpp; the plain-PyTorch
-definition is ``reference.rms_norm``.
+rms_norm_autograd.cpp; the plain-PyTorch definition is ``reference.rms_norm``.
 """
 from __future__ import annotations
 

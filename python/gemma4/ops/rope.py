@@ -1,6 +1,7 @@
 """Rotary position embedding (rotate-half): ``gemma4::rope`` and its backward, with fake kernels.
 
-The C++ kernel is csrc/rope/rope_cpu.cpp, the autograd rope_autograd.cpp; the plain-PyTorch definition is ``reference.rope``.
+The C++ kernel is csrc/rope/rope_cpu.cpp, the autograd rope_autograd.cpp; the plain-PyTorch definition
+is ``reference.rope``.
 """
 from __future__ import annotations
 
