@@ -60,7 +60,7 @@ inline void gemv_tile(const W* w, const float* x, int64_t K, float* out) {
       // bf16: the rows two tiles ahead (the caller walks tiles in row order), a cache line per line read
       // here, into L2 (locality 2, _MM_HINT_T1): the hardware prefetcher does not keep up with R interleaved
       // bf16 row streams (the next tile into L1 measured 1.1-1.4x on the 805 MB head; two tiles ahead into
-      // L2 rose from ~19 to ~34 GB/s on an AVX-512 EPYC, 2 threads). fp32 rows, twice the bytes per weight,
+      // L2 rose from 17-20 to 21-34 GB/s on an AVX-512 EPYC, 2 threads). fp32 rows, twice the bytes per weight,
       // measured slower with a prefetch.
       if (sizeof(W) == 2 && ((k + j) & (kLineElems - 1)) == 0)
         for (int r = 0; r < R; ++r) __builtin_prefetch(w + (2 * R + r) * K + k + j, 0, 2);
