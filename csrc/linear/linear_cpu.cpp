@@ -33,48 +33,27 @@ at::Tensor as_fp32(const at::Tensor& x2d) {
   return x2d.scalar_type() == at::kFloat ? x2d : x2d.to(at::kFloat);
 }
 
-// Rows of x handled together: R weight rows per tile keep R*M accumulators in 16 AVX2 registers.
-template <int M, typename W, typename Y>
-void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t N, int64_t K) {
+// The AVX2 kernel over weight rows [n0, n1): out[(n - n0) * M + m] = dot(w[n], x[m]). R weight rows per tile
+// keep R*M accumulators in 16 AVX2 registers; the last (n1 - n0) % R rows go one by one.
+template <int M, typename W>
+void avx2_rows(const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
   constexpr int R = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
-  const int64_t tiles = N / R;
-  // About 64K weights per task: a smaller problem is not worth waking a second thread for.
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, R * K));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    float acc[R * M];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * R;
-      linear::gemv_tile<M, R>(w + n0 * K, x, K, acc);
-      for (int r = 0; r < R; ++r)
-        for (int m = 0; m < M; ++m) {
-          float v = acc[r * M + m];
-          if (bias) v += static_cast<float>(bias[n0 + r]);
-          y[m * N + n0 + r] = static_cast<Y>(v);
-        }
-    }
-  });
-  for (int64_t n = tiles * R; n < N; ++n) {  // the last N % R rows
-    float acc[M];
-    linear::gemv_tile<M, 1>(w + n * K, x, K, acc);
-    for (int m = 0; m < M; ++m) {
-      float v = acc[m];
-      if (bias) v += static_cast<float>(bias[n]);
-      y[m * N + n] = static_cast<Y>(v);
-    }
-  }
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) linear::gemv_tile<M, R>(w + n * K, x, K, out + (n - n0) * M);
+  for (; n < n1; ++n) linear::gemv_tile<M, 1>(w + n * K, x, K, out + (n - n0) * M);
 }
 
-template <typename W, typename Y>
-void gemv_dispatch(int64_t M, const W* w, const float* x, const Y* bias, Y* y, int64_t N, int64_t K) {
+template <typename W>
+void avx2_rows(int64_t M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
   switch (M) {
-    case 1: return gemv<1>(w, x, bias, y, N, K);
-    case 2: return gemv<2>(w, x, bias, y, N, K);
-    case 3: return gemv<3>(w, x, bias, y, N, K);
-    case 4: return gemv<4>(w, x, bias, y, N, K);
-    case 5: return gemv<5>(w, x, bias, y, N, K);
-    case 6: return gemv<6>(w, x, bias, y, N, K);
-    case 7: return gemv<7>(w, x, bias, y, N, K);
-    default: return gemv<8>(w, x, bias, y, N, K);
+    case 1: return avx2_rows<1>(w, x, K, n0, n1, out);
+    case 2: return avx2_rows<2>(w, x, K, n0, n1, out);
+    case 3: return avx2_rows<3>(w, x, K, n0, n1, out);
+    case 4: return avx2_rows<4>(w, x, K, n0, n1, out);
+    case 5: return avx2_rows<5>(w, x, K, n0, n1, out);
+    case 6: return avx2_rows<6>(w, x, K, n0, n1, out);
+    case 7: return avx2_rows<7>(w, x, K, n0, n1, out);
+    default: return avx2_rows<8>(w, x, K, n0, n1, out);
   }
 }
 
@@ -105,19 +84,24 @@ std::string linear_cpu_isa(c10::string_view request) {
   return gemv_uses_avx512() ? "avx512" : "avx2";
 }
 
-// The AVX-512 GEMV: tasks of kRows weight rows (each output computed by one task, so the result does not depend
-// on the thread count), x widened to fp32 once.
+// The decode GEMV, either kernel: tasks of kRows weight rows (each output computed by one task, so the result
+// does not depend on the thread count), then bias and one rounding to Y.
 template <typename W, typename Y>
-void gemv_avx512(const float* x, const W* w, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
-  constexpr int64_t kRows = 64;
+void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
+  constexpr int64_t kRows = 64;  // a multiple of every tile height, so tiles fall as over all of N
   using Bits = std::conditional_t<std::is_same_v<W, float>, float, uint16_t>;  // the AVX-512 file's bf16 type
-  const Bits* wbits = reinterpret_cast<const Bits*>(w);
-  const int64_t grain = std::max<int64_t>(1, 65536 / (kRows * K));  // about 64K weights per task at least
+  const bool avx512 = gemv_uses_avx512();
+  // About 64K weights per task: a smaller problem is not worth waking a second thread for.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, kRows * K));
   at::parallel_for(0, at::divup(N, kRows), grain, [&](int64_t t0, int64_t t1) {
     float acc[kRows * kGemvMaxRows];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * kRows, n1 = std::min(N, n0 + kRows);
-      linear::avx512::gemv_rows(static_cast<int>(M), wbits, x, K, n0, n1, acc);
+      if (avx512) {
+        linear::avx512::gemv_rows(static_cast<int>(M), reinterpret_cast<const Bits*>(w), x, K, n0, n1, acc);
+      } else {
+        avx2_rows(M, w, x, K, n0, n1, acc);
+      }
       for (int64_t n = n0; n < n1; ++n)
         for (int64_t m = 0; m < M; ++m) {
           float v = acc[(n - n0) * M + m];
@@ -222,11 +206,8 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     dispatch_weight_out(weight.scalar_type(), x.scalar_type(), [&](auto wt, auto yt) {
       using W = decltype(wt);
       using Y = decltype(yt);
-      if (gemv_uses_avx512())
-        return gemv_avx512(x32.const_data_ptr<float>(), weight.const_data_ptr<W>(),
-                           bias ? bias->const_data_ptr<Y>() : nullptr, y.mutable_data_ptr<Y>(), p.M, p.N, p.K);
-      gemv_dispatch(p.M, weight.const_data_ptr<W>(), x32.const_data_ptr<float>(),
-                    bias ? bias->const_data_ptr<Y>() : nullptr, y.mutable_data_ptr<Y>(), p.N, p.K);
+      gemv(weight.const_data_ptr<W>(), x32.const_data_ptr<float>(), bias ? bias->const_data_ptr<Y>() : nullptr,
+           y.mutable_data_ptr<Y>(), p.M, p.N, p.K);
     });
     return y;
   }
