@@ -22,6 +22,7 @@
 #include "linear/linear_gemm.h"
 #include "linear/linear_gemv.h"
 #include "linear/linear_gemv_avx512.h"
+#include "linear/linear_gemv_rows.h"
 
 namespace gemma4 {
 namespace {
@@ -33,28 +34,14 @@ at::Tensor as_fp32(const at::Tensor& x2d) {
   return x2d.scalar_type() == at::kFloat ? x2d : x2d.to(at::kFloat);
 }
 
-// The AVX2 kernel over weight rows [n0, n1): out[(n - n0) * M + m] = dot(w[n], x[m]). R weight rows per tile
-// keep R*M accumulators in 16 AVX2 registers; the last (n1 - n0) % R rows go one by one.
-template <int M, typename W>
-void avx2_rows(const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
-  constexpr int R = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
-  int64_t n = n0;
-  for (; n + R <= n1; n += R) linear::gemv_tile<M, R>(w + n * K, x, K, out + (n - n0) * M);
-  for (; n < n1; ++n) linear::gemv_tile<M, 1>(w + n * K, x, K, out + (n - n0) * M);
-}
-
+// The AVX2 kernel over weight rows [n0, n1): out[(n - n0) * M + m] = dot(w[n], x[m]).
 template <typename W>
 void avx2_rows(int64_t M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
-  switch (M) {
-    case 1: return avx2_rows<1>(w, x, K, n0, n1, out);
-    case 2: return avx2_rows<2>(w, x, K, n0, n1, out);
-    case 3: return avx2_rows<3>(w, x, K, n0, n1, out);
-    case 4: return avx2_rows<4>(w, x, K, n0, n1, out);
-    case 5: return avx2_rows<5>(w, x, K, n0, n1, out);
-    case 6: return avx2_rows<6>(w, x, K, n0, n1, out);
-    case 7: return avx2_rows<7>(w, x, K, n0, n1, out);
-    default: return avx2_rows<8>(w, x, K, n0, n1, out);
-  }
+  linear::with_rows(M, [&](auto m) {
+    linear::walk_rows<m()>(n0, n1, out, [&](auto r, int64_t n, float* o) {
+      linear::gemv_tile<m(), r()>(w + n * K, x, K, o);
+    });
+  });
 }
 
 // The decode kernel's instruction set: AVX-512 where the CPU has it; gemma4::linear_cpu_isa can force AVX2

@@ -5,6 +5,7 @@
 // x was faster on weights in the caches and slower in decode: dev/perf/gemv_dpbf16_tile.cpp.)
 // Reference: reference.linear in python/gemma4/ops/reference.py.
 #include "linear/linear_gemv_avx512.h"
+#include "linear/linear_gemv_rows.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -24,15 +25,10 @@ inline __m512 load16(const uint16_t* p, __mmask16 m) {
 
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
-// Rows of x and weight rows per tile: R*M accumulators, as in the AVX2 kernel; with few of them (R*M <= 4)
-// two k-steps run side by side to hide the FMA latency.
-template <int M>
-constexpr int rows_per_tile() { return M <= 2 ? 4 : (M <= 4 ? 2 : 1); }
-
 // out[r * M + m] = dot(w[r], x[m]) for R weight rows (stride K) and M rows of x (fp32, stride K).
 template <int M, int R, typename W>
 void tile(const W* w, const float* x, int64_t K, float* out) {
-  constexpr int U = R * M <= 4 ? 2 : 1;
+  constexpr int U = R * M <= 4 ? 2 : 1;  // with few accumulators two k-steps run side by side
   constexpr int64_t kLine = 64 / sizeof(W);  // weights per cache line
   __m512 tot[R][M];
   for (int r = 0; r < R; ++r)
@@ -77,27 +73,11 @@ void tile(const W* w, const float* x, int64_t K, float* out) {
     for (int m = 0; m < M; ++m) out[r * M + m] = _mm512_reduce_add_ps(tot[r][m]);
 }
 
-// Rows [n0, n1) tile by tile, the last (n1 - n0) % R one by one.
-template <int M, typename W>
-void rows(const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
-  constexpr int R = rows_per_tile<M>();
-  int64_t n = n0;
-  for (; n + R <= n1; n += R) tile<M, R>(w + n * K, x, K, out + (n - n0) * M);
-  for (; n < n1; ++n) tile<M, 1>(w + n * K, x, K, out + (n - n0) * M);
-}
-
 template <typename W>
 void rows_of(int M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
-  switch (M) {
-    case 1: return rows<1>(w, x, K, n0, n1, out);
-    case 2: return rows<2>(w, x, K, n0, n1, out);
-    case 3: return rows<3>(w, x, K, n0, n1, out);
-    case 4: return rows<4>(w, x, K, n0, n1, out);
-    case 5: return rows<5>(w, x, K, n0, n1, out);
-    case 6: return rows<6>(w, x, K, n0, n1, out);
-    case 7: return rows<7>(w, x, K, n0, n1, out);
-    default: return rows<8>(w, x, K, n0, n1, out);
-  }
+  with_rows(M, [&](auto m) {
+    walk_rows<m()>(n0, n1, out, [&](auto r, int64_t n, float* o) { tile<m(), r()>(w + n * K, x, K, o); });
+  });
 }
 
 }  // namespace
