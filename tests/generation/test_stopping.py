@@ -56,6 +56,17 @@ def _text(tok, ids):
     return tok.decode(ids.tolist(), skip_special_tokens=True)
 
 
+def _stop_ends_in_last_token(tok, ids, stop):
+    """Whether some occurrence of `stop` in the text of `ids` ends inside the text of the last token."""
+    text, before = _text(tok, ids), len(_text(tok, ids[:-1]))
+    at = text.find(stop)
+    while at != -1:
+        if at + len(stop) > before:
+            return True
+        at = text.find(stop, at + 1)
+    return False
+
+
 def test_generate_stops_at_stop_strings_like_transformers(e2b, tokenizers_pair):
     hf, ours, _ = e2b
     ours_tok, hf_tok = tokenizers_pair
@@ -70,8 +81,10 @@ def test_generate_stops_at_stop_strings_like_transformers(e2b, tokenizers_pair):
     want = hf.generate(ids, tokenizer=hf_tok, **kw)
     assert torch.equal(got, want)
     assert got.shape[1] <= L + 10
-    # the stop string (which may start in the prompt) ends inside the last token
-    assert stop in _text(ours_tok, got[0]) and stop not in _text(ours_tok, got[0, :-1])
+    # generation stopped at the first new token inside which the stop string ends (the string may start in,
+    # or already occur in, the prompt)
+    assert _stop_ends_in_last_token(ours_tok, got[0], stop)
+    assert not any(_stop_ends_in_last_token(ours_tok, got[0, :k], stop) for k in range(L + 1, got.shape[1]))
 
 
 def test_custom_stopping_criteria(e2b):
