@@ -48,6 +48,8 @@ TORCH_LIBRARY(gemma4, m) {
   m.def("qgemm(Tensor x, Tensor qweight, Tensor scales, Tensor? bias) -> Tensor");
   // CPU qgemm instruction set: "" reports it, "auto" | "avx2" | "avx512" selects it (tests run each path).
   m.def("qgemm_cpu_isa(str request) -> str");
+  // CUDA qgemm route for 16-bit x above 32 rows: "" reports it, "auto" | "tiled" | "dequant" selects it.
+  m.def("qgemm_cuda_path(str request) -> str");
 
   // Linear: y = x [..., K] @ weight [N, K]^T (+ bias [N]); float32 or bfloat16 (x, weight, bias one
   // dtype, or a bf16 weight under fp32 x), fp32 accumulation, one rounding to x's dtype.

@@ -13,9 +13,12 @@
 //    the same rows and are added in warp order through shared memory; where the rows are too few to fill the
 //    GPU, several blocks split K and a second kernel adds their sums in a fixed order (plan_gemv):
 //    deterministic either way. The weights are read once for all M rows, so M = 1..32 costs about one pass.
-//  * larger M, and fp32 x at any M: the weight is dequantized into an [N, K] workspace in x's dtype (each value rounded once from
-//    the exact q * scale, as plain PyTorch's dequant(W).to(dtype) does) and at::linear multiplies (cuBLAS;
-//    fp32 follows torch's allow_tf32 setting like torch.matmul).
+//  * kGemvMaxRows < M up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight into
+//    shared memory and dequantizes it in registers (qgemm_tc.cuh), so the weight crosses HBM once in its
+//    packed size instead of being written and read again at 16 bits.
+//  * larger M, and fp32 x at any M: the weight is dequantized into an [N, K] workspace in x's dtype (each value
+//    rounded once from the exact q * scale, as plain PyTorch's dequant(W).to(dtype) does) and at::linear
+//    multiplies (cuBLAS; fp32 follows torch's allow_tf32 setting like torch.matmul).
 #include <torch/library.h>
 
 #include <ATen/ops/empty.h>
@@ -30,6 +33,8 @@
 #include "common/cuda_launch.cuh"
 #include "common/cuda_vec.cuh"
 #include "quant/qgemm_cuda.cuh"
+#include "quant/qgemm_cuda_path.h"
+#include "quant/qgemm_tc.cuh"
 #include "quant/quant_checks.h"
 
 namespace gemma4::quant {
@@ -37,10 +42,19 @@ namespace {
 
 using namespace quant_cuda;
 
-// Up to this many activation rows the GEMV runs; above, dequantize + cuBLAS. The GEMV reads the weights once
+// Up to this many activation rows the GEMV runs; above, the tiled GEMM. The GEMV reads the weights once
 // whatever M, so it wins while its MMAs hide under the weight reads; benchmarks/gpu/bench_qgemm_gpu.py times
 // both sides of the switch (M = 32 vs 64).
 constexpr int64_t kGemvMaxRows = 32;
+// Above the GEMV, the tiled GEMM on the packed weight (qgemm_tc.cuh) where it beat dequantize + cuBLAS on the
+// H200 (benchmarks/gpu/bench_qgemm_gpu.py): always up to 64 rows, and up to 128 on weights of 2^25 values
+// or more, where the dequantize pass costs most (31B gate_up int4 at 128 rows: 261 against 435 us; E2B
+// gate_up, 19M values: 55 against 39). Above, cuBLAS's wgmma pipeline amortizes the extra pass.
+bool tiled_gemm_wins(int64_t M, int64_t N, int64_t K) {
+  const int forced = cuda_path();
+  if (forced != static_cast<int>(CudaPath::automatic)) return forced == static_cast<int>(CudaPath::tiled);
+  return M <= 64 || (M <= 128 && N * K >= (int64_t(1) << 25));
+}
 constexpr int kRowTiles = 2;  // 16-row MMA tiles per warp: 32 weight rows share each activation load
 // Weight bytes one lane loads per row and span (qgemm_cuda.cuh), by the rows of x. More bytes per load means
 // fewer load instructions, but R = 4 LB / run bytes runs per span leave only 8 / R x rows per MMA tile:
@@ -657,6 +671,31 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
   return y;
 }
 
+// M > kGemvMaxRows: the tiled tensor-core GEMM on the packed weight (qgemm_tc.cuh).
+at::Tensor qgemm_tc(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
+                    const std::optional<at::Tensor>& bias, int bits) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
+  at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
+  TcArgs a{};
+  a.x = x2.const_data_ptr();
+  a.qw = static_cast<const uint8_t*>(qweight.const_data_ptr());
+  a.scales = scales.const_data_ptr();
+  a.bias = bias ? bias->const_data_ptr() : nullptr;
+  a.y = y.mutable_data_ptr();
+  a.M = static_cast<int>(M);
+  a.N = static_cast<int>(N);
+  a.K = static_cast<int>(K);
+  a.G = static_cast<int>(scales.size(1));
+  a.group = static_cast<int>(K / a.G);
+  a.runs = static_cast<int>(K / 32);
+  dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
+    dispatch_bits(bits, [&]<int BITS>() {
+      dispatch_scale(scales.scalar_type(), [&]<typename S>() { launch_qgemm_tc<T, MT, S, BITS>(a, x2.options()); });
+    });
+  });
+  return y;
+}
+
 // Packed weight -> [N, K] in dtype (the large-M path's workspace).
 at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& scales, int bits, int64_t K,
                            at::ScalarType dtype) {
@@ -700,12 +739,16 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   const int bits = qweight_bits(qweight, op);
   // The vector loads need a 16-byte aligned base; a sliced qweight may not have one.
   const at::Tensor qw = cuda::aligned16(qweight.const_data_ptr()) ? qweight : qweight.clone();
-  const at::Tensor x2 = x.reshape({M, K});  // [M, K]
+  // x is copied to a 16-byte boundary where it does not start on one: the tiled GEMM's loads need it, and
+  // cuBLAS picks its kernel by alignment, so an aligned copy keeps the result independent of where x starts.
+  const at::Tensor x2 = cuda::aligned16(x.const_data_ptr()) ? x.reshape({M, K}) : x.reshape({M, K}).clone();  // [M, K]
   at::Tensor y;
   // fp32 x as three bf16 planes through the tensor cores measured 3-4x plain fp32's error on the H200
   // (their fp32 accumulation is not round-to-nearest), outside the 2x rule: fp32 dequantizes and uses cuBLAS.
   if (M <= kGemvMaxRows && x.scalar_type() != at::kFloat) {
     y = qgemv(x2, qw, scales, bias, bits);  // [M, N]
+  } else if (tiled_gemm_wins(M, N, K) && x.scalar_type() != at::kFloat) {
+    y = qgemm_tc(x2, qw, scales, bias, bits);  // [M, N]
   } else {
     const at::Tensor w = dequantize_cuda(qw, scales, bits, K, x.scalar_type());  // [N, K]
     y = at::linear(x2, w, bias);                                                  // [M, N]

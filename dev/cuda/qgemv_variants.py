@@ -1,10 +1,14 @@
-"""Times the CUDA qgemm GEMV (M <= 32) of whatever build GEMMA4_LIB_DIR points at, on the shapes of
-benchmarks/gpu/bench_qgemm_gpu.py, with its timer: one line per (shape, format, M) and a JSON file.
+"""Times the CUDA qgemm (by default the GEMV, M <= 32) of whatever build GEMMA4_LIB_DIR points at, on the
+shapes of benchmarks/gpu/bench_qgemm_gpu.py, with its timer: one line per (shape, format, M) and a JSON file.
 dev/device_runs/qgemv_variants.sh runs it once per build (the working tree, each patch of dev/cuda/experiments/).
+VM (comma-separated M values) and VMETHODS (methods of the benchmark, e.g. bf16_cublas) change what is timed;
+VPATH forces the CUDA qgemm's route above 32 rows (gemma4.ops.quant.qgemm_cuda_path: tiled, dequant).
 
     GEMMA4_LIB_DIR=build/d4 python dev/cuda/qgemv_variants.py d4 $OUT/variant-d4.json
+    VM=64,128,512 VMETHODS=ours_int4_g32,bf16_cublas GEMMA4_LIB_DIR=build/x python dev/cuda/qgemv_variants.py x x.json
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,17 +20,21 @@ from benchmarks.gpu.common import graph_time_ms  # noqa: E402
 
 
 def main(name: str, out: str):
+    if os.environ.get("VPATH"):
+        from gemma4.ops import quant
+
+        quant.qgemm_cuda_path(os.environ["VPATH"])
     rows = []
     for shape, (n, k) in SHAPES.items():
         methods = make_methods(n, k)
-        for meth in ("ours_int4_g32", "ours_int8_channel"):
+        for meth in os.environ.get("VMETHODS", "ours_int4_g32,ours_int8_channel").split(","):
             nbytes, weights, fn = methods[meth]
-            for m in (1, 2, 4, 8, 16, 32):
+            for m in [int(v) for v in os.environ.get("VM", "1,2,4,8,16,32").split(",")]:
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 calls = [lambda w=weights[i % len(weights)]: fn(x, *w) for i in range(max(len(weights), 8))]
                 us = graph_time_ms(calls, reps=7) * 1e3
                 rows.append(dict(variant=name, shape=shape, method=meth, M=m, us=us, TBps=nbytes / us / 1e6))
-                print(f"{name:5s} {shape:12s} {meth:18s} M={m:3d} {us:8.1f} us {nbytes / us / 1e6:5.2f} TB/s")
+                print(f"{name:5s} {shape:12s} {meth:18s} M={m:4d} {us:8.1f} us {nbytes / us / 1e6:5.2f} TB/s")
         del methods
         torch.cuda.empty_cache()
     Path(out).write_text(json.dumps(rows, indent=1))

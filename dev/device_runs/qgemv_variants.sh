@@ -49,10 +49,10 @@ import json, glob, os
 rows = [r for f in sorted(glob.glob(os.environ["OUT"] + "/variant-*.json")) for r in json.load(open(f))]
 keys = sorted({(r["shape"], r["method"], r["M"]) for r in rows})
 names = sorted({r["variant"] for r in rows})
-print("shape        method             M  " + " ".join(f"{n:>7s}" for n in names))
+print("shape        method               M  " + " ".join(f"{n:>7s}" for n in names))
 t = {(r["variant"], r["shape"], r["method"], r["M"]): r["us"] for r in rows}
 for k in keys:
-    print(f"{k[0]:12s} {k[1]:18s} {k[2]:2d} " + " ".join(f"{t.get((n,) + k, float('nan')):7.1f}" for n in names))
+    print(f"{k[0]:12s} {k[1]:18s} {k[2]:4d} " + " ".join(f"{t.get((n,) + k, float('nan')):7.1f}" for n in names))
 PY
 [ -z "$EXTRA" ] || eval "$EXTRA"
 tar -C $FINAL_OUT -czf $FINAL_OUT/logs.tgz logs && rm -rf $OUT

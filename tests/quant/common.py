@@ -46,3 +46,12 @@ def cpu_isa(request):
     qops.qgemm_cpu_isa(request.param)
     yield request.param
     qops.qgemm_cpu_isa("auto")
+
+
+@pytest.fixture(params=["auto", "tiled"])
+def cuda_path(request):
+    """Runs a CUDA test once on the route the shape picks (small test shapes: the tiled GEMM up to 64 rows,
+    dequantize + cuBLAS above) and once with the tiled tensor-core GEMM forced at every row count above 32."""
+    qops.qgemm_cuda_path(request.param)
+    yield request.param
+    qops.qgemm_cuda_path("auto")

@@ -74,6 +74,17 @@ def test_qgemm_cpu_isa_reports_and_rejects():
         ops.quant.qgemm_cpu_isa("sse")
 
 
+def test_qgemm_cuda_path_reports_and_rejects():
+    """The CUDA route selector is plain state, in every build (CPU calls ignore it)."""
+    assert ops.quant.qgemm_cuda_path() == "auto"
+    assert ops.quant.qgemm_cuda_path("tiled") == "tiled"
+    assert ops.quant.qgemm_cuda_path("dequant") == "dequant"
+    assert ops.quant.qgemm_cuda_path("auto") == "auto"
+    with pytest.raises(RuntimeError, match="request must be"):
+        ops.quant.qgemm_cuda_path("cublas")
+    assert ops.quant.qgemm_cuda_path() == "auto"
+
+
 def _bad(**over):
     args = dict(x=torch.randn(2, 64), qweight=random_qweight(8, 64, 4, 32)[0], scales=torch.rand(8, 2), bias=None)
     args.update(over)

@@ -1,5 +1,7 @@
 """gemma4::qgemm on CUDA (csrc/quant/qgemm_cuda.cu): the tensor-core GEMV (M <= 32, x tiles of 8, 16 and 32
-rows) and the dequantize + cuBLAS path above it, against float64 and against plain PyTorch doing the same
+rows), the tiled tensor-core GEMM on the packed weight (bf16/fp16 x above 32 rows; 64- and 128-row blocks,
+split over K where the tiles leave SMs idle) and the dequantize + cuBLAS path (fp32 x, and above the tiled
+GEMM's rows), each reached through the cuda_path fixture, against float64 and against plain PyTorch doing the same
 matmul in the activation dtype on the GPU (the error rule: at most 2x its error, plus one ulp of the
 largest output), and against the CPU kernel. Every format, activation dtype and scale dtype; K = 704 and
 2112 (odd numbers of 64-weight chunks, an odd run count's tail) and 1536; N not a multiple of 32 (tail
@@ -9,9 +11,10 @@ import torch
 
 from gemma4 import ops
 from gemma4._native import build_info
+from gemma4.ops import quant as qops
 from gemma4.ops import reference
 from tests.helpers import assert_lowp_close, assert_same, max_abs_err
-from tests.quant.common import FORMAT_IDS, FORMATS, random_qweight
+from tests.quant.common import FORMAT_IDS, FORMATS, cuda_path, random_qweight  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not (torch.cuda.is_available() and build_info["cuda"]),
@@ -19,8 +22,9 @@ pytestmark = [pytest.mark.cuda,
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SCALE_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# Both sides of the GEMV's 8-row tiles (1, 2, 4 tiles) and of the switch to dequantize + cuBLAS (32 | 33).
-M_VALUES = [1, 2, 3, 5, 8, 9, 16, 17, 32, 33, 64, 300]
+# Both sides of the GEMV's 8-row tiles (1, 2, 4 tiles), of the switch to the tiled GEMM (32 | 33), of its
+# 64-row blocks (64 | 65) and of its 128-row blocks (128 | 129), with partial blocks (300).
+M_VALUES = [1, 2, 3, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 300]
 
 
 def _check(qweight, scales, x, bias):
@@ -48,7 +52,7 @@ def _check(qweight, scales, x, bias):
 @pytest.mark.parametrize("k", [704, 2112, 1536])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("scale_dtype", SCALE_DTYPES, ids=lambda d: f"scales-{str(d)[6:]}")
-def test_qgemm_cuda_matches_reference(bits, group, k, dtype, scale_dtype):
+def test_qgemm_cuda_matches_reference(cuda_path, bits, group, k, dtype, scale_dtype):
     if group is not None and k % group:
         pytest.skip(f"K={k} is not a multiple of group {group}")
     n = 70  # two and a bit 32-row warp tiles: the tail rows
@@ -61,21 +65,65 @@ def test_qgemm_cuda_matches_reference(bits, group, k, dtype, scale_dtype):
 
 @pytest.mark.parametrize("bits,group", [(4, 32), (4, None), (8, None), (8, 32)], ids=str)
 @pytest.mark.parametrize("n,k", [(5000, 2112), (1000, 21504)])
-def test_qgemm_cuda_large_shapes(bits, group, n, k):
-    """Many rows (few K slices per block) and a long K (many chunks per warp, the unrolled loop's tail)."""
+def test_qgemm_cuda_large_shapes(cuda_path, bits, group, n, k):
+    """Many rows (few K slices per block; many tiled-GEMM blocks) and a long K (many chunks per warp, the
+    unrolled loop's tail; many pipeline stages)."""
     qweight, scales = random_qweight(n, k, bits, group, torch.bfloat16)
-    for m in (1, 8, 16, 32, 40):
+    for m in (1, 8, 16, 32, 40, 100, 200):
         x = torch.randn(m, k).to(torch.bfloat16)
         _check(qweight, scales, x, torch.randn(n).to(torch.bfloat16))
 
 
-def test_qgemm_cuda_odd_runs_and_small_k():
+def test_qgemm_cuda_odd_runs_and_small_k(cuda_path):
     """K = 96 and 32: an odd number of 32-weight runs (the int4 chunk's missing second run), one run."""
     for k in (96, 32, 160):
         for bits in (4, 8):
             qweight, scales = random_qweight(45, k, bits, 32)
-            for m in (1, 7, 20):
-                _check(qweight, scales, torch.randn(m, k), None)
+            for m, dtype in [(1, torch.float32), (7, torch.float32), (20, torch.float32), (20, torch.bfloat16),
+                             (50, torch.bfloat16), (140, torch.float16)]:
+                _check(qweight, scales, torch.randn(m, k).to(dtype), None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_qgemm_cuda_split_over_k(dtype):
+    """Few weight tiles and a long K: the tiled GEMM splits the tiles over K and adds the parts in order
+    (deterministic); many tiles: whole waves unsplit and the last partial wave split."""
+    qops.qgemm_cuda_path("tiled")
+    try:
+        for n, k, m in [(200, 21504, 48), (300, 8192, 130), (40000, 1024, 40)]:
+            qweight, scales = random_qweight(n, k, 4, 32, dtype)
+            x, bias = torch.randn(m, k).to(dtype), torch.randn(n).to(dtype)
+            _check(qweight, scales, x, bias)
+            q, s, xc = qweight.cuda(), scales.cuda(), x.cuda()
+            assert_same(ops.qgemm(xc, q, s), ops.qgemm(xc, q, s))
+    finally:
+        qops.qgemm_cuda_path("auto")
+
+
+def test_qgemm_cuda_route_rule():
+    """"auto" takes the tiled GEMM up to 64 rows and dequantize + cuBLAS above on small weights: both equal
+    their forced routes bit for bit."""
+    qweight, scales = random_qweight(256, 512, 4, 32, torch.bfloat16)
+    q, s = qweight.cuda(), scales.cuda()
+    try:
+        for m in (40, 64, 65, 200):
+            x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+            auto = ops.qgemm(x, q, s)
+            qops.qgemm_cuda_path("tiled" if m <= 64 else "dequant")
+            assert_same(auto, ops.qgemm(x, q, s))
+            qops.qgemm_cuda_path("auto")
+    finally:
+        qops.qgemm_cuda_path("auto")
+
+
+def test_qgemm_cuda_misaligned_x(cuda_path):
+    """An x whose data does not start on a 16-byte boundary, on every path: equal to an aligned copy."""
+    qweight, scales = random_qweight(100, 256, 4, 32, torch.bfloat16)
+    qweight, scales = qweight.cuda(), scales.cuda()
+    for m in (3, 40, 200):
+        buf = torch.randn(m * 256 + 1, device="cuda", dtype=torch.bfloat16)
+        x = buf[1:].view(m, 256)
+        assert_same(ops.qgemm(x, qweight, scales), ops.qgemm(x.clone(), qweight, scales))
 
 
 def test_qgemm_cuda_deterministic_and_leading_dims():
@@ -90,14 +138,14 @@ def test_qgemm_cuda_deterministic_and_leading_dims():
     assert ops.qgemm(torch.randn(0, 1536, device="cuda"), qweight, scales).shape == (0, 300)
 
 
-def test_qgemm_cuda_misaligned_qweight():
+def test_qgemm_cuda_misaligned_qweight(cuda_path):
     """A qweight whose data does not start on a 16-byte boundary (a slice) gives the same result."""
     qweight, scales = random_qweight(40, 256, 4, 64)
     buf = torch.empty(qweight.numel() + 3, dtype=torch.uint8, device="cuda")
     shifted = buf[3:].view(qweight.shape)
     shifted.copy_(qweight.cuda())
-    for m in (2, 50):
-        x = torch.randn(m, 256, device="cuda")
+    for m, dtype in [(2, torch.bfloat16), (50, torch.bfloat16), (50, torch.float32)]:
+        x = torch.randn(m, 256, device="cuda", dtype=dtype)
         assert_same(ops.qgemm(x, shifted, scales.cuda()), ops.qgemm(x, qweight.cuda(), scales.cuda()))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from gemma4 import _native  # noqa: F401  (loads the operator library)
 
-__all__ = ["qgemm", "qgemm_cpu_isa"]
+__all__ = ["qgemm", "qgemm_cpu_isa", "qgemm_cuda_path"]
 
 
 def qgemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -44,6 +44,14 @@ def qgemm_cpu_isa(request: str = "") -> str:
     our kernels there from 96 rows); a forced ``"avx2"`` / ``"avx512"`` keeps our kernels at every row
     count, and ``"dequant"`` forces that route for bf16 activations (tests reach every path this way)."""
     return torch.ops.gemma4.qgemm_cpu_isa(request)
+
+
+def qgemm_cuda_path(request: str = "") -> str:
+    """The CUDA kernels' route for bf16/fp16 activations of more than 32 rows: ``""`` reports it; ``"auto"``
+    (the default) picks by shape (the tiled tensor-core GEMM on the packed weight up to 64 rows, and up to
+    128 on large weights; above, dequantize to a 16-bit workspace and cuBLAS), ``"tiled"`` or ``"dequant"``
+    forces one at every row count (tests reach every path this way). Returns the route in use."""
+    return torch.ops.gemma4.qgemm_cuda_path(request)
 
 
 def _check_args(x, qweight, scales, bias) -> None:
