@@ -4,8 +4,10 @@
     python benchmarks/gpu/bench_qgemm_gpu.py --quick    # fewer M values
 
 Shapes: Gemma 4 31B gate_up (N 43008, K 5376) and down (N 5376, K 21504), E2B gate_up (N 12288, K 1536);
-bf16 activations, M = 1 .. 512 rows. Methods:
-  ours_int4_g32     gemma4::qgemm, int4 in groups of 32, bf16 scales (M <= 32: the tensor-core GEMV)
+bf16 activations, M = 1 .. 1024 rows. Methods:
+  ours_int4_g32     gemma4::qgemm, int4 in groups of 32, bf16 scales (its own route by M: the tensor-core
+                    GEMV up to 32 rows, the tiled tensor-core GEMM on the packed weight up to 64-128,
+                    dequantize + cuBLAS above)
   ours_int8_channel gemma4::qgemm, int8, one bf16 scale per output channel
   bf16_cublas       torch.matmul on the bf16 weight
   torch_int4_g32    torch.ops.aten._weight_int4pack_mm (tinygemm), group 32
@@ -29,7 +31,7 @@ from benchmarks.gpu.common import gpu_info, graph_time_ms, write_gpu_results  # 
 
 HBM_PEAK = 4.8e12
 SHAPES = {"31B gate_up": (43008, 5376), "31B down": (5376, 21504), "E2B gate_up": (12288, 1536)}
-M_VALUES = [1, 2, 4, 8, 16, 32, 64, 128, 512]
+M_VALUES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 ROTATE_BYTES = 150 << 20
 
 
@@ -138,7 +140,10 @@ def main():
                 summary[f"{shape} {meth} M16/M1"] = round(m16 / m1, 3)
             m32, m64 = t.get((shape, meth, 32)), t.get((shape, meth, 64))
             if m32 and m64:
-                summary[f"{shape} {meth} M64/M32 (GEMV <= 32, dequant+cuBLAS above)"] = round(m64 / m32, 3)
+                summary[f"{shape} {meth} M64/M32 (GEMV <= 32, tiled GEMM above)"] = round(m64 / m32, 3)
+            m128, cublas = t.get((shape, meth, 128)), t.get((shape, "bf16_cublas", 128))
+            if m128 and cublas:
+                summary[f"{shape} {meth} M128 / bf16 cuBLAS (target <= 1)"] = round(m128 / cublas, 3)
     g = t.get(("31B gate_up", "ours_int4_g32", 1))
     if g:
         summary["31B gate_up int4 g32 M=1 us (target <= 40)"] = round(g, 1)

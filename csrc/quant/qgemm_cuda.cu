@@ -573,21 +573,28 @@ void dispatch_x(at::ScalarType s, F&& f) {
   }
 }
 
+// The fields the GEMV's and the tiled GEMM's arguments share: weights, scales, bias, output and sizes.
+template <typename Args>
+void fill_operands(Args& a, const at::Tensor& qweight, const at::Tensor& scales, const std::optional<at::Tensor>& bias,
+                   at::Tensor& y, int64_t K) {
+  a.qw = static_cast<const uint8_t*>(qweight.const_data_ptr());
+  a.scales = scales.const_data_ptr();
+  a.bias = bias ? bias->const_data_ptr() : nullptr;
+  a.y = y.mutable_data_ptr();
+  a.M = static_cast<int>(y.size(0));
+  a.N = static_cast<int>(y.size(1));
+  a.K = static_cast<decltype(a.K)>(K);
+  a.G = static_cast<int>(scales.size(1));
+  a.group = static_cast<int>(K / a.G);
+}
+
 at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                  const std::optional<at::Tensor>& bias, int bits) {
   const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
   const int runs = static_cast<int>(K / 32);
   at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
   GemvArgs a{};
-  a.qw = static_cast<const uint8_t*>(qweight.const_data_ptr());
-  a.scales = scales.const_data_ptr();
-  a.bias = bias ? bias->const_data_ptr() : nullptr;
-  a.y = y.mutable_data_ptr();
-  a.M = static_cast<int>(M);
-  a.N = static_cast<int>(N);
-  a.K = K;
-  a.G = static_cast<int>(scales.size(1));
-  a.group = static_cast<int>(K / a.G);
+  fill_operands(a, qweight, scales, bias, y, K);
   a.runs = runs;
   a.pair_scales = a.group == 32 && a.G % 2 == 0 &&
                   reinterpret_cast<uintptr_t>(a.scales) % (2 * scales.element_size()) == 0;
@@ -677,16 +684,8 @@ at::Tensor qgemm_tc(const at::Tensor& x2, const at::Tensor& qweight, const at::T
   const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
   at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
   TcArgs a{};
+  fill_operands(a, qweight, scales, bias, y, K);
   a.x = x2.const_data_ptr();
-  a.qw = static_cast<const uint8_t*>(qweight.const_data_ptr());
-  a.scales = scales.const_data_ptr();
-  a.bias = bias ? bias->const_data_ptr() : nullptr;
-  a.y = y.mutable_data_ptr();
-  a.M = static_cast<int>(M);
-  a.N = static_cast<int>(N);
-  a.K = static_cast<int>(K);
-  a.G = static_cast<int>(scales.size(1));
-  a.group = static_cast<int>(K / a.G);
   a.runs = static_cast<int>(K / 32);
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_bits(bits, [&]<int BITS>() {
