@@ -2,6 +2,7 @@
 
     python benchmarks/gpu/bench_model.py                       # E2B, 26B-A4B, 31B shapes, bf16
     python benchmarks/gpu/bench_model.py --models gemma-4-E2B --new-tokens 64
+    python benchmarks/gpu/bench_model.py --models gemma-4-E2B --quantize int4,int8   # also ours quantized
 
 Random weights (the released shapes, full vocabulary), bfloat16, one prompt of --prompt-len tokens.
 Both models hold the same tensors: ours is built on the GPU, transformers receives its state dict.
@@ -9,7 +10,9 @@ decode tokens/s = N / (time(generate N+1) - time(generate 1)): the steady step w
 prefill tokens/s = prompt length / time of one forward (logits of the last position only).
 The bandwidth limit of a decode step is the bytes it must read (every weight touched per token:
 embeddings one row, MoE only the routed experts) over the measured copy bandwidth (--bandwidth).
-Results: benchmarks/results/model_gpu-<gpu>.json and .png.
+--quantize times ours again with its Linears (and MoE experts) quantized by gemma4.quantize: int4 in groups
+of 32, int8 per channel; embeddings and the tied head stay bf16 (the defaults).
+Results: benchmarks/results/model_gpu-<gpu>.json and .png (model_gpu_quantized-<gpu> with --quantize).
 """
 from __future__ import annotations
 
@@ -97,7 +100,19 @@ def build_pair(preset: str, dtype: torch.dtype):
     return config, ours, hf.eval()
 
 
-def bench(preset: str, prompt_len: int, new_tokens: int, runs: int, bandwidth: float) -> dict:
+def time_model(model, ids, prompt_len: int, new_tokens: int, runs: int, kw: dict) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) of one model."""
+    def gen(n):
+        return model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+
+    pre = _sync_time(lambda: model(input_ids=ids, logits_to_keep=1), runs)
+    one = _sync_time(lambda: gen(1), runs)
+    full = _sync_time(lambda: gen(new_tokens + 1), max(1, runs // 2))
+    return prompt_len / pre, new_tokens / max(full - one, 1e-9)
+
+
+def bench(preset: str, prompt_len: int, new_tokens: int, runs: int, bandwidth: float,
+          quantize: list[str]) -> dict:
     config, ours, hf = build_pair(preset, torch.bfloat16)
     ids = torch.randint(3, config.vocab_size, (1, prompt_len), device="cuda")
     ids[0, 0] = 2
@@ -109,20 +124,27 @@ def bench(preset: str, prompt_len: int, new_tokens: int, runs: int, bandwidth: f
         agree = (a[0, prompt_len:] == b[0, prompt_len:]).int().cumprod(0).sum().item()
         row["tokens_agree_prefix"] = int(agree)  # bf16: both approximate fp32, they may part late
         for name, model in (("ours", ours), ("transformers", hf)):
-            def gen(n, model=model):
-                return model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            row[f"{name}_prefill_tok_s"], row[f"{name}_decode_tok_s"] = time_model(
+                model, ids, prompt_len, new_tokens, runs, kw)
+    del hf
+    for q in quantize:  # a quantized copy of ours (the bf16 model stays for the next one)
+        import copy
 
-            pre = _sync_time(lambda model=model: model(input_ids=ids, logits_to_keep=1), runs)
-            one = _sync_time(lambda: gen(1), runs)
-            full = _sync_time(lambda: gen(new_tokens + 1), max(1, runs // 2))
-            row[f"{name}_prefill_tok_s"] = prompt_len / pre
-            row[f"{name}_decode_tok_s"] = new_tokens / max(full - one, 1e-9)
+        import gemma4
+
+        qmodel = gemma4.quantize(copy.deepcopy(ours), gemma4.QuantizationConfig(
+            weights=q, group_size=32 if q == "int4" else None))
+        with torch.inference_mode():
+            row[f"ours_{q}_prefill_tok_s"], row[f"ours_{q}_decode_tok_s"] = time_model(
+                qmodel, ids, prompt_len, new_tokens, runs, kw)
+        row[f"ours_{q}_decode_vs_bf16"] = row[f"ours_{q}_decode_tok_s"] / row["ours_decode_tok_s"]
+        del qmodel
     row["decode_speedup"] = row["ours_decode_tok_s"] / row["transformers_decode_tok_s"]
     row["prefill_speedup"] = row["ours_prefill_tok_s"] / row["transformers_prefill_tok_s"]
     row["decode_bytes"] = decode_bytes(config)
     row["decode_limit_tok_s"] = bandwidth / row["decode_bytes"]
     row["decode_fraction_of_limit"] = row["ours_decode_tok_s"] / row["decode_limit_tok_s"]
-    del ours, hf
+    del ours
     gc.collect()
     torch.cuda.empty_cache()
     return row
@@ -153,11 +175,13 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--bandwidth", type=float, default=4.2e12, help="measured copy bandwidth, bytes/s")
+    ap.add_argument("--quantize", default="", help="also time ours quantized: int4 and/or int8, comma-separated")
     args = ap.parse_args(argv)
+    quantize = [q for q in args.quantize.split(",") if q]
     rows = []
     for preset in args.models.split(","):
         try:
-            rows.append(bench(preset, args.prompt_len, args.new_tokens, args.runs, args.bandwidth))
+            rows.append(bench(preset, args.prompt_len, args.new_tokens, args.runs, args.bandwidth, quantize))
         except torch.OutOfMemoryError as e:
             print(f"{preset}: out of GPU memory ({e}); skipped")
             gc.collect()
@@ -169,7 +193,12 @@ def main(argv=None) -> int:
               f"{r['decode_limit_tok_s']:.0f}; prefill {r['ours_prefill_tok_s']:.0f} vs "
               f"{r['transformers_prefill_tok_s']:.0f} tok/s ({r['prefill_speedup']:.2f}x); "
               f"greedy agree {r['tokens_agree_prefix']}/{args.new_tokens}", flush=True)
-    write_gpu_results("model_gpu", rows, gpu_info(), plot(rows))
+        for q in quantize:
+            print(f"{preset} {q}: decode {r[f'ours_{q}_decode_tok_s']:.1f} tok/s "
+                  f"({r[f'ours_{q}_decode_vs_bf16']:.2f}x bf16), prefill {r[f'ours_{q}_prefill_tok_s']:.0f} tok/s",
+                  flush=True)
+    # a --quantize run has its own file, so a run of one model does not replace the bf16 table of three
+    write_gpu_results("model_gpu_quantized" if quantize else "model_gpu", rows, gpu_info(), plot(rows))
     return 0
 
 

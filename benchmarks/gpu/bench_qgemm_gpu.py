@@ -95,6 +95,7 @@ def make_methods(n: int, k: int):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="M = 1, 16, 64, 512 only")
+    ap.add_argument("--m", default="", help="comma-separated M values instead of the default list")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
@@ -102,7 +103,7 @@ def main():
     info = gpu_info()
     print(f"# {info['gpu']}, torch {info['torch']}, CUDA {info['cuda']}; bf16 activations; "
           f"HBM peak {HBM_PEAK / 1e12:.1f} TB/s")
-    m_values = [1, 16, 64, 512] if args.quick else M_VALUES
+    m_values = [int(v) for v in args.m.split(",")] if args.m else [1, 16, 64, 512] if args.quick else M_VALUES
     rows = []
     for shape, (n, k) in SHAPES.items():
         methods = make_methods(n, k)

@@ -1,15 +1,18 @@
-// The CUDA qgemm for many activation rows (M > kGemvMaxRows, bf16/fp16 x): a tiled tensor-core GEMM that
-// reads the packed int4/int8 weight directly, y = x @ dequant(W)^T (+ bias). Reference:
-// gemma4.ops.reference.qgemm. Replaces dequantize-into-a-workspace + cuBLAS, which writes and reads the
-// whole 16-bit weight on every call (3.6x bf16 cuBLAS at M = 128 on the 31B gate_up shape, H200).
+// The CUDA qgemm for more activation rows than the GEMV's (bf16/fp16 x): a tiled tensor-core GEMM that reads
+// the packed int4/int8 weight directly, y = x @ dequant(W)^T (+ bias). Reference: gemma4.ops.reference.qgemm.
+// Where it runs instead of dequantize-into-a-workspace + cuBLAS (which writes and reads the whole 16-bit
+// weight on every call): qgemm_cuda.cu's tiled_gemm_wins.
 //
-// Block tile BM x BN x BK = (32 MTILES) x 128 x 64 (x rows x weight rows x k), 8 warps as 2 (x rows) x 4
-// (weight rows), each warp 16 MTILES x 32 computed with mma.sync m16n8k16 (fp32 accumulation): x is the A
-// operand (ldmatrix from shared memory), the weight the B operand (its B fragment "col" layout is W's own
-// [N, K] row-major order). Both are staged in shared memory by 16-byte cp.async, STAGES deep, rows and k
-// past the ends zero-filled.
+// Block tile BM x BN x BK = (16 MTILES) x 128 x 64 (x rows x weight rows x k), 4 warps side by side along
+// the weight rows, each warp all BM x rows x 32 weight rows, computed with mma.sync m16n8k16 (fp32
+// accumulation): x is the A operand (ldmatrix from shared memory), the weight the B operand (its B
+// fragment "col" layout is W's own [N, K] row-major order). x, the packed weight and the stage's scales are
+// staged in shared memory by cp.async, STAGES deep, rows and k past the ends zero-filled. Of the layouts
+// measured on the H200 (dev/cuda/experiments/README.md) this one, a warp owning every x row of the block,
+// dequantizes each weight once per block and reuses each x fragment for 4 weight tiles; 128 threads of up to
+// 255 registers, two blocks an SM.
 //
-// Dequantization happens in registers, once per warp and weight: lane (g, t) needs, of weight row g of an
+// Dequantization happens in registers, once per block and weight: lane (g, t) needs, of weight row g of an
 // 8-row tile and each 16-wide k step, the k slots {2t, 2t+1, 2t+8, 2t+9}. In a 32-weight int4 run byte i
 // holds weights i (low nibble) and i + 16 (high), so bytes {2t, 2t+1, 2t+8, 2t+9} of the run give the lane
 // both steps of the run: two 32-bit shared loads and one byte permute gather them, the low nibbles are
@@ -33,8 +36,8 @@
 
 namespace gemma4::quant_cuda {
 
-constexpr int kTcWarpsM = 1, kTcWarpsN = 8, kTcThreads = 32 * kTcWarpsM * kTcWarpsN;
-constexpr int kTcNTiles = 2;                          // 8-row weight tiles per warp
+constexpr int kTcWarpsM = 1, kTcWarpsN = 4, kTcThreads = 32 * kTcWarpsM * kTcWarpsN;  // warps: x rows x weight rows
+constexpr int kTcNTiles = 4;                          // 8-row weight tiles per warp
 constexpr int kTcBN = kTcWarpsN * kTcNTiles * 8;      // 128 weight rows per block
 constexpr int kTcBK = 64;                             // k per stage: two 32-weight runs
 constexpr int kTcXStride = kTcBK + 8;  // x tile row, elements: 144 bytes, so ldmatrix's 8 rows hit 8 bank groups
@@ -334,13 +337,13 @@ __global__ void __launch_bounds__(128) qgemm_tc_fixup_kernel(const TcArgs a) {
 // The split that finishes first by a wave model. `slots` blocks run at once (SMs x resident blocks); whole
 // waves of tiles run unsplit, and the last, partial wave's tiles are split over K into as many parts as fill
 // the slots (at least kMinStages stages a part), if that is faster counting the fp32 parts' round trip
-// through memory. Time in stages of one block: a block's stage is 2 BM BN 64 FLOP at an assumed 600 TFLOP/s
-// over 132 SMs (an H200's mma.sync rate), the parts move at 3 TB/s. Without a split the last wave runs
+// through memory. Time in stages of one block: a block's stage is 2 BM BN 64 FLOP at the ~300 TFLOP/s this
+// kernel reaches over the H200's 132 SMs (31B gate_up, 1024 rows), the parts move at 3 TB/s. Without a split the last wave runs
 // whole stage counts on few SMs: 31B gate_up at 128 rows is 336 tiles on 264 slots, 2 waves for 1.27
 // waves of work; 31B down, 42 tiles, would use a sixth of the GPU.
 inline TcPlan plan_tc(int tiles, int ktiles, int slots, int bm, int sms) {
   constexpr int kMinStages = 4;
-  constexpr double kFlopsPerSm = 600e12 / 132, kBytesPerS = 3e12;
+  constexpr double kFlopsPerSm = 300e12 / 132, kBytesPerS = 3e12;
   TcPlan plan{tiles, 1, tiles};
   const int full = tiles / slots * slots, rest = tiles - full;
   const int splits = std::min(rest > 0 ? slots / rest : 1, ktiles / kMinStages);
@@ -353,7 +356,7 @@ inline TcPlan plan_tc(int tiles, int ktiles, int slots, int bm, int sms) {
   return plan;
 }
 
-// Launches the GEMM on the current stream: MTILES = 2 (64 x rows a block) up to 64 rows, else 4 (128). Fills
+// Launches the GEMM on the current stream: MTILES = 4 (64 x rows a block) up to 64 rows, else 8 (128). Fills
 // a's tiling and split fields; a split allocates the parts' workspace (torch's caching allocator, so the call
 // can be captured in a CUDA graph).
 template <typename T, typename MT, typename S, int BITS>
