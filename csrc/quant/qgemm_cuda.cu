@@ -47,9 +47,10 @@ using namespace quant_cuda;
 // both sides of the switch (M = 32 vs 64).
 constexpr int64_t kGemvMaxRows = 32;
 // Above the GEMV, the tiled GEMM on the packed weight (qgemm_tc.cuh) where it beat dequantize + cuBLAS on the
-// H200 (benchmarks/gpu/bench_qgemm_gpu.py): always up to 64 rows, and up to 128 on weights of 2^25 values
-// or more, where the dequantize pass costs most (31B gate_up int4 at 128 rows: 261 against 435 us; E2B
-// gate_up, 19M values: 55 against 39). Above, cuBLAS's wgmma pipeline amortizes the extra pass.
+// H200 (dev/cuda/experiments/README.md): always up to 64 rows, and up to 128 on weights of 2^25 values or
+// more, where the dequantize pass costs most (31B gate_up int4 at 128 rows: 225 against 435 us; E2B
+// gate_up, 19M values: 38.9 against 39.0, int8 42.3 against 39.5). From 256 rows cuBLAS's wgmma pipeline
+// amortizes the extra pass (31B gate_up int8: 540 against 473 us).
 bool tiled_gemm_wins(int64_t M, int64_t N, int64_t K) {
   const int forced = cuda_path();
   if (forced != static_cast<int>(CudaPath::automatic)) return forced == static_cast<int>(CudaPath::tiled);
