@@ -92,11 +92,54 @@ def make_methods(n: int, k: int):
     return methods
 
 
+def plot_for(rows: list[dict], gpu: str):
+    """plot(plt) for benchmarks.common.write_results: µs per call against M, one panel per shape."""
+    def plot(plt):
+        fig, axes = plt.subplots(1, len(SHAPES), figsize=(5.2 * len(SHAPES), 4.2))
+        for ax, shape in zip(axes, SHAPES):
+            for meth in sorted({r["method"] for r in rows}):
+                pts = [(r["M"], r["us"]) for r in rows if r["shape"] == shape and r["method"] == meth and "us" in r]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=meth)
+            n, k = SHAPES[shape]
+            ax.axhline(n * k / 2 / HBM_PEAK * 1e6, color="k", lw=0.8, ls="--", label="int4 bytes at 4.8 TB/s")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("M (rows of x)")
+            ax.set_ylabel("µs per call")
+            ax.set_title(f"{shape} (N {n}, K {k})")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"gemma4 qgemm vs cuBLAS bf16 and torch int4/int8, {gpu}")
+        fig.tight_layout()
+        return fig
+
+    return plot
+
+
+def replot(path: str) -> None:
+    """Redraw the PNG beside a results JSON (the device returns few files)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(Path(path).read_text())
+    fig = plot_for(doc["rows"], doc["machine"]["gpu"])(plt)
+    fig.savefig(Path(path).with_suffix(".png"), dpi=120)
+    print(f"wrote {Path(path).with_suffix('.png')}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="M = 1, 16, 64, 512 only")
     ap.add_argument("--m", default="", help="comma-separated M values instead of the default list")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the plot of a results file")
     args = ap.parse_args()
+    if args.replot:
+        return replot(args.replot)
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
     t0 = time.time()
@@ -151,27 +194,7 @@ def main():
     for key, val in summary.items():
         print(f"{key}: {val}")
 
-    def plot(plt):
-        fig, axes = plt.subplots(1, len(SHAPES), figsize=(5.2 * len(SHAPES), 4.2))
-        for ax, shape in zip(axes, SHAPES):
-            for meth in sorted({r["method"] for r in rows}):
-                pts = [(r["M"], r["us"]) for r in rows if r["shape"] == shape and r["method"] == meth and "us" in r]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=meth)
-            n, k = SHAPES[shape]
-            ax.axhline(n * k / 2 / HBM_PEAK * 1e6, color="k", lw=0.8, ls="--", label="int4 bytes at 4.8 TB/s")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("M (rows of x)")
-            ax.set_ylabel("µs per call")
-            ax.set_title(f"{shape} (N {n}, K {k})")
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-        fig.suptitle(f"gemma4 qgemm vs cuBLAS bf16 and torch int4/int8, {info['gpu']}")
-        fig.tight_layout()
-        return fig
-
-    write_gpu_results("qgemm_gpu", rows, info, plot=plot,
+    write_gpu_results("qgemm_gpu", rows, info, plot=plot_for(rows, info["gpu"]),
                       extra={"hbm_peak_Bps": HBM_PEAK, "summary": summary, "seconds": round(time.time() - t0, 1)})
     print(f"total {time.time() - t0:.0f} s")
 
