@@ -22,9 +22,9 @@
 namespace gemma4::quant {
 namespace {
 
-// avx2 / avx512: our kernels on that instruction set. dequant (forced, for tests): bf16 x always takes the
-// dequantize-then-GEMM route below, other activations the best instruction set.
-enum class Isa : int { avx2 = 0, avx512 = 1, dequant = 2 };
+// avx2 / avx512 / avx512vnni: our kernels on that instruction set. dequant (forced, for tests): bf16 x always
+// takes the dequantize-then-GEMM route below, other activations the best instruction set.
+enum class Isa : int { avx2 = 0, avx512 = 1, dequant = 2, avx512vnni = 3 };
 
 bool cpu_has_avx512() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -36,8 +36,19 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool cpu_has_avx512_vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+// The best instruction set this CPU supports.
+Isa best_isa() { return cpu_has_avx512_vnni() ? Isa::avx512vnni : cpu_has_avx512() ? Isa::avx512 : Isa::avx2; }
+
 std::atomic<int>& active_isa() {
-  static std::atomic<int> isa{static_cast<int>(cpu_has_avx512() ? Isa::avx512 : Isa::avx2)};
+  static std::atomic<int> isa{static_cast<int>(best_isa())};
   return isa;
 }
 
@@ -49,24 +60,34 @@ std::atomic<bool>& isa_forced() {
 }
 
 const char* isa_name(int isa) {
-  return isa == static_cast<int>(Isa::dequant) ? "dequant" : isa == static_cast<int>(Isa::avx512) ? "avx512" : "avx2";
+  switch (static_cast<Isa>(isa)) {
+    case Isa::dequant: return "dequant";
+    case Isa::avx512: return "avx512";
+    case Isa::avx512vnni: return "avx512vnni";
+    default: return "avx2";
+  }
 }
 
-// "" -> report; "auto" -> best available; "avx2" / "avx512" / "dequant" -> force (tests run every path).
+// "" -> report; "auto" -> best available; "avx2" / "avx512" / "avx512vnni" / "dequant" -> force (tests run
+// every path).
 std::string qgemm_cpu_isa(c10::string_view request) {
   const std::string req(request);
   if (!req.empty()) isa_forced() = req != "auto";
   if (req == "auto") {
-    active_isa() = static_cast<int>(cpu_has_avx512() ? Isa::avx512 : Isa::avx2);
+    active_isa() = static_cast<int>(best_isa());
   } else if (req == "avx2") {
     active_isa() = static_cast<int>(Isa::avx2);
   } else if (req == "avx512") {
     TORCH_CHECK(cpu_has_avx512(), "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX-512F and AVX-512BW");
     active_isa() = static_cast<int>(Isa::avx512);
+  } else if (req == "avx512vnni") {
+    TORCH_CHECK(cpu_has_avx512_vnni(), "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX512_VNNI");
+    active_isa() = static_cast<int>(Isa::avx512vnni);
   } else if (req == "dequant") {
     active_isa() = static_cast<int>(Isa::dequant);
   } else {
-    TORCH_CHECK(req.empty(), "gemma4::qgemm_cpu_isa: request must be '', 'auto', 'avx2', 'avx512' or 'dequant', got '",
+    TORCH_CHECK(req.empty(),
+                "gemma4::qgemm_cpu_isa: request must be '', 'auto', 'avx2', 'avx512', 'avx512vnni' or 'dequant', got '",
                 req, "'");
   }
   return isa_name(active_isa());
@@ -264,11 +285,14 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   }
 
 #if defined(__AVX2__)
-  const bool avx512 = active_isa() == static_cast<int>(Isa::avx512) || (dequant_forced && cpu_has_avx512());
+  // A forced "dequant" runs other activations on the best instruction set.
+  const Isa isa = dequant_forced ? best_isa() : static_cast<Isa>(active_isa().load());
   const int64_t blocks = (N + kQgemmRowBlock - 1) / kQgemmRowBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     const int64_t n0 = b0 * kQgemmRowBlock, n1 = std::min(N, b1 * kQgemmRowBlock);
-    if (avx512) {
+    if (isa == Isa::avx512vnni) {
+      avx512vnni::qgemm_rows(p, n0, n1);
+    } else if (isa == Isa::avx512) {
       avx512::qgemm_rows(p, n0, n1);
     } else {
       avx2::qgemm_rows(p, n0, n1);

@@ -66,10 +66,16 @@ inline void g32_unpack(const uint8_t* w, __m256i out[4]) {
 }
 
 // Their int32 products with one x row's step (xp: 64 int16 in lane order): low half block 2t, high 2t+1.
+// With VNNI, vpdpwssd multiplies, adds pairs and accumulates in one instruction (the same exact int32 sums).
 inline __m256i g32_dot(const __m256i w[4], const int16_t* xp) {
   const auto x = [xp](int j) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 16 * j)); };
+#if defined(GEMMA4_QGEMM_VNNI)
+  const __m256i s01 = _mm256_dpwssd_epi32(_mm256_madd_epi16(w[0], x(0)), w[1], x(1));
+  return _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(s01, w[2], x(2)), w[3], x(3));
+#else
   return _mm256_add_epi32(_mm256_add_epi32(_mm256_madd_epi16(w[0], x(0)), _mm256_madd_epi16(w[1], x(1))),
                           _mm256_add_epi32(_mm256_madd_epi16(w[2], x(2)), _mm256_madd_epi16(w[3], x(3))));
+#endif
 }
 
 inline float g32_hsum(__m256 v) {
@@ -115,12 +121,19 @@ inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
 }
 
 // Weight rows [n_begin, n_end) against every x row: blocks of kQgemmRowBlock weight rows stay in cache
-// while the x rows sweep them in pairs.
+// while the x rows sweep them in pairs, or with VNNI in fours where four rows of int16 x fit in 16 KB of L1
+// (K <= 2048): its 24 live vectors need AVX-512's 32 registers, and its cheaper dot products leave the
+// unpacking as the larger cost to share.
 template <class S, int BITS>
 inline void g32_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end) {
   for (int64_t nb = n_begin; nb < n_end; nb += kQgemmRowBlock) {
     const int64_t ne = nb + kQgemmRowBlock < n_end ? nb + kQgemmRowBlock : n_end;
     int64_t m = 0;
+#if defined(GEMMA4_QGEMM_VNNI)
+    if (4 * p.K * 2 <= 16384)
+      for (; m + 4 <= p.M; m += 4)
+        for (int64_t n = nb; n < ne; ++n) g32_row<S, BITS, 4>(p, m, n);
+#endif
     for (; m + 2 <= p.M; m += 2)
       for (int64_t n = nb; n < ne; ++n) g32_row<S, BITS, 2>(p, m, n);
     if (m < p.M)

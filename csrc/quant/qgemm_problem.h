@@ -60,5 +60,8 @@ void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
 namespace avx512 {
 void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
 }
+namespace avx512vnni {
+void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
+}
 
 }  // namespace gemma4::quant

@@ -27,22 +27,23 @@ def random_qweight(n: int, k: int, bits: int, group: int | None, scale_dtype=tor
 
 def available_isas():
     isas = ["avx2"]
-    try:
-        qops.qgemm_cpu_isa("avx512")
-        isas.append("avx512")
-    except RuntimeError:
-        pass
-    finally:
-        qops.qgemm_cpu_isa("auto")
+    for isa in ("avx512", "avx512vnni"):
+        try:
+            qops.qgemm_cpu_isa(isa)
+            isas.append(isa)
+        except RuntimeError:
+            pass
+        finally:
+            qops.qgemm_cpu_isa("auto")
     return isas
 
 
-@pytest.fixture(params=["avx2", "avx512", "dequant"])
+@pytest.fixture(params=["avx2", "avx512", "avx512vnni", "dequant"])
 def cpu_isa(request):
-    """Runs a test once per CPU kernel instruction set (AVX-512 skipped where the CPU lacks it), and once
-    with bf16 activations on the dequantize-then-GEMM route (torch's bf16 GEMM: any CPU can run it)."""
+    """Runs a test once per CPU kernel instruction set (AVX-512 and VNNI skipped where the CPU lacks them),
+    and once with bf16 activations on the dequantize-then-GEMM route (torch's bf16 GEMM: any CPU can run it)."""
     if request.param not in available_isas() + ["dequant"]:
-        pytest.skip("this CPU has no AVX-512F")
+        pytest.skip(f"this CPU has no {request.param}")
     qops.qgemm_cpu_isa(request.param)
     yield request.param
     qops.qgemm_cpu_isa("auto")

@@ -36,12 +36,13 @@ def qgemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 
 def qgemm_cpu_isa(request: str = "") -> str:
-    """The CPU kernels' instruction set: ``""`` reports it; ``"auto"``, ``"avx2"`` or ``"avx512"`` selects
-    it (AVX-512 only where the CPU and OS support it). Returns the one in use.
+    """The CPU kernels' instruction set: ``""`` reports it; ``"auto"``, ``"avx2"``, ``"avx512"`` or
+    ``"avx512vnni"`` selects it (AVX-512 only where the CPU and OS support it, VNNI where the CPU has
+    AVX512_VNNI; ``"auto"`` picks the best). Returns the one in use.
 
     ``"auto"`` (the default) also lets bf16 activations of 64 rows or more, on a CPU with a native bf16
     GEMM (AVX512-BF16 or AMX), dequantize the weight to bf16 a slab at a time and use torch's GEMM (2-3x
-    our kernels there from 96 rows); a forced ``"avx2"`` / ``"avx512"`` keeps our kernels at every row
+    our kernels there from 96 rows); a forced ``"avx2"`` / ``"avx512"`` / ``"avx512vnni"`` keeps our kernels at every row
     count, and ``"dequant"`` forces that route for bf16 activations (tests reach every path this way)."""
     return torch.ops.gemma4.qgemm_cpu_isa(request)
 
