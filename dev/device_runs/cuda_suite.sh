@@ -2,13 +2,7 @@
 # One device call: build every kernel folder for sm_90, run the whole test suite (CUDA cases included)
 # across 8 workers, then the bad-input probe. Logs go to $OUT.  Usage (copy's root): dev/device_runs/cuda_suite.sh
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
-cmake -S . -B build/x -G Ninja -DPython_EXECUTABLE="$(which python3)" -DGEMMA4_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 >$OUT/cmake.log 2>&1 || { tail -30 $OUT/cmake.log; exit 1; }
-start=$(date +%s)
-ninja -C build/x -j16 >$OUT/build.log 2>&1 || { grep -B2 -A12 "error" $OUT/build.log | head -80; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"
-export GEMMA4_LIB_DIR=$PWD/build/x PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
+source dev/device_runs/build_sm90.sh
 timeout ${TEST_S:-300} python3 -m pytest -q -p no:cacheprovider -n ${WORKERS:-8} ${TESTS:-tests} ${TEST_K:+-k "$TEST_K"} \
   >$OUT/tests.log 2>&1; echo "tests rc=$?"
 grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -40

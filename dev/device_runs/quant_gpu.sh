@@ -4,13 +4,7 @@
 # int4,int8 and benchmarks/gpu/bench_qgemm_gpu.py (M values QM). Logs and results to $OUT.
 #   QM=1,16,32,33,64,128,256,1024 bash dev/device_runs/quant_gpu.sh
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
-cmake -S . -B build/x -G Ninja -DPython_EXECUTABLE="$(which python3)" -DGEMMA4_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 >$OUT/cmake.log 2>&1 || { tail -30 $OUT/cmake.log; exit 1; }
-start=$(date +%s)
-ninja -C build/x -j16 >$OUT/build.log 2>&1 || { grep -B2 -A12 "error" $OUT/build.log | head -80; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"
-export GEMMA4_LIB_DIR=$PWD/build/x PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
+source dev/device_runs/build_sm90.sh
 start=$(date +%s)
 timeout ${TEST_S:-120} python3 -m pytest -q -p no:cacheprovider -n 12 tests/quant tests/ops/test_fake_kernels.py \
   tests/ops/test_missing_cuda_kernels.py tests/ops/test_cuda_kernels.py >$OUT/tests.log 2>&1

@@ -2,12 +2,7 @@
 # One device call: build every kernel folder for sm_90, re-run the bad-input probes and tests (the
 # torch 2.11 SIGSEGV), then the GPU LoRA training benchmark. Logs to $OUT.
 set -o pipefail
-cmake -S . -B build/x -G Ninja -DPython_EXECUTABLE="$(which python3)" -DGEMMA4_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 >$OUT/cmake.log 2>&1 || { tail -30 $OUT/cmake.log; exit 1; }
-start=$(date +%s)
-ninja -C build/x -j16 >$OUT/build.log 2>&1 || { grep -B2 -A12 "error" $OUT/build.log | head -60; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"
-export GEMMA4_LIB_DIR=$PWD/build/x PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
+source dev/device_runs/build_sm90.sh
 bash dev/device_runs/segv_mini.sh 2>&1 | grep -v warning | tail -14 | tee $OUT/segv_mini.log
 timeout 100 python3 dev/device_runs/segv_which_check.py > $OUT/segv_which.log 2>&1; grep -c "rc= -11" $OUT/segv_which.log | sed 's/^/which-check crashes: /'
 timeout 120 python3 -m pytest -q -p no:cacheprovider -n 8 tests/ops tests/quant/test_qgemm.py tests/quant/test_qgemm_cuda.py \

@@ -2,13 +2,7 @@
 # One device call: build for sm_90, the CUDA tests of the loss op / LoRA / training, a profile of our GPU
 # training step (dev/train/profile_gpu_step.py), then benchmarks/gpu/bench_train.py. Logs to $OUT.
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
-cmake -S . -B build/x -G Ninja -DPython_EXECUTABLE="$(which python3)" -DGEMMA4_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 >$OUT/cmake.log 2>&1 || { tail -30 $OUT/cmake.log; exit 1; }
-start=$(date +%s)
-ninja -C build/x -j16 >$OUT/build.log 2>&1 || { grep -B2 -A12 "error" $OUT/build.log | head -60; exit 1; }
-echo "build: $(( $(date +%s) - start )) s"
-export GEMMA4_LIB_DIR=$PWD/build/x PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
+source dev/device_runs/build_sm90.sh
 timeout ${TEST_S:-150} python3 -m pytest -q -p no:cacheprovider -n 8 ${TESTS:-tests/ops/test_softcap_cross_entropy.py tests/training tests/lora} \
   >$OUT/tests.log 2>&1; echo "tests rc=$?"
 grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -20
