@@ -17,6 +17,7 @@ Results: benchmarks/results/model_gpu-<gpu>.json and .png (model_gpu_quantized-<
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import statistics
 import sys
@@ -127,11 +128,9 @@ def bench(preset: str, prompt_len: int, new_tokens: int, runs: int, bandwidth: f
             row[f"{name}_prefill_tok_s"], row[f"{name}_decode_tok_s"] = time_model(
                 model, ids, prompt_len, new_tokens, runs, kw)
     del hf
+    import gemma4
+
     for q in quantize:  # a quantized copy of ours (the bf16 model stays for the next one)
-        import copy
-
-        import gemma4
-
         qmodel = gemma4.quantize(copy.deepcopy(ours), gemma4.QuantizationConfig(
             weights=q, group_size=32 if q == "int4" else None))
         with torch.inference_mode():
