@@ -63,15 +63,19 @@ def tensor_type(name: str, shape, qtype: str) -> str:
     return qtype
 
 
-def write_gguf(model, path, qtype: str = "F32", edit=None, skip=()) -> dict[str, torch.Tensor]:
-    """Write `model` (ours) to `path` in `qtype`; return {our key: the float32 weight the file holds}.
-    edit(key, value) may change a metadata value before writing (None drops the key); tensors named in
-    `skip` are left out."""
-    c = model.config
+def rope_freqs(config) -> np.ndarray:
+    """The converter's generated rope_freqs: 1 on the rotated frequency pairs of full layers, 1e30 on the rest."""
+    n_rot = int(config.global_head_dim * config.rope_parameters["full_attention"]["partial_rotary_factor"] / 2)
+    return np.array([1.0] * n_rot + [1e30] * (config.global_head_dim // 2 - n_rot), dtype=np.float32)
+
+
+def metadata(config) -> dict:
+    """The metadata llama.cpp's converter writes for a model of `config` (tokenizer: the ids and
+    placeholder pieces only)."""
+    c = config
     sliding = [t == "sliding_attention" for t in c.layer_types]
     n, first_shared = c.num_hidden_layers, c.num_hidden_layers - c.num_kv_shared_layers
     full = c.rope_parameters["full_attention"]
-    n_rot = int(c.global_head_dim * full["partial_rotary_factor"] / 2)
     meta = {
         "gemma4.block_count": n, "gemma4.context_length": c.max_position_embeddings,
         "gemma4.embedding_length": c.hidden_size,
@@ -100,13 +104,21 @@ def write_gguf(model, path, qtype: str = "F32", edit=None, skip=()) -> dict[str,
     if c.enable_moe_block:
         meta.update({"gemma4.expert_count": c.num_experts, "gemma4.expert_used_count": c.top_k_experts,
                      "gemma4.expert_feed_forward_length": c.moe_intermediate_size})
+    return meta
+
+
+def write_gguf(model, path, qtype: str = "F32", edit=None, skip=()) -> dict[str, torch.Tensor]:
+    """Write `model` (ours) to `path` in `qtype`; return {our key: the float32 weight the file holds}.
+    edit(key, value) may change a metadata value before writing (None drops the key); tensors named in
+    `skip` are left out."""
+    c = model.config
+    meta = metadata(c)
     if edit is not None:
         meta = {k: v for k, v in ((k, edit(k, v)) for k, v in meta.items()) if v is not None}
     w = gguf.GGUFWriter(str(path), "gemma4")
     add_metadata(w, meta)
-    rope_freqs = np.array([1.0] * n_rot + [1e30] * (c.global_head_dim // 2 - n_rot), dtype=np.float32)
     if "rope_freqs.weight" not in skip:
-        w.add_tensor("rope_freqs.weight", rope_freqs)
+        w.add_tensor("rope_freqs.weight", rope_freqs(c))
     held = {}
     tied = c.tie_word_embeddings
     for key, t in model.state_dict().items():
@@ -129,11 +141,12 @@ def write_gguf(model, path, qtype: str = "F32", edit=None, skip=()) -> dict[str,
     return held
 
 
-def random_model(preset: str):
-    """A model of the preset with weights of realistic spread and norms/scales away from 1 (as test_quantize)."""
+def random_model(preset):
+    """A model of the preset (a name or a Gemma4Config) with weights of realistic spread and norms/scales away
+    from 1 (as test_quantize)."""
     import gemma4
 
-    model = gemma4.Gemma4ForCausalLM(gemma4.get_preset(preset)).eval()
+    model = gemma4.Gemma4ForCausalLM(gemma4.get_preset(preset) if isinstance(preset, str) else preset).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "scale" in name:
@@ -141,3 +154,13 @@ def random_model(preset: str):
             else:
                 p.normal_(0.0, 0.05)
     return model
+
+
+def llamacpp_logits(path, ids: list[int]) -> torch.Tensor:
+    """llama.cpp's (llama-cpp-python's) float64 logits [len(ids), vocab] for one sequence, f32 KV cache."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_batch=64, n_ubatch=64, n_threads=2,
+                          type_k=0, type_v=0, verbose=False)  # type 0 = GGML_TYPE_F32 KV cache
+    llm.eval(ids)
+    return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float64))

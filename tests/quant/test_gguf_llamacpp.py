@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,10 +23,13 @@ import gemma4
 from benchmarks.bench_vs_llamacpp import write_padded_tokenizer
 from tests.helpers import draw_routable_ids
 
-llama_cpp = pytest.importorskip("llama_cpp")
+pytest.importorskip("llama_cpp")
 SRC = Path(os.environ.get("GEMMA4_LLAMA_SRC", "/work/llama/llama_cpp_python-0.3.36")) / "vendor" / "llama.cpp"
 if not (SRC / "convert_hf_to_gguf.py").is_file():
     pytest.skip(f"llama.cpp's converter is not at {SRC}", allow_module_level=True)
+pytest.importorskip("gguf")  # before gguf_support, which imports it
+from tests.quant.gguf_support import llamacpp_logits  # noqa: E402
+
 # (first position, any position) bounds on max|ours - llama.cpp| / max|logit|, see the module docstring
 BOUNDS = {"f32": (2e-3, 3e-2), "bf16": (3e-2, 1e-1), "q8_0": (1e-1, 3e-1)}
 VOCAB = 4096  # the default tokenizer's size: the converter writes the tokenizer's pieces, one per embedding row
@@ -53,13 +55,6 @@ def _convert(model_dir: Path, outtype: str) -> Path:
     subprocess.run([sys.executable, str(SRC / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(out),
                     "--outtype", outtype], check=True, env=env, capture_output=True)
     return out
-
-
-def _llamacpp_logits(path: Path, ids: list[int]) -> torch.Tensor:
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_batch=64, n_ubatch=64, n_threads=2,
-                          type_k=0, type_v=0, verbose=False)  # type 0 = GGML_TYPE_F32 KV cache
-    llm.eval(ids)
-    return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float64))
 
 
 def _random_model(config) -> gemma4.Gemma4ForCausalLM:
@@ -111,7 +106,7 @@ def test_llamacpp_converter_files(tmp_path, preset):
             continue  # open: with rounded activations llama.cpp's MoE flips routing on many tokens (BF16: median
             # up to ~0.2; Q8_0: ~15% already on the first token, not explained yet). Our BF16/Q8_0 MoE models
             # equal the float models of the files' weights (test_gguf_file); f32 agrees with llama.cpp here.
-        theirs = _llamacpp_logits(path, ids)
+        theirs = llamacpp_logits(path, ids)
         err = (ours - theirs).abs().amax(-1) / scale  # [tokens], relative to the largest logit
         first, worst = BOUNDS[outtype]
         print(preset, outtype, f"llama.cpp vs ours: first token {err[0]:.2e}, worst {err.max():.2e}")
