@@ -5,7 +5,10 @@ float weights a reader of that file must end up with (the `gguf` package's own d
 The name table is written here independently of gemma4.hf_format.gguf_tensors, so a wrong entry there
 cannot hide behind the same wrong entry here (the local llama.cpp test checks both against the converter).
 """
+import contextlib
+import ctypes
 import re
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -107,14 +110,19 @@ def metadata(config) -> dict:
     return meta
 
 
-def write_gguf(model, path, qtype: str = "F32", edit=None, skip=()) -> dict[str, torch.Tensor]:
+# llama.cpp's loader wants merges for a gemma4 vocabulary (the tests feed it token ids, so any will do)
+LLAMACPP_METADATA = {"tokenizer.ggml.merges": ["t 4"]}
+
+
+def write_gguf(model, path, qtype: str = "F32", edit=None, skip=(), extra=None) -> dict[str, torch.Tensor]:
     """Write `model` (ours) to `path` in `qtype`; return {our key: the float32 weight the file holds}.
     edit(key, value) may change a metadata value before writing (None drops the key); tensors named in
-    `skip` are left out."""
+    `skip` are left out; `extra` metadata is added (e.g. LLAMACPP_METADATA, for llama.cpp's loader)."""
     c = model.config
     meta = metadata(c)
     if edit is not None:
         meta = {k: v for k, v in ((k, edit(k, v)) for k, v in meta.items()) if v is not None}
+    meta.update(extra or {})
     w = gguf.GGUFWriter(str(path), "gemma4")
     add_metadata(w, meta)
     if "rope_freqs.weight" not in skip:
@@ -164,3 +172,140 @@ def llamacpp_logits(path, ids: list[int]) -> torch.Tensor:
                           type_k=0, type_v=0, verbose=False)  # type 0 = GGML_TYPE_F32 KV cache
     llm.eval(ids)
     return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float64))
+
+
+def llamacpp_logits_and_router(path, ids: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """llamacpp_logits, and llama.cpp's router logits {layer: float64 [len(ids), E]}: its graph's
+    `ffn_moe_logits-<layer>` tensors (f32, contiguous), read in the scheduler's eval callback (cb_eval)."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as api
+
+    lib = ctypes.CDLL(str(sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.so*"))[0]))
+    lib.ggml_get_name.restype, lib.ggml_get_name.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    router: dict[int, torch.Tensor] = {}
+    errors: list[str] = []  # an exception cannot leave a ctypes callback: raised after eval
+
+    def watch(t, ask, _user):
+        if lib.ggml_get_name(t) != t + _GgmlTensor.name.offset:  # the struct layout this reads
+            errors.append("ggml_tensor's layout differs from gguf_support._GgmlTensor")
+            return not ask
+        tensor = _GgmlTensor.from_address(t)
+        name = tensor.name.decode()
+        if not name.startswith("ffn_moe_logits-"):
+            return not ask  # asked: not wanted; after computing: go on
+        if ask:
+            return True
+        e, n = tensor.ne[0], tensor.ne[1]
+        if tensor.type != 0 or tensor.nb[1] != 4 * e:  # GGML_TYPE_F32, rows contiguous
+            errors.append(f"{name}: type {tensor.type}, row stride {tensor.nb[1]}")
+            return True
+        data = np.ctypeslib.as_array(ctypes.cast(tensor.data, ctypes.POINTER(ctypes.c_float)), (n * e,))
+        router[int(name.rsplit("-", 1)[1])] = torch.from_numpy(data.reshape(n, e).astype(np.float64))
+        return True
+
+    callback = api.ggml_backend_sched_eval_callback(watch)
+    defaults = api.llama_context_default_params
+
+    def with_callback():  # Llama() takes no cb_eval: it reaches the context through its default params
+        params = defaults()
+        params.cb_eval = callback
+        return params
+
+    api.llama_context_default_params = with_callback
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_batch=64, n_ubatch=64,
+                              n_threads=2, type_k=0, type_v=0, verbose=False)
+    finally:
+        api.llama_context_default_params = defaults
+    llm.eval(ids)
+    logits = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float64))
+    llm.close()
+    if errors:
+        raise RuntimeError(errors[0])
+    return logits, router
+
+
+class _GgmlTensor(ctypes.Structure):
+    """ggml.h's struct ggml_tensor (GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10, GGML_MAX_NAME 64);
+    llamacpp_logits_and_router checks the name's offset against ggml_get_name."""
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+                ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+                ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+                ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64),
+                ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# llama.cpp's CPU numerics imitated in our model: with them our model of a Q8_0 file gives llama.cpp's logits
+# (tests/quant/test_gguf_q8_llamacpp.py; the investigation: dev/quant/gguf_moe_q8_gap.py)
+# ------------------------------------------------------------------------------------------------------------
+
+def q8_0_round(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] (K % 32 == 0) as ggml's CPU backend hands it to a matmul with Q8_0 / Q4_0 weights (their
+    vec_dot_type is Q8_0, ggml-quants.c's quantize_row_q8_0): per block of 32 along K, amax = max|x|,
+    d = fp16(amax / 127), q = round(x * 127 / amax) in [-127, 127] (0 for an all-zero block); the dot product
+    multiplies q * d. (The x86 build scales by 127 / amax and rounds to nearest even, the scalar reference
+    by 1 / (amax / 127) and half away from zero: they differ on ties only.)"""
+    blocks = x.float().reshape(-1, 32)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    q = torch.round(blocks * torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax)))
+    return (q * (amax / 127.0).half().float()).reshape(x.shape).to(x.dtype)
+
+
+def fp16_table_gated_activation(gate: torch.Tensor, up: torch.Tensor, activation: str = "gelu_tanh") -> torch.Tensor:
+    """ggml's CPU GELU (ggml_vec_gelu_f32 / ggml_vec_geglu_f32 under GGML_GELU_FP16, the default): a table
+    indexed by fp16(x) holding fp16(gelu_tanh), gelu(x) = fp16(gelu_tanh(fp16(x))) for -10 < x < 10 (0 below,
+    x above), times `up` in float32 (GEGLU; PLE's gelu(gate) * per-layer input is the same product). The
+    table here comes from torch's float32 gelu_tanh: 25 of its 37,376 entries in (-10, 10) are one fp16 step
+    from ggml's (float32 ops with libm's tanhf, recomputed once), which moved no measured logit."""
+    if activation not in ("gelu_tanh", "gelu_pytorch_tanh"):
+        raise ValueError(activation)
+    g = gate.float()
+    table = torch.nn.functional.gelu(g.half().float(), approximate="tanh").half().float()
+    act = torch.where(g <= -10, torch.zeros_like(g), torch.where(g >= 10, g, table))
+    return (act * up.float()).to(gate.dtype)
+
+
+@contextlib.contextmanager
+def llamacpp_cpu_numerics(model, q8: bool = True, gelu: bool = True, f16_inputs=()):
+    """Within the block `model` (loaded from a GGUF file) computes as llama.cpp's CPU backend does: q8 rounds
+    the input of every quantized matmul (gemma4.ops.qgemm: QuantLinear, QuantExperts' two matmuls) and of the
+    lm_head (the tied Q8_0 token embedding) with q8_0_round; gelu runs gemma4.ops.gated_activation (the
+    MLPs, the experts, PLE's gate) through the fp16 table; the modules named in f16_inputs (F16 weights in
+    the file) get their input rounded to fp16. Global: patches gemma4.ops for the duration."""
+    import gemma4
+
+    qgemm, gated = gemma4.ops.qgemm, gemma4.ops.gated_activation
+    modules = dict(model.named_modules())
+    hooks = [modules[name].register_forward_pre_hook(lambda m, args: (args[0].half().to(args[0].dtype),))
+             for name in f16_inputs]
+    if q8:
+        gemma4.ops.qgemm = lambda x, qweight, scales, bias=None: qgemm(q8_0_round(x), qweight, scales, bias)
+        hooks.append(model.lm_head.register_forward_pre_hook(lambda m, args: (q8_0_round(args[0]),)))
+    if gelu:
+        gemma4.ops.gated_activation = fp16_table_gated_activation
+    try:
+        yield
+    finally:
+        gemma4.ops.qgemm, gemma4.ops.gated_activation = qgemm, gated
+        for hook in hooks:
+            hook.remove()
+
+
+def our_logits_and_router(model, ids: list[int], numerics: dict | None = None):
+    """Our float64 logits [len(ids), V] and router logits {layer: float64 [len(ids), E]} for one sequence,
+    under llamacpp_cpu_numerics(model, **numerics) (None: our own numerics)."""
+    router, hooks = {}, []
+    for name, m in model.named_modules():
+        if name.endswith(".router"):  # model.layers.<i>.router
+            def keep(mod, args, out, layer=int(name.split(".")[2])):
+                router[layer] = out.detach().double().reshape(-1, out.shape[-1])
+            hooks.append(m.proj.register_forward_hook(keep))
+    try:
+        with torch.no_grad(), (llamacpp_cpu_numerics(model, **numerics) if numerics is not None
+                               else contextlib.nullcontext()):
+            logits = model(torch.tensor([ids])).logits[0].double()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, router
