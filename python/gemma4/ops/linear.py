@@ -1,8 +1,9 @@
-"""Dense linear layer: ``gemma4::linear`` (y = x @ weight^T + bias), with a fake kernel and autograd.
+"""Dense linear layer: ``gemma4::linear`` (y = x @ weight^T + bias), with a fake kernel.
 
 The C++ kernels are csrc/linear/ (a weight-streaming GEMV for decode, a bf16-widening blocked GEMM
-for prefill); the plain-PyTorch definition is ``reference.linear``. ``modeling/linear.py`` decides
-per call whether this op or ``torch.nn.functional.linear`` runs (whichever is faster there).
+for prefill), the autograd csrc/linear/linear_autograd.cpp; the plain-PyTorch definition is
+``reference.linear``. ``modeling/linear.py`` decides per call whether this op or
+``torch.nn.functional.linear`` runs (whichever is faster there).
 """
 from __future__ import annotations
 
@@ -99,40 +100,4 @@ def _linear_grad_input_fake(grad_out, weight):
     return grad_out.new_empty((*grad_out.shape[:-1], weight.shape[1]))
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias = inputs
-    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)  # x: only for the weight's gradient
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
-    grad_x = linear_grad_input(grad_out, weight) if ctx.needs_input_grad[0] else None  # [..., K]
-    grad_w = grad_b = None
-    if ctx.needs_input_grad[1]:
-        grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # [N, K] in x's dtype
-        grad_w = grad_w.to(weight.dtype)
-    if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)  # [N]
-    return grad_x, grad_w, grad_b
-
-
-torch.library.register_autograd("gemma4::linear", _backward, setup_context=_setup_context)
-
-
-def _setup_grad_input_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _grad_input_backward(ctx, grad_gx):
-    grad_out, weight = ctx.saved_tensors
-    g_grad_out = linear(grad_gx, weight) if ctx.needs_input_grad[0] else None  # [..., N]
-    g_weight = None
-    if ctx.needs_input_grad[1]:  # [N, K]
-        g_weight = grad_out.reshape(-1, grad_out.shape[-1]).t() @ grad_gx.reshape(-1, grad_gx.shape[-1])
-        g_weight = g_weight.to(weight.dtype)
-    return g_grad_out, g_weight
-
-
-torch.library.register_autograd("gemma4::linear_grad_input", _grad_input_backward,
-                                setup_context=_setup_grad_input_context)
+# Autograd: csrc/linear/linear_autograd.cpp (in C++, so that calls under torch.no_grad skip Python).
