@@ -68,7 +68,7 @@ at::Tensor gated_activation_cpu(const at::Tensor& gate, const at::Tensor& up, c1
   constexpr const char* op = "gemma4::gated_activation";
   check_device(gate, op, "gate", c10::kCPU);
   const activation::GatedProblem p = activation::check_gated_activation(op, gate, up, activation);
-  at::Tensor y = at::empty_like(p.gate);
+  at::Tensor y = at::empty(p.gate.sizes(), p.gate.options());  // p.gate is contiguous
   if (p.n == 0) return y;
   GEMMA4_DISPATCH_FLOATS(p.dtype, "gemma4::gated_activation", [&] {
     const scalar_t* g = p.gate.const_data_ptr<scalar_t>();

@@ -186,18 +186,28 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   at::Tensor y = at::empty(out_shape, x.options());
   if (y.numel() == 0) return y;
   if (p.K == 0) return bias ? y.copy_(bias->expand_as(y)) : y.zero_();
-  const at::Tensor x2d = x.view({p.M, p.K});
-  const at::Tensor x32 = as_fp32(x2d).contiguous();  // [M, K]
-
   if (p.M <= kGemvMaxRows) {
+    // Decode: x (contiguous, checked) as fp32 rows, a bf16 x widened into a local buffer rather than an ATen
+    // tensor (the step makes hundreds of these calls; the widening is exact either way).
+    std::vector<float> widened;
+    const float* x32 = nullptr;
+    if (x.scalar_type() == at::kFloat) {
+      x32 = x.const_data_ptr<float>();
+    } else {
+      const c10::BFloat16* xb = x.const_data_ptr<c10::BFloat16>();
+      widened.assign(xb, xb + p.M * p.K);  // each element converted to float
+      x32 = widened.data();
+    }
     dispatch_weight_out(weight.scalar_type(), x.scalar_type(), [&](auto wt, auto yt) {
       using W = decltype(wt);
       using Y = decltype(yt);
-      gemv(weight.const_data_ptr<W>(), x32.const_data_ptr<float>(), bias ? bias->const_data_ptr<Y>() : nullptr,
-           y.mutable_data_ptr<Y>(), p.M, p.N, p.K);
+      gemv(weight.const_data_ptr<W>(), x32, bias ? bias->const_data_ptr<Y>() : nullptr, y.mutable_data_ptr<Y>(), p.M,
+           p.N, p.K);
     });
     return y;
   }
+  const at::Tensor x2d = x.view({p.M, p.K});
+  const at::Tensor x32 = as_fp32(x2d).contiguous();  // [M, K]
   if (weight.scalar_type() == at::kFloat && !packed_gemm_faster(p.N, p.K)) {  // the BLAS sgemm, as torch.matmul
     at::Tensor y2d = y.view({p.M, p.N});
     if (bias) {

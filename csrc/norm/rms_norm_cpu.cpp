@@ -42,12 +42,15 @@ inline acc_t<T> row_inv_rms(const T* x, int64_t D, acc_t<T> eps) {
   return acc_t<T>(1) / std::sqrt(ms + eps);
 }
 
-template <typename T, bool HasWeight>
-void rms_norm_kernel(const T* x, const acc_t<T>* w, T* y, int64_t rows, int64_t D, double eps) {
+// W: the weight's element type, read in the accumulation type (x's own type widened in registers, or the
+// accumulation type itself); void: no weight.
+template <typename T, typename W>
+void rms_norm_kernel(const T* x, const W* w, T* y, int64_t rows, int64_t D, double eps) {
   using IO = VecIO<T>;
   using A = acc_t<T>;
   using V = typename IO::V;
   constexpr int N = IO::N;
+  constexpr bool kWeight = !std::is_void_v<W>;
   at::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* xr = x + r * D;
@@ -56,13 +59,13 @@ void rms_norm_kernel(const T* x, const acc_t<T>* w, T* y, int64_t rows, int64_t 
       int64_t j = 0;
       for (; j + N <= D; j += N) {
         V v = IO::load(xr + j) * inv;  // (x * inv_rms) * w: the reference's order of rounding
-        if constexpr (HasWeight) v = v * V::loadu(w + j);
+        if constexpr (kWeight) v = v * VecIO<W>::load(w + j);
         IO::store(yr + j, v);
       }
       if (j < D) {
         const int n = static_cast<int>(D - j);
         V v = IO::load(xr + j, n) * inv;
-        if constexpr (HasWeight) v = v * V::loadu(w + j, n);
+        if constexpr (kWeight) v = v * VecIO<W>::load(w + j, n);
         IO::store(yr + j, v, n);
       }
     }
@@ -74,18 +77,21 @@ at::Tensor rms_norm_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>&
   check_device(x_in, op, "x", c10::kCPU);
   const norm::RmsNormProblem p = norm::check_rms_norm(op, x_in, weight, eps);
   const at::Tensor& x = p.x;
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = at::empty(x.sizes(), x.options());  // x is contiguous
   if (x.numel() == 0) return y;
   GEMMA4_DISPATCH_FLOATS(p.dtype, "gemma4::rms_norm", [&] {
     using A = acc_t<scalar_t>;
-    if (p.weight.has_value()) {
-      // The weight is read in the accumulation type: one D-element conversion, outside the rows.
-      const at::Tensor w = p.weight->to(c10::CppTypeToScalarType<A>::value);
-      rms_norm_kernel<scalar_t, true>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<A>(),
-                                      y.mutable_data_ptr<scalar_t>(), p.rows, p.D, eps);
+    constexpr at::ScalarType kA = c10::CppTypeToScalarType<A>::value;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    if (!p.weight.has_value()) {
+      rms_norm_kernel<scalar_t, void>(xp, nullptr, yp, p.rows, p.D, eps);
+    } else if (p.weight->scalar_type() == p.dtype) {  // widened in registers, exactly: no per-call copy
+      rms_norm_kernel<scalar_t, scalar_t>(xp, p.weight->const_data_ptr<scalar_t>(), yp, p.rows, p.D, eps);
     } else {
-      rms_norm_kernel<scalar_t, false>(x.const_data_ptr<scalar_t>(), nullptr, y.mutable_data_ptr<scalar_t>(),
-                                       p.rows, p.D, eps);
+      // Any other float dtype: one D-element conversion to the accumulation type, outside the rows.
+      const at::Tensor w = p.weight->to(kA);
+      rms_norm_kernel<scalar_t, A>(xp, w.const_data_ptr<A>(), yp, p.rows, p.D, eps);
     }
   });
   return y;

@@ -75,7 +75,7 @@ void rope_kernel(const T* x, const int64_t* pos, const float* inv_freq, T* y, in
 
 // Rotates p.x by the angles of p.positions (by their negatives when inverse).
 at::Tensor rope_apply(const rope::RopeProblem& p, bool inverse) {
-  at::Tensor y = at::empty_like(p.x);
+  at::Tensor y = at::empty(p.x.sizes(), p.x.options());  // p.x is contiguous
   if (p.x.numel() == 0) return y;
   GEMMA4_DISPATCH_FLOATS(p.dtype, "gemma4::rope", [&] {
     rope_kernel<scalar_t>(p.x.const_data_ptr<scalar_t>(), p.positions.const_data_ptr<int64_t>(),

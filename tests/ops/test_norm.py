@@ -73,6 +73,15 @@ def test_mixed_weight_dtype_full_precision(xdtype, wdtype):
     torch.testing.assert_close(out, ref.rms_norm(x, w, 1e-6), **tight_tol(xdtype))
 
 
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("shape", [(3, 7), (2, 3, 4, 256), (5, 1536)])
+def test_weight_in_x_dtype_read_exactly(dtype, shape):
+    """A weight in x's dtype is read widened in registers, an fp32 weight as it is: the same fp32 values, so
+    the same bits (what the decode step relies on to skip a per-call weight conversion)."""
+    x, w = _x(shape, dtype, scale=3.0), _w(shape[-1], dtype)
+    assert torch.equal(rms_norm(x, w, 1e-6), rms_norm(x, w.float(), 1e-6))
+
+
 def test_threads_agree():
     """The split over threads must cover every row once: 1 and 2 threads give identical bits (grad_w
     only up to the order of its per-thread partial sums)."""
