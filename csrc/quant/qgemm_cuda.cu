@@ -13,6 +13,8 @@
 //    the same rows and are added in warp order through shared memory; where the rows are too few to fill the
 //    GPU, several blocks split K and a second kernel adds their sums in a fixed order (plan_gemv):
 //    deterministic either way. The weights are read once for all M rows, so M = 1..32 costs about one pass.
+//    For int4 at the row counts of ring_gemv_wins, the GEMV streams the weights through per-warp shared-memory
+//    rings (cp.async) instead, with its own x order (qgemv_ring.cuh); same split, same fixed-order sums.
 //  * kGemvMaxRows < M up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight into
 //    shared memory and dequantizes it in registers (qgemm_tc.cuh), so the weight crosses HBM once in its
 //    packed size instead of being written and read again at 16 bits.
@@ -35,6 +37,7 @@
 #include "quant/qgemm_cuda.cuh"
 #include "quant/qgemm_cuda_path.h"
 #include "quant/qgemm_tc.cuh"
+#include "quant/qgemv_ring.cuh"
 #include "quant/quant_checks.h"
 
 namespace gemma4::quant {
@@ -53,8 +56,18 @@ constexpr int64_t kGemvMaxRows = 32;
 // amortizes the extra pass (31B gate_up int8: 540 against 473 us).
 bool tiled_gemm_wins(int64_t M, int64_t N, int64_t K) {
   const int forced = cuda_path();
-  if (forced != static_cast<int>(CudaPath::automatic)) return forced == static_cast<int>(CudaPath::tiled);
+  if (forced == static_cast<int>(CudaPath::tiled)) return true;
+  if (forced == static_cast<int>(CudaPath::dequant)) return false;
   return M <= 64 || (M <= 128 && N * K >= (int64_t(1) << 25));
+}
+// Within the GEMV's rows, the ring GEMV (qgemv_ring.cuh) where it beat the register-loading kernels on the H200
+// (dev/cuda/experiments/README.md): int4 with 17-32 rows (31B down 85 -> 59 us, 31B gate_up 127 -> 112, E2B
+// gate_up 17.4 -> 17.0), and 5-8 rows on weights of 2^25 values or more (31B gate_up 86 -> 71, 31B down 64 ->
+// 39; E2B gate_up, 19M values, 10.2 -> 15.2: its slices are too short for the ring's prologue). It lost at
+// 1-4 rows (31B gate_up 60 -> 67), on 31B gate_up at 9-16 rows (90 -> 97) and is even with int8 per channel.
+bool ring_gemv_wins(int bits, int64_t M, int64_t N, int64_t K) {
+  if (cuda_path() == static_cast<int>(CudaPath::ring)) return true;
+  return bits == 4 && (M > 16 || (M > 4 && M <= 8 && N * K >= (int64_t(1) << 25)));
 }
 constexpr int kRowTiles = 2;  // 16-row MMA tiles per warp: 32 weight rows share each activation load
 // Weight bytes one lane loads per row and span (qgemm_cuda.cuh), by the rows of x. More bytes per load means
@@ -450,6 +463,7 @@ const std::array<int, kMaxWarps + 1>& resident_blocks(const void* kernel, int sm
   Entry& e = cache[kernel];
   const int d = c10::cuda::current_device();
   if (e.device != d) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_warps * smem_per_warp));
     for (int w = 1; w <= max_warps; ++w)
       C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&e.blocks[w], kernel, w * 32, w * smem_per_warp));
     e.device = d;
@@ -679,6 +693,64 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
   return y;
 }
 
+// M <= kGemvMaxRows, bf16/fp16 x: the GEMV through per-warp shared-memory rings (qgemv_ring.cuh).
+at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
+                      const std::optional<at::Tensor>& bias, int bits) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
+  at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
+  RingArgs a{};
+  fill_operands(a, qweight, scales, bias, y, K);
+  a.runs = static_cast<int>(K / 32);
+  a.runs_per_scale = a.group / 32;
+  a.scale_words = cuda::ceil_div<int64_t>(scales.nbytes(), 4);
+  const int row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, kRingRows));
+  const int NT = M <= 8 ? 1 : M <= 16 ? 2 : 4;  // 8-column MMA tiles
+  const int64_t weight_bytes = qweight.nbytes() + scales.nbytes();
+  int smem_optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
+  dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
+    at::Tensor xp = at::empty({int64_t(a.runs) * NT * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B a lane
+    a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
+    dispatch_bits(bits, [&]<int BITS>() {
+      const int64_t threads = int64_t(a.runs) * NT * 32;
+      qgemv_ring_prep_kernel<T, MT, BITS><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
+          x2.const_data_ptr<T>(), reinterpret_cast<uint4*>(xp.mutable_data_ptr()), a.M, K, a.runs, NT);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_scale(scales.scalar_type(), [&]<typename S>() {
+        const auto launch = [&]<int NTc>() {
+          const auto kernel = qgemv_ring_kernel<MT, S, BITS, NTc, T>;
+          constexpr int smem_per_warp = ring_warp_smem<BITS, S>();
+          const int max_warps = std::min(kMaxWarps, smem_optin / smem_per_warp);
+          const GemvPlan plan = plan_gemv(row_groups, a.runs, 1, M * N, weight_bytes, cuda::sm_count(),
+                                          resident_blocks(reinterpret_cast<const void*>(kernel), smem_per_warp, max_warps));
+          a.runs_per_warp = plan.spans_per_warp;
+          a.parts = plan.parts;
+          at::Tensor partial;  // [parts, M, N]
+          if (plan.parts > 1) {
+            partial = at::empty({plan.parts, M, N}, x2.options().dtype(at::kFloat));
+            a.partial = partial.mutable_data_ptr<float>();
+          }
+          kernel<<<dim3(row_groups, plan.parts), plan.warps * 32, plan.warps * smem_per_warp, cuda::stream()>>>(a);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if (plan.parts > 1) {
+            qgemv_sum_parts_kernel<T><<<cuda::ceil_div<int64_t>(M * N, 256), 256, 0, cuda::stream()>>>(
+                a.partial, static_cast<const T*>(a.bias), static_cast<T*>(a.y), plan.parts, M * N, a.N);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        };
+        if (NT == 1) {
+          launch.template operator()<1>();
+        } else if (NT == 2) {
+          launch.template operator()<2>();
+        } else {
+          launch.template operator()<4>();
+        }
+      });
+    });
+  });
+  return y;
+}
+
 // M > kGemvMaxRows: the tiled tensor-core GEMM on the packed weight (qgemm_tc.cuh).
 at::Tensor qgemm_tc(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                     const std::optional<at::Tensor>& bias, int bits) {
@@ -746,7 +818,9 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   // fp32 x as three bf16 planes through the tensor cores measured 3-4x plain fp32's error on the H200
   // (their fp32 accumulation is not round-to-nearest), outside the 2x rule: fp32 dequantizes and uses cuBLAS.
   if (M <= kGemvMaxRows && x.scalar_type() != at::kFloat) {
-    y = qgemv(x2, qw, scales, bias, bits);  // [M, N]
+    // The ring's 4-byte scale copies need a 4-byte aligned base; a sliced scales tensor may not have one.
+    const bool ring = ring_gemv_wins(bits, M, N, K) && reinterpret_cast<uintptr_t>(scales.const_data_ptr()) % 4 == 0;
+    y = ring ? qgemv_ring(x2, qw, scales, bias, bits) : qgemv(x2, qw, scales, bias, bits);  // [M, N]
   } else if (tiled_gemm_wins(M, N, K) && x.scalar_type() != at::kFloat) {
     y = qgemm_tc(x2, qw, scales, bias, bits);  // [M, N]
   } else {

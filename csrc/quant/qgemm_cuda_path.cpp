@@ -1,5 +1,6 @@
-// gemma4::qgemm_cuda_path: reports or forces the CUDA qgemm's route for bf16/fp16 x above the GEMV's 32 rows
-// ("auto" | "tiled" | "dequant"; qgemm_cuda.cu). Registered in every build; only CUDA calls read it.
+// gemma4::qgemm_cuda_path: reports or forces the CUDA qgemm's route for bf16/fp16 x ("auto" | "tiled" |
+// "dequant" above the GEMV's 32 rows | "ring" GEMV up to 32 rows; qgemm_cuda.cu). Registered in every build; only
+// CUDA calls read it.
 #include "quant/qgemm_cuda_path.h"
 
 #include <string>
@@ -16,10 +17,19 @@ std::atomic<int>& cuda_path() {
 namespace {
 
 const char* path_name(int p) {
-  return p == static_cast<int>(CudaPath::tiled) ? "tiled" : p == static_cast<int>(CudaPath::dequant) ? "dequant" : "auto";
+  switch (static_cast<CudaPath>(p)) {
+    case CudaPath::tiled:
+      return "tiled";
+    case CudaPath::dequant:
+      return "dequant";
+    case CudaPath::ring:
+      return "ring";
+    default:
+      return "auto";
+  }
 }
 
-// "" -> report; "auto" | "tiled" | "dequant" -> set. Returns the route in use.
+// "" -> report; "auto" | "tiled" | "dequant" | "ring" -> set. Returns the route in use.
 std::string qgemm_cuda_path(c10::string_view request) {
   const std::string req(request);
   if (req == "auto") {
@@ -28,9 +38,11 @@ std::string qgemm_cuda_path(c10::string_view request) {
     cuda_path() = static_cast<int>(CudaPath::tiled);
   } else if (req == "dequant") {
     cuda_path() = static_cast<int>(CudaPath::dequant);
+  } else if (req == "ring") {
+    cuda_path() = static_cast<int>(CudaPath::ring);
   } else {
-    TORCH_CHECK(req.empty(), "gemma4::qgemm_cuda_path: request must be '', 'auto', 'tiled' or 'dequant', got '", req,
-                "'");
+    TORCH_CHECK(req.empty(), "gemma4::qgemm_cuda_path: request must be '', 'auto', 'tiled', 'dequant' or 'ring', got '",
+                req, "'");
   }
   return path_name(cuda_path());
 }
