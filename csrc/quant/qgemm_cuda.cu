@@ -62,12 +62,13 @@ bool tiled_gemm_wins(int64_t M, int64_t N, int64_t K) {
 }
 // Within the GEMV's rows, the ring GEMV (qgemv_ring.cuh) where it beat the register-loading kernels on the H200
 // (dev/cuda/experiments/README.md): int4 with 17-32 rows (31B down 85 -> 59 us, 31B gate_up 127 -> 112, E2B
-// gate_up 17.4 -> 17.0), and 5-8 rows on weights of 2^25 values or more (31B gate_up 86 -> 71, 31B down 64 ->
-// 39; E2B gate_up, 19M values, 10.2 -> 15.2: its slices are too short for the ring's prologue). It lost at
-// 1-4 rows (31B gate_up 60 -> 67), on 31B gate_up at 9-16 rows (90 -> 97) and is even with int8 per channel.
+// gate_up 17.4 -> 17.0), and 3-8 rows on weights of 2^25 values or more (31B gate_up M = 4 76 -> 69, M = 8
+// 86 -> 71; 31B down M = 8 64 -> 39; E2B gate_up, 19M values, 10.2 -> 15.2 at M = 8: its K slices are too short
+// for the ring's prologue). It lost at 1-2 rows (31B gate_up 60 -> 67), on 31B gate_up at 9-16 rows (90 -> 97),
+// and is even with int8 per channel.
 bool ring_gemv_wins(int bits, int64_t M, int64_t N, int64_t K) {
   if (cuda_path() == static_cast<int>(CudaPath::ring)) return true;
-  return bits == 4 && (M > 16 || (M > 4 && M <= 8 && N * K >= (int64_t(1) << 25)));
+  return bits == 4 && (M > 16 || (M > 2 && M <= 8 && N * K >= (int64_t(1) << 25)));
 }
 constexpr int kRowTiles = 2;  // 16-row MMA tiles per warp: 32 weight rows share each activation load
 // Weight bytes one lane loads per row and span (qgemm_cuda.cuh), by the rows of x. More bytes per load means
