@@ -65,6 +65,10 @@ class Gemma4Cache:
         self._new_mask: torch.Tensor | None = None                          # [B, T] bool or None (all real)
         self._write_index: torch.Tensor | None = None                       # [1] slot of the decode token
         self._ring_slot: dict[int, torch.Tensor] = {}                       # window -> [1] its ring slot
+        self._all_real: torch.Tensor | None = None                          # [B, 1] True: a decode token's mask
+        # per K/V-owning layer: (key, value, key.transpose(1, 2), value.transpose(1, 2)), the [B, S, nKV, hd]
+        # views a decode step writes and attention reads, made once per buffer rather than once per step
+        self._views: list[tuple | None] = [None] * len(self.specs)
 
     # ------------------------------------------------------------------ queries (transformers' names)
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -106,6 +110,8 @@ class Gemma4Cache:
         self.ring_mask = {w: torch.zeros(batch, w, dtype=torch.bool, device=device) for w in self._windows()}
         self.lengths = torch.zeros(batch, dtype=torch.int64, device=device)
         self._pos = torch.zeros(1, dtype=torch.int64, device=device)
+        self._write_index = torch.zeros(1, dtype=torch.int64, device=device)
+        self._all_real = torch.ones(batch, 1, dtype=torch.bool, device=device)
 
     def _slots(self, spec) -> int:
         return self._slots_for(spec, self.max_cache_len)
@@ -174,22 +180,25 @@ class Gemma4Cache:
         self._num_new, self._past, self._new_mask = num_new, past, new_mask
 
         # Record the new slots in the masks (fixed shapes and a device-side position when num_new == 1).
-        real = new_mask if new_mask is not None else torch.ones(batch_size, num_new, dtype=torch.bool, device=device)
         if num_new == 1:
-            self._write_index = self._pos.clone()
+            real = new_mask if new_mask is not None else self._all_real  # [B, 1]
+            self._write_index.copy_(self._pos)
             self.full_mask.index_copy_(1, self._pos, real)
             for w, mask in self.ring_mask.items():
                 slot = torch.remainder(self._pos, w)
                 self._ring_slot[w] = slot
                 mask.index_copy_(1, slot, real)
             self._pos.add_(1)
-        else:
-            self.full_mask[:, past:past + num_new] = real
-            for w, mask in self.ring_mask.items():
-                keep = min(num_new, w)  # only the last w tokens stay in the ring
-                slots = torch.arange(past + num_new - keep, past + num_new, device=device) % w
-                mask[:, slots] = real[:, num_new - keep:]
-            self._pos.fill_(past + num_new)
+            self.lengths += (1 if new_mask is None else real.sum(1))
+            self.seen = past + 1
+            return past
+        real = new_mask if new_mask is not None else torch.ones(batch_size, num_new, dtype=torch.bool, device=device)
+        self.full_mask[:, past:past + num_new] = real
+        for w, mask in self.ring_mask.items():
+            keep = min(num_new, w)  # only the last w tokens stay in the ring
+            slots = torch.arange(past + num_new - keep, past + num_new, device=device) % w
+            mask[:, slots] = real[:, num_new - keep:]
+        self._pos.fill_(past + num_new)
         self.lengths += real.sum(1)
         self.seen = past + num_new
         return past
@@ -204,15 +213,24 @@ class Gemma4Cache:
         T, past = self._num_new, self._past
         if key.shape[1] != T:
             raise ValueError(f"Gemma4Cache.update: got {key.shape[1]} new tokens, begin() announced {T}")
+        if T == 1:
+            # decode: the token goes into its slot (the ring's, or the write position) through the [B, S, nKV, hd]
+            # views, which attention then reads over every slot with the slot mask
+            views = self._views[i]
+            if views is None or views[0] is not kbuf or views[1] is not vbuf:
+                views = self._views[i] = (kbuf, vbuf, kbuf.transpose(1, 2), vbuf.transpose(1, 2))
+            key_t, value_t = views[2], views[3]
+            ring = self._is_ring(spec)
+            slot = self._ring_slot[spec.window] if ring else self._write_index
+            key_t.index_copy_(1, slot, key if key.dtype == kbuf.dtype else key.to(kbuf.dtype))
+            value_t.index_copy_(1, slot, value if value.dtype == vbuf.dtype else value.to(vbuf.dtype))
+            # (every filled ring slot is inside the window of the newest token; order is irrelevant for one query)
+            return key_t, value_t, self.ring_mask[spec.window] if ring else self.full_mask, 0
         k_new = key.transpose(1, 2).to(kbuf.dtype)  # [B, nKV, T, hd]
         v_new = value.transpose(1, 2).to(vbuf.dtype)
         if self._is_ring(spec):
             return self._update_ring(spec, kbuf, vbuf, key, value, k_new, v_new, T, past)
         # full layer
-        if T == 1:
-            kbuf.index_copy_(2, self._write_index, k_new)
-            vbuf.index_copy_(2, self._write_index, v_new)
-            return kbuf.transpose(1, 2), vbuf.transpose(1, 2), self.full_mask, 0
         kbuf[:, :, past:past + T] = k_new
         vbuf[:, :, past:past + T] = v_new
         if past == 0:  # prefill: attend over the prompt's own K/V
@@ -222,14 +240,8 @@ class Gemma4Cache:
 
     def _update_ring(self, spec, kbuf, vbuf, key, value, k_new, v_new, T: int, past: int):
         W = spec.window
-        ring_mask = self.ring_mask[W]
-        if T == 1:
-            slot = self._ring_slot[W]
-            kbuf.index_copy_(2, slot, k_new)
-            vbuf.index_copy_(2, slot, v_new)
-            # every filled slot is inside the window of the newest token; order is irrelevant for one query
-            return kbuf.transpose(1, 2), vbuf.transpose(1, 2), ring_mask, 0
-        # T > 1: the past's last W-1 tokens in order, then the new ones; the op applies the window.
+        # T > 1 (T == 1 is update's): the past's last W-1 tokens in order, then the new ones; the op applies
+        # the window.
         n_past = min(past, W - 1)
         if n_past > 0:
             order = torch.arange(past - n_past, past, device=kbuf.device) % W

@@ -53,7 +53,8 @@ class Gemma4DecoderLayer(nn.Module):
     def per_layer_input(self, x: torch.Tensor, ple_i: torch.Tensor) -> torch.Tensor:
         gate = self.per_layer_input_gate(x)  # [B,T,P]
         # ple_i is a strided view of [B,T,L,P]; the op takes any strides (its C++ side copies if it must)
-        gated = ops.gated_activation(gate, ple_i.to(gate.dtype), self.act)  # act(gate) * ple_i  [B,T,P]
+        ple_i = ple_i if ple_i.dtype == gate.dtype else ple_i.to(gate.dtype)
+        gated = ops.gated_activation(gate, ple_i, self.act)  # act(gate) * ple_i  [B,T,P]
         return self.post_per_layer_input_norm(self.per_layer_projection(gated))  # [B,T,H]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,

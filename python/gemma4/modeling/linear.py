@@ -23,7 +23,7 @@ class Linear(nn.Linear):
 
     @plain_linear_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if uses_gemma4_kernel(x, self.weight):
-            if self.bias is None or self.bias.dtype == x.dtype:
-                return ops.linear(x, self.weight, self.bias)  # [..., out]
-        return F.linear(x, self.weight, self.bias)
+        weight, bias = self.weight, self.bias  # (each nn.Module attribute read is a Python __getattr__ call)
+        if uses_gemma4_kernel(x, weight) and (bias is None or bias.dtype == x.dtype):
+            return ops.linear(x, weight, bias)  # [..., out]
+        return F.linear(x, weight, bias)
