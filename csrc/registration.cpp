@@ -43,6 +43,14 @@ TORCH_LIBRARY(gemma4, m) {
   // (grad_x, grad_weights, grad_gate_up, grad_down) of moe_experts.
   m.def("moe_experts_backward(Tensor grad_out, Tensor x, Tensor weights, Tensor indices, Tensor gate_up, Tensor down, str activation) -> (Tensor, Tensor, Tensor, Tensor)");
 
+  // MoE experts on int4/int8 packed weights (qgemm's format and groups, one matrix per expert):
+  // gate_up_qweight [E,2*Im,H/2|H] uint8|int8, gate_up_scales [E,2*Im,H/group], down_qweight [E,H,Im/2|Im],
+  // down_scales [E,H,Im/group']; x [N,H] fp32/bf16/fp16; per expert gate_up = qgemm, act(gate)*up, qgemm,
+  // each rounded to x.dtype; out[n] = sum_k weights[n,k] * y in fp32, rounded once to x.dtype.
+  m.def("moe_experts_quant(Tensor x, Tensor weights, Tensor indices, Tensor gate_up_qweight, Tensor gate_up_scales, Tensor down_qweight, Tensor down_scales, str activation) -> Tensor");
+  // (grad_x, grad_weights) of moe_experts_quant; the quantized weights are frozen.
+  m.def("moe_experts_quant_backward(Tensor grad_out, Tensor x, Tensor weights, Tensor indices, Tensor gate_up_qweight, Tensor gate_up_scales, Tensor down_qweight, Tensor down_scales, str activation) -> (Tensor, Tensor)");
+
   // Weight-only quantized linear y = x @ (q * scale)^T (+ bias), float32 accumulation: x [..., K] fp32/bf16/fp16,
   // qweight uint8 [N,K/2] (int4 as q+8, Q4_0 nibble order) or int8 [N,K], scales [N, K/group], bias [N] in x.dtype.
   m.def("qgemm(Tensor x, Tensor qweight, Tensor scales, Tensor? bias) -> Tensor");
@@ -100,8 +108,9 @@ TORCH_LIBRARY_IMPL(gemma4, CUDA, m) {
   const char* cpu_only[] = {"rms_norm", "rms_norm_backward", "rope", "rope_backward", "attention",
                             "attention_backward", "gated_activation", "gated_activation_backward",
                             "moe_route", "moe_route_backward", "moe_experts", "moe_experts_backward",
-                            "qgemm", "linear", "linear_grad_input", "softcap_cross_entropy", "lora_down",
-                            "lora_up", "lora_weight_grad"};
+                            "moe_experts_quant", "moe_experts_quant_backward", "qgemm", "linear",
+                            "linear_grad_input", "softcap_cross_entropy", "lora_down", "lora_up",
+                            "lora_weight_grad"};
 #endif
   for (const char* name : cpu_only) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernel>());
 }

@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include "common/vec_utils.h"
+#include "quant/qgemm_cpu.h"
 #include "quant/quant_checks.h"
 
 namespace gemma4::quant {
@@ -226,6 +227,9 @@ at::Tensor qgemm_dequantized(const at::Tensor& x, const at::Tensor& qweight, con
   return out.view(out_shape);
 }
 
+}  // namespace
+
+// Declared in qgemm_cpu.h: gemma4::moe_experts_quant runs it on each expert's weights.
 at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                      const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "gemma4::qgemm";
@@ -304,7 +308,6 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   return out_f.to(x.scalar_type()).view(out_shape);
 }
 
-}  // namespace
 }  // namespace gemma4::quant
 
 TORCH_LIBRARY_IMPL(gemma4, CPU, m) { m.impl("qgemm", &gemma4::quant::qgemm_cpu); }

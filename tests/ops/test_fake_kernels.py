@@ -20,6 +20,13 @@ def _idx(n, k, e):
     return torch.stack([torch.randperm(e)[:k] for _ in range(n)])
 
 
+def _qexperts(n=5, h=32, im=32, e=4, k=2, group=32):
+    """moe_experts_quant's arguments: x [n, h], routing, int4 banks gate_up [e, 2im, h/2], down [e, h, im/2]."""
+    return (_r(n, h), _r(n, k), _idx(n, k, e), torch.randint(0, 256, (e, 2 * im, h // 2), dtype=torch.uint8),
+            _r(e, 2 * im, h // group), torch.randint(0, 256, (e, h, im // 2), dtype=torch.uint8),
+            _r(e, h, im // group), "gelu_tanh")
+
+
 # (op, arguments, expected message): each a bad call, run on cpu tensors and on meta tensors.
 BAD = [
     ("rms_norm", lambda: (_r(4, 16), _r(15), 1e-6), r"weight must have x.size\(-1\) = 16"),
@@ -49,6 +56,11 @@ BAD = [
      "indices must be int64"),
     ("moe_experts_backward", lambda: (_r(5, 15), _r(5, 16), _r(5, 2), _idx(5, 2, 4), _r(4, 16, 16), _r(4, 16, 8),
                                       "silu"), "grad_out must have the shape of x"),
+    ("moe_experts_quant", lambda: _qexperts()[:4] + (_r(4, 64, 3),) + _qexperts()[5:],
+     r"gate_up_scales.size\(2\) must divide K = 32"),
+    ("moe_experts_quant", lambda: _qexperts()[:5] + (_qexperts()[5].view(torch.int8),) + _qexperts()[6:],
+     r"down_qweight.size\(2\) must be 32"),
+    ("moe_experts_quant_backward", lambda: (_r(5, 64),) + _qexperts(), "grad_out must have the shape of x"),
 ]
 
 
@@ -73,6 +85,7 @@ GOOD = [
     ("attention", lambda: (_r(2, 3, 4, 8), _r(2, 5, 2, 8), _r(2, 5, 2, 8), None, 1.0, 0), 2),
     ("moe_route", lambda: (_r(4, 8), _r(8), 2), 1),
     ("moe_experts", lambda: (_r(5, 16), _r(5, 2), _idx(5, 2, 4), _r(4, 16, 16), _r(4, 16, 8), "silu"), 3),
+    ("moe_experts_quant", _qexperts, 5),
 ]
 
 

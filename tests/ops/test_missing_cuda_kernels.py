@@ -10,6 +10,14 @@ from gemma4._native import build_info
 CUDA = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
 
+def _moe_quant():
+    """(grad_out, x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales, activation)."""
+    x = torch.randn(3, 32)
+    return (torch.randn(3, 32), x, torch.rand(3, 2), torch.tensor([[0, 1], [1, 0], [0, 1]]),
+            torch.zeros(2, 64, 16, dtype=torch.uint8), torch.ones(2, 64, 1), torch.zeros(2, 32, 16, dtype=torch.uint8),
+            torch.ones(2, 32, 1), "silu")
+
+
 def _calls():
     x, w = torch.randn(3, 8), torch.randn(8)
     q, k, v = torch.randn(1, 4, 2, 8), torch.randn(1, 4, 1, 8), torch.randn(1, 4, 1, 8)
@@ -17,6 +25,8 @@ def _calls():
         "linear": (x, torch.randn(5, 8), None),
         "linear_grad_input": (x, torch.randn(8, 5)),
         "qgemm": (x, torch.zeros(5, 4, dtype=torch.uint8), torch.ones(5, 1), None),
+        "moe_experts_quant": _moe_quant()[1:],
+        "moe_experts_quant_backward": _moe_quant(),
         "rms_norm": (x, w, 1e-6),
         "rope": (q, torch.arange(4)[None], torch.rand(4)),
         "attention": (q, k, v, None, 1.0, 0),

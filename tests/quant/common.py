@@ -58,3 +58,32 @@ def cuda_path(request):
     qops.qgemm_cuda_path(request.param)
     yield request.param
     qops.qgemm_cuda_path("auto")
+
+
+def experts_loop(x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales,
+                 activation="gelu_tanh"):
+    """QuantExperts.forward before gemma4::moe_experts_quant: a Python loop over the chosen experts calling
+    gemma4.ops.qgemm, gated_activation and qgemm on each one's tokens, fp32 accumulation of the routed outputs.
+    The oracle of the fused op (equal bit for bit on CPU); it looks the ops up on gemma4.ops at each call, so a
+    patched qgemm / gated_activation (gguf_support.llamacpp_cpu_numerics) reaches the experts through it."""
+    import gemma4.ops
+
+    im = gate_up_qweight.shape[1] // 2
+    top_k = indices.shape[1]
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)  # routed (token, slot) pairs grouped by expert
+    counts = torch.bincount(flat, minlength=gate_up_qweight.shape[0]).tolist()
+    w_flat = weights.reshape(-1)
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [N, H]
+    start = 0
+    for e, count in enumerate(counts):
+        if count == 0:
+            continue
+        pairs = order[start:start + count]
+        start += count
+        token = pairs // top_k
+        gate_up = gemma4.ops.qgemm(x[token], gate_up_qweight[e], gate_up_scales[e])  # [n_e, 2Im]
+        hidden = gemma4.ops.gated_activation(gate_up[:, :im], gate_up[:, im:], activation)  # [n_e, Im]
+        y = gemma4.ops.qgemm(hidden, down_qweight[e], down_scales[e])  # [n_e, H]
+        out.index_add_(0, token, y.float() * w_flat[pairs].float()[:, None])
+    return out.to(x.dtype)

@@ -272,10 +272,13 @@ def llamacpp_cpu_numerics(model, q8: bool = True, gelu: bool = True, f16_inputs=
     the input of every quantized matmul (gemma4.ops.qgemm: QuantLinear, QuantExperts' two matmuls) and of the
     lm_head (the tied Q8_0 token embedding) with q8_0_round; gelu runs gemma4.ops.gated_activation (the
     MLPs, the experts, PLE's gate) through the fp16 table; the modules named in f16_inputs (F16 weights in
-    the file) get their input rounded to fp16. Global: patches gemma4.ops for the duration."""
+    the file) get their input rounded to fp16. Global: patches gemma4.ops for the duration (the experts'
+    fused op too: it becomes common.experts_loop, its Python form, whose qgemm / gated_activation are these)."""
     import gemma4
+    from tests.quant.common import experts_loop
 
-    qgemm, gated = gemma4.ops.qgemm, gemma4.ops.gated_activation
+    qgemm, gated, experts = gemma4.ops.qgemm, gemma4.ops.gated_activation, gemma4.ops.moe_experts_quant
+    gemma4.ops.moe_experts_quant = experts_loop
     modules = dict(model.named_modules())
     hooks = [modules[name].register_forward_pre_hook(lambda m, args: (args[0].half().to(args[0].dtype),))
              for name in f16_inputs]
@@ -287,7 +290,7 @@ def llamacpp_cpu_numerics(model, q8: bool = True, gelu: bool = True, f16_inputs=
     try:
         yield
     finally:
-        gemma4.ops.qgemm, gemma4.ops.gated_activation = qgemm, gated
+        gemma4.ops.qgemm, gemma4.ops.gated_activation, gemma4.ops.moe_experts_quant = qgemm, gated, experts
         for hook in hooks:
             hook.remove()
 

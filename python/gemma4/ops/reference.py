@@ -217,3 +217,25 @@ def qgemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: to
 
 
 __all__ += ["dequantize", "qgemm"]
+
+
+# ---- MoE experts on packed weights (gemma4::moe_experts_quant) ----
+
+def moe_experts_quant(x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales,
+                      activation: str = "gelu_tanh"):
+    """moe_experts on the dequantized expert banks: each chosen expert's gate_up [2Im, H] and down [H, Im]
+    dequantized in float32 (float64 for float64 x), the same maths, rounded once to x.dtype."""
+    acc = _acc(x)
+    Im = gate_up_qweight.shape[1] // 2
+    out = torch.zeros(x.shape, dtype=acc, device=x.device)
+    for e in indices.unique().tolist():
+        token, slot = (indices == e).nonzero(as_tuple=True)
+        xe = x[token].to(acc)  # [n_e, H]
+        gu = xe @ dequantize(gate_up_qweight[e], gate_up_scales[e], acc).t()  # [n_e, 2Im]
+        h = gated_activation(gu[:, :Im], gu[:, Im:], activation)
+        o = h @ dequantize(down_qweight[e], down_scales[e], acc).t()  # [n_e, H]
+        out.index_add_(0, token, o * weights[token, slot].to(acc)[:, None])
+    return out.to(x.dtype)
+
+
+__all__ += ["moe_experts_quant"]

@@ -3,8 +3,8 @@
     QuantLinear    for nn.Linear: buffers ``qweight`` / ``scales`` in the packed format of formats.py
                    (+ the float ``bias`` parameter); forward = ops.qgemm(x, qweight, scales, bias).
     QuantExperts   for the MoE expert bank (Gemma4Experts): ``gate_up_proj_qweight [E, 2Im, ...]`` etc.;
-                   forward groups tokens by expert and runs qgemm on each chosen expert's packed
-                   weights (a Python loop over the chosen experts: first version, not a fused op).
+                   forward = ops.moe_experts_quant (tokens grouped by expert, each chosen expert's packed
+                   weights through qgemm's kernels, in one op).
 
 The quantized weights are frozen buffers; gradients flow to the inputs (QLoRA) and to the bias.
 The scales keep their dtype when the model is cast (``model.half()`` must not round bf16 scales).
@@ -272,25 +272,8 @@ class QuantExperts(_KeepsScaleDtype):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """x [N, H], weights [N, K] routing weights, indices [N, K] expert ids -> [N, H] in x.dtype."""
-        im = self.moe_intermediate_size
-        top_k = indices.shape[1]
-        flat = indices.reshape(-1)
-        order = torch.argsort(flat, stable=True)  # routed (token, slot) pairs grouped by expert
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        w_flat = weights.reshape(-1)
-        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [N, H]
-        start = 0
-        for e, count in enumerate(counts):
-            if count == 0:
-                continue
-            pairs = order[start:start + count]
-            start += count
-            token = pairs // top_k
-            gate_up = ops.qgemm(x[token], self.gate_up_proj_qweight[e], self.gate_up_proj_scales[e])  # [n_e, 2Im]
-            hidden = ops.gated_activation(gate_up[:, :im], gate_up[:, im:], self.activation)  # [n_e, Im]
-            y = ops.qgemm(hidden, self.down_proj_qweight[e], self.down_proj_scales[e])  # [n_e, H]
-            out.index_add_(0, token, y.float() * w_flat[pairs].float()[:, None])
-        return out.to(x.dtype)
+        return ops.moe_experts_quant(x, weights, indices, self.gate_up_proj_qweight, self.gate_up_proj_scales,
+                                     self.down_proj_qweight, self.down_proj_scales, self.activation)
 
     # ---- on disk: <w>_packed / <w>_scale / <w>_shape per weight w (compressed_tensors.py) ----
     def _ct_names(self) -> dict[str, tuple[int, ...]]:

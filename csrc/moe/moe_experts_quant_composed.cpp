@@ -1,0 +1,147 @@
+// gemma4::moe_experts_quant composed of other ops, for any device that has gemma4::qgemm and
+// gemma4::gated_activation(_backward) kernels: the CUDA forward (moe_experts_quant_cuda.cu) and the
+// backward on every device. A host loop over the experts: the pairs are grouped by expert on the device,
+// the counts come to the host in one copy, then each chosen expert runs its ops on its tokens (index_select,
+// qgemm, gated_activation, qgemm, index_add_), called through the dispatcher. Declared in moe_experts_quant.h.
+//
+// Backward, per expert e and its pairs (token n, slot k, weight w), the forward recomputed:
+//   gu = qgemm(x[n], gate_up_e) = [gate | up],  h = act(gate) * up,  y = qgemm(h, down_e)
+//   grad_weights[n, k] = <grad_out[n], y>
+//   dh = w grad_out[n] @ dequant(down_e)                       [m, Im]
+//   (dg, du) = gated_activation_backward(dh, gate, up)          [m, Im] each
+//   grad_x[n] += [dg | du] @ dequant(gate_up_e)                 [m, H]
+// in float32 (gate, up, h and y in x's dtype, as the forward rounds them), each gradient rounded once.
+// The frozen weights are dequantized one expert matrix at a time, in float32 (exact).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "moe/moe_experts_quant.h"
+
+namespace gemma4::moe {
+namespace {
+
+const char* activation_name(Activation act) { return act == Activation::Silu ? "silu" : "gelu_tanh"; }
+
+at::Tensor call_qgemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales) {
+  using Qgemm = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&);
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("gemma4::qgemm", "").typed<Qgemm>();
+  return op.call(x, qweight, scales, std::nullopt);
+}
+
+at::Tensor call_gated(const at::Tensor& gate, const at::Tensor& up, Activation act) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("gemma4::gated_activation", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>();
+  return op.call(gate, up, activation_name(act));
+}
+
+std::tuple<at::Tensor, at::Tensor> call_gated_backward(const at::Tensor& grad_out, const at::Tensor& gate,
+                                                       const at::Tensor& up, Activation act) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("gemma4::gated_activation_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    c10::string_view)>();
+  return op.call(grad_out, gate, up, activation_name(act));
+}
+
+// Packed [rows, K/2 | K] with scales [rows, G] -> float32 [rows, K], exact: the format of qgemm_problem.h
+// (int4: each 32-weight run is 16 bytes, byte j = weight j in the low nibble, weight j + 16 in the high
+// one, stored q + 8).
+at::Tensor dequantize_f32(const at::Tensor& qweight, const at::Tensor& scales) {
+  const int64_t rows = qweight.size(0), G = scales.size(1);
+  at::Tensor q;
+  if (qweight.scalar_type() == at::kByte) {
+    const at::Tensor runs = qweight.view({rows, -1, 16});                             // [rows, K/32, 16]
+    q = at::cat({runs.bitwise_and(15), at::bitwise_right_shift(runs, 4)}, 2)          // [rows, K/32, 32]
+            .to(at::kFloat)
+            .sub_(8)
+            .view({rows, -1});                                                        // [rows, K]
+  } else {
+    q = qweight.to(at::kFloat);                                                       // [rows, K]
+  }
+  const int64_t K = q.size(1);
+  return q.view({rows, G, K / G}).mul_(scales.to(at::kFloat).unsqueeze(2)).view({rows, K});
+}
+
+// One expert's forward on its gathered rows: (gu [m, 2 Im], h [m, Im], y [m, H]), each in x's dtype.
+struct ExpertForward {
+  at::Tensor gu, h, y;
+};
+
+ExpertForward expert_forward(const QuantExpertsProblem& p, int64_t e, const at::Tensor& xe) {
+  ExpertForward f;
+  f.gu = call_qgemm(xe, p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e));
+  f.h = call_gated(f.gu.narrow(1, 0, p.Im), f.gu.narrow(1, p.Im, p.Im), p.act);
+  f.y = call_qgemm(f.h, p.down_qweight.select(0, e), p.down_scales.select(0, e));
+  return f;
+}
+
+}  // namespace
+
+ExpertRoutes route_by_expert(const char* op, const at::Tensor& indices, int64_t E) {
+  const at::Tensor flat = indices.reshape({-1});                         // [P] pair p = n*K + k
+  const at::Tensor valid = flat.ge(0).logical_and_(flat.lt(E));
+  const at::Tensor bins = at::where(valid, flat, at::Scalar(E));         // out-of-range ids count in bin E
+  const at::Tensor counts = at::bincount(bins, {}, E + 1).to(at::kCPU);  // [E + 1]: the one host copy
+  const int64_t* c = counts.const_data_ptr<int64_t>();
+  if (c[E] != 0) {  // an error: find the first bad index for the message (another sync is fine here)
+    const int64_t p = valid.logical_not().nonzero().select(0, 0).item<int64_t>();
+    const int64_t K = indices.size(1);
+    TORCH_CHECK(false, op, ": indices must be in [0, ", E, ") (the number of experts), got ", flat[p].item<int64_t>(),
+                " at [", p / K, ", ", p % K, "]");
+  }
+  ExpertRoutes r;
+  r.counts.assign(c, c + E);
+  r.order = at::argsort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);  // [P], grouped by expert
+  return r;
+}
+
+at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProblem& p) {
+  at::Tensor out = at::zeros({p.N, p.H}, p.x.options().dtype(at::kFloat));  // [N, H] float32
+  if (p.N == 0) return out.to(p.dtype);
+  const ExpertRoutes r = route_by_expert(op, p.indices, p.E);
+  const at::Tensor tokens = at::div(r.order, p.K, "floor");                                 // [P] token of each
+  const at::Tensor w = p.weights.reshape({-1}).index_select(0, r.order).to(at::kFloat);      // [P]
+  int64_t start = 0;
+  for (int64_t e = 0; e < p.E; ++e) {
+    const int64_t m = r.counts[e];
+    if (m == 0) continue;
+    const at::Tensor tok = tokens.narrow(0, start, m);                                         // [m]
+    const ExpertForward f = expert_forward(p, e, p.x.index_select(0, tok));
+    out.index_add_(0, tok, f.y.to(at::kFloat).mul_(w.narrow(0, start, m).unsqueeze(1)));      // [m, H]
+    start += m;
+  }
+  return out.to(p.dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* op, const QuantExpertsProblem& p) {
+  const auto f32 = p.x.options().dtype(at::kFloat);
+  at::Tensor grad_x = at::zeros({p.N, p.H}, f32);      // [N, H]
+  at::Tensor grad_w = at::zeros({p.N * p.K}, f32);     // [P]
+  if (p.N != 0) {
+    const ExpertRoutes r = route_by_expert(op, p.indices, p.E);
+    const at::Tensor tokens = at::div(r.order, p.K, "floor");                              // [P]
+    const at::Tensor w = p.weights.reshape({-1}).index_select(0, r.order).to(at::kFloat);   // [P]
+    int64_t start = 0;
+    for (int64_t e = 0; e < p.E; ++e) {
+      const int64_t m = r.counts[e];
+      if (m == 0) continue;
+      const at::Tensor tok = tokens.narrow(0, start, m);                                      // [m]
+      const ExpertForward f = expert_forward(p, e, p.x.index_select(0, tok));
+      const at::Tensor go = p.grad_out.index_select(0, tok).to(at::kFloat);                   // [m, H]
+      grad_w.index_copy_(0, r.order.narrow(0, start, m), go.mul(f.y.to(at::kFloat)).sum(1));  // [m]
+      const at::Tensor down = dequantize_f32(p.down_qweight.select(0, e), p.down_scales.select(0, e));  // [H, Im]
+      const at::Tensor dh = go.mul_(w.narrow(0, start, m).unsqueeze(1)).mm(down);                      // [m, Im]
+      const auto [dg, du] = call_gated_backward(dh, f.gu.narrow(1, 0, p.Im).to(at::kFloat),
+                                                f.gu.narrow(1, p.Im, p.Im).to(at::kFloat), p.act);
+      const at::Tensor dx = at::cat({dg, du}, 1).mm(
+          dequantize_f32(p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e)));    // [m, H]
+      grad_x.index_add_(0, tok, dx);
+      start += m;
+    }
+  }
+  return {grad_x.to(p.dtype), grad_w.view({p.N, p.K}).to(p.weights.scalar_type())};
+}
+
+}  // namespace gemma4::moe
