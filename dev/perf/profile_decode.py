@@ -1,8 +1,8 @@
 """Where a decode step's time goes (issue 13, lean decode step): torch.profiler over N greedy decode steps
 of a random model, ops grouped into GEMM-like (gemma4::linear / qgemm, aten::mm / addmm / matmul / linear)
 and everything else, plus the wall time the profiler does not attribute to any op (Python, dispatch); then
-the op calls of one step by decoder layer (and outside the layers), and the wall time per token without the
-profiler (the median over --repeat runs of --steps steps; a run's time is its steps' median).
+the op calls of one step by decoder layer (and outside the layers), and the wall and process CPU time per token
+without the profiler (the median over --repeat runs of --steps steps; a run's time is its steps' median).
 
 --path generate (the default) profiles model.generate's greedy steps (under torch.no_grad, with its logits
 copy, finiteness check, argmax and stop check), one step being the time between two tokens reaching the
@@ -36,10 +36,11 @@ class Marks:
     step ("step k": from token k's arrival to token k+1's; the prefill's interval is not one)."""
 
     def __init__(self, ranges: bool = False):
-        self.times, self.ranges, self.open = [], ranges, None
+        self.times, self.cpu, self.ranges, self.open = [], [], ranges, None
 
     def put(self, _tokens) -> None:
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
         if self.open is not None:
             self.open.__exit__(None, None, None)
             self.open = None
@@ -52,8 +53,8 @@ class Marks:
             self.open.__exit__(None, None, None)
             self.open = None
 
-    def step_ms(self) -> list[float]:
-        t = self.times[2:]  # from the prefill's token on
+    def step_ms(self, cpu: bool = False) -> list[float]:
+        t = (self.cpu if cpu else self.times)[2:]  # from the prefill's token on
         return [(b - a) * 1e3 for a, b in zip(t, t[1:])]
 
 
@@ -140,11 +141,12 @@ def main() -> None:
         run(model, ids, a.steps, a.path, marks)
     wall = sum(marks.step_ms()) / a.steps
     per, names = ops_per_layer(model, ids, a.path)
-    runs = []
+    runs, cpu_runs = [], []
     for _ in range(a.repeat):
         timed = Marks()
         run(model, ids, a.steps, a.path, timed)
         runs.append(statistics.median(timed.step_ms()))
+        cpu_runs.append(statistics.median(timed.step_ms(cpu=True)))
 
     gemm = other = calls = 0.0
     by_op = collections.defaultdict(lambda: [0.0, 0])
@@ -163,6 +165,10 @@ def main() -> None:
           f"{wall - gemm - other:.1f} ms; {calls:.0f} op calls per token")
     print(f"  without the profiler: {statistics.median(runs):.2f} ms/token (median of {a.repeat} runs: "
           f"{', '.join(f'{r:.2f}' for r in runs)}); load average {os.getloadavg()[0]:.2f}")
+    # CPU time of the process (all its threads): not inflated while other jobs hold the cores, so steadier than
+    # the wall time on a shared machine; with 1 thread it is the step's own work
+    print(f"  process CPU time: {statistics.median(cpu_runs):.2f} ms/token (median of {a.repeat} runs: "
+          f"{', '.join(f'{r:.2f}' for r in cpu_runs)})")
     layers = sorted((k for k in per if k != "outside"), key=lambda k: int(k.split()[1]))
     print("  op calls per layer: " + ", ".join(f"{k.split()[1]}: {per[k]}" for k in layers)
           + f"; outside the layers: {per['outside']}")
