@@ -507,6 +507,27 @@ GemvPlan plan_gemv(int row_groups, int spans, int runs_per_span, int64_t MN, int
   return GemvPlan{1, 1, spans};
 }
 
+// Launches a GEMV kernel by its plan: one block per (row group, part); with more than one part the blocks write
+// fp32 partial sums to a [parts, M, N] workspace and qgemv_sum_parts_kernel adds them (and the bias) in order.
+template <typename T, typename Kernel, typename Args>
+void launch_split_gemv(Kernel kernel, Args& a, const GemvPlan& plan, int row_groups, int smem_per_warp,
+                       const at::TensorOptions& options) {
+  const int64_t MN = int64_t(a.M) * a.N;
+  a.parts = plan.parts;
+  at::Tensor partial;  // [parts, M, N]
+  if (plan.parts > 1) {
+    partial = at::empty({plan.parts, a.M, a.N}, options.dtype(at::kFloat));
+    a.partial = partial.mutable_data_ptr<float>();
+  }
+  kernel<<<dim3(row_groups, plan.parts), plan.warps * 32, plan.warps * smem_per_warp, cuda::stream()>>>(a);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (plan.parts > 1) {
+    qgemv_sum_parts_kernel<T><<<cuda::ceil_div<int64_t>(MN, 256), 256, 0, cuda::stream()>>>(
+        a.partial, static_cast<const T*>(a.bias), static_cast<T*>(a.y), plan.parts, MN, a.N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 // The earlier GEMV's split, for qgemv_shuffle_kernel (int4, M > 4): one block per row group, its warps
 // splitting K so that about kWarpsPerSm warps run per SM (K slices of whole run pairs: span_align 2).
 GemvPlan plan_by_warps_per_sm(int row_groups, int spans, int span_align, int max_warps, int sms) {
@@ -654,19 +675,7 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
                           : plan_gemv(row_groups, a.spans, R, M * N, weight_bytes, cuda::sm_count(),
                                       resident_blocks(reinterpret_cast<const void*>(kernel), smem_per_warp, max_warps));
               a.spans_per_warp = plan.spans_per_warp;
-              a.parts = plan.parts;
-              at::Tensor partial;  // [parts, M, N]
-              if (plan.parts > 1) {
-                partial = at::empty({plan.parts, M, N}, x2.options().dtype(at::kFloat));
-                a.partial = partial.mutable_data_ptr<float>();
-              }
-              kernel<<<dim3(row_groups, plan.parts), plan.warps * 32, plan.warps * smem_per_warp, cuda::stream()>>>(a);
-              C10_CUDA_KERNEL_LAUNCH_CHECK();
-              if (plan.parts > 1) {
-                qgemv_sum_parts_kernel<T><<<cuda::ceil_div<int64_t>(M * N, 256), 256, 0, cuda::stream()>>>(
-                    a.partial, static_cast<const T*>(a.bias), static_cast<T*>(a.y), plan.parts, M * N, a.N);
-                C10_CUDA_KERNEL_LAUNCH_CHECK();
-              }
+              launch_split_gemv<T>(kernel, a, plan, row_groups, smem_per_warp, x2.options());
             }
           };
           if (NT == 1) {
@@ -725,19 +734,7 @@ at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at:
           const GemvPlan plan = plan_gemv(row_groups, a.runs, 1, M * N, weight_bytes, cuda::sm_count(),
                                           resident_blocks(reinterpret_cast<const void*>(kernel), smem_per_warp, max_warps));
           a.runs_per_warp = plan.spans_per_warp;
-          a.parts = plan.parts;
-          at::Tensor partial;  // [parts, M, N]
-          if (plan.parts > 1) {
-            partial = at::empty({plan.parts, M, N}, x2.options().dtype(at::kFloat));
-            a.partial = partial.mutable_data_ptr<float>();
-          }
-          kernel<<<dim3(row_groups, plan.parts), plan.warps * 32, plan.warps * smem_per_warp, cuda::stream()>>>(a);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          if (plan.parts > 1) {
-            qgemv_sum_parts_kernel<T><<<cuda::ceil_div<int64_t>(M * N, 256), 256, 0, cuda::stream()>>>(
-                a.partial, static_cast<const T*>(a.bias), static_cast<T*>(a.y), plan.parts, M * N, a.N);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          }
+          launch_split_gemv<T>(kernel, a, plan, row_groups, smem_per_warp, x2.options());
         };
         if (NT == 1) {
           launch.template operator()<1>();
