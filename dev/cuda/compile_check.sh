@@ -9,8 +9,8 @@ PYINC=$(/work/venv-cuda/bin/python -c "import sysconfig;print(sysconfig.get_path
 mkdir -p build/cc
 for f in "$@"; do
   o=build/cc/$(basename "$f" .cu).o
-  ccache nvcc -std=c++20 -O3 -arch=${ARCH:-sm_90} --expt-relaxed-constexpr -Xptxas -v ${EXTRA_INC:-} -Icsrc -I$TP/include \
+  ${CCACHE:-$(command -v ccache || true)} nvcc -std=c++20 -O3 -arch=${ARCH:-sm_90} --expt-relaxed-constexpr -Xptxas -v ${EXTRA_INC:-} -Icsrc -I$TP/include \
     -I$TP/include/torch/csrc/api/include -I$NV/include -I$PYINC -DGEMMA4_WITH_CUDA -c "$f" -o "$o" \
-    2> >(grep -vE "^ptxas info    : (Compiling|Function properties|Compile time)" >&2)
+    2> >(grep -vE "^ptxas info    : (Function properties|Compile time)" >&2)
   echo "ok $f"
 done

@@ -1,13 +1,16 @@
-"""A few M=1 calls of gemma4::qgemm on the 31B gate_up shape (int4 g32, int8 per-channel), for Nsight
+"""A few M=1 calls of gemma4::qgemm on the 31B gate_up shape (SHAPE=down: 31B down) (int4 g32, int8 per-channel), for Nsight
 Compute:  ncu --kernel-name regex:qgemv_kernel --launch-skip 2 --launch-count 2 --clock-control none \
               --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
               python3 dev/cuda/qgemv_ncu.py
 """
+import os
+
 import torch
 
 from gemma4 import ops
 
-n, k = 43008, 5376
+# SHAPE=down: the 31B down shape (long rows) instead of gate_up (short rows, many of them)
+n, k = (5376, 21504) if os.environ.get("SHAPE") == "down" else (43008, 5376)
 x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
 q4 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda")
 s4 = (torch.rand(n, k // 32, device="cuda") * 0.02).to(torch.bfloat16)
