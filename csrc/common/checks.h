@@ -43,6 +43,15 @@ inline void check_size(const at::Tensor& t, int64_t d, int64_t want, const char*
   TORCH_CHECK(t.size(d) == want, op, ": ", arg, ".size(", d, ") must be ", want, ", got shape ", t.sizes());
 }
 
+// A backward's grad_out: x's device, dtype and shape (the messages name grad_out).
+inline void check_grad_like_x(const at::Tensor& grad_out, const at::Tensor& x, const char* op) {
+  check_same_device(grad_out, x, op, "grad_out");
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have x's dtype (", x.scalar_type(),
+              "), got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have the shape of x ", x.sizes(), ", got ",
+              grad_out.sizes());
+}
+
 // The activation of a gated MLP (gated_activation, moe_experts), parsed once from the op's string.
 enum class Activation { GeluTanh, Silu };
 

@@ -135,11 +135,7 @@ inline ExpertsProblem check_experts_backward(const char* op, const at::Tensor& g
                                              const at::Tensor& gate_up, const at::Tensor& down,
                                              c10::string_view activation) {
   ExpertsProblem p = check_experts(op, x, weights, indices, gate_up, down, activation);
-  check_same_device(grad_out, x, op, "grad_out");
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have x's dtype (", x.scalar_type(),
-              "), got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have the shape of x ", x.sizes(), ", got ",
-              grad_out.sizes());
+  check_grad_like_x(grad_out, x, op);
   p.grad_out = grad_out.contiguous();
   return p;
 }

@@ -110,11 +110,7 @@ inline QuantExpertsProblem check_experts_quant_backward(const char* op, const at
                                                         c10::string_view activation) {
   QuantExpertsProblem p = check_experts_quant(op, x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight,
                                               down_scales, activation);
-  check_same_device(grad_out, x, op, "grad_out");
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have x's dtype (", x.scalar_type(),
-              "), got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have the shape of x ", x.sizes(), ", got ",
-              grad_out.sizes());
+  check_grad_like_x(grad_out, x, op);
   p.grad_out = grad_out.contiguous();
   return p;
 }
@@ -138,5 +134,12 @@ at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProb
 // grad_weights[p] = <grad_out[n], y_p>, and grad_x[n] += (dg | du) @ dequant(gate_up_e) with
 // (dg, du) = gated_activation_backward(w * grad_out[n] @ dequant(down_e), gate, up), all in float32.
 std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* op, const QuantExpertsProblem& p);
+
+// gemma4::moe_experts_quant_backward for x on device dev (its CPU and CUDA kernel): the checks, then the
+// composed code under a guard of x's device.
+std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_on(
+    c10::DeviceType dev, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights,
+    const at::Tensor& indices, const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales,
+    const at::Tensor& down_qweight, const at::Tensor& down_scales, c10::string_view activation);
 
 }  // namespace gemma4::moe

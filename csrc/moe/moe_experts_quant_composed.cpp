@@ -14,6 +14,7 @@
 // The frozen weights are dequantized one expert matrix at a time, in float32 (exact).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/DeviceGuard.h>
 
 #include "moe/moe_experts_quant.h"
 
@@ -97,9 +98,12 @@ ExpertRoutes route_by_expert(const char* op, const at::Tensor& indices, int64_t 
   return r;
 }
 
-at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProblem& p) {
-  at::Tensor out = at::zeros({p.N, p.H}, p.x.options().dtype(at::kFloat));  // [N, H] float32
-  if (p.N == 0) return out.to(p.dtype);
+namespace {
+
+// Calls f(e, pairs, tok, w) for each chosen expert e, in expert order: pairs = the pair ids p = n*K + k that
+// chose it ([m] int64), tok = their tokens ([m]), w = their routing weights in float32 ([m]).
+template <typename F>
+void for_each_expert(const char* op, const QuantExpertsProblem& p, F&& f) {
   const ExpertRoutes r = route_by_expert(op, p.indices, p.E);
   const at::Tensor tokens = at::div(r.order, p.K, "floor");                                 // [P] token of each
   const at::Tensor w = p.weights.reshape({-1}).index_select(0, r.order).to(at::kFloat);      // [P]
@@ -107,11 +111,20 @@ at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProb
   for (int64_t e = 0; e < p.E; ++e) {
     const int64_t m = r.counts[e];
     if (m == 0) continue;
-    const at::Tensor tok = tokens.narrow(0, start, m);                                         // [m]
-    const ExpertForward f = expert_forward(p, e, p.x.index_select(0, tok));
-    out.index_add_(0, tok, f.y.to(at::kFloat).mul_(w.narrow(0, start, m).unsqueeze(1)));      // [m, H]
+    f(e, r.order.narrow(0, start, m), tokens.narrow(0, start, m), w.narrow(0, start, m));
     start += m;
   }
+}
+
+}  // namespace
+
+at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProblem& p) {
+  at::Tensor out = at::zeros({p.N, p.H}, p.x.options().dtype(at::kFloat));  // [N, H] float32
+  if (p.N == 0) return out.to(p.dtype);
+  for_each_expert(op, p, [&](int64_t e, const at::Tensor&, const at::Tensor& tok, const at::Tensor& w) {
+    const ExpertForward f = expert_forward(p, e, p.x.index_select(0, tok));
+    out.index_add_(0, tok, f.y.to(at::kFloat).mul_(w.unsqueeze(1)));  // [m, H]
+  });
   return out.to(p.dtype);
 }
 
@@ -120,28 +133,32 @@ std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* o
   at::Tensor grad_x = at::zeros({p.N, p.H}, f32);      // [N, H]
   at::Tensor grad_w = at::zeros({p.N * p.K}, f32);     // [P]
   if (p.N != 0) {
-    const ExpertRoutes r = route_by_expert(op, p.indices, p.E);
-    const at::Tensor tokens = at::div(r.order, p.K, "floor");                              // [P]
-    const at::Tensor w = p.weights.reshape({-1}).index_select(0, r.order).to(at::kFloat);   // [P]
-    int64_t start = 0;
-    for (int64_t e = 0; e < p.E; ++e) {
-      const int64_t m = r.counts[e];
-      if (m == 0) continue;
-      const at::Tensor tok = tokens.narrow(0, start, m);                                      // [m]
+    for_each_expert(op, p, [&](int64_t e, const at::Tensor& pairs, const at::Tensor& tok, const at::Tensor& w) {
       const ExpertForward f = expert_forward(p, e, p.x.index_select(0, tok));
       const at::Tensor go = p.grad_out.index_select(0, tok).to(at::kFloat);                   // [m, H]
-      grad_w.index_copy_(0, r.order.narrow(0, start, m), go.mul(f.y.to(at::kFloat)).sum(1));  // [m]
+      grad_w.index_copy_(0, pairs, go.mul(f.y.to(at::kFloat)).sum(1));                        // [m]
       const at::Tensor down = dequantize_f32(p.down_qweight.select(0, e), p.down_scales.select(0, e));  // [H, Im]
-      const at::Tensor dh = go.mul_(w.narrow(0, start, m).unsqueeze(1)).mm(down);                      // [m, Im]
+      const at::Tensor dh = go.mul_(w.unsqueeze(1)).mm(down);                                           // [m, Im]
       const auto [dg, du] = call_gated_backward(dh, f.gu.narrow(1, 0, p.Im).to(at::kFloat),
                                                 f.gu.narrow(1, p.Im, p.Im).to(at::kFloat), p.act);
       const at::Tensor dx = at::cat({dg, du}, 1).mm(
           dequantize_f32(p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e)));    // [m, H]
       grad_x.index_add_(0, tok, dx);
-      start += m;
-    }
+    });
   }
   return {grad_x.to(p.dtype), grad_w.view({p.N, p.K}).to(p.weights.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_on(
+    c10::DeviceType dev, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights,
+    const at::Tensor& indices, const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales,
+    const at::Tensor& down_qweight, const at::Tensor& down_scales, c10::string_view activation) {
+  constexpr const char* op = "gemma4::moe_experts_quant_backward";
+  check_device(x, op, "x", dev);
+  const QuantExpertsProblem p = check_experts_quant_backward(op, grad_out, x, weights, indices, gate_up_qweight,
+                                                             gate_up_scales, down_qweight, down_scales, activation);
+  const c10::DeviceGuard guard(x.device());
+  return experts_quant_backward_composed(op, p);
 }
 
 }  // namespace gemma4::moe

@@ -15,7 +15,6 @@ namespace gemma4 {
 namespace {
 
 constexpr const char* kOp = "gemma4::moe_experts_quant";
-constexpr const char* kBackwardOp = "gemma4::moe_experts_quant_backward";
 
 at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
                                   const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales,
@@ -32,12 +31,8 @@ std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
     const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales, const at::Tensor& down_qweight,
     const at::Tensor& down_scales, c10::string_view activation) {
-  check_device(x, kBackwardOp, "x", c10::kCUDA);
-  const moe::QuantExpertsProblem p = moe::check_experts_quant_backward(
-      kBackwardOp, grad_out, x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales,
-      activation);
-  const c10::cuda::CUDAGuard guard(x.device());
-  return moe::experts_quant_backward_composed(kBackwardOp, p);
+  return moe::moe_experts_quant_backward_on(c10::kCUDA, grad_out, x, weights, indices, gate_up_qweight,
+                                            gate_up_scales, down_qweight, down_scales, activation);
 }
 
 }  // namespace

@@ -328,8 +328,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
 template <typename MT, typename S, int NT, typename T>
 __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_shuffle_kernel(const GemvArgs a) {
   constexpr int RT = kRowTiles, U = 2;  // chunks loaded ahead: 2 x 4 independent 8-byte loads per lane
-  constexpr int E = RT * NT * 4;        // accumulators per lane
-  extern __shared__ float red[];        // [warps][E][32]
+  extern __shared__ float red[];        // [warps][2 NT 4][32]: store_fragment_sums
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int n0 = blockIdx.x * 16 * RT;
   const uint8_t* wrow[RT][2];  // this lane's 8 bytes of chunk 0 of rows g and g + 8 of each tile
@@ -411,28 +410,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_shuffle_kernel(const Gem
     }
   }
 
-  // The warps' partial sums, added in warp order; accumulator (rt, nt, j) of lane (g, t) is
-  // y[m = nt*8 + 2t + (j & 1), n = n0 + rt*16 + g + (j >= 2 ? 8 : 0)] (the MMA's C fragment).
-  float* mine = red + warp * E * 32;
-#pragma unroll
-  for (int rt = 0; rt < RT; ++rt)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) mine[((rt * NT + nt) * 4 + j) * 32 + lane] = acc[rt][nt][j];
-  __syncthreads();
-  const int warps = blockDim.x / 32;
-  const T* bias = static_cast<const T*>(a.bias);
-  T* y = static_cast<T*>(a.y);
-  for (int i = threadIdx.x; i < E * 32; i += blockDim.x) {
-    const int e = i / 32, ln = i % 32, j = e % 4, nt = (e / 4) % NT, rt = e / (4 * NT);
-    const int n = n0 + rt * 16 + ln / 4 + (j >= 2 ? 8 : 0), m = nt * 8 + 2 * (ln % 4) + (j & 1);
-    if (n >= a.N || m >= a.M) continue;
-    float s = red[i];
-    for (int w = 1; w < warps; ++w) s += red[w * E * 32 + i];
-    if (bias != nullptr) s += static_cast<float>(bias[n]);
-    y[int64_t(m) * a.N + n] = static_cast<T>(s);
-  }
+  store_fragment_sums<T, NT>(acc, red, n0, a);
 }
 
 // y[m, n] = sum over the parts (in part order: deterministic) of partial[p, m, n] (+ bias[n]).
@@ -610,6 +588,18 @@ void dispatch_x(at::ScalarType s, F&& f) {
   }
 }
 
+// Calls f.template operator()<NT>() for the GEMVs' 8-column MMA tiles: NT = 1, 2 or 4.
+template <typename F>
+void dispatch_column_tiles(int NT, F&& f) {
+  if (NT == 1) {
+    f.template operator()<1>();
+  } else if (NT == 2) {
+    f.template operator()<2>();
+  } else {
+    f.template operator()<4>();
+  }
+}
+
 // The fields the GEMV's and the tiled GEMM's arguments share: weights, scales, bias, output and sizes.
 template <typename Args>
 void fill_operands(Args& a, const at::Tensor& qweight, const at::Tensor& scales, const std::optional<at::Tensor>& bias,
@@ -678,13 +668,7 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
               launch_split_gemv<T>(kernel, a, plan, row_groups, smem_per_warp, x2.options());
             }
           };
-          if (NT == 1) {
-            launch.template operator()<1>();
-          } else if (NT == 2) {
-            launch.template operator()<2>();
-          } else {
-            launch.template operator()<4>();  // M <= 32 with 8 x rows per tile (load_bytes)
-          }
+          dispatch_column_tiles(NT, launch);
         });
       };
       if constexpr (BITS == 4) {
@@ -736,13 +720,7 @@ at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at:
           a.runs_per_warp = plan.spans_per_warp;
           launch_split_gemv<T>(kernel, a, plan, row_groups, smem_per_warp, x2.options());
         };
-        if (NT == 1) {
-          launch.template operator()<1>();
-        } else if (NT == 2) {
-          launch.template operator()<2>();
-        } else {
-          launch.template operator()<4>();
-        }
+        dispatch_column_tiles(NT, launch);
       });
     });
   });

