@@ -70,6 +70,13 @@ bool ring_gemv_wins(int bits, int64_t M, int64_t N, int64_t K) {
   if (cuda_path() == static_cast<int>(CudaPath::ring)) return true;
   return bits == 4 && (M > 16 || (M > 2 && M <= 8 && N * K >= (int64_t(1) << 25)));
 }
+// The 8- and 16-byte-lane GEMV (qgemv_kernel) asks L2 for whole 128-byte lines (load_stream's PF) on weights
+// of 2^25 values or more. On the H200, against the kernel without it in the same call
+// (dev/device_runs/2026-12-04-h200-l2pf.log): 31B gate_up int4 M = 1-2 59.4-60.0 -> 57.3-58.0 us, int8 per
+// channel 2-5% faster at every M, 31B down within 1.5% either way. On E2B gate_up (19M values) the hint lost
+// (int4 8.7 -> 9.5, int8 13.6 -> 15.0: dev/cuda/experiments/README.md). A run-time flag instead of the template
+// parameter cost more than the hint gained (l2pf_runtime_flag.patch).
+bool l2_prefetch_wins(int64_t N, int64_t K) { return N * K >= (int64_t(1) << 25); }
 constexpr int kRowTiles = 2;  // 16-row MMA tiles per warp: 32 weight rows share each activation load
 // Weight bytes one lane loads per row and span (qgemm_cuda.cuh), by the rows of x. More bytes per load means
 // fewer load instructions, but R = 4 LB / run bytes runs per span leave only 8 / R x rows per MMA tile:
@@ -167,7 +174,7 @@ __device__ __forceinline__ float2 run_scales(const S* srow, int q, const GemvArg
   }
 }
 
-template <typename MT, typename S, int BITS, int NT, int LB, typename T>
+template <typename MT, typename S, int BITS, int NT, int LB, typename T, bool PF>
 __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a) {
   constexpr int RT = kRowTiles, U = kUnroll(LB, NT), NW = LB / 4;
   static_assert(LB >= 8, "int4 with 4-byte lanes: qgemv_shuffle_kernel");
@@ -222,7 +229,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           if (has) {
-            load_stream<NW>(wrow[rt][h] + int64_t(cu) * 4 * LB, wv[u][rt][h]);
+            load_stream<NW, PF>(wrow[rt][h] + int64_t(cu) * 4 * LB, wv[u][rt][h]);
           } else {
 #pragma unroll
             for (int k = 0; k < NW; ++k) wv[u][rt][h][k] = 0;
@@ -652,11 +659,12 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
             if constexpr (NTc > 1 && (NTc / 2) * XRc >= max_rows(BITS, LB)) {
               TORCH_INTERNAL_ASSERT(false, "qgemv: no instance for ", NTc, " column tiles");  // not built
             } else {
-              const auto kernel = [] {
+              const auto kernel = [&] {
                 if constexpr (LB == 4) {
                   return qgemv_shuffle_kernel<MT, S, NTc, T>;
                 } else {
-                  return qgemv_kernel<MT, S, BITS, NTc, LB, T>;
+                  return l2_prefetch_wins(N, K) ? qgemv_kernel<MT, S, BITS, NTc, LB, T, true>
+                                                : qgemv_kernel<MT, S, BITS, NTc, LB, T, false>;
                 }
               }();
               const int max_warps = std::min(kMaxWarps, kReduceSmem / smem_per_warp);

@@ -121,14 +121,28 @@ __device__ __forceinline__ uint32_t weight_pair(const uint32_t (&w)[NW], int s, 
 }
 
 // NW 32-bit words (4, 8 or 16 bytes) from global memory, not kept in L1 (the weights stream once; L1 keeps the
-// activations and scales).
-template <int NW>
+// activations and scales). PF: ask L2 for the whole 128-byte line (the .L2::128B hint), so that the lane's next
+// span of the row, in the same line, is in L2 when it is loaded: more bytes in flight per load instruction,
+// which is what bounds the GEMV (qgemm_cuda.cu: l2_prefetch_wins).
+template <int NW, bool PF = false>
 __device__ __forceinline__ void load_stream(const void* p, uint32_t (&w)[NW]) {
   static_assert(NW == 1 || NW == 2 || NW == 4);
   if constexpr (NW == 1) {
-    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(w[0]) : "l"(p));
+    if constexpr (PF) {
+      asm volatile("ld.global.nc.L1::no_allocate.L2::128B.u32 %0, [%1];\n" : "=r"(w[0]) : "l"(p));
+    } else {
+      asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(w[0]) : "l"(p));
+    }
   } else if constexpr (NW == 2) {
-    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+    if constexpr (PF) {
+      asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v2.u32 {%0,%1}, [%2];\n" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+    } else {
+      asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
+    }
+  } else if constexpr (PF) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                 : "l"(p));
   } else {
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
