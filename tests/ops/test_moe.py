@@ -302,13 +302,9 @@ def _weights_grad_scale(x, indices, gate_up, down, activation, g):
     deciding the error norm."""
     Im = down.shape[-1]
     x, gate_up, down, g = (t.double() for t in (x, gate_up, down, g))
-    scale = torch.empty(indices.shape, dtype=torch.float64)
-    for n, k in itertools.product(range(indices.shape[0]), range(indices.shape[1])):
-        e = indices[n, k]
-        gu = gate_up[e] @ x[n]  # [2Im]
-        a = ref.gated_activation(gu[:Im], gu[Im:], activation)  # [Im]
-        scale[n, k] = g[n].abs() @ (down[e].abs() @ a.abs())
-    return scale
+    gu = torch.einsum("nkih,nh->nki", gate_up[indices], x)  # [N, K, 2Im]
+    a = ref.gated_activation(gu[..., :Im], gu[..., Im:], activation)  # [N, K, Im]
+    return torch.einsum("nh,nkhi,nki->nk", g.abs(), down[indices].abs(), a.abs())  # [N, K]
 
 
 # Widths of 1 are left to the float64 gradcheck below: there every gradient entry is a product or a
