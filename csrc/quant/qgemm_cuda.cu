@@ -14,7 +14,9 @@
 //    GPU, several blocks split K and a second kernel adds their sums in a fixed order (plan_gemv):
 //    deterministic either way. The weights are read once for all M rows, so M = 1..32 costs about one pass.
 //    For int4 at the row counts of ring_gemv_wins, the GEMV streams the weights through per-warp shared-memory
-//    rings (cp.async) instead, with its own x order (qgemv_ring.cuh); same split, same fixed-order sums.
+//    rings (cp.async) instead, with its own x order (qgemv_ring.cuh); same split, same fixed-order sums. On large
+//    weights up to 16 rows (bulk_gemv_wins), the copy engine (TMA) fills a block's shared-memory stages and
+//    consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order.
 //  * kGemvMaxRows < M up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight into
 //    shared memory and dequantizes it in registers (qgemm_tc.cuh), so the weight crosses HBM once in its
 //    packed size instead of being written and read again at 16 bits.
@@ -27,6 +29,8 @@
 #include <ATen/ops/linear.h>
 #include <ATen/ops/zeros.h>
 
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
 #include <array>
 #include <optional>
 #include <tuple>
@@ -37,6 +41,7 @@
 #include "quant/qgemm_cuda.cuh"
 #include "quant/qgemm_cuda_path.h"
 #include "quant/qgemm_tc.cuh"
+#include "quant/qgemv_bulk.cuh"
 #include "quant/qgemv_ring.cuh"
 #include "quant/quant_checks.h"
 
@@ -69,6 +74,16 @@ bool tiled_gemm_wins(int64_t M, int64_t N, int64_t K) {
 bool ring_gemv_wins(int bits, int64_t M, int64_t N, int64_t K) {
   if (cuda_path() == static_cast<int>(CudaPath::ring)) return true;
   return bits == 4 && (M > 16 || (M > 2 && M <= 8 && N * K >= (int64_t(1) << 25)));
+}
+// Within the GEMV's rows, the copy-engine GEMV (qgemv_bulk.cuh) where it beat the others on the H200
+// (dev/cuda/experiments/README.md): 1-16 rows on weights of 2^25 values or more. int4 g32, us, against the
+// routes before: 31B gate_up M = 1 57.1 -> 51.8, M = 4 69.3 -> 52.8, M = 8 70.9 -> 56.3, M = 16 91.0 -> 76.9;
+// 31B down M = 1 32.6 -> 32.1, M = 8 39.4 -> 32.6, M = 16 69.5 -> 40.9. It lost at 17-32 rows (31B gate_up
+// M = 32 112 -> 141) and on E2B gate_up (19M values: M = 1 8.7 -> 10.1).
+bool bulk_gemv_wins(int64_t M, int64_t N, int64_t K) {
+  const int forced = cuda_path();
+  if (forced == static_cast<int>(CudaPath::bulk)) return true;
+  return forced == static_cast<int>(CudaPath::automatic) && M <= 16 && N * K >= (int64_t(1) << 25);
 }
 // The 8- and 16-byte-lane GEMV (qgemv_kernel) asks L2 for whole 128-byte lines (load_stream's PF) on weights
 // of 2^25 values or more. On the H200, against the kernel without it in the same call
@@ -457,6 +472,24 @@ const std::array<int, kMaxWarps + 1>& resident_blocks(const void* kernel, int sm
   return e.blocks;
 }
 
+// Blocks of `threads` threads and `smem` bytes of shared memory of `kernel` that fit on one SM (at least 1),
+// the kernel allowed that much shared memory. Cached per thread, kernel and device.
+int blocks_per_sm(const void* kernel, int threads, int smem) {
+  struct Entry {
+    int device = -1, blocks = 1;
+  };
+  static thread_local std::unordered_map<const void*, Entry> cache;
+  Entry& e = cache[kernel];
+  const int d = c10::cuda::current_device();
+  if (e.device != d) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&e.blocks, kernel, threads, smem));
+    e.blocks = std::max(1, e.blocks);
+    e.device = d;
+  }
+  return e.blocks;
+}
+
 // The split that finishes first by a wave model (dev/cuda/experiments/README.md): a launch runs in waves of
 // the blocks that fit on the GPU at once (occupancy), and each wave costs its warps' runs plus a fixed
 // latency of about kWaveRuns runs (fitted on the H200 to two splits of the 31B gate_up shape). Few rows (31B
@@ -492,23 +525,23 @@ GemvPlan plan_gemv(int row_groups, int spans, int runs_per_span, int64_t MN, int
   return GemvPlan{1, 1, spans};
 }
 
-// Launches a GEMV kernel by its plan: one block per (row group, part); with more than one part the blocks write
+// Launches a GEMV kernel: one block of `threads` per (row group, part); with more than one part the blocks write
 // fp32 partial sums to a [parts, M, N] workspace and qgemv_sum_parts_kernel adds them (and the bias) in order.
 template <typename T, typename Kernel, typename Args>
-void launch_split_gemv(Kernel kernel, Args& a, const GemvPlan& plan, int row_groups, int smem_per_warp,
+void launch_split_gemv(Kernel kernel, Args& a, int parts, int row_groups, int threads, int smem,
                        const at::TensorOptions& options) {
   const int64_t MN = int64_t(a.M) * a.N;
-  a.parts = plan.parts;
+  a.parts = parts;
   at::Tensor partial;  // [parts, M, N]
-  if (plan.parts > 1) {
-    partial = at::empty({plan.parts, a.M, a.N}, options.dtype(at::kFloat));
+  if (parts > 1) {
+    partial = at::empty({parts, a.M, a.N}, options.dtype(at::kFloat));
     a.partial = partial.mutable_data_ptr<float>();
   }
-  kernel<<<dim3(row_groups, plan.parts), plan.warps * 32, plan.warps * smem_per_warp, cuda::stream()>>>(a);
+  kernel<<<dim3(row_groups, parts), threads, smem, cuda::stream()>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (plan.parts > 1) {
+  if (parts > 1) {
     qgemv_sum_parts_kernel<T><<<cuda::ceil_div<int64_t>(MN, 256), 256, 0, cuda::stream()>>>(
-        a.partial, static_cast<const T*>(a.bias), static_cast<T*>(a.y), plan.parts, MN, a.N);
+        a.partial, static_cast<const T*>(a.bias), static_cast<T*>(a.y), parts, MN, a.N);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -673,7 +706,8 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
                           : plan_gemv(row_groups, a.spans, R, M * N, weight_bytes, cuda::sm_count(),
                                       resident_blocks(reinterpret_cast<const void*>(kernel), smem_per_warp, max_warps));
               a.spans_per_warp = plan.spans_per_warp;
-              launch_split_gemv<T>(kernel, a, plan, row_groups, smem_per_warp, x2.options());
+              launch_split_gemv<T>(kernel, a, plan.parts, row_groups, plan.warps * 32, plan.warps * smem_per_warp,
+                                   x2.options());
             }
           };
           dispatch_column_tiles(NT, launch);
@@ -726,7 +760,111 @@ at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at:
           const GemvPlan plan = plan_gemv(row_groups, a.runs, 1, M * N, weight_bytes, cuda::sm_count(),
                                           resident_blocks(reinterpret_cast<const void*>(kernel), smem_per_warp, max_warps));
           a.runs_per_warp = plan.spans_per_warp;
-          launch_split_gemv<T>(kernel, a, plan, row_groups, smem_per_warp, x2.options());
+          launch_split_gemv<T>(kernel, a, plan.parts, row_groups, plan.warps * 32, plan.warps * smem_per_warp,
+                                   x2.options());
+        };
+        dispatch_column_tiles(NT, launch);
+      });
+    });
+  });
+  return y;
+}
+
+// Whether the bulk-copy GEMV (qgemv_bulk.cuh) can run: it needs an sm_90 or later GPU, and scales whose rows, and
+// each stage's share of a row, start on a 16-byte boundary (the copies' rule). That rules out one scale per row
+// (int8 per channel) and some K (31B's K = 5376 with group 64 and 2-byte scales: 168 bytes a row).
+bool bulk_gemv_fits(int bits, const at::Tensor& scales, int64_t K) {
+  const int64_t ss = scales.element_size(), G = scales.size(1), runs_per_scale = K / G / 32;
+  const int64_t stage_runs = bits == 4 ? bulk_runs<4>() : bulk_runs<8>();
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c10::cuda::current_device()));
+  return major >= 9 && cuda::aligned16(scales.const_data_ptr()) && G * ss % 16 == 0 &&
+         (runs_per_scale == 1 || runs_per_scale == 2 || runs_per_scale == 4) && stage_runs / runs_per_scale * ss % 16 == 0;
+}
+
+// Parts (K slices) per row group for the bulk-copy GEMV: the fewest that finish first by a wave model, each
+// wave costing its stages plus kFillStages for the pipeline to fill; the workspace of several parts is kept
+// well below the weights' bytes.
+int plan_bulk_parts(int row_groups, int stages, int blocks_per_sm, int64_t MN, int64_t weight_bytes) {
+  constexpr int kFillStages = 2;
+  const int64_t slots = int64_t(blocks_per_sm) * cuda::sm_count();
+  int best = 1;
+  int64_t best_cost = INT64_MAX;
+  for (int p = 1; p <= kMaxParts && p <= stages; ++p) {
+    if (p > 1 && 8 * p * MN * int64_t(sizeof(float)) > weight_bytes) break;
+    const int64_t waves = cuda::ceil_div<int64_t>(int64_t(row_groups) * p, slots);
+    const int64_t cost = waves * (cuda::ceil_div(stages, p) + kFillStages);
+    if (cost < best_cost) std::tie(best, best_cost) = std::tie(p, cost);
+  }
+  return best;
+}
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    C10_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
+    TORCH_CHECK(found == cudaDriverEntryPointSuccess && f != nullptr,
+                "gemma4::qgemm: the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// The copy engine's map of a row-major [rows, cols] tensor of `elem_bytes`-byte elements, in tiles of
+// box_rows x box_cols; 16-byte aligned base and row pitch (bulk_gemv_fits).
+CUtensorMap tile_map_2d(const void* base, CUtensorMapDataType type, int64_t elem_bytes, int64_t rows, int64_t cols,
+                        int box_rows, int box_cols, CUtensorMapSwizzle swizzle) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  const cuuint64_t pitch[1] = {cuuint64_t(cols * elem_bytes)};
+  const cuuint32_t box[2] = {cuuint32_t(box_cols), cuuint32_t(box_rows)};
+  const cuuint32_t step[2] = {1, 1};
+  const CUresult r = tensor_map_encoder()(&map, type, 2, const_cast<void*>(base), dims, pitch, box, step,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "gemma4::qgemm: cuTensorMapEncodeTiled failed (CUresult ", int(r), ")");
+  return map;
+}
+
+// M <= kGemvMaxRows, bf16/fp16 x, scales that bulk_gemv_fits: the GEMV fed by the copy engine (qgemv_bulk.cuh).
+at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
+                      const std::optional<at::Tensor>& bias, int bits) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
+  at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
+  BulkArgs a{};
+  fill_operands(a, qweight, scales, bias, y, K);
+  a.runs = static_cast<int>(K / 32);
+  a.runs_per_scale = a.group / 32;  // 1, 2 or 4 (bulk_gemv_fits)
+  a.scale_shift = a.runs_per_scale == 4 ? 2 : a.runs_per_scale - 1;
+  const int row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, kBulkRows));
+  const int NT = M <= 8 ? 1 : M <= 16 ? 2 : 4;  // 8-column MMA tiles
+  const int64_t weight_bytes = qweight.nbytes() + scales.nbytes();
+  dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
+    at::Tensor xp = at::empty({int64_t(a.runs) * NT * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B a lane
+    a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
+    dispatch_bits(bits, [&]<int BITS>() {
+      const int64_t threads = int64_t(a.runs) * NT * 32;
+      qgemv_ring_prep_kernel<T, MT, BITS><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
+          x2.const_data_ptr<T>(), reinterpret_cast<uint4*>(xp.mutable_data_ptr()), a.M, K, a.runs, NT);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      constexpr int SR = bulk_runs<BITS>();
+      a.wmap = tile_map_2d(a.qw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, N, K * BITS / 8, kBulkRows, kBulkBox,
+                           CU_TENSOR_MAP_SWIZZLE_128B);
+      a.smap = tile_map_2d(a.scales, scales.element_size() == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT32,
+                           scales.element_size(), N, a.G, kBulkRows, SR / a.runs_per_scale, CU_TENSOR_MAP_SWIZZLE_NONE);
+      dispatch_scale(scales.scalar_type(), [&]<typename S>() {
+        const auto launch = [&]<int NTc>() {
+          const auto kernel = qgemv_bulk_kernel<MT, S, BITS, NTc, T>;
+          constexpr int smem = bulk_smem<BITS, S>(), threads = (kBulkConsumers + 1) * 32;
+          const int stages = cuda::ceil_div(a.runs, bulk_runs<BITS>());
+          const int parts = plan_bulk_parts(row_groups, stages, blocks_per_sm(reinterpret_cast<const void*>(kernel),
+                                                                              threads, smem),
+                                            M * N, weight_bytes);
+          a.runs_per_part = cuda::ceil_div(stages, parts) * bulk_runs<BITS>();
+          launch_split_gemv<T>(kernel, a, cuda::ceil_div(a.runs, a.runs_per_part), row_groups, threads, smem,
+                               x2.options());
         };
         dispatch_column_tiles(NT, launch);
       });
@@ -804,7 +942,11 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   if (M <= kGemvMaxRows && x.scalar_type() != at::kFloat) {
     // The ring's 4-byte scale copies need a 4-byte aligned base; a sliced scales tensor may not have one.
     const bool ring = ring_gemv_wins(bits, M, N, K) && reinterpret_cast<uintptr_t>(scales.const_data_ptr()) % 4 == 0;
-    y = ring ? qgemv_ring(x2, qw, scales, bias, bits) : qgemv(x2, qw, scales, bias, bits);  // [M, N]
+    if (bulk_gemv_wins(M, N, K) && bulk_gemv_fits(bits, scales, K)) {
+      y = qgemv_bulk(x2, qw, scales, bias, bits);  // [M, N]
+    } else {
+      y = ring ? qgemv_ring(x2, qw, scales, bias, bits) : qgemv(x2, qw, scales, bias, bits);  // [M, N]
+    }
   } else if (tiled_gemm_wins(M, N, K) && x.scalar_type() != at::kFloat) {
     y = qgemm_tc(x2, qw, scales, bias, bits);  // [M, N]
   } else {

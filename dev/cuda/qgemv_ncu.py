@@ -8,6 +8,10 @@ import os
 import torch
 
 from gemma4 import ops
+from gemma4.ops import quant
+
+if os.environ.get("VPATH"):  # force a GEMV route (gemma4.ops.quant.qgemm_cuda_path), e.g. bulk
+    quant.qgemm_cuda_path(os.environ["VPATH"])
 
 # SHAPE=down: the 31B down shape (long rows) instead of gate_up (short rows, many of them)
 n, k = (5376, 21504) if os.environ.get("SHAPE") == "down" else (43008, 5376)

@@ -49,12 +49,12 @@ def cpu_isa(request):
     qops.qgemm_cpu_isa("auto")
 
 
-@pytest.fixture(params=["auto", "tiled", "ring"])
+@pytest.fixture(params=["auto", "tiled", "ring", "bulk"])
 def cuda_path(request):
     """Runs a CUDA test once on the route the shape picks (small test shapes: the register-loading GEMV up to
     16 rows and the ring GEMV to 32 for int4, the tiled GEMM up to 64 rows, dequantize + cuBLAS above), once with
-    the tiled tensor-core GEMM forced at every row count above 32, and once with the ring GEMV forced at every
-    row count up to 32."""
+    the tiled tensor-core GEMM forced at every row count above 32, and once with the ring GEMV and once with the bulk-copy GEMV
+    (qgemv_bulk.cuh, sm_90; where the scales do not fit it, the shape's own route) forced at every row count up to 32."""
     qops.qgemm_cuda_path(request.param)
     yield request.param
     qops.qgemm_cuda_path("auto")

@@ -116,6 +116,28 @@ def test_qgemm_cuda_route_rule():
         qops.qgemm_cuda_path("auto")
 
 
+def test_qgemm_cuda_route_rule_large_weight():
+    """On weights of 2^25 values or more "auto" takes the copy-engine GEMV up to 16 rows (qgemv_bulk.cuh) and
+    equals it forced, bit for bit, and stays within the error rule of plain PyTorch there (fewer checks than
+    _check: the CPU kernel and float64 at this size are slow)."""
+    n, k = 8192, 4096
+    qweight, scales = random_qweight(n, k, 4, 32, torch.bfloat16)
+    q, s = qweight.cuda(), scales.cuda()
+    w64 = reference.dequantize(qweight, scales, torch.float64).cuda()  # [N, K]
+    try:
+        for m in (1, 5, 16):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            auto = ops.qgemm(x, q, s)
+            qops.qgemm_cuda_path("bulk")
+            assert_same(auto, ops.qgemm(x, q, s))
+            qops.qgemm_cuda_path("auto")
+            ref64 = x.double() @ w64.t()
+            plain = torch.nn.functional.linear(x, w64.to(torch.bfloat16))
+            assert_lowp_close(auto.cpu(), ref64.cpu(), plain.cpu())
+    finally:
+        qops.qgemm_cuda_path("auto")
+
+
 def test_qgemm_cuda_misaligned_x(cuda_path):
     """An x whose data does not start on a 16-byte boundary, on every path: equal to an aligned copy."""
     qweight, scales = random_qweight(100, 256, 4, 32, torch.bfloat16)
