@@ -729,6 +729,19 @@ at::Tensor qgemv(const at::Tensor& x2, const at::Tensor& qweight, const at::Tens
   return y;
 }
 
+// x [M, K] in the ring GEMV's fragment order (qgemv_ring_prep_kernel): [runs][NT][32 lanes] x 16 bytes, for the
+// ring and copy-engine GEMVs.
+template <typename T, typename MT, int BITS>
+at::Tensor ring_x_fragments(const at::Tensor& x2, int runs, int NT) {
+  at::Tensor xp = at::empty({int64_t(runs) * NT * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B a lane
+  const int64_t threads = int64_t(runs) * NT * 32;
+  qgemv_ring_prep_kernel<T, MT, BITS><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
+      x2.const_data_ptr<T>(), reinterpret_cast<uint4*>(xp.mutable_data_ptr()), static_cast<int>(x2.size(0)),
+      x2.size(1), runs, NT);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return xp;
+}
+
 // M <= kGemvMaxRows, bf16/fp16 x: the GEMV through per-warp shared-memory rings (qgemv_ring.cuh).
 at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                       const std::optional<at::Tensor>& bias, int bits) {
@@ -745,13 +758,9 @@ at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at:
   int smem_optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
-    at::Tensor xp = at::empty({int64_t(a.runs) * NT * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B a lane
-    a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
     dispatch_bits(bits, [&]<int BITS>() {
-      const int64_t threads = int64_t(a.runs) * NT * 32;
-      qgemv_ring_prep_kernel<T, MT, BITS><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
-          x2.const_data_ptr<T>(), reinterpret_cast<uint4*>(xp.mutable_data_ptr()), a.M, K, a.runs, NT);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const at::Tensor xp = ring_x_fragments<T, MT, BITS>(x2, a.runs, NT);
+      a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
       dispatch_scale(scales.scalar_type(), [&]<typename S>() {
         const auto launch = [&]<int NTc>() {
           const auto kernel = qgemv_ring_kernel<MT, S, BITS, NTc, T>;
@@ -761,7 +770,7 @@ at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at:
                                           resident_blocks(reinterpret_cast<const void*>(kernel), smem_per_warp, max_warps));
           a.runs_per_warp = plan.spans_per_warp;
           launch_split_gemv<T>(kernel, a, plan.parts, row_groups, plan.warps * 32, plan.warps * smem_per_warp,
-                                   x2.options());
+                               x2.options());
         };
         dispatch_column_tiles(NT, launch);
       });
@@ -770,7 +779,7 @@ at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at:
   return y;
 }
 
-// Whether the bulk-copy GEMV (qgemv_bulk.cuh) can run: it needs an sm_90 or later GPU, and scales whose rows, and
+// Whether the copy-engine GEMV (qgemv_bulk.cuh) can run: it needs an sm_90 or later GPU, and scales whose rows, and
 // each stage's share of a row, start on a 16-byte boundary (the copies' rule). That rules out one scale per row
 // (int8 per channel) and some K (31B's K = 5376 with group 64 and 2-byte scales: 168 bytes a row).
 bool bulk_gemv_fits(int bits, const at::Tensor& scales, int64_t K) {
@@ -782,7 +791,7 @@ bool bulk_gemv_fits(int bits, const at::Tensor& scales, int64_t K) {
          (runs_per_scale == 1 || runs_per_scale == 2 || runs_per_scale == 4) && stage_runs / runs_per_scale * ss % 16 == 0;
 }
 
-// Parts (K slices) per row group for the bulk-copy GEMV: the fewest that finish first by a wave model, each
+// Parts (K slices) per row group for the copy-engine GEMV: the fewest that finish first by a wave model, each
 // wave costing its stages plus kFillStages for the pipeline to fill; the workspace of several parts is kept
 // well below the weights' bytes.
 int plan_bulk_parts(int row_groups, int stages, int blocks_per_sm, int64_t MN, int64_t weight_bytes) {
@@ -842,13 +851,9 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
   const int NT = M <= 8 ? 1 : M <= 16 ? 2 : 4;  // 8-column MMA tiles
   const int64_t weight_bytes = qweight.nbytes() + scales.nbytes();
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
-    at::Tensor xp = at::empty({int64_t(a.runs) * NT * 32 * 4}, x2.options().dtype(at::kInt));  // 16 B a lane
-    a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
     dispatch_bits(bits, [&]<int BITS>() {
-      const int64_t threads = int64_t(a.runs) * NT * 32;
-      qgemv_ring_prep_kernel<T, MT, BITS><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
-          x2.const_data_ptr<T>(), reinterpret_cast<uint4*>(xp.mutable_data_ptr()), a.M, K, a.runs, NT);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const at::Tensor xp = ring_x_fragments<T, MT, BITS>(x2, a.runs, NT);
+      a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
       constexpr int SR = bulk_runs<BITS>();
       a.wmap = tile_map_2d(a.qw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, N, K * BITS / 8, kBulkRows, kBulkBox,
                            CU_TENSOR_MAP_SWIZZLE_128B);

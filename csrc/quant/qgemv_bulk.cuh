@@ -166,18 +166,16 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
       for (int nt = 0; nt < NT; ++nt)
         xb[nt] = x_live[nt] && run < c1 ? __ldg(a.xp + (int64_t(run) * NT + nt) * 32 + lane) : make_uint4(0, 0, 0, 0);
     };
-    // The x fragments of this warp's next kBulkXAhead runs, in a ring of registers (indexed by compile-time
-    // constants only: the loop below is unrolled by kBulkXAhead).
-    constexpr int XA = SR / kBulkConsumers < kBulkXAhead ? SR / kBulkConsumers : kBulkXAhead;
-    uint4 xq[XA][NT];
-    const int stride = kBulkConsumers;  // runs between two of this warp's runs
-    const auto run_of = [&](int i) {  // this warp's i-th run overall: stage i / per, run within it
-      constexpr int per = SR / kBulkConsumers;
-      return c0 + (i / per) * SR + (i % per) * stride + warp;
-    };
+    constexpr int per_stage = SR / kBulkConsumers;  // this warp's runs a stage
     static_assert(SR % kBulkConsumers == 0, "every consumer takes the same number of runs a stage");
-    static_assert((SR / kBulkConsumers) % XA == 0, "the x ring's slot of a run is the same in every stage");
-    constexpr int per_stage = SR / kBulkConsumers;
+    const auto run_of = [&](int i) {  // this warp's i-th run of the slice: stage i / per_stage, run j of it
+      return c0 + (i / per_stage) * SR + (i % per_stage) * kBulkConsumers + warp;
+    };
+    // The x fragments of this warp's next XA runs, in a ring of registers indexed by compile-time constants only
+    // (the loop below is unrolled by per_stage, a multiple of XA).
+    constexpr int XA = per_stage < kBulkXAhead ? per_stage : kBulkXAhead;
+    static_assert(per_stage % XA == 0, "the x ring's slot of a run is the same in every stage");
+    uint4 xq[XA][NT];
     const int total = nstages * per_stage;
 #pragma unroll
     for (int q = 0; q < XA; ++q) load_x(run_of(q), xq[q]);
@@ -189,7 +187,7 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
       const int r0 = c0 + (i0 / per_stage) * SR;
 #pragma unroll
       for (int jj = 0; jj < per_stage; ++jj) {
-        const int j = jj * stride + warp;  // run within the stage
+        const int j = jj * kBulkConsumers + warp;  // run within the stage
         const int q = jj % XA;
         uint4 xb[NT];
 #pragma unroll
@@ -209,37 +207,7 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
         for (int h = 0; h < 4; ++h)
           sc[h] = scale_to_float(
               *reinterpret_cast<const S*>(buf + kBulkWeightBytes + (g + 8 * h) * scs + sj * int(sizeof(S))));
-#pragma unroll
-        for (int rt = 0; rt < 2; ++rt) {
-          float d[NT][4];
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) d[nt][0] = d[nt][1] = d[nt][2] = d[nt][3] = 0.0f;
-#pragma unroll
-          for (int s = 0; s < 2; ++s) {
-            uint32_t af[4];  // {row g, row g+8} x {slots 2t.., 2t+8..}
-            if constexpr (BITS == 4) {
-              af[0] = int4_pair<MT>(w[0][2 * rt], 8 * s);
-              af[1] = int4_pair<MT>(w[0][2 * rt + 1], 8 * s);
-              af[2] = int4_pair<MT>(w[0][2 * rt], 8 * s + 4);
-              af[3] = int4_pair<MT>(w[0][2 * rt + 1], 8 * s + 4);
-            } else {
-              af[0] = int8_pair<MT>(w[s][2 * rt], 0);
-              af[1] = int8_pair<MT>(w[s][2 * rt + 1], 0);
-              af[2] = int8_pair<MT>(w[s][2 * rt], 1);
-              af[3] = int8_pair<MT>(w[s][2 * rt + 1], 1);
-            }
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-              mma16816<MT>(d[nt], af, s == 0 ? xb[nt].x : xb[nt].z, s == 0 ? xb[nt].y : xb[nt].w);
-          }
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            acc[rt][nt][0] = fmaf(sc[2 * rt], d[nt][0], acc[rt][nt][0]);
-            acc[rt][nt][1] = fmaf(sc[2 * rt], d[nt][1], acc[rt][nt][1]);
-            acc[rt][nt][2] = fmaf(sc[2 * rt + 1], d[nt][2], acc[rt][nt][2]);
-            acc[rt][nt][3] = fmaf(sc[2 * rt + 1], d[nt][3], acc[rt][nt][3]);
-          }
-        }
+        ring_run_mma<MT, BITS, NT>(w, sc, xb, acc);
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[slot]);  // this warp is done with the buffer

@@ -59,6 +59,47 @@ __host__ __device__ __forceinline__ int ring_offset(int t, int s, int i) {
   }
 }
 
+// One run of 32 weight rows against NT 8-column tiles of x, in the fragment order above: w holds the lane's words
+// of rows g, g+8, g+16, g+24 (one 16-byte piece for int4, two for int8), sc those rows' scales of the run, xb the
+// lane's B fragments of the run's two steps. The two steps sum exactly in fp32 inside the MMA, and each output's
+// sum is scaled once into acc (the C-fragment order of two 16-row tiles). Shared by the ring GEMV and the
+// copy-engine GEMV (qgemv_bulk.cuh).
+template <typename MT, int BITS, int NT>
+__device__ __forceinline__ void ring_run_mma(const uint32_t (&w)[2][4], const float (&sc)[4], const uint4* xb,
+                                             float (&acc)[2][NT][4]) {
+#pragma unroll
+  for (int rt = 0; rt < 2; ++rt) {
+    float d[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) d[nt][0] = d[nt][1] = d[nt][2] = d[nt][3] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      uint32_t af[4];  // {row g, row g+8} x {slots 2t.., 2t+8..}
+      if constexpr (BITS == 4) {
+        af[0] = int4_pair<MT>(w[0][2 * rt], 8 * s);
+        af[1] = int4_pair<MT>(w[0][2 * rt + 1], 8 * s);
+        af[2] = int4_pair<MT>(w[0][2 * rt], 8 * s + 4);
+        af[3] = int4_pair<MT>(w[0][2 * rt + 1], 8 * s + 4);
+      } else {
+        af[0] = int8_pair<MT>(w[s][2 * rt], 0);
+        af[1] = int8_pair<MT>(w[s][2 * rt + 1], 0);
+        af[2] = int8_pair<MT>(w[s][2 * rt], 1);
+        af[3] = int8_pair<MT>(w[s][2 * rt + 1], 1);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+        mma16816<MT>(d[nt], af, s == 0 ? xb[nt].x : xb[nt].z, s == 0 ? xb[nt].y : xb[nt].w);
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      acc[rt][nt][0] = fmaf(sc[2 * rt], d[nt][0], acc[rt][nt][0]);
+      acc[rt][nt][1] = fmaf(sc[2 * rt], d[nt][1], acc[rt][nt][1]);
+      acc[rt][nt][2] = fmaf(sc[2 * rt + 1], d[nt][2], acc[rt][nt][2]);
+      acc[rt][nt][3] = fmaf(sc[2 * rt + 1], d[nt][3], acc[rt][nt][3]);
+    }
+  }
+}
+
 struct RingArgs {
   const uint8_t* qw;   // [N, K/2] (int4) or [N, K] (int8), 16-byte aligned
   const void* scales;  // [N, G] in S, 4-byte aligned
@@ -201,37 +242,7 @@ __global__ void __launch_bounds__(16 * 32) qgemv_ring_kernel(const RingArgs a) {
 #pragma unroll
       for (int h = 0; h < 4; ++h)
         sc[h] = scale_to_float(*reinterpret_cast<const S*>(buf + WBYTES + sbyte[h] + step * int(sizeof(S))));
-#pragma unroll
-      for (int rt = 0; rt < 2; ++rt) {
-        float d[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) d[nt][0] = d[nt][1] = d[nt][2] = d[nt][3] = 0.0f;
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-          uint32_t af[4];  // {row g, row g+8} x {slots 2t.., 2t+8..}
-          if constexpr (BITS == 4) {
-            af[0] = int4_pair<MT>(w[0][2 * rt], 8 * s);
-            af[1] = int4_pair<MT>(w[0][2 * rt + 1], 8 * s);
-            af[2] = int4_pair<MT>(w[0][2 * rt], 8 * s + 4);
-            af[3] = int4_pair<MT>(w[0][2 * rt + 1], 8 * s + 4);
-          } else {
-            af[0] = int8_pair<MT>(w[s][2 * rt], 0);
-            af[1] = int8_pair<MT>(w[s][2 * rt + 1], 0);
-            af[2] = int8_pair<MT>(w[s][2 * rt], 1);
-            af[3] = int8_pair<MT>(w[s][2 * rt + 1], 1);
-          }
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-            mma16816<MT>(d[nt], af, s == 0 ? xb[nt].x : xb[nt].z, s == 0 ? xb[nt].y : xb[nt].w);
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          acc[rt][nt][0] = fmaf(sc[2 * rt], d[nt][0], acc[rt][nt][0]);
-          acc[rt][nt][1] = fmaf(sc[2 * rt], d[nt][1], acc[rt][nt][1]);
-          acc[rt][nt][2] = fmaf(sc[2 * rt + 1], d[nt][2], acc[rt][nt][2]);
-          acc[rt][nt][3] = fmaf(sc[2 * rt + 1], d[nt][3], acc[rt][nt][3]);
-        }
-      }
+      ring_run_mma<MT, BITS, NT>(w, sc, xb, acc);
       if (++r == a.runs_per_scale) {
         r = 0;
         ++step;
