@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include "common/vec_utils.h"
+#include "quant/qdequant.h"
 #include "quant/qgemm_cpu.h"
 #include "quant/quant_checks.h"
 
@@ -182,31 +183,43 @@ bool native_bf16_gemm() {
 #endif
 }
 
-// w [rows, K] bf16 = q * scale for weight rows [n0, n0 + rows): the product exact in float32, rounded once.
+}  // namespace
+
+void dequantize_rows_bf16_scalar(const uint8_t* qw, int bits, const float* scales, int64_t r0, int64_t r1, int64_t K,
+                                 int64_t G, uint16_t* w) {
+  const int64_t group = K / G, row_bytes = bits == 4 ? K / 2 : K;
+  float q[32];
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* b = qw + r * row_bytes;  // [row_bytes]
+    for (int64_t k0 = 0; k0 < K; k0 += 32) {  // a run of 32 weights (K % 32 == 0), one scale
+      if (bits == 4) {  // byte j: weight j in its low nibble, weight j + 16 in its high one (u = q + 8)
+        for (int j = 0; j < 16; ++j) {
+          q[j] = static_cast<float>(static_cast<int>(b[k0 / 2 + j] & 0xF) - 8);
+          q[j + 16] = static_cast<float>(static_cast<int>(b[k0 / 2 + j] >> 4) - 8);
+        }
+      } else {
+        for (int j = 0; j < 32; ++j) q[j] = static_cast<float>(static_cast<int8_t>(b[k0 + j]));
+      }
+      const float scale = scales[r * G + k0 / group];
+      for (int j = 0; j < 32; ++j) w[r * K + k0 + j] = c10::BFloat16(q[j] * scale).x;
+    }
+  }
+}
+
+namespace {
+
+// w [rows, K] bf16 = q * scale for weight rows [n0, n0 + rows) (qdequant.h), on AVX-512 where the CPU has it.
 void dequantize_rows_bf16(const at::Tensor& qweight, const at::Tensor& scales, int bits, int64_t n0, int64_t rows,
                           int64_t K, at::BFloat16* w) {
   const at::Tensor sf = scales.narrow(0, n0, rows).to(at::kFloat).contiguous();  // [rows, G]
-  const float* s = sf.const_data_ptr<float>();
-  const int64_t G = scales.size(1), group = K / G;
+  const uint8_t* qw = static_cast<const uint8_t*>(qweight.const_data_ptr()) + n0 * (bits == 4 ? K / 2 : K);
+#if defined(__AVX2__)  // x86-64 builds, where qdequant_avx512.cpp is compiled with the AVX-512 flags
+  const auto body = cpu_has_avx512() ? &avx512::dequantize_rows_bf16 : &dequantize_rows_bf16_scalar;
+#else
+  const auto body = &dequantize_rows_bf16_scalar;
+#endif
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    float q[32];
-    for (int64_t r = r0; r < r1; ++r) {
-      at::BFloat16* wr = w + r * K;  // [K]
-      for (int64_t k0 = 0; k0 < K; k0 += 32) {  // a run of 32 weights (K % 32 == 0), one scale
-        if (bits == 4) {  // byte j: weight j in its low nibble, weight j + 16 in its high one (u = q + 8)
-          const uint8_t* b = static_cast<const uint8_t*>(qweight.const_data_ptr()) + (n0 + r) * (K / 2) + k0 / 2;
-          for (int j = 0; j < 16; ++j) {
-            q[j] = static_cast<float>(static_cast<int>(b[j] & 0xF) - 8);
-            q[j + 16] = static_cast<float>(static_cast<int>(b[j] >> 4) - 8);
-          }
-        } else {
-          const int8_t* b = static_cast<const int8_t*>(qweight.const_data_ptr()) + (n0 + r) * K + k0;
-          for (int j = 0; j < 32; ++j) q[j] = static_cast<float>(b[j]);
-        }
-        const float scale = s[r * G + k0 / group];
-        for (int j = 0; j < 32; ++j) wr[k0 + j] = static_cast<at::BFloat16>(q[j] * scale);
-      }
-    }
+    body(qw, bits, sf.const_data_ptr<float>(), r0, r1, K, scales.size(1), reinterpret_cast<uint16_t*>(w));
   });
 }
 

@@ -133,13 +133,16 @@ def test_qgemm_non_finite_activations_poison_only_their_row(cpu_isa, dtype):
 @pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
 def test_dequantize_route_is_plain_pytorch_on_the_bf16_weight(bits, group):
     """The bf16 route of CPUs with a native bf16 GEMM (forced here) dequantizes to bf16 exactly as
-    formats.dequantize does (q * scale in float32, rounded to nearest even once) and calls torch's GEMM:
-    with one slab of weight rows its output is F.linear's on that weight, bit for bit."""
+    formats.dequantize does (q * scale in float32, rounded to nearest even once; on AVX-512 CPUs by the vector
+    dequantizer, qdequant_avx512.cpp, elsewhere the scalar loop) and calls torch's GEMM: with one slab of weight
+    rows its output is F.linear's on that weight, bit for bit, denormal and overflowing products included."""
     from gemma4.quant import formats
 
     k = 2112 if group is None or 2112 % group == 0 else 1536
     qweight, scales = random_qweight(300, k, bits, group, torch.float32)
     scales[0, 0] = scales.abs().max() * 1e3  # a large scale: products far from the others' exponents
+    scales[1, -1] = 3e-39  # float32 denormal products: kept, as c10's bf16 rounding keeps them
+    scales[2, 0] = 3e38  # products past bf16's largest value round to inf
     w = formats.dequantize(qweight, scales, torch.bfloat16)  # [N, K]
     x = torch.randn(70, k).to(torch.bfloat16)
     bias = torch.randn(300).to(torch.bfloat16)
@@ -148,4 +151,5 @@ def test_dequantize_route_is_plain_pytorch_on_the_bf16_weight(bits, group):
         got = ops.qgemm(x, qweight, scales, bias)
     finally:
         ops.quant.qgemm_cpu_isa("auto")
-    assert torch.equal(got, torch.nn.functional.linear(x, w, bias))
+    # equal_nan: the inf weights of row 2 meet both signs of x, so that output column is NaN on both sides
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, w, bias), rtol=0, atol=0, equal_nan=True)
