@@ -14,7 +14,12 @@ namespace gemma4::linear::avx512 {
 namespace {
 
 constexpr int64_t kBlock = 256;  // k per block, as the AVX2 kernel's
-constexpr int kPrefetchTiles = 2;  // prefetch the weight rows this many tiles ahead
+constexpr int kPrefetchTiles = 2;  // tiles of several rows: prefetch the weight rows this many tiles ahead
+// One row at a time (M = 1): prefetch this many bytes ahead in the weight stream, into L1. The rows are contiguous,
+// so this runs on into the next rows: one sequential stream per thread. On the 2-core AVX512-BF16 EPYC (2 threads,
+// bf16 weights, dev/perf/gemv_stream_bench.cpp) it streamed 37-47 GB/s against 31-37 for 4 interleaved rows
+// prefetched two tiles ahead.
+constexpr int64_t kStreamAhead = 2048;
 
 // 16 weights (or the first `m`-masked ones) as fp32
 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
@@ -28,7 +33,8 @@ inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmas
 // out[r * M + m] = dot(w[r], x[m]) for R weight rows (stride K) and M rows of x (fp32, stride K).
 template <int M, int R, typename W>
 void tile(const W* w, const float* x, int64_t K, float* out) {
-  constexpr int U = R * M <= 4 ? 2 : 1;  // with few accumulators two k-steps run side by side
+  // with few accumulators two k-steps run side by side, four with one row and one x row
+  constexpr int U = R * M == 1 ? 4 : R * M <= 4 ? 2 : 1;
   constexpr int64_t kLine = 64 / sizeof(W);  // weights per cache line
   __m512 tot[R][M];
   for (int r = 0; r < R; ++r)
@@ -44,10 +50,14 @@ void tile(const W* w, const float* x, int64_t K, float* out) {
       // The rows kPrefetchTiles tiles ahead, a line per line read here, into L2 (_MM_HINT_T1). On a 2-core
       // EPYC (Zen 4) the fp32 head streamed at 31-35 GB/s with it against 27-30 for the AVX2 kernel, which
       // prefetches only bf16 (linear_gemv.h says why).
-      if (((k + j) & (kLine - 1)) == 0)
+      if constexpr (R == 1) {
+        for (int64_t l = 0; l < 16 * U; l += kLine)
+          _mm_prefetch(reinterpret_cast<const char*>(w + k + j + l) + kStreamAhead, _MM_HINT_T0);
+      } else if (((k + j) & (kLine - 1)) == 0) {
         for (int r = 0; r < R; ++r)
           for (int64_t l = 0; l < 16 * U; l += kLine)
             _mm_prefetch(reinterpret_cast<const char*>(w + (kPrefetchTiles * R + r) * K + k + j + l), _MM_HINT_T1);
+      }
       for (int u = 0; u < U; ++u) {
         __m512 xv[M];
         for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k + j + 16 * u);
@@ -76,7 +86,11 @@ void tile(const W* w, const float* x, int64_t K, float* out) {
 template <typename W>
 void rows_of(int M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
   with_rows(M, [&](auto m) {
-    walk_rows<m()>(n0, n1, out, [&](auto r, int64_t n, float* o) { tile<m(), r()>(w + n * K, x, K, o); });
+    if constexpr (m() == 1) {  // one row at a time: a single sequential stream (kStreamAhead)
+      for (int64_t n = n0; n < n1; ++n) tile<1, 1>(w + n * K, x, K, out + (n - n0));
+    } else {
+      walk_rows<m()>(n0, n1, out, [&](auto r, int64_t n, float* o) { tile<m(), r()>(w + n * K, x, K, o); });
+    }
   });
 }
 
