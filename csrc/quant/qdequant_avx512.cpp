@@ -1,5 +1,5 @@
 // Packed weight rows -> bf16 on AVX-512F/BW (qdequant.h). Reference: dequantize_rows_bf16_scalar
-// (qgemm_cpu.cpp) and gemma4.quant.formats.dequantize; tests/quant/test_qgemm.py checks the route bit for bit.
+// (qdequant.cpp) and gemma4.quant.formats.dequantize; tests/quant/test_qgemm.py checks the route bit for bit.
 // Why: on a CPU with a native bf16 GEMM, bf16 prefill dequantizes each weight before torch's GEMM, and the scalar
 // loop (about 1 ns a weight on one core of a 2-core EPYC) cost more than the GEMM itself (E2B's 1536 -> 6144 up
 // projection at 128 rows: 9.4 of 15.6 ms). This file alone gets the AVX-512 flags (CMakeLists.txt).
