@@ -145,11 +145,14 @@ G32Inputs prepare_g32(const int16_t* x16, const float* xscale, int64_t M, int64_
     for (int64_t m = m0; m < m1; ++m) {
       const int16_t* xr = x16 + m * K;                 // [K]
       int16_t* pr = xp + m * B8 * 32;                  // [B8 * 32]
+      // Steps in pairs (qgemm_g32.h): vector j of step 2q + t at q * 128 + j * 32 + t * 16, so that one 512-bit
+      // load holds vector j of both steps of a pair.
       for (int64_t step = 0; step < B / 2; ++step)     // 64 activations: blocks 2 step, 2 step + 1
         for (int j = 0; j < 4; ++j)                     // w0..w3: weights 2i, 2i + 16, 2i + 1, 2i + 17
           for (int h = 0; h < 2; ++h)                   // the step's block in this 128-bit half
             for (int i = 0; i < 8; ++i)
-              pr[step * 64 + j * 16 + h * 8 + i] = xr[step * 64 + h * 32 + (j & 1) * 16 + (j >> 1) + 2 * i];
+              pr[(step / 2) * 128 + j * 32 + (step % 2) * 16 + h * 8 + i] =
+                  xr[step * 64 + h * 32 + (j & 1) * 16 + (j >> 1) + 2 * i];
       for (int64_t b = 0; b < B; ++b) {
         const int64_t lane = m * B8 + (b / 8) * 8 + (std::find(kG32LaneBlock, kG32LaneBlock + 8, b % 8) - kG32LaneBlock);
         int32_t sum = 0;

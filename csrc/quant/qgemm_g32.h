@@ -65,10 +65,11 @@ inline void g32_unpack(const uint8_t* w, __m256i out[4]) {
   }
 }
 
-// Their int32 products with one x row's step (xp: 64 int16 in lane order): low half block 2t, high 2t+1.
+// Their int32 products with one x row's step (xp: the step's first vector; vector j at xp + 32 j, the x layout
+// pairing steps, qgemm_cpu.cpp's prepare_g32): low half block 2t, high 2t+1.
 // With VNNI, vpdpwssd multiplies, adds pairs and accumulates in one instruction (the same exact int32 sums).
 inline __m256i g32_dot(const __m256i w[4], const int16_t* xp) {
-  const auto x = [xp](int j) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 16 * j)); };
+  const auto x = [xp](int j) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32 * j)); };
 #if defined(GEMMA4_QGEMM_VNNI)
   const __m256i s01 = _mm256_dpwssd_epi32(_mm256_madd_epi16(w[0], x(0)), w[1], x(1));
   return _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(s01, w[2], x(2)), w[3], x(3));
@@ -77,6 +78,32 @@ inline __m256i g32_dot(const __m256i w[4], const int16_t* xp) {
                           _mm256_add_epi32(_mm256_madd_epi16(w[2], x(2)), _mm256_madd_epi16(w[3], x(3))));
 #endif
 }
+
+#if defined(__AVX512BW__)
+// Two int4 steps at once on 512-bit vectors (the weights' 64 bytes hold steps 2q and 2q + 1 back to back, and
+// the x layout pairs them): the same four vectors per step, step 2q in the low 256 bits, 2q + 1 in the high.
+// int4 only: its decode is bound by these instructions (28-33 GB/s with the weights in cache or in DRAM, int8
+// 40-51 from cache), int8's by memory.
+inline void g32_unpack_q4_pair(const uint8_t* w, __m512i out[4]) {
+  const __m512i nib = _mm512_set1_epi16(0x000F);
+  const __m512i v = _mm512_loadu_si512(w);
+  out[0] = _mm512_and_si512(v, nib);
+  out[1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+  out[2] = _mm512_and_si512(_mm512_srli_epi16(v, 8), nib);
+  out[3] = _mm512_srli_epi16(v, 12);
+}
+// The pair's int32 products with one x row (xp: the pair's first vector): [step 2q | step 2q + 1] as g32_dot's.
+inline __m512i g32_dot_pair(const __m512i w[4], const int16_t* xp) {
+  const auto x = [xp](int j) { return _mm512_loadu_si512(xp + 32 * j); };
+#if defined(GEMMA4_QGEMM_VNNI)
+  const __m512i s01 = _mm512_dpwssd_epi32(_mm512_madd_epi16(w[0], x(0)), w[1], x(1));
+  return _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(s01, w[2], x(2)), w[3], x(3));
+#else
+  return _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(w[0], x(0)), _mm512_madd_epi16(w[1], x(1))),
+                          _mm512_add_epi32(_mm512_madd_epi16(w[2], x(2)), _mm512_madd_epi16(w[3], x(3))));
+#endif
+}
+#endif
 
 inline float g32_hsum(__m256 v) {
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -99,11 +126,27 @@ inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
     // The run 2 KB ahead (measured: 1.2-1.4x over the hardware prefetcher alone on this EPYC).
     for (int line = 0; line < BITS / 2; ++line) __builtin_prefetch(w + b0 * kBlockBytes + 2048 + 64 * line);
     __m256i s[MB][4];
-    for (int t = 0; t < 4; ++t) {
-      __m256i wv[4];
-      if (t < steps) g32_unpack<BITS>(w + (b0 + 2 * t) * kBlockBytes, wv);
-      for (int m = 0; m < MB; ++m)
-        s[m][t] = t < steps ? g32_dot(wv, p.x16p + (m0 + m) * B8 * 32 + (b0 + 2 * t) * 32) : _mm256_setzero_si256();
+    // x of step b0 / 2 + t of row m: pairs of steps are 128 int16 apart, the second of a pair 16 after the first
+    const auto xstep = [&](int m, int t) { return p.x16p + (m0 + m) * B8 * 32 + b0 * 32 + (t / 2) * 128 + (t % 2) * 16; };
+#if defined(__AVX512BW__)
+    if (BITS == 4 && steps == 4) {
+      for (int q = 0; q < 2; ++q) {  // steps 2q, 2q + 1 together
+        __m512i wv[4];
+        g32_unpack_q4_pair(w + (b0 + 4 * q) * kBlockBytes, wv);
+        for (int m = 0; m < MB; ++m) {
+          const __m512i z = g32_dot_pair(wv, xstep(m, 2 * q));
+          s[m][2 * q] = _mm512_castsi512_si256(z);
+          s[m][2 * q + 1] = _mm512_extracti64x4_epi64(z, 1);
+        }
+      }
+    } else
+#endif
+    {
+      for (int t = 0; t < 4; ++t) {
+        __m256i wv[4];
+        if (t < steps) g32_unpack<BITS>(w + (b0 + 2 * t) * kBlockBytes, wv);
+        for (int m = 0; m < MB; ++m) s[m][t] = t < steps ? g32_dot(wv, xstep(m, t)) : _mm256_setzero_si256();
+      }
     }
     const __m256 ws = g32_load8_scales(sc + b0, B - b0 < 8 ? B - b0 : 8);
     for (int m = 0; m < MB; ++m) {

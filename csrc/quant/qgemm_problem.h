@@ -38,7 +38,7 @@ struct QgemmProblem {
   ScaleType scale_type;
   // The group-32 kernel (qgemm_g32.h) reads x in its own lane order; the caller fills these (each x row
   // padded to B8 = a multiple of 8 blocks, padding zero) when g32_applies(), else leaves them null.
-  const int16_t* x16p;   // [M, B8 * 32] x16, each 64-weight step as four 16-lane vectors (see the header)
+  const int16_t* x16p;   // [M, B8 * 32] x16, each 64-weight step as four 16-lane vectors, steps paired (qgemm_g32.h)
   const float* dxp;      // [M, B8] x scales, lane order per 8 blocks (kG32LaneBlock)
   const int32_t* xsum8p; // [M, B8] 8 * the sum of each block's x16, lane order (int4's offset)
 };
