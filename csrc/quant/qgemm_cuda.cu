@@ -863,11 +863,11 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
         const auto launch = [&]<int NTc>() {
           const auto kernel = qgemv_bulk_kernel<MT, S, BITS, NTc, T>;
           constexpr int smem = bulk_smem<BITS, S>(), threads = (kBulkConsumers + 1) * 32;
-          const int stages = cuda::ceil_div(a.runs, bulk_runs<BITS>());
+          const int stages = cuda::ceil_div(a.runs, SR);
           const int parts = plan_bulk_parts(row_groups, stages, blocks_per_sm(reinterpret_cast<const void*>(kernel),
                                                                               threads, smem),
                                             M * N, weight_bytes);
-          a.runs_per_part = cuda::ceil_div(stages, parts) * bulk_runs<BITS>();
+          a.runs_per_part = cuda::ceil_div(stages, parts) * SR;
           launch_split_gemv<T>(kernel, a, cuda::ceil_div(a.runs, a.runs_per_part), row_groups, threads, smem,
                                x2.options());
         };
@@ -945,11 +945,11 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   // fp32 x as three bf16 planes through the tensor cores measured 3-4x plain fp32's error on the H200
   // (their fp32 accumulation is not round-to-nearest), outside the 2x rule: fp32 dequantizes and uses cuBLAS.
   if (M <= kGemvMaxRows && x.scalar_type() != at::kFloat) {
-    // The ring's 4-byte scale copies need a 4-byte aligned base; a sliced scales tensor may not have one.
-    const bool ring = ring_gemv_wins(bits, M, N, K) && reinterpret_cast<uintptr_t>(scales.const_data_ptr()) % 4 == 0;
     if (bulk_gemv_wins(M, N, K) && bulk_gemv_fits(bits, scales, K)) {
       y = qgemv_bulk(x2, qw, scales, bias, bits);  // [M, N]
     } else {
+      // The ring's 4-byte scale copies need a 4-byte aligned base; a sliced scales tensor may not have one.
+      const bool ring = ring_gemv_wins(bits, M, N, K) && reinterpret_cast<uintptr_t>(scales.const_data_ptr()) % 4 == 0;
       y = ring ? qgemv_ring(x2, qw, scales, bias, bits) : qgemv(x2, qw, scales, bias, bits);  // [M, N]
     }
   } else if (tiled_gemm_wins(M, N, K) && x.scalar_type() != at::kFloat) {
