@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/call_scratch.h"
 #include "common/vec_utils.h"
 #include "quant/qdequant.h"
 #include "quant/qgemm_cpu.h"
@@ -128,23 +129,32 @@ void quantize_activations(const T* x, int64_t blocks, int64_t xblock, int16_t* x
   });
 }
 
-// The group-32 kernel's view of the int16 activations (see qgemm_g32.h for the lane order):
-// x16p [M, B8 * 32], dxp [M, B8] and xsum8p [M, B8], B8 = the blocks per row rounded up to a multiple of 8.
-struct G32Inputs {
-  at::Tensor x16p, dxp, xsum8p;
-};
+// The group-32 kernel's view of the int16 activations (see qgemm_g32.h for the lane order), written into p:
+// x16p [M, B8 * 32], dxp [M, B8] and xsum8p [M, B8], B8 = the blocks per row rounded up to a multiple of 8 (the
+// padding zero). g32_scratch_bytes() is what it takes from the scratch.
+int64_t g32_blocks8(int64_t K) { return (K / 32 + 7) / 8 * 8; }
 
-G32Inputs prepare_g32(const int16_t* x16, const float* xscale, int64_t M, int64_t K, const at::TensorOptions& opt) {
-  const int64_t B = K / 32, B8 = (B + 7) / 8 * 8;
-  G32Inputs g{at::zeros({M, B8 * 32}, opt.dtype(at::kShort)), at::zeros({M, B8}, opt.dtype(at::kFloat)),
-                at::zeros({M, B8}, opt.dtype(at::kInt))};
-  int16_t* xp = g.x16p.data_ptr<int16_t>();
-  float* dx = g.dxp.data_ptr<float>();
-  int32_t* xs = g.xsum8p.data_ptr<int32_t>();
+size_t g32_scratch_bytes(int64_t M, int64_t K) {
+  const int64_t B8 = g32_blocks8(K);
+  return CallScratch::bytes_for<int16_t>(M * B8 * 32) + CallScratch::bytes_for<float>(M * B8) +
+         CallScratch::bytes_for<int32_t>(M * B8);
+}
+
+void prepare_g32(QgemmProblem& p, CallScratch& scratch) {
+  const int64_t M = p.M, K = p.K, B = K / 32, B8 = g32_blocks8(K);
+  int16_t* xp = scratch.take<int16_t>(M * B8 * 32);
+  float* dx = scratch.take<float>(M * B8);
+  int32_t* xs = scratch.take<int32_t>(M * B8);
+  const int16_t* x16 = p.x16;
+  const float* xscale = p.xscale;
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const int16_t* xr = x16 + m * K;                 // [K]
       int16_t* pr = xp + m * B8 * 32;                  // [B8 * 32]
+      // Zero what the loops below leave unwritten (before them: a half-used last pair or group of 8 holds both).
+      std::fill(pr + B / 4 * 128, pr + B8 * 32, int16_t{0});
+      std::fill(dx + m * B8 + B / 8 * 8, dx + (m + 1) * B8, 0.0f);
+      std::fill(xs + m * B8 + B / 8 * 8, xs + (m + 1) * B8, 0);
       // Steps in pairs (qgemm_g32.h): vector j of step 2q + t at q * 128 + j * 32 + t * 16, so that one 512-bit
       // load holds vector j of both steps of a pair.
       for (int64_t step = 0; step < B / 2; ++step)     // 64 activations: blocks 2 step, 2 step + 1
@@ -162,7 +172,9 @@ G32Inputs prepare_g32(const int16_t* x16, const float* xscale, int64_t M, int64_
       }
     }
   });
-  return g;
+  p.x16p = xp;
+  p.dxp = dx;
+  p.xsum8p = xs;
 }
 
 // ---- bf16 prefill on a CPU with a native bf16 GEMM: dequantize, then torch's GEMM ----
@@ -218,6 +230,13 @@ at::Tensor qgemm_dequantized(const at::Tensor& x, const at::Tensor& qweight, con
   return out.view(out_shape);
 }
 
+// out[m, n0:n1] = p.out[m, n0:n1] rounded to T (to nearest even, as a dtype conversion in ATen), all m.
+template <class T>
+void round_rows(const QgemmProblem& p, int64_t n0, int64_t n1, T* out) {
+  for (int64_t m = 0; m < p.M; ++m)
+    for (int64_t n = n0; n < n1; ++n) out[m * p.N + n] = static_cast<T>(p.out[m * p.N + n]);
+}
+
 }  // namespace
 
 // Declared in qgemm_cpu.h: gemma4::moe_experts_quant runs it on each expert's weights.
@@ -237,33 +256,15 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   // fp32 activations are used as they are; bf16/fp16 ones go to int16 (see qgemm_problem.h)
   const bool int16_path = x.scalar_type() != at::kFloat;
   const int64_t xblock = x_block_for(K / scales.size(1));
-  at::Tensor xf, x16, xscale;
-  if (int16_path) {
-    const at::Tensor xc = x.contiguous();
-    x16 = at::empty({M, K}, x.options().dtype(at::kShort));                        // [M, K] int16
-    xscale = at::empty({M, K / xblock}, x.options().dtype(at::kFloat));             // [M, K / xblock]
-    if (x.scalar_type() == at::kBFloat16) {
-      quantize_activations(xc.const_data_ptr<at::BFloat16>(), M * K / xblock, xblock, x16.data_ptr<int16_t>(),
-                           xscale.data_ptr<float>());
-    } else {
-      quantize_activations(xc.const_data_ptr<at::Half>(), M * K / xblock, xblock, x16.data_ptr<int16_t>(),
-                           xscale.data_ptr<float>());
-    }
-  } else {
-    xf = x.reshape({M, K}).contiguous();                                           // [M, K] fp32
-  }
-  at::Tensor out_f = at::empty({M, N}, x.options().dtype(at::kFloat));              // [M, N] fp32
+  const at::Tensor xc = x.contiguous();                                          // [..., K]
+  at::Tensor out = at::empty(out_shape, x.options());                            // [..., N]
   const std::optional<at::Tensor> bias_f = bias ? std::optional(bias->to(at::kFloat)) : std::nullopt;
 
   QgemmProblem p{};
-  p.x = int16_path ? nullptr : xf.data_ptr<float>();
-  p.x16 = int16_path ? x16.data_ptr<int16_t>() : nullptr;
-  p.xscale = int16_path ? xscale.data_ptr<float>() : nullptr;
   p.xblock = xblock;
   p.qw = static_cast<const uint8_t*>(qweight.data_ptr());
   p.scales = scales.data_ptr();
   p.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
-  p.out = out_f.data_ptr<float>();
   p.M = M;
   p.N = N;
   p.K = K;
@@ -271,12 +272,28 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   p.group = K / p.G;
   p.bits = qweight_bits(qweight, op);
   p.scale_type = scale_type_of(scales);
-  G32Inputs g32;
-  if (g32_applies(p)) {
-    g32 = prepare_g32(p.x16, p.xscale, M, K, x.options());
-    p.x16p = g32.x16p.data_ptr<int16_t>();
-    p.dxp = g32.dxp.data_ptr<float>();
-    p.xsum8p = g32.xsum8p.data_ptr<int32_t>();
+
+  // The temporaries: int16 x [M, K] and its scales [M, K / xblock], the group-32 layout, and the fp32 output
+  // [M, N] when x is 16-bit (rounded into out as each thread finishes its rows).
+  const bool g32 = int16_path && g32_shape(p.group, K);
+  CallScratch scratch(int16_path ? CallScratch::bytes_for<int16_t>(M * K) + CallScratch::bytes_for<float>(M * K / xblock) +
+                                       (g32 ? g32_scratch_bytes(M, K) : 0) + CallScratch::bytes_for<float>(M * N)
+                                 : 0);
+  if (int16_path) {
+    int16_t* x16 = scratch.take<int16_t>(M * K);
+    float* xscale = scratch.take<float>(M * K / xblock);
+    if (x.scalar_type() == at::kBFloat16) {
+      quantize_activations(xc.const_data_ptr<at::BFloat16>(), M * K / xblock, xblock, x16, xscale);
+    } else {
+      quantize_activations(xc.const_data_ptr<at::Half>(), M * K / xblock, xblock, x16, xscale);
+    }
+    p.x16 = x16;
+    p.xscale = xscale;
+    if (g32) prepare_g32(p, scratch);
+    p.out = scratch.take<float>(M * N);
+  } else {
+    p.x = xc.const_data_ptr<float>();
+    p.out = out.data_ptr<float>();
   }
 
 #if defined(__AVX2__)
@@ -292,11 +309,16 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
     } else {
       avx2::qgemm_rows(p, n0, n1);
     }
+    if (x.scalar_type() == at::kBFloat16) {
+      round_rows(p, n0, n1, out.data_ptr<at::BFloat16>());
+    } else if (x.scalar_type() == at::kHalf) {
+      round_rows(p, n0, n1, out.data_ptr<at::Half>());
+    }
   });
 #else
   TORCH_CHECK(false, op, ": this build has no CPU kernel (built without AVX2: the quantized kernels are x86-64 only)");
 #endif
-  return out_f.to(x.scalar_type()).view(out_shape);
+  return out;
 }
 
 }  // namespace gemma4::quant

@@ -44,7 +44,8 @@ struct QgemmProblem {
 };
 
 // The group-32 kernel's condition: int16 activations, int4 or int8 in groups of 32, K a multiple of 64.
-inline bool g32_applies(const QgemmProblem& p) { return p.x16 && p.group == 32 && p.K % 64 == 0; }
+inline bool g32_shape(int64_t group, int64_t K) { return group == 32 && K % 64 == 0; }
+inline bool g32_applies(const QgemmProblem& p) { return p.x16 && g32_shape(p.group, p.K); }
 // Lane L of that kernel's per-8-block vectors holds block kG32LaneBlock[L] (the order three hadds leave).
 constexpr int kG32LaneBlock[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 

@@ -55,15 +55,29 @@ def test_qgemm_compiles():
     torch.testing.assert_close(f(x), reference.qgemm(x, qweight, scales) * 2)
 
 
-def test_qgemm_backward_matches_reference():
-    qweight, scales = random_qweight(40, 128, 4, 64)
-    x = torch.randn(6, 128, dtype=torch.float64).float().requires_grad_()
-    bias = torch.randn(40, requires_grad=True)
-    g = torch.randn(6, 40)
+@pytest.mark.parametrize("bits,group", [(4, 64), (8, 32), (8, None)], ids=["int4_g64", "int8_g32", "int8_pc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_qgemm_backward_matches_reference(bits, group, dtype):
+    qweight, scales = random_qweight(300, 128, bits, group)  # more rows than the backward's 256-row slab
+    x = torch.randn(2, 3, 128, dtype=torch.float64).to(dtype).requires_grad_()
+    bias = torch.randn(300, dtype=torch.float64).to(dtype).requires_grad_()
+    g = torch.randn(2, 3, 300, dtype=torch.float64).to(dtype)
     ops.qgemm(x, qweight, scales, bias).backward(g)
-    w = reference.dequantize(qweight, scales, torch.float64)
-    torch.testing.assert_close(x.grad.double(), g.double() @ w, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(bias.grad, g.sum(0))
+    w = reference.dequantize(qweight, scales, torch.float64)  # [N, K]
+    # float32 accumulation, rounded once to dtype: exact up to float32 sums, then one rounding
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    assert x.grad.dtype == dtype and x.grad.shape == x.shape and bias.grad.dtype == dtype
+    torch.testing.assert_close(x.grad.double(), (g.double() @ w).to(dtype).double(), **tol)
+    torch.testing.assert_close(bias.grad.double(), g.double().sum((0, 1)).to(dtype).double(), **tol)
+
+
+def test_qgemm_records_no_graph_without_grad():
+    qweight, scales = random_qweight(20, 64, 4, 32)
+    x = torch.randn(3, 64, requires_grad=True)
+    with torch.no_grad():
+        assert ops.qgemm(x, qweight, scales).grad_fn is None
+    assert ops.qgemm(x, qweight, scales).grad_fn is not None
+    assert ops.qgemm(x.detach(), qweight, scales).grad_fn is None
 
 
 def test_qgemm_cpu_isa_reports_and_rejects():

@@ -1,7 +1,7 @@
-"""Weight-only quantized linear: ``gemma4::qgemm``, its fake kernel and autograd.
+"""Weight-only quantized linear: ``gemma4::qgemm`` and its fake kernel.
 
-The C++ ops are csrc/quant/qgemm_cpu.cpp (kernels in qgemm_kernels.h) and qgemm_cuda.cu; the plain-PyTorch
-definition is ``reference.qgemm``. The packed layout is described in gemma4/quant/formats.py.
+The C++ ops are csrc/quant/qgemm_cpu.cpp (kernels in qgemm_kernels.h) and qgemm_cuda.cu, the autograd
+qgemm_autograd.cpp; the plain-PyTorch definition is ``reference.qgemm``. The packed layout is described in gemma4/quant/formats.py.
 """
 from __future__ import annotations
 
@@ -87,38 +87,5 @@ def _qgemm_fake(x, qweight, scales, bias):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
-# ---- autograd: the weights are frozen; grad_x = grad_out @ dequant(W), a slab of rows at a time ----
-
-_GRAD_ROWS = 256  # weight rows dequantized at once: the full-precision weight never exists whole
-
-
-def _grad_input(grad_out: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    from gemma4.quant.formats import dequantize  # (import here: gemma4.quant imports this module)
-
-    acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-    g = grad_out.reshape(-1, grad_out.shape[-1]).to(acc)  # [M, N]
-    k = qweight.shape[1] * (2 if qweight.dtype == torch.uint8 else 1)
-    grad_x = g.new_zeros((g.shape[0], k))  # [M, K]
-    for n0 in range(0, qweight.shape[0], _GRAD_ROWS):
-        w = dequantize(qweight[n0:n0 + _GRAD_ROWS], scales[n0:n0 + _GRAD_ROWS], acc)  # [rows, K]
-        grad_x.addmm_(g[:, n0:n0 + _GRAD_ROWS], w)
-    return grad_x.reshape(*grad_out.shape[:-1], k)
-
-
-def _setup_context(ctx, inputs, output):
-    x, qweight, scales, bias = inputs
-    ctx.save_for_backward(qweight, scales)
-    ctx.x_dtype = x.dtype
-    ctx.bias_dtype = None if bias is None else bias.dtype
-
-
-def _backward(ctx, grad_out):
-    qweight, scales = ctx.saved_tensors
-    grad_x = _grad_input(grad_out, qweight, scales).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-    grad_bias = None
-    if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
-        grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-    return grad_x, None, None, grad_bias
-
-
-torch.library.register_autograd("gemma4::qgemm", _backward, setup_context=_setup_context)
+# Autograd (the weights are frozen: grad_x = grad_out @ dequant(W), a slab of rows at a time) is registered in
+# C++, csrc/quant/qgemm_autograd.cpp, so that calls under torch.no_grad skip Python.
