@@ -95,8 +95,10 @@ def test_matches_loop_and_reference(bits, group, dtype):
                          ids=[f"{f}-{str(d)[6:]}" for f, d in zip(FORMAT_IDS, [torch.bfloat16, torch.float32] * 2)])
 def test_gradients_match_reference(bits, group, dtype):
     """grad_x and grad_weights against the float64 reference's autograd, under the error rule with plain
-    PyTorch's autograd at x's precision as the baseline; the packed weights get none."""
-    args = _problem(3, 2112, 704, bits, group, 5, 2, dtype)
+    PyTorch's autograd at x's precision as the baseline; the packed weights get none. 24 tokens: the rule
+    compares largest errors, and over 5 tokens' 10 routing weights the ratio reached 2.07 on one seed of 40
+    (median 0.78); over 24 tokens' 48 it stayed within 1.4 on the same 40 seeds."""
+    args = _problem(3, 2112, 704, bits, group, 24, 2, dtype)
     x, weights, rest = args[0].requires_grad_(), args[1].requires_grad_(), args[2:]
     g = torch.randn(x.shape).to(dtype)
     ours = torch.autograd.grad(ops.moe_experts_quant(x, weights, *rest, "gelu_tanh"), (x, weights), g)
