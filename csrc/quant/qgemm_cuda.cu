@@ -787,7 +787,7 @@ bool bulk_gemv_fits(int bits, const at::Tensor& scales, int64_t K) {
   const int64_t stage_runs = bits == 4 ? bulk_runs<4>() : bulk_runs<8>();
   int major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c10::cuda::current_device()));
-  return major >= 9 && cuda::aligned16(scales.const_data_ptr()) && G * ss % 16 == 0 &&
+  return major >= 9 && cuda::aligned16(scales.const_data_ptr()) && G * ss % 16 == 0 && K * bits / 8 % kBulkBox == 0 &&
          (runs_per_scale == 1 || runs_per_scale == 2 || runs_per_scale == 4) && stage_runs / runs_per_scale * ss % 16 == 0;
 }
 
@@ -837,6 +837,23 @@ CUtensorMap tile_map_2d(const void* base, CUtensorMapDataType type, int64_t elem
   return map;
 }
 
+// The packed weight [rows, row_bytes] as the copy engine's 3-D tensor [row_bytes / kBulkBox][rows][kBulkBox]
+// (innermost first: the chunk's bytes, the row, the row's 128-byte chunk), in boxes of a stage's chunks of
+// kBulkRows rows, 128-byte swizzle: one copy a stage (qgemv_bulk.cuh). row_bytes is a multiple of kBulkBox
+// (bulk_gemv_fits).
+CUtensorMap weight_map_3d(const void* base, int64_t rows, int64_t row_bytes) {
+  CUtensorMap map;
+  const cuuint64_t dims[3] = {cuuint64_t(kBulkBox), cuuint64_t(rows), cuuint64_t(row_bytes / kBulkBox)};
+  const cuuint64_t pitch[2] = {cuuint64_t(row_bytes), cuuint64_t(kBulkBox)};
+  const cuuint32_t box[3] = {cuuint32_t(kBulkBox), cuuint32_t(kBulkRows), cuuint32_t(kBulkSegment / kBulkBox)};
+  const cuuint32_t step[3] = {1, 1, 1};
+  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(base), dims, pitch,
+                                          box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "gemma4::qgemm: cuTensorMapEncodeTiled (3-D) failed (CUresult ", int(r), ")");
+  return map;
+}
+
 // M <= kGemvMaxRows, bf16/fp16 x, scales that bulk_gemv_fits: the GEMV fed by the copy engine (qgemv_bulk.cuh).
 at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                       const std::optional<at::Tensor>& bias, int bits) {
@@ -855,8 +872,7 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
       const at::Tensor xp = ring_x_fragments<T, MT, BITS>(x2, a.runs, NT);
       a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
       constexpr int SR = bulk_runs<BITS>();
-      a.wmap = tile_map_2d(a.qw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, N, K * BITS / 8, kBulkRows, kBulkBox,
-                           CU_TENSOR_MAP_SWIZZLE_128B);
+      a.wmap = weight_map_3d(a.qw, N, K * BITS / 8);
       a.smap = tile_map_2d(a.scales, scales.element_size() == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT32,
                            scales.element_size(), N, a.G, kBulkRows, SR / a.runs_per_scale, CU_TENSOR_MAP_SWIZZLE_NONE);
       dispatch_scale(scales.scalar_type(), [&]<typename S>() {

@@ -1,5 +1,5 @@
 // The qgemm GEMV (M <= 32 rows of x) with the weights brought in by the copy engine (TMA): one thread of a
-// producer warp issues tensor copies (cp.async.bulk.tensor.2d, sm_90) of 32-row weight tiles into a ring of
+// producer warp issues tensor copies (cp.async.bulk.tensor.3d / .2d, sm_90) of 32-row weight tiles into a ring of
 // shared-memory stages, and consumer warps multiply them with mma.sync. Reference: gemma4.ops.reference.qgemm;
 // helpers and exactness: qgemm_cuda.cuh; fragment order and x layout: the ring GEMV's (qgemv_ring.cuh:
 // ring_offset, its prep kernel).
@@ -10,7 +10,8 @@
 // shared memory: no registers, no L1 miss slots, and the bytes in flight per SM are bounded only by the stages.
 // (One 1-D bulk copy per row and stage, 512 + 64 bytes each, was copy-bound at ~2.2 TB/s even with no math:
 // dev/cuda/experiments/README.md.) The tiles land in the 128-byte swizzle, so that ldmatrix's eight rows fall
-// on distinct bank groups; rows past N and bytes past K arrive as zeros.
+// on distinct bank groups; rows past N and bytes past K arrive as zeros. One 3-D copy brings a stage's four
+// tiles: the copies alone (no math) took 39.3 us on the 31B gate_up shape against 43.8 with a copy per tile.
 //
 // Work: a block owns kBulkRows = 32 weight rows (two 16-row MMA tiles) over a slice of K (a "part" when the
 // rows are too few to fill the GPU: blockIdx.y). A stage is SR runs of each of the 32 rows (kBulkSegment bytes
@@ -20,11 +21,11 @@
 // bytes have landed) and `empty` (every consumer warp is done with the buffer).
 #pragma once
 #include <cstdint>
+#include <cstring>  // memcpy
 
 #include <cuda.h>  // CUtensorMap
 
 #include "quant/qgemm_cuda.cuh"
-#include "quant/qgemm_tc.cuh"    // tc_ldsm_x4
 #include "quant/qgemv_ring.cuh"  // ring_offset, qgemv_ring_prep_kernel (x in the same fragment order)
 
 namespace gemma4::quant_cuda {
@@ -51,7 +52,8 @@ template <int BITS, typename S>
 constexpr int bulk_smem() { return kBulkBarrierBytes + 1024 + kBulkStages * bulk_stage_bytes<BITS, S>(); }
 
 struct BulkArgs {
-  CUtensorMap wmap;    // the packed weight as [N rows][row bytes] uint8, 32 x kBulkBox tiles, 128-byte swizzle
+  CUtensorMap wmap;    // the packed weight as [row bytes / kBulkBox][N rows][kBulkBox] uint8, kBulkSegment / kBulkBox x
+                       // 32 x kBulkBox boxes, 128-byte swizzle
   CUtensorMap smap;    // the scales as [N rows][G] (2- or 4-byte elements), 32 x (SR / runs_per_scale) tiles
   const uint8_t* qw;   // [N, K/2] (int4) or [N, K] (int8), 16-byte aligned
   const void* scales;  // [N, G] in S, 16-byte aligned, G * sizeof(S) a multiple of 16 (bulk_gemv_fits)
@@ -105,6 +107,45 @@ __device__ __forceinline__ void tensor_copy_2d(void* dst, const CUtensorMap* map
       : "memory");
 }
 
+// ldmatrix.x4 at a shared address (qgemm_tc.cuh: tc_ldsm_x4 takes a generic pointer).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// The bits of a scale of type S at a shared address (zero-extended to 32 bits). Volatile like the ldmatrix:
+// the copies that wrote it are ordered before it by the mbarrier wait only.
+template <typename S>
+__device__ __forceinline__ uint32_t lds_scale_bits(uint32_t addr) {
+  uint32_t v;
+  if constexpr (sizeof(S) == 4) {
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  } else {
+    asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  }
+  return v;
+}
+template <typename S>
+__device__ __forceinline__ float scale_bits_to_float(uint32_t v) {
+  if constexpr (sizeof(S) == 4) {
+    return __uint_as_float(v);
+  } else {
+    const uint16_t b = static_cast<uint16_t>(v);
+    S s;
+    memcpy(&s, &b, sizeof(S));
+    return scale_to_float(s);
+  }
+}
+
+// The 3-D tile of `map` at element coordinates (x, y, z), likewise.
+__device__ __forceinline__ void tensor_copy_3d(void* dst, const CUtensorMap* map, int x, int y, int z, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(z), "r"(smem_addr(bar))
+      : "memory");
+}
+
 // Grid: (row groups of kBulkRows weight rows, parts); block: kBulkConsumers + 1 warps.
 // Built for every architecture of the build, run only on sm_90 and later (bulk_gemv_fits checks the device):
 // the copies and the mbarriers' transaction counts are sm_90 instructions.
@@ -141,79 +182,104 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
     for (int nt = 0; nt < NT; ++nt) acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.0f;
 
   if (warp == kBulkConsumers) {
-    // Producer: one thread issues each stage's weight tiles (the last stage of a slice may need fewer) and its
-    // scale tile. Tiles past N or K arrive as zeros and count in full, so a stage expects whole tiles.
+    // Producer: one thread issues each stage's weight copy and its scale tile. Bytes past N or K arrive as
+    // zeros and count in full, so every stage expects whole boxes.
     if (lane == 0) {
       for (int st = 0; st < nstages; ++st) {
         const int slot = st % kBulkStages;
         if (st >= kBulkStages) mbar_wait(&empty[slot], (st / kBulkStages - 1) & 1);
-        const int r0 = c0 + st * SR, r1 = min(c1, r0 + SR);
-        const int tiles = ((r1 - r0) * RB + kBulkBox - 1) / kBulkBox;
-        mbar_arrive_expect_tx(&full[slot], uint32_t(tiles * kBulkRows * kBulkBox + kBulkRows * scs));
+        const int r0 = c0 + st * SR;
+        // One copy brings the stage's kBulkSegment / kBulkBox weight tiles: the map's third dimension is the
+        // row's 128-byte chunk (stride 128), so the tiles land one after another as separate copies would.
+        mbar_arrive_expect_tx(&full[slot], uint32_t(kBulkWeightBytes + kBulkRows * scs));
         uint8_t* buf = stages + slot * STAGE;
-        for (int b = 0; b < tiles; ++b)
-          tensor_copy_2d(buf + b * kBulkRows * kBulkBox, &a.wmap, r0 * RB + b * kBulkBox, n0, &full[slot]);
+        tensor_copy_3d(buf, &a.wmap, 0, n0, r0 * RB / kBulkBox, &full[slot]);
         tensor_copy_2d(buf + kBulkWeightBytes, &a.smap, r0 / a.runs_per_scale, n0, &full[slot]);
       }
     }
   } else {
-    // Consumer warp `warp`: runs warp, warp + kBulkConsumers, ... of every stage.
+    // Consumer warp `warp`: runs warp, warp + kBulkConsumers, ... of every stage. Every shared address the loop
+    // reads is a 32-bit lane constant plus a compile-time offset plus the stage's base, and the loop has no
+    // branch: written plainly, the compiler rebuilt the addresses (and the stages' alignment) every run, 424
+    // instructions a stage against 354 (bf16, int4, one column tile), and 66 registers against 56.
+    constexpr int per_stage = SR / kBulkConsumers;  // this warp's runs a stage
+    static_assert(SR % kBulkConsumers == 0, "every consumer takes the same number of runs a stage");
+    constexpr int P = BITS == 4 ? 1 : 2;  // 16-byte pieces of a run
+    // Run j = jj * kBulkConsumers + warp of a stage is 16-byte chunk c = P * j + p of the row segment: tile
+    // c / 8, chunk c % 8 of row `lane` there, swizzled by row % 8. With c = 8 P jj + (P warp + p), the tile
+    // grows by P per jj and the chunk within it is the lane's constant.
+    uint32_t wl[P];
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int c = P * warp + p;
+      wl[p] = uint32_t((c / 8) * kBulkRows * kBulkBox + lane * kBulkBox + ((c % 8) ^ (lane % 8)) * 16);
+    }
+    // The run's scale within the stage's is j >> scale_shift = jj * (kBulkConsumers >> shift) + (warp >> shift).
+    const int sstep = (kBulkConsumers >> a.scale_shift) * int(sizeof(S));
+    uint32_t sl[4];
+#pragma unroll
+    for (int h = 0; h < 4; ++h)
+      sl[h] = uint32_t(kBulkWeightBytes + (g + 8 * h) * scs + (warp >> a.scale_shift) * int(sizeof(S)));
     bool x_live[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) x_live[nt] = nt * 8 + g < a.M;
+    const uint4* xl = a.xp + lane;
+    // Runs past the slice get zero x. They are multiplied all the same (no branch in the loop): only the
+    // last part's last stage has any, and there the copies filled their weights and scales with zeros (the
+    // parts' slices are whole stages), so they add exact zeros.
+    // (A 32-bit index: it would overflow only with xp past 32 GB; a 64-bit one cost 5 registers, and the
+    // fourth block an SM.)
     const auto load_x = [&](int run, uint4 (&xb)[NT]) {
+      const int off = run * NT * 32;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
-        xb[nt] = x_live[nt] && run < c1 ? __ldg(a.xp + (int64_t(run) * NT + nt) * 32 + lane) : make_uint4(0, 0, 0, 0);
-    };
-    constexpr int per_stage = SR / kBulkConsumers;  // this warp's runs a stage
-    static_assert(SR % kBulkConsumers == 0, "every consumer takes the same number of runs a stage");
-    const auto run_of = [&](int i) {  // this warp's i-th run of the slice: stage i / per_stage, run j of it
-      return c0 + (i / per_stage) * SR + (i % per_stage) * kBulkConsumers + warp;
+        xb[nt] = x_live[nt] && run < c1 ? __ldg(xl + off + nt * 32) : make_uint4(0, 0, 0, 0);
     };
     // The x fragments of this warp's next XA runs, in a ring of registers indexed by compile-time constants only
     // (the loop below is unrolled by per_stage, a multiple of XA).
     constexpr int XA = per_stage < kBulkXAhead ? per_stage : kBulkXAhead;
     static_assert(per_stage % XA == 0, "the x ring's slot of a run is the same in every stage");
     uint4 xq[XA][NT];
-    const int total = nstages * per_stage;
 #pragma unroll
-    for (int q = 0; q < XA; ++q) load_x(run_of(q), xq[q]);
+    for (int q = 0; q < XA; ++q) load_x(c0 + q * kBulkConsumers + warp, xq[q]);  // per_stage >= XA
+    const uint32_t s0 = smem_addr(stages);
     int slot = 0;
     uint32_t parity = 0;
-    for (int i0 = 0; i0 < total; i0 += per_stage) {
+    for (int st = 0; st < nstages; ++st) {
+      const uint32_t sb = s0 + uint32_t(slot * STAGE);
+      const int rw = c0 + st * SR + warp;  // this warp's first run of the stage
       mbar_wait(&full[slot], parity);
-      const uint8_t* buf = stages + slot * STAGE;
-      const int r0 = c0 + (i0 / per_stage) * SR;
+      // The stage's weight fragments and scales of this warp into registers first, and the buffer back to the
+      // producer before the math: the copy into it is then in flight while this warp multiplies (without the
+      // math the copies alone run ~25% faster).
+      uint32_t w[per_stage][2][4];  // [run][piece of the run][rows g, g+8, g+16, g+24]
+      uint32_t sb16[per_stage][4];  // the scales' bits, [run][rows g + 8h]
 #pragma unroll
       for (int jj = 0; jj < per_stage; ++jj) {
-        const int j = jj * kBulkConsumers + warp;  // run within the stage
-        const int q = jj % XA;
-        uint4 xb[NT];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) xb[nt] = xq[q][nt];
-        load_x(run_of(i0 + jj + XA), xq[q]);
-        if (r0 + j >= c1) continue;  // the slice's last stage may hold fewer runs
-        uint32_t w[2][4];  // [piece of the run][rows g, g+8, g+16, g+24]
+        for (int p = 0; p < P; ++p) ldsm_x4(w[jj][p], sb + wl[p] + uint32_t(P * jj * kBulkRows * kBulkBox));
+        const uint32_t so = sb + uint32_t(jj * sstep);
 #pragma unroll
-        for (int p = 0; p < (BITS == 4 ? 1 : 2); ++p) {
-          // 16-byte chunk c of the row segment: tile c / 8, chunk c % 8 of row `lane` there, swizzled by row % 8
-          const int c = BITS == 4 ? j : 2 * j + p;
-          tc_ldsm_x4(w[p], buf + (c / 8) * kBulkRows * kBulkBox + lane * kBulkBox + ((c % 8) ^ (lane % 8)) * 16);
-        }
-        float sc[4];
-        const int sj = j >> a.scale_shift;  // the run's scale within the stage's
-#pragma unroll
-        for (int h = 0; h < 4; ++h)
-          sc[h] = scale_to_float(
-              *reinterpret_cast<const S*>(buf + kBulkWeightBytes + (g + 8 * h) * scs + sj * int(sizeof(S))));
-        ring_run_mma<MT, BITS, NT>(w, sc, xb, acc);
+        for (int h = 0; h < 4; ++h) sb16[jj][h] = lds_scale_bits<S>(so + sl[h]);
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[slot]);  // this warp is done with the buffer
       if (++slot == kBulkStages) {
         slot = 0;
         parity ^= 1;
+      }
+#pragma unroll
+      for (int jj = 0; jj < per_stage; ++jj) {
+        const int q = jj % XA;
+        uint4 xb[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) xb[nt] = xq[q][nt];
+        // this warp's run XA runs on: jj + XA of this stage, or of the next
+        load_x(rw + ((jj + XA) / per_stage) * SR + ((jj + XA) % per_stage) * kBulkConsumers, xq[q]);
+        float sc[4];
+#pragma unroll
+        for (int h = 0; h < 4; ++h) sc[h] = scale_bits_to_float<S>(sb16[jj][h]);
+        ring_run_mma<MT, BITS, NT>(w[jj], sc, xb, acc);
       }
     }
   }
