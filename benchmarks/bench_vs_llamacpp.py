@@ -7,7 +7,8 @@ Needs the llama-cpp-python package (pip builds llama.cpp, ~10 minutes; not a tes
 its sdist for llama.cpp's own converter (vendor/llama.cpp/convert_hf_to_gguf.py and gguf-py).
 
 1. Writes a random checkpoint of the preset (default: gemma-4-E2B's full shape, bf16 weights, a
-   tokenizer padded to the vocabulary) in transformers' layout, one tensor at a time.
+   tokenizer padded to the vocabulary) in transformers' layout, one tensor at a time; the float32 rows
+   load a float32 copy of it, as llama.cpp loads an F32 GGUF (both then map their tables from the file).
 2. Converts it with llama.cpp's converter to GGUF F32 / BF16 / Q8_0, and to Q4_0 with its quantizer
    (--dtypes int8,int4: our quantize-on-load int8 / int4, groups of 32, against Q8_0 / Q4_0).
 3. Runs each (runtime, dtype) in a fresh subprocess: loads the model, then per round one prefill of
@@ -101,6 +102,28 @@ def write_random_checkpoint(preset: str, path: Path, seed: int = 0, shard_bytes:
     cfg["dtype"] = "bfloat16"
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
     write_padded_tokenizer(path, config.vocab_size)
+
+
+def write_float32_copy(src: Path, dst: Path) -> None:
+    """The bf16 checkpoint widened to float32 (exact), shard by shard, for the float32 rows: llama.cpp runs an
+    F32 GGUF, whose tables it maps from the file, so ours loads a float32 file too and maps its tables the same
+    way (from a bf16 file, a float32 model reads and widens them: docs/checkpoints.md)."""
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    for name in sorted(set(index["weight_map"].values())):
+        shard = {k: v.float() for k, v in load_file(str(src / name)).items()}
+        save_file(shard, str(dst / name), metadata={"format": "pt"})
+        del shard
+    index["metadata"]["total_size"] *= 2
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["dtype"] = "float32"
+    (dst / "config.json").write_text(json.dumps(cfg, indent=1))
+    for f in src.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            (dst / f.name).write_bytes(f.read_bytes())
 
 
 def write_padded_tokenizer(path: Path, vocab_size: int) -> None:
@@ -243,8 +266,8 @@ def run_child(a) -> int:
 # The driver
 # ------------------------------------------------------------------------------------------------
 
-def spawn(args, child: str, dtype: str, **extra) -> dict:
-    cmd = [sys.executable, __file__, "--child", child, "--dtype", dtype, "--model-dir", str(args.model_dir),
+def spawn(args, child: str, dtype: str, model_dir: Path, **extra) -> dict:
+    cmd = [sys.executable, __file__, "--child", child, "--dtype", dtype, "--model-dir", str(model_dir),
            "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds),
            "--threads", str(args.threads), "--seed", str(args.seed)]
     for k, v in extra.items():
@@ -304,6 +327,12 @@ def main(argv=None) -> int:
         write_random_checkpoint(args.preset, args.model_dir, args.seed)
     rows, tokens = [], {}
     for dtype in args.dtypes.split(","):
+        model_dir = args.model_dir
+        if dtype == "float32":  # a float32 file against llama.cpp's F32 GGUF (write_float32_copy)
+            model_dir = work / f"{args.preset}-random-f32"
+            if not (model_dir / "config.json").exists():
+                print("writing the float32 copy of the checkpoint ...", flush=True)
+                write_float32_copy(args.model_dir, model_dir)
         gguf = work / f"{args.preset}-{GGUF_TYPE[dtype]}.gguf"
         if not gguf.exists():
             print(f"converting to GGUF {GGUF_TYPE[dtype]} ...", flush=True)
@@ -311,7 +340,7 @@ def main(argv=None) -> int:
         runs = [("gemma4", {})] + ([("gemma4 qhead", {"quantize_head": 1})] if dtype in QUANT else []) \
             + [("llama.cpp", {"gguf": gguf, "flash_attn": 0}), ("llama.cpp fa", {"gguf": gguf, "flash_attn": 1})]
         for name, extra in runs:
-            r = spawn(args, "gemma4" if name.startswith("gemma4") else "llamacpp", dtype, **extra)
+            r = spawn(args, "gemma4" if name.startswith("gemma4") else "llamacpp", dtype, model_dir, **extra)
             r.update(runtime=name, dtype=dtype, load_avg_1min=os.getloadavg()[0])
             tokens[(name, dtype)] = r["tokens"]
             rows.append(r)

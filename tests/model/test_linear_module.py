@@ -27,7 +27,7 @@ def test_choice():
     assert uses_gemma4_kernel(torch.randn(8, 1024), w32)
     assert uses_gemma4_kernel(torch.randn(9, 1024), w32)  # fp32 prefill: the op picks tile GEMM or sgemm
     assert uses_gemma4_kernel(torch.randn(9, 16), torch.randn(8, 16))
-    assert not uses_gemma4_kernel(torch.randn(1, 16), torch.randn(8, 16))  # small fp32 weight
+    assert uses_gemma4_kernel(torch.randn(1, 16), torch.randn(8, 16))  # small fp32 weight: ours too
     assert uses_gemma4_kernel(torch.randn(1, 1024).bfloat16(), w16)
     assert uses_gemma4_kernel(torch.randn(linear_choice.NATIVE_BF16_ROWS, 1024).bfloat16(), w16)
     # bf16 prefill: ours where torch's bf16 GEMM is a generic loop, torch's where it is oneDNN's native one
@@ -48,8 +48,7 @@ def _tiny(seed=0):
     return gemma4.Gemma4ForCausalLM(gemma4.get_preset("tiny-e2b")).eval()
 
 
-def test_greedy_tokens_match_torch_linear_fp32(monkeypatch):
-    monkeypatch.setattr(linear_choice, "SMALL_FP32_WEIGHT", 0)  # the tiny model's weights are all small
+def test_greedy_tokens_match_torch_linear_fp32():
     model = _tiny()
     ids = torch.randint(3, model.config.vocab_size, (2, 37))
     kw = dict(max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)

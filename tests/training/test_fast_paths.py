@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from gemma4 import LoraConfig
 from gemma4.float32_gemm import is_plain_linear
+from gemma4.linear_choice import torch_linear_only
 from gemma4.lora import layers as lora_layers
 from gemma4.lora.layers import LoraLinear
 from gemma4.modeling import loss as loss_mod
@@ -76,9 +77,12 @@ def test_lora_layer_over_the_model_linear_takes_the_fast_path(monkeypatch):
     with torch.no_grad():  # no backward: still the fast path (updated in place)
         lora(x)
     assert len(fast) == 2 and len(own) == 2 and not gemm
-    x1 = torch.randn(1, 1, lora.in_features, requires_grad=True)  # one row, a small float32 weight: torch's
+    x1 = torch.randn(1, 1, lora.in_features, requires_grad=True)  # one row, a small float32 weight: ours too
     lora(x1).sum().backward()
-    assert len(fast) == 3 and len(own) == 2 and len(gemm) == 1 and gemm[0][1] is lora.base_layer.weight
+    assert len(fast) == 3 and len(own) == 3 and not gemm
+    with torch_linear_only():  # where the Linear picks torch's GEMM, so does the fast path
+        lora(x1).sum().backward()
+    assert len(fast) == 4 and len(own) == 3 and len(gemm) == 1 and gemm[0][1] is lora.base_layer.weight
 
 
 @pytest.mark.parametrize("base_cls, plain", [(nn.Linear, True), (Linear, True), (KeepsForward, True),
