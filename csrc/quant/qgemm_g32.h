@@ -112,6 +112,13 @@ inline float g32_hsum(__m256 v) {
   return _mm_cvtss_f32(h);
 }
 
+// How far ahead in a row's weights g32_row prefetches. A prefetch at all was 1.2-1.4x over the hardware
+// prefetcher alone; the distance, measured on E2B's int4 layer GEMVs plus its int4 head at one row of x, each
+// shape over 256 MB of weights (past L3), 2 threads, the 2-core AVX-512 EPYC (dev/perf/qgemv_decode_shapes.py):
+// 2 KB 33.3-35.3 ms a token, 4 KB 30.2-33.7, 8 KB 29.4-29.7, 16 KB 28.3-29.9; int8 g32 2 KB 57.1-59.5, 8 KB
+// 56.6-56.7. In a decode step of the int4 model 40.1 -> 37.7-38.4 ms.
+constexpr int64_t kPrefetchAhead = 8192;
+
 // y[m0 .. m0 + MB, n] for one weight row n.
 template <class S, int BITS, int MB>
 inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
@@ -123,8 +130,8 @@ inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
   for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
   for (int64_t b0 = 0; b0 < B; b0 += 8) {
     const int64_t steps = B - b0 >= 8 ? 4 : (B - b0) / 2;
-    // The run 2 KB ahead (measured: 1.2-1.4x over the hardware prefetcher alone on this EPYC).
-    for (int line = 0; line < BITS / 2; ++line) __builtin_prefetch(w + b0 * kBlockBytes + 2048 + 64 * line);
+    // The run kPrefetchAhead bytes ahead (why that distance: at the constant).
+    for (int line = 0; line < BITS / 2; ++line) __builtin_prefetch(w + b0 * kBlockBytes + kPrefetchAhead + 64 * line);
     __m256i s[MB][4];
     // x of step b0 / 2 + t of row m: pairs of steps are 128 int16 apart, the second of a pair 16 after the first
     const auto xstep = [&](int m, int t) { return p.x16p + (m0 + m) * B8 * 32 + b0 * 32 + (t / 2) * 128 + (t % 2) * 16; };
