@@ -40,6 +40,19 @@ def test_qgemm_leading_dims_and_empty():
     assert ops.qgemm(torch.randn(0, 64), qweight, scales).shape == (0, 12)
 
 
+def test_qgemm_large_call_takes_its_own_scratch(cpu_isa):
+    """A call whose temporaries pass CallScratch's 8 MB (here ~9.5 MB: int16 x, the group-32 layout, the fp32
+    sums) gets an ATen buffer instead of the per-thread block; the numbers are the same rule's."""
+    m, n, k = 512, 512, 4096
+    qweight, scales = random_qweight(n, k, 4, 32, torch.bfloat16)
+    x = torch.randn(m, k).half()
+    w64 = reference.dequantize(qweight, scales, torch.float64)  # [N, K]
+    ours = ops.qgemm(x, qweight, scales)
+    assert_lowp_close(ours, x.double() @ w64.t(), torch.nn.functional.linear(x, w64.half()))
+    small = ops.qgemm(x[:3], qweight, scales)  # then a small call reuses the per-thread block
+    assert torch.equal(small, ours[:3])
+
+
 def test_qgemm_opcheck():
     qweight, scales = random_qweight(20, 96, 4, 32, torch.bfloat16)
     x = torch.randn(3, 96, dtype=torch.bfloat16)
