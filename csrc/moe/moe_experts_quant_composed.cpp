@@ -17,6 +17,7 @@
 #include <c10/core/DeviceGuard.h>
 
 #include "moe/moe_experts_quant.h"
+#include "quant/qdequant_tensor.h"
 
 namespace gemma4::moe {
 namespace {
@@ -46,24 +47,7 @@ std::tuple<at::Tensor, at::Tensor> call_gated_backward(const at::Tensor& grad_ou
   return op.call(grad_out, gate, up, activation_name(act));
 }
 
-// Packed [rows, K/2 | K] with scales [rows, G] -> float32 [rows, K], exact: the format of qgemm_problem.h
-// (int4: each 32-weight run is 16 bytes, byte j = weight j in the low nibble, weight j + 16 in the high
-// one, stored q + 8).
-at::Tensor dequantize_f32(const at::Tensor& qweight, const at::Tensor& scales) {
-  const int64_t rows = qweight.size(0), G = scales.size(1);
-  at::Tensor q;
-  if (qweight.scalar_type() == at::kByte) {
-    const at::Tensor runs = qweight.view({rows, -1, 16});                             // [rows, K/32, 16]
-    q = at::cat({runs.bitwise_and(15), at::bitwise_right_shift(runs, 4)}, 2)          // [rows, K/32, 32]
-            .to(at::kFloat)
-            .sub_(8)
-            .view({rows, -1});                                                        // [rows, K]
-  } else {
-    q = qweight.to(at::kFloat);                                                       // [rows, K]
-  }
-  const int64_t K = q.size(1);
-  return q.view({rows, G, K / G}).mul_(scales.to(at::kFloat).unsqueeze(2)).view({rows, K});
-}
+using quant::dequantize_f32;  // quant/qdequant_tensor.h
 
 // One expert's forward on its gathered rows: (gu [m, 2 Im], h [m, Im], y [m, H]), each in x's dtype.
 struct ExpertForward {

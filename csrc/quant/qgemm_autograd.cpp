@@ -1,7 +1,7 @@
 // Autograd of gemma4::qgemm in C++ (reference: python/gemma4/ops/reference.py qgemm under torch autograd).
 //   y = x @ dequant(W)^T + b:  grad_x = grad_y @ dequant(W), the weight frozen; grad_b = sum of grad_y over rows.
-// grad_x accumulates in float32 (float64 for float64 gradients) over slabs of kGradRows weight rows dequantized
-// at a time, so the full-precision weight never exists whole, and is rounded once to x's dtype; grad_b sums
+// grad_x accumulates in float32 over slabs of kGradRows weight rows dequantized at a time (qdequant_tensor.h), so
+// the full-precision weight never exists whole, and is rounded once to x's dtype; grad_b sums
 // in float32 and is rounded to the bias's dtype.
 //
 // Why C++: torch.library.register_autograd's Python wrapper runs on every call that reaches the Autograd key,
@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "../common/autograd_util.h"
+#include "quant/qdequant_tensor.h"
 
 namespace gemma4 {
 namespace {
@@ -29,28 +30,14 @@ at::Tensor call_qgemm(const at::Tensor& x, const at::Tensor& qweight, const at::
   return op.call(x, qweight, scales, bias);
 }
 
-// Packed rows -> [rows, K] in acc (exact): int4 as uint8 [rows, K/2], each 32 weights 16 bytes with weight j in
-// the low nibble of byte j and weight j + 16 in the high one, stored as q + 8; int8 as it is.
-at::Tensor dequantize_rows(const at::Tensor& qweight, const at::Tensor& scales, at::ScalarType acc) {
-  const int64_t rows = qweight.size(0);
-  at::Tensor q = qweight;  // [rows, K] int8 levels
-  if (qweight.scalar_type() == at::kByte) {
-    const at::Tensor runs = qweight.reshape({rows, -1, 16});                                   // [rows, K/32, 16]
-    q = at::stack({runs.bitwise_and(0xF), runs.bitwise_right_shift(4)}, 2).to(at::kChar).sub(8);  // [rows, K/32, 2, 16]
-    q = q.reshape({rows, -1});
-  }
-  const int64_t K = q.size(1), G = scales.size(1);
-  return (q.to(acc).view({rows, G, K / G}) * scales.to(acc).unsqueeze(2)).view({rows, K});  // [rows, K]
-}
-
 at::Tensor grad_input(const at::Tensor& grad_out, const at::Tensor& qweight, const at::Tensor& scales) {
-  const at::ScalarType acc = grad_out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor g = grad_out.reshape({-1, grad_out.size(-1)}).to(acc);  // [M, N]
+  const at::Tensor g = grad_out.reshape({-1, grad_out.size(-1)}).to(at::kFloat);  // [M, N]
   const int64_t N = qweight.size(0), K = qweight.size(1) * (qweight.scalar_type() == at::kByte ? 2 : 1);
-  at::Tensor grad_x = at::zeros({g.size(0), K}, g.options());             // [M, K]
+  at::Tensor grad_x = at::zeros({g.size(0), K}, g.options());                    // [M, K]
   for (int64_t n0 = 0; n0 < N; n0 += kGradRows) {
     const int64_t rows = std::min(kGradRows, N - n0);
-    grad_x.addmm_(g.narrow(1, n0, rows), dequantize_rows(qweight.narrow(0, n0, rows), scales.narrow(0, n0, rows), acc));
+    const at::Tensor w = quant::dequantize_f32(qweight.narrow(0, n0, rows), scales.narrow(0, n0, rows));  // [rows, K]
+    grad_x.addmm_(g.narrow(1, n0, rows), w);
   }
   auto shape = grad_out.sizes().vec();
   shape.back() = K;
