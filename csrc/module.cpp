@@ -32,6 +32,7 @@ PYBIND11_MODULE(_C, m) {
     py::dict d;
     d["torch_version"] = GEMMA4_TORCH_VERSION;  // the torch the operator library was built against
     d["cuda"] = static_cast<bool>(GEMMA4_CUDA_ENABLED);
+    d["sm90a"] = static_cast<bool>(GEMMA4_SM90A_ENABLED);  // Hopper-only kernels (wgmma) built in
     d["cpu_baseline"] = GEMMA4_CPU_BASELINE;  // ISA the kernels were compiled for
     d["compiler"] = __VERSION__;
     return d;

@@ -42,6 +42,7 @@
 #include "quant/qgemm_cuda_path.h"
 #include "quant/qgemm_tc.cuh"
 #include "quant/qgemv_bulk.cuh"
+#include "quant/qgemm_wgmma.h"
 #include "quant/qgemv_ring.cuh"
 #include "quant/quant_checks.h"
 
@@ -65,6 +66,25 @@ bool tiled_gemm_wins(int64_t M, int64_t N, int64_t K) {
   if (forced == static_cast<int>(CudaPath::dequant)) return false;
   return M <= 64 || (M <= 128 && N * K >= (int64_t(1) << 25));
 }
+#ifdef GEMMA4_SM90A
+// On an sm_90 device of a build with sm_90a code (which runs on compute capability 9.0 alone), the Hopper
+// GEMM (qgemm_wgmma_sm90a.cu) instead of the mma.sync one, and up to 256 rows at every weight size: on the H200
+// (dev/cuda/experiments/README.md), int4 g32 at 64 / 128 / 256 rows, against the mma.sync GEMM and dequantize +
+// cuBLAS: 31B gate_up 121 / 160 / 339 us against 140 / 224 / 463 and 432 / 436 / 478; 31B down 68 / 88 / 162
+// against 78 / 125 / 219 and 226 / 230 / 249; E2B gate_up 20 / 27 / 40 against 24 / 39 / 57 and 37 / 39 / 44.
+// At 1024 rows dequantize + cuBLAS wins (31B gate_up 926 against 1173).
+bool hopper_gemm_wins(int64_t M) {
+  const int forced = cuda_path();
+  return forced == static_cast<int>(CudaPath::wgmma) || (forced == static_cast<int>(CudaPath::automatic) && M <= 256);
+}
+bool hopper_gemm_available() {
+  int major = 0, minor = 0;
+  const int d = c10::cuda::current_device();
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d));
+  return major == 9 && minor == 0;
+}
+#endif
 // Within the GEMV's rows, the ring GEMV (qgemv_ring.cuh) where it beat the register-loading kernels on the H200
 // (dev/cuda/experiments/README.md): int4 with 17-32 rows (31B down 85 -> 59 us, 31B gate_up 127 -> 112, E2B
 // gate_up 17.4 -> 17.0), and 3-8 rows on weights of 2^25 values or more (31B gate_up M = 4 76 -> 69, M = 8
@@ -911,6 +931,33 @@ at::Tensor qgemm_tc(const at::Tensor& x2, const at::Tensor& qweight, const at::T
   return y;
 }
 
+#ifdef GEMMA4_SM90A
+// The tiled GEMM on warpgroup MMAs (qgemm_wgmma_sm90a.cu): 64 x rows a block up to 64 rows, else 128.
+at::Tensor qgemm_hopper(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
+                        const std::optional<at::Tensor>& bias, int bits) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
+  at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
+  TcArgs a{};
+  fill_operands(a, qweight, scales, bias, y, K);
+  a.x = x2.const_data_ptr();
+  a.runs = static_cast<int>(K / 32);
+  const at::ScalarType xt = x2.scalar_type(), st = scales.scalar_type();
+  dispatch_x(xt, [&]<typename T, typename MT>() {
+    const auto go = [&]<int BM>() {
+      const int resident = wgmma_resident_blocks(xt, st, bits, BM);
+      run_tiled<T, BM, kWgBN>(a, x2.options(), resident,
+                              [&](int blocks) { launch_wgmma_kernel(a, xt, st, bits, BM, blocks); });
+    };
+    if (M <= 64) {
+      go.template operator()<64>();
+    } else {
+      go.template operator()<128>();
+    }
+  });
+  return y;
+}
+#endif
+
 // Packed weight -> [N, K] in dtype (the large-M path's workspace).
 at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& scales, int bits, int64_t K,
                            at::ScalarType dtype) {
@@ -968,6 +1015,10 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
       const bool ring = ring_gemv_wins(bits, M, N, K) && reinterpret_cast<uintptr_t>(scales.const_data_ptr()) % 4 == 0;
       y = ring ? qgemv_ring(x2, qw, scales, bias, bits) : qgemv(x2, qw, scales, bias, bits);  // [M, N]
     }
+#ifdef GEMMA4_SM90A
+  } else if (x.scalar_type() != at::kFloat && hopper_gemm_wins(M) && hopper_gemm_available()) {
+    y = qgemm_hopper(x2, qw, scales, bias, bits);  // [M, N]
+#endif
   } else if (tiled_gemm_wins(M, N, K) && x.scalar_type() != at::kFloat) {
     y = qgemm_tc(x2, qw, scales, bias, bits);  // [M, N]
   } else {

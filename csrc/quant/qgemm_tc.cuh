@@ -314,16 +314,18 @@ __global__ void __launch_bounds__(kTcThreads, 2) qgemm_tc_kernel(const TcArgs a)
 }
 
 // y = the split tiles' parts added in order, + bias, rounded once. One thread per 4 columns of a tile row;
-// grid: (split tiles) * BM / 4 blocks of 4 rows.
-template <typename T, int BM>
-__global__ void __launch_bounds__(128) qgemm_tc_fixup_kernel(const TcArgs a) {
-  const int q = blockIdx.x / (BM / 4), r = blockIdx.x % (BM / 4) * 4 + threadIdx.x / 32, c = threadIdx.x % 32 * 4;
-  const int tile = a.unsplit + q, m = (tile % a.tiles_m) * BM + r, n0 = (tile / a.tiles_m) * kTcBN + c;
+// grid: (split tiles) * BM / 4 blocks of 4 rows (BN threads). BN: the tiles' weight rows.
+template <typename T, int BM, int BN>
+__global__ void __launch_bounds__(BN) qgemm_tc_fixup_kernel(const TcArgs a) {
+  constexpr int kRowThreads = BN / 4;
+  const int q = blockIdx.x / (BM / 4), r = blockIdx.x % (BM / 4) * 4 + threadIdx.x / kRowThreads;
+  const int c = threadIdx.x % kRowThreads * 4;
+  const int tile = a.unsplit + q, m = (tile % a.tiles_m) * BM + r, n0 = (tile / a.tiles_m) * BN + c;
   if (m >= a.M) return;
-  const float* p = a.partial + int64_t(q) * a.splits * BM * kTcBN + r * kTcBN + c;
+  const float* p = a.partial + int64_t(q) * a.splits * BM * BN + r * BN + c;
   float4 s = *reinterpret_cast<const float4*>(p);
   for (int part = 1; part < a.splits; ++part) {
-    const float4 v = *reinterpret_cast<const float4*>(p + int64_t(part) * BM * kTcBN);
+    const float4 v = *reinterpret_cast<const float4*>(p + int64_t(part) * BM * BN);
     s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
   }
   const float v[4] = {s.x, s.y, s.z, s.w};
@@ -341,24 +343,46 @@ __global__ void __launch_bounds__(128) qgemm_tc_fixup_kernel(const TcArgs a) {
 // kernel reaches over the H200's 132 SMs (31B gate_up, 1024 rows), the parts move at 3 TB/s. Without a split the last wave runs
 // whole stage counts on few SMs: 31B gate_up at 128 rows is 336 tiles on 264 slots, 2 waves for 1.27
 // waves of work; 31B down, 42 tiles, would use a sixth of the GPU.
-inline TcPlan plan_tc(int tiles, int ktiles, int slots, int bm, int sms) {
+inline TcPlan plan_tc(int tiles, int ktiles, int slots, int bm, int bn, int sms) {
   constexpr int kMinStages = 4;
   constexpr double kFlopsPerSm = 300e12 / 132, kBytesPerS = 3e12;
   TcPlan plan{tiles, 1, tiles};
   const int full = tiles / slots * slots, rest = tiles - full;
   const int splits = std::min(rest > 0 ? slots / rest : 1, ktiles / kMinStages);
   if (splits < 2) return plan;
-  const double stage_s = 2.0 * bm * kTcBN * kTcBK / (kFlopsPerSm * sms / slots);
-  const double parts_s = 2.0 * rest * splits * bm * kTcBN * sizeof(float) / kBytesPerS;
+  const double stage_s = 2.0 * bm * bn * kTcBK / (kFlopsPerSm * sms / slots);
+  const double parts_s = 2.0 * rest * splits * bm * bn * sizeof(float) / kBytesPerS;
   const double whole = double(cuda::ceil_div(tiles, slots)) * ktiles * stage_s;
   const double split = (double(full / slots) * ktiles + cuda::ceil_div(ktiles, splits)) * stage_s + parts_s;
   if (split < whole) plan = TcPlan{full, splits, full + rest * splits};
   return plan;
 }
 
-// Launches the GEMM on the current stream: MTILES = 4 (64 x rows a block) up to 64 rows, else 8 (128). Fills
-// a's tiling and split fields; a split allocates the parts' workspace (torch's caching allocator, so the call
-// can be captured in a CUDA graph).
+// Runs a tiled GEMM of BM x rows by BN weight rows a tile (tiles x-row tiles fastest, `resident` blocks an SM)
+// on the current stream: fills a's tiling and split fields (plan_tc), allocates the split parts' workspace
+// (torch's caching allocator, so the call can be captured in a CUDA graph), calls launch(blocks) for the
+// GEMM kernel, then adds the parts.
+template <typename T, int BM, int BN, typename L>
+void run_tiled(TcArgs& a, const at::TensorOptions& device, int resident, L&& launch) {
+  a.tiles_m = cuda::ceil_div(a.M, BM);
+  a.ktiles = cuda::ceil_div(a.runs, 2);
+  const int tiles = a.tiles_m * cuda::ceil_div(a.N, BN), sms = cuda::sm_count();
+  const TcPlan plan = plan_tc(tiles, a.ktiles, sms * std::max(resident, 1), BM, BN, sms);
+  a.unsplit = plan.unsplit;
+  a.splits = plan.splits;
+  at::Tensor partial;
+  if (plan.unsplit < tiles) {
+    partial = at::empty({int64_t(tiles - plan.unsplit) * plan.splits * BM * BN}, device.dtype(at::kFloat));
+    a.partial = partial.mutable_data_ptr<float>();
+  }
+  launch(plan.blocks);
+  if (plan.unsplit < tiles) {
+    qgemm_tc_fixup_kernel<T, BM, BN><<<(tiles - plan.unsplit) * (BM / 4), BN, 0, cuda::stream()>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+// Launches the GEMM: MTILES = 4 (64 x rows a block) up to 64 rows, else 8 (128).
 template <typename T, typename MT, typename S, int BITS>
 void launch_qgemm_tc(TcArgs a, const at::TensorOptions& device) {
   const auto go = [&]<int MTILES>() {
@@ -371,23 +395,10 @@ void launch_qgemm_tc(TcArgs a, const at::TensorOptions& device) {
       C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kTcThreads, smem));
       configured_device = d;
     }
-    a.tiles_m = cuda::ceil_div(a.M, BM);
-    a.ktiles = cuda::ceil_div(a.runs, 2);
-    const int tiles = a.tiles_m * cuda::ceil_div(a.N, kTcBN), sms = cuda::sm_count();
-    const TcPlan plan = plan_tc(tiles, a.ktiles, sms * std::max(resident, 1), BM, sms);
-    a.unsplit = plan.unsplit;
-    a.splits = plan.splits;
-    at::Tensor partial;
-    if (plan.unsplit < tiles) {
-      partial = at::empty({int64_t(tiles - plan.unsplit) * plan.splits * BM * kTcBN}, device.dtype(at::kFloat));
-      a.partial = partial.mutable_data_ptr<float>();
-    }
-    kernel<<<plan.blocks, kTcThreads, smem, cuda::stream()>>>(a);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (plan.unsplit < tiles) {
-      qgemm_tc_fixup_kernel<T, BM><<<(tiles - plan.unsplit) * (BM / 4), 128, 0, cuda::stream()>>>(a);
+    run_tiled<T, BM, kTcBN>(a, device, resident, [&](int blocks) {
+      kernel<<<blocks, kTcThreads, smem, cuda::stream()>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    });
   };
   if (a.M <= 64) {
     go.template operator()<4>();

@@ -49,15 +49,27 @@ def cpu_isa(request):
     qops.qgemm_cpu_isa("auto")
 
 
-@pytest.fixture(params=["auto", "tiled", "ring", "bulk"])
+@pytest.fixture(params=["auto", "tiled", "ring", "bulk", "wgmma"])
 def cuda_path(request):
     """Runs a CUDA test once on the route the shape picks (small test shapes: the register-loading GEMV up to
-    16 rows and the ring GEMV to 32 for int4, the tiled GEMM up to 64 rows, dequantize + cuBLAS above), once with
-    the tiled tensor-core GEMM forced at every row count above 32, and once with the ring GEMV and once with the bulk-copy GEMV
-    (qgemv_bulk.cuh, sm_90; where the scales do not fit it, the shape's own route) forced at every row count up to 32."""
+    16 rows and the ring GEMV to 32 for int4, the tiled GEMM up to 64 rows -- its Hopper version on an sm_90
+    device of a build with sm_90a code --, dequantize + cuBLAS above), once with the mma.sync tiled GEMM forced
+    at every row count above 32, once with the Hopper (wgmma) tiled GEMM forced there (skipped where there is
+    none), and once with the ring GEMV and once with the bulk-copy GEMV (qgemv_bulk.cuh, sm_90; where the scales
+    do not fit it, the shape's own route) forced at every row count up to 32."""
+    if request.param == "wgmma" and not hopper_gemm_available():
+        pytest.skip("the Hopper GEMM needs an sm_90 GPU and a build with sm_90a code")
     qops.qgemm_cuda_path(request.param)
     yield request.param
     qops.qgemm_cuda_path("auto")
+
+
+def hopper_gemm_available() -> bool:
+    """True where the CUDA qgemm has its wgmma GEMM (qgemm_wgmma_sm90a.cu): an sm_90 device, sm_90a code built."""
+    from gemma4._native import build_info
+
+    return (bool(build_info.get("sm90a")) and torch.cuda.is_available()
+            and torch.cuda.get_device_capability() == (9, 0))
 
 
 def experts_loop(x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales,

@@ -14,7 +14,8 @@ from gemma4._native import build_info
 from gemma4.ops import quant as qops
 from gemma4.ops import reference
 from tests.helpers import assert_lowp_close, assert_same, max_abs_err
-from tests.quant.common import FORMAT_IDS, FORMATS, cuda_path, random_qweight  # noqa: F401 (fixture)
+from tests.quant.common import (FORMAT_IDS, FORMATS, cuda_path, hopper_gemm_available,  # noqa: F401 (fixture)
+                                random_qweight)
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not (torch.cuda.is_available() and build_info["cuda"]),
@@ -84,11 +85,15 @@ def test_qgemm_cuda_odd_runs_and_small_k(cuda_path):
                 _check(qweight, scales, torch.randn(m, k).to(dtype), None)
 
 
+@pytest.mark.parametrize("path", ["tiled", "wgmma"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_qgemm_cuda_split_over_k(dtype):
-    """Few weight tiles and a long K: the tiled GEMM splits the tiles over K and adds the parts in order
-    (deterministic); many tiles: whole waves unsplit and the last partial wave split."""
-    qops.qgemm_cuda_path("tiled")
+def test_qgemm_cuda_split_over_k(dtype, path):
+    """Few weight tiles and a long K: the tiled GEMM (mma.sync, and the Hopper one where there is one) splits
+    the tiles over K and adds the parts in order (deterministic); many tiles: whole waves unsplit and the last
+    partial wave split."""
+    if path == "wgmma" and not hopper_gemm_available():
+        pytest.skip("the Hopper GEMM needs an sm_90 GPU and a build with sm_90a code")
+    qops.qgemm_cuda_path(path)
     try:
         for n, k, m in [(200, 21504, 48), (300, 8192, 130), (40000, 1024, 40)]:
             qweight, scales = random_qweight(n, k, 4, 32, dtype)
@@ -101,15 +106,19 @@ def test_qgemm_cuda_split_over_k(dtype):
 
 
 def test_qgemm_cuda_route_rule():
-    """"auto" takes the tiled GEMM up to 64 rows and dequantize + cuBLAS above on small weights: both equal
-    their forced routes bit for bit."""
+    """"auto" takes the tiled GEMM up to 64 rows and dequantize + cuBLAS above on small weights, or, where there is
+    the Hopper GEMM, that one up to 256 rows: each equals its forced route bit for bit."""
+    hopper = hopper_gemm_available()
     qweight, scales = random_qweight(256, 512, 4, 32, torch.bfloat16)
     q, s = qweight.cuda(), scales.cuda()
     try:
-        for m in (40, 64, 65, 200):
+        for m in (40, 64, 65, 200, 256, 300):
             x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
             auto = ops.qgemm(x, q, s)
-            qops.qgemm_cuda_path("tiled" if m <= 64 else "dequant")
+            if hopper:
+                qops.qgemm_cuda_path("wgmma" if m <= 256 else "dequant")
+            else:
+                qops.qgemm_cuda_path("tiled" if m <= 64 else "dequant")
             assert_same(auto, ops.qgemm(x, q, s))
             qops.qgemm_cuda_path("auto")
     finally:
