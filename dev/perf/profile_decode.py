@@ -11,6 +11,7 @@ before the lean decode step were taken this way).
 
     python dev/perf/profile_decode.py --preset small-e2b --dtype bfloat16 --steps 16 [--quant int4]
     python dev/perf/profile_decode.py --preset tiny-e2b --dtype float32 --threads 1   # toy widths: overhead
+    python dev/perf/profile_decode.py --checkpoint /work/e2bbench/gemma-4-E2B-random --quant int4 --qhead
 """
 from __future__ import annotations
 
@@ -115,6 +116,8 @@ def main() -> None:
     ap.add_argument("--preset", default="small-e2b")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--quant", choices=["int4", "int8"], default=None)
+    ap.add_argument("--checkpoint", default=None, help="a checkpoint folder instead of --preset (quantized on load)")
+    ap.add_argument("--qhead", action="store_true", help="quantize the tied head too (benchmarks' qhead rows)")
     ap.add_argument("--path", choices=["generate", "loop"], default="generate")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of --steps steps without the profiler")
@@ -123,9 +126,16 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = build_random_model(a.preset, getattr(torch, a.dtype), seed=a.seed)
-    if a.quant:
-        gemma4.quantize(model, gemma4.QuantizationConfig(weights=a.quant, group_size=32))
+    keep = {"modules_to_not_convert": ["router"]} if a.qhead else {}
+    qconfig = gemma4.QuantizationConfig(weights=a.quant, group_size=32, **keep) if a.quant else None
+    if a.checkpoint:
+        model = gemma4.AutoModelForCausalLM.from_pretrained(a.checkpoint, dtype=getattr(torch, a.dtype),
+                                                            quantization_config=qconfig).eval()
+        a.preset = os.path.basename(a.checkpoint.rstrip("/"))
+    else:
+        model = build_random_model(a.preset, getattr(torch, a.dtype), seed=a.seed)
+        if qconfig is not None:
+            gemma4.quantize(model, qconfig)
     ids = torch.randint(3, min(4096, model.config.vocab_size), (1, PROMPT),
                         generator=torch.Generator().manual_seed(a.seed))
     if a.path == "generate":
