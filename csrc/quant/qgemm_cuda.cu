@@ -39,6 +39,7 @@
 #include "common/cuda_launch.cuh"
 #include "common/cuda_vec.cuh"
 #include "quant/qgemm_cuda.cuh"
+#include "quant/qgemm_cuda_dispatch.h"
 #include "quant/qgemm_cuda_path.h"
 #include "quant/qgemm_tc.cuh"
 #include "quant/qgemv_bulk.cuh"
@@ -616,38 +617,6 @@ __global__ void qdequant_kernel(const uint8_t* __restrict__ qw, const S* __restr
   }
 }
 
-// Calls f.template operator()<S>() for the scales' dtype.
-template <typename F>
-void dispatch_scale(at::ScalarType s, F&& f) {
-  if (s == at::kBFloat16) {
-    f.template operator()<c10::BFloat16>();
-  } else if (s == at::kHalf) {
-    f.template operator()<c10::Half>();
-  } else {
-    f.template operator()<float>();
-  }
-}
-
-template <typename F>
-void dispatch_bits(int bits, F&& f) {
-  if (bits == 4) {
-    f.template operator()<4>();
-  } else {
-    f.template operator()<8>();
-  }
-}
-
-// Calls f.template operator()<T, MT>() for x's dtype: T the activation type, MT the MMA operand type.
-// bf16/fp16 only: fp32 x takes the dequantize + cuBLAS path (see qgemm_cuda).
-template <typename F>
-void dispatch_x(at::ScalarType s, F&& f) {
-  if (s == at::kBFloat16) {
-    f.template operator()<c10::BFloat16, __nv_bfloat16>();
-  } else {
-    f.template operator()<c10::Half, __half>();
-  }
-}
-
 // Calls f.template operator()<NT>() for the GEMVs' 8-column MMA tiles: NT = 1, 2 or 4.
 template <typename F>
 void dispatch_column_tiles(int NT, F&& f) {
@@ -914,15 +883,21 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
   return y;
 }
 
+// The tiled GEMMs' arguments for y [M, N] (their tiling fields are run_tiled's).
+TcArgs tiled_args(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
+                  const std::optional<at::Tensor>& bias, at::Tensor& y) {
+  TcArgs a{};
+  fill_operands(a, qweight, scales, bias, y, x2.size(1));
+  a.x = x2.const_data_ptr();
+  a.runs = static_cast<int>(x2.size(1) / 32);
+  return a;
+}
+
 // M > kGemvMaxRows: the tiled tensor-core GEMM on the packed weight (qgemm_tc.cuh).
 at::Tensor qgemm_tc(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                     const std::optional<at::Tensor>& bias, int bits) {
-  const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
-  at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
-  TcArgs a{};
-  fill_operands(a, qweight, scales, bias, y, K);
-  a.x = x2.const_data_ptr();
-  a.runs = static_cast<int>(K / 32);
+  at::Tensor y = at::empty({x2.size(0), qweight.size(0)}, x2.options());  // [M, N]
+  TcArgs a = tiled_args(x2, qweight, scales, bias, y);
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_bits(bits, [&]<int BITS>() {
       dispatch_scale(scales.scalar_type(), [&]<typename S>() { launch_qgemm_tc<T, MT, S, BITS>(a, x2.options()); });
@@ -935,12 +910,9 @@ at::Tensor qgemm_tc(const at::Tensor& x2, const at::Tensor& qweight, const at::T
 // The tiled GEMM on warpgroup MMAs (qgemm_wgmma_sm90a.cu): 64 x rows a block up to 64 rows, else 128.
 at::Tensor qgemm_hopper(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                         const std::optional<at::Tensor>& bias, int bits) {
-  const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
-  at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
-  TcArgs a{};
-  fill_operands(a, qweight, scales, bias, y, K);
-  a.x = x2.const_data_ptr();
-  a.runs = static_cast<int>(K / 32);
+  const int64_t M = x2.size(0);
+  at::Tensor y = at::empty({M, qweight.size(0)}, x2.options());  // [M, N]
+  TcArgs a = tiled_args(x2, qweight, scales, bias, y);
   const at::ScalarType xt = x2.scalar_type(), st = scales.scalar_type();
   dispatch_x(xt, [&]<typename T, typename MT>() {
     const auto go = [&]<int BM>() {

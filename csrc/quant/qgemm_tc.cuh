@@ -87,6 +87,18 @@ __device__ __forceinline__ void tc_ldsm_x4(uint32_t (&r)[4], const void* p) {
                : "r"(s));
 }
 
+// A block's tile and its stages [kb, ke) of the plan in a (run_tiled): tiles 0..unsplit-1 whole (part -1), the
+// rest `splits` blocks each, part `part` of the tile's stages. Tiles are numbered x-row tiles fastest, so the
+// blocks sharing a weight tile run together and read it from HBM once.
+struct TcBlock {
+  int tile, part, kb, ke;
+};
+__device__ __forceinline__ TcBlock tc_block(const TcArgs& a) {
+  if (int(blockIdx.x) < a.unsplit) return TcBlock{int(blockIdx.x), -1, 0, a.ktiles};
+  const int q = blockIdx.x - a.unsplit, part = q % a.splits;
+  return TcBlock{a.unsplit + q / a.splits, part, part * a.ktiles / a.splits, (part + 1) * a.ktiles / a.splits};
+}
+
 // True when the scale type S (c10::BFloat16 / c10::Half / float) is the MMA operand type MT.
 template <typename S, typename MT>
 constexpr bool scale_is_operand() {
@@ -171,16 +183,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) qgemm_tc_kernel(const TcArgs a)
   S* ss = reinterpret_cast<S*>(ws + STAGES * kTcBN * WS);                    // [STAGES][BN][2 runs]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int wm = warp / kTcWarpsN, wn = warp % kTcWarpsN;
-  // This block's tile (x-row tiles fastest, so the blocks sharing a weight tile run together and read it from
-  // HBM once) and its stages kb..ke-1: all of them, or part `part` of a split tile's.
-  int tile = blockIdx.x, part = -1, kb = 0, ke = a.ktiles;
-  if (tile >= a.unsplit) {
-    const int q = tile - a.unsplit;
-    tile = a.unsplit + q / a.splits;
-    part = q % a.splits;
-    kb = part * a.ktiles / a.splits;
-    ke = (part + 1) * a.ktiles / a.splits;
-  }
+  const auto [tile, part, kb, ke] = tc_block(a);
   const int m0 = (tile % a.tiles_m) * BM, n0 = (tile / a.tiles_m) * kTcBN;
   const int64_t row_bytes = int64_t(a.K) * BITS / 8;
   const int stages = ke - kb;

@@ -28,6 +28,7 @@
 
 #include "common/cuda_launch.cuh"
 #include "quant/qgemm_cuda.cuh"
+#include "quant/qgemm_cuda_dispatch.h"
 #include "quant/qgemm_tc.cuh"
 #include "quant/qgemm_wgmma.h"
 
@@ -126,15 +127,7 @@ __global__ void __launch_bounds__(kWgThreads, kWgBlocks) qgemm_wgmma_kernel(cons
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int row0 = warp * 16 + g;  // weight rows row0 and row0 + 8 of the block: warpgroup warp / 4
 
-  // This block's tile (x-row tiles fastest) and stages kb..ke-1, as in qgemm_tc_kernel.
-  int tile = blockIdx.x, part = -1, kb = 0, ke = a.ktiles;
-  if (tile >= a.unsplit) {
-    const int q = tile - a.unsplit;
-    tile = a.unsplit + q / a.splits;
-    part = q % a.splits;
-    kb = part * a.ktiles / a.splits;
-    ke = (part + 1) * a.ktiles / a.splits;
-  }
+  const auto [tile, part, kb, ke] = tc_block(a);
   const int m0 = (tile % a.tiles_m) * BM, n0 = (tile / a.tiles_m) * kWgBN;
   const int64_t row_bytes = int64_t(a.K) * BITS / 8;
   const int stages = ke - kb;
@@ -252,34 +245,17 @@ __global__ void __launch_bounds__(kWgThreads, kWgBlocks) qgemm_wgmma_kernel(cons
 // Calls f.template operator()<T, MT, S, BITS, BM>() for the run-time types.
 template <typename F>
 void dispatch_wgmma(at::ScalarType xt, at::ScalarType st, int bits, int bm, F&& f) {
-  const auto with_x = [&]<typename T, typename MT>() {
-    const auto with_s = [&]<typename S>() {
-      const auto with_bits = [&]<int BITS>() {
+  dispatch_x(xt, [&]<typename T, typename MT>() {
+    dispatch_scale(st, [&]<typename S>() {
+      dispatch_bits(bits, [&]<int BITS>() {
         if (bm == 64) {
           f.template operator()<T, MT, S, BITS, 64>();
         } else {
           f.template operator()<T, MT, S, BITS, 128>();
         }
-      };
-      if (bits == 4) {
-        with_bits.template operator()<4>();
-      } else {
-        with_bits.template operator()<8>();
-      }
-    };
-    if (st == at::kBFloat16) {
-      with_s.template operator()<c10::BFloat16>();
-    } else if (st == at::kHalf) {
-      with_s.template operator()<c10::Half>();
-    } else {
-      with_s.template operator()<float>();
-    }
-  };
-  if (xt == at::kBFloat16) {
-    with_x.template operator()<c10::BFloat16, __nv_bfloat16>();
-  } else {
-    with_x.template operator()<c10::Half, __half>();
-  }
+      });
+    });
+  });
 }
 
 // The shared-memory opt-in, once per kernel and device; returns the blocks an SM holds.
