@@ -211,8 +211,7 @@ __global__ void __launch_bounds__(kWgThreads, kWgBlocks) qgemm_wgmma_kernel(cons
     // while MMAs are in flight, as dequantizing stage i + 1 under stage i's would be (measured: no faster).
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   }
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-  fence_registers(acc);
+  fence_registers(acc);  // the accumulators are read only after the last wait
   asm volatile("cp.async.wait_group 0;\n" ::);
 
   // Epilogue: acc[4j + e] of lane (g, t) is weight row row0 + 8 (e / 2), x row 8j + 2t + e % 2. A split tile's
