@@ -108,6 +108,7 @@ def test_qgemm_cuda_path_reports_and_rejects():
     assert ops.quant.qgemm_cuda_path("dequant") == "dequant"
     assert ops.quant.qgemm_cuda_path("ring") == "ring"
     assert ops.quant.qgemm_cuda_path("bulk") == "bulk"
+    assert ops.quant.qgemm_cuda_path("wgmma") == "wgmma"
     assert ops.quant.qgemm_cuda_path("auto") == "auto"
     with pytest.raises(RuntimeError, match="request must be"):
         ops.quant.qgemm_cuda_path("cublas")
