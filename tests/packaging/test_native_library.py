@@ -30,3 +30,11 @@ def test_shape_error_formats_numbers():
     """The crash's trigger: a check message with sizes in it raises one clear error."""
     with pytest.raises(RuntimeError, match=r"weight must have x.size\(-1\) = 16 elements, got shape \[15\]"):
         torch.ops.gemma4.rms_norm(torch.randn(4, 16), torch.randn(15), 1e-6)
+
+
+def test_build_info_says_whether_hopper_kernels_are_built():
+    """build_info["sm90a"]: whether the sm_90a-only kernels (qgemm_wgmma_sm90a.cu) are in the library; only a CUDA
+    build can have them (tests/quant/common.py's hopper_gemm_available reads it to expect the wgmma route)."""
+    info = _native.build_info
+    assert isinstance(info["sm90a"], bool)
+    assert info["cuda"] or not info["sm90a"]
