@@ -296,7 +296,21 @@ def finish_loading(model: torch.nn.Module, aliases: dict[str, str]) -> torch.nn.
         raise TypeError(f"{type(model).__name__} has non-persistent buffers but no init_non_persistent_buffers(); "
                         "after to_empty() they would hold garbage")
     _check_ties(model, aliases)
+    release_freed_heap()
     return model.eval()
+
+
+def release_freed_heap() -> None:
+    """Hands the C heap's free pages back to the OS (glibc's malloc_trim). Loading frees many buffers (read
+    chunks; under quantize-on-load every 16-bit weight), and glibc keeps what it freed at the top of its heap
+    and in its arenas: on the E2B checkpoint in bf16, 40-60 MB that would otherwise stay in the process's RSS,
+    and so in its peak once the head's pages come in. Elsewhere (no glibc) nothing happens."""
+    import ctypes  # noqa: PLC0415
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _embedding_tables(model: torch.nn.Module) -> set[str]:
