@@ -5,8 +5,8 @@ loss's head, LoRA's base GEMM, float32_gemm's bf16 path) asks the same question 
 The thresholds come from benchmarks/bench_linear_cpu.py (docs/performance.md has the numbers):
 
 - CPU, float32 or bfloat16 weights and input of the same dtype, a contiguous weight;
-- at most DECODE_ROWS rows of input (decode): ours streams the weights once, bf16 widened in
-  registers (about 2x torch's bf16 rate; in fp32 3-4x MKL's sgemv on weights coming from DRAM, as in a
+- at most 8 rows of input (decode; kGemvMaxRows in csrc/linear/linear_cpu.cpp): ours streams the weights
+  once, bf16 widened in registers (about 2x torch's bf16 rate; in fp32 3-4x MKL's sgemv on weights coming from DRAM, as in a
   decode step, and 1.2-2x on weights in the caches, from 16 KB up: 2026-12-04, 2-core AVX-512 EPYC);
 - more rows (prefill): ours runs its packed GEMM (csrc/linear/linear_gemm.h), bf16 widened while the
   weights are packed: several times faster than torch's bf16 matmul on CPUs without AVX512-BF16, and
@@ -23,10 +23,9 @@ import contextlib
 
 import torch
 
-__all__ = ["DECODE_ROWS", "NATIVE_BF16_ROWS", "NATIVE_LOWP_GEMM", "own_bf16_kernels",
+__all__ = ["NATIVE_BF16_ROWS", "NATIVE_LOWP_GEMM", "own_bf16_kernels",
            "torch_linear_only", "uses_gemma4_kernel"]
 
-DECODE_ROWS = 8  # gemma4::linear's weight-streaming kernel takes up to this many rows
 NATIVE_BF16_ROWS = 4  # bf16 where torch has a native bf16 GEMM: ours up to this many rows
 
 
@@ -62,10 +61,10 @@ def uses_gemma4_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if x.dtype not in (torch.float32, torch.bfloat16) or not weight.is_contiguous():
         return False
+    if x.dtype == torch.float32:
+        return True  # decode and prefill (the op itself keeps MKL's sgemm where it measured faster)
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 0
-    if x.dtype == torch.bfloat16:
-        return rows <= NATIVE_BF16_ROWS or not NATIVE_LOWP_GEMM[torch.bfloat16]
-    return True  # fp32: decode and prefill (the op itself keeps MKL's sgemm where it measured faster)
+    return rows <= NATIVE_BF16_ROWS or not NATIVE_LOWP_GEMM[torch.bfloat16]
 
 
 def own_bf16_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
