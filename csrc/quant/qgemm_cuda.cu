@@ -771,13 +771,24 @@ at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at:
 // Whether the copy-engine GEMV (qgemv_bulk.cuh) can run: it needs an sm_90 or later GPU, and scales whose rows, and
 // each stage's share of a row, start on a 16-byte boundary (the copies' rule). That rules out one scale per row
 // (int8 per channel) and some K (31B's K = 5376 with group 64 and 2-byte scales: 168 bytes a row).
+// RG: the block's row groups, whose stage holds fewer runs of each row (bulk_runs).
+template <int RG = 1>
 bool bulk_gemv_fits(int bits, const at::Tensor& scales, int64_t K) {
   const int64_t ss = scales.element_size(), G = scales.size(1), runs_per_scale = K / G / 32;
-  const int64_t stage_runs = bits == 4 ? bulk_runs<4>() : bulk_runs<8>();
+  const int64_t stage_runs = bits == 4 ? bulk_runs<4, RG>() : bulk_runs<8, RG>();
   int major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c10::cuda::current_device()));
   return major >= 9 && cuda::aligned16(scales.const_data_ptr()) && G * ss % 16 == 0 && K * bits / 8 % kBulkBox == 0 &&
          (runs_per_scale == 1 || runs_per_scale == 2 || runs_per_scale == 4) && stage_runs / runs_per_scale * ss % 16 == 0;
+}
+
+// Row groups a block of the copy-engine GEMV owns (qgemv_bulk.cuh): two at one column tile (1-8 rows of x), where
+// the stage's scales still fit the copies' rule. On the H200, int4 g32, us, one group against two in the same call
+// (dev/device_runs/2026-12-04b-h200-bulk-rg.log): 31B gate_up M = 1 50.0 -> 46.6, M = 8 57.6 -> 48.8, 31B down
+// within 1% (28.1 -> 28.2 at M = 1). Two groups at two column tiles lost (31B gate_up M = 9 67.7 -> 74.8: 103
+// registers against 78), and so did deeper rings there (5-6 stages: 84 us at M = 9).
+int bulk_row_groups(int NT, int bits, const at::Tensor& scales, int64_t K) {
+  return NT == 1 && bulk_gemv_fits<2>(bits, scales, K) ? 2 : 1;
 }
 
 // Parts (K slices) per row group for the copy-engine GEMV: the fewest that finish first by a wave model, each
@@ -827,14 +838,14 @@ CUtensorMap tile_map_2d(const void* base, CUtensorMapDataType type, int64_t elem
 }
 
 // The packed weight [rows, row_bytes] as the copy engine's 3-D tensor [row_bytes / kBulkBox][rows][kBulkBox]
-// (innermost first: the chunk's bytes, the row, the row's 128-byte chunk), in boxes of a stage's chunks of
-// kBulkRows rows, 128-byte swizzle: one copy a stage (qgemv_bulk.cuh). row_bytes is a multiple of kBulkBox
-// (bulk_gemv_fits).
-CUtensorMap weight_map_3d(const void* base, int64_t rows, int64_t row_bytes) {
+// (innermost first: the chunk's bytes, the row, the row's 128-byte chunk), in boxes of a stage's chunks
+// (segment / kBulkBox) of box_rows rows, 128-byte swizzle: one copy a stage (qgemv_bulk.cuh). row_bytes is a
+// multiple of kBulkBox (bulk_gemv_fits).
+CUtensorMap weight_map_3d(const void* base, int64_t rows, int64_t row_bytes, int box_rows, int segment) {
   CUtensorMap map;
   const cuuint64_t dims[3] = {cuuint64_t(kBulkBox), cuuint64_t(rows), cuuint64_t(row_bytes / kBulkBox)};
   const cuuint64_t pitch[2] = {cuuint64_t(row_bytes), cuuint64_t(kBulkBox)};
-  const cuuint32_t box[3] = {cuuint32_t(kBulkBox), cuuint32_t(kBulkRows), cuuint32_t(kBulkSegment / kBulkBox)};
+  const cuuint32_t box[3] = {cuuint32_t(kBulkBox), cuuint32_t(box_rows), cuuint32_t(segment / kBulkBox)};
   const cuuint32_t step[3] = {1, 1, 1};
   const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(base), dims, pitch,
                                           box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -853,22 +864,22 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
   a.runs = static_cast<int>(K / 32);
   a.runs_per_scale = a.group / 32;  // 1, 2 or 4 (bulk_gemv_fits)
   a.scale_shift = a.runs_per_scale == 4 ? 2 : a.runs_per_scale - 1;
-  const int row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, kBulkRows));
   const int NT = M <= 8 ? 1 : M <= 16 ? 2 : 4;  // 8-column MMA tiles
+  const int RG = bulk_row_groups(NT, bits, scales, K);
   const int64_t weight_bytes = qweight.nbytes() + scales.nbytes();
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_bits(bits, [&]<int BITS>() {
       const at::Tensor xp = ring_x_fragments<T, MT, BITS>(x2, a.runs, NT);
       a.xp = reinterpret_cast<const uint4*>(xp.const_data_ptr());
-      constexpr int SR = bulk_runs<BITS>();
-      a.wmap = weight_map_3d(a.qw, N, K * BITS / 8);
-      a.smap = tile_map_2d(a.scales, scales.element_size() == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT32,
-                           scales.element_size(), N, a.G, kBulkRows, SR / a.runs_per_scale, CU_TENSOR_MAP_SWIZZLE_NONE);
       dispatch_scale(scales.scalar_type(), [&]<typename S>() {
-        const auto launch = [&]<int NTc>() {
-          const auto kernel = qgemv_bulk_kernel<MT, S, BITS, NTc, T>;
+        const auto launch = [&]<int NTc, int RGc>() {
+          constexpr int SR = bulk_runs<BITS, RGc>(), ROWS = bulk_rows<RGc>();
+          a.wmap = weight_map_3d(a.qw, N, K * BITS / 8, ROWS, bulk_segment<RGc>());
+          a.smap = tile_map_2d(a.scales, sizeof(S) == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT32,
+                               sizeof(S), N, a.G, ROWS, SR / a.runs_per_scale, CU_TENSOR_MAP_SWIZZLE_NONE);
+          const auto kernel = qgemv_bulk_kernel<MT, S, BITS, NTc, RGc, T>;
           constexpr int smem = bulk_smem<BITS, S>(), threads = (kBulkConsumers + 1) * 32;
-          const int stages = cuda::ceil_div(a.runs, SR);
+          const int stages = cuda::ceil_div(a.runs, SR), row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, ROWS));
           const int parts = plan_bulk_parts(row_groups, stages, blocks_per_sm(reinterpret_cast<const void*>(kernel),
                                                                               threads, smem),
                                             M * N, weight_bytes);
@@ -876,7 +887,12 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
           launch_split_gemv<T>(kernel, a, cuda::ceil_div(a.runs, a.runs_per_part), row_groups, threads, smem,
                                x2.options());
         };
-        dispatch_column_tiles(NT, launch);
+        dispatch_column_tiles(NT, [&]<int NTc>() {
+          if constexpr (NTc == 1) {
+            if (RG == 2) return launch.template operator()<NTc, 2>();
+          }
+          launch.template operator()<NTc, 1>();
+        });
       });
     });
   });

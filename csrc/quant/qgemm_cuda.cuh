@@ -161,16 +161,16 @@ __device__ __forceinline__ void exchange_int4(uint2 v, int t, uint32_t& run0, ui
 }
 
 // The GEMV epilogue for accumulators in the MMA's C-fragment order: acc[rt][nt][j] of lane (g, t) belongs to
-// y[m = nt*8 + 2t + (j & 1), n = n0 + rt*16 + g + (j >= 2 ? 8 : 0)]. The block's warps (consecutive K slices)
-// are added in warp order through red ([warps][2 NT 4][32] floats of shared memory, free when called), then
-// written to y (+ bias), or, when a.parts > 1, to part blockIdx.y of a.partial (the sum-parts kernel adds the
-// bias). Args: GemvArgs or RingArgs (M, N, bias, y, parts, partial).
-template <typename T, int NT, typename Args>
-__device__ __forceinline__ void store_fragment_sums(const float (&acc)[2][NT][4], float* red, int n0, const Args& a) {
-  constexpr int E = 2 * NT * 4;  // accumulators per lane
+// y[m = nt*8 + 2t + (j & 1), n = n0 + rt*16 + g + (j >= 2 ? 8 : 0)] (RT 16-row tiles). The block's warps
+// (consecutive K slices) are added in warp order through red ([warps][RT NT 4][32] floats of shared memory, free
+// when called), then written to y (+ bias), or, when a.parts > 1, to part blockIdx.y of a.partial (the sum-parts
+// kernel adds the bias). Args: GemvArgs, RingArgs or BulkArgs (M, N, bias, y, parts, partial).
+template <typename T, int NT, int RT = 2, typename Args>
+__device__ __forceinline__ void store_fragment_sums(const float (&acc)[RT][NT][4], float* red, int n0, const Args& a) {
+  constexpr int E = RT * NT * 4;  // accumulators per lane
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
 #pragma unroll
-  for (int rt = 0; rt < 2; ++rt)
+  for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll

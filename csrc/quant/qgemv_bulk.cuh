@@ -13,8 +13,8 @@
 // on distinct bank groups; rows past N and bytes past K arrive as zeros. One 3-D copy brings a stage's four
 // tiles: the copies alone (no math) took 39.3 us on the 31B gate_up shape against 43.8 with a copy per tile.
 //
-// Work: a block owns kBulkRows = 32 weight rows (two 16-row MMA tiles) over a slice of K (a "part" when the
-// rows are too few to fill the GPU: blockIdx.y). A stage is SR runs of each of the 32 rows (kBulkSegment bytes
+// Work: a block owns RG row groups of 32 weight rows (two 16-row MMA tiles each) over a slice of K (a "part" when
+// the rows are too few to fill the GPU: blockIdx.y). A stage is SR runs of each of the rows (bulk_segment bytes
 // of weights a row, in 128-byte tiles) and one tile of the scales of those runs. The consumer warps take the
 // stage's runs in turn (run j to warp j % kBulkConsumers) and keep their own sums of the same 32 rows, added in
 // warp order at the end (store_fragment_sums): deterministic. Two mbarriers per stage: `full` (the copies'
@@ -30,21 +30,27 @@
 
 namespace gemma4::quant_cuda {
 
-constexpr int kBulkRows = 32;       // weight rows per block: two 16-row MMA tiles
-constexpr int kBulkConsumers = 8;   // consumer warps; one more warp issues the copies
-constexpr int kBulkStages = 3;      // ring depth: kBulkStages - 1 stages in flight while one is used
-constexpr int kBulkSegment = 512;   // weight bytes of each row per stage
-constexpr int kBulkBox = 128;       // bytes of a row per weight tile: the 128-byte swizzle's span
-constexpr int kBulkXAhead = 2;      // runs whose x fragments a consumer loads ahead (from L2), at most
+constexpr int kBulkGroupRows = 32;     // weight rows of a row group: two 16-row MMA tiles
+constexpr int kBulkConsumers = 8;      // consumer warps; one more warp issues the copies
+constexpr int kBulkStages = 3;         // ring depth: kBulkStages - 1 stages in flight while one is used
+constexpr int kBulkWeightBytes = 16384;  // weight bytes of a stage: 32 rows x 512 bytes, or 64 rows x 256
+constexpr int kBulkBox = 128;          // bytes of a row per weight tile: the 128-byte swizzle's span
+constexpr int kBulkXAhead = 2;         // runs whose x fragments a consumer loads ahead (from L2), at most
 
-template <int BITS>
-constexpr int bulk_runs() { return kBulkSegment / (BITS == 4 ? 16 : 32); }  // runs per stage
-constexpr int kBulkWeightBytes = kBulkRows * kBulkSegment;                   // of a stage
-// Scale bytes of a stage, at most (one scale per run), rounded up to keep every stage 1024-byte aligned (the
-// swizzle's period).
+// A block owns RG row groups (32 RG weight rows). Every block reads its K slice of x from L2, as many bytes as
+// its weights at one column tile and RG = 1; two row groups halve that. The stage keeps its bytes: a row's
+// segment of a stage shrinks as the rows grow (qgemm_cuda.cu: bulk_row_groups says where two pay).
+template <int RG>
+constexpr int bulk_rows() { return kBulkGroupRows * RG; }
+template <int RG>
+constexpr int bulk_segment() { return kBulkWeightBytes / bulk_rows<RG>(); }  // weight bytes of each row per stage
+template <int BITS, int RG>
+constexpr int bulk_runs() { return bulk_segment<RG>() / (BITS == 4 ? 16 : 32); }  // runs per stage
+// Scale bytes of a stage, at most (one scale per run: rows x runs is the same for every RG), rounded up to keep
+// every stage 1024-byte aligned (the swizzle's period).
 template <int BITS, typename S>
 constexpr int bulk_stage_bytes() {
-  return kBulkWeightBytes + (kBulkRows * bulk_runs<BITS>() * int(sizeof(S)) + 1023) / 1024 * 1024;
+  return kBulkWeightBytes + (kBulkWeightBytes / (BITS == 4 ? 16 : 32) * int(sizeof(S)) + 1023) / 1024 * 1024;
 }
 constexpr int kBulkBarrierBytes = 128;  // 2 kBulkStages mbarriers
 // The barriers, then up to 1023 bytes to a 1024-byte boundary, then the stages.
@@ -52,9 +58,9 @@ template <int BITS, typename S>
 constexpr int bulk_smem() { return kBulkBarrierBytes + 1024 + kBulkStages * bulk_stage_bytes<BITS, S>(); }
 
 struct BulkArgs {
-  CUtensorMap wmap;    // the packed weight as [row bytes / kBulkBox][N rows][kBulkBox] uint8, kBulkSegment / kBulkBox x
-                       // 32 x kBulkBox boxes, 128-byte swizzle
-  CUtensorMap smap;    // the scales as [N rows][G] (2- or 4-byte elements), 32 x (SR / runs_per_scale) tiles
+  CUtensorMap wmap;    // the packed weight as [row bytes / kBulkBox][N rows][kBulkBox] uint8, segment / kBulkBox x
+                       // rows x kBulkBox boxes, 128-byte swizzle
+  CUtensorMap smap;    // the scales as [N rows][G] (2- or 4-byte elements), rows x (SR / runs_per_scale) tiles
   const uint8_t* qw;   // [N, K/2] (int4) or [N, K] (int8), 16-byte aligned
   const void* scales;  // [N, G] in S, 16-byte aligned, G * sizeof(S) a multiple of 16 (bulk_gemv_fits)
   const uint4* xp;     // x in the ring GEMV's fragment order: [runs][NT][32 lanes] x 16 bytes
@@ -146,15 +152,15 @@ __device__ __forceinline__ void tensor_copy_3d(void* dst, const CUtensorMap* map
       : "memory");
 }
 
-// Grid: (row groups of kBulkRows weight rows, parts); block: kBulkConsumers + 1 warps.
+// Grid: (blocks of bulk_rows<RG> weight rows, parts); block: kBulkConsumers + 1 warps.
 // Built for every architecture of the build, run only on sm_90 and later (bulk_gemv_fits checks the device):
 // the copies and the mbarriers' transaction counts are sm_90 instructions.
-template <typename MT, typename S, int BITS, int NT, typename T>
+template <typename MT, typename S, int BITS, int NT, int RG, typename T>
 __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(const __grid_constant__ BulkArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();
 #else
-  constexpr int SR = bulk_runs<BITS>(), STAGE = bulk_stage_bytes<BITS, S>();
+  constexpr int SR = bulk_runs<BITS, RG>(), STAGE = bulk_stage_bytes<BITS, S>(), ROWS = bulk_rows<RG>();
   constexpr int RB = BITS == 4 ? 16 : 32;  // bytes per run
   extern __shared__ __align__(16) uint8_t smem[];
   uint64_t* full = reinterpret_cast<uint64_t*>(smem);
@@ -163,7 +169,7 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
   stages += (1024 - smem_addr(stages) % 1024) % 1024;
   const int scs = SR / a.runs_per_scale * int(sizeof(S));  // scale bytes of a row per stage
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
-  const int n0 = blockIdx.x * kBulkRows;
+  const int n0 = blockIdx.x * ROWS;
   const int c0 = blockIdx.y * a.runs_per_part, c1 = min(a.runs, c0 + a.runs_per_part);
   const int nstages = c1 > c0 ? (c1 - c0 + SR - 1) / SR : 0;
   if (threadIdx.x == 0) {
@@ -175,9 +181,9 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
   }
   __syncthreads();
 
-  float acc[2][NT][4];
+  float acc[2 * RG][NT][4];  // 16-row tiles: rows 16 rt.. of the block
 #pragma unroll
-  for (int rt = 0; rt < 2; ++rt)
+  for (int rt = 0; rt < 2 * RG; ++rt)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.0f;
 
@@ -189,9 +195,9 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
         const int slot = st % kBulkStages;
         if (st >= kBulkStages) mbar_wait(&empty[slot], (st / kBulkStages - 1) & 1);
         const int r0 = c0 + st * SR;
-        // One copy brings the stage's kBulkSegment / kBulkBox weight tiles: the map's third dimension is the
+        // One copy brings the stage's segment / kBulkBox weight tiles: the map's third dimension is the
         // row's 128-byte chunk (stride 128), so the tiles land one after another as separate copies would.
-        mbar_arrive_expect_tx(&full[slot], uint32_t(kBulkWeightBytes + kBulkRows * scs));
+        mbar_arrive_expect_tx(&full[slot], uint32_t(kBulkWeightBytes + ROWS * scs));
         uint8_t* buf = stages + slot * STAGE;
         tensor_copy_3d(buf, &a.wmap, 0, n0, r0 * RB / kBulkBox, &full[slot]);
         tensor_copy_2d(buf + kBulkWeightBytes, &a.smap, r0 / a.runs_per_scale, n0, &full[slot]);
@@ -212,14 +218,15 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int c = P * warp + p;
-      wl[p] = uint32_t((c / 8) * kBulkRows * kBulkBox + lane * kBulkBox + ((c % 8) ^ (lane % 8)) * 16);
+      wl[p] = uint32_t((c / 8) * ROWS * kBulkBox + lane * kBulkBox + ((c % 8) ^ (lane % 8)) * 16);
     }
     // The run's scale within the stage's is j >> scale_shift = jj * (kBulkConsumers >> shift) + (warp >> shift).
     const int sstep = (kBulkConsumers >> a.scale_shift) * int(sizeof(S));
-    uint32_t sl[4];
+    uint32_t sl[4];  // rows g + 8h of the first row group; group rg's are 32 rg rows on
 #pragma unroll
     for (int h = 0; h < 4; ++h)
       sl[h] = uint32_t(kBulkWeightBytes + (g + 8 * h) * scs + (warp >> a.scale_shift) * int(sizeof(S)));
+    const uint32_t sgroup = uint32_t(kBulkGroupRows * scs);
     bool x_live[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) x_live[nt] = nt * 8 + g < a.M;
@@ -252,15 +259,19 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
       // The stage's weight fragments and scales of this warp into registers first, and the buffer back to the
       // producer before the math: the copy into it is then in flight while this warp multiplies (without the
       // math the copies alone run ~25% faster).
-      uint32_t w[per_stage][2][4];  // [run][piece of the run][rows g, g+8, g+16, g+24]
-      uint32_t sb16[per_stage][4];  // the scales' bits, [run][rows g + 8h]
+      uint32_t w[per_stage][RG][2][4];  // [run][row group][piece of the run][rows g, g+8, g+16, g+24 of the group]
+      uint32_t sb16[per_stage][RG][4];  // the scales' bits, [run][row group][rows g + 8h of the group]
 #pragma unroll
       for (int jj = 0; jj < per_stage; ++jj) {
 #pragma unroll
-        for (int p = 0; p < P; ++p) ldsm_x4(w[jj][p], sb + wl[p] + uint32_t(P * jj * kBulkRows * kBulkBox));
-        const uint32_t so = sb + uint32_t(jj * sstep);
+        for (int rg = 0; rg < RG; ++rg) {
 #pragma unroll
-        for (int h = 0; h < 4; ++h) sb16[jj][h] = lds_scale_bits<S>(so + sl[h]);
+          for (int p = 0; p < P; ++p)
+            ldsm_x4(w[jj][rg][p], sb + wl[p] + uint32_t((P * jj * ROWS + rg * kBulkGroupRows) * kBulkBox));
+          const uint32_t so = sb + uint32_t(jj * sstep) + rg * sgroup;
+#pragma unroll
+          for (int h = 0; h < 4; ++h) sb16[jj][rg][h] = lds_scale_bits<S>(so + sl[h]);
+        }
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&empty[slot]);  // this warp is done with the buffer
@@ -276,15 +287,18 @@ __global__ void __launch_bounds__((kBulkConsumers + 1) * 32) qgemv_bulk_kernel(c
         for (int nt = 0; nt < NT; ++nt) xb[nt] = xq[q][nt];
         // this warp's run XA runs on: jj + XA of this stage, or of the next
         load_x(rw + ((jj + XA) / per_stage) * SR + ((jj + XA) % per_stage) * kBulkConsumers, xq[q]);
-        float sc[4];
 #pragma unroll
-        for (int h = 0; h < 4; ++h) sc[h] = scale_bits_to_float<S>(sb16[jj][h]);
-        ring_run_mma<MT, BITS, NT>(w[jj], sc, xb, acc);
+        for (int rg = 0; rg < RG; ++rg) {  // the same x fragments against each row group
+          float sc[4];
+#pragma unroll
+          for (int h = 0; h < 4; ++h) sc[h] = scale_bits_to_float<S>(sb16[jj][rg][h]);
+          ring_run_mma<MT, BITS, NT>(w[jj][rg], sc, xb, reinterpret_cast<float(&)[2][NT][4]>(acc[2 * rg]));
+        }
       }
     }
   }
   __syncthreads();  // every copy has landed and been read: the stages hold the partial sums now
-  store_fragment_sums<T, NT>(acc, reinterpret_cast<float*>(stages), n0, a);
+  store_fragment_sums<T, NT, 2 * RG>(acc, reinterpret_cast<float*>(stages), n0, a);
 #endif
 }
 
