@@ -25,6 +25,7 @@
 //    multiplies (cuBLAS; fp32 follows torch's allow_tf32 setting like torch.matmul).
 #include <torch/library.h>
 
+#include <ATen/cuda/CUDAContext.h>  // getCurrentDeviceProperties
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/zeros.h>
@@ -79,11 +80,8 @@ bool hopper_gemm_wins(int64_t M) {
   return forced == static_cast<int>(CudaPath::wgmma) || (forced == static_cast<int>(CudaPath::automatic) && M <= 256);
 }
 bool hopper_gemm_available() {
-  int major = 0, minor = 0;
-  const int d = c10::cuda::current_device();
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d));
-  return major == 9 && minor == 0;
+  const cudaDeviceProp* p = at::cuda::getCurrentDeviceProperties();  // torch's per-device cache
+  return p->major == 9 && p->minor == 0;
 }
 #endif
 // Within the GEMV's rows, the ring GEMV (qgemv_ring.cuh) where it beat the register-loading kernels on the H200
@@ -744,8 +742,7 @@ at::Tensor qgemv_ring(const at::Tensor& x2, const at::Tensor& qweight, const at:
   const int row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, kRingRows));
   const int NT = M <= 8 ? 1 : M <= 16 ? 2 : 4;  // 8-column MMA tiles
   const int64_t weight_bytes = qweight.nbytes() + scales.nbytes();
-  int smem_optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
+  const int smem_optin = static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_bits(bits, [&]<int BITS>() {
       const at::Tensor xp = ring_x_fragments<T, MT, BITS>(x2, a.runs, NT);
@@ -776,9 +773,8 @@ template <int RG = 1>
 bool bulk_gemv_fits(int bits, const at::Tensor& scales, int64_t K) {
   const int64_t ss = scales.element_size(), G = scales.size(1), runs_per_scale = K / G / 32;
   const int64_t stage_runs = bits == 4 ? bulk_runs<4, RG>() : bulk_runs<8, RG>();
-  int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c10::cuda::current_device()));
-  return major >= 9 && cuda::aligned16(scales.const_data_ptr()) && G * ss % 16 == 0 && K * bits / 8 % kBulkBox == 0 &&
+  return at::cuda::getCurrentDeviceProperties()->major >= 9 && cuda::aligned16(scales.const_data_ptr()) &&
+         G * ss % 16 == 0 && K * bits / 8 % kBulkBox == 0 &&
          (runs_per_scale == 1 || runs_per_scale == 2 || runs_per_scale == 4) && stage_runs / runs_per_scale * ss % 16 == 0;
 }
 
@@ -875,11 +871,12 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
         const auto launch = [&]<int NTc, int RGc>() {
           constexpr int SR = bulk_runs<BITS, RGc>(), ROWS = bulk_rows<RGc>();
           a.wmap = weight_map_3d(a.qw, N, K * BITS / 8, ROWS, bulk_segment<RGc>());
-          a.smap = tile_map_2d(a.scales, sizeof(S) == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT32,
-                               sizeof(S), N, a.G, ROWS, SR / a.runs_per_scale, CU_TENSOR_MAP_SWIZZLE_NONE);
+          const auto stype = sizeof(S) == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT32;
+          a.smap = tile_map_2d(a.scales, stype, sizeof(S), N, a.G, ROWS, SR / a.runs_per_scale, CU_TENSOR_MAP_SWIZZLE_NONE);
           const auto kernel = qgemv_bulk_kernel<MT, S, BITS, NTc, RGc, T>;
           constexpr int smem = bulk_smem<BITS, S>(), threads = (kBulkConsumers + 1) * 32;
-          const int stages = cuda::ceil_div(a.runs, SR), row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, ROWS));
+          const int stages = cuda::ceil_div(a.runs, SR);
+          const int row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, ROWS));
           const int parts = plan_bulk_parts(row_groups, stages, blocks_per_sm(reinterpret_cast<const void*>(kernel),
                                                                               threads, smem),
                                             M * N, weight_bytes);

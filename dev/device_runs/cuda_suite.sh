@@ -3,7 +3,8 @@
 # across 8 workers, then the bad-input probe. Logs go to $OUT.  Usage (copy's root): dev/device_runs/cuda_suite.sh
 set -o pipefail
 source dev/device_runs/build_sm90.sh
-timeout ${TEST_S:-300} python3 -m pytest -q -p no:cacheprovider -n ${WORKERS:-8} ${TESTS:-tests} ${TEST_K:+-k "$TEST_K"} \
+# SIGINT first: pytest then stops and still prints its counts (what passed before the limit)
+timeout -s INT -k 20 ${TEST_S:-300} python3 -m pytest -q -p no:cacheprovider -n ${WORKERS:-8} ${TESTS:-tests} ${TEST_K:+-k "$TEST_K"} \
   >$OUT/tests.log 2>&1; echo "tests rc=$?"
 grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -40
 [ -n "$NO_PROBE" ] || timeout 120 bash dev/device_runs/bad_input_probe.sh >$OUT/probe.log 2>&1
