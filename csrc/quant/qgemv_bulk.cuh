@@ -16,7 +16,7 @@
 // Work: a block owns RG row groups of 32 weight rows (two 16-row MMA tiles each) over a slice of K (a "part" when
 // the rows are too few to fill the GPU: blockIdx.y). A stage is SR runs of each of the rows (bulk_segment bytes
 // of weights a row, in 128-byte tiles) and one tile of the scales of those runs. The consumer warps take the
-// stage's runs in turn (run j to warp j % kBulkConsumers) and keep their own sums of the same 32 rows, added in
+// stage's runs in turn (run j to warp j % kBulkConsumers) and keep their own sums of the block's rows, added in
 // warp order at the end (store_fragment_sums): deterministic. Two mbarriers per stage: `full` (the copies'
 // bytes have landed) and `empty` (every consumer warp is done with the buffer).
 #pragma once
