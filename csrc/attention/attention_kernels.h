@@ -44,9 +44,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -149,9 +152,18 @@ inline A dot(const A* a, const A* b, int64_t n) {
 
 template <typename A>
 inline bool all_finite(const A* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i])) return false;
-  return true;
+  // x * 0 is 0 for a finite x and NaN for inf or NaN; the sum of those is NaN iff one of them is.
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  const V zero(A(0));
+  V acc[4] = {zero, zero, zero, zero};  // four chains: the loop runs at load speed, not FMA latency
+  int64_t i = 0;
+  for (; i + 4 * VS <= n; i += 4 * VS)
+    for (int u = 0; u < 4; ++u) acc[u] = at::vec::fmadd(V::loadu(x + i + u * VS), zero, acc[u]);
+  for (; i + VS <= n; i += VS) acc[0] = at::vec::fmadd(V::loadu(x + i), zero, acc[0]);
+  A tail = A(0);
+  for (; i < n; ++i) tail += x[i] * A(0);
+  return hsum(acc[0] + acc[1] + acc[2] + acc[3]) + tail == A(0);
 }
 
 // Whether the non-padding rows of a K or V tile (n rows of hd at stride) are all finite.
@@ -372,22 +384,35 @@ inline void apply_mask(A* St, int64_t n, int64_t Mp, int64_t j0, const int32_t* 
 
 // Packs the M rows (positions t0.., heads g*G..) of a [B,T,nH,hd] tensor: Qr row-major [M x hdp] (may be
 // null) and Qt = (mul * rows)^T in column panels of 2*VS (may be null), zero columns M..Mp-1.
+// Qt is written VS rows x VS columns at a time through a register transpose (a row-by-row scatter
+// into the panels cost about as much as a 64-key tile's products in decode).
 template <typename T, typename A>
 inline void pack_rows(const T* base, int64_t sB, int64_t sT, int64_t sH, int64_t b, int64_t g, int64_t G,
-                      int64_t t0, int64_t M, int64_t Mp, int64_t hd, int64_t hdp, A mul, A* Qt, A* Qr, A* row) {
-  constexpr int64_t VS = Vectorized<A>::size();
-  for (int64_t i = 0; i < Mp; ++i) {
-    if (i < M) {
-      const int64_t t = t0 + i / G, h = g * G + i % G;
-      load_row(base + b * sB + t * sT + h * sH, row, hd, hdp, A(1));
-    } else {
-      std::fill(row, row + hdp, A(0));
-    }
-    if (Qr && i < M) std::copy(row, row + hdp, Qr + i * hdp);  // rows >= M are never read
-    if (Qt) {
-      const int64_t p = i / (2 * VS), w = std::min<int64_t>(2 * VS, Mp - p * 2 * VS), c = i % (2 * VS);
-      A* dst = Qt + p * 2 * VS * hdp + c;
-      for (int64_t d = 0; d < hdp; ++d) dst[d * w] = row[d] * mul;
+                      int64_t t0, int64_t M, int64_t Mp, int64_t hd, int64_t hdp, A mul, A* Qt, A* Qr) {
+  using IO = VecIO<T>;
+  using V = Vectorized<A>;
+  constexpr int64_t VS = V::size();
+  static_assert(IO::N == VS, "one vector of T elements widens to one Vectorized<A>");
+  auto src_row = [&](int64_t i) {
+    const int64_t t = t0 + i / G, h = g * G + i % G;
+    return base + b * sB + t * sT + h * sH;
+  };
+  if (Qr)  // rows >= M are never read
+    for (int64_t i = 0; i < M; ++i) load_row(src_row(i), Qr + i * hdp, hd, hdp, A(1));
+  if (!Qt) return;
+  for (int64_t i0 = 0; i0 < Mp; i0 += VS) {  // VS rows: one VS-wide column block of one panel
+    const int64_t p = i0 / (2 * VS), w = std::min<int64_t>(2 * VS, Mp - p * 2 * VS), c0 = i0 % (2 * VS);
+    const T* src[VS];
+    for (int64_t r = 0; r < VS; ++r) src[r] = i0 + r < M ? src_row(i0 + r) : nullptr;
+    A* dst = Qt + p * 2 * VS * hdp + c0;
+    for (int64_t d = 0; d < hdp; d += VS) {
+      alignas(64) A blk[VS * VS];  // blk[r][e] = mul * row (i0 + r) [d + e]
+      const int64_t n = std::min<int64_t>(VS, hd - d);
+      for (int64_t r = 0; r < VS; ++r) {
+        const V x = !src[r] ? V(A(0)) : n == VS ? IO::load(src[r] + d) : IO::load(src[r] + d, n);
+        (x * V(mul)).store(blk + r * VS);
+      }
+      at::vec::transpose_mxn<A, VS, VS>(blk, VS, dst + d * w, w);
     }
   }
 }
@@ -431,6 +456,12 @@ inline std::vector<int64_t> order_by_cost(const std::vector<int64_t>& cost) {
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
+// Decode splits a key range only into parts of at least this many multiply-adds per product
+// (keys x query rows x head_dim), e.g. 48 keys of 8 rows at head_dim 256, 24 at 512: below it the
+// second thread's start, the partial results and the merge (~2 us on 2 threads) cost more than half
+// the work saves (dev/attention/decode_split.py).
+constexpr int64_t kMinSplitWork = 48 * 8 * 256;
+
 template <typename T>
 void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Tiles()) {
   using A = acc_t<T>;
@@ -454,32 +485,62 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     ks = W > 0 ? std::max<int64_t>(0, pmin - W + 1) : 0;
   };
 
-  // Too few (b, g, query tile) items for the threads (decode): split each key range in `nsplit` parts.
+  // Too few (b, g, query tile) items for the threads (decode): split each key range in `nsplit` equal
+  // parts, so that the items fill the threads evenly (base_items * nsplit a multiple of the thread
+  // count: one part per thread in single-sequence decode), each part keeping at least kMinSplitWork.
   const int64_t nthreads = at::get_num_threads();
   const int64_t base_items = B * nKV * nqt;
   int64_t nsplit = 1;
   if (nthreads > 1 && base_items < 2 * nthreads) {
     int64_t ks, ke;
-    key_range(nqt - 1, ks, ke);
-    const int64_t ktiles = (ke - ks + BK - 1) / BK;
-    nsplit = std::max<int64_t>(1, std::min<int64_t>((4 * nthreads + base_items - 1) / base_items, ktiles / 2));
+    key_range(nqt - 1, ks, ke);  // the last query tile sees the most keys
+    const int64_t rows = (Tq - (nqt - 1) * bq) * G;
+    const int64_t even = nthreads / std::gcd(base_items, nthreads);
+    nsplit = std::max<int64_t>(1, std::min<int64_t>(even, (ke - ks) * rows * hd / kMinSplitWork));
   }
   const int64_t nitems = base_items * nsplit;
   const int64_t part_stride = Mpmax * hdp + 2 * Mpmax;  // partial O, m, l of one split item
-  std::vector<A> part(nsplit > 1 ? nitems * part_stride : 0);
+  std::unique_ptr<A[]> part(nsplit > 1 ? new A[nitems * part_stride] : nullptr);
+  // Parts of each base item finished so far: the thread that finishes the last one merges them.
+  std::unique_ptr<std::atomic<int64_t>[]> parts_done(nsplit > 1 ? new std::atomic<int64_t>[base_items] : nullptr);
+  for (int64_t i = 0; nsplit > 1 && i < base_items; ++i) parts_done[i].store(0, std::memory_order_relaxed);
+
+  auto split_range = [&](int64_t sp, int64_t& ks, int64_t& ke) {  // part sp of the key range [ks, ke)
+    const int64_t n = ke - ks, k0 = ks;
+    ks = k0 + n * sp / nsplit;
+    ke = k0 + n * (sp + 1) / nsplit;
+  };
 
   std::vector<int64_t> cost(nitems);
   for (int64_t it = 0; it < nitems; ++it) {
     int64_t ks, ke;
     key_range((it / nsplit) % nqt, ks, ke);
+    split_range(it % nsplit, ks, ke);
     cost[it] = ke - ks;
   }
 
-  // Per-worker scratch, allocated once per worker on first use.
+  // Per-worker scratch: one block, allocated on first use and left uninitialised (every entry is
+  // written before it is read; zero-filling the K/V tiles cost ~2 us a call in decode).
   struct Scratch {
-    std::vector<A> Qt, Qr, St, O, Kc, Vc, row, m, l, alpha, mx, pos;
+    std::unique_ptr<A[]> mem;
+    A *Qt, *Qr, *St, *O, *Kc, *Vc, *row, *m, *l, *alpha, *pos;
   };
   std::vector<Scratch> scratch(std::min<int64_t>(nthreads, std::max<int64_t>(nitems, 1)));
+  auto init_scratch = [&](Scratch& s) {
+    constexpr int64_t kAlign = 64 / sizeof(A);  // each buffer starts on a cache line
+    const int64_t sizes[] = {Mpmax * hdp, kDotMaxRows * hdp, BK * Mpmax, Mpmax * hdp, BK * hdp, BK * hdp,
+                             hdp, Mpmax, Mpmax, Mpmax, Mpmax};
+    A** bufs[] = {&s.Qt, &s.Qr, &s.St, &s.O, &s.Kc, &s.Vc, &s.row, &s.m, &s.l, &s.alpha, &s.pos};
+    auto up = [&](int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
+    int64_t total = kAlign;
+    for (int64_t n : sizes) total += up(n);
+    s.mem.reset(new A[total]);
+    A* p = s.mem.get() + (kAlign - reinterpret_cast<uintptr_t>(s.mem.get()) / sizeof(A) % kAlign) % kAlign;
+    for (size_t k = 0; k < std::size(sizes); ++k) {
+      *bufs[k] = p;
+      p += up(sizes[k]);
+    }
+  };
 
   // The exact form of one item's (O, m, l) over keys [ks, ke) (see key_visible above): per row, the max
   // score over the visible keys, then their probabilities and values; a NaN score makes the row NaN.
@@ -489,24 +550,24 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     std::vector<A> sc(ke - ks);  // scores of the visible keys of one row
     for (int64_t i = 0; i < M; ++i) {
       const int64_t t = t0 + i / G, h = g * G + i % G, pos = pmin + i / G;
-      load_row(P.q + b * P.qsB + t * P.qsT + h * P.qsH, s.row.data(), hd, hdp, scale);
+      load_row(P.q + b * P.qsB + t * P.qsT + h * P.qsH, s.row, hd, hdp, scale);
       A m = NEG_INF;
       bool nan_row = false;
       for (int64_t j = ks; j < ke; ++j) {
         if (!key_visible(c, j, pos, W)) continue;
-        load_row(P.k + b * P.ksB + j * P.ksS + g * P.ksH, s.Kc.data(), hd, hdp, A(1));
-        sc[j - ks] = dot(s.row.data(), s.Kc.data(), hdp);
+        load_row(P.k + b * P.ksB + j * P.ksS + g * P.ksH, s.Kc, hd, hdp, A(1));
+        sc[j - ks] = dot(s.row, s.Kc, hdp);
         nan_row |= std::isnan(sc[j - ks]);
         m = std::max(m, sc[j - ks]);
       }
-      A* o = s.O.data() + i * hdp;
+      A* o = s.O + i * hdp;
       std::fill(o, o + hdp, A(0));
       A l = A(0);
       for (int64_t j = ks; j < ke && m != NEG_INF && !nan_row; ++j) {
         if (!key_visible(c, j, pos, W)) continue;
         const A pj = std::exp(sc[j - ks] - m);
         l += pj;
-        load_row(P.v + b * P.vsB + j * P.vsS + g * P.vsH, s.Vc.data(), hd, hdp, A(1));
+        load_row(P.v + b * P.vsB + j * P.vsS + g * P.vsH, s.Vc, hd, hdp, A(1));
         for (int64_t d = 0; d < hd; ++d) o[d] += pj * s.Vc[d];
       }
       if (nan_row) {
@@ -518,33 +579,52 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     }
   };
 
+  // Row i of base item bi from its parts, in part order whoever runs it (so run-to-run deterministic):
+  // O = sum_s e^(m_s - m) O_s / sum_s e^(m_s - m) l_s. o: hdp scratch.
+  auto merge_row = [&](int64_t bi, int64_t i, A* o) {
+    const int64_t qt = bi % nqt, g = (bi / nqt) % nKV, b = bi / nqt / nKV;
+    const int64_t t0 = qt * bq;
+    A mt = NEG_INF;
+    bool nan_row = false;  // a NaN part makes the row NaN
+    for (int64_t sp = 0; sp < nsplit; ++sp) {
+      const A* pp = part.get() + (bi * nsplit + sp) * part_stride;
+      const A li = pp[Mpmax * hdp + Mpmax + i];
+      if (li > A(0)) mt = std::max(mt, pp[Mpmax * hdp + i]);
+      nan_row |= std::isnan(li);
+    }
+    A lt = nan_row ? std::numeric_limits<A>::quiet_NaN() : A(0);
+    std::fill(o, o + hdp, A(0));
+    for (int64_t sp = 0; sp < nsplit && mt != NEG_INF && !nan_row; ++sp) {
+      const A* pp = part.get() + (bi * nsplit + sp) * part_stride;
+      const A li = pp[Mpmax * hdp + Mpmax + i];
+      if (!(li > A(0))) continue;
+      const A w = std::exp(pp[Mpmax * hdp + i] - mt);
+      lt += li * w;
+      for (int64_t d = 0; d < hd; ++d) o[d] += w * pp[i * hdp + d];
+    }
+    const int64_t t = t0 + i / G, h = g * G + i % G;
+    A inv_l;
+    finish_row(mt, lt, inv_l, lse[(b * nH + h) * Tq + t]);
+    store_row<T, A>(o, out + ((b * Tq + t) * nH + h) * hd, hd, inv_l);
+  };
+
   run_items(order_by_cost(cost), [&](int64_t it, int64_t worker) {
     Scratch& s = scratch[worker];
-    if (s.Qt.empty()) {
-      s.Qt.resize(Mpmax * hdp); s.Qr.resize(kDotMaxRows * hdp); s.St.resize(BK * Mpmax); s.O.resize(Mpmax * hdp);
-      s.Kc.resize(BK * hdp); s.Vc.resize(BK * hdp); s.row.resize(hdp);
-      s.m.resize(Mpmax); s.l.resize(Mpmax); s.alpha.resize(Mpmax); s.mx.resize(Mpmax); s.pos.resize(Mpmax);
-    }
-    const int64_t sp = it % nsplit, qt = (it / nsplit) % nqt, g = (it / nsplit / nqt) % nKV,
-                  b = it / nsplit / nqt / nKV;
+    if (!s.mem) init_scratch(s);
+    const int64_t sp = it % nsplit, bi = it / nsplit, qt = bi % nqt, g = (bi / nqt) % nKV, b = bi / nqt / nKV;
     const int64_t t0 = qt * bq, nq = std::min(Tq, t0 + bq) - t0;
     const int64_t M = nq * G, Mp = (M + VS - 1) / VS * VS;
     const int64_t pmin = S - Tq + t0, pmax = pmin + nq - 1;
     int64_t ks, ke;
     key_range(qt, ks, ke);
-    if (nsplit > 1) {  // this split's share of the key tiles
-      const int64_t per = ((ke - ks + BK - 1) / BK + nsplit - 1) / nsplit;
-      const int64_t a0 = std::min(ke, ks + sp * per * BK);
-      ke = std::min(ke, a0 + per * BK);
-      ks = a0;
-    }
-    pack_rows(P.q, P.qsB, P.qsT, P.qsH, b, g, G, t0, M, Mp, hd, hdp, scale, s.Qt.data(),
-              M <= kDotMaxRows ? s.Qr.data() : static_cast<A*>(nullptr), s.row.data());
+    if (nsplit > 1) split_range(sp, ks, ke);  // this part's share of the keys
+    pack_rows(P.q, P.qsB, P.qsT, P.qsH, b, g, G, t0, M, Mp, hd, hdp, scale, s.Qt,
+              M <= kDotMaxRows ? s.Qr : static_cast<A*>(nullptr));
     if (M <= kDotMaxRows)  // dot_rows reads Qr: fold the scale in there instead
       for (int64_t i = 0; i < M * hdp; ++i) s.Qr[i] *= scale;
     for (int64_t i = 0; i < Mp; ++i) s.pos[i] = i < M ? static_cast<A>(pmin + i / G) : A(-1);
-    std::fill(s.m.begin(), s.m.begin() + Mp, NEG_INF);
-    std::fill(s.l.begin(), s.l.begin() + Mp, A(0));
+    std::fill(s.m, s.m + Mp, NEG_INF);
+    std::fill(s.l, s.l + Mp, A(0));
     const int32_t* c = P.mask ? cnt.data() + b * (S + 1) : nullptr;
     bool first = true;
     for (int64_t j0 = ks; j0 < ke; j0 += BK) {
@@ -564,83 +644,52 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
         Kp = krow; Vp = vrow; ldk = P.ksS; ldv = P.vsS;
       }
       if (!direct || valid < n) {  // converted copies; padding keys as zero rows
-        load_tile(krow, P.ksS, n, hd, hdp, c, j0, s.Kc.data());
-        load_tile(vrow, P.vsS, n, hd, hdp, c, j0, s.Vc.data());
-        Kp = s.Kc.data(); Vp = s.Vc.data(); ldk = ldv = hdp;
+        load_tile(krow, P.ksS, n, hd, hdp, c, j0, s.Kc);
+        load_tile(vrow, P.vsS, n, hd, hdp, c, j0, s.Vc);
+        Kp = s.Kc; Vp = s.Vc; ldk = ldv = hdp;
       }
-      A* St = s.St.data();
-      scores_t<A>(n, M, Mp, hd, hdp, Kp, ldk, s.Qt.data(), s.Qr.data(), A(1), St);
-      if (!full) apply_mask(St, n, Mp, j0, c, s.pos.data(), W, S);
+      A* St = s.St;
+      scores_t<A>(n, M, Mp, hd, hdp, Kp, ldk, s.Qt, s.Qr, A(1), St);
+      if (!full) apply_mask(St, n, Mp, j0, c, s.pos, W, S);
       // Online softmax: m_new = max(m, colmax S); alpha = exp(m - m_new); P = exp(S - m_new); l = alpha l + sum P.
       for (int64_t i = 0; i < Mp; i += VS) {
-        V mx = V::loadu(s.m.data() + i);
+        V mx = V::loadu(s.m + i);
         const V mo = mx;
         for (int64_t j = 0; j < n; ++j) mx = vmax(mx, V::loadu(St + j * Mp + i));
         const V use = V::blendv(mx, V(A(0)), mx == V(NEG_INF));  // nothing visible yet: avoid inf - inf
-        vexp(mo - use).store(s.alpha.data() + i);
-        mx.store(s.m.data() + i);
+        vexp(mo - use).store(s.alpha + i);
+        mx.store(s.m + i);
         V sum(A(0));
         for (int64_t j = 0; j < n; ++j) {
           const V p = vexp(V::loadu(St + j * Mp + i) - use);
           p.store(St + j * Mp + i);
           sum = sum + p;
         }
-        (V::loadu(s.l.data() + i) * V::loadu(s.alpha.data() + i) + sum).store(s.l.data() + i);
+        (V::loadu(s.l + i) * V::loadu(s.alpha + i) + sum).store(s.l + i);
       }
       // O = alpha * O + P . V   (A = P read from S^T: a_rs = 1, a_ks = Mp)
-      gemm_small<A>(M, hdp, n, St, 1, Mp, Vp, ldv, ldv, 2 * VS, s.O.data(), hdp, first ? 0 : 2, s.alpha.data());
+      gemm_small<A>(M, hdp, n, St, 1, Mp, Vp, ldv, ldv, 2 * VS, s.O, hdp, first ? 0 : 2, s.alpha);
       first = false;
     }
-    if (first) std::fill(s.O.begin(), s.O.begin() + M * hdp, A(0));  // no visible key at all
-    if (!all_finite(s.O.data(), M * hdp)) forward_exact(b, g, t0, M, ks, ke, s);
+    if (first) std::fill(s.O, s.O + M * hdp, A(0));  // no visible key at all
+    if (!all_finite(s.O, M * hdp)) forward_exact(b, g, t0, M, ks, ke, s);
     if (nsplit > 1) {
-      A* pp = part.data() + it * part_stride;
-      std::memcpy(pp, s.O.data(), sizeof(A) * M * hdp);
-      std::memcpy(pp + Mpmax * hdp, s.m.data(), sizeof(A) * M);
-      std::memcpy(pp + Mpmax * hdp + Mpmax, s.l.data(), sizeof(A) * M);
+      A* pp = part.get() + it * part_stride;
+      std::memcpy(pp, s.O, sizeof(A) * M * hdp);
+      std::memcpy(pp + Mpmax * hdp, s.m, sizeof(A) * M);
+      std::memcpy(pp + Mpmax * hdp + Mpmax, s.l, sizeof(A) * M);
+      // acq_rel: the last part's thread sees every other part's stores before it merges.
+      if (parts_done[bi].fetch_add(1, std::memory_order_acq_rel) == nsplit - 1)
+        for (int64_t i = 0; i < M; ++i) merge_row(bi, i, s.row);
       return;
     }
     for (int64_t i = 0; i < M; ++i) {
       const int64_t t = t0 + i / G, h = g * G + i % G;
       A inv_l;
       finish_row(s.m[i], s.l[i], inv_l, lse[(b * nH + h) * Tq + t]);
-      store_row<T, A>(s.O.data() + i * hdp, out + ((b * Tq + t) * nH + h) * hd, hd, inv_l);
+      store_row<T, A>(s.O + i * hdp, out + ((b * Tq + t) * nH + h) * hd, hd, inv_l);
     }
   });
-
-  if (nsplit > 1) {  // merge the splits: O = sum_s e^(m_s - m) O_s / sum_s e^(m_s - m) l_s
-    at::parallel_for(0, base_items * Mpmax, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<A> o(hdp);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t bi = r / Mpmax, i = r % Mpmax;
-        const int64_t qt = bi % nqt, g = (bi / nqt) % nKV, b = bi / nqt / nKV;
-        const int64_t t0 = qt * bq, nq = std::min(Tq, t0 + bq) - t0;
-        if (i >= nq * G) continue;
-        A mt = NEG_INF;
-        bool nan_row = false;  // a NaN split makes the row NaN
-        for (int64_t sp = 0; sp < nsplit; ++sp) {
-          const A* pp = part.data() + (bi * nsplit + sp) * part_stride;
-          const A li = pp[Mpmax * hdp + Mpmax + i];
-          if (li > A(0)) mt = std::max(mt, pp[Mpmax * hdp + i]);
-          nan_row |= std::isnan(li);
-        }
-        A lt = nan_row ? std::numeric_limits<A>::quiet_NaN() : A(0);
-        std::fill(o.begin(), o.end(), A(0));
-        for (int64_t sp = 0; sp < nsplit && mt != NEG_INF && !nan_row; ++sp) {
-          const A* pp = part.data() + (bi * nsplit + sp) * part_stride;
-          const A li = pp[Mpmax * hdp + Mpmax + i];
-          if (!(li > A(0))) continue;
-          const A w = std::exp(pp[Mpmax * hdp + i] - mt);
-          lt += li * w;
-          for (int64_t d = 0; d < hd; ++d) o[d] += w * pp[i * hdp + d];
-        }
-        const int64_t t = t0 + i / G, h = g * G + i % G;
-        A inv_l;
-        finish_row(mt, lt, inv_l, lse[(b * nH + h) * Tq + t]);
-        store_row<T, A>(o.data(), out + ((b * Tq + t) * nH + h) * hd, hd, inv_l);
-      }
-    });
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -678,14 +727,14 @@ void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles 
   std::unique_ptr<A[]> Qt(new A[nblk * blk]), Qr(new A[nblk * blk]), dOt(new A[nblk * blk]), dOr(new A[nblk * blk]),
       L(new A[nblk * Mpmax]), D(new A[nblk * Mpmax]);
   at::parallel_for(0, nblk, 1, [&](int64_t k0, int64_t k1) {
-    std::vector<A> row(hdp), orow(hdp);
+    std::vector<A> orow(hdp);
     for (int64_t bi = k0; bi < k1; ++bi) {
       const int64_t qt = bi % nqt, g = (bi / nqt) % nKV, b = bi / nqt / nKV;
       const int64_t t0 = qt * bq, M = (std::min(Tq, t0 + bq) - t0) * G, Mp = (M + VS - 1) / VS * VS;
       pack_rows(P.q, P.qsB, P.qsT, P.qsH, b, g, G, t0, M, Mp, hd, hdp, scale, Qt.get() + bi * blk,
-                Qr.get() + bi * blk, row.data());
+                Qr.get() + bi * blk);
       pack_rows(X.dout, X.dsB, X.dsT, X.dsH, b, g, G, t0, M, Mp, hd, hdp, A(1), dOt.get() + bi * blk,
-                dOr.get() + bi * blk, row.data());
+                dOr.get() + bi * blk);
       for (int64_t i = 0; i < Mpmax; ++i) {
         A l = POS_INF, dsum = 0;
         if (i < M) {

@@ -151,6 +151,43 @@ def test_thread_counts(threads):
         torch.set_num_threads(old)
 
 
+# Single-sequence decode (one (b, KV head) item): the key range is split in equal parts over the threads
+# once each part keeps >= 48 keys x 8 rows x 256 of work, and the last part to finish merges them. Parts
+# that see no key (window, padding) and rows that see nothing at all must merge to the reference.
+SPLIT_DECODE = [
+    (1, 1, 65, 8, 1, 256, 0, None),       # too little work to split
+    (1, 1, 100, 8, 1, 256, 0, None),      # E2B sliding layer early in a generation: 2 parts
+    (1, 1, 200, 8, 1, 512, 0, "random"),  # E2B full layer, padded keys
+    (1, 1, 200, 8, 1, 256, 16, None),     # window: the first parts see no key
+    (1, 1, 129, 8, 1, 256, 0, "left"),    # left padding: the first part sees no key
+    (1, 1, 150, 8, 1, 256, 0, "full"),    # the row sees nothing in any part
+    (1, 2, 190, 4, 1, 72, 50, "random"),  # two query rows, odd hd
+]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SPLIT_DECODE, ids=_ids)
+def test_split_decode(shape, dtype, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q, k, v, km, scale, window = _inputs(shape, dtype)
+        out, lse = torch.ops.gemma4.attention(q, k, v, km, scale, window)
+        ref_out, ref_lse = reference.attention(q.double(), k.double(), v.double(), km, scale, window)
+        _check_lse(lse, ref_lse, dtype)
+        if dtype in LOWP:
+            ref32, _ = reference.attention(q, k, v, km, scale, window)
+            assert_lowp_close(out, ref32, _plain_lowp(q, k, v, km, scale, window))
+        else:
+            torch.testing.assert_close(out.double(), ref_out, **tight_tol(dtype))
+        for _ in range(3):  # the parts merge in part order whichever thread finishes last
+            again, again_lse = torch.ops.gemma4.attention(q, k, v, km, scale, window)
+            assert torch.equal(again, out) and torch.equal(again_lse, lse)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_backward_deterministic():
     """grad_q is summed from per-worker buffers with a fixed work split: bit-identical run to run."""
     q, k, v, km, scale, window = _inputs((1, 300, 300, 8, 1, 64, 100, None), torch.float32)
