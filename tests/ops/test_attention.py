@@ -165,7 +165,7 @@ SPLIT_DECODE = [
 ]
 
 
-@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("threads", [2, 3, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", SPLIT_DECODE, ids=_ids)
 def test_split_decode(shape, dtype, threads):
