@@ -105,8 +105,8 @@ inline __m512i g32_dot_pair(const __m512i w[4], const int16_t* xp) {
 }
 // The eight blocks' int32 sums from two pairs' products (z0: blocks 0-3, z1: blocks 4-7, four partials each, in
 // their 128-bit lanes), in lane order (kG32LaneBlock), as the three hadds of the 256-bit path leave them: two
-// two-source permutes put the partials of block kG32LaneBlock[j] in lanes 2j and 2j + 1 (a the partials 0 and 2,
-// b 1 and 3), then each 64-bit lane's halves are added and narrowed. Six instructions against the 256-bit
+// two-source permutes put the partials of block kG32LaneBlock[j] in lanes 2j and 2j + 1 (ia picks partials 0 and 2,
+// ib 1 and 3), then each 64-bit lane's halves are added and narrowed. Six instructions against the 256-bit
 // path's two extracts and three vphaddd (three uops each).
 inline __m256i g32_block_sums(__m512i z0, __m512i z1) {
   const int* l = kG32LaneBlock;  // block L's partial r is lane 4 L + r of [z0 | z1]
