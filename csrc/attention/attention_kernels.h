@@ -499,8 +499,10 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     nsplit = std::max<int64_t>(1, std::min<int64_t>(even, (ke - ks) * rows * hd / kMinSplitWork));
   }
   const int64_t nitems = base_items * nsplit;
-  const int64_t part_stride = Mpmax * hdp + 2 * Mpmax;  // partial O, m, l of one split item
+  // One split item's partial results: O [Mpmax x hdp], then m [Mpmax], then l [Mpmax].
+  const int64_t part_m = Mpmax * hdp, part_l = part_m + Mpmax, part_stride = part_l + Mpmax;
   std::unique_ptr<A[]> part(nsplit > 1 ? new A[nitems * part_stride] : nullptr);
+  auto part_of = [&](int64_t item) { return part.get() + item * part_stride; };
   // Parts of each base item finished so far: the thread that finishes the last one merges them.
   std::unique_ptr<std::atomic<int64_t>[]> parts_done(nsplit > 1 ? new std::atomic<int64_t>[base_items] : nullptr);
   for (int64_t i = 0; nsplit > 1 && i < base_items; ++i) parts_done[i].store(0, std::memory_order_relaxed);
@@ -587,18 +589,18 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     A mt = NEG_INF;
     bool nan_row = false;  // a NaN part makes the row NaN
     for (int64_t sp = 0; sp < nsplit; ++sp) {
-      const A* pp = part.get() + (bi * nsplit + sp) * part_stride;
-      const A li = pp[Mpmax * hdp + Mpmax + i];
-      if (li > A(0)) mt = std::max(mt, pp[Mpmax * hdp + i]);
+      const A* pp = part_of(bi * nsplit + sp);
+      const A li = pp[part_l + i];
+      if (li > A(0)) mt = std::max(mt, pp[part_m + i]);
       nan_row |= std::isnan(li);
     }
     A lt = nan_row ? std::numeric_limits<A>::quiet_NaN() : A(0);
     std::fill(o, o + hdp, A(0));
     for (int64_t sp = 0; sp < nsplit && mt != NEG_INF && !nan_row; ++sp) {
-      const A* pp = part.get() + (bi * nsplit + sp) * part_stride;
-      const A li = pp[Mpmax * hdp + Mpmax + i];
+      const A* pp = part_of(bi * nsplit + sp);
+      const A li = pp[part_l + i];
       if (!(li > A(0))) continue;
-      const A w = std::exp(pp[Mpmax * hdp + i] - mt);
+      const A w = std::exp(pp[part_m + i] - mt);
       lt += li * w;
       for (int64_t d = 0; d < hd; ++d) o[d] += w * pp[i * hdp + d];
     }
@@ -674,10 +676,10 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     if (first) std::fill(s.O, s.O + M * hdp, A(0));  // no visible key at all
     if (!all_finite(s.O, M * hdp)) forward_exact(b, g, t0, M, ks, ke, s);
     if (nsplit > 1) {
-      A* pp = part.get() + it * part_stride;
+      A* pp = part_of(it);
       std::memcpy(pp, s.O, sizeof(A) * M * hdp);
-      std::memcpy(pp + Mpmax * hdp, s.m, sizeof(A) * M);
-      std::memcpy(pp + Mpmax * hdp + Mpmax, s.l, sizeof(A) * M);
+      std::memcpy(pp + part_m, s.m, sizeof(A) * M);
+      std::memcpy(pp + part_l, s.l, sizeof(A) * M);
       // acq_rel: the last part's thread sees every other part's stores before it merges.
       if (parts_done[bi].fetch_add(1, std::memory_order_acq_rel) == nsplit - 1)
         for (int64_t i = 0; i < M; ++i) merge_row(bi, i, s.row);
