@@ -7,7 +7,7 @@
 //   at::parallel_for over tiles of weight rows; on CPUs with AVX-512 its 16-lane form,
 //   linear_gemv_avx512.cpp.
 // - larger M (prefill): linear_gemm.h's packed GEMM (x widened to fp32 once; bf16 weights widened while
-//   they are packed). torch's own bf16 matmul on a CPU without AVX512-BF16 runs several times slower
+//   they are packed); on CPUs with AVX-512 its 8 x 32 tile, linear_gemm_avx512.cpp. torch's own bf16 matmul on a CPU without AVX512-BF16 runs several times slower
 //   than its fp32 one at these shapes, and MKL's fp32 sgemm is slower on most of them
 //   (packed_gemm_faster); where it is not, fp32 goes to the BLAS sgemm, as torch.matmul does.
 #include <atomic>
@@ -20,6 +20,7 @@
 
 #include "linear/linear_checks.h"
 #include "linear/linear_gemm.h"
+#include "linear/linear_gemm_avx512.h"
 #include "linear/linear_gemv.h"
 #include "linear/linear_gemv_avx512.h"
 #include "linear/linear_gemv_rows.h"
@@ -44,9 +45,9 @@ void avx2_rows(int64_t M, const W* w, const float* x, int64_t K, int64_t n0, int
   });
 }
 
-// The decode kernel's instruction set: AVX-512 where the CPU has it; gemma4::linear_cpu_isa can force AVX2
-// (tests run both, benchmarks compare them).
-std::atomic<bool>& gemv_uses_avx512() {
+// The decode and prefill kernels' instruction set: AVX-512 where the CPU has it; gemma4::linear_cpu_isa can
+// force AVX2 (tests run both, benchmarks compare them).
+std::atomic<bool>& uses_avx512() {
 #if defined(CPU_CAPABILITY_AVX2)
   static std::atomic<bool> on{linear::avx512::supported()};
 #else
@@ -58,17 +59,17 @@ std::atomic<bool>& gemv_uses_avx512() {
 std::string linear_cpu_isa(c10::string_view request) {
   const std::string req(request);
   if (req == "avx2") {
-    gemv_uses_avx512() = false;
+    uses_avx512() = false;
   } else if (req == "avx512") {
-    TORCH_CHECK(gemv_uses_avx512() || linear::avx512::supported(),
+    TORCH_CHECK(uses_avx512() || linear::avx512::supported(),
                 "gemma4::linear_cpu_isa: this CPU (or OS) does not support AVX-512 F, BW and VL");
-    gemv_uses_avx512() = true;
+    uses_avx512() = true;
   } else if (req == "auto") {
-    gemv_uses_avx512() = linear::avx512::supported();
+    uses_avx512() = linear::avx512::supported();
   } else {
     TORCH_CHECK(req.empty(), "gemma4::linear_cpu_isa: request must be '', 'auto', 'avx2' or 'avx512', got '", req, "'");
   }
-  return gemv_uses_avx512() ? "avx512" : "avx2";
+  return uses_avx512() ? "avx512" : "avx2";
 }
 
 // The decode GEMV, either kernel: tasks of kRows weight rows (each output computed by one task, so the result
@@ -77,7 +78,7 @@ template <typename W, typename Y>
 void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
   constexpr int64_t kRows = 64;  // a multiple of every tile height, so tiles fall as over all of N
   using Bits = std::conditional_t<std::is_same_v<W, float>, float, uint16_t>;  // the AVX-512 file's bf16 type
-  const bool avx512 = gemv_uses_avx512();
+  const bool avx512 = uses_avx512();
   // About 64K weights per task: a smaller problem is not worth waking a second thread for.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, kRows * K));
   at::parallel_for(0, at::divup(N, kRows), grain, [&](int64_t t0, int64_t t1) {
@@ -104,9 +105,10 @@ void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t M, int64_t N,
 // 12288: 108-116 / 68-76) and equal within noise elsewhere (101-121 / 110-119); the narrowing shapes with
 // K > 6144 keep the sgemm, as with the kernel before it. bf16 weights always take it (torch's bf16 matmul on
 // a CPU without AVX512-BF16 is several times slower than its fp32 one). docs/performance.md has the table.
+// With AVX-512 (the 8 x 32 tile) it is faster everywhere: 1.9-2.7x MKL on the Zen 5 EPYC, 12288 -> 1536 included.
 bool packed_gemm_faster(int64_t N, int64_t K) {
 #if defined(CPU_CAPABILITY_AVX2)
-  return N >= K || K <= 6144;
+  return uses_avx512() || N >= K || K <= 6144;
 #else
   return false;
 #endif
@@ -118,22 +120,25 @@ constexpr int64_t kPackFloats = int64_t(2) << 20;  // 8 MB
 
 // y[M, N] = x32[M, K] @ w[N, K]^T (+ bias), or with KMajor x32 @ w[K, N], rounded once to Y. Per k-range,
 // x is packed, then tasks of nc output columns sum into fp32: with one k-range each task's own
-// [groups * kMR, nc] buffer, written to y at once; with several, a shared [groups * kMR, N'] one.
+// [groups * mr, nc] buffer, written to y at once; with several, a shared [groups * mr, N'] one. The tile is
+// AVX2's 6 x 16 (linear_gemm.h) or, where the CPU has AVX-512, 8 x 32 (linear_gemm_avx512.cpp): the same sums.
 template <bool KMajor = false, typename W, typename Y>
 void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
   using linear::kKC;
-  using linear::kMR;
-  using linear::kNR;
-  const int64_t groups = at::divup(M, kMR), rows = groups * kMR;
+  static_assert(kKC == linear::avx512::kGemmKC, "both tiles sum over the same k-blocks");
+  const bool avx512 = uses_avx512();
+  const int mr = avx512 ? linear::avx512::kGemmMR : linear::kMR;
+  const int64_t nr = avx512 ? linear::avx512::kGemmNR : linear::kNR;
+  const int64_t groups = at::divup(M, mr), rows = groups * mr;
   const int64_t ks = std::max<int64_t>(1, kPackFloats / (rows * kKC)) * kKC;  // k per range: whole k-blocks
   const int64_t ranges = at::divup(K, ks);
   // Output columns per task: about 4 tasks per thread (balance for N = 256), at most 128 (the packed weights
   // of a k-block, 64 KB, stay in L2).
   const int64_t per = at::divup(N, 4 * static_cast<int64_t>(at::get_num_threads()));
-  const int64_t nc = std::clamp<int64_t>(at::divup(per, kNR) * kNR, kNR, 128);
+  const int64_t nc = std::clamp<int64_t>(at::divup(per, nr) * nr, nr, 128);
   const int64_t tasks = at::divup(N, nc), ldn = tasks * nc;
   const float* x = x32.const_data_ptr<float>();
-  at::Tensor ap = at::empty({rows * std::min(K, ks)}, x32.options());  // x packed: [k-blocks][groups][kc][kMR]
+  at::Tensor ap = at::empty({rows * std::min(K, ks)}, x32.options());  // x packed: [k-blocks][groups][kc][mr]
   at::Tensor acc = ranges > 1 ? at::empty({rows, ldn}, x32.options()) : at::Tensor();  // [rows, N'] sums
   float* app = ap.mutable_data_ptr<float>();
   // y[m, n0 + i] = Y(c[m * ldc + i] + bias) for m < M, i < cols
@@ -150,16 +155,24 @@ void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t
     at::parallel_for(0, kblocks * groups, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t k0 = kb + (t / groups) * kKC, g = t % groups, kc = std::min(kKC, ke - k0);
-        linear::pack_x_group(x, M, K, k0, kc, g, app + (k0 - kb) * rows + g * kc * kMR);
+        linear::pack_x_group(x, M, K, k0, kc, g, mr, app + (k0 - kb) * rows + g * kc * mr);
       }
     });
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<float> bp(kKC * nc), cbuf(ranges > 1 ? 0 : rows * nc);  // packed weights; sums [rows, nc]
+      // packed weights (64-byte aligned: the AVX-512 tile's aligned loads); sums [rows, nc]
+      std::vector<float> bp_raw(kKC * nc + 16), cbuf(ranges > 1 ? 0 : rows * nc);
+      float* bp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(bp_raw.data()) + 63) & ~uintptr_t(63));
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = t * nc, cols = std::min(nc, N - n0);
         float* c = ranges > 1 ? acc.mutable_data_ptr<float>() + n0 : cbuf.data();
         const int64_t ldc = ranges > 1 ? ldn : nc;
-        linear::gemm_panel<KMajor>(w, K, N, kb, ke, app, groups, n0, cols, bp.data(), c, ldc, r > 0);
+        if (avx512) {
+          using Bits = std::conditional_t<std::is_same_v<W, float>, float, uint16_t>;  // the AVX-512 file's bf16
+          linear::avx512::gemm_panel(KMajor, reinterpret_cast<const Bits*>(w), K, N, kb, ke, app, groups, n0, cols,
+                                     bp, c, ldc, r > 0);
+        } else {
+          linear::gemm_panel<KMajor>(w, K, N, kb, ke, app, groups, n0, cols, bp, c, ldc, r > 0);
+        }
         if (ranges == 1) store(c, ldc, 0, M, n0, cols);
       }
     });

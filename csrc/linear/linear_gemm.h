@@ -31,12 +31,13 @@ constexpr int kMR = 6;        // rows of x per tile
 constexpr int kNR = 16;       // weight rows per tile: two vectors of outputs
 constexpr int64_t kKC = 128;  // k per block: a packed micro-panel of weights is 8 KB (L1)
 
-// Packed x: for each k-block (offset k0 * groups * kMR), group g at g * kc * kMR holds
-// dst[k * kMR + i] = x[g * kMR + i, k0 + k], rows past M zero.
-inline void pack_x_group(const float* x, int64_t M, int64_t K, int64_t k0, int64_t kc, int64_t g, float* dst) {
-  for (int i = 0; i < kMR; ++i) {
-    const int64_t m = g * kMR + i;
-    for (int64_t k = 0; k < kc; ++k) dst[k * kMR + i] = m < M ? x[m * K + k0 + k] : 0.f;
+// Packed x in groups of mr rows (kMR here, avx512::kGemmMR for the AVX-512 tile): for each k-block (offset
+// k0 * groups * mr), group g at g * kc * mr holds dst[k * mr + i] = x[g * mr + i, k0 + k], rows past M zero.
+inline void pack_x_group(const float* x, int64_t M, int64_t K, int64_t k0, int64_t kc, int64_t g, int mr,
+                         float* dst) {
+  for (int i = 0; i < mr; ++i) {
+    const int64_t m = g * mr + i;
+    for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = m < M ? x[m * K + k0 + k] : 0.f;
   }
 }
 

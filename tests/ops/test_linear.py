@@ -38,8 +38,9 @@ def _cpu_has_avx512():
 
 
 @pytest.fixture(params=["avx2", "avx512"])
-def gemv_isa(request):
-    """Runs a test once per decode-kernel instruction set (AVX-512 skipped where the CPU lacks it)."""
+def cpu_isa(request):
+    """Runs a test once per kernel instruction set, the decode GEMV's and the prefill GEMM's (AVX-512 skipped
+    where the CPU lacks it)."""
     if request.param == "avx512" and not _cpu_has_avx512():
         pytest.skip("this CPU has no AVX-512 F/BW/VL")
     yield linear_cpu_isa(request.param)
@@ -53,7 +54,7 @@ def _rand(shape, dtype, scale=1.0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lead,N,K", CASES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_forward(gemv_isa, dtype, lead, N, K, with_bias):
+def test_forward(cpu_isa, dtype, lead, N, K, with_bias):
     # A tiny problem has a handful of outputs, and its max error is luck (one lucky rounding in F.linear
     # halves its error), so tiny shapes are drawn several times and judged over 256+ outputs together.
     draws = -(-256 // (math.prod(lead) * N))
@@ -70,7 +71,7 @@ def test_forward(gemv_isa, dtype, lead, N, K, with_bias):
 
 
 @pytest.mark.parametrize("lead,N,K", [((1,), 5, 7), ((3,), 13, 37), ((2, 17), 300, 1536), ((130,), 257, 520)])
-def test_float32_x_with_bfloat16_weight(gemv_isa, lead, N, K):
+def test_float32_x_with_bfloat16_weight(cpu_isa, lead, N, K):
     """fp32 x and a bf16 weight (the fused loss's frozen head): fp32 out, the same numbers as the weight widened
     to fp32 first (a bf16 value is exact in fp32), through the GEMV (rows <= 8) and the packed GEMM; backward
     gives the weight's gradient in bf16."""
@@ -87,14 +88,14 @@ def test_float32_x_with_bfloat16_weight(gemv_isa, lead, N, K):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 64])
-def test_matches_reference_at_dtype(gemv_isa, dtype, rows):
+def test_matches_reference_at_dtype(cpu_isa, dtype, rows):
     """fp32 accumulation, one rounding: the same maths as reference.linear at the dtype."""
     x, w = _rand((rows, 200), dtype), _rand((150, 200), dtype, scale=0.1)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=8e-3, atol=1e-3)
     torch.testing.assert_close(linear(x, w), ref.linear(x, w), **tol)
 
 
-def test_threads_agree(gemv_isa):
+def test_threads_agree(cpu_isa):
     """Every output row is computed once by one thread: 1 and 2 threads give identical bits."""
     before = torch.get_num_threads()
     x1, x64 = _rand((1, 1536), torch.bfloat16), _rand((64, 1536), torch.bfloat16)
@@ -107,6 +108,28 @@ def test_threads_agree(gemv_isa):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N,K", [(9, 70, 33), (13, 257, 520), (64, 300, 1536), (130, 41, 4100), (300, 8200, 8200)])
+def test_gemm_tiles_agree_bitwise(dtype, M, N, K):
+    """The prefill GEMM's AVX2 6 x 16 tile and AVX-512 8 x 32 tile run the same FMA chain per output over the
+    same k-blocks, so their results are equal bit for bit: forward (with a bias) and the input gradient, rows
+    and columns off both tiles, k-block tails, and 300 x 8200 packed in two k-ranges (N >= K: without AVX-512
+    an fp32 weight with K > 6144 and N < K goes to MKL instead)."""
+    if not _cpu_has_avx512():
+        pytest.skip("this CPU has no AVX-512 F/BW/VL")
+    x, w, b = _rand((M, K), dtype), _rand((N, K), dtype, scale=K**-0.5), _rand((N,), dtype)
+    g = _rand((M, N), dtype)
+    got = {}
+    try:
+        for isa in ("avx2", "avx512"):
+            linear_cpu_isa(isa)
+            got[isa] = ops.linear(x, w, b), ops.linear_grad_input(g, w)
+    finally:
+        linear_cpu_isa("auto")
+    assert torch.equal(got["avx2"][0], got["avx512"][0])
+    assert torch.equal(got["avx2"][1], got["avx512"][1])
 
 
 def test_cpu_isa_reports_and_rejects():

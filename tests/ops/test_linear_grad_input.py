@@ -10,14 +10,14 @@ import torch
 from gemma4.ops import reference as ref
 from gemma4.ops.linear import linear, linear_grad_input
 from tests.helpers import assert_lowp_close
-from tests.ops.test_linear import CASES, DTYPES, _rand
+from tests.ops.test_linear import CASES, DTYPES, _rand, cpu_isa  # noqa: F401 (a fixture)
 
 ops = torch.ops.gemma4
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lead,N,K", CASES)
-def test_forward(dtype, lead, N, K):
+def test_forward(cpu_isa, dtype, lead, N, K):
     # grad_out [*lead, N] @ weight [N, K]: N is the reduction here (tails of the k-blocks: 257, 300, 4100 as
     # K elsewhere come from the same CASES swapped), K the output columns (edges of the 16-column tile).
     draws = -(-256 // (math.prod(lead) * K))
@@ -32,7 +32,7 @@ def test_forward(dtype, lead, N, K):
 
 
 @pytest.mark.parametrize("lead,N,K", [((12,), 4100, 41), ((130,), 520, 257), ((300,), 8200, 40)])
-def test_long_reduction(lead, N, K):
+def test_long_reduction(cpu_isa, lead, N, K):
     """A reduction over several k-blocks with a tail (CASES' K = 4100 and 520, as N here); 300 rows x 8200 is
     packed in two k-ranges (linear_cpu.cpp's kPackFloats)."""
     g, w = _rand((*lead, N), torch.float32), _rand((N, K), torch.float32, scale=N**-0.5)
