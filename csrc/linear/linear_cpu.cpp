@@ -7,9 +7,10 @@
 //   at::parallel_for over tiles of weight rows; on CPUs with AVX-512 its 16-lane form,
 //   linear_gemv_avx512.cpp.
 // - larger M (prefill): linear_gemm.h's packed GEMM (x widened to fp32 once; bf16 weights widened while
-//   they are packed); on CPUs with AVX-512 its 8 x 32 tile, linear_gemm_avx512.cpp. torch's own bf16 matmul on a CPU without AVX512-BF16 runs several times slower
-//   than its fp32 one at these shapes, and MKL's fp32 sgemm is slower on most of them
-//   (packed_gemm_faster); where it is not, fp32 goes to the BLAS sgemm, as torch.matmul does.
+//   they are packed); on CPUs with AVX-512 its 8 x 32 tile, linear_gemm_avx512.cpp. torch's own bf16 matmul
+//   on a CPU without AVX512-BF16 runs several times slower than its fp32 one at these shapes, and MKL's fp32
+//   sgemm is slower on most of them (packed_gemm_faster); where it is not, fp32 goes to the BLAS sgemm, as
+//   torch.matmul does.
 #include <atomic>
 #include <string>
 #include <vector>
@@ -105,10 +106,14 @@ void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t M, int64_t N,
 // 12288: 108-116 / 68-76) and equal within noise elsewhere (101-121 / 110-119); the narrowing shapes with
 // K > 6144 keep the sgemm, as with the kernel before it. bf16 weights always take it (torch's bf16 matmul on
 // a CPU without AVX512-BF16 is several times slower than its fp32 one). docs/performance.md has the table.
-// With AVX-512 (the 8 x 32 tile) it is faster everywhere: 1.9-2.7x MKL on the Zen 5 EPYC, 12288 -> 1536 included.
+// With AVX-512 it depends on the vendor, because MKL runs its AVX-512 code on Intel CPUs only: on the Zen 5
+// EPYC the 8 x 32 tile is 1.8-2.7x MKL at every shape (12288 -> 1536 included), while on the H200 host's Xeon
+// MKL is 0.9-1.25x the tile (2 threads, M = 128: 206-282 against 170-270), so there fp32 keeps the sgemm.
 bool packed_gemm_faster(int64_t N, int64_t K) {
 #if defined(CPU_CAPABILITY_AVX2)
-  return uses_avx512() || N >= K || K <= 6144;
+  static const bool intel = (__builtin_cpu_init(), __builtin_cpu_is("intel"));
+  if (uses_avx512()) return !intel;
+  return N >= K || K <= 6144;
 #else
   return false;
 #endif
