@@ -106,14 +106,14 @@ void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t M, int64_t N,
 // 12288: 108-116 / 68-76) and equal within noise elsewhere (101-121 / 110-119); the narrowing shapes with
 // K > 6144 keep the sgemm, as with the kernel before it. bf16 weights always take it (torch's bf16 matmul on
 // a CPU without AVX512-BF16 is several times slower than its fp32 one). docs/performance.md has the table.
-// With AVX-512 it depends on the vendor, because MKL runs its AVX-512 code on Intel CPUs only: on the Zen 5
-// EPYC the 8 x 32 tile is 1.8-2.7x MKL at every shape (12288 -> 1536 included), while on the H200 host's Xeon
-// MKL is 0.9-1.25x the tile (2 threads, M = 128: 206-282 against 170-270), so there fp32 keeps the sgemm.
+// With AVX-512 (the 8 x 32 tile) it takes every shape: on the Zen 5 EPYC it is 1.8-2.7x MKL (whose AVX2 code runs
+// on AMD CPUs), 12288 -> 1536 included; on the H200 host's Xeon, where MKL runs its AVX-512 code, the two measured
+// within a few percent (2 threads, M = 128: the tile 0.98-1.02x MKL on five shapes and 0.86x on one in one run,
+// 0.81-1.13x in another), and one kernel keeps fp32 and bf16 weights on the same sums (an fp32 x with a bf16 weight
+// equals the weight widened first).
 bool packed_gemm_faster(int64_t N, int64_t K) {
 #if defined(CPU_CAPABILITY_AVX2)
-  static const bool intel = (__builtin_cpu_init(), __builtin_cpu_is("intel"));
-  if (uses_avx512()) return !intel;
-  return N >= K || K <= 6144;
+  return uses_avx512() || N >= K || K <= 6144;
 #else
   return false;
 #endif

@@ -11,8 +11,8 @@ The thresholds come from benchmarks/bench_linear_cpu.py (docs/performance.md has
 - more rows (prefill): ours runs its packed GEMM (csrc/linear/linear_gemm.h), bf16 widened while the
   weights are packed: several times faster than torch's bf16 matmul on CPUs without AVX512-BF16, and
   faster than MKL's multi-threaded sgemm at most Gemma 4 projections in fp32 (the op itself keeps the
-  sgemm for the shapes where it measured faster: with AVX-512 its 8 x 32 tile is 1.8-2.7x MKL at 128 rows on
-  the 2-core Zen 5 EPYC, while on Intel CPUs, where MKL runs its own AVX-512 code, fp32 keeps the sgemm).
+  sgemm for the shapes where it measured faster: with AVX-512 its 8 x 32 tile takes every shape, 1.8-2.7x MKL at
+  128 rows on the 2-core Zen 5 EPYC and within a few percent of it on an Intel Xeon, where MKL runs AVX-512 too).
 - bf16 on a CPU with a native bf16 GEMM (oneDNN on AVX512-BF16/AMX): torch's GEMM runs bf16 dot products
   at about twice the float32 FMA rate, 3.4-3.7x ours at 1024 rows (2-core AMD EPYC with AVX512-BF16,
   1536 <-> 6144); ours keeps only up to NATIVE_BF16_ROWS rows, where streaming the weights once wins

@@ -110,20 +110,14 @@ def test_threads_agree(cpu_isa):
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
-def _intel_cpu():
-    with open("/proc/cpuinfo") as f:
-        return "GenuineIntel" in f.read(4096)
-
-
 @pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
                                              (torch.bfloat16, torch.bfloat16)])
 @pytest.mark.parametrize("M,N,K", [(9, 70, 33), (13, 257, 520), (64, 300, 1536), (130, 41, 4100), (300, 8200, 8200)])
 def test_gemm_tiles_agree_bitwise(x_dtype, w_dtype, M, N, K):
     """The prefill GEMM's AVX2 6 x 16 tile and AVX-512 8 x 32 tile run the same FMA chain per output over the
     same k-blocks, so their results are equal bit for bit: forward (with a bias) and the input gradient, rows
-    and columns off both tiles, k-block tails, and 300 x 8200 packed in two k-ranges. An fp32 weight's forward
-    is compared where both routes take the packed GEMM: not on Intel CPUs, where with AVX-512 it goes to MKL's
-    sgemm (packed_gemm_faster in csrc/linear/linear_cpu.cpp), nor at K > 6144 with N < K."""
+    and columns off both tiles, k-block tails, and 300 x 8200 packed in two k-ranges (N >= K: without AVX-512
+    an fp32 weight with K > 6144 and N < K goes to MKL's sgemm, packed_gemm_faster in csrc/linear/linear_cpu.cpp)."""
     if not _cpu_has_avx512():
         pytest.skip("this CPU has no AVX-512 F/BW/VL")
     x, w, b = _rand((M, K), x_dtype), _rand((N, K), w_dtype, scale=K**-0.5), _rand((N,), x_dtype)
@@ -135,8 +129,7 @@ def test_gemm_tiles_agree_bitwise(x_dtype, w_dtype, M, N, K):
             got[isa] = ops.linear(x, w, b), ops.linear_grad_input(g, w)
     finally:
         linear_cpu_isa("auto")
-    if w_dtype == torch.bfloat16 or not _intel_cpu():
-        assert torch.equal(got["avx2"][0], got["avx512"][0])
+    assert torch.equal(got["avx2"][0], got["avx512"][0])
     assert torch.equal(got["avx2"][1], got["avx512"][1])
 
 
