@@ -107,10 +107,9 @@ void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t M, int64_t N,
 // K > 6144 keep the sgemm, as with the kernel before it. bf16 weights always take it (torch's bf16 matmul on
 // a CPU without AVX512-BF16 is several times slower than its fp32 one). docs/performance.md has the table.
 // With AVX-512 (the 8 x 32 tile) it takes every shape: on the Zen 5 EPYC it is 1.8-2.7x MKL (whose AVX2 code runs
-// on AMD CPUs), 12288 -> 1536 included; on the H200 host's Xeon, where MKL runs its AVX-512 code, the two measured
-// within a few percent (2 threads, M = 128: the tile 0.98-1.02x MKL on five shapes and 0.86x on one in one run,
-// 0.81-1.13x in another), and one kernel keeps fp32 and bf16 weights on the same sums (an fp32 x with a bf16 weight
-// equals the weight widened first).
+// on AMD CPUs), 12288 -> 1536 included. On the H200 host's Xeon, where MKL runs its AVX-512 code, the tile measured
+// 0.76-1.13x MKL (2 threads, M = 128, three runs; ~0.9x typically), and it takes every shape there too: one kernel
+// keeps fp32 and bf16 weights on the same sums (an fp32 x with a bf16 weight equals the weight widened first).
 bool packed_gemm_faster(int64_t N, int64_t K) {
 #if defined(CPU_CAPABILITY_AVX2)
   return uses_avx512() || N >= K || K <= 6144;
@@ -176,7 +175,8 @@ void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t
           linear::avx512::gemm_panel(KMajor, reinterpret_cast<const Bits*>(w), K, N, kb, ke, app, groups, n0, cols,
                                      bp, c, ldc, r > 0);
         } else {
-          linear::gemm_panel<KMajor>(w, K, N, kb, ke, app, groups, n0, cols, bp, c, ldc, r > 0);
+          linear::gemm_panel<KMajor, linear::kMR, linear::kNR, kKC>(w, K, N, kb, ke, app, groups, n0, cols, bp, c, ldc,
+                                                                   r > 0, linear::micro_6x16);
         }
         if (ranges == 1) store(c, ldc, 0, M, n0, cols);
       }

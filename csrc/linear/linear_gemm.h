@@ -1,5 +1,5 @@
 // Prefill-sized linear (many rows of x): y[m, n] = sum_k x[m, k] * w[n, k], fp32 accumulation, for fp32
-// or bf16 weights. A packed register-tile GEMM in the BLIS manner:
+// or bf16 weights. A packed register-tile GEMM in the BLIS manner (the packing and k-block loop: linear_pack.h):
 // - x is packed once per call (a k-range at a time when it is long), per k-block of kKC, into groups of
 //   kMR rows stored k-major ([kc][kMR]: the microkernel broadcasts one value per row);
 // - a task owns a panel of weight rows; per k-block it packs them into kNR-row micro-panels stored
@@ -41,46 +41,11 @@ inline void pack_x_group(const float* x, int64_t M, int64_t K, int64_t k0, int64
   }
 }
 
-#if defined(CPU_CAPABILITY_AVX2)
-// The 8 x 8 transpose of r[0..7] (rows) into columns, in place.
-inline void transpose8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-#endif
+// One weight as float (linear_pack.h's packing widens bf16 with it; load8 is linear_gemv.h's).
+inline float widen(float v) { return v; }
+inline float widen(c10::BFloat16 v) { return static_cast<float>(v); }
 
-// A weight micro-panel: dst[k * kNR + j] = float(w[j * K + k]) for j < rows (<= kNR; zero beyond), k < kc.
-template <typename T>
-inline void pack_w_panel(const T* w, int64_t K, int64_t rows, int64_t kc, float* dst) {
-  int64_t k = 0;
-#if defined(CPU_CAPABILITY_AVX2)
-  if (rows == kNR) {
-    for (; k + 8 <= kc; k += 8)
-      for (int j0 = 0; j0 < kNR; j0 += 8) {
-        __m256 r[8];
-        for (int j = 0; j < 8; ++j) r[j] = load8(w + (j0 + j) * K + k);
-        transpose8(r);
-        for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (k + t) * kNR + j0, r[t]);
-      }
-  }
-#endif
-  for (; k < kc; ++k)
-    for (int j = 0; j < kNR; ++j) dst[k * kNR + j] = j < rows ? static_cast<float>(w[j * K + k]) : 0.f;
-}
+#include "linear/linear_pack.h"  // transpose8, pack_w_panel, pack_kn_panel, gemm_panel, in this namespace
 
 // c[i * ldc + j] (+)= sum over k < kc of a[k * kMR + i] * b[k * kNR + j], i < kMR, j < kNR.
 inline void micro_6x16(const float* a, const float* b, int64_t kc, float* c, int64_t ldc, bool add) {
@@ -108,49 +73,6 @@ inline void micro_6x16(const float* a, const float* b, int64_t kc, float* c, int
   for (int i = 0; i < kMR; ++i)
     for (int j = 0; j < kNR; ++j) c[i * ldc + j] = add ? c[i * ldc + j] + acc[i][j] : acc[i][j];
 #endif
-}
-
-// The same micro-panel from a weight stored k-major, wt[K, N] (the input gradient's g @ W, W [N_out, K_in]):
-// dst[k * kNR + j] = float(wt[k * ldw + j]) for j < cols (<= kNR; zero beyond): a copy of kNR values per k.
-template <typename T>
-inline void pack_kn_panel(const T* wt, int64_t ldw, int64_t cols, int64_t kc, float* dst) {
-  for (int64_t k = 0; k < kc; ++k) {
-    const T* src = wt + k * ldw;
-    int64_t j = 0;
-#if defined(CPU_CAPABILITY_AVX2)
-    if (cols == kNR) {
-      _mm256_storeu_ps(dst + k * kNR, load8(src));
-      _mm256_storeu_ps(dst + k * kNR + 8, load8(src + 8));
-      continue;
-    }
-#endif
-    for (; j < kNR; ++j) dst[k * kNR + j] = j < cols ? static_cast<float>(src[j]) : 0.f;
-  }
-}
-
-// cbuf[m, i] (+)= sum over k in [k_begin, k_end) of x[m, k] * w(k, n0 + i), for m < groups * kMR and
-// i < nc (rounded up to kNR; ldc >= that): one task's panel of output columns over one packed k-range, with
-// w(k, n) = w[n * K + k] (a weight [N, K], y = x @ w^T) or, with KMajor, w[k * N + n] (a weight [K, N],
-// y = x @ w). ap: x's rows packed by pack_x_group for this k-range; bp: kKC * nc floats of scratch. add:
-// add to cbuf (a later k-range) rather than start it.
-template <bool KMajor, typename T>
-inline void gemm_panel(const T* w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end, const float* ap,
-                       int64_t groups, int64_t n0, int64_t nc, float* bp, float* cbuf, int64_t ldc, bool add) {
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kKC) {
-    const int64_t kc = std::min(kKC, k_end - k0);
-    for (int64_t j = 0; j < nc; j += kNR) {
-      const int64_t cols = std::min<int64_t>(kNR, nc - j);
-      if constexpr (KMajor) {
-        pack_kn_panel(w + k0 * N + n0 + j, N, cols, kc, bp + j * kc);
-      } else {
-        pack_w_panel(w + (n0 + j) * K + k0, K, cols, kc, bp + j * kc);
-      }
-    }
-    const float* ablk = ap + (k0 - k_begin) * groups * kMR;
-    for (int64_t j = 0; j < nc; j += kNR)
-      for (int64_t g = 0; g < groups; ++g)
-        micro_6x16(ablk + g * kc * kMR, bp + j * kc, kc, cbuf + g * kMR * ldc + j, ldc, add || k0 > k_begin);
-  }
 }
 
 }  // namespace gemma4::linear

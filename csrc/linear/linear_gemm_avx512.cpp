@@ -17,9 +17,6 @@ namespace {
 
 constexpr int kMR = kGemmMR, kNR = kGemmNR;
 
-// (not std::min: no inline function from a shared header is emitted with this file's AVX-512 flags)
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));  // 8 x bf16
@@ -33,55 +30,7 @@ inline float widen(uint16_t b) {
   return f;
 }
 
-// The 8 x 8 transpose of r[0..7] (rows) into columns, in place.
-inline void transpose8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-
-// A weight micro-panel: dst[k * kNR + j] = float(w[j * K + k]) for j < rows (<= kNR; zero beyond), k < kc.
-template <typename T>
-void pack_w_panel(const T* w, int64_t K, int64_t rows, int64_t kc, float* dst) {
-  int64_t k = 0;
-  if (rows == kNR) {
-    for (; k + 8 <= kc; k += 8)
-      for (int j0 = 0; j0 < kNR; j0 += 8) {
-        __m256 r[8];
-        for (int j = 0; j < 8; ++j) r[j] = load8(w + (j0 + j) * K + k);
-        transpose8(r);
-        for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (k + t) * kNR + j0, r[t]);
-      }
-  }
-  for (; k < kc; ++k)
-    for (int j = 0; j < kNR; ++j) dst[k * kNR + j] = j < rows ? widen(w[j * K + k]) : 0.f;
-}
-
-// The same micro-panel from a weight stored k-major, wt[K, N]: a copy of kNR values per k.
-template <typename T>
-void pack_kn_panel(const T* wt, int64_t ldw, int64_t cols, int64_t kc, float* dst) {
-  for (int64_t k = 0; k < kc; ++k) {
-    const T* src = wt + k * ldw;
-    if (cols == kNR) {
-      for (int j = 0; j < kNR; j += 8) _mm256_storeu_ps(dst + k * kNR + j, load8(src + j));
-      continue;
-    }
-    for (int j = 0; j < kNR; ++j) dst[k * kNR + j] = j < cols ? widen(src[j]) : 0.f;
-  }
-}
+#include "linear/linear_pack.h"  // transpose8, pack_w_panel, pack_kn_panel, gemm_panel: this file's own copy
 
 // c[i * ldc + j] (+)= sum over k < kc of a[k * kMR + i] * b[k * kNR + j], i < kMR, j < kNR: 16 accumulators,
 // 16 FMAs per 2 vector loads and 8 broadcasts.
@@ -106,20 +55,10 @@ void micro_8x32(const float* a, const float* b, int64_t kc, float* c, int64_t ld
 template <typename T>
 void panel(bool kmajor, const T* w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end, const float* ap,
            int64_t groups, int64_t n0, int64_t nc, float* bp, float* cbuf, int64_t ldc, bool add) {
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kGemmKC) {
-    const int64_t kc = imin(kGemmKC, k_end - k0);
-    for (int64_t j = 0; j < nc; j += kNR) {
-      const int64_t cols = imin(kNR, nc - j);
-      if (kmajor) {
-        pack_kn_panel(w + k0 * N + n0 + j, N, cols, kc, bp + j * kc);
-      } else {
-        pack_w_panel(w + (n0 + j) * K + k0, K, cols, kc, bp + j * kc);
-      }
-    }
-    const float* ablk = ap + (k0 - k_begin) * groups * kMR;
-    for (int64_t j = 0; j < nc; j += kNR)
-      for (int64_t g = 0; g < groups; ++g)
-        micro_8x32(ablk + g * kc * kMR, bp + j * kc, kc, cbuf + g * kMR * ldc + j, ldc, add || k0 > k_begin);
+  if (kmajor) {
+    gemm_panel<true, kMR, kNR, kGemmKC>(w, K, N, k_begin, k_end, ap, groups, n0, nc, bp, cbuf, ldc, add, micro_8x32);
+  } else {
+    gemm_panel<false, kMR, kNR, kGemmKC>(w, K, N, k_begin, k_end, ap, groups, n0, nc, bp, cbuf, ldc, add, micro_8x32);
   }
 }
 
