@@ -8,9 +8,10 @@
 // consecutive outputs' weights of one k as vectors. The loop (gemm_panel) packs a task's panel of output
 // columns per k-block of KC, then runs the microkernel over every packed group of x rows against each
 // micro-panel: each output is one FMA chain per k-block, blocks added in order, whatever the tile.
-// No #pragma once: a file may include it in one namespace only.
+// No #pragma once: a file may include it in one namespace only. The vector paths need CPU_CAPABILITY_AVX2 (the
+// build defines it for every file, the AVX-512 ones included, when it compiles for AVX2).
 
-#if defined(__AVX2__)
+#if defined(CPU_CAPABILITY_AVX2)
 // The 8 x 8 transpose of r[0..7] (rows) into columns, in place.
 inline void transpose8(__m256 r[8]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -37,7 +38,7 @@ inline void transpose8(__m256 r[8]) {
 template <int NR, typename T>
 inline void pack_w_panel(const T* w, int64_t K, int64_t rows, int64_t kc, float* dst) {
   int64_t k = 0;
-#if defined(__AVX2__)
+#if defined(CPU_CAPABILITY_AVX2)
   if (rows == NR) {
     for (; k + 8 <= kc; k += 8)
       for (int j0 = 0; j0 < NR; j0 += 8) {
@@ -58,7 +59,7 @@ template <int NR, typename T>
 inline void pack_kn_panel(const T* wt, int64_t ldw, int64_t cols, int64_t kc, float* dst) {
   for (int64_t k = 0; k < kc; ++k) {
     const T* src = wt + k * ldw;
-#if defined(__AVX2__)
+#if defined(CPU_CAPABILITY_AVX2)
     if (cols == NR) {
       for (int j = 0; j < NR; j += 8) _mm256_storeu_ps(dst + k * NR + j, load8(src + j));
       continue;
