@@ -1,5 +1,5 @@
 // The prefill-sized linear on AVX-512 (this file alone is compiled with -mavx512f/bw/vl/dq; linear_cpu.cpp
-// picks it at run time): linear_gemm.h's packed GEMM with an 8 x 32 tile of 16-lane accumulators.
+// picks it at run time): linear_gemm.h's packed GEMM (linear_pack.h) with an 8 x 32 tile of 16-lane accumulators.
 // Why: on a CPU with 512-bit FMA pipes (the benchmarks' 2-core Zen 5 EPYC) one zmm FMA does twice a ymm FMA's
 // work at the same rate. One thread, M = 128, GFLOP/s: 6144 x 1536 113 (6 x 16 AVX2) -> 200 (8 x 32), 1536 x
 // 6144 104 -> 186; two threads 221 -> 391 and 215 -> 356 (dev/perf/gemm_packed_avx512.cpp, which also tried

@@ -13,8 +13,8 @@ constexpr int64_t kGemmKC = 128;  // k per block: linear_gemm.h's kKC (linear_cp
 // linear_gemm.h's gemm_panel with the 8 x 32 tile: cbuf[m, i] (+)= sum over k in [k_begin, k_end) of
 // x[m, k] * w(k, n0 + i) for m < groups * kGemmMR, i < nc (rounded up to kGemmNR; ldc >= that), w(k, n) =
 // w[n * K + k] or, with kmajor, w[k * N + n]. ap: x packed by pack_x_group in groups of kGemmMR rows; bp:
-// kGemmKC * nc floats of scratch, 64-byte aligned. The same k-blocks and the same FMA chain per output as the AVX2 tile, so the
-// sums are bit-identical to it.
+// kGemmKC * nc floats of scratch, 64-byte aligned. The same k-blocks and the same FMA chain per output as the
+// AVX2 tile, so the sums are bit-identical to it.
 void gemm_panel(bool kmajor, const float* w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end, const float* ap,
                 int64_t groups, int64_t n0, int64_t nc, float* bp, float* cbuf, int64_t ldc, bool add);
 void gemm_panel(bool kmajor, const uint16_t* w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end,
