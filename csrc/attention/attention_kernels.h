@@ -581,11 +581,9 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     }
   };
 
-  // Row i of base item bi from its parts, in part order whoever runs it (so run-to-run deterministic):
-  // O = sum_s e^(m_s - m) O_s / sum_s e^(m_s - m) l_s. o: hdp scratch.
-  auto merge_row = [&](int64_t bi, int64_t i, A* o) {
-    const int64_t qt = bi % nqt, g = (bi / nqt) % nKV, b = bi / nqt / nKV;
-    const int64_t t0 = qt * bq;
+  // Row i of base item bi (batch b, KV head g, first query t0) from its parts, in part order whoever runs it
+  // (so run-to-run deterministic): O = sum_s e^(m_s - m) O_s / sum_s e^(m_s - m) l_s. o: hdp scratch.
+  auto merge_row = [&](int64_t bi, int64_t b, int64_t g, int64_t t0, int64_t i, A* o) {
     A mt = NEG_INF;
     bool nan_row = false;  // a NaN part makes the row NaN
     for (int64_t sp = 0; sp < nsplit; ++sp) {
@@ -682,7 +680,7 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
       std::memcpy(pp + part_l, s.l, sizeof(A) * M);
       // acq_rel: the last part's thread sees every other part's stores before it merges.
       if (parts_done[bi].fetch_add(1, std::memory_order_acq_rel) == nsplit - 1)
-        for (int64_t i = 0; i < M; ++i) merge_row(bi, i, s.row);
+        for (int64_t i = 0; i < M; ++i) merge_row(bi, b, g, t0, i, s.row);
       return;
     }
     for (int64_t i = 0; i < M; ++i) {
