@@ -2,8 +2,8 @@
 // picks it at run time): linear_gemm.h's packed GEMM (linear_pack.h) with an 8 x 32 tile of 16-lane accumulators.
 // Why: on a CPU with 512-bit FMA pipes (the benchmarks' 2-core Zen 5 EPYC) one zmm FMA does twice a ymm FMA's
 // work at the same rate. One thread, M = 128, GFLOP/s: 6144 x 1536 113 (6 x 16 AVX2) -> 200 (8 x 32), 1536 x
-// 6144 104 -> 186; two threads 221 -> 391 and 215 -> 356 (dev/perf/gemm_packed_avx512.cpp, which also tried
-// 6 x 32, 12 x 32, 14 x 32, 8 x 48 and 4 x 64: all within 8% of 8 x 32, none faster).
+// 6144 104 -> 186; two threads 221 -> 391 and 215 -> 356 (dev/perf/gemm_packed_kernel.cpp built with AVX-512,
+// which also tried 6 x 32, 12 x 32, 14 x 32, 8 x 48 and 4 x 64: all within 8% of 8 x 32, none faster).
 // Numbers: each output is one fp32 FMA chain over a k-block of kGemmKC, blocks added in order: the AVX2 tile's
 // operations exactly, so the two paths agree bit for bit.
 // Reference: reference.linear in python/gemma4/ops/reference.py.

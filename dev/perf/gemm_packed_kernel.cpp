@@ -3,8 +3,11 @@
 // Packed x: [K/KC][M/MR][KC][MR] (broadcast one value per row), packed W: per task [KC][NR] micro-panels
 // (vector loads along n). The microkernel keeps MR x NR/8 accumulators, one FMA per (row, vector) per k,
 // no horizontal sums. bf16 weights are widened while packing (the same kernel then serves bf16).
+// Built with AVX-512 it also times zmm tiles ("z" rows, MR x 16 NV; 2026-12-04, for linear_gemm_avx512.cpp): on a
+// CPU with two 512-bit FMA pipes (Zen 5) a zmm FMA does twice a ymm FMA's work; Zen 4 splits zmm in two.
 // Build: g++ -O3 -mavx2 -mfma -mf16c -fopenmp dev/perf/gemm_packed_kernel.cpp -o /tmp/gemm_packed
-// Run:   OMP_NUM_THREADS=2 /tmp/gemm_packed N K [KC NC]
+//        (add -mavx512f -mavx512vl for the zmm tiles)
+// Run:   OMP_NUM_THREADS=2 /tmp/gemm_packed N K [KC NC M]   (NC a multiple of every tile's width: 192)
 #include <immintrin.h>
 #include <omp.h>
 
@@ -35,6 +38,28 @@ static inline void micro(const float* a, const float* b, int64_t kc, float* c, i
       _mm256_storeu_ps(p, add ? _mm256_add_ps(_mm256_loadu_ps(p), acc[i][j]) : acc[i][j]);
     }
 }
+
+#if defined(__AVX512F__)
+template <int MR, int NV>  // MR x rows, NV vectors of 16 weight columns
+static inline void micro512(const float* a, const float* b, int64_t kc, float* c, int64_t ldc, bool add) {
+  __m512 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_load_ps(b + k * NV * 16 + 16 * j);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 av = _mm512_set1_ps(a[k * MR + i]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) {
+      float* p = c + i * ldc + 16 * j;
+      _mm512_storeu_ps(p, add ? _mm512_add_ps(_mm512_loadu_ps(p), acc[i][j]) : acc[i][j]);
+    }
+}
+#endif
 
 // bp[k][j] = w[j][k] for j < NR rows of w (ldw apart), k < kc; NR = 8 * NV.
 template <int NR>
@@ -79,16 +104,16 @@ static void pack_x(const float* x, int64_t M, int64_t K, int64_t KC, float* ap) 
   }
 }
 
-template <int MR, int NV>
+template <int MR, int NV, bool Wide = false>  // Wide: NV vectors of 16 (zmm)
 void gemm(const float* x, const float* w, float* y, int64_t M, int64_t N, int64_t K, int64_t KC, int64_t NC,
           float* ap) {
-  constexpr int NR = NV * 8;
+  constexpr int NR = NV * (Wide ? 16 : 8);
   const int64_t G = (M + MR - 1) / MR;
   pack_x<MR>(x, M, K, KC, ap);
 #pragma omp parallel
   {
-    std::vector<float, std::allocator<float>> raw(KC * NC + 16);
-    float* bp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(raw.data()) + 31) & ~uintptr_t(31));
+    std::vector<float, std::allocator<float>> raw(KC * NC + 32);
+    float* bp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(raw.data()) + 63) & ~uintptr_t(63));
     std::vector<float> cbuf(G * MR * NC);
 #pragma omp for schedule(dynamic)
     for (int64_t n0 = 0; n0 < N; n0 += NC) {
@@ -98,8 +123,17 @@ void gemm(const float* x, const float* w, float* y, int64_t M, int64_t N, int64_
         for (int64_t j = 0; j < nc; j += NR) pack_w<NR>(w + (n0 + j) * K + k0, K, kc, bp + j * kc);
         const float* ablk = ap + k0 * G * MR;
         for (int64_t j = 0; j < nc; j += NR)
-          for (int64_t g = 0; g < G; ++g)
-            micro<MR, NV>(ablk + g * kc * MR, bp + j * kc, kc, cbuf.data() + g * MR * NC + j, NC, k0 > 0);
+          for (int64_t g = 0; g < G; ++g) {
+            const float* a = ablk + g * kc * MR;
+            float* c = cbuf.data() + g * MR * NC + j;
+#if defined(__AVX512F__)
+            if constexpr (Wide) {
+              micro512<MR, NV>(a, bp + j * kc, kc, c, NC, k0 > 0);
+              continue;
+            }
+#endif
+            micro<MR, NV>(a, bp + j * kc, kc, c, NC, k0 > 0);
+          }
       }
       for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N + n0, cbuf.data() + m * NC, nc * sizeof(float));
     }
@@ -110,7 +144,7 @@ int main(int argc, char** argv) {
   const int64_t M = argc > 5 ? atoll(argv[5]) : 128, N = argc > 1 ? atoll(argv[1]) : 12288,
                 K = argc > 2 ? atoll(argv[2]) : 1536;
   const int64_t KC = argc > 3 ? atoll(argv[3]) : 256, NC = argc > 4 ? atoll(argv[4]) : 96;
-  std::vector<float> x(M * K), w(N * K), y(M * N), ap((M + 8) * K + 64);
+  std::vector<float> x(M * K), w(N * K), y(M * N), ap((M + 16) * K + 64);
   for (auto& v : x) v = (rand() % 1000) * 1e-3f - 0.5f;
   for (auto& v : w) v = (rand() % 1000) * 1e-3f - 0.5f;
   auto run = [&](const char* name, auto fn) {
@@ -134,4 +168,12 @@ int main(int argc, char** argv) {
   run("6x16", [&] { gemm<6, 2>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
   run("4x24", [&] { gemm<4, 3>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
   run("3x32", [&] { gemm<3, 4>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
+#if defined(__AVX512F__)
+  run("z6x32", [&] { gemm<6, 2, true>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
+  run("z8x32", [&] { gemm<8, 2, true>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
+  run("z12x32", [&] { gemm<12, 2, true>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
+  run("z14x32", [&] { gemm<14, 2, true>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
+  run("z8x48", [&] { gemm<8, 3, true>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
+  run("z4x64", [&] { gemm<4, 4, true>(x.data(), w.data(), y.data(), M, N, K, KC, NC, ap.data()); });
+#endif
 }
