@@ -12,7 +12,7 @@ The thresholds come from benchmarks/bench_linear_cpu.py (docs/performance.md has
   weights are packed: several times faster than torch's bf16 matmul on CPUs without AVX512-BF16, and
   faster than MKL's multi-threaded sgemm at most Gemma 4 projections in fp32 (the op itself keeps the
   sgemm for the shapes where it measured faster: with AVX-512 its 8 x 32 tile takes every shape, 1.8-2.7x MKL at
-  128 rows on the 2-core Zen 5 EPYC and within a few percent of it on an Intel Xeon, where MKL runs AVX-512 too).
+  128 rows on the 2-core Zen 5 EPYC and 0.76-1.13x (about 0.9x) on an Intel Xeon, where MKL runs AVX-512 too).
 - bf16 on a CPU with a native bf16 GEMM (oneDNN on AVX512-BF16/AMX): torch's GEMM runs bf16 dot products
   at about twice the float32 FMA rate, 3.4-3.7x ours at 1024 rows (2-core AMD EPYC with AVX512-BF16,
   1536 <-> 6144); ours keeps only up to NATIVE_BF16_ROWS rows, where streaming the weights once wins
