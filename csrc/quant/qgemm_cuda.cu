@@ -72,9 +72,10 @@ bool tiled_gemm_wins(int64_t M, int64_t N, int64_t K) {
 // On an sm_90 device of a build with sm_90a code (which runs on compute capability 9.0 alone), the Hopper
 // GEMM (qgemm_wgmma_sm90a.cu) instead of the mma.sync one, and up to 256 rows at every weight size: on the H200
 // (dev/cuda/experiments/README.md), int4 g32 at 64 / 128 / 256 rows, against the mma.sync GEMM and dequantize +
-// cuBLAS: 31B gate_up 121 / 160 / 339 us against 140 / 224 / 463 and 432 / 436 / 478; 31B down 68 / 88 / 162
-// against 78 / 125 / 219 and 226 / 230 / 249; E2B gate_up 20 / 27 / 40 against 24 / 39 / 57 and 37 / 39 / 44.
-// At 1024 rows dequantize + cuBLAS wins (31B gate_up 926 against 1173).
+// cuBLAS: 31B gate_up 114 / 139 / 285 us against 140 / 224 / 463 and 432 / 436 / 478; 31B down 61 / 74 / 133
+// against 78 / 125 / 219 and 226 / 230 / 249; E2B gate_up 19 / 24 / 33 against 24 / 39 / 57 and 37 / 39 / 44.
+// At 1024 rows dequantize + cuBLAS won against the cp.async version of the Hopper GEMM (31B gate_up 926 against
+// 1173), whose 64-256-row times were 8-20% above this one's.
 bool hopper_gemm_wins(int64_t M) {
   const int forced = cuda_path();
   return forced == static_cast<int>(CudaPath::wgmma) || (forced == static_cast<int>(CudaPath::automatic) && M <= 256);
@@ -818,7 +819,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // The copy engine's map of a row-major [rows, cols] tensor of `elem_bytes`-byte elements, in tiles of
-// box_rows x box_cols; 16-byte aligned base and row pitch (bulk_gemv_fits).
+// box_rows x box_cols; 16-byte aligned base and row pitch (bulk_gemv_fits; for the Hopper GEMM, qgemm_cuda
+// aligns x and qweight, and K is a multiple of 32).
 CUtensorMap tile_map_2d(const void* base, CUtensorMapDataType type, int64_t elem_bytes, int64_t rows, int64_t cols,
                         int box_rows, int box_cols, CUtensorMapSwizzle swizzle) {
   CUtensorMap map;
@@ -920,7 +922,8 @@ at::Tensor qgemm_tc(const at::Tensor& x2, const at::Tensor& qweight, const at::T
 }
 
 #ifdef GEMMA4_SM90A
-// The tiled GEMM on warpgroup MMAs (qgemm_wgmma_sm90a.cu): 64 x rows a block up to 64 rows, else 128.
+// The tiled GEMM on warpgroup MMAs fed by the copy engine (qgemm_wgmma_sm90a.cu): 64 x rows a block up to 64
+// rows, else 128.
 at::Tensor qgemm_hopper(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                         const std::optional<at::Tensor>& bias, int bits) {
   const int64_t M = x2.size(0);
@@ -929,9 +932,17 @@ at::Tensor qgemm_hopper(const at::Tensor& x2, const at::Tensor& qweight, const a
   const at::ScalarType xt = x2.scalar_type(), st = scales.scalar_type();
   dispatch_x(xt, [&]<typename T, typename MT>() {
     const auto go = [&]<int BM>() {
+      // The copy engine's maps: x in [BM x 64 k] tiles in the MMA's swizzled layout, the packed weight in
+      // [kWgBN x 64 k] tiles (qgemm_wgmma_sm90a.cu).
+      const int64_t K = x2.size(1), N = qweight.size(0);
+      const CUtensorMap xmap =
+          tile_map_2d(a.x, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, M, K, BM, 64, CU_TENSOR_MAP_SWIZZLE_128B);
+      const CUtensorMap wmap = tile_map_2d(a.qw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, N, K * bits / 8, kWgBN, 64 * bits / 8,
+                                           bits == 4 ? CU_TENSOR_MAP_SWIZZLE_32B : CU_TENSOR_MAP_SWIZZLE_64B);
       const int resident = wgmma_resident_blocks(xt, st, bits, BM);
-      run_tiled<T, BM, kWgBN>(a, x2.options(), resident,
-                              [&](int blocks) { launch_wgmma_kernel(a, xt, st, bits, BM, blocks); });
+      run_tiled<T, BM, kWgBN>(a, x2.options(), resident, [&](int blocks) {
+        launch_wgmma_kernel(a, xmap, wmap, xt, st, bits, BM, blocks);
+      });
     };
     if (M <= 64) {
       go.template operator()<64>();

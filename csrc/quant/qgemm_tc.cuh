@@ -147,9 +147,11 @@ __device__ __forceinline__ uint32_t scaled_pair(uint32_t q, SC s) {
 }
 
 // The B fragments (b[h][0..1] for the run's steps h = 0, 1) of lane (g, t) from the weight row's run in shared
-// memory (`run` points at its first byte), scaled.
+// memory, scaled. `run` points at the run's first 16 bytes and `run_hi` at its second 16 (int8 only: an int4
+// run is 16 bytes), which a swizzled tile may keep apart.
 template <typename MT, int BITS, typename SC>
-__device__ __forceinline__ void run_fragments(const uint8_t* run, int t, SC s, uint32_t (&b)[2][2]) {
+__device__ __forceinline__ void run_fragments(const uint8_t* run, const uint8_t* run_hi, int t, SC s,
+                                              uint32_t (&b)[2][2]) {
   if constexpr (BITS == 4) {
     const uint32_t lo = *reinterpret_cast<const uint32_t*>(run + 4 * (t >> 1));      // bytes 2t, 2t+1 in it
     const uint32_t hi = *reinterpret_cast<const uint32_t*>(run + 8 + 4 * (t >> 1));  // bytes 2t+8, 2t+9
@@ -162,12 +164,18 @@ __device__ __forceinline__ void run_fragments(const uint8_t* run, int t, SC s, u
   } else {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const uint32_t w0 = *reinterpret_cast<const uint32_t*>(run + 16 * h + 4 * (t >> 1));      // 16h + 2t
-      const uint32_t w1 = *reinterpret_cast<const uint32_t*>(run + 16 * h + 8 + 4 * (t >> 1));  // 16h + 2t + 8
+      const uint8_t* half = h ? run_hi : run;
+      const uint32_t w0 = *reinterpret_cast<const uint32_t*>(half + 4 * (t >> 1));      // 16h + 2t
+      const uint32_t w1 = *reinterpret_cast<const uint32_t*>(half + 8 + 4 * (t >> 1));  // 16h + 2t + 8
       b[h][0] = scaled_pair<MT>(int8_pair<MT>(w0, t & 1), s);
       b[h][1] = scaled_pair<MT>(int8_pair<MT>(w1, t & 1), s);
     }
   }
+}
+// The same for a run whose 32 bytes (int8) are contiguous.
+template <typename MT, int BITS, typename SC>
+__device__ __forceinline__ void run_fragments(const uint8_t* run, int t, SC s, uint32_t (&b)[2][2]) {
+  run_fragments<MT, BITS>(run, run + 16, t, s, b);
 }
 
 template <typename MT, typename S, int BITS, int MTILES, typename T>

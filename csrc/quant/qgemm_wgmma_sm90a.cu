@@ -1,32 +1,36 @@
 // The CUDA qgemm's tiled GEMM on Hopper (sm_90a): y = x @ dequant(W)^T (+ bias) for bf16/fp16 x above the
-// GEMV's rows, on warpgroup MMAs (wgmma). Reference: gemma4.ops.reference.qgemm; the mma.sync version it
-// replaces on sm_90, and shares its loads, dequantization and split over K with: qgemm_tc.cuh.
+// GEMV's rows, on warpgroup MMAs (wgmma) fed by the copy engine (TMA). Reference: gemma4.ops.reference.qgemm;
+// the mma.sync version it replaces on sm_90, and shares its dequantization and split over K with: qgemm_tc.cuh.
 //
 // Operands swapped: the MMA computes y^T = W x^T, so the dequantized weight is the A operand, which wgmma
 // takes from registers, and x the B operand, which it reads from shared memory by descriptor. The weight
 // is dequantized once per block in registers (no 16-bit copy of it in shared memory or HBM), and x's tile
-// sits in shared memory in the layout the MMA reads directly (K-major, 128-byte swizzle), so no warp
-// ldmatrix-es it.
+// arrives in shared memory in the layout the MMA reads directly (K-major, 128-byte swizzle, written so by the
+// copy engine), so no warp ldmatrix-es it.
 //
-// Block: two consumer warpgroups, each 64 weight rows x all BM (64 or 128) x rows of the tile, 64 k a stage
-// (m64nBMk16 x 4). Lane (g, t) of warp q of warpgroup w holds, as the A fragment, weight rows
+// Block: four consumer warpgroups, each 64 weight rows x all BM (64 or 128) x rows of the tile, 64 k a stage
+// (m64nBMk16 x 4); one block an SM. Lane (g, t) of warp q of warpgroup w holds, as the A fragment, weight rows
 // 64w + 16q + g and + 8 at k slots {2t, 2t+1, 2t+8, 2t+9} of each 16-wide step: two of run_fragments' B
 // fragments (qgemm_tc.cuh: the same exact levels times the scale, rounded once to x's dtype, so the products
 // are plain PyTorch's on dequant(W).to(dtype)). The accumulator D[row = weight row][col = x row] is fp32.
 //
-// Pipeline: all 256 threads stage x (swizzled), the packed weight and its scales with cp.async, STAGES deep,
-// STAGES - 2 stages ahead; each stage a warpgroup dequantizes, issues its four MMAs and waits for them; two
-// blocks an SM overlap one's dequantization with the other's MMAs. The buffers a load refills, stage
-// i - 2's, are free once every thread has passed the barrier at the top of stage i.
+// Pipeline: thread 0 issues each stage's two tensor copies (x tile; packed weight tile, 32- or 64-byte swizzle
+// so that the fragment loads of a warp's 8 rows hit distinct banks) on the stage's `full` mbarrier, STAGES - 2
+// stages ahead; each warp arrives on the stage's `empty` mbarrier once its MMAs of the stage are done, and
+// thread 0 waits on it before refilling the slot. The warpgroups meet at no block barrier, and each x tile
+// crosses L2 once per 256 weight rows. Each thread loads its own rows' scales a stage ahead (__ldg).
 //
-// On the H200 (dev/cuda/experiments/README.md, "Hopper GEMM"): 31B gate_up int4 at 128 rows 160 us against
-// 224 for the mma.sync GEMM and 120 for bf16 cuBLAS. Tried and slower: one block an SM (228 us), dequantizing
-// into shared memory so that the MMAs could read both operands there and run under the next stage's
-// dequantization (`wgmma_smem_a.patch`: 204 us; its stores cost issue slots the loop lacks).
+// A warpgroup waits for its MMAs every stage: with A in registers, ptxas serializes every MMA of a kernel in
+// which registers an MMA reads are written while MMAs are in flight (C7513), as dequantizing stage i + 1 under
+// stage i's would be; the four warpgroups an SM overlap one's dequantization with another's MMAs instead.
+//
+// On the H200 (dev/cuda/experiments/README.md, "Hopper GEMM"): 31B gate_up int4 at 128 rows 139 us (the
+// cp.async version with two 128-row blocks an SM: 154; bf16 cuBLAS 120), int8 per channel 152 (188).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 
 #include "common/cuda_launch.cuh"
+#include "quant/copy_engine.cuh"
 #include "quant/qgemm_cuda.cuh"
 #include "quant/qgemm_cuda_dispatch.h"
 #include "quant/qgemm_tc.cuh"
@@ -34,11 +38,6 @@
 
 namespace gemma4::quant_cuda {
 namespace {
-
-constexpr int kWgThreads = 256;  // two warpgroups
-// Blocks an SM (registers and shared memory are sized for it): two, so that one block's dequantization runs
-// under the other's MMAs (a warpgroup's own cannot: below).
-constexpr int kWgBlocks = 2;
 
 // Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle: rows of 64 16-bit k, eight-row
 // groups 1024 bytes apart (stride byte offset), leading byte offset unused (1), tile base 1024-byte aligned.
@@ -96,104 +95,113 @@ __device__ __forceinline__ void fence_registers(float (&v)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(v[i])::"memory");
 }
 
-template <int BITS, int BM, typename S>
+constexpr int kWgThreads = 2 * kWgBN;  // a warpgroup (128 threads) per 64 weight rows
+constexpr int kWgBarrierBytes = 1024;  // full + empty mbarriers; keeps the tiles after them 1024-byte aligned
+
+template <int BITS, int BM>
 constexpr int wg_stage_bytes() {
-  return BM * 128 + kWgBN * tc_w_stride<BITS>() + kWgBN * 2 * int(sizeof(S));
+  return BM * 128 + kWgBN * 64 * BITS / 8;
 }
-// Pipeline depth: up to 6 stages, as many as leave room for kWgBlocks blocks an SM (228 KB, 1 KB of it
-// reserved per block); loads run STAGES - 2 stages ahead of the MMAs.
-template <int BITS, int BM, typename S>
+template <int BITS, int BM>
 constexpr int wg_stages() {
-  return std::min(6, ((233472 / kWgBlocks - 1024) - 1024) / wg_stage_bytes<BITS, BM, S>());
+  return std::min(8, (232448 - kWgBarrierBytes - 1024) / wg_stage_bytes<BITS, BM>());
 }
-template <int BITS, int BM, typename S>
+template <int BITS, int BM>
 constexpr int wg_smem_bytes() {
-  return wg_stages<BITS, BM, S>() * wg_stage_bytes<BITS, BM, S>() + 1024;  // + the slack that aligns x to 1024
+  return wg_stages<BITS, BM>() * wg_stage_bytes<BITS, BM>() + kWgBarrierBytes + 1024;
 }
 
 template <typename MT, typename S, int BITS, int BM, typename T>
-__global__ void __launch_bounds__(kWgThreads, kWgBlocks) qgemm_wgmma_kernel(const TcArgs a) {
-  constexpr int WS = tc_w_stride<BITS>(), RUNB = 32 * BITS / 8;
-  constexpr int XCH = 8, WCH = 64 * BITS / 8 / 16;  // 16-byte chunks per row and stage
-  constexpr int XB = BM * 128, WB = kWgBN * WS;     // bytes of a stage's x and weight tiles
-  constexpr int kWgStages = wg_stages<BITS, BM, S>(), kWgAhead = kWgStages - 2;
-  static_assert(kWgBN * WCH % kWgThreads == 0 && 2 * kWgBN == kWgThreads && BM * XCH % kWgThreads == 0);
-  extern __shared__ uint8_t smem_raw[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  uint8_t* xs = smem_raw + ((1024 - raw % 1024) % 1024);  // [STAGES][BM][128 bytes], 128-byte swizzle
-  uint8_t* ws = xs + kWgStages * XB;                      // [STAGES][BN][WS]
-  S* ss = reinterpret_cast<S*>(ws + kWgStages * WB);      // [STAGES][BN][2 runs]
-  const uint32_t xs_addr = static_cast<uint32_t>(__cvta_generic_to_shared(xs));
+__global__ void __launch_bounds__(kWgThreads, 1)
+    qgemm_wgmma_kernel(const __grid_constant__ TcArgs a, const __grid_constant__ CUtensorMap xmap,
+                           const __grid_constant__ CUtensorMap wmap) {
+  constexpr int WROW = 64 * BITS / 8;  // bytes of a weight row a stage: 32 (int4) or 64
+  constexpr int XB = BM * 128, WB = kWgBN * WROW;
+  constexpr int ST = wg_stages<BITS, BM>(), AHEAD = ST - 2;
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem_raw);
+  uint64_t* empty = full + ST;
+  uint8_t* xs = smem_raw + kWgBarrierBytes;
+  xs += (1024 - smem_addr(xs) % 1024) % 1024;  // [ST][BM][128 bytes]
+  uint8_t* ws = xs + ST * XB;                      // [ST][BN][WROW], swizzled
+  const uint32_t xs_addr = smem_addr(xs);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int row0 = warp * 16 + g;  // weight rows row0 and row0 + 8 of the block: warpgroup warp / 4
 
   const auto [tile, part, kb, ke] = tc_block(a);
   const int m0 = (tile % a.tiles_m) * BM, n0 = (tile / a.tiles_m) * kWgBN;
-  const int64_t row_bytes = int64_t(a.K) * BITS / 8;
   const int stages = ke - kb;
-  const MT* x = static_cast<const MT*>(a.x);
   const S* scales = static_cast<const S*>(a.scales);
 
-  // Stage kb + i into buffer i % STAGES; rows past M / N and k past K zero-filled. x's 16-byte chunk c of
-  // row r goes to chunk c ^ (r % 8) of its 128-byte row: the swizzle the descriptor names.
-  const auto load_stage = [&](int i) {
-    uint8_t* xb = xs + (i % kWgStages) * XB;
-    uint8_t* wb = ws + (i % kWgStages) * WB;
-    const int k0 = (kb + i) * 64;
-#pragma unroll
-    for (int it = 0; it < BM * XCH / kWgThreads; ++it) {
-      const int r = (tid + it * kWgThreads) / XCH, c = (tid + it * kWgThreads) % XCH;
-      const bool ok = m0 + r < a.M && k0 + 8 * c < a.K;
-      tc_cp_async16(xb + r * 128 + ((c ^ (r % 8)) * 16), ok ? x + int64_t(m0 + r) * a.K + k0 + 8 * c : x, ok);
+  if (tid == 0) {
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kWgThreads / 32);
     }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  // Stage kb + i into slot i % ST: whole boxes, rows past M / N and k past K arriving as zeros.
+  const auto issue = [&](int i) {
+    const int slot = i % ST;
+    mbar_arrive_expect_tx(&full[slot], XB + WB);
+    tensor_copy_2d(xs + slot * XB, &xmap, (kb + i) * 64, m0, &full[slot]);
+    tensor_copy_2d(ws + slot * WB, &wmap, (kb + i) * WROW, n0, &full[slot]);
+  };
+  if (tid == 0)
+    for (int i = 0; i < min(AHEAD, stages); ++i) issue(i);
+
+  // The lane's scales of a stage, [row0 | row0 + 8][run 0 | 1] (rows and runs clamped as in qgemm_tc_kernel),
+  // loaded a stage before they are used.
+  const int64_t na = min(n0 + row0, a.N - 1), nb = min(n0 + row0 + 8, a.N - 1);
+  const auto load_scales = [&](int i, S (&v)[4]) {
 #pragma unroll
-    for (int it = 0; it < kWgBN * WCH / kWgThreads; ++it) {
-      const int r = (tid + it * kWgThreads) / WCH, c = (tid + it * kWgThreads) % WCH;
-      const bool ok = n0 + r < a.N && (k0 + 128 / BITS * c) < a.K;
-      tc_cp_async16(wb + r * WS + 16 * c, ok ? a.qw + int64_t(n0 + r) * row_bytes + k0 * BITS / 8 + 16 * c : a.qw,
-                    ok);
+    for (int r = 0; r < 2; ++r) {
+      const int run = min(2 * (kb + i) + r, a.runs - 1) * 32 / a.group;
+      v[r] = __ldg(scales + na * a.G + run);
+      v[2 + r] = __ldg(scales + nb * a.G + run);
     }
   };
-  // Scale slot tid of a stage: weight row tid / 2's scale of run tid % 2 (clamped, as in qgemm_tc_kernel),
-  // loaded one stage before it is stored.
-  const auto scale_of = [&](int i) {
-    const int64_t n = min(n0 + tid / 2, a.N - 1);
-    return __ldg(scales + n * a.G + min(2 * (kb + i) + tid % 2, a.runs - 1) * 32 / a.group);
-  };
+  // The fragment addresses of the lane's rows: chunk c of row r sits at chunk c ^ (r / 4 % 2) (int4, 32-byte
+  // swizzle) or c ^ (r / 2 % 4) (int8, 64-byte); rows row0 and row0 + 8 share the term.
+  const int swz = BITS == 4 ? (row0 >> 2) & 1 : (row0 >> 1) & 3;
 
   float acc[BM / 2];
 #pragma unroll
   for (int j = 0; j < BM / 2; ++j) acc[j] = 0.f;
+  S next[4];
+  if (stages > 0) load_scales(0, next);
 
+  // Stage i: refill the slot of stage i + AHEAD - ST (thread 0), wait for stage i's bytes, dequantize its A
+  // fragments into af and issue its four MMAs (committed, not waited for).
+  const auto mma_stage = [&](int i, uint32_t(&af)[4][4]) {
+    S sc[4];
 #pragma unroll
-  for (int i = 0; i < kWgAhead; ++i) {
-    if (i < stages) load_stage(i);
-    asm volatile("cp.async.commit_group;\n" ::);
-  }
-#pragma unroll
-  for (int i = 0; i < kWgAhead - 1; ++i)
-    if (i < stages) ss[i * 2 * kWgBN + tid] = scale_of(i);
-  S pending = scale_of(min(kWgAhead - 1, stages - 1));
+    for (int e = 0; e < 4; ++e) sc[e] = next[e];
+    if (i + 1 < stages) load_scales(i + 1, next);
+    if (tid == 0 && i + AHEAD < stages) {
+      const int j = i + AHEAD;
+      if (j >= ST) mbar_wait(&empty[j % ST], (j / ST - 1) & 1);  // every warp done with stage j - ST
+      issue(j);
+    }
+    const int slot = i % ST;
+    mbar_wait(&full[slot], (i / ST) & 1);
 
-  for (int i = 0; i < stages; ++i) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kWgAhead - 1));
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async's writes, seen by the MMA's reads
-    // Stage i is in shared memory for every thread, and every warpgroup is done with its MMAs of stage
-    // i - 1: buffers (i - 2) % STAGES are free.
-    __syncthreads();
-    if (i + kWgAhead < stages) load_stage(i + kWgAhead);
-    asm volatile("cp.async.commit_group;\n" ::);
-    if (i + kWgAhead - 1 < stages) ss[(i + kWgAhead - 1) % kWgStages * 2 * kWgBN + tid] = pending;
-    if (i + kWgAhead < stages) pending = scale_of(i + kWgAhead);
-
-    const uint8_t* wb = ws + (i % kWgStages) * WB;
-    const S* sb = ss + (i % kWgStages) * 2 * kWgBN;
-    uint32_t af[4][4];  // the A fragments of the stage's four 16-wide k steps
+    const uint8_t* wb = ws + slot * WB;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       uint32_t lo[2][2], hi[2][2];  // rows row0, row0 + 8: [step of the run][k slots 2t.. | 2t+8..]
-      run_fragments<MT, BITS>(wb + row0 * WS + RUNB * r, t, TcScale<S, MT>::make(sb[2 * row0 + r]), lo);
-      run_fragments<MT, BITS>(wb + (row0 + 8) * WS + RUNB * r, t, TcScale<S, MT>::make(sb[2 * (row0 + 8) + r]), hi);
+      const uint8_t* ra = wb + row0 * WROW;
+      const uint8_t* rb = ra + 8 * WROW;
+      if constexpr (BITS == 4) {
+        const int c = 16 * (r ^ swz);
+        run_fragments<MT, BITS>(ra + c, ra + c, t, TcScale<S, MT>::make(sc[r]), lo);
+        run_fragments<MT, BITS>(rb + c, rb + c, t, TcScale<S, MT>::make(sc[2 + r]), hi);
+      } else {
+        const int c0 = 16 * ((2 * r) ^ swz), c1 = 16 * ((2 * r + 1) ^ swz);
+        run_fragments<MT, BITS>(ra + c0, ra + c1, t, TcScale<S, MT>::make(sc[r]), lo);
+        run_fragments<MT, BITS>(rb + c0, rb + c1, t, TcScale<S, MT>::make(sc[2 + r]), hi);
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         af[2 * r + h][0] = lo[h][0];
@@ -202,17 +210,24 @@ __global__ void __launch_bounds__(kWgThreads, kWgBlocks) qgemm_wgmma_kernel(cons
         af[2 * r + h][3] = hi[h][1];
       }
     }
-    const uint64_t desc = swizzled_tile_descriptor(xs_addr + (i % kWgStages) * XB);
+    const uint64_t desc = swizzled_tile_descriptor(xs_addr + slot * XB);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int s = 0; s < 4; ++s) wgmma_step<MT, BM>(acc, af[s], desc + 2 * s);  // k step s: 32 bytes on
+    for (int s = 0; s < 4; ++s) wgmma_step<MT, BM>(acc, af[s], desc + 2 * s);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    // Wait for them here: ptxas serializes every MMA of a kernel in which registers an MMA reads are written
-    // while MMAs are in flight, as dequantizing stage i + 1 under stage i's would be (measured: no faster).
+  };
+  // The warp is done with stage i's slot (its MMAs have completed).
+  const auto release = [&](int i) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[i % ST]);
+  };
+  for (int i = 0; i < stages; ++i) {
+    uint32_t af[4][4];
+    mma_stage(i, af);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    release(i);
   }
-  fence_registers(acc);  // the accumulators are read only after the last wait
-  asm volatile("cp.async.wait_group 0;\n" ::);
+  fence_registers(acc);
 
   // Epilogue: acc[4j + e] of lane (g, t) is weight row row0 + 8 (e / 2), x row 8j + 2t + e % 2. A split tile's
   // part goes to its [BM, BN] slot of the workspace (qgemm_tc_fixup_kernel adds the parts and the bias).
@@ -257,36 +272,31 @@ void dispatch_wgmma(at::ScalarType xt, at::ScalarType st, int bits, int bm, F&& 
   });
 }
 
-// The shared-memory opt-in, once per kernel and device; returns the blocks an SM holds.
-template <typename T, typename MT, typename S, int BITS, int BM>
-int configure() {
-  static thread_local int configured_device = -1, resident = 0;
-  const int d = c10::cuda::current_device();
-  if (configured_device != d) {
-    constexpr int smem = wg_smem_bytes<BITS, BM, S>();
-    const auto kernel = qgemm_wgmma_kernel<MT, S, BITS, BM, T>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kWgThreads, smem));
-    configured_device = d;
-  }
-  return resident;
-}
-
 }  // namespace
 
 int wgmma_resident_blocks(at::ScalarType x, at::ScalarType scales, int bits, int bm) {
   int resident = 0;
   dispatch_wgmma(x, scales, bits, bm, [&]<typename T, typename MT, typename S, int BITS, int BM>() {
-    resident = configure<T, MT, S, BITS, BM>();
+    static thread_local int configured_device = -1, blocks = 0;
+    const int d = c10::cuda::current_device();
+    if (configured_device != d) {
+      constexpr int smem = wg_smem_bytes<BITS, BM>();
+      const auto kernel = qgemm_wgmma_kernel<MT, S, BITS, BM, T>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWgThreads, smem));
+      configured_device = d;
+    }
+    resident = blocks;
   });
   return resident;
 }
 
-void launch_wgmma_kernel(const TcArgs& a, at::ScalarType x, at::ScalarType scales, int bits, int bm, int blocks) {
+void launch_wgmma_kernel(const TcArgs& a, const CUtensorMap& xmap, const CUtensorMap& wmap, at::ScalarType x,
+                             at::ScalarType scales, int bits, int bm, int blocks) {
+  wgmma_resident_blocks(x, scales, bits, bm);  // the shared-memory opt-in
   dispatch_wgmma(x, scales, bits, bm, [&]<typename T, typename MT, typename S, int BITS, int BM>() {
-    configure<T, MT, S, BITS, BM>();
     qgemm_wgmma_kernel<MT, S, BITS, BM, T>
-        <<<blocks, kWgThreads, wg_smem_bytes<BITS, BM, S>(), cuda::stream()>>>(a);
+        <<<blocks, kWgThreads, wg_smem_bytes<BITS, BM>(), cuda::stream()>>>(a, xmap, wmap);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
