@@ -24,8 +24,10 @@
 // which registers an MMA reads are written while MMAs are in flight (C7513), as dequantizing stage i + 1 under
 // stage i's would be; the four warpgroups an SM overlap one's dequantization with another's MMAs instead.
 //
-// On the H200 (dev/cuda/experiments/README.md, "Hopper GEMM"): 31B gate_up int4 at 128 rows 139 us (the
-// cp.async version with two 128-row blocks an SM: 154; bf16 cuBLAS 120), int8 per channel 152 (188).
+// On the H200 (dev/cuda/experiments/README.md, "Hopper GEMM fed by the copy engine"): 31B gate_up int4 at 128
+// rows 130 us (the cp.async version with two 128-row blocks an SM: 154; bf16 cuBLAS 118), int8 per channel 143
+// (188). What bounds it is the instructions a warp issues per stage (Nsight: tensor pipe 51% busy, 0.9 eligible
+// warps a scheduler), hence the scale index kept without a division.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 
@@ -151,15 +153,24 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   if (tid == 0)
     for (int i = 0; i < min(AHEAD, stages); ++i) issue(i);
 
-  // The lane's scales of a stage, [row0 | row0 + 8][run 0 | 1] (rows and runs clamped as in qgemm_tc_kernel),
-  // loaded a stage before they are used.
+  // The lane's scales of a stage, [row0 | row0 + 8][run 0 | 1], loaded a stage before they are used, stage after
+  // stage. Run c's scale is c / rps (rps = group / 32 runs share one), clamped to the row's last scale (a run past
+  // K multiplies zero x, as in qgemm_tc_kernel); the quotient is kept incrementally, so the loop has no division.
   const int64_t na = min(n0 + row0, a.N - 1), nb = min(n0 + row0 + 8, a.N - 1);
-  const auto load_scales = [&](int i, S (&v)[4]) {
+  const S* sa = scales + na * a.G;
+  const S* sb = scales + nb * a.G;
+  const int rps = a.group / 32;
+  int sq = 2 * kb / rps, sr = 2 * kb % rps;  // the next run to load: its scale and its place in the group
+  const auto load_scales = [&](S(&v)[4]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int run = min(2 * (kb + i) + r, a.runs - 1) * 32 / a.group;
-      v[r] = __ldg(scales + na * a.G + run);
-      v[2 + r] = __ldg(scales + nb * a.G + run);
+      const int c = min(sq, a.G - 1);
+      v[r] = __ldg(sa + c);
+      v[2 + r] = __ldg(sb + c);
+      if (++sr == rps) {
+        sr = 0;
+        ++sq;
+      }
     }
   };
   // The fragment addresses of the lane's rows: chunk c of row r sits at chunk c ^ (r / 4 % 2) (int4, 32-byte
@@ -170,7 +181,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 #pragma unroll
   for (int j = 0; j < BM / 2; ++j) acc[j] = 0.f;
   S next[4];
-  if (stages > 0) load_scales(0, next);
+  if (stages > 0) load_scales(next);
 
   // Stage i: refill the slot of stage i + AHEAD - ST (thread 0), wait for stage i's bytes, dequantize its A
   // fragments into af and issue its four MMAs (committed, not waited for).
@@ -178,7 +189,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     S sc[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) sc[e] = next[e];
-    if (i + 1 < stages) load_scales(i + 1, next);
+    if (i + 1 < stages) load_scales(next);
     if (tid == 0 && i + AHEAD < stages) {
       const int j = i + AHEAD;
       if (j >= ST) mbar_wait(&empty[j % ST], (j / ST - 1) & 1);  // every warp done with stage j - ST
