@@ -15,6 +15,10 @@ its sdist for llama.cpp's own converter (vendor/llama.cpp/convert_hf_to_gguf.py 
    the prompt and greedy decode steps; reports prefill tok/s, decode tok/s (medians over rounds)
    and peak RSS (VmHWM of that process). llama.cpp runs with and without flash attention.
 4. Checks that gemma4 and llama.cpp produce the same greedy tokens in float32.
+5. Before and after each row, measures the machine's memory read bandwidth (a fresh process summing a
+   2 GB float32 tensor on the same threads) and gives each row its decode bound: bandwidth over the bytes
+   one decode step streams (every weight except the per-layer-embedding table, of which it reads one row
+   a token; the tied head's table whole).
 Results: benchmarks/results/vs_llamacpp-<machine>.json and .png.
 """
 from __future__ import annotations
@@ -174,6 +178,44 @@ def _peak_rss_gb() -> float:
     return float("nan")
 
 
+def _streamed_gb(model) -> float:
+    """Bytes one decode step reads from memory: every parameter and buffer once (tied ones once) except the
+    per-layer-embedding table, of which a token reads one row, and the token-embedding table when a head of
+    its own (a quantized one) replaces it in the step (then the step reads one row of it)."""
+    head = getattr(model.lm_head, "weight", None)
+    tied = head is not None and head.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    seen, total = set(), 0
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.data_ptr() in seen or "embed_tokens_per_layer" in name or ("embed_tokens" in name and not tied):
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total / 1e9
+
+
+def gguf_streamed_gb(path: Path) -> float:
+    """The same count for a GGUF file: every tensor but the per-layer token embedding (the tied head reads
+    token_embd whole)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return sum(int(t.n_bytes) for t in reader.tensors if not t.name.startswith("per_layer_token_embd")) / 1e9
+
+
+def read_bandwidth_gbps(threads: int, gb: float = 2.0, repeats: int = 7) -> float:
+    """Memory read bandwidth now, on `threads` threads: the median rate of summing a float32 tensor of `gb`
+    GB, far past the caches (torch's sum streams at the rate of a hand-written AVX-512 read loop here)."""
+    torch.set_num_threads(threads)
+    x = torch.rand(int(gb * 1e9) // 4)
+    x.sum()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        rates.append(x.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
+
+
 def _prompt(vocab: int, n: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return [2] + torch.randint(3, min(vocab, 4096), (n - 1,), generator=g).tolist()  # bos + real pieces
@@ -206,7 +248,7 @@ def child_gemma4(a) -> dict:
         return t1 - t0, time.perf_counter() - t1, out
 
     one_round(ids[:, :16], 3)  # warm-up
-    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load
+    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, _streamed_gb(model)
 
 
 def child_llamacpp(a) -> dict:
@@ -248,17 +290,21 @@ def child_llamacpp(a) -> dict:
         return t1 - t0, time.perf_counter() - t1, out
 
     one_round(ids[:16], 3)
-    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load
+    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, gguf_streamed_gb(Path(a.gguf))
 
 
 def run_child(a) -> int:
     torch.set_num_threads(a.threads)
-    rounds, t_load = (child_gemma4 if a.child == "gemma4" else child_llamacpp)(a)
+    if a.child == "bandwidth":
+        print(json.dumps({"read_gbps": read_bandwidth_gbps(a.threads)}))
+        return 0
+    rounds, t_load, streamed = (child_gemma4 if a.child == "gemma4" else child_llamacpp)(a)
     pre = statistics.median(r[0] for r in rounds)
     dec = statistics.median(r[1] for r in rounds)
     print(json.dumps({"prefill_tok_s": a.prompt_len / pre, "decode_tok_s": (a.new_tokens - 1) / dec,
                       "prefill_s_all": [r[0] for r in rounds], "decode_s_all": [r[1] for r in rounds],
-                      "tokens": rounds[0][2], "peak_rss_gb": _peak_rss_gb(), "load_s": t_load}))
+                      "tokens": rounds[0][2], "peak_rss_gb": _peak_rss_gb(), "load_s": t_load,
+                      "streamed_gb": streamed}))
     return 0
 
 
@@ -287,6 +333,10 @@ def plot(rows):
                     color=["tab:blue" if r["runtime"].startswith("gemma4") else "tab:gray" for r in rows])
             ax.set_yticks(range(len(rows)), labels, fontsize=8)
             ax.set_title(title)
+            if key == "decode_tok_s":  # the bandwidth bound of each row at the moment it ran
+                ax.scatter([r["decode_bound_tok_s"] for r in rows], range(len(rows)), marker="|", s=200,
+                           color="black", label="read bandwidth / bytes a token")
+                ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         return fig
     return draw
@@ -306,7 +356,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="keep the checkpoint and GGUF files here")
     ap.add_argument("--save", action="store_true", default=True)
     # child-process arguments
-    ap.add_argument("--child", choices=["gemma4", "llamacpp"])
+    ap.add_argument("--child", choices=["gemma4", "llamacpp", "bandwidth"])
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--model-dir", type=Path)
     ap.add_argument("--gguf")
@@ -340,19 +390,29 @@ def main(argv=None) -> int:
         runs = [("gemma4", {})] + ([("gemma4 qhead", {"quantize_head": 1})] if dtype in QUANT else []) \
             + [("llama.cpp", {"gguf": gguf, "flash_attn": 0}), ("llama.cpp fa", {"gguf": gguf, "flash_attn": 1})]
         for name, extra in runs:
+            before = spawn(args, "bandwidth", dtype, model_dir)["read_gbps"]
             r = spawn(args, "gemma4" if name.startswith("gemma4") else "llamacpp", dtype, model_dir, **extra)
-            r.update(runtime=name, dtype=dtype, load_avg_1min=os.getloadavg()[0])
+            after = spawn(args, "bandwidth", dtype, model_dir)["read_gbps"]
+            bandwidth = (before + after) / 2  # the VM's bandwidth moves between minutes: sampled on both sides
+            bound = bandwidth / r["streamed_gb"]
+            r.update(runtime=name, dtype=dtype, load_avg_1min=os.getloadavg()[0], read_gbps=bandwidth,
+                     read_gbps_before_after=[before, after], decode_bound_tok_s=bound,
+                     decode_of_bound=r["decode_tok_s"] / bound)
             tokens[(name, dtype)] = r["tokens"]
             rows.append(r)
             print(f"{name:12s} {dtype:9s} prefill {r['prefill_tok_s']:7.2f} tok/s  decode {r['decode_tok_s']:6.2f} "
-                  f"tok/s  peak RSS {r['peak_rss_gb']:.2f} GB  (load avg {r['load_avg_1min']:.1f})", flush=True)
+                  f"tok/s ({r['streamed_gb']:.2f} GB a token; bound {bound:.2f} at {bandwidth:.1f} GB/s: "
+                  f"{100 * r['decode_of_bound']:.0f}%)  peak RSS {r['peak_rss_gb']:.2f} GB  "
+                  f"(load avg {r['load_avg_1min']:.1f})", flush=True)
     same = None
     if ("gemma4", "float32") in tokens:
         a, b = tokens[("gemma4", "float32")], tokens[("llama.cpp", "float32")]
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
         print(f"float32 greedy tokens: gemma4 and llama.cpp agree on the first {same} of {len(a)}")
-    print_table(["runtime", "dtype", "prefill tok/s", "decode tok/s", "peak RSS GB"],
+    print_table(["runtime", "dtype", "prefill tok/s", "decode tok/s", "GB a token", "read GB/s", "decode bound",
+                 "peak RSS GB"],
                 [[r["runtime"], r["dtype"], f"{r['prefill_tok_s']:.2f}", f"{r['decode_tok_s']:.2f}",
+                  f"{r['streamed_gb']:.2f}", f"{r['read_gbps']:.1f}", f"{r['decode_bound_tok_s']:.2f}",
                   f"{r['peak_rss_gb']:.2f}"] for r in rows])
     extra = {"preset": args.preset, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
              "rounds": args.rounds, "fp32_greedy_tokens_agree": same}
