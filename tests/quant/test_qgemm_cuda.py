@@ -6,6 +6,8 @@ matmul in the activation dtype on the GPU (the error rule: at most 2x its error,
 largest output), and against the CPU kernel. Every format, activation dtype and scale dtype; K = 704 and
 2112 (odd numbers of 64-weight chunks, an odd run count's tail) and 1536; N not a multiple of 32 (tail
 rows) and large (few K slices per block). Skipped without a GPU or a CUDA build."""
+import itertools
+
 import pytest
 import torch
 
@@ -95,8 +97,10 @@ def test_qgemm_cuda_split_over_k(dtype, path):
         pytest.skip("the Hopper GEMM needs an sm_90 GPU and a build with sm_90a code")
     qops.qgemm_cuda_path(path)
     try:
-        for n, k, m in [(200, 21504, 48), (300, 8192, 130), (40000, 1024, 40)]:
-            qweight, scales = random_qweight(n, k, 4, 32, dtype)
+        # 44000 rows: 172 (Hopper) or 344 tiles, the last 40 / 80 split in 3 parts of K = 1024's 16 stages, so
+        # with group 128 (4 runs a scale) the second part starts at run 10, inside a group
+        for (n, k, m), group in itertools.product([(200, 21504, 48), (300, 8192, 130), (44000, 1024, 40)], (32, 128)):
+            qweight, scales = random_qweight(n, k, 4, group, dtype)
             x, bias = torch.randn(m, k).to(dtype), torch.randn(n).to(dtype)
             _check(qweight, scales, x, bias)
             q, s, xc = qweight.cuda(), scales.cuda(), x.cuda()
