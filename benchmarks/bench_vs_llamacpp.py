@@ -290,7 +290,7 @@ def child_llamacpp(a) -> dict:
         return t1 - t0, time.perf_counter() - t1, out
 
     one_round(ids[:16], 3)
-    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, gguf_streamed_gb(Path(a.gguf))
+    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, None  # the driver reads the file
 
 
 def run_child(a) -> int:
@@ -393,6 +393,8 @@ def main(argv=None) -> int:
             before = spawn(args, "bandwidth", dtype, model_dir)["read_gbps"]
             r = spawn(args, "gemma4" if name.startswith("gemma4") else "llamacpp", dtype, model_dir, **extra)
             after = spawn(args, "bandwidth", dtype, model_dir)["read_gbps"]
+            if r["streamed_gb"] is None:  # read here: parsing the GGUF's vocabulary would add to the child's RSS
+                r["streamed_gb"] = gguf_streamed_gb(Path(extra["gguf"]))
             bandwidth = (before + after) / 2  # the VM's bandwidth moves between minutes: sampled on both sides
             bound = bandwidth / r["streamed_gb"]
             r.update(runtime=name, dtype=dtype, load_avg_1min=os.getloadavg()[0], read_gbps=bandwidth,
