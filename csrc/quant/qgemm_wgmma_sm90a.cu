@@ -116,7 +116,7 @@ constexpr int wg_smem_bytes() {
 template <typename MT, typename S, int BITS, int BM, typename T>
 __global__ void __launch_bounds__(kWgThreads, 1)
     qgemm_wgmma_kernel(const __grid_constant__ TcArgs a, const __grid_constant__ CUtensorMap xmap,
-                           const __grid_constant__ CUtensorMap wmap) {
+                       const __grid_constant__ CUtensorMap wmap) {
   constexpr int WROW = 64 * BITS / 8;  // bytes of a weight row a stage: 32 (int4) or 64
   constexpr int XB = BM * 128, WB = kWgBN * WROW;
   constexpr int ST = wg_stages<BITS, BM>(), AHEAD = ST - 2;
@@ -124,8 +124,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(smem_raw);
   uint64_t* empty = full + ST;
   uint8_t* xs = smem_raw + kWgBarrierBytes;
-  xs += (1024 - smem_addr(xs) % 1024) % 1024;  // [ST][BM][128 bytes]
-  uint8_t* ws = xs + ST * XB;                      // [ST][BN][WROW], swizzled
+  xs += (1024 - smem_addr(xs) % 1024) % 1024;  // [ST][BM][128 bytes], 128-byte swizzle
+  uint8_t* ws = xs + ST * XB;                   // [ST][BN][WROW], 32- or 64-byte swizzle
   const uint32_t xs_addr = smem_addr(xs);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int row0 = warp * 16 + g;  // weight rows row0 and row0 + 8 of the block: warpgroup warp / 4
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     release(i);
   }
-  fence_registers(acc);
+  fence_registers(acc);  // the accumulators are read only after the last wait
 
   // Epilogue: acc[4j + e] of lane (g, t) is weight row row0 + 8 (e / 2), x row 8j + 2t + e % 2. A split tile's
   // part goes to its [BM, BN] slot of the workspace (qgemm_tc_fixup_kernel adds the parts and the bias).
@@ -283,29 +283,35 @@ void dispatch_wgmma(at::ScalarType xt, at::ScalarType st, int bits, int bm, F&& 
   });
 }
 
+// The shared-memory opt-in, once per kernel and device; returns the blocks an SM holds.
+template <typename T, typename MT, typename S, int BITS, int BM>
+int configure() {
+  static thread_local int configured_device = -1, resident = 0;
+  const int d = c10::cuda::current_device();
+  if (configured_device != d) {
+    constexpr int smem = wg_smem_bytes<BITS, BM>();
+    const auto kernel = qgemm_wgmma_kernel<MT, S, BITS, BM, T>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kWgThreads, smem));
+    configured_device = d;
+  }
+  return resident;
+}
+
 }  // namespace
 
 int wgmma_resident_blocks(at::ScalarType x, at::ScalarType scales, int bits, int bm) {
   int resident = 0;
   dispatch_wgmma(x, scales, bits, bm, [&]<typename T, typename MT, typename S, int BITS, int BM>() {
-    static thread_local int configured_device = -1, blocks = 0;
-    const int d = c10::cuda::current_device();
-    if (configured_device != d) {
-      constexpr int smem = wg_smem_bytes<BITS, BM>();
-      const auto kernel = qgemm_wgmma_kernel<MT, S, BITS, BM, T>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWgThreads, smem));
-      configured_device = d;
-    }
-    resident = blocks;
+    resident = configure<T, MT, S, BITS, BM>();
   });
   return resident;
 }
 
 void launch_wgmma_kernel(const TcArgs& a, const CUtensorMap& xmap, const CUtensorMap& wmap, at::ScalarType x,
-                             at::ScalarType scales, int bits, int bm, int blocks) {
-  wgmma_resident_blocks(x, scales, bits, bm);  // the shared-memory opt-in
+                         at::ScalarType scales, int bits, int bm, int blocks) {
   dispatch_wgmma(x, scales, bits, bm, [&]<typename T, typename MT, typename S, int BITS, int BM>() {
+    configure<T, MT, S, BITS, BM>();
     qgemm_wgmma_kernel<MT, S, BITS, BM, T>
         <<<blocks, kWgThreads, wg_smem_bytes<BITS, BM>(), cuda::stream()>>>(a, xmap, wmap);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
