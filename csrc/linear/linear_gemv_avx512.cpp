@@ -18,8 +18,11 @@ constexpr int kPrefetchTiles = 2;  // tiles of several rows: prefetch the weight
 // One row at a time (M = 1): prefetch this many bytes ahead in the weight stream, into L1. The rows are contiguous,
 // so this runs on into the next rows: one sequential stream per thread. On the 2-core AVX512-BF16 EPYC (2 threads,
 // bf16 weights, dev/perf/gemv_stream_bench.cpp) it streamed 37-47 GB/s against 31-37 for 4 interleaved rows
-// prefetched two tiles ahead.
-constexpr int64_t kStreamAhead = 2048;
+// prefetched two tiles ahead. 8 KB rather than 2: this VM's bandwidth moves between ~45 and ~77 GB/s (a 2 GB sum),
+// and in its fast minutes a 2 KB distance kept E2B's bf16 shapes at 72-75% of it (55 GB/s) against 79-85% at
+// 8 KB (59-65 GB/s), the whole bf16 decode step 92-93 -> 81-84 ms a token; in slow minutes both stream at
+// 94-99% (docs/performance.md). fp32 weights: 93-105% either way.
+constexpr int64_t kStreamAhead = 8192;
 
 // 16 weights (or the first `m`-masked ones) as fp32
 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
