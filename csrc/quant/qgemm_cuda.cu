@@ -16,7 +16,8 @@
 //    For int4 at the row counts of ring_gemv_wins, the GEMV streams the weights through per-warp shared-memory
 //    rings (cp.async) instead, with its own x order (qgemv_ring.cuh); same split, same fixed-order sums. On large
 //    weights up to 16 rows (bulk_gemv_wins), the copy engine (TMA) fills a block's shared-memory stages and
-//    consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order.
+//    consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order. Each GEMV is launched to overlap its
+//    x prep kernel (cuda_pdl.cuh: on the H200 0.6-0.8 us of E2B gate_up's 8.8 and 13.9 us, int4 and int8).
 //  * kGemvMaxRows < M up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight into
 //    shared memory and dequantizes it in registers (qgemm_tc.cuh), so the weight crosses HBM once in its
 //    packed size instead of being written and read again at 16 bits.
@@ -38,6 +39,7 @@
 #include <unordered_map>
 
 #include "common/cuda_launch.cuh"
+#include "common/cuda_pdl.cuh"
 #include "common/cuda_vec.cuh"
 #include "quant/qgemm_cuda.cuh"
 #include "quant/qgemm_cuda_dispatch.h"
@@ -156,6 +158,7 @@ template <typename T, typename MT, int BITS, int LB>
 __global__ void qgemv_prep_kernel(const T* __restrict__ x, uint4* __restrict__ xp, int M, int64_t K, int runs,
                                   int spans, int NT) {
   constexpr int R = 4 * LB / (BITS == 4 ? 16 : 32), XR = 8 / R;
+  cuda::pdl_launch_dependents();  // the GEMV after it may start (cuda_pdl.cuh)
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= int64_t(spans) * NT * R * 32) return;
   const int lane = i % 32, p = (i / 32) % R, nt = (i / (32 * R)) % NT;
@@ -211,6 +214,7 @@ __device__ __forceinline__ float2 run_scales(const S* srow, int q, const GemvArg
 
 template <typename MT, typename S, int BITS, int NT, int LB, typename T, bool PF>
 __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a) {
+  cuda::pdl_wait();  // x in fragment order is the prep kernel's output (launch_split_gemv)
   constexpr int RT = kRowTiles, U = kUnroll(LB, NT), NW = LB / 4;
   static_assert(LB >= 8, "int4 with 4-byte lanes: qgemv_shuffle_kernel");
   constexpr int R = 4 * LB / (BITS == 4 ? 16 : 32);  // runs per span
@@ -369,6 +373,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_kernel(const GemvArgs a)
 // columns x rows). One block per row group (GemvArgs.parts = 1), spans_per_warp even.
 template <typename MT, typename S, int NT, typename T>
 __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_shuffle_kernel(const GemvArgs a) {
+  cuda::pdl_wait();  // as qgemv_kernel
   constexpr int RT = kRowTiles, U = 2;  // chunks loaded ahead: 2 x 4 independent 8-byte loads per lane
   extern __shared__ float red[];        // [warps][2 NT 4][32]: store_fragment_sums
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -459,6 +464,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32) qgemv_shuffle_kernel(const Gem
 template <typename T>
 __global__ void qgemv_sum_parts_kernel(const float* __restrict__ partial, const T* __restrict__ bias,
                                        T* __restrict__ y, int parts, int64_t MN, int N) {
+  cuda::pdl_wait();  // the GEMV's partial sums
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= MN) return;
   float s = partial[i];
@@ -557,13 +563,12 @@ void launch_split_gemv(Kernel kernel, Args& a, int parts, int row_groups, int th
     partial = at::empty({parts, a.M, a.N}, options.dtype(at::kFloat));
     a.partial = partial.mutable_data_ptr<float>();
   }
-  kernel<<<dim3(row_groups, parts), threads, smem, cuda::stream()>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (parts > 1) {
-    qgemv_sum_parts_kernel<T><<<cuda::ceil_div<int64_t>(MN, 256), 256, 0, cuda::stream()>>>(
-        a.partial, static_cast<const T*>(a.bias), static_cast<T*>(a.y), parts, MN, a.N);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  // Both overlap the launch before them (cuda_pdl.cuh): the GEMV its x prep kernel, the sum the GEMV.
+  cuda::launch_dependent(kernel, dim3(row_groups, parts), dim3(threads), smem, a);
+  if (parts > 1)
+    cuda::launch_dependent(qgemv_sum_parts_kernel<T>, dim3(cuda::ceil_div<int64_t>(MN, 256)), dim3(256), 0,
+                           static_cast<const float*>(a.partial), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
+                           parts, MN, a.N);
 }
 
 // The earlier GEMV's split, for qgemv_shuffle_kernel (int4, M > 4): one block per row group, its warps
@@ -776,7 +781,9 @@ bool bulk_gemv_fits(int bits, const at::Tensor& scales, int64_t K) {
   const int64_t stage_runs = bits == 4 ? bulk_runs<4, RG>() : bulk_runs<8, RG>();
   return at::cuda::getCurrentDeviceProperties()->major >= 9 && cuda::aligned16(scales.const_data_ptr()) &&
          G * ss % 16 == 0 && K * bits / 8 % kBulkBox == 0 &&
-         (runs_per_scale == 1 || runs_per_scale == 2 || runs_per_scale == 4) && stage_runs / runs_per_scale * ss % 16 == 0;
+         (runs_per_scale == 1 || runs_per_scale == 2 || runs_per_scale == 4) && stage_runs / runs_per_scale * ss % 16 == 0 &&
+         scales.size(0) * K < (int64_t(1) << 36);  // units x blocks below 2^32 (bulk_first_unit): N K / 2^14 x < 2^10
+
 }
 
 // Row groups a block of the copy-engine GEMV owns (qgemv_bulk.cuh): two at one column tile (1-8 rows of x), where
@@ -788,21 +795,28 @@ int bulk_row_groups(int NT, int bits, const at::Tensor& scales, int64_t K) {
   return NT == 1 && bulk_gemv_fits<2>(bits, scales, K) ? 2 : 1;
 }
 
-// Parts (K slices) per row group for the copy-engine GEMV: the fewest that finish first by a wave model, each
-// wave costing its stages plus kFillStages for the pipeline to fill; the workspace of several parts is kept
-// well below the weights' bytes.
-int plan_bulk_parts(int row_groups, int stages, int blocks_per_sm, int64_t MN, int64_t weight_bytes) {
-  constexpr int kFillStages = 2;
+// Blocks of the copy-engine GEMV (qgemv_bulk.cuh), each an equal range of the row groups' stages. At two or more
+// column tiles (9-32 rows of x), one block per slot on the GPU (`slots`: all resident at once) so that every SM
+// gets the same work. At one column tile the blocks are whole row groups, or `parts` equal K slices of each (the
+// fewest that finish first by a wave model, each wave costing its stages plus kFillStages for the pipeline to fill),
+// where the even split measured slower. On the H200, int4 g32, us, the even split against this one in the same call
+// (dev/device_runs/2026-12-04e-h200-bulk-streamk.log): 31B gate_up M = 12 / 16 74.4 / 76.0 -> 68.6 / 70.5 and 31B
+// down 39.1 / 39.4 -> 35.1 / 35.8 (1344 and 336 row groups: some SMs had 11 blocks of 2 resident against 10, or 3
+// against 2), but at M = 1 / 8 31B gate_up 47.2 / 49.8 -> 47.0 / 52.3 and 31B down 28.6 / 29.6 -> 29.7 / 30.4 (its
+// row groups' sums then go through the workspace and the fixup kernel).
+int plan_bulk_blocks(int NT, int64_t row_groups, int stages, int blocks_per_sm, int64_t MN, int64_t weight_bytes) {
   const int64_t slots = int64_t(blocks_per_sm) * cuda::sm_count();
+  if (NT >= 2) return static_cast<int>(std::min(slots, row_groups * stages));
+  constexpr int kFillStages = 2;
   int best = 1;
   int64_t best_cost = INT64_MAX;
   for (int p = 1; p <= kMaxParts && p <= stages; ++p) {
     if (p > 1 && 8 * p * MN * int64_t(sizeof(float)) > weight_bytes) break;
-    const int64_t waves = cuda::ceil_div<int64_t>(int64_t(row_groups) * p, slots);
+    const int64_t waves = cuda::ceil_div<int64_t>(row_groups * p, slots);
     const int64_t cost = waves * (cuda::ceil_div(stages, p) + kFillStages);
     if (cost < best_cost) std::tie(best, best_cost) = std::tie(p, cost);
   }
-  return best;
+  return static_cast<int>(row_groups * best);
 }
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
@@ -864,7 +878,6 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
   a.scale_shift = a.runs_per_scale == 4 ? 2 : a.runs_per_scale - 1;
   const int NT = M <= 8 ? 1 : M <= 16 ? 2 : 4;  // 8-column MMA tiles
   const int RG = bulk_row_groups(NT, bits, scales, K);
-  const int64_t weight_bytes = qweight.nbytes() + scales.nbytes();
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_bits(bits, [&]<int BITS>() {
       const at::Tensor xp = ring_x_fragments<T, MT, BITS>(x2, a.runs, NT);
@@ -876,15 +889,23 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
           const auto stype = sizeof(S) == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16 : CU_TENSOR_MAP_DATA_TYPE_UINT32;
           a.smap = tile_map_2d(a.scales, stype, sizeof(S), N, a.G, ROWS, SR / a.runs_per_scale, CU_TENSOR_MAP_SWIZZLE_NONE);
           const auto kernel = qgemv_bulk_kernel<MT, S, BITS, NTc, RGc, T>;
-          constexpr int smem = bulk_smem<BITS, S>(), threads = (kBulkConsumers + 1) * 32;
-          const int stages = cuda::ceil_div(a.runs, SR);
-          const int row_groups = static_cast<int>(cuda::ceil_div<int64_t>(N, ROWS));
-          const int parts = plan_bulk_parts(row_groups, stages, blocks_per_sm(reinterpret_cast<const void*>(kernel),
-                                                                              threads, smem),
-                                            M * N, weight_bytes);
-          a.runs_per_part = cuda::ceil_div(stages, parts) * SR;
-          launch_split_gemv<T>(kernel, a, cuda::ceil_div(a.runs, a.runs_per_part), row_groups, threads, smem,
-                               x2.options());
+          constexpr int smem = bulk_smem<BITS, S, NTc, RGc>(), threads = (kBulkConsumers + 1) * 32;
+          a.stages = static_cast<uint32_t>(cuda::ceil_div(a.runs, SR));
+          a.units = static_cast<uint32_t>(cuda::ceil_div<int64_t>(N, ROWS) * a.stages);
+          const int blocks = plan_bulk_blocks(NTc, a.units / a.stages, static_cast<int>(a.stages),
+                                              blocks_per_sm(reinterpret_cast<const void*>(kernel), threads, smem),
+                                              M * N, qweight.nbytes() + scales.nbytes());
+          bool split = false;  // whether a row group is shared by blocks: then the fixup kernel adds their sums
+          for (int b = 1; b < blocks && !split; ++b) split = bulk_first_unit(b, a.units, blocks) % a.stages != 0u;
+          at::Tensor partial;  // [blocks, 2, M, ROWS]
+          if (split) {
+            partial = at::empty({blocks, 2, M, ROWS}, x2.options().dtype(at::kFloat));
+            a.partial = partial.mutable_data_ptr<float>();
+          }
+          cuda::launch_dependent(kernel, dim3(blocks), dim3(threads), smem, a);
+          if (split)
+            cuda::launch_dependent(qgemv_bulk_fixup_kernel<T>, dim3(cuda::ceil_div<int64_t>(M * N, 256)), dim3(256), 0,
+                                   a, ROWS, blocks);
         };
         dispatch_column_tiles(NT, [&]<int NTc>() {
           if constexpr (NTc == 1) {

@@ -146,17 +146,18 @@ __device__ __forceinline__ uint32_t scaled_pair(uint32_t q, SC s) {
   }
 }
 
-// The B fragments (b[h][0..1] for the run's steps h = 0, 1) of lane (g, t) from the weight row's run in shared
-// memory, scaled. `run` points at the run's first 16 bytes and `run_hi` at its second 16 (int8 only: an int4
-// run is 16 bytes), which a swizzled tile may keep apart.
+// The words of a weight row's run that lane t's fragments come from: of each 16 bytes (an int4 run; an int8 run's
+// two halves), the word at byte 4 (t >> 1) and the word 8 bytes on.
+template <int BITS>
+struct RunWords {
+  uint32_t w[BITS == 4 ? 2 : 4];
+};
+// The B fragments (b[h][0..1] for the run's steps h = 0, 1) of lane (g, t) from those words, scaled.
 template <typename MT, int BITS, typename SC>
-__device__ __forceinline__ void run_fragments(const uint8_t* run, const uint8_t* run_hi, int t, SC s,
-                                              uint32_t (&b)[2][2]) {
+__device__ __forceinline__ void words_fragments(const RunWords<BITS>& v, int t, SC s, uint32_t (&b)[2][2]) {
   if constexpr (BITS == 4) {
-    const uint32_t lo = *reinterpret_cast<const uint32_t*>(run + 4 * (t >> 1));      // bytes 2t, 2t+1 in it
-    const uint32_t hi = *reinterpret_cast<const uint32_t*>(run + 8 + 4 * (t >> 1));  // bytes 2t+8, 2t+9
-    const uint32_t v = __byte_perm(lo, hi, (t & 1) ? 0x7632 : 0x5410);  // bytes 2t, 2t+1, 2t+8, 2t+9
-    const uint32_t p01 = __byte_perm(v, 0, 0x4140), p23 = __byte_perm(v, 0, 0x4342);  // at bits 0 and 16
+    const uint32_t u = __byte_perm(v.w[0], v.w[1], (t & 1) ? 0x7632 : 0x5410);  // bytes 2t, 2t+1, 2t+8, 2t+9
+    const uint32_t p01 = __byte_perm(u, 0, 0x4140), p23 = __byte_perm(u, 0, 0x4342);  // at bits 0 and 16
     b[0][0] = scaled_pair<MT>(int4_pair<MT>(p01, 0), s);  // weights 2t, 2t+1 (low nibbles)
     b[0][1] = scaled_pair<MT>(int4_pair<MT>(p23, 0), s);  // 2t+8, 2t+9
     b[1][0] = scaled_pair<MT>(int4_pair<MT>(p01, 4), s);  // 16 + ... (high nibbles)
@@ -164,13 +165,24 @@ __device__ __forceinline__ void run_fragments(const uint8_t* run, const uint8_t*
   } else {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const uint8_t* half = h ? run_hi : run;
-      const uint32_t w0 = *reinterpret_cast<const uint32_t*>(half + 4 * (t >> 1));      // 16h + 2t
-      const uint32_t w1 = *reinterpret_cast<const uint32_t*>(half + 8 + 4 * (t >> 1));  // 16h + 2t + 8
-      b[h][0] = scaled_pair<MT>(int8_pair<MT>(w0, t & 1), s);
-      b[h][1] = scaled_pair<MT>(int8_pair<MT>(w1, t & 1), s);
+      b[h][0] = scaled_pair<MT>(int8_pair<MT>(v.w[2 * h], t & 1), s);      // 16h + 2t
+      b[h][1] = scaled_pair<MT>(int8_pair<MT>(v.w[2 * h + 1], t & 1), s);  // 16h + 2t + 8
     }
   }
+}
+// The same from the run in shared memory: `run` points at the run's first 16 bytes and `run_hi` at its second
+// 16 (int8 only: an int4 run is 16 bytes), which a swizzled tile may keep apart.
+template <typename MT, int BITS, typename SC>
+__device__ __forceinline__ void run_fragments(const uint8_t* run, const uint8_t* run_hi, int t, SC s,
+                                              uint32_t (&b)[2][2]) {
+  RunWords<BITS> v;
+#pragma unroll
+  for (int h = 0; h < (BITS == 4 ? 1 : 2); ++h) {
+    const uint8_t* half = h ? run_hi : run;
+    v.w[2 * h] = *reinterpret_cast<const uint32_t*>(half + 4 * (t >> 1));
+    v.w[2 * h + 1] = *reinterpret_cast<const uint32_t*>(half + 8 + 4 * (t >> 1));
+  }
+  words_fragments<MT, BITS>(v, t, s, b);
 }
 // The same for a run whose 32 bytes (int8) are contiguous.
 template <typename MT, int BITS, typename SC>

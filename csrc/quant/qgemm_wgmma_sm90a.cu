@@ -155,27 +155,41 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 
   // The lane's scales of a stage, [row0 | row0 + 8][run 0 | 1], loaded a stage before they are used, stage after
   // stage. Run c's scale is c / rps (rps = group / 32 runs share one), clamped to the row's last scale (a run past
-  // K multiplies zero x, as in qgemm_tc_kernel); the quotient is kept incrementally, so the loop has no division.
+  // K multiplies zero x, as in qgemm_tc_kernel). The two rows' pointers move on as the runs cross groups, so the
+  // loop has no division and no 64-bit address product (31 -> ~20 instructions a stage, SASS).
   const int64_t na = min(n0 + row0, a.N - 1), nb = min(n0 + row0 + 8, a.N - 1);
-  const S* sa = scales + na * a.G;
-  const S* sb = scales + nb * a.G;
   const int rps = a.group / 32;
   int sq = 2 * kb / rps, sr = 2 * kb % rps;  // the next run to load: its scale and its place in the group
+  const S* pa = scales + na * a.G + min(sq, a.G - 1);
+  const S* pb = scales + nb * a.G + min(sq, a.G - 1);
   const auto load_scales = [&](S(&v)[4]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int c = min(sq, a.G - 1);
-      v[r] = __ldg(sa + c);
-      v[2 + r] = __ldg(sb + c);
+      v[r] = __ldg(pa);
+      v[2 + r] = __ldg(pb);
       if (++sr == rps) {
         sr = 0;
-        ++sq;
+        if (++sq < a.G) {
+          ++pa;
+          ++pb;
+        }
       }
     }
   };
-  // The fragment addresses of the lane's rows: chunk c of row r sits at chunk c ^ (r / 4 % 2) (int4, 32-byte
-  // swizzle) or c ^ (r / 2 % 4) (int8, 64-byte); rows row0 and row0 + 8 share the term.
+  // The shared addresses of the lane's words of a stage's weight tile (slot 0; a slot is WB bytes on), for runs r
+  // = 0, 1 of row row0 and its 16-byte halves h (int8; an int4 run is one): chunk c of row n sits at chunk
+  // c ^ (n / 4 % 2) (int4, 32-byte swizzle) or c ^ (n / 2 % 4) (int8, 64-byte); row0 + 8 (8 WROW bytes on)
+  // shares the term. Kept as 32-bit lane constants, and the barriers' addresses likewise: computed from the
+  // pointers each stage they cost ~40 instructions of the loop's ~180 (SASS).
+  constexpr int HALVES = BITS == 4 ? 1 : 2;
   const int swz = BITS == 4 ? (row0 >> 2) & 1 : (row0 >> 1) & 3;
+  uint32_t woff[2][HALVES];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int h = 0; h < HALVES; ++h)
+      woff[r][h] = smem_addr(ws) + uint32_t(row0 * WROW + 16 * ((HALVES * r + h) ^ swz) + 4 * (t >> 1));
+  const uint32_t full0 = smem_addr(full), empty0 = smem_addr(empty);  // slot s's barriers: 8 s bytes on
 
   float acc[BM / 2];
 #pragma unroll
@@ -183,9 +197,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   S next[4];
   if (stages > 0) load_scales(next);
 
-  // Stage i: refill the slot of stage i + AHEAD - ST (thread 0), wait for stage i's bytes, dequantize its A
-  // fragments into af and issue its four MMAs (committed, not waited for).
-  const auto mma_stage = [&](int i, uint32_t(&af)[4][4]) {
+  // Stage i in slot `slot`: refill the slot of stage i + AHEAD - ST (thread 0), wait for stage i's bytes,
+  // dequantize its A fragments into af and issue its four MMAs (committed, not waited for).
+  const auto mma_stage = [&](int i, int slot, uint32_t parity, uint32_t(&af)[4][4]) {
     S sc[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) sc[e] = next[e];
@@ -195,24 +209,23 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       if (j >= ST) mbar_wait(&empty[j % ST], (j / ST - 1) & 1);  // every warp done with stage j - ST
       issue(j);
     }
-    const int slot = i % ST;
-    mbar_wait(&full[slot], (i / ST) & 1);
+    mbar_wait(full0 + 8 * slot, parity);
 
-    const uint8_t* wb = ws + slot * WB;
+    const uint32_t so = uint32_t(slot * WB);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       uint32_t lo[2][2], hi[2][2];  // rows row0, row0 + 8: [step of the run][k slots 2t.. | 2t+8..]
-      const uint8_t* ra = wb + row0 * WROW;
-      const uint8_t* rb = ra + 8 * WROW;
-      if constexpr (BITS == 4) {
-        const int c = 16 * (r ^ swz);
-        run_fragments<MT, BITS>(ra + c, ra + c, t, TcScale<S, MT>::make(sc[r]), lo);
-        run_fragments<MT, BITS>(rb + c, rb + c, t, TcScale<S, MT>::make(sc[2 + r]), hi);
-      } else {
-        const int c0 = 16 * ((2 * r) ^ swz), c1 = 16 * ((2 * r + 1) ^ swz);
-        run_fragments<MT, BITS>(ra + c0, ra + c1, t, TcScale<S, MT>::make(sc[r]), lo);
-        run_fragments<MT, BITS>(rb + c0, rb + c1, t, TcScale<S, MT>::make(sc[2 + r]), hi);
+      RunWords<BITS> va, vb;
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h) {
+        const uint32_t w = woff[r][h] + so;
+        va.w[2 * h] = lds_u32(w);
+        va.w[2 * h + 1] = lds_u32(w + 8);
+        vb.w[2 * h] = lds_u32(w + 8 * WROW);
+        vb.w[2 * h + 1] = lds_u32(w + 8 * WROW + 8);
       }
+      words_fragments<MT, BITS>(va, t, TcScale<S, MT>::make(sc[r]), lo);
+      words_fragments<MT, BITS>(vb, t, TcScale<S, MT>::make(sc[2 + r]), hi);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         af[2 * r + h][0] = lo[h][0];
@@ -227,16 +240,18 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     for (int s = 0; s < 4; ++s) wgmma_step<MT, BM>(acc, af[s], desc + 2 * s);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   };
-  // The warp is done with stage i's slot (its MMAs have completed).
-  const auto release = [&](int i) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[i % ST]);
-  };
+  int slot = 0;
+  uint32_t parity = 0;
   for (int i = 0; i < stages; ++i) {
     uint32_t af[4][4];
-    mma_stage(i, af);
+    mma_stage(i, slot, parity, af);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    release(i);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty0 + 8 * slot);  // the warp is done with the slot: its MMAs have completed
+    if (++slot == ST) {
+      slot = 0;
+      parity ^= 1;
+    }
   }
   fence_registers(acc);  // the accumulators are read only after the last wait
 

@@ -25,6 +25,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/cuda_pdl.cuh"  // pdl_launch_dependents
 #include "quant/qgemm_cuda.cuh"
 #include "quant/qgemm_tc.cuh"  // tc_cp_async16, tc_ldsm_x4
 
@@ -123,6 +124,7 @@ struct RingArgs {
 template <typename T, typename MT, int BITS>
 __global__ void qgemv_ring_prep_kernel(const T* __restrict__ x, uint4* __restrict__ xp, int M, int64_t K, int runs,
                                        int NT) {
+  cuda::pdl_launch_dependents();  // the copy-engine GEMV after it starts its weight copies now (cuda_pdl.cuh)
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= int64_t(runs) * NT * 32) return;
   const int lane = i % 32, nt = (i / 32) % NT;
@@ -154,6 +156,7 @@ __device__ __forceinline__ void ring_cp_async4(void* smem, const void* gmem, int
 // Grid: (row groups of kRingRows weight rows, parts); block: warps, each a K slice of runs_per_warp runs.
 template <typename MT, typename S, int BITS, int NT, typename T>
 __global__ void __launch_bounds__(16 * 32) qgemv_ring_kernel(const RingArgs a) {
+  cuda::pdl_wait();  // x in fragment order is the prep kernel's output (launch_split_gemv)
   constexpr int SR = ring_runs<BITS>(), SW = ring_scale_words<BITS, S>();
   constexpr int STAGE = ring_stage_bytes<BITS, S>(), WBYTES = kRingRows * kRingRowStride;
   constexpr int RB = BITS == 4 ? 16 : 32;  // bytes per run
