@@ -24,10 +24,11 @@
 // which registers an MMA reads are written while MMAs are in flight (C7513), as dequantizing stage i + 1 under
 // stage i's would be; the four warpgroups an SM overlap one's dequantization with another's MMAs instead.
 //
-// On the H200 (dev/cuda/experiments/README.md, "Hopper GEMM fed by the copy engine"): 31B gate_up int4 at 128
-// rows 130 us (the cp.async version with two 128-row blocks an SM: 154; bf16 cuBLAS 118), int8 per channel 143
-// (188). What bounds it is the instructions a warp issues per stage (Nsight: tensor pipe 51% busy, 0.9 eligible
-// warps a scheduler), hence the scale index kept without a division.
+// On the H200 (dev/cuda/experiments/README.md, "Hopper GEMM fed by the copy engine" and "Fewer instructions a
+// stage"): 31B gate_up int4 at 128 rows 121 us (the cp.async version with two 128-row blocks an SM: 154; bf16
+// cuBLAS 119-121), int8 per channel 131 (188). What bounds it is the instructions a warp issues per stage
+// (Nsight: tensor pipe 51% busy, 0.9 eligible warps a scheduler, at 235 instructions a stage), hence the scale
+// index kept without a division and the loop's addresses kept as 32-bit lane constants (163 now).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 
