@@ -782,8 +782,8 @@ bool bulk_gemv_fits(int bits, const at::Tensor& scales, int64_t K) {
   return at::cuda::getCurrentDeviceProperties()->major >= 9 && cuda::aligned16(scales.const_data_ptr()) &&
          G * ss % 16 == 0 && K * bits / 8 % kBulkBox == 0 &&
          (runs_per_scale == 1 || runs_per_scale == 2 || runs_per_scale == 4) && stage_runs / runs_per_scale * ss % 16 == 0 &&
-         scales.size(0) * K < (int64_t(1) << 36);  // units x blocks below 2^32 (bulk_first_unit): N K / 2^14 x < 2^10
-
+         // units x blocks below 2^32 (bulk_first_unit): units are at most N K / 2^14, blocks below 2^10
+         scales.size(0) * K < (int64_t(1) << 36);
 }
 
 // Row groups a block of the copy-engine GEMV owns (qgemv_bulk.cuh): two at one column tile (1-8 rows of x), where

@@ -164,7 +164,7 @@ __device__ __forceinline__ void exchange_int4(uint2 v, int t, uint32_t& run0, ui
 // y[m = nt*8 + 2t + (j & 1), n = n0 + rt*16 + g + (j >= 2 ? 8 : 0)] (RT 16-row tiles). The block's warps
 // (consecutive K slices) are added in warp order through red ([warps][RT NT 4][32] floats of shared memory, free
 // when called), then written to y (+ bias), or, when a.parts > 1, to part blockIdx.y of a.partial (the sum-parts
-// kernel adds the bias). Args: GemvArgs, RingArgs or BulkArgs (M, N, bias, y, parts, partial).
+// kernel adds the bias). Args: GemvArgs or RingArgs (M, N, bias, y, parts, partial).
 template <typename T, int NT, int RT = 2, typename Args>
 __device__ __forceinline__ void store_fragment_sums(const float (&acc)[RT][NT][4], float* red, int n0, const Args& a) {
   constexpr int E = RT * NT * 4;  // accumulators per lane

@@ -140,6 +140,7 @@ __device__ __forceinline__ float scale_bits_to_float(uint32_t v) {
 // The consumer warps' sums of rows n0.. (a segment of a block's units within one row group) added in warp order
 // through red, then written to y (+ bias) when the segment is the whole row group, else to the block's workspace
 // slot; acc back to zero. Every consumer thread calls it (named barrier 1: the producer warp goes on copying).
+// store_fragment_sums (qgemm_cuda.cuh) is the end-of-kernel form of the other GEMVs: a block barrier, one output.
 // acc[rt][nt][j] of lane (g, t) belongs to y[m = nt*8 + 2t + (j & 1), n = n0 + rt*16 + g + (j >= 2 ? 8 : 0)].
 template <typename T, int NT, int RT>
 __device__ __forceinline__ void flush_segment(float (&acc)[RT][NT][4], float* red, int n0, bool whole, int slot,
