@@ -74,8 +74,8 @@ bool tiled_gemm_wins(int64_t M, int64_t N, int64_t K) {
 // On an sm_90 device of a build with sm_90a code (which runs on compute capability 9.0 alone), the Hopper
 // GEMM (qgemm_wgmma_sm90a.cu) instead of the mma.sync one, and up to 256 rows at every weight size: on the H200
 // (dev/cuda/experiments/README.md), int4 g32 at 64 / 128 / 256 rows, against the mma.sync GEMM and dequantize +
-// cuBLAS: 31B gate_up 99 / 121 / 244 us against 140 / 224 / 463 and 432 / 436 / 478; 31B down 53 / 65 / 114
-// against 78 / 125 / 219 and 226 / 230 / 249; E2B gate_up 17 / 22 / 28 against 24 / 39 / 57 and 37 / 39 / 44.
+// cuBLAS: 31B gate_up 92 / 115 / 232 us against 140 / 224 / 463 and 432 / 436 / 478; 31B down 50 / 61 / 107
+// against 78 / 125 / 219 and 226 / 230 / 249; E2B gate_up 16 / 21 / 27 against 24 / 39 / 57 and 37 / 39 / 44.
 // At 1024 rows dequantize + cuBLAS won against the cp.async version of the Hopper GEMM (31B gate_up 926 against
 // 1173), whose 64-256-row times were 8-20% above this one's.
 bool hopper_gemm_wins(int64_t M) {

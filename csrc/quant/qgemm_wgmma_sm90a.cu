@@ -25,10 +25,11 @@
 // stage i's would be; the four warpgroups an SM overlap one's dequantization with another's MMAs instead.
 //
 // On the H200 (dev/cuda/experiments/README.md, "Hopper GEMM fed by the copy engine" and "Fewer instructions a
-// stage"): 31B gate_up int4 at 128 rows 121 us (the cp.async version with two 128-row blocks an SM: 154; bf16
+// stage"): 31B gate_up int4 at 128 rows 115 us (the cp.async version with two 128-row blocks an SM: 154; bf16
 // cuBLAS 119-121), int8 per channel 131 (188). What bounds it is the instructions a warp issues per stage
 // (Nsight: tensor pipe 51% busy, 0.9 eligible warps a scheduler, at 235 instructions a stage), hence the scale
-// index kept without a division and the loop's addresses kept as 32-bit lane constants (163 now).
+// index kept without a division, the loop's addresses kept as 32-bit lane constants and the scales loaded in
+// pairs (~150 now).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 
@@ -163,7 +164,22 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   int sq = 2 * kb / rps, sr = 2 * kb % rps;  // the next run to load: its scale and its place in the group
   const S* pa = scales + na * a.G + min(sq, a.G - 1);
   const S* pb = scales + nb * a.G + min(sq, a.G - 1);
+  // With one scale a run (group 32), an even run count and aligned rows, a stage's two scales of a row are one
+  // load: 2 loads a stage instead of 4, and no group bookkeeping (~150 instructions a stage instead of 163; on the
+  // H200 31B gate_up int4 at 128 rows 120.8 -> 115.4 us, int8 per channel, which takes the other branch, 1-2%
+  // slower: dev/device_runs/2026-12-04e-h200-wgmma-paired-scales.log).
+  using Pair = std::conditional_t<sizeof(S) == 2, uint32_t, uint2>;
+  const bool paired = rps == 1 && a.runs % 2 == 0 && a.G % 2 == 0 &&
+                      reinterpret_cast<uintptr_t>(scales) % sizeof(Pair) == 0;
   const auto load_scales = [&](S(&v)[4]) {
+    if (paired) {
+      const Pair qa = __ldg(reinterpret_cast<const Pair*>(pa)), qb = __ldg(reinterpret_cast<const Pair*>(pb));
+      memcpy(&v[0], &qa, sizeof(Pair));
+      memcpy(&v[2], &qb, sizeof(Pair));
+      pa += 2;
+      pb += 2;
+      return;
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       v[r] = __ldg(pa);
