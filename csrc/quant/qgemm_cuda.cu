@@ -890,9 +890,11 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
           a.smap = tile_map_2d(a.scales, stype, sizeof(S), N, a.G, ROWS, SR / a.runs_per_scale, CU_TENSOR_MAP_SWIZZLE_NONE);
           const auto kernel = qgemv_bulk_kernel<MT, S, BITS, NTc, RGc, T>;
           constexpr int smem = bulk_smem<BITS, S, NTc, RGc>(), threads = (kBulkConsumers + 1) * 32;
-          a.stages = static_cast<uint32_t>(cuda::ceil_div(a.runs, SR));
-          a.units = static_cast<uint32_t>(cuda::ceil_div<int64_t>(N, ROWS) * a.stages);
-          const int blocks = plan_bulk_blocks(NTc, a.units / a.stages, static_cast<int>(a.stages),
+          const int stages = cuda::ceil_div(a.runs, SR);
+          const int64_t row_groups = cuda::ceil_div<int64_t>(N, ROWS);
+          a.stages = static_cast<uint32_t>(stages);
+          a.units = static_cast<uint32_t>(row_groups * stages);
+          const int blocks = plan_bulk_blocks(NTc, row_groups, stages,
                                               blocks_per_sm(reinterpret_cast<const void*>(kernel), threads, smem),
                                               M * N, qweight.nbytes() + scales.nbytes());
           bool split = false;  // whether a row group is shared by blocks: then the fixup kernel adds their sums

@@ -170,24 +170,16 @@ __device__ __forceinline__ void words_fragments(const RunWords<BITS>& v, int t, 
     }
   }
 }
-// The same from the run in shared memory: `run` points at the run's first 16 bytes and `run_hi` at its second
-// 16 (int8 only: an int4 run is 16 bytes), which a swizzled tile may keep apart.
+// The same from the run in shared memory (`run` points at its first byte).
 template <typename MT, int BITS, typename SC>
-__device__ __forceinline__ void run_fragments(const uint8_t* run, const uint8_t* run_hi, int t, SC s,
-                                              uint32_t (&b)[2][2]) {
+__device__ __forceinline__ void run_fragments(const uint8_t* run, int t, SC s, uint32_t (&b)[2][2]) {
   RunWords<BITS> v;
 #pragma unroll
   for (int h = 0; h < (BITS == 4 ? 1 : 2); ++h) {
-    const uint8_t* half = h ? run_hi : run;
-    v.w[2 * h] = *reinterpret_cast<const uint32_t*>(half + 4 * (t >> 1));
-    v.w[2 * h + 1] = *reinterpret_cast<const uint32_t*>(half + 8 + 4 * (t >> 1));
+    v.w[2 * h] = *reinterpret_cast<const uint32_t*>(run + 16 * h + 4 * (t >> 1));
+    v.w[2 * h + 1] = *reinterpret_cast<const uint32_t*>(run + 16 * h + 8 + 4 * (t >> 1));
   }
   words_fragments<MT, BITS>(v, t, s, b);
-}
-// The same for a run whose 32 bytes (int8) are contiguous.
-template <typename MT, int BITS, typename SC>
-__device__ __forceinline__ void run_fragments(const uint8_t* run, int t, SC s, uint32_t (&b)[2][2]) {
-  run_fragments<MT, BITS>(run, run + 16, t, s, b);
 }
 
 template <typename MT, typename S, int BITS, int MTILES, typename T>

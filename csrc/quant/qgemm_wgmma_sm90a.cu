@@ -10,7 +10,7 @@
 //
 // Block: four consumer warpgroups, each 64 weight rows x all BM (64 or 128) x rows of the tile, 64 k a stage
 // (m64nBMk16 x 4); one block an SM. Lane (g, t) of warp q of warpgroup w holds, as the A fragment, weight rows
-// 64w + 16q + g and + 8 at k slots {2t, 2t+1, 2t+8, 2t+9} of each 16-wide step: two of run_fragments' B
+// 64w + 16q + g and + 8 at k slots {2t, 2t+1, 2t+8, 2t+9} of each 16-wide step: two of words_fragments' B
 // fragments (qgemm_tc.cuh: the same exact levels times the scale, rounded once to x's dtype, so the products
 // are plain PyTorch's on dequant(W).to(dtype)). The accumulator D[row = weight row][col = x row] is fp32.
 //

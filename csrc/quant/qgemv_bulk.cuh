@@ -116,13 +116,13 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
 // the copies that wrote it are ordered before it by the mbarrier wait only.
 template <typename S>
 __device__ __forceinline__ uint32_t lds_scale_bits(uint32_t addr) {
-  uint32_t v;
   if constexpr (sizeof(S) == 4) {
-    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+    return lds_u32(addr);
   } else {
+    uint32_t v;
     asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(v) : "r"(addr));
+    return v;
   }
-  return v;
 }
 template <typename S>
 __device__ __forceinline__ float scale_bits_to_float(uint32_t v) {
