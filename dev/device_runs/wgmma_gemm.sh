@@ -6,28 +6,17 @@
 #   VARIANTS="w1:-DGEMMA4_WGMMA_WAIT=1" bash dev/device_runs/wgmma_gemm.sh
 set -o pipefail
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
-PY=$(which python3)
-cfg() {  # dir, extra CUDA flags
-  cmake -S . -B $1 -G Ninja -DPython_EXECUTABLE=$PY -DGEMMA4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DGEMMA4_KERNEL_DIRS=${XDIRS:-quant} -DCMAKE_CUDA_FLAGS="$2" >$OUT/cmake-$(basename $1).log 2>&1
-}
+source dev/device_runs/variant_builds.sh
 start=$(date +%s)
-cfg build/x "" && (ninja -C build/x -j10 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
+cfg . build/x "" && (ninja -C build/x -j10 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
 for v in $VARIANTS; do
   name=${v%%:*}; flags=${v#*:}
-  cfg build/$name "$flags" && (ninja -C build/$name -j6 >$OUT/build-$name.log 2>&1; echo "$name rc=$?") &
+  cfg . build/$name "$flags" && (ninja -C build/$name -j6 >$OUT/build-$name.log 2>&1; echo "$name rc=$?") &
 done
 wait
-echo "builds: $(( $(date +%s) - start )) s"
-grep -h -B2 -A12 " error" $OUT/build-*.log | head -40
+builds_done $start
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
-if [ "${TESTS:-}" != none ]; then
-  start=$(date +%s)
-  GEMMA4_LIB_DIR=$PWD/build/x timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -n 8 \
-    ${TESTS:-tests/quant/test_qgemm_cuda.py} ${TEST_K:+-k "$TEST_K"} >$OUT/tests.log 2>&1
-  echo "tests rc=$? ($(( $(date +%s) - start )) s)"
-  grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -30
-fi
+run_tests
 VM=${VM:-33,64,128,256,1024}
 for b in x ${VARIANTS:+$(for v in $VARIANTS; do echo ${v%%:*}; done)}; do
   for p in ${PATHS:-wgmma}; do

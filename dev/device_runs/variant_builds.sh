@@ -1,0 +1,19 @@
+# Sourced by the device scripts that build the quant kernels more than once and compare them (ab_patch.sh,
+# wgmma_gemm.sh): configure a build, report the parallel builds, run the tests on build/x. Logs to $OUT.
+PY=$(which python3)
+cfg() {  # source dir, build dir, extra CUDA flags
+  cmake -S $1 -B $2 -G Ninja -DPython_EXECUTABLE=$PY -DGEMMA4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DGEMMA4_KERNEL_DIRS=${XDIRS:-quant} -DCMAKE_CUDA_FLAGS="$3" >$OUT/cmake-$(basename $2).log 2>&1
+}
+builds_done() {  # the builds' start time (date +%s): elapsed time and the first errors
+  echo "builds: $(( $(date +%s) - $1 )) s"
+  grep -h -B2 -A12 " error" $OUT/build-*.log | head -40
+}
+run_tests() {  # TESTS (default tests/quant/test_qgemm_cuda.py, "none" to skip), TEST_K, TEST_S on build/x
+  [ "${TESTS:-}" != none ] || return 0
+  local start=$(date +%s)
+  GEMMA4_LIB_DIR=$PWD/build/x timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -n 8 \
+    ${TESTS:-tests/quant/test_qgemm_cuda.py} ${TEST_K:+-k "$TEST_K"} >$OUT/tests.log 2>&1
+  echo "tests rc=$? ($(( $(date +%s) - start )) s)"
+  grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -30
+}
