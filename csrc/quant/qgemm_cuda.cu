@@ -16,8 +16,10 @@
 //    For int4 at the row counts of ring_gemv_wins, the GEMV streams the weights through per-warp shared-memory
 //    rings (cp.async) instead, with its own x order (qgemv_ring.cuh); same split, same fixed-order sums. On large
 //    weights up to 16 rows (bulk_gemv_wins), the copy engine (TMA) fills a block's shared-memory stages and
-//    consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order. Each GEMV is launched to overlap its
-//    x prep kernel (cuda_pdl.cuh: on the H200 0.6-0.8 us of E2B gate_up's 8.8 and 13.9 us, int4 and int8).
+//    consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order. At one row of x (two with int8), x
+//    is quantized to int16 and the CUDA cores' dp2a multiply it (qgemv_x16.cuh): about one instruction a weight
+//    instead of the tensor-core fragments' three. Each GEMV is launched to overlap its x prep kernel
+//    (cuda_pdl.cuh: on the H200 0.6-0.8 us of E2B gate_up's 8.8 and 13.9 us, int4 and int8).
 //  * kGemvMaxRows < M up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight into
 //    shared memory and dequantizes it in registers (qgemm_tc.cuh), so the weight crosses HBM once in its
 //    packed size instead of being written and read again at 16 bits.
@@ -48,6 +50,7 @@
 #include "quant/qgemv_bulk.cuh"
 #include "quant/qgemm_wgmma.h"
 #include "quant/qgemv_ring.cuh"
+#include "quant/qgemv_x16.cuh"
 #include "quant/quant_checks.h"
 
 namespace gemma4::quant {
@@ -106,6 +109,22 @@ bool bulk_gemv_wins(int64_t M, int64_t N, int64_t K) {
   const int forced = cuda_path();
   if (forced == static_cast<int>(CudaPath::bulk)) return true;
   return forced == static_cast<int>(CudaPath::automatic) && M <= 16 && N * K >= (int64_t(1) << 25);
+}
+// Within the GEMV's rows, the int16-activation GEMV (qgemv_x16.cuh) at one row of x, and two with int8 weights,
+// where it beat every other route on the H200 (dev/device_runs/2026-12-04f-h200-x16-ab.log), us: int4 g32 at
+// M = 1 31B gate_up 45.6 -> 37.1-37.7, 31B down 29.1 -> 25.3-25.9, E2B gate_up 8.2 -> 6.9, E2B q / kv / o / down
+// 5.2 / 4.7 / 5.4 / 8.2 -> 4.2 / 3.8 / 4.2 / 7.8; int8 per channel at M = 1 31B gate_up 99.3 -> 68.1, E2B gate_up
+// 13.2 -> 9.5, and at M = 2 100 -> 74 and 13.1 -> 10.7 (E2B down, 1536 rows of K = 6144, lost: 10.7 -> 12.3).
+// int4 at M = 2 lost (31B gate_up 46 -> 52: a dp2a per weight pair and x row, and 127 registers).
+bool x16_gemv_wins(int bits, int64_t M) {
+  const int forced = cuda_path();
+  if (forced == static_cast<int>(CudaPath::x16)) return true;
+  return forced == static_cast<int>(CudaPath::automatic) && (M == 1 || (bits == 8 && M == 2));
+}
+// Its runs need K a multiple of 32 and scales of 32, 64 or 128 weights, or one a row.
+bool x16_gemv_fits(int64_t M, int64_t K, const at::Tensor& scales) {
+  const int64_t G = scales.size(1), group = K / G;
+  return M <= kX16MaxM && K % 32 == 0 && (G == 1 || group == 32 || group == 64 || group == 128);
 }
 // The 8- and 16-byte-lane GEMV (qgemv_kernel) asks L2 for whole 128-byte lines (load_stream's PF) on weights
 // of 2^25 values or more. On the H200, against the kernel without it in the same call
@@ -921,6 +940,39 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
   return y;
 }
 
+at::Tensor qgemv_x16(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
+                     const std::optional<at::Tensor>& bias, int bits) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
+  at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
+  X16Args a{};
+  fill_operands(a, qweight, scales, bias, y, K);
+  a.runs = static_cast<int>(K / 32);
+  a.scale_shift = a.G == 1 ? 31 : a.group == 32 ? 0 : a.group == 64 ? 1 : 2;  // x16_gemv_fits
+  a.row_bytes = K * bits / 8;
+  // One buffer for the prep kernel's output: x16 [M, K] int16, then xscale and xoffset [M, runs] each.
+  const int64_t blocks = M * a.runs;
+  at::Tensor buf = at::empty({blocks * (32 * 2 + 8)}, x2.options().dtype(at::kByte));
+  auto* x16 = reinterpret_cast<int16_t*>(buf.mutable_data_ptr());
+  auto* xscale = reinterpret_cast<float*>(x16 + blocks * 32);
+  auto* xoffset = reinterpret_cast<int*>(xscale + blocks);
+  a.x16 = x16, a.xscale = xscale, a.xoffset = xoffset;
+  dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
+    dispatch_bits(bits, [&]<int BITS>() {
+      qgemv_x16_prep_kernel<T, BITS><<<cuda::ceil_div<int64_t>(blocks, 128), 128, 0, cuda::stream()>>>(
+          x2.const_data_ptr<T>(), x16, xscale, xoffset, blocks);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_scale(scales.scalar_type(), [&]<typename S>() {
+        const auto kernel = M == 1 ? qgemv_x16_kernel<T, S, BITS, 1> : qgemv_x16_kernel<T, S, BITS, 2>;
+        int warps = kX16Warps;  // per block: fewer on small N, so that more SMs stream
+        while (warps > 1 && cuda::ceil_div<int64_t>(N, kX16Rows * warps) < 2 * cuda::sm_count()) warps /= 2;
+        const int64_t grid = cuda::ceil_div<int64_t>(N, kX16Rows * warps);
+        cuda::launch_dependent(kernel, dim3(grid), dim3(warps * 32), 0, a);
+      });
+    });
+  });
+  return y;
+}
+
 // The tiled GEMMs' arguments for y [M, N] (their tiling fields are run_tiled's).
 TcArgs tiled_args(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                   const std::optional<at::Tensor>& bias, at::Tensor& y) {
@@ -1027,7 +1079,9 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   // fp32 x as three bf16 planes through the tensor cores measured 3-4x plain fp32's error on the H200
   // (their fp32 accumulation is not round-to-nearest), outside the 2x rule: fp32 dequantizes and uses cuBLAS.
   if (M <= kGemvMaxRows && x.scalar_type() != at::kFloat) {
-    if (bulk_gemv_wins(M, N, K) && bulk_gemv_fits(bits, scales, K)) {
+    if (x16_gemv_wins(bits, M) && x16_gemv_fits(M, K, scales)) {
+      y = qgemv_x16(x2, qw, scales, bias, bits);  // [M, N]
+    } else if (bulk_gemv_wins(M, N, K) && bulk_gemv_fits(bits, scales, K)) {
       y = qgemv_bulk(x2, qw, scales, bias, bits);  // [M, N]
     } else {
       // The ring's 4-byte scale copies need a 4-byte aligned base; a sliced scales tensor may not have one.

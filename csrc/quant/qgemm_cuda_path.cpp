@@ -1,5 +1,5 @@
 // gemma4::qgemm_cuda_path: reports or forces the CUDA qgemm's route for bf16/fp16 x ("auto" | "tiled" |
-// "dequant" | "wgmma" above the GEMV's 32 rows | "ring" or "bulk" GEMV up to 32 rows; qgemm_cuda.cu). Registered in every build; only
+// "dequant" | "wgmma" above the GEMV's 32 rows | "ring" or "bulk" GEMV up to 32 rows | "x16" GEMV at 1-2 rows; qgemm_cuda.cu). Registered in every build; only
 // CUDA calls read it.
 #include "quant/qgemm_cuda_path.h"
 
@@ -28,12 +28,14 @@ const char* path_name(int p) {
       return "bulk";
     case CudaPath::wgmma:
       return "wgmma";
+    case CudaPath::x16:
+      return "x16";
     default:
       return "auto";
   }
 }
 
-// "" -> report; "auto" | "tiled" | "dequant" | "ring" | "bulk" | "wgmma" -> set. Returns the route in use.
+// "" -> report; "auto" | "tiled" | "dequant" | "ring" | "bulk" | "wgmma" | "x16" -> set. Returns the route in use.
 std::string qgemm_cuda_path(c10::string_view request) {
   const std::string req(request);
   if (req == "auto") {
@@ -48,8 +50,10 @@ std::string qgemm_cuda_path(c10::string_view request) {
     cuda_path() = static_cast<int>(CudaPath::bulk);
   } else if (req == "wgmma") {
     cuda_path() = static_cast<int>(CudaPath::wgmma);
+  } else if (req == "x16") {
+    cuda_path() = static_cast<int>(CudaPath::x16);
   } else {
-    TORCH_CHECK(req.empty(), "gemma4::qgemm_cuda_path: request must be '', 'auto', 'tiled', 'dequant', 'ring', 'bulk' or 'wgmma', got '",
+    TORCH_CHECK(req.empty(), "gemma4::qgemm_cuda_path: request must be '', 'auto', 'tiled', 'dequant', 'ring', 'bulk', 'wgmma' or 'x16', got '",
                 req, "'");
   }
   return path_name(cuda_path());

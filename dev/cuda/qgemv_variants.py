@@ -1,7 +1,8 @@
 """Times the CUDA qgemm (by default the GEMV, M <= 32) of whatever build GEMMA4_LIB_DIR points at, on the
 shapes of benchmarks/gpu/bench_qgemm_gpu.py, with its timer: one line per (shape, format, M) and a JSON file.
 dev/device_runs/qgemv_variants.sh runs it once per build (the working tree, each patch of dev/cuda/experiments/).
-VM (comma-separated M values) and VMETHODS (methods of the benchmark, e.g. bf16_cublas) change what is timed;
+VM (comma-separated M values), VMETHODS (methods of the benchmark, e.g. bf16_cublas) and VSHAPES (extra shapes,
+"name:N:K,...") change what is timed;
 VPATH forces the CUDA qgemm's route above 32 rows (gemma4.ops.quant.qgemm_cuda_path: tiled, dequant).
 
     GEMMA4_LIB_DIR=build/d4 python dev/cuda/qgemv_variants.py d4 $OUT/variant-d4.json
@@ -25,7 +26,11 @@ def main(name: str, out: str):
 
         quant.qgemm_cuda_path(os.environ["VPATH"])
     rows = []
-    for shape, (n, k) in SHAPES.items():
+    shapes = dict(SHAPES)
+    for spec in filter(None, os.environ.get("VSHAPES", "").split(",")):
+        shape, n, k = spec.split(":")
+        shapes[shape] = (int(n), int(k))
+    for shape, (n, k) in shapes.items():
         methods = make_methods(n, k)
         for meth in os.environ.get("VMETHODS", "ours_int4_g32,ours_int8_channel").split(","):
             nbytes, weights, fn = methods[meth]

@@ -130,23 +130,52 @@ def test_qgemm_cuda_route_rule():
 
 
 def test_qgemm_cuda_route_rule_large_weight():
-    """On weights of 2^25 values or more "auto" takes the copy-engine GEMV up to 16 rows (qgemv_bulk.cuh) and
-    equals it forced, bit for bit, and stays within the error rule of plain PyTorch there (fewer checks than
-    _check: the CPU kernel and float64 at this size are slow)."""
+    """On weights of 2^25 values or more "auto" takes the int16-activation GEMV at one row (qgemv_x16.cuh) and the
+    copy-engine GEMV up to 16 rows (qgemv_bulk.cuh), and equals the forced route bit for bit, and stays within the
+    error rule of plain PyTorch there (fewer checks than _check: the CPU kernel and float64 at this size are
+    slow)."""
     n, k = 8192, 4096
     qweight, scales = random_qweight(n, k, 4, 32, torch.bfloat16)
     q, s = qweight.cuda(), scales.cuda()
     w64 = reference.dequantize(qweight, scales, torch.float64).cuda()  # [N, K]
     try:
-        for m in (1, 5, 16):
+        for m in (1, 2, 5, 16):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             auto = ops.qgemm(x, q, s)
-            qops.qgemm_cuda_path("bulk")
+            qops.qgemm_cuda_path("x16" if m == 1 else "bulk")
             assert_same(auto, ops.qgemm(x, q, s))
             qops.qgemm_cuda_path("auto")
             ref64 = x.double() @ w64.t()
             plain = torch.nn.functional.linear(x, w64.to(torch.bfloat16))
             assert_lowp_close(auto.cpu(), ref64.cpu(), plain.cpu())
+    finally:
+        qops.qgemm_cuda_path("auto")
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (4, 128), (8, None), (8, 32)], ids=str)
+def test_qgemm_cuda_x16_rows_and_outliers(bits, group):
+    """The int16-activation GEMV: x blocks of 32 with one value 1000x the others (the rest rounded to int16 steps
+    of the outlier's size) within the error rule; each row of a 2-row call equal to that row alone, bit for bit;
+    a NaN or an inf in a row makes that row's outputs NaN (as the CPU kernel) and leaves the other row alone."""
+    n, k = 300, 1664  # 52 runs: a lane's second span of 32 runs part-filled
+    qweight, scales = random_qweight(n, k, bits, group, torch.bfloat16)
+    q, s = qweight.cuda(), scales.cuda()
+    qops.qgemm_cuda_path("x16")
+    try:
+        x = torch.randn(2, k)
+        x[:, torch.randint(0, 32, (k // 32,)) + torch.arange(0, k, 32)] *= 1000.0
+        x = x.to(torch.bfloat16)
+        _check(qweight, scales, x, torch.randn(n).to(torch.bfloat16))
+        xc = x.cuda()
+        both = ops.qgemm(xc, q, s)
+        for m in range(2):
+            assert_same(both[m:m + 1], ops.qgemm(xc[m:m + 1], q, s))
+        for bad in (float("nan"), float("inf")):
+            xb = xc.clone()
+            xb[0, 100] = bad
+            y = ops.qgemm(xb, q, s)
+            assert y[0].isnan().all()
+            assert_same(y[1], both[1])
     finally:
         qops.qgemm_cuda_path("auto")
 

@@ -53,8 +53,9 @@ def qgemm_cuda_path(request: str = "") -> str:
     tensor-core GEMM on the packed weight up to 64 rows, and up to 128 on large weights -- on an sm_90 GPU its
     ``wgmma`` version up to 256 rows --; above, dequantize to a 16-bit workspace and cuBLAS). ``"tiled"``,
     ``"dequant"`` or ``"wgmma"`` (where built and on sm_90) forces one above 32 rows, ``"ring"`` the ring
-    GEMV and ``"bulk"`` the bulk-copy GEMV (where the scales' layout allows it) at every row count up to 32 (tests
-    reach every path this way). Returns the route in use."""
+    GEMV and ``"bulk"`` the bulk-copy GEMV (where the scales' layout allows it) at every row count up to 32, and
+    ``"x16"`` the int16-activation GEMV where it fits (1-2 rows, K a multiple of 32) (tests reach every path this
+    way). Returns the route in use."""
     return torch.ops.gemma4.qgemm_cuda_path(request)
 
 
