@@ -940,6 +940,7 @@ at::Tensor qgemv_bulk(const at::Tensor& x2, const at::Tensor& qweight, const at:
   return y;
 }
 
+// x16_gemv_fits, bf16/fp16 x: x quantized to int16 by a prep kernel, then the dp2a GEMV (qgemv_x16.cuh).
 at::Tensor qgemv_x16(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                      const std::optional<at::Tensor>& bias, int bits) {
   const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
