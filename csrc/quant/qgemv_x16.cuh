@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "common/cuda_pdl.cuh"
+#include "common/cuda_reduce.cuh"
 #include "quant/qgemm_cuda.cuh"
 
 namespace gemma4::quant_cuda {
@@ -191,9 +192,7 @@ __global__ void __launch_bounds__(kX16Warps * 32) qgemv_x16_kernel(const X16Args
   for (int m = 0; m < MX; ++m)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      float v = acc[m][r];
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+      float v = cuda::warp_sum(acc[m][r]);
       const int n = n0 + r;
       if (lane == r + m * R && n < a.N) {
         if (bias != nullptr) v += static_cast<float>(bias[n]);
