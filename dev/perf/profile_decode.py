@@ -6,7 +6,8 @@ without the profiler (the median over --repeat runs of --steps steps; a run's ti
 
 --path generate (the default) profiles model.generate's greedy steps (under torch.no_grad, with its logits
 copy, finiteness check, argmax and stop check), one step being the time between two tokens reaching the
-streamer. --path loop is a bare loop of forward calls plus argmax under torch.inference_mode (the figures
+streamer; its decoder layers run from C++ (csrc/decode/) unless --python-layers, except in the op counts per
+layer, which hook the Python layers. --path loop is a bare loop of forward calls plus argmax under torch.inference_mode (the figures
 before the lean decode step were taken this way).
 
     python dev/perf/profile_decode.py --preset small-e2b --dtype bfloat16 --steps 16 [--quant int4]
@@ -25,6 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import gemma4
+from gemma4.modeling import decode_step
 from gemma4.modeling.random_model import build_random_model
 
 GEMM = ("gemma4::linear", "gemma4::qgemm", "aten::mm", "aten::addmm", "aten::bmm")
@@ -124,7 +126,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--python-layers", action="store_true",
+                    help="generate's decode steps through the Python decoder layers instead of the C++ ones")
     a = ap.parse_args()
+    if a.python_layers:
+        with decode_step.python_decode_layers():
+            return profile_model(a)
+    return profile_model(a)
+
+
+def profile_model(a) -> None:
     torch.set_num_threads(a.threads)
     keep = {"modules_to_not_convert": ["router"]} if a.qhead else {}
     qconfig = gemma4.QuantizationConfig(weights=a.quant, group_size=32, **keep) if a.quant else None

@@ -69,6 +69,10 @@ class Gemma4Cache:
         # per K/V-owning layer: (key, value, key.transpose(1, 2), value.transpose(1, 2)), the [B, S, nKV, hd]
         # views a decode step writes and attention reads, made once per buffer rather than once per step
         self._views: list[tuple | None] = [None] * len(self.specs)
+        # counts (re)allocations of the buffers, so that what holds views of them (generate's C++ decode layers,
+        # `decode_session`, modeling/decode_step.py) knows when to take new ones
+        self.layout_version = 0
+        self.decode_session = None
 
     # ------------------------------------------------------------------ queries (transformers' names)
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -112,6 +116,8 @@ class Gemma4Cache:
         self._pos = torch.zeros(1, dtype=torch.int64, device=device)
         self._write_index = torch.zeros(1, dtype=torch.int64, device=device)
         self._all_real = torch.ones(batch, 1, dtype=torch.bool, device=device)
+        self._ring_slot = {w: torch.zeros(1, dtype=torch.int64, device=device) for w in self.ring_mask}
+        self.layout_version += 1
 
     def _slots(self, spec) -> int:
         return self._slots_for(spec, self.max_cache_len)
@@ -140,6 +146,7 @@ class Gemma4Cache:
         shape = (self.batch_size, spec.num_kv_heads, self._slots(spec), spec.head_dim)
         self.key[i] = torch.zeros(shape, dtype=dtype, device=self.device)
         self.value[i] = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.layout_version += 1
 
     def _grow(self, needed: int) -> None:
         """Reallocate the full-layer buffers to hold `needed` slots (at least doubling)."""
@@ -151,6 +158,7 @@ class Gemma4Cache:
                 self.key[i] = torch.nn.functional.pad(self.key[i], (0, 0, 0, pad))
                 self.value[i] = torch.nn.functional.pad(self.value[i], (0, 0, 0, pad))
         self.max_cache_len = new_len
+        self.layout_version += 1
 
     # ------------------------------------------------------------------ the model's hooks
     def begin(self, num_new: int, attention_mask: torch.Tensor | None, batch_size: int,
@@ -185,8 +193,7 @@ class Gemma4Cache:
             self._write_index.copy_(self._pos)
             self.full_mask.index_copy_(1, self._pos, real)
             for w, mask in self.ring_mask.items():
-                slot = torch.remainder(self._pos, w)
-                self._ring_slot[w] = slot
+                slot = torch.remainder(self._pos, w, out=self._ring_slot[w])  # in place: held by decode layers
                 mask.index_copy_(1, slot, real)
             self._pos.add_(1)
             self.lengths += (1 if new_mask is None else real.sum(1))

@@ -24,7 +24,7 @@ import contextlib
 
 import torch
 
-__all__ = ["NATIVE_BF16_ROWS", "NATIVE_LOWP_GEMM", "own_bf16_kernels",
+__all__ = ["NATIVE_BF16_ROWS", "NATIVE_LOWP_GEMM", "gemma4_kernels_enabled", "own_bf16_kernels",
            "torch_linear_only", "uses_gemma4_kernel"]
 
 NATIVE_BF16_ROWS = 4  # bf16 where torch has a native bf16 GEMM: ours up to this many rows
@@ -52,6 +52,11 @@ def torch_linear_only():
         yield
     finally:
         _enabled = before
+
+
+def gemma4_kernels_enabled() -> bool:
+    """False inside torch_linear_only()."""
+    return _enabled
 
 
 def uses_gemma4_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:

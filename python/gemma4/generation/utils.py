@@ -25,6 +25,7 @@ import torch
 from gemma4.cache import Gemma4Cache
 from gemma4.devices import available_memory
 from gemma4.errors import ArgumentError, ArgumentTypeError, Gemma4Error
+from gemma4.modeling import decode_step
 from gemma4.modeling.inputs import check_token_id, check_token_ids
 
 from .config import GenerationConfig
@@ -393,8 +394,9 @@ def generate(model, inputs: torch.Tensor | None = None, generation_config: Gener
 
     processors = _get_logits_processor(gc, input_len, eos, device, logits_processor)
     criteria = _get_stopping_criteria(gc, eos, tokenizer, stopping_criteria)
-    return _decode(model, input_ids, attention_mask, position_ids, cache, gc, processors, criteria, pad,
-                   eos is not None, streamer, generator)
+    with decode_step.attached(model, cache):  # decode steps through the C++ layers where they may run
+        return _decode(model, input_ids, attention_mask, position_ids, cache, gc, processors, criteria, pad,
+                       eos is not None, streamer, generator)
 
 
 def _raise_non_finite(rows_finite: torch.Tensor, step: int) -> None:

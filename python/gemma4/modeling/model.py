@@ -139,6 +139,11 @@ class Gemma4TextModel(nn.Module):
         if self._dynamic_rope_len:
             self._update_dynamic_rope(position_ids)
         inv_freq = {t: getattr(self, f"{t}_inv_freq") for t in self.layer_types}
+        # generate's decode steps: the C++ layers (modeling/decode_step.py) where they may run, else None
+        session = getattr(cache, "decode_session", None) if T == 1 else None
+        x = session.hidden(inputs_embeds, position_ids, ple) if session is not None else None
+        if x is not None:
+            return self.norm(x)
         shared_kv: dict = {}  # source layer index -> its full-length (K, V), for KV-shared layers
         x = inputs_embeds
         for i, layer in enumerate(self.layers):
