@@ -12,7 +12,7 @@ its sdist for llama.cpp's own converter (vendor/llama.cpp/convert_hf_to_gguf.py 
 2. Converts it with llama.cpp's converter to GGUF F32 / BF16 / Q8_0, and to Q4_0 with its quantizer
    (--dtypes int8,int4: our quantize-on-load int8 / int4, groups of 32, against Q8_0 / Q4_0).
 3. Runs each (runtime, dtype) in a fresh subprocess: loads the model, then per round one prefill of
-   the prompt and greedy decode steps; reports prefill tok/s, decode tok/s (medians over rounds)
+   the prompt and greedy decode steps (ours: `model.generate`, llama.cpp: its eval loop); reports prefill tok/s, decode tok/s (medians over rounds)
    and peak RSS (VmHWM of that process). llama.cpp runs with and without flash attention.
 4. Checks that gemma4 and llama.cpp produce the same greedy tokens in float32.
 5. Before and after each row, measures the machine's memory read bandwidth (a fresh process summing a
@@ -223,7 +223,6 @@ def _prompt(vocab: int, n: int, seed: int) -> list[int]:
 
 def child_gemma4(a) -> dict:
     import gemma4
-    from gemma4.cache import Gemma4Cache
 
     t_load = time.perf_counter()
     quant = {}
@@ -234,18 +233,25 @@ def child_gemma4(a) -> dict:
     model = gemma4.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=DTYPES[a.dtype], **quant).eval()
     t_load = time.perf_counter() - t_load
     ids = torch.tensor([_prompt(model.config.vocab_size, a.prompt_len, a.seed)])
+    model.generation_config.eos_token_id = None  # a random model may pick eos: every round runs all its steps
 
-    @torch.inference_mode()
+    class Arrivals:  # generate's streamer: the prompt, then each token as it is made
+        def __init__(self):
+            self.times = []
+
+        def put(self, _tokens):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
     def one_round(prompt, new):
-        cache = Gemma4Cache(model.config, max_cache_len=prompt.shape[1] + new, batch_size=1)
-        t0 = time.perf_counter()
-        tok = model(input_ids=prompt, cache=cache, logits_to_keep=1).logits[0, -1].argmax()
-        t1 = time.perf_counter()
-        out = [int(tok)]
-        for _ in range(new - 1):
-            tok = model(input_ids=tok.view(1, 1), cache=cache).logits[0, -1].argmax()
-            out.append(int(tok))
-        return t1 - t0, time.perf_counter() - t1, out
+        """model.generate, what a user runs (its decode steps take the C++ decoder layers): prefill = the
+        prompt's arrival at the streamer to the first token's, decode = the first token's to the last's."""
+        arrivals = Arrivals()
+        out = model.generate(prompt, max_new_tokens=new, do_sample=False, streamer=arrivals)
+        t = arrivals.times
+        return t[1] - t[0], t[-1] - t[1], out[0, prompt.shape[1]:].tolist()
 
     one_round(ids[:, :16], 3)  # warm-up
     return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, _streamed_gb(model)
