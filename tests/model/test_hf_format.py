@@ -224,6 +224,24 @@ def test_reader_refuses_truncated_and_non_finite(tmp_path):
     assert info.value.key == "w"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("value,counts", [(float("nan"), "1 NaN, 0 inf"), (float("inf"), "0 NaN, 1 inf"),
+                                          (float("-inf"), "0 NaN, 1 inf")])
+def test_reader_finds_one_non_finite_value_anywhere(tmp_path, dtype, value, counts):
+    """The finite check (min and max of the tensor) catches a single NaN, inf or -inf wherever it sits in a
+    large tensor (the reduction's first and last element, and across its parallel chunks)."""
+    file = tmp_path / "t.safetensors"
+    good = torch.randn(1536, 777).to(dtype)
+    save_file({"w": good}, str(file))
+    assert torch.equal(load_file(str(file))["w"], good)
+    for flat in (0, 1536 * 777 - 1, int(torch.randint(1, 1536 * 777 - 1, ()))):
+        bad = good.clone()
+        bad.view(-1)[flat] = value
+        save_file({"w": bad}, str(file))
+        with pytest.raises(CheckpointError, match=rf"non-finite values \({counts}"):
+            load_file(str(file))
+
+
 # ------------------------------------------------------------------------------------- adapter files
 def _load_adapter_fails(path, exc, match):
     model = Gemma4ForCausalLM(get_preset(PRESET))
