@@ -1,6 +1,6 @@
 """Which kernel computes y = x @ W.T (+ b) on the CPU: gemma4::linear or torch's F.linear.
 
-One place for the rule, with no gemma4 imports, so that every caller (modeling.linear's Linear, the fused
+One place for the rule, with no gemma4 imports but the leaf gemma4.switch, so that every caller (modeling.linear's Linear, the fused
 loss's head, LoRA's base GEMM, float32_gemm's bf16 path) asks the same question without import cycles.
 The thresholds come from benchmarks/bench_linear_cpu.py (docs/performance.md has the numbers):
 
@@ -20,9 +20,9 @@ The thresholds come from benchmarks/bench_linear_cpu.py (docs/performance.md has
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
+
+from gemma4.switch import Switch
 
 __all__ = ["NATIVE_BF16_ROWS", "NATIVE_LOWP_GEMM", "gemma4_kernels_enabled", "own_bf16_kernels",
            "torch_linear_only", "uses_gemma4_kernel"]
@@ -40,28 +40,22 @@ def _native_lowp_gemm() -> dict:
 
 
 NATIVE_LOWP_GEMM = _native_lowp_gemm()  # decided once at import (a constant for torch.compile)
-_enabled = True  # False inside torch_linear_only()
+_GEMMA4_KERNELS = Switch()  # off inside torch_linear_only()
 
 
-@contextlib.contextmanager
 def torch_linear_only():
     """Run every Linear through F.linear inside the block (benchmarks and tests compare the two)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
+    return _GEMMA4_KERNELS.off()
 
 
 def gemma4_kernels_enabled() -> bool:
     """False inside torch_linear_only()."""
-    return _enabled
+    return _GEMMA4_KERNELS.on
 
 
 def uses_gemma4_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True where gemma4::linear is the faster choice for y = x @ weight.T (see the module docstring)."""
-    if not _enabled or x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
+    if not _GEMMA4_KERNELS.on or x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != weight.dtype:
         return False
     if torch.is_autocast_enabled("cpu"):  # F.linear follows autocast's dtype policy; our op does not
         return False

@@ -25,6 +25,7 @@ from torch import nn
 
 from gemma4 import linear_choice, ops  # noqa: F401  (ops loads the library that registers DecodeLayers)
 from gemma4.quant.modules import QuantExperts, QuantLinear
+from gemma4.switch import Switch
 
 from .attention import Gemma4Attention
 from .decoder import Gemma4DecoderLayer
@@ -34,20 +35,14 @@ from .norm import Gemma4RMSNorm
 
 __all__ = ["attached", "python_decode_layers", "unsupported_reason"]
 
-_enabled = True  # False inside python_decode_layers()
+_CPP_LAYERS = Switch()  # off inside python_decode_layers()
 
 _LINEAR, _TORCH, _QUANT = 0, 1, 2  # DecodeLinear::Kind
 
 
-@contextlib.contextmanager
 def python_decode_layers():
-    """Run generate's decode steps through the Python layers inside the block."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
+    """Run generate's decode steps through the Python decoder layers inside the block."""
+    return _CPP_LAYERS.off()
 
 
 # the modules whose forward the C++ layers reproduce
@@ -88,7 +83,7 @@ class _Session:
 
     def hidden(self, x: torch.Tensor, positions: torch.Tensor, ple: torch.Tensor | None) -> torch.Tensor | None:
         """The layers' output for one decode token, or None where the Python layers must run."""
-        if (not _enabled or torch.is_grad_enabled() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+        if (not _CPP_LAYERS.on or torch.is_grad_enabled() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
                 or torch.compiler.is_compiling()):
             return None
         key = (self.cache.layout_version, x.shape[0], x.dtype, linear_choice.gemma4_kernels_enabled())
@@ -101,7 +96,7 @@ class _Session:
 def attached(model: nn.Module, cache):
     """Inside the block, `model`'s decode steps over `cache` run through the C++ layers where they may."""
     text_model = getattr(model, "model", model)
-    if cache is None or not _enabled or unsupported_reason(text_model) is not None:
+    if cache is None or not _CPP_LAYERS.on or unsupported_reason(text_model) is not None:
         yield
         return
     cache.decode_session = _Session(text_model, cache)
