@@ -137,6 +137,17 @@ def test_cache_that_grows_rebuilds_the_layers(monkeypatch):
     assert steps.count == 15
 
 
+@pytest.mark.parametrize("length,chunk", [(1, None), (9, 4), (9, 1)])
+def test_one_token_prompt_and_chunked_prefill(length, chunk, monkeypatch):
+    """A one-token prompt (the cache's buffers do not exist before its forward) and prefill chunks, one token
+    long included (a T = 1 forward that is not a decode step)."""
+    model = build_random_model("tiny-e2b", dtype=torch.float32, seed=14)
+    steps = CountSteps(monkeypatch)
+    ref, out = _generate_both(model, _ids(model, length=length), prefill_chunk_size=chunk)
+    _assert_identical(ref, out)
+    assert steps.count >= 10
+
+
 def test_hooked_model_runs_the_python_layers(monkeypatch):
     model = build_random_model("tiny-e2b", dtype=torch.float32, seed=9)
     seen = []

@@ -2,7 +2,7 @@
 
 A batch-1 decode step of E2B spends ~4 ms of its ~30 (int4) outside the kernels: ~60 op calls a layer from
 Python and ~20 nn.Module calls. `torch.classes.gemma4.DecodeLayers` calls the same ops in the same order from
-C++, so its tokens and logits are bit-identical to the Python layers (tests/model/test_decode_step.py compares
+C++, so its tokens and logits are bit-identical to the Python layers (tests/generation/test_decode_layers.py compares
 them with torch.equal), which stay the reference and run wherever the C++ layers would not see what a user
 added:
 
@@ -85,6 +85,8 @@ class _Session:
         """The layers' output for one decode token, or None where the Python layers must run."""
         if (not _CPP_LAYERS.on or torch.is_grad_enabled() or x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
                 or torch.compiler.is_compiling()):
+            return None
+        if any(buffer is None for buffer in self.cache.key):  # a one-token prompt: its update allocates them
             return None
         key = (self.cache.layout_version, x.shape[0], x.dtype, linear_choice.gemma4_kernels_enabled())
         if key != self.key:
