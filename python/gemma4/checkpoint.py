@@ -276,11 +276,14 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
 
 
 def materialize(model: torch.nn.Module, aliases: dict[str, str], device) -> None:
-    """model.to_empty(device) for a model built on meta. to_empty() would give every tied alias
+    """model.to_empty(device) for a model built on meta (see below). to_empty() would give every tied alias
     (lm_head.weight) storage of its own, only for tie_weights() to drop it again: an extra [V, H] at
     peak. So the aliases are detached first and re-tied after."""
     detached = _detach_aliases(model, aliases)
-    model.to_empty(device=device)
+    # to_empty() itself, with empty_strided instead of its empty_like: empty_like of a meta tensor runs torch's
+    # Python decomposition, whose first call imports sympy and torch.fx's symbolic shapes, ~50 MB that would stay
+    # in the process (and in the peak RSS of everything after loading).
+    model._apply(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=device))
     for module, name, canonical in detached:
         setattr(module, name, model.get_parameter(canonical))
 

@@ -38,6 +38,11 @@ __all__ = ["ROPE_TYPES", "REQUIRED_KEYS", "rope_frequencies", "rope_inv_freq"]
 
 ROPE_TYPES = ("default", "proportional", "linear", "dynamic", "yarn", "llama3")
 
+# The frequencies are the config's, computed on the CPU whatever the default device: a model built under
+# torch.device("meta") (checkpoint loading) asks for its attention scaling here, and arange on a meta tensor runs
+# torch's Python decomposition, whose first call imports sympy and torch.fx's symbolic shapes (~50 MB for good).
+_HOST = "cpu"
+
 # Keys each type needs beyond rope_type and rope_theta (transformers' _validate_*_rope_parameters).
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "linear": ("factor",),
@@ -52,13 +57,13 @@ def _pad(inv_freq: torch.Tensor, head_dim: int) -> torch.Tensor:
     missing = head_dim // 2 - inv_freq.numel()
     if missing <= 0:
         return inv_freq
-    return torch.cat((inv_freq, torch.zeros(missing, dtype=torch.float32)))
+    return torch.cat((inv_freq, torch.zeros(missing, dtype=torch.float32, device=_HOST)))
 
 
 def _plain(base, dim: int, over: int | None = None) -> torch.Tensor:
     """1 / base^(2j/over) for the dim / 2 pairs (over = dim unless given; proportional divides by the
     whole head), with transformers' int64 arange converted to float32."""
-    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / (over or dim)))
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=_HOST).to(dtype=torch.float) / (over or dim)))
 
 
 def rope_frequencies(params: dict[str, Any], head_dim: int, max_position_embeddings: int,
@@ -87,7 +92,7 @@ def rope_frequencies(params: dict[str, Any], head_dim: int, max_position_embeddi
         if seq_len is None:
             seq_len = max_position_embeddings
         elif isinstance(seq_len, torch.Tensor):
-            seq_len = torch.maximum(seq_len, torch.tensor(max_position_embeddings, dtype=seq_len.dtype))
+            seq_len = torch.maximum(seq_len, torch.tensor(max_position_embeddings, dtype=seq_len.dtype, device=seq_len.device))
         else:
             seq_len = max(seq_len, max_position_embeddings)
         base = theta * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
@@ -123,8 +128,8 @@ def _yarn(params: dict[str, Any], base: float, dim: int, head_dim: int,
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # transformers' guard against a zero-width ramp
-    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
-    pos_freqs = base ** (torch.arange(0, dim, 2).to(dtype=torch.float) / dim)
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32, device=_HOST) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, device=_HOST).to(dtype=torch.float) / dim)
     extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
     extrapolation_share = 1 - ramp
     inv_freq = interpolation * (1 - extrapolation_share) + extrapolation * extrapolation_share

@@ -163,6 +163,31 @@ def test_loading_builds_on_meta_and_copies_into_target_dtype(saved, models):
     assert model.model.rotary_emb.full_attention_inv_freq.dtype == torch.float32
 
 
+_LOAD_AND_GENERATE = """
+import sys
+import torch
+import gemma4
+import gemma4.ops
+assert "sympy" not in sys.modules, "torch itself imports sympy now: this test cannot tell"
+model = gemma4.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16, progress=False)
+model.generate(torch.tensor([[2, 5, 7, 9]]), max_new_tokens=3, do_sample=False)
+print(sorted(m for m in ("sympy", "torch._dynamo", "torch.fx.experimental.symbolic_shapes") if m in sys.modules))
+"""
+
+
+def test_loading_and_generating_import_no_compiler_modules(saved):
+    """Loading builds the model on the meta device; a meta tensor's empty_like, normal_ or arange runs torch's
+    Python decompositions, whose first call imports sympy and torch.fx's symbolic shapes (~50 MB of the process,
+    and of its peak RSS, for good). Neither loading nor generating may reach them: checked in a fresh process."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    done = subprocess.run([sys.executable, "-c", _LOAD_AND_GENERATE, saved["tiny-e2b", "causal"]], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_progress_bar(saved, capfd):
     load_pretrained(HFStandIn, saved["tiny-e2b", "causal"], progress=True)
     assert "Loading checkpoint" in capfd.readouterr().err

@@ -15,6 +15,14 @@ class Gemma4ScaledEmbedding(nn.Embedding):
         self.scalar_embed_scale = embed_scale
         self.register_buffer("embed_scale", torch.tensor(embed_scale), persistent=False)
 
+    def reset_parameters(self) -> None:
+        # A model built on the meta device to be loaded (checkpoint.load_pretrained) skips nn.Embedding's random
+        # init: normal_ on a meta tensor runs torch's Python decomposition, whose first call imports
+        # torch._dynamo and sympy, ~50 MB of the process's memory for good. Loading overwrites the table anyway,
+        # and init_weights() initialises a model built for real.
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
     def reset_embed_scale(self) -> None:
         self.embed_scale = torch.tensor(self.scalar_embed_scale, device=self.weight.device)
 
