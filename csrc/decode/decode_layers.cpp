@@ -85,7 +85,7 @@ at::Tensor DecodeLinear::operator()(const at::Tensor& x) const {
 }
 
 // modeling/attention.py Gemma4Attention.forward at T == 1 with cache.update's decode branch; `shared` holds the
-// (key, value, mask, window) a KV-sharing source layer published, by layer index.
+// (key, value, key_mask) a KV-sharing source layer published, by layer index.
 at::Tensor DecodeLayer::attention(const at::Tensor& x, const at::Tensor& positions,
                                   std::vector<std::vector<at::Tensor>>& shared) const {
   const int64_t B = x.size(0), T = x.size(1);
@@ -96,7 +96,7 @@ at::Tensor DecodeLayer::attention(const at::Tensor& x, const at::Tensor& positio
   at::Tensor query = q(x).view({B, T, heads, head_dim});  // [B,T,nH,hd]
   query = rope_scaled(rms_norm(query, q_norm, eps));
   at::Tensor key, value, key_mask;
-  int64_t attn_window = 0;  // decode reads every filled slot (the ring holds only the window)
+  constexpr int64_t kWindow = 0;  // decode reads every filled slot (a ring holds only its window)
   if (kv_source >= 0) {
     const auto& src = shared.at(kv_source);
     TORCH_CHECK(!src.empty(), kWhere, ": layer ", index, " reads the K/V of layer ", kv_source, ", which has none");
@@ -114,14 +114,15 @@ at::Tensor DecodeLayer::attention(const at::Tensor& x, const at::Tensor& positio
     key = key_cache, value = value_cache, key_mask = slot_mask;
     if (stores_shared_kv) shared.at(index) = {key, value, key_mask};
   }
-  at::Tensor out = gemma4::attention(query, key, value, key_mask, attn_window);  // [B,T,nH,hd]
+  at::Tensor out = gemma4::attention(query, key, value, key_mask, kWindow);  // [B,T,nH,hd]
   return o(out.reshape({B, T, heads * head_dim}));
 }
 
 // modeling/decoder.py Gemma4DecoderLayer.feed_forward (with mlp.py's Gemma4MLP, Gemma4Router, Gemma4Experts)
 at::Tensor DecodeLayer::feed_forward(const at::Tensor& residual) const {
   at::Tensor h = rms_norm(residual, pre_ff_norm, eps);
-  at::Tensor mlp_out = down(gated_activation(gate(h), up(h), activation));  // [B,T,H]
+  at::Tensor g = gate(h), u = up(h);  // [B,T,I], in Gemma4MLP's order
+  at::Tensor mlp_out = down(gated_activation(g, u, activation));  // [B,T,H]
   if (!has_moe) return rms_norm(mlp_out, post_ff_norm, eps);
   at::Tensor residual_flat = residual.reshape({-1, residual.size(-1)});  // [N,H]
   at::Tensor z = rms_norm(residual_flat, at::Tensor(), router_eps) * router_scale * router_root_size;
