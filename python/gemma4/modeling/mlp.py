@@ -72,6 +72,7 @@ class Gemma4MLP(nn.Module):
         hidden = ops.gated_activation(gate, up, self.activation)  # [..., I]
         if (not hidden.requires_grad or torch.compiler.is_compiling() or not gate.requires_grad
                 or _other_saved_tensor_hooks()):
+            del gate, up  # nothing here needs them again: two [..., I] fewer alive under down_proj (prefill's peak)
             return self.down_proj(hidden)
         with _recomputing_activation(hidden, gate, up, self.activation):
             return self.down_proj(hidden)  # [..., H]
