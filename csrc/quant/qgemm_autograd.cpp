@@ -14,6 +14,7 @@
 
 #include "../common/autograd_util.h"
 #include "quant/qdequant_tensor.h"
+#include "quant/qgemm_tiled.h"
 
 namespace gemma4 {
 namespace {
@@ -30,7 +31,10 @@ at::Tensor call_qgemm(const at::Tensor& x, const at::Tensor& qweight, const at::
   return op.call(x, qweight, scales, bias);
 }
 
-at::Tensor grad_input(const at::Tensor& grad_out, const at::Tensor& qweight, const at::Tensor& scales) {
+at::Tensor grad_input(const at::Tensor& grad_out, const at::Tensor& qweight_in, const at::Tensor& scales_in) {
+  // The 16-row tiled layout (CPU inference's) is turned back into rows for the backward.
+  const auto [qweight, scales] = qweight_in.dim() == 3 ? quant::untile16(qweight_in, scales_in)
+                                                       : std::pair(qweight_in, scales_in);
   const at::Tensor g = grad_out.reshape({-1, grad_out.size(-1)}).to(at::kFloat);  // [M, N]
   const int64_t N = qweight.size(0), K = qweight.size(1) * (qweight.scalar_type() == at::kByte ? 2 : 1);
   at::Tensor grad_x = at::zeros({g.size(0), K}, g.options());                    // [M, K]

@@ -3,7 +3,8 @@
 // checks the arguments, quantizes bf16/fp16 x to int16 once (fp32 x is used as it is; groups of 32 also
 // get x in their kernel's lane order), splits the weight rows over threads and runs the kernel of the
 // best instruction set this CPU supports (AVX-512F when present, else AVX2; one binary serves both).
-// Kernels: qgemm_kernels.h, qgemm_g32.h; reference: gemma4.ops.reference.qgemm.
+// Kernels: qgemm_kernels.h, qgemm_g32.h; a 3-D qweight (the 16-row tiled int4 layout) goes to qgemm_tiled_cpu.cpp.
+// Reference: gemma4.ops.reference.qgemm.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -20,6 +21,7 @@
 #include "common/vec_utils.h"
 #include "quant/qdequant.h"
 #include "quant/qgemm_cpu.h"
+#include "quant/qgemm_tiled.h"
 #include "quant/quant_checks.h"
 
 namespace gemma4::quant {
@@ -239,11 +241,17 @@ void round_rows(const QgemmProblem& p, int64_t n0, int64_t n1, T* out) {
 
 }  // namespace
 
+bool tiled_kernel_runs(const at::Tensor& x, int64_t M) {
+  const bool dequant_auto = !isa_forced() && M >= kDequantMinRows && native_bf16_gemm() && x.scalar_type() == at::kBFloat16;
+  return x.scalar_type() != at::kFloat && active_isa() == static_cast<int>(Isa::avx512vnni) && !dequant_auto;
+}
+
 // Declared in qgemm_cpu.h: gemma4::moe_experts_quant runs it on each expert's weights.
 at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                      const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "gemma4::qgemm";
   check_qgemm_args(x, qweight, scales, bias, op, c10::kCPU);
+  if (qweight.dim() == 3) return qgemm_tiled_cpu(x, qweight, scales, bias);
   const int64_t K = x.size(-1), N = qweight.size(0), M = x.numel() / K;
   auto out_shape = x.sizes().vec();
   out_shape.back() = N;

@@ -54,6 +54,27 @@ constexpr int64_t kQgemmRowBlock = 32;
 // Runs of 32 weights summed into one block accumulator before it is added to the total (qgemm_tile).
 constexpr int kQgemmSumRuns = 8;
 
+// The 16-row tiled int4 layout (CPU only, AVX512-VNNI; python/gemma4/quant/formats.py tile16): int4 groups of 32
+// with the rows interleaved, so that one 512-bit vector holds the same four bytes of 16 rows:
+//   qweight uint8 [N/16, K/8, 64]: vector (t, c) = dword c of rows 16 t .. 16 t + 15 of the row layout, i.e. bytes
+//         4 r + i hold row 16 t + r's byte 4 c + i: within group g = c / 4 and j = c % 4, low nibbles k = 32 g + 4 j + i,
+//         high nibbles k = 32 g + 16 + 4 j + i (Q4_0's order);
+//   scales [N/16, K/32, 16]: the 16 rows' scales of each group, side by side.
+// x is int16 per group of 32 as in the row layout but with |x16| <= 32639, so that x16 = 256 xh + xl splits into
+// two int8 planes exactly (xl = the low byte as signed, xh = (x16 - xl) / 256 in -127..127): vpdpbusd multiplies
+// the unsigned nibbles u = q + 8 by each plane, 256 * sum(u xh) + sum(u xl) - 8 sum(x16) = sum(q x16), exact.
+struct TiledProblem {
+  const uint8_t* qw;     // [N/16, K/8, 64]
+  const void* scales;    // [N/16, G, 16] in scale_type
+  const int32_t* xq;     // [M, G, 16]: per group, for j = 0..3: xl of k 32g+4j.., xl of 32g+16+4j.., xh of each
+  const float* dx;       // [M, G] x scale per group (NaN for a group holding NaN or inf)
+  const int32_t* xsum8;  // [M, G] 8 * sum(x16) per group
+  const float* bias;     // [N] float32 or nullptr
+  float* out;            // [M, N] float32
+  int64_t M, N, K, G;    // G = K / 32
+  ScaleType scale_type;
+};
+
 // y[m, n] for n in [n_begin, n_end), every m. n ranges from different threads never overlap.
 namespace avx2 {
 void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
@@ -63,6 +84,8 @@ void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
 }
 namespace avx512vnni {
 void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
+// y[m, 16 t .. 16 t + 15] for tiles t in [t_begin, t_end), every m (qgemm_tiled16.h).
+void qgemm_tiled_rows(const TiledProblem& p, int64_t t_begin, int64_t t_end);
 }
 
 }  // namespace gemma4::quant

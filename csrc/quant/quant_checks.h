@@ -33,13 +33,41 @@ inline int qweight_bits(const at::Tensor& qweight, const char* op) {
   return s == at::kByte ? 4 : 8;
 }
 
-// Checks qweight [N, K/2 | K] and scales [N, G] against K; returns the group size K / G.
+// The 16-row tiled int4 layout (qgemm_problem.h's TiledProblem): qweight uint8 [N/16, K/8, 64], scales
+// [N/16, K/32, 16]. CPU only; the row layout everywhere else.
+inline void check_tiled_qweight(const at::Tensor& qweight, const at::Tensor& scales, int64_t K, const char* op) {
+  TORCH_CHECK(qweight.scalar_type() == at::kByte, op, ": a 3-D qweight (the 16-row tiled layout) must be uint8 int4, got ",
+              qweight.scalar_type());
+  check_dim(scales, 3, op, "scales");
+  check_contiguous(qweight, op, "qweight");
+  check_contiguous(scales, op, "scales");
+  TORCH_CHECK(K % 32 == 0 && K > 0, op, ": the input size K must be a positive multiple of 32, got ", K);
+  check_size(qweight, 1, K / 8, op, "qweight");
+  check_size(qweight, 2, 64, op, "qweight");
+  check_size(scales, 0, qweight.size(0), op, "scales");
+  check_size(scales, 1, K / 32, op, "scales");
+  check_size(scales, 2, 16, op, "scales");
+}
+
+// Output features of a packed weight: qweight.size(0), or 16 a tile in the tiled layout.
+inline int64_t qweight_rows(const at::Tensor& qweight) {
+  return qweight.dim() == 3 ? qweight.size(0) * 16 : qweight.size(0);
+}
+
+// Checks qweight [N, K/2 | K] and scales [N, G] against K (or, on the CPU, the tiled layout); returns the
+// group size K / G.
 inline int64_t check_qweight(const at::Tensor& qweight, const at::Tensor& scales, int64_t K, const char* op,
                              c10::DeviceType dev) {
   check_device(qweight, op, "qweight", dev);
   check_device(scales, op, "scales", dev);
   const int bits = qweight_bits(qweight, op);
   check_scale_dtype(scales, op, "scales");
+  if (qweight.dim() == 3) {
+    TORCH_CHECK(dev == c10::kCPU, op, ": the 16-row tiled int4 layout (a 3-D qweight) runs on the CPU only; "
+                "QuantLinear turns it back into rows when it moves to another device");
+    check_tiled_qweight(qweight, scales, K, op);
+    return 32;
+  }
   check_dim(qweight, 2, op, "qweight");
   check_dim(scales, 2, op, "scales");
   check_contiguous(qweight, op, "qweight");
@@ -67,7 +95,7 @@ inline void check_qgemm_args(const at::Tensor& x, const at::Tensor& qweight, con
     check_device(*bias, op, "bias", dev);
     check_dtype(*bias, s, op, "bias");
     check_dim(*bias, 1, op, "bias");
-    check_size(*bias, 0, qweight.size(0), op, "bias");
+    check_size(*bias, 0, qweight_rows(qweight), op, "bias");
     check_contiguous(*bias, op, "bias");
   }
 }

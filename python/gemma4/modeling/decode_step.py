@@ -115,6 +115,7 @@ def _linear_fields(name: str, module: nn.Module, x: torch.Tensor, tensors: dict,
     bias = module.bias
     if isinstance(module, QuantLinear):
         ints[f"{name}.kind"] = _QUANT
+        module.layout_for(x)  # the layout its forward would run on (a one-token prompt has not run one yet)
         tensors[f"{name}.weight"], tensors[f"{name}.scales"] = module.qweight, module.scales
         if bias is not None:
             bias = bias if bias.dtype == x.dtype else bias.to(x.dtype)  # what its forward casts on every call

@@ -24,8 +24,9 @@ def qgemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         x: ``[..., K]`` float32/bfloat16/float16 activations (made contiguous), K a multiple of 32.
         qweight: int4 as uint8 ``[N, K/2]`` (each 32 weights = 16 bytes, byte j = weight j in the low
             nibble and weight j+16 in the high nibble, stored as q+8 -- GGUF Q4_0's order), or int8
-            ``[N, K]``.
-        scales: ``[N, K // group]`` float32/bfloat16/float16.
+            ``[N, K]``; on the CPU also the 16-row tiled int4 layout of ``formats.tile16`` (uint8
+            ``[N/16, K/8, 64]``), which QuantLinear uses there.
+        scales: ``[N, K // group]`` float32/bfloat16/float16 (tiled: ``[N/16, K/32, 16]``).
         bias: ``[N]`` in ``x.dtype`` or None.
 
     Returns:
@@ -67,6 +68,9 @@ def _check_args(x, qweight, scales, bias) -> None:
             raise RuntimeError(f"{op}: {name} must be on {x.device} like x, got {t.device}")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise RuntimeError(f"{op}: x must be float32, bfloat16 or float16, got {x.dtype}")
+    if qweight.dim() == 3:  # the 16-row tiled int4 layout (CPU)
+        _check_tiled(op, x, qweight, scales, bias)
+        return
     if qweight.dtype not in (torch.uint8, torch.int8) or qweight.dim() != 2:
         raise RuntimeError(f"{op}: qweight must be uint8 (packed int4) or int8, 2-D, got {qweight.dtype} "
                            f"{tuple(qweight.shape)}")
@@ -83,10 +87,28 @@ def _check_args(x, qweight, scales, bias) -> None:
         raise RuntimeError(f"{op}: bias must be {x.dtype} [{n}], got {bias.dtype} {tuple(bias.shape)}")
 
 
+def _check_tiled(op, x, qweight, scales, bias) -> None:
+    if x.device.type != "cpu" and x.device.type != "meta":
+        raise RuntimeError(f"{op}: the 16-row tiled int4 layout (a 3-D qweight) runs on the CPU only")
+    k = x.shape[-1]
+    if qweight.dtype != torch.uint8 or scales.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise RuntimeError(f"{op}: a 3-D qweight (the 16-row tiled layout) must be uint8 with float scales, got "
+                           f"{qweight.dtype} and {scales.dtype}")
+    t = qweight.shape[0]
+    torch._check(k % 32 == 0, lambda: f"{op}: the input size K must be a positive multiple of 32, got {k}")
+    torch._check(tuple(qweight.shape[1:]) == (k // 8, 64) and scales.dim() == 3
+                 and tuple(scales.shape) == (t, k // 32, 16),
+                 lambda: f"{op}: tiled qweight must be [N/16, {k // 8}, 64] with scales [N/16, {k // 32}, 16], got "
+                         f"{tuple(qweight.shape)} and {tuple(scales.shape)}")
+    if bias is not None and (bias.dtype != x.dtype or tuple(bias.shape) != (16 * t,)):
+        raise RuntimeError(f"{op}: bias must be {x.dtype} [{16 * t}], got {bias.dtype} {tuple(bias.shape)}")
+
+
 @torch.library.register_fake("gemma4::qgemm")
 def _qgemm_fake(x, qweight, scales, bias):
     _check_args(x, qweight, scales, bias)
-    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+    n = qweight.shape[0] * 16 if qweight.dim() == 3 else qweight.shape[0]
+    return x.new_empty((*x.shape[:-1], n))
 
 
 # Autograd (the weights are frozen: grad_x = grad_out @ dequant(W), a slab of rows at a time) is registered in

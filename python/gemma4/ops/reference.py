@@ -194,7 +194,13 @@ __all__ = ["rms_norm", "rope", "attention", "gated_activation", "moe_route", "mo
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Packed weights -> [N, K]: uint8 [N, K/2] int4 (32-weight runs of 16 bytes, byte j = weight j low
-    nibble + weight j+16 high nibble, stored q+8) or int8 [N, K]; times scales [N, K/group]."""
+    nibble + weight j+16 high nibble, stored q+8) or int8 [N, K]; times scales [N, K/group]. The 16-row tiled
+    layout (uint8 [N/16, K/8, 64], scales [N/16, K/32, 16]: bytes 4 r + i of vector (t, c) are byte 4 c + i of row
+    16 t + r) is read back into rows first."""
+    if qweight.dim() == 3:
+        t, c, _ = qweight.shape
+        qweight = qweight.reshape(t, c, 16, 4).permute(0, 2, 1, 3).reshape(16 * t, 4 * c)  # [N, K/2]
+        scales = scales.permute(0, 2, 1).reshape(16 * t, -1)  # [N, K/32]
     if qweight.dtype == torch.uint8:
         n = qweight.shape[0]
         runs = qweight.reshape(n, -1, 16).to(torch.int16)  # [N, K/32, 16]

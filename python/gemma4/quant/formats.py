@@ -19,7 +19,7 @@ import torch
 
 __all__ = [
     "pack_int4", "unpack_int4", "dequantize", "quantize_int4", "quantize_int8", "quantize_int4_trained_grid",
-    "group_of",
+    "group_of", "tile16", "untile16", "tileable",
 ]
 
 
@@ -52,13 +52,48 @@ def levels(qweight: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Packed weight -> ``[N, K]`` in ``dtype`` (exact in float32/float64; rounded once for bf16/fp16)."""
+    """Packed weight (row or tiled layout) -> ``[N, K]`` in ``dtype`` (exact in float32/float64; rounded once for
+    bf16/fp16)."""
+    if qweight.dim() == 3:
+        qweight, scales = untile16(qweight, scales)
     q = levels(qweight)
     n, k = q.shape
     g = scales.shape[1]
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     w = q.to(acc).reshape(n, g, k // g) * scales.to(acc)[:, :, None]  # [N, G, group]
     return w.reshape(n, k).to(dtype)
+
+
+# ---- the 16-row tiled int4 layout: CPU inference on AVX512-VNNI (csrc/quant/qgemm_tiled16.h) ----
+# qweight uint8 [N/16, K/8, 64]: vector (t, c) holds the 4-byte word c of rows 16 t .. 16 t + 15 of the row layout, side
+# by side, so one 512-bit vector is the same 8 weights of 16 rows; scales [N/16, K/32, 16]: a group's 16 rows' scales.
+# Only the CPU op reads it; QuantLinear makes it for its forward and turns it back for anything else (state_dict,
+# saving, other devices).
+
+def tileable(qweight: torch.Tensor, scales: torch.Tensor) -> bool:
+    """Whether a row-layout weight has the tiled layout: int4 in groups of 32, a multiple of 16 rows."""
+    return qweight.dim() == 2 and qweight.dtype == torch.uint8 and qweight.shape[0] % 16 == 0 \
+        and scales.shape[1] * 16 == qweight.shape[1]
+
+
+def tile16(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row layout (uint8 [N, K/2], scales [N, K/32]) -> tiled (uint8 [N/16, K/8, 64], scales [N/16, K/32, 16])."""
+    if not tileable(qweight, scales):
+        raise ValueError(f"tile16: needs int4 groups of 32 on a multiple of 16 rows, got qweight {qweight.dtype} "
+                         f"{tuple(qweight.shape)} with scales {tuple(scales.shape)}")
+    n, half_k = qweight.shape
+    words = qweight.contiguous().view(torch.int32).reshape(n // 16, 16, half_k // 4)  # [T, 16, K/8]
+    q = words.transpose(1, 2).contiguous().view(torch.uint8)  # [T, K/8, 64]
+    s = scales.reshape(n // 16, 16, -1).transpose(1, 2).contiguous()  # [T, K/32, 16]
+    return q, s
+
+
+def untile16(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tile16's inverse (exact)."""
+    t, c, _ = qweight.shape
+    q = qweight.contiguous().view(torch.int32).transpose(1, 2).contiguous().view(torch.uint8).reshape(16 * t, 4 * c)
+    s = scales.transpose(1, 2).contiguous().reshape(16 * t, -1)  # [N, K/32]
+    return q, s
 
 
 def _groups(w: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int]:

@@ -67,7 +67,7 @@ def _packed_shapes(out_features: int, in_features: int, bits: int, group_size: i
 def _ct_names(module) -> dict[str, tuple[int, ...]]:
     """compressed-tensors tensor names and shapes of a QuantLinear."""
     n, k = module.out_features, module.in_features
-    names = {"weight_packed": (n, k * module.bits // 32), "weight_scale": tuple(module.scales.shape),
+    names = {"weight_packed": (n, k * module.bits // 32), "weight_scale": (n, k // (module.group_size or k)),
              "weight_shape": (2,)}
     if module.bias is not None:
         names["bias"] = (n,)
@@ -135,8 +135,18 @@ class _KeepsScaleDtype(nn.Module):
         return self
 
 
+def _cpu_has_tiled_kernel() -> bool:
+    return ops.quant.qgemm_cpu_isa() == "avx512vnni"
+
+
 class QuantLinear(_KeepsScaleDtype):
-    """Weight-only quantized nn.Linear: ``y = x @ dequant(qweight, scales)^T + bias``."""
+    """Weight-only quantized nn.Linear: ``y = x @ dequant(qweight, scales)^T + bias``.
+
+    CPU inference layout: on a CPU whose qgemm runs AVX512-VNNI, a forward without autograd on 16-bit x turns int4
+    groups-of-32 buffers into the 16-row tiled layout (formats.tile16; 1.5-2x faster at 1-32 rows of x), and a
+    forward with autograd turns them back. Everything else sees the row layout: state_dict, saving, ``dequantize``,
+    loading, and moves to other devices or dtypes (``_apply`` turns the buffers back first).
+    """
 
     _frozen_buffers = ("qweight", "scales")
 
@@ -168,9 +178,44 @@ class QuantLinear(_KeepsScaleDtype):
             q.bias.copy_(linear.bias)
         return q
 
+    # ---- the CPU inference layout ----
+    @property
+    def tiled(self) -> bool:
+        """Whether the buffers hold the 16-row tiled layout (see the class docstring)."""
+        return self.qweight.dim() == 3
+
+    def row_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(qweight, scales) in the row layout of formats.py, whatever the buffers hold."""
+        return formats.untile16(self.qweight, self.scales) if self.tiled else (self.qweight, self.scales)
+
+    @torch.no_grad()
+    def use_rows(self) -> None:
+        """Turn tiled buffers back into the row layout (a no-op on rows)."""
+        if self.tiled:
+            with torch.inference_mode(False):
+                self.qweight, self.scales = self.row_layout()
+
+    def layout_for(self, x: torch.Tensor) -> None:
+        """Pick the buffers' layout for a call on x: tiled for inference on 16-bit CPU x where the CPU has the tiled
+        kernel, rows under autograd; left alone under torch.compile and for tensor subclasses (fake tensors)."""
+        if type(x) is not torch.Tensor or torch.compiler.is_compiling():
+            return
+        if torch.is_grad_enabled():
+            self.use_rows()
+        elif not self.tiled and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) \
+                and self.bits == 4 and self.group_size == 32 and self.qweight.device.type == "cpu" \
+                and formats.tileable(self.qweight, self.scales) and _cpu_has_tiled_kernel():
+            with torch.inference_mode(False), torch.no_grad():
+                self.qweight, self.scales = formats.tile16(self.qweight, self.scales)
+
+    def _apply(self, fn, recurse=True):
+        self.use_rows()  # moves and casts see the row layout; the next CPU inference forward tiles again
+        return super()._apply(fn, recurse)
+
     @torch.no_grad()
     def load_quantized(self, qweight: torch.Tensor, scales: torch.Tensor) -> None:
         """Fill from packed tensors (checked against this module's shapes and dtypes)."""
+        self.use_rows()
         for name, new in (("qweight", qweight), ("scales", scales)):
             old = getattr(self, name)
             if new.shape != old.shape or new.dtype != old.dtype:
@@ -184,6 +229,7 @@ class QuantLinear(_KeepsScaleDtype):
         return formats.dequantize(self.qweight, self.scales, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.layout_for(x)
         bias = self.bias
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
@@ -191,16 +237,20 @@ class QuantLinear(_KeepsScaleDtype):
 
     # ---- on disk: compressed-tensors names (weight_packed, weight_scale, weight_shape) ----
     def _save_to_state_dict(self, destination, prefix, keep_vars):
+        qweight, scales = self.row_layout()
         if not self.save_as_compressed_tensors:
-            return super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "weight_packed"] = ct.pack_int32(formats.levels(self.qweight), self.bits)
-        destination[prefix + "weight_scale"] = self.scales
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+            destination[prefix + "qweight"], destination[prefix + "scales"] = qweight, scales
+            return
+        destination[prefix + "weight_packed"] = ct.pack_int32(formats.levels(qweight), self.bits)
+        destination[prefix + "weight_scale"] = scales
         destination[prefix + "weight_shape"] = torch.tensor([self.out_features, self.in_features])
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        self.use_rows()
         if prefix + "qweight" in state_dict:
             return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                                  unexpected_keys, error_msgs)
@@ -215,6 +265,7 @@ class QuantLinear(_KeepsScaleDtype):
 
     @torch.no_grad()
     def load_hf_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        self.use_rows()
         if name == "bias":
             self.bias.copy_(tensor)
         elif name == "weight":
