@@ -23,6 +23,12 @@ constexpr int kPrefetchTiles = 2;  // tiles of several rows: prefetch the weight
 // 8 KB (59-65 GB/s), the whole bf16 decode step 92-93 -> 81-84 ms a token; in slow minutes both stream at
 // 94-99% (docs/performance.md). fp32 weights: 93-105% either way.
 constexpr int64_t kStreamAhead = 8192;
+// Rows longer than this many k (x widened to fp32: 16 KB, half of Zen 4's 32 KB L1) prefetch into L2 instead: x
+// and 8 KB of weights in flight no longer fit L1 together, and the weights evicted x. On a 2-core VNNI EPYC
+// (2026-12-05, bf16, weights from DRAM, 2 threads, alternating runs) E2B's down projections 1536 x 6144 and
+// 1536 x 12288 streamed 22-23 GB/s with L1 and 31-32 with L2, as fast as the short rows (30-33 either way; the
+// 6144 x 1536 rows kept L1: 33-39 against 30-33).
+constexpr int64_t kL1RowK = 4096;
 
 // 16 weights (or the first `m`-masked ones) as fp32
 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
@@ -39,6 +45,7 @@ void tile(const W* w, const float* x, int64_t K, float* out) {
   // with few accumulators two k-steps run side by side, four with one row and one x row
   constexpr int U = R * M == 1 ? 4 : R * M <= 4 ? 2 : 1;
   constexpr int64_t kLine = 64 / sizeof(W);  // weights per cache line
+  const bool long_rows = K > kL1RowK;
   __m512 tot[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) tot[r][m] = _mm512_setzero_ps();
@@ -55,7 +62,11 @@ void tile(const W* w, const float* x, int64_t K, float* out) {
       // prefetches only bf16 (linear_gemv.h says why).
       if constexpr (R == 1) {
         for (int64_t l = 0; l < 16 * U; l += kLine)
-          _mm_prefetch(reinterpret_cast<const char*>(w + k + j + l) + kStreamAhead, _MM_HINT_T0);
+          if (long_rows) {
+            _mm_prefetch(reinterpret_cast<const char*>(w + k + j + l) + kStreamAhead, _MM_HINT_T1);
+          } else {
+            _mm_prefetch(reinterpret_cast<const char*>(w + k + j + l) + kStreamAhead, _MM_HINT_T0);
+          }
       } else if (((k + j) & (kLine - 1)) == 0) {
         for (int r = 0; r < R; ++r)
           for (int64_t l = 0; l < 16 * U; l += kLine)

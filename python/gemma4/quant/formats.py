@@ -9,6 +9,9 @@ Packed format (what ``gemma4::qgemm`` reads), for a linear weight ``W [N, K]`` (
 * ``scales [N, K // group]`` in float32, bfloat16 or float16; ``w[n, k] = q[n, k] * scales[n, k // group]``.
   ``group`` is 32, 64, 128 (any multiple of 32 dividing K) or K (one scale per output channel).
 
+On AVX512-VNNI CPUs QuantLinear keeps int4 groups of 32 in a second layout for inference, 16 rows interleaved
+(``tile16`` / ``untile16`` below); files, state dicts and other devices only ever see the layout above.
+
 Every function here is exact: packing and unpacking are bit permutations, and quantizers compute the
 integer levels against the scale *as stored* (rounded to its dtype), so dequantizing gives exactly the
 weights the kernels multiply with.

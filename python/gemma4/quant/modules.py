@@ -22,11 +22,12 @@ from torch import nn
 
 from gemma4 import ops
 from gemma4.hf_format.safetensors import is_file_mapped, release_pages
+from gemma4.switch import Switch
 
 from . import compressed_tensors as ct
 from . import formats
 
-__all__ = ["QuantLinear", "QuantExperts"]
+__all__ = ["QuantLinear", "QuantExperts", "row_layout_only"]
 
 
 def _quantize(w: torch.Tensor, bits: int, group_size: int | None, scale_dtype: torch.dtype, trained_grid: bool):
@@ -135,8 +136,17 @@ class _KeepsScaleDtype(nn.Module):
         return self
 
 
+_TILES = Switch()  # off inside row_layout_only()
+
+
+def row_layout_only():
+    """A ``with`` block in which QuantLinear does not tile its buffers for CPU inference (buffers already tiled stay
+    so until a move, a cast or a forward under autograd): for comparing the two layouts."""
+    return _TILES.off()
+
+
 def _cpu_has_tiled_kernel() -> bool:
-    return ops.quant.qgemm_cpu_isa() == "avx512vnni"
+    return _TILES.on and ops.quant.qgemm_cpu_isa() == "avx512vnni"
 
 
 class QuantLinear(_KeepsScaleDtype):
