@@ -232,6 +232,14 @@ at::Tensor qgemm_dequantized(const at::Tensor& x, const at::Tensor& qweight, con
   return out.view(out_shape);
 }
 
+// bf16 x on the dequantize-then-GEMM route: forced, or (unless an instruction set is forced) from
+// kDequantMinRows rows on a CPU with a native bf16 GEMM.
+bool takes_dequant_route(const at::Tensor& x, int64_t M) {
+  const bool forced = active_isa() == static_cast<int>(Isa::dequant);
+  const bool automatic = !isa_forced() && M >= kDequantMinRows && native_bf16_gemm();
+  return x.scalar_type() == at::kBFloat16 && (forced || automatic);
+}
+
 // out[m, n0:n1] = p.out[m, n0:n1] rounded to T (to nearest even, as a dtype conversion in ATen), all m.
 template <class T>
 void round_rows(const QgemmProblem& p, int64_t n0, int64_t n1, T* out) {
@@ -242,8 +250,8 @@ void round_rows(const QgemmProblem& p, int64_t n0, int64_t n1, T* out) {
 }  // namespace
 
 bool tiled_kernel_runs(const at::Tensor& x, int64_t M) {
-  const bool dequant_auto = !isa_forced() && M >= kDequantMinRows && native_bf16_gemm() && x.scalar_type() == at::kBFloat16;
-  return x.scalar_type() != at::kFloat && active_isa() == static_cast<int>(Isa::avx512vnni) && !dequant_auto;
+  return x.scalar_type() != at::kFloat && active_isa() == static_cast<int>(Isa::avx512vnni) &&
+         !takes_dequant_route(x, M);
 }
 
 // Declared in qgemm_cpu.h: gemma4::moe_experts_quant runs it on each expert's weights.
@@ -257,9 +265,7 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   out_shape.back() = N;
   if (M == 0 || N == 0) return at::zeros(out_shape, x.options());
   const bool dequant_forced = active_isa() == static_cast<int>(Isa::dequant);
-  const bool dequant_auto = !isa_forced() && M >= kDequantMinRows && native_bf16_gemm();
-  if (x.scalar_type() == at::kBFloat16 && (dequant_forced || dequant_auto))
-    return qgemm_dequantized(x, qweight, scales, bias, qweight_bits(qweight, op), out_shape);
+  if (takes_dequant_route(x, M)) return qgemm_dequantized(x, qweight, scales, bias, qweight_bits(qweight, op), out_shape);
 
   // fp32 activations are used as they are; bf16/fp16 ones go to int16 (see qgemm_problem.h)
   const bool int16_path = x.scalar_type() != at::kFloat;

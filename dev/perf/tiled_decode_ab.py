@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import torch
 
@@ -19,16 +18,7 @@ import gemma4
 from gemma4.quant import QuantLinear
 from gemma4.quant.modules import row_layout_only
 
-
-class Arrivals:
-    def __init__(self):
-        self.times = []
-
-    def put(self, _tokens) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
+from dev.perf.decode_layers_ab import Arrivals  # generate's streamer that records arrival times
 
 
 def main() -> None:
