@@ -98,6 +98,9 @@ std::string qgemm_cpu_isa(c10::string_view request) {
   return isa_name(active_isa());
 }
 
+// The row layout's int16 range (the tiled layout keeps x16 within +-32639: qgemm_tiled_cpu.cpp).
+constexpr float kX16Max = 32767.0f;
+
 // Activations per int16 scale: the group itself up to 128, else the largest of 128 / 64 / 32 dividing it
 // (so a block never straddles two weight scales, and 128 products of int16 x int8 fit an int32).
 int64_t x_block_for(int64_t group) {
@@ -105,12 +108,11 @@ int64_t x_block_for(int64_t group) {
   return group % 128 == 0 ? 128 : group % 64 == 0 ? 64 : 32;
 }
 
-// x [M, K] bf16/fp16 -> x16 int16 [M, K] and scale fp32 [M, K / xblock], x ~= x16 * scale: per block of
-// xblock activations, scale = amax / 32767 and x16 = round-half-even(x / scale). One pass in plain C++
-// (the compiler vectorizes it): the ATen version cost ~70 us of a decode GEMV's time in op overhead.
-// A block holding NaN or inf gets a NaN scale and zeros, so its rows come out NaN.
+// quantize_x16's body: per block of xblock activations, scale = amax / qmax and x16 = round-half-even(x / scale).
+// One pass in plain C++ (the compiler vectorizes it): the ATen version cost ~70 us of a decode GEMV's time in op
+// overhead. A block holding NaN or inf gets a NaN scale and zeros, so its rows come out NaN.
 template <class T>
-void quantize_activations(const T* x, int64_t blocks, int64_t xblock, int16_t* x16, float* scale) {
+void quantize_activations(const T* x, int64_t blocks, int64_t xblock, float qmax, int16_t* x16, float* scale) {
   at::parallel_for(0, blocks, 256, [&](int64_t b0, int64_t b1) {
     float v[128];  // xblock <= 128
     for (int64_t b = b0; b < b1; ++b) {
@@ -122,10 +124,10 @@ void quantize_activations(const T* x, int64_t blocks, int64_t xblock, int16_t* x
       }
       bool finite = true;
       for (int64_t i = 0; i < xblock; ++i) finite &= std::isfinite(v[i]);
-      const float s = amax / 32767.0f;
+      const float s = amax / qmax;
       const float inv = finite && s > 0.0f ? 1.0f / s : 0.0f;
       for (int64_t i = 0; i < xblock; ++i)
-        x16[b * xblock + i] = static_cast<int16_t>(std::clamp(std::nearbyint(v[i] * inv), -32767.0f, 32767.0f));
+        x16[b * xblock + i] = static_cast<int16_t>(std::clamp(std::nearbyint(v[i] * inv), -qmax, qmax));
       scale[b] = finite ? s : std::numeric_limits<float>::quiet_NaN();
     }
   });
@@ -240,14 +242,31 @@ bool takes_dequant_route(const at::Tensor& x, int64_t M) {
   return x.scalar_type() == at::kBFloat16 && (forced || automatic);
 }
 
-// out[m, n0:n1] = p.out[m, n0:n1] rounded to T (to nearest even, as a dtype conversion in ATen), all m.
 template <class T>
-void round_rows(const QgemmProblem& p, int64_t n0, int64_t n1, T* out) {
-  for (int64_t m = 0; m < p.M; ++m)
-    for (int64_t n = n0; n < n1; ++n) out[m * p.N + n] = static_cast<T>(p.out[m * p.N + n]);
+void round_columns_as(const float* src, int64_t M, int64_t N, int64_t n0, int64_t n1, T* out) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) out[m * N + n] = static_cast<T>(src[m * N + n]);
 }
 
 }  // namespace
+
+void quantize_x16(const at::Tensor& x, int64_t xblock, float qmax, int16_t* x16, float* scale) {
+  const int64_t blocks = x.numel() / xblock;
+  if (x.scalar_type() == at::kBFloat16) {
+    quantize_activations(x.const_data_ptr<at::BFloat16>(), blocks, xblock, qmax, x16, scale);
+  } else {
+    quantize_activations(x.const_data_ptr<at::Half>(), blocks, xblock, qmax, x16, scale);
+  }
+}
+
+// (to nearest even, as a dtype conversion in ATen)
+void round_columns(const float* src, int64_t M, int64_t N, int64_t n0, int64_t n1, at::Tensor& out) {
+  if (out.scalar_type() == at::kBFloat16) {
+    round_columns_as(src, M, N, n0, n1, out.data_ptr<at::BFloat16>());
+  } else if (out.scalar_type() == at::kHalf) {
+    round_columns_as(src, M, N, n0, n1, out.data_ptr<at::Half>());
+  }
+}
 
 bool tiled_kernel_runs(const at::Tensor& x, int64_t M) {
   return x.scalar_type() != at::kFloat && active_isa() == static_cast<int>(Isa::avx512vnni) &&
@@ -296,11 +315,7 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   if (int16_path) {
     int16_t* x16 = scratch.take<int16_t>(M * K);
     float* xscale = scratch.take<float>(M * K / xblock);
-    if (x.scalar_type() == at::kBFloat16) {
-      quantize_activations(xc.const_data_ptr<at::BFloat16>(), M * K / xblock, xblock, x16, xscale);
-    } else {
-      quantize_activations(xc.const_data_ptr<at::Half>(), M * K / xblock, xblock, x16, xscale);
-    }
+    quantize_x16(xc, xblock, kX16Max, x16, xscale);
     p.x16 = x16;
     p.xscale = xscale;
     if (g32) prepare_g32(p, scratch);
@@ -323,11 +338,7 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
     } else {
       avx2::qgemm_rows(p, n0, n1);
     }
-    if (x.scalar_type() == at::kBFloat16) {
-      round_rows(p, n0, n1, out.data_ptr<at::BFloat16>());
-    } else if (x.scalar_type() == at::kHalf) {
-      round_rows(p, n0, n1, out.data_ptr<at::Half>());
-    }
+    if (int16_path) round_columns(p.out, M, N, n0, n1, out);
   });
 #else
   TORCH_CHECK(false, op, ": this build has no CPU kernel (built without AVX2: the quantized kernels are x86-64 only)");

@@ -2,6 +2,7 @@
 // (gemma4::moe_experts_quant: each expert's gate_up / down). Same checks, routes and numbers as the
 // gemma4::qgemm op, without a trip through the dispatcher.
 #pragma once
+#include <cstdint>
 #include <optional>
 
 #include <ATen/core/Tensor.h>
@@ -11,5 +12,14 @@ namespace gemma4::quant {
 // y = x [..., K] @ dequant(qweight [N, K/2 | K], scales [N, G])^T (+ bias [N]) in x's dtype (qgemm_cpu.cpp).
 at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                      const std::optional<at::Tensor>& bias);
+
+// The CPU kernels' activation rounding, one rule for the row and the tiled layouts: x [..., K] bf16/fp16
+// (contiguous) -> x16 [..., K] and scale [x.numel() / xblock] float32, x ~= x16 * scale per block of xblock
+// activations, |x16| <= qmax (qgemm_cpu.cpp).
+void quantize_x16(const at::Tensor& x, int64_t xblock, float qmax, int16_t* x16, float* scale);
+
+// out[m, n0:n1] = src[m, n0:n1] for every row m of src [M, N] float32, rounded to out's dtype when out is
+// bfloat16 or float16 (the kernels' float32 sums, a column range per thread).
+void round_columns(const float* src, int64_t M, int64_t N, int64_t n0, int64_t n1, at::Tensor& out);
 
 }  // namespace gemma4::quant

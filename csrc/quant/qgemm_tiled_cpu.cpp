@@ -1,12 +1,11 @@
-// gemma4::qgemm on the CPU with the 16-row tiled int4 layout: x to two int8 planes per group of 32, then the
-// VNNI kernel (qgemm_tiled16.h) over tiles of 16 weight rows split between threads. Where that kernel does not
+// gemma4::qgemm on the CPU with the 16-row tiled int4 layout: x to int16 per group of 32 (the row layout's rule
+// with a smaller range) split into two int8 planes, then the VNNI kernel (qgemm_tiled16.h) over tiles of 16
+// weight rows split between threads. Where that kernel does not
 // serve (fp32 x, a CPU or forced instruction set without VNNI, bf16 prefill's dequantize route) the weight is
 // turned back into the row layout a slab at a time and the row layout's op runs on each slab.
 // Reference: gemma4.ops.reference.qgemm (which untiles the same way).
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <limits>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,30 +24,18 @@ constexpr int64_t kUntileSlabTiles = 64;
 // The largest |x16| whose split x16 = 256 xh + xl keeps xh in int8 (127 * 256 + 127).
 constexpr float kTiledX16Max = 32639.0f;
 
-// x [M, K] bf16/fp16 -> per group of 32 (TiledProblem): xq [M, G, 16] int8 planes, dx [M, G], xsum8 [M, G].
-// x16 = round-half-even(x / dx), dx = amax / 32639; a group holding NaN or inf gets dx = NaN and zeros.
-template <class T>
-void prepare_planes(const T* x, int64_t groups, int32_t* xq, float* dx, int32_t* xsum8) {
+// x16 [M, K] (quantize_x16 within +-kTiledX16Max, groups of 32) -> per group (TiledProblem): xq [M, G, 16] int8
+// planes, xsum8 [M, G].
+void split_planes(const int16_t* x16, int64_t groups, int32_t* xq, int32_t* xsum8) {
   at::parallel_for(0, groups, 256, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
-      const T* src = x + g * 32;  // [32]: x rows are contiguous and 32 divides K
-      float v[32];
-      float amax = 0.0f;
-      bool finite = true;
-      for (int i = 0; i < 32; ++i) {
-        v[i] = static_cast<float>(src[i]);
-        amax = std::max(amax, std::abs(v[i]));
-        finite &= std::isfinite(v[i]);
-      }
-      const float s = amax / kTiledX16Max;
-      const float inv = finite && s > 0.0f ? 1.0f / s : 0.0f;
+      const int16_t* q = x16 + g * 32;  // [32]
       int8_t lo[32], hi[32];
       int32_t sum = 0;
       for (int i = 0; i < 32; ++i) {
-        const int32_t q = static_cast<int32_t>(std::clamp(std::nearbyint(v[i] * inv), -kTiledX16Max, kTiledX16Max));
-        lo[i] = static_cast<int8_t>(static_cast<uint8_t>(q & 0xFF));
-        hi[i] = static_cast<int8_t>((q - lo[i]) / 256);
-        sum += q;
+        lo[i] = static_cast<int8_t>(static_cast<uint8_t>(q[i] & 0xFF));
+        hi[i] = static_cast<int8_t>((q[i] - lo[i]) / 256);
+        sum += q[i];
       }
       int8_t* out = reinterpret_cast<int8_t*>(xq + g * 16);  // [16 words]: per j, xl lo-quad, xl hi-quad, xh lo, xh hi
       for (int j = 0; j < 4; ++j)
@@ -58,7 +45,6 @@ void prepare_planes(const T* x, int64_t groups, int32_t* xq, float* dx, int32_t*
           out[16 * j + 8 + i] = hi[4 * j + i];
           out[16 * j + 12 + i] = hi[16 + 4 * j + i];
         }
-      dx[g] = finite ? s : std::numeric_limits<float>::quiet_NaN();
       xsum8[g] = 8 * sum;
     }
   });
@@ -80,12 +66,6 @@ at::Tensor qgemm_untiled_slabs(const at::Tensor& x2, const at::Tensor& qweight, 
     out.narrow(1, 16 * t0, 16 * nt).copy_(qgemm_cpu(x2, q, s, b));
   }
   return out;
-}
-
-template <class T>
-void round_tiles(const float* src, int64_t M, int64_t N, int64_t n0, int64_t n1, T* out) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = n0; n < n1; ++n) out[m * N + n] = static_cast<T>(src[m * N + n]);
 }
 
 }  // namespace
@@ -112,17 +92,16 @@ at::Tensor qgemm_tiled_cpu(const at::Tensor& x, const at::Tensor& qweight, const
 
   at::Tensor out = at::empty({M, N}, x.options());  // [M, N]
   const std::optional<at::Tensor> bias_f = bias ? std::optional(bias->to(at::kFloat)) : std::nullopt;
-  CallScratch scratch(CallScratch::bytes_for<int32_t>(M * G * 16) + CallScratch::bytes_for<float>(M * G) +
-                      CallScratch::bytes_for<int32_t>(M * G) + CallScratch::bytes_for<float>(M * N));
+  CallScratch scratch(CallScratch::bytes_for<int16_t>(M * K) + CallScratch::bytes_for<int32_t>(M * G * 16) +
+                      CallScratch::bytes_for<float>(M * G) + CallScratch::bytes_for<int32_t>(M * G) +
+                      CallScratch::bytes_for<float>(M * N));
   TiledProblem p{};
+  int16_t* x16 = scratch.take<int16_t>(M * K);
   int32_t* xq = scratch.take<int32_t>(M * G * 16);
   float* dx = scratch.take<float>(M * G);
   int32_t* xsum8 = scratch.take<int32_t>(M * G);
-  if (x.scalar_type() == at::kBFloat16) {
-    prepare_planes(x2.const_data_ptr<at::BFloat16>(), M * G, xq, dx, xsum8);
-  } else {
-    prepare_planes(x2.const_data_ptr<at::Half>(), M * G, xq, dx, xsum8);
-  }
+  quantize_x16(x2, 32, kTiledX16Max, x16, dx);
+  split_planes(x16, M * G, xq, xsum8);
   p.qw = static_cast<const uint8_t*>(qweight.const_data_ptr());
   p.scales = scales.const_data_ptr();
   p.xq = xq;
@@ -138,11 +117,7 @@ at::Tensor qgemm_tiled_cpu(const at::Tensor& x, const at::Tensor& qweight, const
 #if defined(__AVX2__)  // x86-64 builds, where qgemm_isa_avx512vnni.cpp holds the kernel
   at::parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
     avx512vnni::qgemm_tiled_rows(p, t0, t1);
-    if (x.scalar_type() == at::kBFloat16) {
-      round_tiles(p.out, M, N, 16 * t0, 16 * t1, out.data_ptr<at::BFloat16>());
-    } else {
-      round_tiles(p.out, M, N, 16 * t0, 16 * t1, out.data_ptr<at::Half>());
-    }
+    round_columns(p.out, M, N, 16 * t0, 16 * t1, out);
   });
 #endif
   return out.view(out_shape);
