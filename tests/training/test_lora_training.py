@@ -182,9 +182,14 @@ def test_compiled_training_steps_match_eager():
     # rounding differs: the compiled run's error against float64 must be within 2x eager float32's, for
     # the loss of each step (step 1: the forward; steps 2-3 also the backward and update before them) and
     # the parameters after the three steps. (One-step gradients: test_compiled_step.py.)
-    want = train(eager, ids, steps=3, lr=0.1, optimizer=torch.optim.SGD)
-    got = train(compiled_model, ids, steps=3, lr=0.1, forward=compiled, optimizer=torch.optim.SGD)
-    exact_losses = train(exact, ids, steps=3, lr=0.1, optimizer=torch.optim.SGD)
+    # lr = 0.02: at 0.1 the steps amplified rounding ~25x in two steps (the gradients' float32 error grew from
+    # 6e-5 to 1.3e-3 of norm ~4), so eager's and compiled's errors were two draws of a wide spread and their
+    # ratio heavy-tailed: one seed in ~13 gave compiled 3.3x eager's parameter error, with the same one-step
+    # gradient error (1.03x). At 0.02 the ratio stayed within 0.75-1.52x over 44 seeds.
+    lr = 0.02
+    want = train(eager, ids, steps=3, lr=lr, optimizer=torch.optim.SGD)
+    got = train(compiled_model, ids, steps=3, lr=lr, forward=compiled, optimizer=torch.optim.SGD)
+    exact_losses = train(exact, ids, steps=3, lr=lr, optimizer=torch.optim.SGD)
     for g, w, x in zip(got, want, exact_losses):
         assert abs(g - x) <= 2 * abs(w - x) + 1e-6 * abs(x), (got, want, exact_losses)
     # The parameters are judged together (the norm over all LoRA entries), as in test_qlora.py: one
