@@ -1,7 +1,7 @@
 """Our CUDA operators against their plain-PyTorch references on the GPU, same run, same inputs.
 
     python benchmarks/gpu/bench_ops.py                 # every case; writes benchmarks/results/ops_gpu-<gpu>.json/.png
-    python benchmarks/gpu/bench_ops.py --filter moe    # only cases whose op/case contain "moe"
+    python benchmarks/gpu/bench_ops.py --filter moe --name ops_gpu_moe   # only cases whose op/case contain "moe"
     python benchmarks/gpu/bench_ops.py --compile       # also torch.compile'd references (slow to compile)
 
 Each case times gemma4's op and the baseline a user would otherwise write (python/gemma4/ops/reference.py
@@ -154,6 +154,28 @@ def cases(compile_refs: bool):
                    ours=lambda x, w, i: g.moe_experts(x, w, i, gate_up, down, "gelu_tanh"),
                    base=lambda x, w, i: ref.moe_experts(x, w, i, gate_up, down, "gelu_tanh"), compiled=None,
                    flops=2 * N * K * 3 * H * Im, base_syncs=True)
+    # The same layer on int4 groups of 32 (bf16 scales): gemma4::moe_experts_quant's grouped GEMVs (up to 64
+    # tokens), and the composed host loop over qgemm it replaced there (reached by an x off a 16-byte boundary),
+    # against the reference's per-expert dequantize-and-multiply. bytes: the chosen experts' packed weights.
+    q_gu = torch.randint(0, 256, (E, 2 * Im, H // 2), dtype=torch.uint8, device=dev)
+    q_dn = torch.randint(0, 256, (E, H, Im // 2), dtype=torch.uint8, device=dev)
+    s_gu, s_dn = 0.02 * rnd(E, 2 * Im, H // 32), 0.02 * rnd(E, H, Im // 32)
+    q_expert_bytes = 3 * H * Im // 2 + 3 * H * Im // 32 * 2
+    banks = (q_gu, s_gu, q_dn, s_dn)
+    for N in (1, 8, 64):
+        def mkq(N=N, shift=0):
+            logits = torch.randn(N, E, device=dev)
+            w, idx = g.moe_route(logits, torch.ones(E, device=dev), K)
+            x = torch.empty(N * H + shift, device=dev, dtype=DT)[shift:].view(N, H).copy_(rnd(N, H))
+            return x, w, idx
+
+        distinct = int(mkq()[2].unique().numel())
+        for label, shift in (("", 0), (" composed (before)", 1)):
+            yield dict(op="moe_experts_quant" + label, case=f"N={N} (E=128, top8, 2816x704, int4 g32)",
+                       bytes=distinct * q_expert_bytes, inputs=[mkq(shift=shift) for _ in range(3)],
+                       ours=lambda x, w, i: g.moe_experts_quant(x, w, i, *banks, "gelu_tanh"),
+                       base=lambda x, w, i: ref.moe_experts_quant(x, w, i, *banks, "gelu_tanh"), compiled=None,
+                       flops=2 * N * K * 3 * H * Im, base_syncs=True)
     N = 512
 
     def mkb():
@@ -177,6 +199,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--filter", default="")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd references")
+    ap.add_argument("--name", default="ops_gpu", help="results file name (a --filter run: its own name)")
     ap.add_argument("--bandwidth", type=float, default=4.2e12, help="copy bandwidth in bytes/s (H200: 4.2e12)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -235,7 +258,7 @@ def main():
         fig.tight_layout()
         return fig
 
-    write_gpu_results("ops_gpu", rows, info, plot=plot, extra={"bandwidth_Bps": args.bandwidth})
+    write_gpu_results(args.name, rows, info, plot=plot, extra={"bandwidth_Bps": args.bandwidth})
 
 
 if __name__ == "__main__":

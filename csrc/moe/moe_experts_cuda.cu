@@ -22,6 +22,7 @@
 #include "moe/moe_checks.h"
 #include "common/cuda_launch.cuh"
 #include "moe/moe_cuda.cuh"
+#include "moe/moe_grouping.cuh"
 #include "moe/moe_gemm_tc.cuh"
 
 namespace gemma4 {
@@ -36,35 +37,6 @@ static_assert(kBM == kTcBM, "the backward's tiles serve the SIMT and the tensor-
 constexpr int64_t kGemvMaxTokens = 64;
 
 using Shapes = moe::ExpertsProblem;
-
-// The CUDA-specific limits (the grouping kernel's shared-memory counters, int32 positions).
-void check_cuda_limits(const char* op, const Shapes& s) {
-  TORCH_CHECK(s.E <= kMaxExperts, op, ": at most ", kMaxExperts, " experts on CUDA (gate_up.size(0)), got ", s.E);
-  TORCH_CHECK(s.N * s.K < (int64_t(1) << 31), op, ": at most 2^31 - 1 (token, slot) pairs on CUDA, got ", s.N * s.K);
-}
-
-// Device buffers of one grouping, built by group_pairs_kernel on the current stream.
-struct Grouping {
-  at::Tensor storage;
-  GroupLayout layout;
-};
-
-Grouping group_pairs(const at::Tensor& indices, int64_t E, int BM) {
-  const int64_t P = indices.numel();
-  Grouping g;
-  g.layout.BM = BM;
-  g.layout.max_tiles = max_tiles_for(P, E, BM);
-  g.storage = at::empty({E + 1 + P + 3 * g.layout.max_tiles}, indices.options().dtype(at::kInt));
-  int32_t* base = g.storage.mutable_data_ptr<int32_t>();
-  g.layout.offsets = base;
-  g.layout.sorted_pair = base + E + 1;
-  g.layout.tile_expert = g.layout.sorted_pair + P;
-  g.layout.tile_row0 = g.layout.tile_expert + g.layout.max_tiles;
-  g.layout.tile_rows = g.layout.tile_row0 + g.layout.max_tiles;
-  group_pairs_kernel<<<1, kGroupThreads, 0, cuda::stream()>>>(indices.const_data_ptr<int64_t>(), P, E, g.layout);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return g;
-}
 
 template <typename TA, typename TB, typename Acc, bool BNN>
 void launch_pair_gemm(const PairGemm<TA, TB, Acc>& p, const GroupLayout& g) {
@@ -119,13 +91,6 @@ void launch_weight_grad_gemm(const WeightGradGemm<TA, TB, TO>& p, const GroupLay
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename Acc, typename T>
-void launch_sum_slots(const Acc* buf, int64_t N, int64_t K, int64_t H, T* out) {
-  const int64_t blocks = std::min<int64_t>(cuda::ceil_div<int64_t>(N * H, 256), int64_t(cuda::sm_count()) * 16);
-  sum_slots_kernel<Acc, T><<<static_cast<unsigned>(blocks), 256, 0, cuda::stream()>>>(buf, N, K, H, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
 unsigned elementwise_blocks(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>(cuda::ceil_div<int64_t>(std::max<int64_t>(n, 1), 256),
                                                  int64_t(cuda::sm_count()) * 16));
@@ -151,7 +116,7 @@ at::Tensor moe_experts_cuda(const at::Tensor& x_in, const at::Tensor& weights_in
   check_device(x_in, op, "x", c10::kCUDA);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Shapes s = moe::check_experts(op, x_in, weights_in, indices_in, gate_up_in, down_in, act_name);
-  check_cuda_limits(op, s);
+  check_cuda_limits(op, s.E, s.N * s.K, "gate_up");
   const at::Tensor &x = s.x, &weights = s.weights, &indices = s.indices, &gate_up = s.gate_up, &down = s.down;
   const Activation act = s.act;
   const int64_t P = s.N * s.K;
@@ -223,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Shapes s =
       moe::check_experts_backward(op, grad_out_in, x_in, weights_in, indices_in, gate_up_in, down_in, act_name);
-  check_cuda_limits(op, s);
+  check_cuda_limits(op, s.E, s.N * s.K, "gate_up");
   const at::Tensor &x = s.x, &weights = s.weights, &indices = s.indices, &gate_up = s.gate_up, &down = s.down,
                    &grad_out = s.grad_out;
   const Activation act = s.act;

@@ -1,20 +1,96 @@
-// gemma4::moe_experts_quant and its backward on CUDA: no kernel of their own. A host loop over the experts
-// composed of the CUDA ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the device
-// (bincount + stable argsort), the per-expert counts come to the host in one copy (the op's one
-// synchronisation, so it cannot be captured in a CUDA graph), then each chosen expert runs index_select,
-// gemma4::qgemm on its gate_up slice, gemma4::gated_activation, gemma4::qgemm on its down slice and
-// index_add_ into a float32 accumulator: about six launches per chosen expert. Same maths as the CPU kernel
-// (moe_experts_quant_cpu.cpp); the results differ from it by the CUDA qgemm's rounding only.
+// gemma4::moe_experts_quant and its backward on CUDA.
+//
+// Forward, up to kGemvMaxTokens tokens (decode, small batches): the pairs grouped by expert on the device
+// (moe_grouping.cuh), then the gate/up and down GEMVs over the packed weights (moe_quant_gemv.cuh) and the
+// per-token sum over the slots: four launches, no host sync, so a decode step that contains it can be captured
+// in a CUDA graph. Indices outside [0, E) trip a device-side assert there, as in gemma4::moe_experts (a host
+// check would need the sync). Its roundings are the composed path's; its sums are not bit-equal to them.
+//
+// Larger forwards and the backward: no kernel of their own. A host loop over the experts composed of the CUDA
+// ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the device (bincount + stable argsort),
+// the per-expert counts come to the host in one copy (the op's one synchronisation), then each chosen expert runs
+// index_select, gemma4::qgemm on its gate_up slice, gemma4::gated_activation, gemma4::qgemm on its down slice and
+// index_add_ into a float32 accumulator: about six launches per chosen expert, so that each expert's tokens take
+// qgemm's tensor-core paths. Same maths as the CPU kernel (moe_experts_quant_cpu.cpp); the results differ from it
+// by the CUDA kernels' rounding only.
 #include <torch/library.h>
 
 #include <c10/cuda/CUDAGuard.h>
 
+#include <ATen/ops/empty.h>
+
 #include "moe/moe_experts_quant.h"
+#include "moe/moe_grouping.cuh"
+#include "moe/moe_quant_gemv.cuh"
+#include "quant/qgemm_cuda_dispatch.h"
 
 namespace gemma4 {
 namespace {
 
 constexpr const char* kOp = "gemma4::moe_experts_quant";
+
+// Up to this many tokens the forward takes the grouped GEMVs; above, the composed path, whose per-expert qgemm
+// calls reach the tensor cores.
+constexpr int64_t kGemvMaxTokens = 64;
+
+// The grouped GEMVs' conditions: few tokens, experts within the grouping kernel's counters, and x on a 16-byte
+// boundary (their activation loads).
+bool gemv_fits(const moe::QuantExpertsProblem& p) {
+  return p.N <= kGemvMaxTokens && p.E <= moe_cuda::kMaxExperts && cuda::aligned16(p.x.const_data_ptr());
+}
+
+// One bank's arguments: qweight [E, rows, K/2 | K], scales [E, rows, G].
+moe_cuda::QuantPairGemv bank_args(const at::Tensor& qweight, const at::Tensor& scales, int64_t K, int rows) {
+  moe_cuda::QuantPairGemv a{};
+  a.qw = static_cast<const uint8_t*>(qweight.const_data_ptr());
+  a.scales = scales.const_data_ptr();
+  a.expert_bytes = qweight.stride(0);
+  a.row_bytes = qweight.stride(1);
+  a.rows = rows;
+  a.K = static_cast<int>(K);
+  a.G = static_cast<int>(scales.size(2));
+  a.runs_per_scale = static_cast<int>(K / scales.size(2) / 32);
+  return a;
+}
+
+template <typename T, bool GATED>
+void launch_bank(const moe_cuda::QuantPairGemv& a, int bits, at::ScalarType scale_type,
+                 const moe_cuda::GroupLayout& g) {
+  const dim3 grid(static_cast<unsigned>(g.max_tiles), static_cast<unsigned>(cuda::ceil_div(a.rows, moe_cuda::kQWarps)));
+  quant_cuda::dispatch_bits(bits, [&]<int BITS>() {
+    quant_cuda::dispatch_scale(scale_type, [&]<typename S>() {
+      moe_cuda::quant_pair_gemv_kernel<T, S, BITS, GATED><<<grid, moe_cuda::kQWarps * 32, 0, cuda::stream()>>>(a, g);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+template <typename T>
+at::Tensor forward_gemv(const moe::QuantExpertsProblem& p) {
+  const int64_t P = p.N * p.K;
+  const moe_cuda::Grouping grouping = moe_cuda::group_pairs(p.indices, p.E, moe_cuda::kQRows);
+  const moe_cuda::GroupLayout& g = grouping.layout;
+  const at::Tensor w = p.weights.to(at::kFloat);                           // [N, K] routing weights, fp32
+  at::Tensor h = at::empty({P, p.Im}, p.x.options());                      // [P, Im] by sorted position, T
+  at::Tensor y_pair = at::empty({P, p.H}, p.x.options().dtype(at::kFloat));  // [P, H] by pair id
+  moe_cuda::QuantPairGemv gu = bank_args(p.gate_up_qweight, p.gate_up_scales, p.H, static_cast<int>(p.Im));
+  gu.a = p.x.const_data_ptr();
+  gu.a_by_token = true;
+  gu.slots = static_cast<int>(p.K);
+  gu.out = h.mutable_data_ptr();
+  gu.act = p.act;
+  launch_bank<T, true>(gu, p.gate_up_qweight.scalar_type() == at::kByte ? 4 : 8, p.gate_up_scales.scalar_type(), g);
+  moe_cuda::QuantPairGemv dn = bank_args(p.down_qweight, p.down_scales, p.Im, static_cast<int>(p.H));
+  dn.a = h.const_data_ptr();
+  dn.a_by_token = false;
+  dn.slots = static_cast<int>(p.K);
+  dn.out = y_pair.mutable_data_ptr();
+  dn.weights = w.const_data_ptr<float>();
+  launch_bank<T, false>(dn, p.down_qweight.scalar_type() == at::kByte ? 4 : 8, p.down_scales.scalar_type(), g);
+  at::Tensor out = at::empty({p.N, p.H}, p.x.options());  // [N, H]
+  moe_cuda::launch_sum_slots(y_pair.const_data_ptr<float>(), p.N, p.K, p.H, out.mutable_data_ptr<T>());
+  return out;
+}
 
 at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
                                   const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales,
@@ -24,7 +100,10 @@ at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights
   const moe::QuantExpertsProblem p = moe::check_experts_quant(kOp, x, weights, indices, gate_up_qweight,
                                                               gate_up_scales, down_qweight, down_scales, activation);
   const c10::cuda::CUDAGuard guard(x.device());
-  return moe::experts_quant_forward_composed(kOp, p);
+  if (p.N == 0 || !gemv_fits(p)) return moe::experts_quant_forward_composed(kOp, p);
+  if (x.scalar_type() == at::kBFloat16) return forward_gemv<c10::BFloat16>(p);
+  if (x.scalar_type() == at::kHalf) return forward_gemv<c10::Half>(p);
+  return forward_gemv<float>(p);
 }
 
 std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(

@@ -231,15 +231,21 @@ def test_indices_out_of_range():
         op(**args)
 
 
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and build_info["cuda"]),
+                                reason="needs a GPU and a CUDA build")
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not (torch.cuda.is_available() and build_info["cuda"]), reason="needs a GPU and a CUDA build")
+@needs_cuda
 @pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_cuda_matches_cpu_and_reference(bits, group, dtype):
-    """The CUDA op (a host loop over qgemm / gated_activation on the GPU) against the float64 reference and
-    plain PyTorch on the GPU (the error rule), and against the CPU op (within both allowances); gradients too;
-    one expert left unchosen. Also the indices check on the device."""
-    cpu = _problem(4, 2112, 704, bits, group, 12, 2, dtype, unused=(1,))
+@pytest.mark.parametrize("tokens", [1, 12, 80], ids=["decode", "gemv", "composed"])
+def test_cuda_matches_cpu_and_reference(bits, group, dtype, tokens):
+    """The CUDA op against the float64 reference and plain PyTorch on the GPU (the error rule), and against the
+    CPU op (within both allowances); gradients too; one expert left unchosen. Up to 64 tokens the forward runs
+    the grouped GEMVs (one token: every expert a tile of one pair; 12 tokens: tiles of several pairs), above it
+    the composed host loop over qgemm."""
+    cpu = _problem(4, 2112, 704, bits, group, tokens, 2, dtype, unused=(1,))
     dev = [t.cuda() for t in cpu]
     ref64 = reference.moe_experts_quant(cpu[0].double(), cpu[1].double(), *cpu[2:], "gelu_tanh")
     ours, want = op(*dev, "gelu_tanh"), op(*cpu, "gelu_tanh")
@@ -257,7 +263,63 @@ def test_cuda_matches_cpu_and_reference(bits, group, dtype):
     for o, e, p in zip(got, exact, base):
         assert o.is_cuda
         assert_lowp_close(o.cpu(), e, p.cpu())
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+def test_cuda_gemv_path_roundings_and_shapes(act):
+    """The grouped GEMVs on 26B-A4B's expert shape (H = 2816, Im = 704, top 8 of 16 experts, int4 groups of 64:
+    two runs a scale), fp16 x and fp32 scales, weights in x's dtype: the error rule against the float64
+    reference, and the CPU op within both allowances."""
+    cpu = _problem(16, 2816, 704, 4, 64, 3, 8, torch.float16, scale_dtype=torch.float32)
+    cpu = (cpu[0], cpu[1].to(torch.float16), *cpu[2:])
+    dev = [t.cuda() for t in cpu]
+    ours, want = op(*dev, act), op(*cpu, act)
+    ref64 = reference.moe_experts_quant(cpu[0].double(), cpu[1].double(), *cpu[2:], act)
+    plain, plain_cpu = _plain(*dev, act).cpu(), _plain(*cpu, act)
+    assert_lowp_close(ours.cpu(), ref64, plain)
+    ulp = torch.finfo(torch.float16).eps * ref64.abs().max().item()
+    assert max_abs_err(ours.cpu(), want) <= 2 * (max_abs_err(plain, ref64) + max_abs_err(plain_cpu, ref64)) + 2 * ulp
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_decode_call_is_graph_capturable():
+    """One decode token's call (the grouped GEMVs: no host sync) captured in a CUDA graph and replayed on new
+    inputs equals the eager call on them; a misaligned x (the composed path) equals the aligned one's result."""
+    dev = [t.cuda() for t in _problem(8, 2112, 704, 4, 32, 1, 4, torch.bfloat16)]
+    static = [t.clone() for t in dev]
+    op(*static, "gelu_tanh")  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = op(*static, "gelu_tanh")
+    fresh = _problem(8, 2112, 704, 4, 32, 1, 4, torch.bfloat16)
+    for s, f in zip(static[:3], fresh[:3]):  # new x, routing weights and experts; the same banks
+        s.copy_(f)
+    graph.replay()
+    assert torch.equal(out, op(*static, "gelu_tanh"))
+    x = static[0]
+    buf = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+    shifted = buf[1:].view_as(x).copy_(x)  # 2 bytes past a 16-byte boundary
+    assert shifted.data_ptr() % 16 != 0
+    assert_lowp_close(op(shifted, *static[1:], "gelu_tanh").cpu(),
+                      reference.moe_experts_quant(x.cpu().double(), static[1].cpu().double(),
+                                                  *[t.cpu() for t in static[2:]], "gelu_tanh"),
+                      _plain(*static, "gelu_tanh").cpu())
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_bad_indices_outside_the_gemv():
+    """Indices outside [0, E) raise the CPU op's error where the CUDA op has a host loop: forwards of more than
+    64 tokens and the backward. (Up to 64 tokens a forward checks them with a device-side assert, as
+    gemma4::moe_experts does; it ends the process's CUDA context, so it is not run here.)"""
+    dev = [t.cuda() for t in _problem(4, 64, 32, 4, 32, 80, 2, torch.float32)]
     bad = dev[2].clone()
     bad[0, 0] = 4
     with pytest.raises(RuntimeError, match=r"indices must be in \[0, 4\)"):
         op(dev[0], dev[1], bad, *dev[3:], "gelu_tanh")
+    with pytest.raises(RuntimeError, match=r"indices must be in \[0, 4\)"):
+        torch.ops.gemma4.moe_experts_quant_backward(dev[0], dev[0], dev[1], bad, *dev[3:], "gelu_tanh")
