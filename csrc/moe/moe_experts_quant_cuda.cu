@@ -33,10 +33,11 @@ constexpr const char* kOp = "gemma4::moe_experts_quant";
 // calls reach the tensor cores.
 constexpr int64_t kGemvMaxTokens = 64;
 
-// The grouped GEMVs' conditions: few tokens, experts within the grouping kernel's counters, and x on a 16-byte
-// boundary (their activation loads).
+// The grouped GEMVs' conditions: few tokens, experts within the grouping kernel's counters, and x and both packed
+// banks on 16-byte boundaries (their vector loads; a sliced bank may not be).
 bool gemv_fits(const moe::QuantExpertsProblem& p) {
-  return p.N <= kGemvMaxTokens && p.E <= moe_cuda::kMaxExperts && cuda::aligned16(p.x.const_data_ptr());
+  return p.N <= kGemvMaxTokens && p.E <= moe_cuda::kMaxExperts &&
+         cuda::aligned16(p.x.const_data_ptr(), p.gate_up_qweight.const_data_ptr(), p.down_qweight.const_data_ptr());
 }
 
 // One bank's arguments: qweight [E, rows, K/2 | K], scales [E, rows, G].
@@ -56,7 +57,8 @@ moe_cuda::QuantPairGemv bank_args(const at::Tensor& qweight, const at::Tensor& s
 template <typename T, bool GATED>
 void launch_bank(const moe_cuda::QuantPairGemv& a, int bits, at::ScalarType scale_type,
                  const moe_cuda::GroupLayout& g) {
-  const dim3 grid(static_cast<unsigned>(g.max_tiles), static_cast<unsigned>(cuda::ceil_div(a.rows, moe_cuda::kQWarps)));
+  const int blocks_y = cuda::ceil_div(a.rows, moe_cuda::kQWarps);  // a warp per output row
+  const dim3 grid(static_cast<unsigned>(g.max_tiles), static_cast<unsigned>(blocks_y));
   quant_cuda::dispatch_bits(bits, [&]<int BITS>() {
     quant_cuda::dispatch_scale(scale_type, [&]<typename S>() {
       moe_cuda::quant_pair_gemv_kernel<T, S, BITS, GATED><<<grid, moe_cuda::kQWarps * 32, 0, cuda::stream()>>>(a, g);
