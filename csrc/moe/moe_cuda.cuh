@@ -48,8 +48,8 @@ struct GroupLayout {
 inline int64_t max_tiles_for(int64_t P, int64_t E, int BM) { return (P + BM - 1) / BM + std::min(E, P); }
 
 // static: each file that launches it (moe_grouping.cuh's group_pairs) gets its own copy; a kernel has no inline.
-static __global__ void __launch_bounds__(kGroupThreads) group_pairs_kernel(const int64_t* __restrict__ indices, int64_t P,
-                                                                    int64_t E, GroupLayout g) {
+static __global__ void __launch_bounds__(kGroupThreads)
+    group_pairs_kernel(const int64_t* __restrict__ indices, int64_t P, int64_t E, GroupLayout g) {
   __shared__ int32_t count[kMaxExperts];
   __shared__ int32_t cursor[kMaxExperts];
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0;

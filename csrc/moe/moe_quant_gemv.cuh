@@ -78,7 +78,7 @@ __device__ __forceinline__ float half_dot(const float (&f)[16], const float (&x)
 }
 
 // Grid (max_tiles, ceil(rows / kQWarps)), kQWarps warps. GATED: the gate/up kernel, else down. Every pointer the
-// loads use is 16-byte aligned (the host checks x; h and the packed rows are).
+// loads use is 16-byte aligned (the host checks x and the banks; h is its own allocation).
 template <typename T, typename S, int BITS, bool GATED>
 __global__ void __launch_bounds__(kQWarps * 32) quant_pair_gemv_kernel(const QuantPairGemv p, const GroupLayout g) {
   const int32_t e = g.tile_expert[blockIdx.x];
