@@ -2,12 +2,15 @@
 // Reference: gemma4.quant.formats.dequantize.
 #include "quant/qdequant.h"
 
+#include <cstring>
+#include <vector>
+
 #include <c10/util/BFloat16.h>
 
 namespace gemma4::quant {
 
 void dequantize_rows_bf16_scalar(const uint8_t* qw, int bits, const float* scales, int64_t r0, int64_t r1, int64_t K,
-                                 int64_t G, uint16_t* w) {
+                                 int64_t G, int64_t rs, int64_t gs, uint16_t* w) {
   const int64_t group = K / G, row_bytes = bits == 4 ? K / 2 : K;
   float q[32];
   for (int64_t r = r0; r < r1; ++r) {
@@ -21,10 +24,17 @@ void dequantize_rows_bf16_scalar(const uint8_t* qw, int bits, const float* scale
       } else {
         for (int j = 0; j < 32; ++j) q[j] = static_cast<float>(static_cast<int8_t>(b[k0 + j]));
       }
-      const float scale = scales[r * G + k0 / group];
+      const float scale = scales[r * rs + (k0 / group) * gs];
       for (int j = 0; j < 32; ++j) w[r * K + k0 + j] = c10::BFloat16(q[j] * scale).x;
     }
   }
+}
+
+void dequantize_tile_bf16_scalar(const uint8_t* tile, const float* scales, int64_t K, int64_t G, uint16_t* w) {
+  std::vector<uint8_t> q(16 * K / 2);  // [16, K/2]: the tile in the row layout
+  for (int64_t c = 0; c < K / 8; ++c)
+    for (int r = 0; r < 16; ++r) std::memcpy(q.data() + r * (K / 2) + 4 * c, tile + 64 * c + 4 * r, 4);
+  dequantize_rows_bf16_scalar(q.data(), 4, scales, 0, 16, K, G, 1, 16, w);
 }
 
 }  // namespace gemma4::quant

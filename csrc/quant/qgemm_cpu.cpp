@@ -207,26 +207,41 @@ void dequantize_rows_bf16(const at::Tensor& qweight, const at::Tensor& scales, i
                           int64_t K, at::BFloat16* w) {
   const at::Tensor sf = scales.narrow(0, n0, rows).to(at::kFloat).contiguous();  // [rows, G]
   const uint8_t* qw = static_cast<const uint8_t*>(qweight.const_data_ptr()) + n0 * (bits == 4 ? K / 2 : K);
-#if defined(__AVX2__)  // x86-64 builds, where qdequant_avx512.cpp is compiled with the AVX-512 flags
-  const auto body = cpu_has_avx512() ? &avx512::dequantize_rows_bf16 : &dequantize_rows_bf16_scalar;
-#else
-  const auto body = &dequantize_rows_bf16_scalar;
-#endif
+  const DequantBody body = dequant_body();
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    body(qw, bits, sf.const_data_ptr<float>(), r0, r1, K, scales.size(1), reinterpret_cast<uint16_t*>(w));
+    const int64_t G = scales.size(1);
+    body(qw, bits, sf.const_data_ptr<float>(), r0, r1, K, G, G, 1, reinterpret_cast<uint16_t*>(w));
   });
 }
 
-at::Tensor qgemm_dequantized(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                             const std::optional<at::Tensor>& bias, int bits, at::IntArrayRef out_shape) {
-  const int64_t K = x.size(-1), N = qweight.size(0), M = x.numel() / K;
+}  // namespace
+
+DequantBody dequant_body() {
+#if defined(__AVX2__)  // x86-64 builds, where qdequant_avx512.cpp is compiled with the AVX-512 flags
+  return cpu_has_avx512() ? &avx512::dequantize_rows_bf16 : &dequantize_rows_bf16_scalar;
+#else
+  return &dequantize_rows_bf16_scalar;
+#endif
+}
+
+DequantTileBody dequant_tile_body() {
+#if defined(__AVX2__)
+  return cpu_has_avx512() ? &avx512::dequantize_tile_bf16 : &dequantize_tile_bf16_scalar;
+#else
+  return &dequantize_tile_bf16_scalar;
+#endif
+}
+
+at::Tensor qgemm_dequantized(const at::Tensor& x, int64_t N, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef out_shape, const DequantRows& fill) {
+  const int64_t K = x.size(-1), M = x.numel() / K;
   const at::Tensor x2 = x.reshape({M, K});                                   // [M, K] bf16
   at::Tensor out = at::empty({M, N}, x.options());                            // [M, N] bf16
   at::Tensor w = at::empty({std::min(N, kDequantRows), K}, x.options());      // [rows, K] bf16
   for (int64_t n0 = 0; n0 < N; n0 += kDequantRows) {
     const int64_t rows = std::min(kDequantRows, N - n0);
     at::Tensor wr = w.narrow(0, 0, rows);
-    dequantize_rows_bf16(qweight, scales, bits, n0, rows, K, wr.data_ptr<at::BFloat16>());
+    fill(n0, rows, wr.data_ptr<at::BFloat16>());
     const std::optional<at::Tensor> b = bias ? std::optional(bias->narrow(0, n0, rows)) : std::nullopt;
     if (rows == N) return at::linear(x2, wr, b).view(out_shape);
     out.narrow(1, n0, rows).copy_(at::linear(x2, wr, b));                      // [M, rows]
@@ -241,6 +256,8 @@ bool takes_dequant_route(const at::Tensor& x, int64_t M) {
   const bool automatic = !isa_forced() && M >= kDequantMinRows && native_bf16_gemm();
   return x.scalar_type() == at::kBFloat16 && (forced || automatic);
 }
+
+namespace {
 
 template <class T>
 void round_columns_as(const float* src, int64_t M, int64_t N, int64_t n0, int64_t n1, T* out) {
@@ -284,7 +301,12 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   out_shape.back() = N;
   if (M == 0 || N == 0) return at::zeros(out_shape, x.options());
   const bool dequant_forced = active_isa() == static_cast<int>(Isa::dequant);
-  if (takes_dequant_route(x, M)) return qgemm_dequantized(x, qweight, scales, bias, qweight_bits(qweight, op), out_shape);
+  if (takes_dequant_route(x, M)) {
+    const int bits = qweight_bits(qweight, op);
+    return qgemm_dequantized(x, N, bias, out_shape, [&](int64_t n0, int64_t rows, at::BFloat16* w) {
+      dequantize_rows_bf16(qweight, scales, bits, n0, rows, K, w);
+    });
+  }
 
   // fp32 activations are used as they are; bf16/fp16 ones go to int16 (see qgemm_problem.h)
   const bool int16_path = x.scalar_type() != at::kFloat;

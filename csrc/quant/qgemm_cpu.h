@@ -3,6 +3,7 @@
 // gemma4::qgemm op, without a trip through the dispatcher.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 
 #include <ATen/core/Tensor.h>
@@ -17,6 +18,21 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
 // (contiguous) -> x16 [..., K] and scale [x.numel() / xblock] float32, x ~= x16 * scale per block of xblock
 // activations, |x16| <= qmax (qgemm_cpu.cpp).
 void quantize_x16(const at::Tensor& x, int64_t xblock, float qmax, int16_t* x16, float* scale);
+
+// bf16 prefill's route on CPUs with a native bf16 GEMM (or when forced): whether M rows of x take it, and the
+// route itself, y = x @ w^T (+ bias) with the weight dequantized to bf16 a slab of rows at a time by fill(n0, rows,
+// w [rows, K]), each slab multiplied by torch's GEMM (qgemm_cpu.cpp). The tiled layout fills from its tiles.
+using DequantRows = std::function<void(int64_t n0, int64_t rows, at::BFloat16* w)>;
+bool takes_dequant_route(const at::Tensor& x, int64_t M);
+at::Tensor qgemm_dequantized(const at::Tensor& x, int64_t N, const std::optional<at::Tensor>& bias,
+                             at::IntArrayRef out_shape, const DequantRows& fill);
+// qdequant.h's row dequantization on the best instruction set here (AVX-512 or scalar).
+using DequantBody = void (*)(const uint8_t* qw, int bits, const float* scales, int64_t r0, int64_t r1, int64_t K,
+                             int64_t G, int64_t rs, int64_t gs, uint16_t* w);
+DequantBody dequant_body();
+// qdequant.h's dequantization of one 16-row tile (the tiled int4 layout) on the best instruction set here.
+using DequantTileBody = void (*)(const uint8_t* tile, const float* scales, int64_t K, int64_t G, uint16_t* w);
+DequantTileBody dequant_tile_body();
 
 // out[m, n0:n1] = src[m, n0:n1] for every row m of src [M, N] float32, rounded to out's dtype when out is
 // bfloat16 or float16 (the kernels' float32 sums, a column range per thread).

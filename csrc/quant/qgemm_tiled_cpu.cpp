@@ -1,8 +1,9 @@
 // gemma4::qgemm on the CPU with the 16-row tiled int4 layout: x to int16 per group of 32 (the row layout's rule
 // with a smaller range) split into two int8 planes, then the VNNI kernel (qgemm_tiled16.h) over tiles of 16
-// weight rows split between threads. Where that kernel does not
-// serve (fp32 x, a CPU or forced instruction set without VNNI, bf16 prefill's dequantize route) the weight is
-// turned back into the row layout a slab at a time and the row layout's op runs on each slab.
+// weight rows split between threads. bf16 prefill's dequantize route dequantizes straight from the tiles (a
+// tile's 16 rows turned into the row layout in a buffer of the thread, then qdequant.h's row dequantization).
+// Where neither serves (fp32 x, a CPU or forced instruction set without VNNI) the weight is turned back into the
+// row layout a slab at a time and the row layout's op runs on each slab.
 // Reference: gemma4.ops.reference.qgemm (which untiles the same way).
 #include <algorithm>
 #include <cstdint>
@@ -50,6 +51,26 @@ void split_planes(const int16_t* x16, int64_t groups, int32_t* xq, int32_t* xsum
   });
 }
 
+// bf16 prefill's dequantize route on the tiled layout: slabs of whole tiles (the route's slabs are multiples of
+// 16 rows), each tile dequantized straight from its bytes (qdequant.h: dequantize_tile_bf16, a register transpose
+// of 16 rows), its scales read in place ([G, 16], turned to float32 a slab at a time).
+at::Tensor qgemm_tiled_dequantized(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
+                                   const std::optional<at::Tensor>& bias, at::IntArrayRef out_shape) {
+  const int64_t K = x2.size(1), G = scales.size(1), N = qweight.size(0) * 16;
+  const uint8_t* qw = static_cast<const uint8_t*>(qweight.const_data_ptr());
+  const DequantTileBody body = dequant_tile_body();
+  return qgemm_dequantized(x2, N, bias, out_shape, [&](int64_t n0, int64_t rows, at::BFloat16* w) {
+    TORCH_INTERNAL_ASSERT(n0 % 16 == 0 && rows % 16 == 0);
+    const int64_t t0 = n0 / 16, nt = rows / 16;
+    const at::Tensor sf = scales.narrow(0, t0, nt).to(at::kFloat).contiguous();  // [nt, G, 16]
+    at::parallel_for(t0, t0 + nt, 1, [&](int64_t a, int64_t b) {
+      for (int64_t t = a; t < b; ++t)  // tile t: 16 rows x K/2 bytes
+        body(qw + t * 8 * K, sf.const_data_ptr<float>() + (t - t0) * 16 * G, K, G,
+             reinterpret_cast<uint16_t*>(w) + (t - t0) * 16 * K);
+    });
+  });
+}
+
 // The row layout's op on slabs of tiles (the fallback).
 at::Tensor qgemm_untiled_slabs(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                                const std::optional<at::Tensor>& bias) {
@@ -88,6 +109,7 @@ at::Tensor qgemm_tiled_cpu(const at::Tensor& x, const at::Tensor& qweight, const
   out_shape.back() = N;
   if (M == 0 || N == 0) return at::zeros(out_shape, x.options());
   const at::Tensor x2 = x.contiguous().view({M, K});  // [M, K]
+  if (takes_dequant_route(x, M)) return qgemm_tiled_dequantized(x2, qweight, scales, bias, out_shape);
   if (!tiled_kernel_runs(x, M)) return qgemm_untiled_slabs(x2, qweight, scales, bias).view(out_shape);
 
   at::Tensor out = at::empty({M, N}, x.options());  // [M, N]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gemma4 import ops
-from gemma4.ops import reference
+from gemma4.ops import quant as qops, reference
 from gemma4.quant import QuantLinear, formats
 from tests.helpers import assert_lowp_close
 from tests.quant.common import available_isas, cpu_isa, random_qweight  # noqa: F401 (fixture)
@@ -41,8 +41,9 @@ def test_tile16_rejects_what_it_cannot_tile():
 @pytest.mark.parametrize("k", [704, 2112, 1536])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_tiled_qgemm_matches_reference(cpu_isa, k, dtype):
-    """On VNNI the tiled kernel; elsewhere (and for fp32 x, and bf16 prefill's dequantize route) the row layout's op
-    on slabs turned back into rows: both within the error rule. 1200 rows take more than one slab."""
+    """On VNNI the tiled kernel; bf16 prefill's dequantize route dequantizes from the tiles; elsewhere (and for fp32
+    x) the row layout's op on slabs turned back into rows: all within the error rule. 1200 rows take more than one
+    slab."""
     for n in (48, 1200):
         scale_dtype = [torch.float32, torch.bfloat16, torch.float16][torch.randint(3, ()).item()]
         (qweight, scales), (qt, st) = _tiled(n, k, scale_dtype)
@@ -54,6 +55,20 @@ def test_tiled_qgemm_matches_reference(cpu_isa, k, dtype):
             ref64 = x.double() @ w64.t() + (bias.double() if bias is not None else 0)
             assert ours.dtype == dtype and ours.shape == (m, n)
             assert_lowp_close(ours, ref64, torch.nn.functional.linear(x, w64.to(dtype), bias))
+
+
+def test_dequantize_route_from_tiles_equals_rows():
+    """bf16 prefill's dequantize route reads the tiles directly: bit for bit the row layout's route (the same bf16
+    weight, the same 1024-row slabs through torch's GEMM), 1200 rows (two slabs), every scale dtype."""
+    qops.qgemm_cpu_isa("dequant")
+    try:
+        for scale_dtype in (torch.float32, torch.bfloat16, torch.float16):
+            (qweight, scales), (qt, st) = _tiled(1200, 704, scale_dtype)
+            x = torch.randn(70, 704).to(torch.bfloat16)
+            bias = torch.randn(1200).to(torch.bfloat16)
+            assert torch.equal(ops.qgemm(x, qt, st, bias), ops.qgemm(x, qweight, scales, bias))
+    finally:
+        qops.qgemm_cpu_isa("auto")
 
 
 @needs_vnni
