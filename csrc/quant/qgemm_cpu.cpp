@@ -202,20 +202,9 @@ bool native_bf16_gemm() {
 #endif
 }
 
-// w [rows, K] bf16 = q * scale for weight rows [n0, n0 + rows) (qdequant.h), on AVX-512 where the CPU has it.
-void dequantize_rows_bf16(const at::Tensor& qweight, const at::Tensor& scales, int bits, int64_t n0, int64_t rows,
-                          int64_t K, at::BFloat16* w) {
-  const at::Tensor sf = scales.narrow(0, n0, rows).to(at::kFloat).contiguous();  // [rows, G]
-  const uint8_t* qw = static_cast<const uint8_t*>(qweight.const_data_ptr()) + n0 * (bits == 4 ? K / 2 : K);
-  const DequantBody body = dequant_body();
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-    const int64_t G = scales.size(1);
-    body(qw, bits, sf.const_data_ptr<float>(), r0, r1, K, G, G, 1, reinterpret_cast<uint16_t*>(w));
-  });
-}
-
-}  // namespace
-
+// qdequant.h's row dequantization on the best instruction set here (AVX-512 or scalar).
+using DequantBody = void (*)(const uint8_t* qw, int bits, const float* scales, int64_t r0, int64_t r1, int64_t K,
+                             int64_t G, int64_t rs, int64_t gs, uint16_t* w);
 DequantBody dequant_body() {
 #if defined(__AVX2__)  // x86-64 builds, where qdequant_avx512.cpp is compiled with the AVX-512 flags
   return cpu_has_avx512() ? &avx512::dequantize_rows_bf16 : &dequantize_rows_bf16_scalar;
@@ -223,6 +212,20 @@ DequantBody dequant_body() {
   return &dequantize_rows_bf16_scalar;
 #endif
 }
+
+// w [rows, K] bf16 = q * scale for weight rows [n0, n0 + rows) (qdequant.h), on AVX-512 where the CPU has it.
+void dequantize_rows_bf16(const at::Tensor& qweight, const at::Tensor& scales, int bits, int64_t n0, int64_t rows,
+                          int64_t K, at::BFloat16* w) {
+  const at::Tensor sf = scales.narrow(0, n0, rows).to(at::kFloat).contiguous();  // [rows, G]
+  const uint8_t* qw = static_cast<const uint8_t*>(qweight.const_data_ptr()) + n0 * (bits == 4 ? K / 2 : K);
+  const DequantBody body = dequant_body();
+  const int64_t G = scales.size(1);
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    body(qw, bits, sf.const_data_ptr<float>(), r0, r1, K, G, G, 1, reinterpret_cast<uint16_t*>(w));  // rows of G
+  });
+}
+
+}  // namespace
 
 DequantTileBody dequant_tile_body() {
 #if defined(__AVX2__)

@@ -26,10 +26,6 @@ using DequantRows = std::function<void(int64_t n0, int64_t rows, at::BFloat16* w
 bool takes_dequant_route(const at::Tensor& x, int64_t M);
 at::Tensor qgemm_dequantized(const at::Tensor& x, int64_t N, const std::optional<at::Tensor>& bias,
                              at::IntArrayRef out_shape, const DequantRows& fill);
-// qdequant.h's row dequantization on the best instruction set here (AVX-512 or scalar).
-using DequantBody = void (*)(const uint8_t* qw, int bits, const float* scales, int64_t r0, int64_t r1, int64_t K,
-                             int64_t G, int64_t rs, int64_t gs, uint16_t* w);
-DequantBody dequant_body();
 // qdequant.h's dequantization of one 16-row tile (the tiled int4 layout) on the best instruction set here.
 using DequantTileBody = void (*)(const uint8_t* tile, const float* scales, int64_t K, int64_t G, uint16_t* w);
 DequantTileBody dequant_tile_body();

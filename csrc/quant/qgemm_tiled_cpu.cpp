@@ -1,7 +1,7 @@
 // gemma4::qgemm on the CPU with the 16-row tiled int4 layout: x to int16 per group of 32 (the row layout's rule
 // with a smaller range) split into two int8 planes, then the VNNI kernel (qgemm_tiled16.h) over tiles of 16
-// weight rows split between threads. bf16 prefill's dequantize route dequantizes straight from the tiles (a
-// tile's 16 rows turned into the row layout in a buffer of the thread, then qdequant.h's row dequantization).
+// weight rows split between threads. bf16 prefill's dequantize route dequantizes straight from the tiles
+// (qdequant.h: dequantize_tile_bf16).
 // Where neither serves (fp32 x, a CPU or forced instruction set without VNNI) the weight is turned back into the
 // row layout a slab at a time and the row layout's op runs on each slab.
 // Reference: gemma4.ops.reference.qgemm (which untiles the same way).
