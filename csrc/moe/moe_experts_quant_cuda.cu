@@ -23,6 +23,7 @@
 #include "moe/moe_grouping.cuh"
 #include "moe/moe_quant_gemv.cuh"
 #include "quant/qgemm_cuda_dispatch.h"
+#include "quant/quant_checks.h"  // qweight_bits
 
 namespace gemma4 {
 namespace {
@@ -81,14 +82,14 @@ at::Tensor forward_gemv(const moe::QuantExpertsProblem& p) {
   gu.slots = static_cast<int>(p.K);
   gu.out = h.mutable_data_ptr();
   gu.act = p.act;
-  launch_bank<T, true>(gu, p.gate_up_qweight.scalar_type() == at::kByte ? 4 : 8, p.gate_up_scales.scalar_type(), g);
+  launch_bank<T, true>(gu, quant::qweight_bits(p.gate_up_qweight, kOp), p.gate_up_scales.scalar_type(), g);
   moe_cuda::QuantPairGemv dn = bank_args(p.down_qweight, p.down_scales, p.Im, static_cast<int>(p.H));
   dn.a = h.const_data_ptr();
   dn.a_by_token = false;
   dn.slots = static_cast<int>(p.K);
   dn.out = y_pair.mutable_data_ptr();
   dn.weights = w.const_data_ptr<float>();
-  launch_bank<T, false>(dn, p.down_qweight.scalar_type() == at::kByte ? 4 : 8, p.down_scales.scalar_type(), g);
+  launch_bank<T, false>(dn, quant::qweight_bits(p.down_qweight, kOp), p.down_scales.scalar_type(), g);
   at::Tensor out = at::empty({p.N, p.H}, p.x.options());  // [N, H]
   moe_cuda::launch_sum_slots(y_pair.const_data_ptr<float>(), p.N, p.K, p.H, out.mutable_data_ptr<T>());
   return out;

@@ -288,9 +288,8 @@ void round_columns(const float* src, int64_t M, int64_t N, int64_t n0, int64_t n
   }
 }
 
-bool tiled_kernel_runs(const at::Tensor& x, int64_t M) {
-  return x.scalar_type() != at::kFloat && active_isa() == static_cast<int>(Isa::avx512vnni) &&
-         !takes_dequant_route(x, M);
+bool tiled_kernel_runs(const at::Tensor& x) {
+  return x.scalar_type() != at::kFloat && active_isa() == static_cast<int>(Isa::avx512vnni);
 }
 
 // Declared in qgemm_cpu.h: gemma4::moe_experts_quant runs it on each expert's weights.

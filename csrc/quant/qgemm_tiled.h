@@ -16,8 +16,9 @@ std::pair<at::Tensor, at::Tensor> untile16(const at::Tensor& qweight, const at::
 at::Tensor qgemm_tiled_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                            const std::optional<at::Tensor>& bias);
 
-// Whether the tiled kernel serves M rows of x here (qgemm_cpu.cpp: bf16/fp16 x, the VNNI instruction set in use,
-// and not bf16 prefill's dequantize route); otherwise slabs of the weight are turned back into rows.
-bool tiled_kernel_runs(const at::Tensor& x, int64_t M);
+// Whether the tiled kernel serves x here (qgemm_cpu.cpp: bf16/fp16 x and the VNNI instruction set in use). The
+// caller checks bf16 prefill's dequantize route first (takes_dequant_route, qgemm_cpu.h); where neither serves,
+// slabs of the weight are turned back into rows.
+bool tiled_kernel_runs(const at::Tensor& x);
 
 }  // namespace gemma4::quant

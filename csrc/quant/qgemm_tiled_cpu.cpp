@@ -110,7 +110,7 @@ at::Tensor qgemm_tiled_cpu(const at::Tensor& x, const at::Tensor& qweight, const
   if (M == 0 || N == 0) return at::zeros(out_shape, x.options());
   const at::Tensor x2 = x.contiguous().view({M, K});  // [M, K]
   if (takes_dequant_route(x, M)) return qgemm_tiled_dequantized(x2, qweight, scales, bias, out_shape);
-  if (!tiled_kernel_runs(x, M)) return qgemm_untiled_slabs(x2, qweight, scales, bias).view(out_shape);
+  if (!tiled_kernel_runs(x)) return qgemm_untiled_slabs(x2, qweight, scales, bias).view(out_shape);
 
   at::Tensor out = at::empty({M, N}, x.options());  // [M, N]
   const std::optional<at::Tensor> bias_f = bias ? std::optional(bias->to(at::kFloat)) : std::nullopt;
