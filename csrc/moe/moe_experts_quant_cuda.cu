@@ -6,14 +6,22 @@
 // in a CUDA graph. Indices outside [0, E) trip a device-side assert there, as in gemma4::moe_experts (a host
 // check would need the sync). Its roundings are the composed path's; its sums are not bit-equal to them.
 //
-// Larger forwards and the backward: no kernel of their own. A host loop over the experts composed of the CUDA
-// ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the device (bincount + stable argsort),
-// the per-expert counts come to the host in one copy (the op's one synchronisation), then each chosen expert runs
-// index_select, gemma4::qgemm on its gate_up slice, gemma4::gated_activation, gemma4::qgemm on its down slice and
-// index_add_ into a float32 accumulator: about six launches per chosen expert, so that each expert's tokens take
-// qgemm's tensor-core paths. Same maths as the CPU kernel (moe_experts_quant_cpu.cpp); the results differ from it
-// by the CUDA kernels' rounding only.
+// Forward above kGemvMaxTokens with bf16/fp16 x (prefill): both banks dequantized into x's dtype
+// (quant/qdequant_cuda.cuh: each weight rounded once, as plain PyTorch's dequant(W).to(dtype)), then
+// gemma4::moe_experts on them: its grouped tensor-core GEMMs, also without a host sync (a device-side assert for
+// bad indices). At these token counts nearly every expert is chosen (80 tokens x top 8 of 128), so dequantizing
+// the whole bank costs about what reading the chosen experts would; the price is a workspace of the banks in x's
+// dtype (26B-A4B: 1.5 GB a layer, freed to the caching allocator after the call).
+//
+// fp32 forwards above kGemvMaxTokens, misaligned x or banks below that, and the backward: a host loop over the experts
+// composed of the CUDA ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the device
+// (bincount + stable argsort), the per-expert counts come to the host in one copy (the op's one
+// synchronisation), then each chosen expert runs index_select, gemma4::qgemm on its gate_up slice,
+// gemma4::gated_activation, gemma4::qgemm on its down slice and index_add_ into a float32 accumulator: about six
+// launches per chosen expert, so that each expert's tokens take qgemm's tensor-core paths. Same maths as the CPU
+// kernel (moe_experts_quant_cpu.cpp); the results differ from it by the CUDA kernels' rounding only.
 #include <torch/library.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <c10/cuda/CUDAGuard.h>
 
@@ -22,6 +30,7 @@
 #include "moe/moe_experts_quant.h"
 #include "moe/moe_grouping.cuh"
 #include "moe/moe_quant_gemv.cuh"
+#include "quant/qdequant_cuda.cuh"
 #include "quant/qgemm_cuda_dispatch.h"
 #include "quant/quant_checks.h"  // qweight_bits
 
@@ -30,8 +39,8 @@ namespace {
 
 constexpr const char* kOp = "gemma4::moe_experts_quant";
 
-// Up to this many tokens the forward takes the grouped GEMVs; above, the composed path, whose per-expert qgemm
-// calls reach the tensor cores.
+// Up to this many tokens the forward takes the grouped GEMVs; above, the dequantized banks' grouped GEMMs (bf16 /
+// fp16 x) or the composed path, whose per-expert qgemm calls reach the tensor cores.
 constexpr int64_t kGemvMaxTokens = 64;
 
 // The grouped GEMVs' conditions: few tokens, experts within the grouping kernel's counters, and x and both packed
@@ -95,6 +104,27 @@ at::Tensor forward_gemv(const moe::QuantExpertsProblem& p) {
   return out;
 }
 
+// A bank [E, rows, K/2 | K] -> [E, rows, K] in dtype.
+at::Tensor dequantize_bank(const at::Tensor& qweight, const at::Tensor& scales, int64_t K, at::ScalarType dtype) {
+  const int64_t E = qweight.size(0), rows = qweight.size(1);
+  at::Tensor q = qweight.reshape({E * rows, qweight.size(2)});  // [E * rows, K/2 | K]
+  // The kernel's 16-byte loads need an aligned base; a sliced bank may not have one.
+  if (!q.is_contiguous() || !cuda::aligned16(q.const_data_ptr())) q = q.clone(at::MemoryFormat::Contiguous);
+  const at::Tensor w = quant_cuda::dequantize_cuda(q, scales.reshape({E * rows, scales.size(2)}).contiguous(),
+                                                   quant::qweight_bits(qweight, kOp), K, dtype);  // [E * rows, K]
+  return w.view({E, rows, K});
+}
+
+at::Tensor forward_dequantized(const moe::QuantExpertsProblem& p, c10::string_view activation) {
+  using Experts = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, c10::string_view);
+  static const auto experts =
+      c10::Dispatcher::singleton().findSchemaOrThrow("gemma4::moe_experts", "").typed<Experts>();
+  const at::Tensor gate_up = dequantize_bank(p.gate_up_qweight, p.gate_up_scales, p.H, p.dtype);  // [E, 2Im, H]
+  const at::Tensor down = dequantize_bank(p.down_qweight, p.down_scales, p.Im, p.dtype);          // [E, H, Im]
+  return experts.call(p.x, p.weights, p.indices, gate_up, down, activation);
+}
+
 at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
                                   const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales,
                                   const at::Tensor& down_qweight, const at::Tensor& down_scales,
@@ -103,6 +133,9 @@ at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights
   const moe::QuantExpertsProblem p = moe::check_experts_quant(kOp, x, weights, indices, gate_up_qweight,
                                                               gate_up_scales, down_qweight, down_scales, activation);
   const c10::cuda::CUDAGuard guard(x.device());
+  if (p.N > kGemvMaxTokens && p.dtype != at::kFloat && p.E <= moe_cuda::kMaxExperts) {
+    return forward_dequantized(p, activation);
+  }
   if (p.N == 0 || !gemv_fits(p)) return moe::experts_quant_forward_composed(kOp, p);
   if (x.scalar_type() == at::kBFloat16) return forward_gemv<c10::BFloat16>(p);
   if (x.scalar_type() == at::kHalf) return forward_gemv<c10::Half>(p);

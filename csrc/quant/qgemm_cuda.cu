@@ -46,6 +46,7 @@
 #include "quant/qgemm_cuda.cuh"
 #include "quant/qgemm_cuda_dispatch.h"
 #include "quant/qgemm_cuda_path.h"
+#include "quant/qdequant_cuda.cuh"
 #include "quant/qgemm_tc.cuh"
 #include "quant/qgemv_bulk.cuh"
 #include "quant/qgemm_wgmma.h"
@@ -600,46 +601,6 @@ GemvPlan plan_by_warps_per_sm(int row_groups, int spans, int span_align, int max
   return GemvPlan{cuda::ceil_div(spans, spw), 1, spw};
 }
 
-// One thread per 32-weight run: w[n, k] = q * scale computed exactly in fp32, rounded once to T.
-template <typename S, int BITS, typename T>
-__global__ void qdequant_kernel(const uint8_t* __restrict__ qw, const S* __restrict__ scales, T* __restrict__ w,
-                                int64_t N, int64_t K, int G, int group) {
-  const int64_t runs = K / 32, i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= N * runs) return;
-  const int64_t n = i / runs, r = i % runs;
-  const float s = scale_to_float(scales[n * G + r * 32 / group]);
-  float v[32];
-  if constexpr (BITS == 4) {
-    const uint4 b = *reinterpret_cast<const uint4*>(qw + n * (K / 2) + r * 16);
-    const uint32_t words[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const uint32_t byte = (words[j / 4] >> (8 * (j % 4))) & 0xFF;
-      v[j] = static_cast<float>(static_cast<int>(byte & 0xF) - 8) * s;
-      v[j + 16] = static_cast<float>(static_cast<int>(byte >> 4) - 8) * s;
-    }
-  } else {
-    const uint4* src = reinterpret_cast<const uint4*>(qw + n * K + r * 32);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 b = src[h];
-      const uint32_t words[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-      for (int j = 0; j < 16; ++j)
-        v[16 * h + j] = static_cast<float>(static_cast<int8_t>((words[j / 4] >> (8 * (j % 4))) & 0xFF)) * s;
-    }
-  }
-  constexpr int V = cuda::Pack<T>::N;
-  T* out = w + n * K + r * 32;
-#pragma unroll
-  for (int p = 0; p < 32 / V; ++p) {
-    cuda::Pack<T> pk;
-#pragma unroll
-    for (int j = 0; j < V; ++j) pk.v[j] = static_cast<T>(v[p * V + j]);
-    cuda::store_pack(out + p * V, pk);
-  }
-}
-
 // Calls f.template operator()<NT>() for the GEMVs' 8-column MMA tiles: NT = 1, 2 or 4.
 template <typename F>
 void dispatch_column_tiles(int NT, F&& f) {
@@ -1029,33 +990,6 @@ at::Tensor qgemm_hopper(const at::Tensor& x2, const at::Tensor& qweight, const a
   return y;
 }
 #endif
-
-// Packed weight -> [N, K] in dtype (the large-M path's workspace).
-at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& scales, int bits, int64_t K,
-                           at::ScalarType dtype) {
-  const int64_t N = qweight.size(0);
-  at::Tensor w = at::empty({N, K}, scales.options().dtype(dtype));  // [N, K]
-  const int G = static_cast<int>(scales.size(1)), group = static_cast<int>(K / G);
-  const int64_t threads = N * (K / 32);
-  const auto run = [&]<typename T>() {
-    dispatch_bits(bits, [&]<int BITS>() {
-      dispatch_scale(scales.scalar_type(), [&]<typename S>() {
-        qdequant_kernel<S, BITS, T><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
-            static_cast<const uint8_t*>(qweight.const_data_ptr()), scales.const_data_ptr<S>(),
-            w.mutable_data_ptr<T>(), N, K, G, group);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
-  };
-  if (dtype == at::kBFloat16) {
-    run.template operator()<c10::BFloat16>();
-  } else if (dtype == at::kHalf) {
-    run.template operator()<c10::Half>();
-  } else {
-    run.template operator()<float>();
-  }
-  return w;
-}
 
 at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                       const std::optional<at::Tensor>& bias) {

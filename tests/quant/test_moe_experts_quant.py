@@ -239,12 +239,12 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and build_info["c
 @needs_cuda
 @pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("tokens", [1, 12, 80], ids=["decode", "gemv", "composed"])
+@pytest.mark.parametrize("tokens", [1, 12, 80], ids=["decode", "gemv", "prefill"])
 def test_cuda_matches_cpu_and_reference(bits, group, dtype, tokens):
     """The CUDA op against the float64 reference and plain PyTorch on the GPU (the error rule), and against the
     CPU op (within both allowances); gradients too; one expert left unchosen. Up to 64 tokens the forward runs
     the grouped GEMVs (one token: every expert a tile of one pair; 12 tokens: tiles of several pairs), above it
-    the composed host loop over qgemm."""
+    gemma4::moe_experts on the dequantized banks (bf16) or the composed host loop over qgemm (fp32)."""
     cpu = _problem(4, 2112, 704, bits, group, tokens, 2, dtype, unused=(1,))
     dev = [t.cuda() for t in cpu]
     ref64 = reference.moe_experts_quant(cpu[0].double(), cpu[1].double(), *cpu[2:], "gelu_tanh")
@@ -316,9 +316,39 @@ def test_cuda_decode_call_is_graph_capturable():
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("bits,group", [(4, 32), (8, None)], ids=["int4-g32", "int8-channel"])
+def test_cuda_prefill_runs_the_experts_on_dequantized_banks(bits, group):
+    """Above 64 tokens a bf16 forward is gemma4::moe_experts on the banks dequantized to bf16, bit for bit (the
+    error rule is test_cuda_matches_cpu_and_reference's); it has no host sync, so a CUDA graph captures it and a
+    replay on new inputs equals the eager call; a gate_up bank off a 16-byte boundary gives the same result."""
+    dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, 80, 4, torch.bfloat16, unused=(5,))]
+    x, w, idx, guq, gus, dnq, dns = dev
+    gate_up = torch.stack([reference.dequantize(guq[e], gus[e]) for e in range(8)]).to(torch.bfloat16)  # [E, 2Im, H]
+    down = torch.stack([reference.dequantize(dnq[e], dns[e]) for e in range(8)]).to(torch.bfloat16)     # [E, H, Im]
+    out = op(*dev, "silu")
+    assert torch.equal(out, torch.ops.gemma4.moe_experts(x, w, idx, gate_up, down, "silu"))
+    qbuf = torch.empty(guq.numel() + 1, dtype=guq.dtype, device=guq.device)
+    shifted = qbuf[1:].view_as(guq).copy_(guq)
+    assert shifted.data_ptr() % 16 != 0
+    assert torch.equal(op(x, w, idx, shifted, *dev[4:], "silu"), out)
+    static = [t.clone() for t in dev]
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = op(*static, "silu")
+    fresh = _problem(8, 2112, 704, bits, group, 80, 4, torch.bfloat16)
+    for s, f in zip(static[:3], fresh[:3]):  # new x, routing weights and experts; the same banks
+        s.copy_(f)
+    graph.replay()
+    assert torch.equal(captured, op(*static, "silu"))
+    assert not torch.equal(captured, out)
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_bad_indices_outside_the_gemv():
-    """Indices outside [0, E) raise the CPU op's error where the CUDA op has a host loop: forwards of more than
-    64 tokens and the backward. (Up to 64 tokens a forward checks them with a device-side assert, as
+    """Indices outside [0, E) raise the CPU op's error where the CUDA op has a host loop: fp32 forwards of more
+    than 64 tokens and the backward. (The other forwards check them with a device-side assert, as
     gemma4::moe_experts does; it ends the process's CUDA context, so it is not run here.)"""
     dev = [t.cuda() for t in _problem(4, 64, 32, 4, 32, 80, 2, torch.float32)]
     bad = dev[2].clone()
