@@ -126,13 +126,22 @@ constexpr int64_t kPackFloats = int64_t(2) << 20;  // 8 MB
 // x is packed, then tasks of nc output columns sum into fp32: with one k-range each task's own
 // [groups * mr, nc] buffer, written to y at once; with several, a shared [groups * mr, N'] one. The tile is
 // AVX2's 6 x 16 (linear_gemm.h) or, where the CPU has AVX-512, 8 x 32 (linear_gemm_avx512.cpp): the same sums.
+//
+// With AVX-512, an fp32 weight [N, K] and at least kXtMinRows rows, the x-vector tile (gemm_panel_xt) instead: x in
+// groups of 32 rows, the weight read where it lies, the sums transposed ([nc, rows] a task, [N', rows] shared).
+// On this project's 2-core Zen 4 EPYC (half-rate 512-bit FMAs, 117 GFLOP/s a thread), M = 128, one thread: 93-95
+// GFLOP/s with the 8 x 32 tile, whose weight packing stalls on the weight's loads, against ~110 (dev/perf/gemm_xt.c).
+// Fewer rows keep the 8 x 32 tile: a group of 32 would be mostly padding.
+constexpr int64_t kXtMinRows = 64;
+
 template <bool KMajor = false, typename W, typename Y>
 void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
   using linear::kKC;
   static_assert(kKC == linear::avx512::kGemmKC, "both tiles sum over the same k-blocks");
   const bool avx512 = uses_avx512();
-  const int mr = avx512 ? linear::avx512::kGemmMR : linear::kMR;
-  const int64_t nr = avx512 ? linear::avx512::kGemmNR : linear::kNR;
+  const bool xt = avx512 && !KMajor && std::is_same_v<W, float> && M >= kXtMinRows;
+  const int mr = xt ? linear::avx512::kXtMR : avx512 ? linear::avx512::kGemmMR : linear::kMR;
+  const int64_t nr = xt ? linear::avx512::kXtNR : avx512 ? linear::avx512::kGemmNR : linear::kNR;
   const int64_t groups = at::divup(M, mr), rows = groups * mr;
   const int64_t ks = std::max<int64_t>(1, kPackFloats / (rows * kKC)) * kKC;  // k per range: whole k-blocks
   const int64_t ranges = at::divup(K, ks);
@@ -143,13 +152,15 @@ void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t
   const int64_t tasks = at::divup(N, nc), ldn = tasks * nc;
   const float* x = x32.const_data_ptr<float>();
   at::Tensor ap = at::empty({rows * std::min(K, ks)}, x32.options());  // x packed: [k-blocks][groups][kc][mr]
-  at::Tensor acc = ranges > 1 ? at::empty({rows, ldn}, x32.options()) : at::Tensor();  // [rows, N'] sums
+  // sums over all k-ranges: [rows, N'] ([N', rows] for the x-vector tile)
+  at::Tensor acc = ranges > 1 ? at::empty({rows * ldn}, x32.options()) : at::Tensor();
   float* app = ap.mutable_data_ptr<float>();
-  // y[m, n0 + i] = Y(c[m * ldc + i] + bias) for m < M, i < cols
+  // y[m, n0 + i] = Y(c(m, i) + bias) for m < M, i < cols, c(m, i) = c[m * ldc + i] (c[i * ldc + m] if xt)
   const auto store = [&](const float* c, int64_t ldc, int64_t m0, int64_t m1, int64_t n0, int64_t cols) {
+    const int64_t sm = xt ? 1 : ldc, si = xt ? ldc : 1;
     for (int64_t m = m0; m < m1; ++m)
       for (int64_t i = 0; i < cols; ++i) {
-        float v = c[m * ldc + i];
+        float v = c[m * sm + i * si];
         if (bias) v += static_cast<float>(bias[n0 + i]);
         y[m * N + n0 + i] = static_cast<Y>(v);
       }
@@ -164,13 +175,16 @@ void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t
     });
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
       // packed weights (64-byte aligned: the AVX-512 tile's aligned loads); sums [rows, nc]
-      std::vector<float> bp_raw(kKC * nc + 16), cbuf(ranges > 1 ? 0 : rows * nc);
+      std::vector<float> bp_raw(xt ? 0 : kKC * nc + 16), cbuf(ranges > 1 ? 0 : rows * nc);
       float* bp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(bp_raw.data()) + 63) & ~uintptr_t(63));
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = t * nc, cols = std::min(nc, N - n0);
-        float* c = ranges > 1 ? acc.mutable_data_ptr<float>() + n0 : cbuf.data();
-        const int64_t ldc = ranges > 1 ? ldn : nc;
-        if (avx512) {
+        float* c = ranges > 1 ? acc.mutable_data_ptr<float>() + (xt ? n0 * rows : n0) : cbuf.data();
+        const int64_t ldc = xt ? rows : ranges > 1 ? ldn : nc;
+        if (xt) {
+          linear::avx512::gemm_panel_xt(reinterpret_cast<const float*>(w), K, kb, ke, app, groups, n0, cols, c, ldc,
+                                        r > 0);
+        } else if (avx512) {
           using Bits = std::conditional_t<std::is_same_v<W, float>, float, uint16_t>;  // the AVX-512 file's bf16
           linear::avx512::gemm_panel(KMajor, reinterpret_cast<const Bits*>(w), K, N, kb, ke, app, groups, n0, cols,
                                      bp, c, ldc, r > 0);
@@ -183,7 +197,9 @@ void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t
     });
   }
   if (ranges > 1)
-    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) { store(acc.const_data_ptr<float>(), ldn, m0, m1, 0, N); });
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      store(acc.const_data_ptr<float>(), xt ? rows : ldn, m0, m1, 0, N);
+    });
 }
 
 // Calls f(W{}, Y{}) for the (weight, output) types: (fp32, fp32), (bf16, bf16), or (bf16, fp32) for fp32 x

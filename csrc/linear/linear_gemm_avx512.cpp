@@ -12,6 +12,8 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 
+#include <algorithm>
+
 namespace gemma4::linear::avx512 {
 namespace {
 
@@ -52,6 +54,27 @@ void micro_8x32(const float* a, const float* b, int64_t kc, float* c, int64_t ld
     }
 }
 
+// The x-vector tile (fp32 weight [N, K]): ct[j * ldct + i] (+)= sum over k < kc of a[k * kXtMR + i] * w[j * ldw + k],
+// i < kXtMR, j < kXtNR: x's rows in the vector lanes (a: a group of x packed k-major) and each weight broadcast
+// from its own row, so the weight needs no packing; 16 accumulators, 16 FMAs per 2 vector loads and 8 broadcasts.
+void micro_xt_32x8(const float* a, const float* w, int64_t ldw, int64_t kc, float* ct, int64_t ldct, bool add) {
+  __m512 acc[kXtNR][2];
+  for (int j = 0; j < kXtNR; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 a0 = _mm512_load_ps(a + k * kXtMR), a1 = _mm512_load_ps(a + k * kXtMR + 16);
+    for (int j = 0; j < kXtNR; ++j) {
+      const __m512 wv = _mm512_set1_ps(w[j * ldw + k]);
+      acc[j][0] = _mm512_fmadd_ps(wv, a0, acc[j][0]);
+      acc[j][1] = _mm512_fmadd_ps(wv, a1, acc[j][1]);
+    }
+  }
+  for (int j = 0; j < kXtNR; ++j)
+    for (int v = 0; v < 2; ++v) {
+      float* p = ct + j * ldct + 16 * v;
+      _mm512_storeu_ps(p, add ? _mm512_add_ps(_mm512_loadu_ps(p), acc[j][v]) : acc[j][v]);
+    }
+}
+
 template <typename T>
 void panel(bool kmajor, const T* w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end, const float* ap,
            int64_t groups, int64_t n0, int64_t nc, float* bp, float* cbuf, int64_t ldc, bool add) {
@@ -68,6 +91,26 @@ void gemm_panel(bool kmajor, const float* w, int64_t K, int64_t N, int64_t k_beg
                 int64_t groups, int64_t n0, int64_t nc, float* bp, float* cbuf, int64_t ldc, bool add) {
   panel(kmajor, w, K, N, k_begin, k_end, ap, groups, n0, nc, bp, cbuf, ldc, add);
 }
+void gemm_panel_xt(const float* w, int64_t K, int64_t k_begin, int64_t k_end, const float* ap, int64_t groups,
+                   int64_t n0, int64_t nc, float* ct, int64_t ldct, bool add) {
+  alignas(64) float tail[kXtNR * kGemmKC];  // the last rows of w when fewer than kXtNR are left, zero-padded
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kGemmKC) {
+    const int64_t kc = std::min(kGemmKC, k_end - k0);
+    const float* ablk = ap + (k0 - k_begin) * groups * kXtMR;
+    for (int64_t j = 0; j < nc; j += kXtNR) {
+      const float* wj = w + (n0 + j) * K + k0;
+      int64_t ldw = K;
+      if (nc - j < kXtNR) {
+        for (int r = 0; r < kXtNR; ++r)
+          for (int64_t k = 0; k < kc; ++k) tail[r * kc + k] = r < nc - j ? wj[r * K + k] : 0.f;
+        wj = tail;
+        ldw = kc;
+      }
+      for (int64_t g = 0; g < groups; ++g)
+        micro_xt_32x8(ablk + g * kc * kXtMR, wj, ldw, kc, ct + j * ldct + g * kXtMR, ldct, add || k0 > k_begin);
+    }
+  }
+}
 void gemm_panel(bool kmajor, const uint16_t* w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end,
                 const float* ap, int64_t groups, int64_t n0, int64_t nc, float* bp, float* cbuf, int64_t ldc,
                 bool add) {
@@ -83,6 +126,8 @@ void gemm_panel(bool, const float*, int64_t, int64_t, int64_t, int64_t, const fl
                 float*, float*, int64_t, bool) {}
 void gemm_panel(bool, const uint16_t*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
                 float*, float*, int64_t, bool) {}
+void gemm_panel_xt(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t,
+                   bool) {}
 }  // namespace gemma4::linear::avx512
 
 #endif
