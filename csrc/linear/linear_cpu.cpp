@@ -7,7 +7,8 @@
 //   at::parallel_for over tiles of weight rows; on CPUs with AVX-512 its 16-lane form,
 //   linear_gemv_avx512.cpp.
 // - larger M (prefill): linear_gemm.h's packed GEMM (x widened to fp32 once; bf16 weights widened while
-//   they are packed); on CPUs with AVX-512 its 8 x 32 tile, linear_gemm_avx512.cpp. torch's own bf16 matmul
+//   they are packed); on CPUs with AVX-512 its 8 x 32 tile or, for fp32 weights, the x-vector tile that reads
+//   the weight unpacked (linear_gemm_avx512.cpp). torch's own bf16 matmul
 //   on a CPU without AVX512-BF16 runs several times slower than its fp32 one at these shapes, and MKL's fp32
 //   sgemm is slower on most of them (packed_gemm_faster); where it is not, fp32 goes to the BLAS sgemm, as
 //   torch.matmul does.
