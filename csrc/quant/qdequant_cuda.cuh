@@ -61,7 +61,7 @@ inline at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& s
   at::Tensor w = at::empty({N, K}, scales.options().dtype(dtype));  // [N, K]
   const int G = static_cast<int>(scales.size(1)), group = static_cast<int>(K / G);
   const int64_t threads = N * (K / 32);
-  const auto run = [&]<typename T>() {
+  dispatch_scale(dtype, [&]<typename T>() {  // the output's dtype: bf16, fp16 or fp32, as the scales'
     dispatch_bits(bits, [&]<int BITS>() {
       dispatch_scale(scales.scalar_type(), [&]<typename S>() {
         qdequant_kernel<S, BITS, T><<<cuda::ceil_div<int64_t>(threads, 256), 256, 0, cuda::stream()>>>(
@@ -70,14 +70,7 @@ inline at::Tensor dequantize_cuda(const at::Tensor& qweight, const at::Tensor& s
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
-  };
-  if (dtype == at::kBFloat16) {
-    run.template operator()<c10::BFloat16>();
-  } else if (dtype == at::kHalf) {
-    run.template operator()<c10::Half>();
-  } else {
-    run.template operator()<float>();
-  }
+  });
   return w;
 }
 
