@@ -131,7 +131,8 @@ constexpr int64_t kPackFloats = int64_t(2) << 20;  // 8 MB
 // With AVX-512, an fp32 weight [N, K] and at least kXtMinRows rows, the x-vector tile (gemm_panel_xt) instead: x in
 // groups of 32 rows, the weight read where it lies, the sums transposed ([nc, rows] a task, [N', rows] shared).
 // On this project's 2-core Zen 4 EPYC (half-rate 512-bit FMAs, 117 GFLOP/s a thread), M = 128, one thread: 93-95
-// GFLOP/s with the 8 x 32 tile, whose weight packing stalls on the weight's loads, against ~110 (dev/perf/gemm_xt.c).
+// GFLOP/s with the 8 x 32 tile, whose weight packing stalls on the weight's loads, against 100-106 with this one
+// (two threads 183-196 against 200-215; the standalone experiment: dev/perf/gemm_xt.c).
 // Fewer rows keep the 8 x 32 tile: a group of 32 would be mostly padding.
 constexpr int64_t kXtMinRows = 64;
 
