@@ -128,20 +128,26 @@ constexpr int64_t kPackFloats = int64_t(2) << 20;  // 8 MB
 // [groups * mr, nc] buffer, written to y at once; with several, a shared [groups * mr, N'] one. The tile is
 // AVX2's 6 x 16 (linear_gemm.h) or, where the CPU has AVX-512, 8 x 32 (linear_gemm_avx512.cpp): the same sums.
 //
-// With AVX-512, an fp32 weight [N, K] and at least kXtMinRows rows, the x-vector tile (gemm_panel_xt) instead: x in
+// With AVX-512 and an fp32 weight [N, K], where xt_tile_fits(M), the x-vector tile (gemm_panel_xt) instead: x in
 // groups of 32 rows, the weight read where it lies, the sums transposed ([nc, rows] a task, [N', rows] shared).
 // On this project's 2-core Zen 4 EPYC (half-rate 512-bit FMAs, 117 GFLOP/s a thread), M = 128, one thread: 93-95
 // GFLOP/s with the 8 x 32 tile, whose weight packing stalls on the weight's loads, against 100-106 with this one
 // (two threads 183-196 against 200-215; the standalone experiment: dev/perf/gemm_xt.c).
-// Fewer rows keep the 8 x 32 tile: a group of 32 would be mostly padding.
-constexpr int64_t kXtMinRows = 64;
+// The padding to whole groups costs it the rest: it takes M where the padded rows are at most an eighth of them
+// (32, 56-64, 84-96, 112-128, ...). Two threads, 6144 x 1536 / 1536 x 6144, GFLOP/s, 8 x 32 tile / x-vector tile:
+// M = 32 116 / 158, 110 / 156; M = 56 153 / 168, 138 / 166; and where the rule keeps the 8 x 32 tile, M = 72 170 / 152,
+// 166 / 158; M = 200 186 / 180, 182 / 165.
+bool xt_tile_fits(int64_t M) {
+  const int64_t rows = at::divup(M, int64_t(linear::avx512::kXtMR)) * linear::avx512::kXtMR;
+  return M >= linear::avx512::kXtMR && (rows - M) * 8 <= rows;
+}
 
 template <bool KMajor = false, typename W, typename Y>
 void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
   using linear::kKC;
   static_assert(kKC == linear::avx512::kGemmKC, "both tiles sum over the same k-blocks");
   const bool avx512 = uses_avx512();
-  const bool xt = avx512 && !KMajor && std::is_same_v<W, float> && M >= kXtMinRows;
+  const bool xt = avx512 && !KMajor && std::is_same_v<W, float> && xt_tile_fits(M);
   const int mr = xt ? linear::avx512::kXtMR : avx512 ? linear::avx512::kGemmMR : linear::kMR;
   const int64_t nr = xt ? linear::avx512::kXtNR : avx512 ? linear::avx512::kGemmNR : linear::kNR;
   const int64_t groups = at::divup(M, mr), rows = groups * mr;

@@ -6,8 +6,9 @@
 // which also tried 6 x 32, 12 x 32, 14 x 32, 8 x 48 and 4 x 64: all within 8% of 8 x 32, none faster).
 // Numbers: each output is one fp32 FMA chain over a k-block of kGemmKC, blocks added in order: the AVX2 tile's
 // operations exactly, so the two paths agree bit for bit.
-// For fp32 weights at 64+ rows, the x-vector tile (micro_xt_32x8, gemm_panel_xt): x's rows in the lanes and the
-// weight broadcast from where it lies, so the weight is never packed (the header says why).
+// For fp32 weights at most row counts from 32 up (linear_cpu.cpp's xt_tile_fits), the x-vector tile (micro_xt_32x8,
+// gemm_panel_xt): x's rows in the lanes and the weight broadcast from where it lies, so the weight is never packed
+// (the header says why).
 // Reference: reference.linear in python/gemma4/ops/reference.py.
 #include "linear/linear_gemm_avx512.h"
 

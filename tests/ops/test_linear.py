@@ -70,11 +70,13 @@ def test_forward(cpu_isa, dtype, lead, N, K, with_bias):
     assert_lowp_close(*(torch.cat(r) for r in zip(*results)))
 
 
-@pytest.mark.parametrize("lead,N,K", [((1,), 5, 7), ((3,), 13, 37), ((2, 17), 300, 1536), ((130,), 257, 520)])
+@pytest.mark.parametrize("lead,N,K", [((1,), 5, 7), ((3,), 13, 37), ((2, 17), 300, 1536), ((130,), 257, 520),
+                                      ((96,), 257, 520)])
 def test_float32_x_with_bfloat16_weight(cpu_isa, lead, N, K):
     """fp32 x and a bf16 weight (the fused loss's frozen head): fp32 out, the same numbers as the weight widened
-    to fp32 first (a bf16 value is exact in fp32), through the GEMV (rows <= 8) and the packed GEMM; backward
-    gives the weight's gradient in bf16."""
+    to fp32 first (a bf16 value is exact in fp32), through the GEMV (rows <= 8) and the packed GEMM (96 rows: the
+    fp32 weight takes AVX-512's x-vector tile, the bf16 one the 8 x 32 tile); backward gives the weight's gradient
+    in bf16."""
     x = _rand((*lead, K), torch.float32).requires_grad_()
     w = _rand((N, K), torch.bfloat16, scale=K**-0.5).requires_grad_()
     b = _rand((N,), torch.float32)
