@@ -67,6 +67,9 @@ TORCH_LIBRARY(gemma4, m) {
   // CPU decode (<= 8 rows) instruction set: "" reports it ("avx2", "avx512" or "avx512bf16"), "auto" | "avx2" |
   // "avx512" selects it (tests run each path).
   m.def("linear_cpu_isa(str request) -> str");
+  // CPU attention's bf16 decode products (query groups of <= 8 rows): "" reports their instruction set
+  // ("avx512bf16": vdpbf16ps, or "avx2": fp32 FMAs on widened tiles), "auto" | "avx2" | "avx512bf16" selects it.
+  m.def("attention_cpu_isa(str request) -> str");
 
   // Cross-entropy through Gemma's logit soft-cap, loss and gradient in one pass: per row i of logits [n,V]
   // (pre-cap), c = cap*tanh(x/cap) (c = x when softcap is None), returns loss[i] = row_weight[i] *

@@ -1,14 +1,42 @@
 // gemma4::attention on CPU: causal / sliding-window / key-masked grouped-query attention with an online
 // softmax, returning (out [B,T,nH,hd], lse [B,nH,T]). The kernel is attention_kernels.h::forward;
 // the reference is python/gemma4/ops/reference.py::attention.
+#include <string>
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "attention/attention_checks.h"
+#include "attention/attention_decode_avx512bf16.h"
 #include "attention/attention_kernels.h"
 
 namespace gemma4::attn {
+
+std::atomic<bool>& bf16dp::enabled() {
+  static std::atomic<bool> on{bf16dp::supported()};
+  return on;
+}
+
 namespace {
+
+// "" reports the bf16 decode products' instruction set ("avx512bf16" or "avx2"); "auto" | "avx2" | "avx512bf16"
+// selects it.
+std::string attention_cpu_isa(c10::string_view request) {
+  const std::string req(request);
+  if (req == "avx2") {
+    bf16dp::enabled() = false;
+  } else if (req == "avx512bf16") {
+    TORCH_CHECK(bf16dp::supported(), "gemma4::attention_cpu_isa: this CPU (or OS) does not support AVX-512 F, BW, ",
+                "VL, DQ and AVX512_BF16");
+    bf16dp::enabled() = true;
+  } else if (req == "auto") {
+    bf16dp::enabled() = bf16dp::supported();
+  } else {
+    TORCH_CHECK(req.empty(), "gemma4::attention_cpu_isa: request must be '', 'auto', 'avx2' or 'avx512bf16', got '",
+                req, "'");
+  }
+  return bf16dp::enabled() ? "avx512bf16" : "avx2";
+}
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const std::optional<at::Tensor>& key_mask, double scale,
@@ -30,3 +58,6 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::
 }  // namespace gemma4::attn
 
 TORCH_LIBRARY_IMPL(gemma4, CPU, m) { m.impl("attention", &gemma4::attn::attention_cpu); }
+TORCH_LIBRARY_IMPL(gemma4, CompositeExplicitAutograd, m) {
+  m.impl("attention_cpu_isa", &gemma4::attn::attention_cpu_isa);
+}

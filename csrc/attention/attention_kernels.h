@@ -33,6 +33,7 @@
 #include <ATen/Parallel.h>
 
 #include "attention/attention_checks.h"  // Params, BwdTensors: the problem the kernels solve
+#include "attention/attention_decode_avx512bf16.h"  // bf16 decode products on vdpbf16ps
 #include "common/vec_utils.h"  // VecIO
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
@@ -478,6 +479,12 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
   const A scale = static_cast<A>(P.scale);
   const A NEG_INF = -std::numeric_limits<A>::infinity();
   const std::vector<int32_t> cnt = key_counts(P.mask, P.msB, P.msS, B, S);
+  // bf16 query groups of at most 8 rows (decode) on AVX512-BF16 CPUs: both products on vdpbf16ps straight from
+  // the bf16 K and V rows (attention_decode_avx512bf16.h), no fp32 tiles. P meets V rounded to bf16 (as in
+  // flash attention's low-precision P.V), while l and the log-sum-exp keep its fp32 values.
+  bool dp16 = false;
+  if constexpr (std::is_same_v<T, c10::BFloat16>)
+    dp16 = Mpmax <= bf16dp::kRows && hd % 32 == 0 && BK <= 128 && bf16dp::enabled();
 
   auto key_range = [&](int64_t qt, int64_t& ks, int64_t& ke) {  // keys seen by query tile qt: [ks, ke)
     const int64_t pmin = S - Tq + qt * bq, pmax = S - Tq + std::min(Tq, (qt + 1) * bq) - 1;
@@ -496,7 +503,9 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     key_range(nqt - 1, ks, ke);  // the last query tile sees the most keys
     const int64_t rows = (Tq - (nqt - 1) * bq) * G;
     const int64_t even = nthreads / std::gcd(base_items, nthreads);
-    nsplit = std::max<int64_t>(1, std::min<int64_t>(even, (ke - ks) * rows * hd / kMinSplitWork));
+    // vdpbf16ps does the products in under half the time, so the split pays from about three times the work
+    const int64_t min_work = dp16 ? 3 * kMinSplitWork : kMinSplitWork;
+    nsplit = std::max<int64_t>(1, std::min<int64_t>(even, (ke - ks) * rows * hd / min_work));
   }
   const int64_t nitems = base_items * nsplit;
   // One split item's partial results: O [Mpmax x hdp], then m [Mpmax], then l [Mpmax].
@@ -526,6 +535,8 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
   struct Scratch {
     std::unique_ptr<A[]> mem;
     A *Qt, *Qr, *St, *O, *Kc, *Vc, *row, *m, *l, *alpha, *pos;
+    std::unique_ptr<uint16_t[]> mem16;  // dp16: Qb [8][hd] (the group's bf16 query rows), V2 [BK/2][hd][2]
+    uint16_t *Qb = nullptr, *V2 = nullptr;
   };
   std::vector<Scratch> scratch(std::min<int64_t>(nthreads, std::max<int64_t>(nitems, 1)));
   auto init_scratch = [&](Scratch& s) {
@@ -541,6 +552,11 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     for (size_t k = 0; k < std::size(sizes); ++k) {
       *bufs[k] = p;
       p += up(sizes[k]);
+    }
+    if (dp16) {
+      s.mem16.reset(new uint16_t[bf16dp::kRows * hd + (BK + 1) / 2 * hd * 2]);
+      s.Qb = s.mem16.get();
+      s.V2 = s.Qb + bf16dp::kRows * hd;
     }
   };
 
@@ -618,10 +634,18 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     int64_t ks, ke;
     key_range(qt, ks, ke);
     if (nsplit > 1) split_range(sp, ks, ke);  // this part's share of the keys
-    pack_rows(P.q, P.qsB, P.qsT, P.qsH, b, g, G, t0, M, Mp, hd, hdp, scale, s.Qt,
-              M <= kDotMaxRows ? s.Qr : static_cast<A*>(nullptr));
-    if (M <= kDotMaxRows)  // dot_rows reads Qr: fold the scale in there instead
-      for (int64_t i = 0; i < M * hdp; ++i) s.Qr[i] *= scale;
+    if (dp16) {  // the group's rows as they are (the scale goes on the scores), zero rows up to 8
+      for (int64_t i = 0; i < bf16dp::kRows; ++i) {
+        uint16_t* dst = s.Qb + i * hd;
+        if (i < M) std::memcpy(dst, P.q + b * P.qsB + (t0 + i / G) * P.qsT + (g * G + i % G) * P.qsH, hd * sizeof(T));
+        else std::fill(dst, dst + hd, uint16_t(0));
+      }
+    } else {
+      pack_rows(P.q, P.qsB, P.qsT, P.qsH, b, g, G, t0, M, Mp, hd, hdp, scale, s.Qt,
+                M <= kDotMaxRows ? s.Qr : static_cast<A*>(nullptr));
+      if (M <= kDotMaxRows)  // dot_rows reads Qr: fold the scale in there instead
+        for (int64_t i = 0; i < M * hdp; ++i) s.Qr[i] *= scale;
+    }
     for (int64_t i = 0; i < Mp; ++i) s.pos[i] = i < M ? static_cast<A>(pmin + i / G) : A(-1);
     std::fill(s.m, s.m + Mp, NEG_INF);
     std::fill(s.l, s.l + Mp, A(0));
@@ -643,13 +667,22 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
       if constexpr (std::is_same_v<T, A>) {
         Kp = krow; Vp = vrow; ldk = P.ksS; ldv = P.vsS;
       }
-      if (!direct || valid < n) {  // converted copies; padding keys as zero rows
-        load_tile(krow, P.ksS, n, hd, hdp, c, j0, s.Kc);
-        load_tile(vrow, P.vsS, n, hd, hdp, c, j0, s.Vc);
-        Kp = s.Kc; Vp = s.Vc; ldk = ldv = hdp;
-      }
       A* St = s.St;
-      scores_t<A>(n, M, Mp, hd, hdp, Kp, ldk, s.Qt, s.Qr, A(1), St);
+      if constexpr (std::is_same_v<A, float>) {
+        if (dp16) {  // Mp == 8: St [n x 8], as scores_t writes it
+          bf16dp::scores(n, reinterpret_cast<const uint16_t*>(krow), P.ksS, s.Qb, hd, St);
+          if (scale != A(1))
+            for (int64_t i = 0; i < n * Mp; ++i) St[i] *= scale;
+        }
+      }
+      if (!dp16) {
+        if (!direct || valid < n) {  // converted copies; padding keys as zero rows
+          load_tile(krow, P.ksS, n, hd, hdp, c, j0, s.Kc);
+          load_tile(vrow, P.vsS, n, hd, hdp, c, j0, s.Vc);
+          Kp = s.Kc; Vp = s.Vc; ldk = ldv = hdp;
+        }
+        scores_t<A>(n, M, Mp, hd, hdp, Kp, ldk, s.Qt, s.Qr, A(1), St);
+      }
       if (!full) apply_mask(St, n, Mp, j0, c, s.pos, W, S);
       // Online softmax: m_new = max(m, colmax S); alpha = exp(m - m_new); P = exp(S - m_new); l = alpha l + sum P.
       for (int64_t i = 0; i < Mp; i += VS) {
@@ -668,7 +701,17 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
         (V::loadu(s.l + i) * V::loadu(s.alpha + i) + sum).store(s.l + i);
       }
       // O = alpha * O + P . V   (A = P read from S^T: a_rs = 1, a_ks = Mp)
-      gemm_small<A>(M, hdp, n, St, 1, Mp, Vp, ldv, ldv, 2 * VS, s.O, hdp, first ? 0 : 2, s.alpha);
+      if constexpr (std::is_same_v<A, float>) {
+        if (dp16) {
+          bool pad[128];  // padding keys: zero V rows
+          for (int64_t j = 0; c && j < n; ++j) pad[j] = c[j0 + j + 1] == c[j0 + j];
+          bf16dp::values(n, St, reinterpret_cast<const uint16_t*>(vrow), P.vsS, c ? pad : nullptr, hd, s.V2, s.O,
+                         hdp, first ? nullptr : s.alpha);
+        }
+      }
+      if (!dp16) {
+        gemm_small<A>(M, hdp, n, St, 1, Mp, Vp, ldv, ldv, 2 * VS, s.O, hdp, first ? 0 : 2, s.alpha);
+      }
       first = false;
     }
     if (first) std::fill(s.O, s.O + M * hdp, A(0));  // no visible key at all

@@ -9,7 +9,7 @@ import torch
 
 import gemma4._native  # noqa: F401
 from gemma4.ops import reference
-from gemma4.ops.attention import attention
+from gemma4.ops.attention import attention, attention_cpu_isa
 from tests.helpers import assert_lowp_close, assert_same, tight_tol
 
 # Every test runs on each backend present (tests/ops/conftest.py), its inputs created there.
@@ -186,6 +186,80 @@ def test_split_decode(shape, dtype, threads):
             assert torch.equal(again, out) and torch.equal(again_lse, lse)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.fixture(params=["avx2", "avx512bf16"])
+def bf16_decode_isa(request, device):
+    """The CPU bf16 decode products' instruction set (attention_cpu_isa): fp32 FMAs on widened tiles, or
+    vdpbf16ps on the bf16 rows where the CPU has AVX512_BF16."""
+    if device.type != "cpu":
+        pytest.skip("a CPU kernel choice")
+    try:
+        attention_cpu_isa(request.param)
+    except RuntimeError:
+        pytest.skip("this CPU has no AVX512_BF16")
+    yield request.param
+    attention_cpu_isa("auto")
+
+
+# Query groups of at most 8 rows at head_dim a multiple of 32: the shapes the vdpbf16ps products take.
+DECODE_BF16 = [
+    (2, 1, 700, 8, 1, 256, 0, None),       # E2B sliding layer's shape, long cache
+    (1, 1, 300, 8, 1, 512, 0, "random"),   # E2B full layer, padded keys
+    (2, 1, 200, 8, 2, 256, 64, "left"),    # two KV heads (groups of 4), window, left padding
+    (2, 2, 150, 4, 1, 256, 0, "full"),     # two positions x 4 heads = 8 rows; a row that sees nothing
+    (3, 1, 97, 2, 1, 96, 0, "random"),     # an odd key count, head_dim 3 x 32
+    (1, 1, 129, 1, 1, 32, 0, None),        # one row
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", DECODE_BF16, ids=_ids)
+def test_bf16_decode_paths(shape, threads, bf16_decode_isa):
+    """bf16 decode on either CPU path: the error rule against the float32 reference (the low-precision maths
+    as the baseline), the log-sum-exp tight, and the same bits again (the split parts merge in order)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        q, k, v, km, scale, window = _inputs(shape, torch.bfloat16)
+        out, lse = torch.ops.gemma4.attention(q, k, v, km, scale, window)
+        ref_out, ref_lse = reference.attention(q.double(), k.double(), v.double(), km, scale, window)
+        _check_lse(lse, ref_lse, torch.bfloat16)
+        ref32, _ = reference.attention(q, k, v, km, scale, window)
+        assert_lowp_close(out, ref32, _plain_lowp(q, k, v, km, scale, window))
+        again, again_lse = torch.ops.gemma4.attention(q, k, v, km, scale, window)
+        assert torch.equal(again, out) and torch.equal(again_lse, lse)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_bf16_decode_nonfinite_padding(bf16_decode_isa):
+    """NaN/inf in the K and V rows of padded keys change nothing on either bf16 decode path: the result equals
+    the one with those rows zeroed, bit for bit (the vdpbf16ps path zeroes them in its V pairs)."""
+    B, S, nH, hd = 2, 150, 8, 256
+    q, k, v = torch.randn(B, 1, nH, hd).bfloat16(), torch.randn(B, S, 1, hd).bfloat16(), torch.randn(B, S, 1, hd).bfloat16()
+    mask = torch.rand(B, S) > 0.3
+    mask[:, -1] = True  # the query's own key
+    pad = ~mask
+    bad_k, bad_v = k.clone(), v.clone()
+    bad_k[pad] = float("nan")
+    bad_v[pad] = float("inf")
+    clean_k, clean_v = k.masked_fill(pad[..., None, None], 0), v.masked_fill(pad[..., None, None], 0)
+    out, lse = torch.ops.gemma4.attention(q, bad_k, bad_v, mask, 1.0, 0)
+    out_c, lse_c = torch.ops.gemma4.attention(q, clean_k, clean_v, mask, 1.0, 0)
+    assert torch.equal(out, out_c) and torch.equal(lse, lse_c)
+
+
+def test_attention_cpu_isa_requests():
+    """attention_cpu_isa reports the path, selects it, and names a bad request."""
+    assert attention_cpu_isa() in ("avx2", "avx512bf16")
+    try:
+        assert attention_cpu_isa("avx2") == "avx2"
+        assert attention_cpu_isa("") == "avx2"
+    finally:
+        attention_cpu_isa("auto")
+    with pytest.raises(RuntimeError, match="request must be"):
+        attention_cpu_isa("sse")
 
 
 def test_backward_deterministic():

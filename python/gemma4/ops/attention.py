@@ -13,7 +13,7 @@ from gemma4 import _native  # noqa: F401  (loads the operator library)
 
 from . import _fake_checks as chk
 
-__all__ = ["attention"]
+__all__ = ["attention", "attention_cpu_isa"]
 
 
 def attention(
@@ -50,6 +50,14 @@ def attention(
     """
     out, _ = torch.ops.gemma4.attention(q, k, v, key_mask, float(scale), int(window))
     return out
+
+
+def attention_cpu_isa(request: str = "") -> str:
+    """The instruction set of the CPU attention's bf16 decode products (query groups of at most 8 rows: one
+    decoded token of a model with at most 8 query heads per KV head): ``""`` reports it, ``"avx512bf16"``
+    (``vdpbf16ps`` on the bf16 K/V rows; the default where the CPU has AVX512_BF16) or ``"avx2"`` (fp32 FMAs on
+    widened tiles); ``"auto"``, ``"avx2"`` or ``"avx512bf16"`` selects it. Returns the one in use."""
+    return torch.ops.gemma4.attention_cpu_isa(request)
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
