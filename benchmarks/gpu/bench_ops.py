@@ -177,6 +177,19 @@ def cases(compile_refs: bool):
                        ours=lambda x, w, i: g.moe_experts_quant(x, w, i, *banks, "gelu_tanh"),
                        base=lambda x, w, i: ref.moe_experts_quant(x, w, i, *banks, "gelu_tanh"), compiled=None,
                        flops=2 * N * K * 3 * H * Im, base_syncs=True)
+    # Its backward (grad_x, grad_weights; the banks are frozen) at 512 tokens: moe_experts' backward on the banks
+    # dequantized to bf16, against the reference's autograd (eager per-expert dequantize-and-multiply).
+    def base_qbwd(go, x, w, i):
+        x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+        return torch.autograd.grad(ref.moe_experts_quant(x, w, i, *banks, "gelu_tanh"), (x, w), go)
+
+    def mkqb(N=512):
+        return (rnd(N, H), *mkq(N))
+
+    yield dict(op="moe_experts_quant_backward", case="N=512 (E=128, top8, 2816x704, int4 g32)",
+               bytes=E * q_expert_bytes, inputs=[mkqb() for _ in range(2)],
+               ours=lambda go, x, w, i: torch.ops.gemma4.moe_experts_quant_backward(go, x, w, i, *banks, "gelu_tanh"),
+               base=base_qbwd, compiled=None, flops=2 * 512 * K * 5 * H * Im, base_syncs=True)  # gu again, dh, grad_x
     N = 512
 
     def mkb():

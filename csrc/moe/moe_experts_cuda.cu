@@ -20,6 +20,7 @@
 #include <ATen/ops/zeros_like.h>
 
 #include "moe/moe_checks.h"
+#include "moe/moe_experts_cuda.h"
 #include "common/cuda_launch.cuh"
 #include "moe/moe_cuda.cuh"
 #include "moe/moe_grouping.cuh"
@@ -180,26 +181,26 @@ at::Tensor moe_experts_cuda(const at::Tensor& x_in, const at::Tensor& weights_in
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_cuda(
-    const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weights_in, const at::Tensor& indices_in,
-    const at::Tensor& gate_up_in, const at::Tensor& down_in, c10::string_view act_name) {
-  constexpr const char* op = "gemma4::moe_experts_backward";
-  check_device(x_in, op, "x", c10::kCUDA);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const Shapes s =
-      moe::check_experts_backward(op, grad_out_in, x_in, weights_in, indices_in, gate_up_in, down_in, act_name);
-  check_cuda_limits(op, s.E, s.N * s.K, "gate_up");
+}  // namespace
+
+// Declared in moe_experts_cuda.h; the caller has checked the problem and check_cuda_limits.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_cuda::experts_backward(const Shapes& s,
+                                                                                      bool weight_grads) {
   const at::Tensor &x = s.x, &weights = s.weights, &indices = s.indices, &gate_up = s.gate_up, &down = s.down,
                    &grad_out = s.grad_out;
   const Activation act = s.act;
   const int64_t P = s.N * s.K;
   if (P == 0 || s.H == 0 || s.Im == 0) {  // nothing flows: every gradient is zero
+    if (!weight_grads) return {at::zeros_like(x), at::zeros_like(weights), at::Tensor(), at::Tensor()};
     return {at::zeros_like(x), at::zeros_like(weights), at::zeros_like(gate_up), at::zeros_like(down)};
   }
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_w = at::empty_like(weights);
-  at::Tensor grad_gu = at::empty_like(gate_up);
-  at::Tensor grad_dn = at::empty_like(down);
+  at::Tensor grad_gu, grad_dn;
+  if (weight_grads) {
+    grad_gu = at::empty_like(gate_up);
+    grad_dn = at::empty_like(down);
+  }
   GEMMA4_CUDA_DISPATCH_FLOATS(x.scalar_type(), "gemma4::moe_experts_backward", [&] {
     using T = scalar_t;
     using Acc = acc_t<T>;
@@ -228,9 +229,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
     // w h and dg | du: fp32 for the SIMT GEMMs, or rounded to T for the tensor-core ones.
     at::Tensor hw, hw_lp, dgdu_lp;
     if (tc) {
-      hw_lp = at::empty({P, s.Im}, x.options());
+      if (weight_grads) hw_lp = at::empty({P, s.Im}, x.options());
       dgdu_lp = at::empty({P, 2 * s.Im}, x.options());
-    } else {
+    } else if (weight_grads) {
       hw = at::empty({P, s.Im}, x.options().dtype(acc_type));
     }
     GEMMA4_DISPATCH_ACTIVATION(act, Act, [&] {
@@ -238,14 +239,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
         using WT = std::remove_pointer_t<decltype(gw)>;
         expert_grad_rows_kernel<Act, Acc, WT, T><<<cuda::ceil_div<int64_t>(P * 32, 256), 256, 0, cuda::stream()>>>(
             gu.mutable_data_ptr<Acc>(), dh.const_data_ptr<Acc>(), w.const_data_ptr<Acc>(), g.layout.sorted_pair, P,
-            s.Im, tc ? nullptr : hw.mutable_data_ptr<Acc>(), gw, tc ? dgdu_lp.mutable_data_ptr<T>() : nullptr,
-            tc ? hw_lp.mutable_data_ptr<T>() : nullptr);
+            s.Im, hw.defined() ? hw.mutable_data_ptr<Acc>() : nullptr, gw,
+            tc ? dgdu_lp.mutable_data_ptr<T>() : nullptr, hw_lp.defined() ? hw_lp.mutable_data_ptr<T>() : nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (grad_w.scalar_type() == x.scalar_type()) launch(grad_w.mutable_data_ptr<T>());
       else launch(grad_w.mutable_data_ptr<float>());
     });
-    if (tc) {
+    if (!weight_grads) {
+      // the caller's weights are frozen
+    } else if (tc) {
       // grad_down_e[c, j] = sum_s grad_out[token(s), c] * (w h)[s, j];  grad_gate_up_e[j, c] = sum_s (dg|du)[s, j] * x[token(s), c]
       launch_tc_weight_grad<T>({grad_out.const_data_ptr<T>(), true, hw_lp.const_data_ptr<T>(), false, s.H, s.Im, s.K,
                                 grad_dn.mutable_data_ptr<T>()}, g.layout, s.E);
@@ -272,6 +275,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
     launch_sum_slots(gx_pair.const_data_ptr<Acc>(), s.N, s.K, s.H, grad_x.mutable_data_ptr<T>());
   });
   return {grad_x, grad_w, grad_gu, grad_dn};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
+    const at::Tensor& gate_up, const at::Tensor& down, c10::string_view act_name) {
+  constexpr const char* op = "gemma4::moe_experts_backward";
+  check_device(x, op, "x", c10::kCUDA);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Shapes s = moe::check_experts_backward(op, grad_out, x, weights, indices, gate_up, down, act_name);
+  check_cuda_limits(op, s.E, s.N * s.K, "gate_up");
+  return experts_backward(s, /*weight_grads=*/true);
 }
 
 }  // namespace

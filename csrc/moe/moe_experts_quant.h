@@ -135,8 +135,8 @@ at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProb
 // (dg, du) = gated_activation_backward(w * grad_out[n] @ dequant(down_e), gate, up), all in float32.
 std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* op, const QuantExpertsProblem& p);
 
-// gemma4::moe_experts_quant_backward for x on device dev (its CPU and CUDA kernel): the checks, then the
-// composed code under a guard of x's device.
+// gemma4::moe_experts_quant_backward for x on device dev (its CPU kernel): the checks, then the composed code
+// under a guard of x's device. (The CUDA kernel composes only fp32: moe_experts_quant_cuda.cu.)
 std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_on(
     c10::DeviceType dev, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights,
     const at::Tensor& indices, const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales,

@@ -13,7 +13,10 @@
 // the whole bank costs about what reading the chosen experts would; the price is a workspace of the banks in x's
 // dtype (26B-A4B: 1.5 GB a layer, freed to the caching allocator after the call).
 //
-// fp32 forwards above kGemvMaxTokens, misaligned x or banks below that, and the backward: a host loop over the experts
+// Backward with bf16/fp16 x, at any token count: the banks dequantized the same way, then gemma4::moe_experts'
+// backward (moe_experts_cuda.h) without the weight gradients: no host sync either.
+//
+// fp32 forwards above kGemvMaxTokens, misaligned x or banks below that, and the fp32 backward: a host loop over the experts
 // composed of the CUDA ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the device
 // (bincount + stable argsort), the per-expert counts come to the host in one copy (the op's one
 // synchronisation), then each chosen expert runs index_select, gemma4::qgemm on its gate_up slice,
@@ -27,6 +30,7 @@
 
 #include <ATen/ops/empty.h>
 
+#include "moe/moe_experts_cuda.h"
 #include "moe/moe_experts_quant.h"
 #include "moe/moe_grouping.cuh"
 #include "moe/moe_quant_gemv.cuh"
@@ -142,12 +146,40 @@ at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights
   return forward_gemv<float>(p);
 }
 
+// The backward on the banks dequantized into x's dtype: gemma4::moe_experts' CUDA backward without its weight
+// gradients (the banks are frozen), so the same roundings as the forward above kGemvMaxTokens.
+std::tuple<at::Tensor, at::Tensor> backward_dequantized(const moe::QuantExpertsProblem& p) {
+  moe::ExpertsProblem s;
+  s.x = p.x;
+  s.weights = p.weights;
+  s.indices = p.indices;
+  s.grad_out = p.grad_out;
+  s.gate_up = dequantize_bank(p.gate_up_qweight, p.gate_up_scales, p.H, p.dtype);  // [E, 2Im, H]
+  s.down = dequantize_bank(p.down_qweight, p.down_scales, p.Im, p.dtype);          // [E, H, Im]
+  s.N = p.N;
+  s.H = p.H;
+  s.K = p.K;
+  s.E = p.E;
+  s.Im = p.Im;
+  s.act = p.act;
+  s.dtype = p.dtype;
+  const auto grads = moe_cuda::experts_backward(s, /*weight_grads=*/false);
+  return {std::get<0>(grads), std::get<1>(grads)};
+}
+
 std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
     const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales, const at::Tensor& down_qweight,
     const at::Tensor& down_scales, c10::string_view activation) {
-  return moe::moe_experts_quant_backward_on(c10::kCUDA, grad_out, x, weights, indices, gate_up_qweight,
-                                            gate_up_scales, down_qweight, down_scales, activation);
+  constexpr const char* op = "gemma4::moe_experts_quant_backward";
+  check_device(x, op, "x", c10::kCUDA);
+  const moe::QuantExpertsProblem p = moe::check_experts_quant_backward(
+      op, grad_out, x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales, activation);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (p.dtype != at::kFloat && p.E <= moe_cuda::kMaxExperts && p.N * p.K < (int64_t(1) << 31)) {
+    return backward_dequantized(p);
+  }
+  return moe::experts_quant_backward_composed(op, p);
 }
 
 }  // namespace

@@ -244,7 +244,8 @@ def test_cuda_matches_cpu_and_reference(bits, group, dtype, tokens):
     """The CUDA op against the float64 reference and plain PyTorch on the GPU (the error rule), and against the
     CPU op (within both allowances); gradients too; one expert left unchosen. Up to 64 tokens the forward runs
     the grouped GEMVs (one token: every expert a tile of one pair; 12 tokens: tiles of several pairs), above it
-    gemma4::moe_experts on the dequantized banks (bf16) or the composed host loop over qgemm (fp32)."""
+    gemma4::moe_experts on the dequantized banks (bf16) or the composed host loop over qgemm (fp32); the backward
+    runs moe_experts' on the dequantized banks (bf16) or the composed loop (fp32) at every size."""
     cpu = _problem(4, 2112, 704, bits, group, tokens, 2, dtype, unused=(1,))
     dev = [t.cuda() for t in cpu]
     ref64 = reference.moe_experts_quant(cpu[0].double(), cpu[1].double(), *cpu[2:], "gelu_tanh")
@@ -346,9 +347,38 @@ def test_cuda_prefill_runs_the_experts_on_dequantized_banks(bits, group):
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("bits,group", [(4, 32), (8, 32)], ids=["int4-g32", "int8-g32"])
+@pytest.mark.parametrize("tokens", [3, 80])
+def test_cuda_backward_runs_the_experts_backward_on_dequantized_banks(bits, group, tokens):
+    """A bf16 backward is gemma4::moe_experts_backward's (grad_x, grad_weights) on the banks dequantized to bf16,
+    bit for bit, at decode and prefill sizes (the error rule is test_cuda_matches_cpu_and_reference's); it has no
+    host sync, so a CUDA graph captures it and a replay on a new grad_out equals the eager call."""
+    dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, tokens, 4, torch.bfloat16, unused=(2,))]
+    x, w, idx, guq, gus, dnq, dns = dev
+    gate_up = torch.stack([reference.dequantize(guq[e], gus[e]) for e in range(8)]).to(torch.bfloat16)  # [E, 2Im, H]
+    down = torch.stack([reference.dequantize(dnq[e], dns[e]) for e in range(8)]).to(torch.bfloat16)     # [E, H, Im]
+    g = torch.randn_like(x)
+    got = torch.ops.gemma4.moe_experts_quant_backward(g, *dev, "silu")
+    want = torch.ops.gemma4.moe_experts_backward(g, x, w, idx, gate_up, down, "silu")
+    assert got[0].dtype == x.dtype and got[1].dtype == w.dtype
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    static_g = g.clone()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = torch.ops.gemma4.moe_experts_quant_backward(static_g, *dev, "silu")
+    static_g.copy_(torch.randn_like(g))
+    graph.replay()
+    fresh = torch.ops.gemma4.moe_experts_quant_backward(static_g, *dev, "silu")
+    assert torch.equal(captured[0], fresh[0]) and torch.equal(captured[1], fresh[1])
+    assert not torch.equal(captured[0], got[0])
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_bad_indices_outside_the_gemv():
     """Indices outside [0, E) raise the CPU op's error where the CUDA op has a host loop: fp32 forwards of more
-    than 64 tokens and the backward. (The other forwards check them with a device-side assert, as
+    than 64 tokens and fp32 backwards. (The other forwards check them with a device-side assert, as
     gemma4::moe_experts does; it ends the process's CUDA context, so it is not run here.)"""
     dev = [t.cuda() for t in _problem(4, 64, 32, 4, 32, 80, 2, torch.float32)]
     bad = dev[2].clone()
