@@ -70,6 +70,14 @@ def _plain(x, weights, indices, guq, gus, dnq, dns, act):
     return out
 
 
+def _dequantized_banks(guq, gus, dnq, dns, dtype):
+    """Both banks dequantized by the reference and rounded once to dtype: (gate_up [E, 2Im, H], down [E, H, Im]),
+    the 16-bit banks gemma4::moe_experts takes."""
+    def bank(q, s):
+        return torch.stack([reference.dequantize(q[e], s[e]) for e in range(q.shape[0])]).to(dtype)
+    return bank(guq, gus), bank(dnq, dns)
+
+
 def _check_forward(args, act):
     x = args[0]
     ours = op(*args, act)
@@ -324,8 +332,7 @@ def test_cuda_prefill_runs_the_experts_on_dequantized_banks(bits, group):
     replay on new inputs equals the eager call; a gate_up bank off a 16-byte boundary gives the same result."""
     dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, 80, 4, torch.bfloat16, unused=(5,))]
     x, w, idx, guq, gus, dnq, dns = dev
-    gate_up = torch.stack([reference.dequantize(guq[e], gus[e]) for e in range(8)]).to(torch.bfloat16)  # [E, 2Im, H]
-    down = torch.stack([reference.dequantize(dnq[e], dns[e]) for e in range(8)]).to(torch.bfloat16)     # [E, H, Im]
+    gate_up, down = _dequantized_banks(guq, gus, dnq, dns, torch.bfloat16)
     out = op(*dev, "silu")
     assert torch.equal(out, torch.ops.gemma4.moe_experts(x, w, idx, gate_up, down, "silu"))
     qbuf = torch.empty(guq.numel() + 1, dtype=guq.dtype, device=guq.device)
@@ -355,8 +362,7 @@ def test_cuda_backward_runs_the_experts_backward_on_dequantized_banks(bits, grou
     host sync, so a CUDA graph captures it and a replay on a new grad_out equals the eager call."""
     dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, tokens, 4, torch.bfloat16, unused=(2,))]
     x, w, idx, guq, gus, dnq, dns = dev
-    gate_up = torch.stack([reference.dequantize(guq[e], gus[e]) for e in range(8)]).to(torch.bfloat16)  # [E, 2Im, H]
-    down = torch.stack([reference.dequantize(dnq[e], dns[e]) for e in range(8)]).to(torch.bfloat16)     # [E, H, Im]
+    gate_up, down = _dequantized_banks(guq, gus, dnq, dns, torch.bfloat16)
     g = torch.randn_like(x)
     got = torch.ops.gemma4.moe_experts_quant_backward(g, *dev, "silu")
     want = torch.ops.gemma4.moe_experts_backward(g, x, w, idx, gate_up, down, "silu")
