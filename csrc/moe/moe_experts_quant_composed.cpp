@@ -4,14 +4,18 @@
 // the counts come to the host in one copy, then each chosen expert runs its ops on its tokens (index_select,
 // qgemm, gated_activation, qgemm, index_add_), called through the dispatcher. Declared in moe_experts_quant.h.
 //
-// Backward, per expert e and its pairs (token n, slot k, weight w), the forward recomputed:
-//   gu = qgemm(x[n], gate_up_e) = [gate | up],  h = act(gate) * up,  y = qgemm(h, down_e)
-//   grad_weights[n, k] = <grad_out[n], y>
-//   dh = w grad_out[n] @ dequant(down_e)                       [m, Im]
-//   (dg, du) = gated_activation_backward(dh, gate, up)          [m, Im] each
-//   grad_x[n] += [dg | du] @ dequant(gate_up_e)                 [m, H]
-// in float32 (gate, up, h and y in x's dtype, as the forward rounds them), each gradient rounded once.
-// The frozen weights are dequantized one expert matrix at a time, in float32 (exact).
+// Backward, per expert e and its pairs (token n, slot k, weight w): the forward recomputed in float32 from the
+// exactly dequantized weights (G_e = dequant(gate_up_e) [2 Im, H], D_e = dequant(down_e) [H, Im]):
+//   [g | u] = x[n] @ G_e^T,  h = act(g) * u                       [m, 2 Im], [m, Im]
+//   gh = grad_out[n] @ D_e                                          [m, Im]
+//   grad_weights[n, k] = <gh, h>        (= <grad_out[n], h @ D_e^T>, the expert's output before rounding)
+//   (dg, du) = gated_activation_backward(w gh, g, u)                [m, Im] each
+//   grad_x[n] += [dg | du] @ G_e                                    [m, H]
+// each gradient rounded once. Why float32 throughout: a routing weight's gradient is one dot product over H whose
+// terms largely cancel, so at decode (a token's handful of weights) rounding g, u, h or y to bf16 on the way -- or
+// the weights, as plain PyTorch's dequant(W).to(bf16) does -- gave an error of plain bf16 PyTorch's own size, and
+// then one decode problem in 10-20 came out over 2x plain's (dev/quant/grad_weights_rounding.py). The frozen
+// weights are dequantized one expert matrix at a time.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
@@ -49,17 +53,12 @@ std::tuple<at::Tensor, at::Tensor> call_gated_backward(const at::Tensor& grad_ou
 
 using quant::dequantize_f32;  // quant/qdequant_tensor.h
 
-// One expert's forward on its gathered rows: (gu [m, 2 Im], h [m, Im], y [m, H]), each in x's dtype.
-struct ExpertForward {
-  at::Tensor gu, h, y;
-};
-
-ExpertForward expert_forward(const QuantExpertsProblem& p, int64_t e, const at::Tensor& xe) {
-  ExpertForward f;
-  f.gu = call_qgemm(xe, p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e));
-  f.h = call_gated(f.gu.narrow(1, 0, p.Im), f.gu.narrow(1, p.Im, p.Im), p.act);
-  f.y = call_qgemm(f.h, p.down_qweight.select(0, e), p.down_scales.select(0, e));
-  return f;
+// One expert's output on its gathered rows, y [m, H] in x's dtype (gate/up, h and y each rounded to it, as qgemm
+// and gated_activation round their outputs).
+at::Tensor expert_output(const QuantExpertsProblem& p, int64_t e, const at::Tensor& xe) {
+  const at::Tensor gu = call_qgemm(xe, p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e));  // [m, 2Im]
+  const at::Tensor h = call_gated(gu.narrow(1, 0, p.Im), gu.narrow(1, p.Im, p.Im), p.act);            // [m, Im]
+  return call_qgemm(h, p.down_qweight.select(0, e), p.down_scales.select(0, e));
 }
 
 }  // namespace
@@ -106,8 +105,8 @@ at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProb
   at::Tensor out = at::zeros({p.N, p.H}, p.x.options().dtype(at::kFloat));  // [N, H] float32
   if (p.N == 0) return out.to(p.dtype);
   for_each_expert(op, p, [&](int64_t e, const at::Tensor&, const at::Tensor& tok, const at::Tensor& w) {
-    const ExpertForward f = expert_forward(p, e, p.x.index_select(0, tok));
-    out.index_add_(0, tok, f.y.to(at::kFloat).mul_(w.unsqueeze(1)));  // [m, H]
+    const at::Tensor y = expert_output(p, e, p.x.index_select(0, tok));  // [m, H]
+    out.index_add_(0, tok, y.to(at::kFloat).mul_(w.unsqueeze(1)));
   });
   return out.to(p.dtype);
 }
@@ -118,16 +117,14 @@ std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* o
   at::Tensor grad_w = at::zeros({p.N * p.K}, f32);     // [P]
   if (p.N != 0) {
     for_each_expert(op, p, [&](int64_t e, const at::Tensor& pairs, const at::Tensor& tok, const at::Tensor& w) {
-      const ExpertForward f = expert_forward(p, e, p.x.index_select(0, tok));
-      const at::Tensor go = p.grad_out.index_select(0, tok).to(at::kFloat);                   // [m, H]
-      grad_w.index_copy_(0, pairs, go.mul(f.y.to(at::kFloat)).sum(1));                        // [m]
+      const at::Tensor gate_up = dequantize_f32(p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e));  // [2Im, H]
       const at::Tensor down = dequantize_f32(p.down_qweight.select(0, e), p.down_scales.select(0, e));  // [H, Im]
-      const at::Tensor dh = go.mul_(w.unsqueeze(1)).mm(down);                                           // [m, Im]
-      const auto [dg, du] = call_gated_backward(dh, f.gu.narrow(1, 0, p.Im).to(at::kFloat),
-                                                f.gu.narrow(1, p.Im, p.Im).to(at::kFloat), p.act);
-      const at::Tensor dx = at::cat({dg, du}, 1).mm(
-          dequantize_f32(p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e)));    // [m, H]
-      grad_x.index_add_(0, tok, dx);
+      const at::Tensor gu = p.x.index_select(0, tok).to(at::kFloat).mm(gate_up.t());            // [m, 2Im]
+      const at::Tensor g = gu.narrow(1, 0, p.Im), u = gu.narrow(1, p.Im, p.Im);                 // [m, Im] each
+      const at::Tensor gh = p.grad_out.index_select(0, tok).to(at::kFloat).mm(down);            // [m, Im]
+      grad_w.index_copy_(0, pairs, gh.mul(call_gated(g, u, p.act)).sum(1));                     // [m]
+      const auto [dg, du] = call_gated_backward(gh.mul_(w.unsqueeze(1)), g, u, p.act);
+      grad_x.index_add_(0, tok, at::cat({dg, du}, 1).mm(gate_up));                              // [m, H]
     });
   }
   return {grad_x.to(p.dtype), grad_w.view({p.N, p.K}).to(p.weights.scalar_type())};

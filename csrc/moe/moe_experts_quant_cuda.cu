@@ -14,7 +14,8 @@
 // dtype (26B-A4B: 1.5 GB a layer, freed to the caching allocator after the call).
 //
 // Backward with bf16/fp16 x, at any token count: the banks dequantized the same way, then gemma4::moe_experts'
-// backward (moe_experts_cuda.h) without the weight gradients: no host sync either.
+// backward (moe_experts_cuda.h) without the weight gradients: no host sync either. Up to kFp32GradWeightsMaxPairs
+// (token, slot) pairs the routing weights' gradients come from the GEMVs in fp32 instead (grad_weights_fp32).
 //
 // fp32 forwards above kGemvMaxTokens, misaligned x or banks below that, and the fp32 backward: a host loop over the experts
 // composed of the CUDA ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the device
@@ -81,16 +82,16 @@ void launch_bank(const moe_cuda::QuantPairGemv& a, int bits, at::ScalarType scal
   });
 }
 
+// Each pair's expert output before the routed sum, y_pair [P, H] fp32 by pair id: w * T(...) with the forward's
+// roundings in T (x's dtype; x [N, H] in T, w [N, K] fp32).
 template <typename T>
-at::Tensor forward_gemv(const moe::QuantExpertsProblem& p) {
+at::Tensor pair_outputs(const moe::QuantExpertsProblem& p, const at::Tensor& x, const at::Tensor& w,
+                        const moe_cuda::GroupLayout& g) {
   const int64_t P = p.N * p.K;
-  const moe_cuda::Grouping grouping = moe_cuda::group_pairs(p.indices, p.E, moe_cuda::kQRows);
-  const moe_cuda::GroupLayout& g = grouping.layout;
-  const at::Tensor w = p.weights.to(at::kFloat);                           // [N, K] routing weights, fp32
-  at::Tensor h = at::empty({P, p.Im}, p.x.options());                      // [P, Im] by sorted position, T
-  at::Tensor y_pair = at::empty({P, p.H}, p.x.options().dtype(at::kFloat));  // [P, H] by pair id
+  at::Tensor h = at::empty({P, p.Im}, x.options());                        // [P, Im] by sorted position, T
+  at::Tensor y_pair = at::empty({P, p.H}, x.options().dtype(at::kFloat));  // [P, H] by pair id
   moe_cuda::QuantPairGemv gu = bank_args(p.gate_up_qweight, p.gate_up_scales, p.H, static_cast<int>(p.Im));
-  gu.a = p.x.const_data_ptr();
+  gu.a = x.const_data_ptr();
   gu.a_by_token = true;
   gu.slots = static_cast<int>(p.K);
   gu.out = h.mutable_data_ptr();
@@ -103,9 +104,35 @@ at::Tensor forward_gemv(const moe::QuantExpertsProblem& p) {
   dn.out = y_pair.mutable_data_ptr();
   dn.weights = w.const_data_ptr<float>();
   launch_bank<T, false>(dn, quant::qweight_bits(p.down_qweight, kOp), p.down_scales.scalar_type(), g);
-  at::Tensor out = at::empty({p.N, p.H}, p.x.options());  // [N, H]
+  return y_pair;
+}
+
+template <typename T>
+at::Tensor forward_gemv(const moe::QuantExpertsProblem& p) {
+  const moe_cuda::Grouping grouping = moe_cuda::group_pairs(p.indices, p.E, moe_cuda::kQRows);
+  const at::Tensor y_pair = pair_outputs<T>(p, p.x, p.weights.to(at::kFloat), grouping.layout);  // [P, H]
+  at::Tensor out = at::empty({p.N, p.H}, p.x.options());                                         // [N, H]
   moe_cuda::launch_sum_slots(y_pair.const_data_ptr<float>(), p.N, p.K, p.H, out.mutable_data_ptr<T>());
   return out;
+}
+
+// Up to this many (token, slot) pairs the backward's routing-weight gradients come from grad_weights_fp32. The
+// dequantized bf16 banks' backward rounds the weights, which puts those gradients at plain bf16 PyTorch's error:
+// over a decode step's few of them, one draw against another, that exceeded 2x plain's in one problem of 10-20
+// (dev/quant/grad_weights_rounding.py); over 24 or more the largest error stayed under 1.4x plain's. The fp32
+// GEMVs cost 0.37 ms at 64 pairs and 2.3 ms at 512 (H100, 26B-A4B bank).
+constexpr int64_t kFp32GradWeightsMaxPairs = 16;
+
+// grad_weights [N, K] in float32 from the exact weights, as the composed backward computes it
+// (moe_experts_quant_composed.cpp): <grad_out[n], y> with y the fp32 GEMVs' output on x in fp32 and unit routing
+// weights. Within the GEMVs' conditions (gemv_fits); no host sync.
+at::Tensor grad_weights_fp32(const moe::QuantExpertsProblem& p) {
+  const moe_cuda::Grouping grouping = moe_cuda::group_pairs(p.indices, p.E, moe_cuda::kQRows);
+  const at::Tensor x = p.x.to(at::kFloat);                                    // [N, H], a fresh aligned copy
+  const at::Tensor ones = at::ones({p.N, p.K}, x.options());                  // [N, K]
+  const at::Tensor y = pair_outputs<float>(p, x, ones, grouping.layout);      // [P, H]
+  const at::Tensor go = p.grad_out.to(at::kFloat).unsqueeze(1);               // [N, 1, H]
+  return y.view({p.N, p.K, p.H}).mul_(go).sum(2).to(p.weights.scalar_type());  // [N, K]
 }
 
 // A bank [E, rows, K/2 | K] -> [E, rows, K] in dtype.
@@ -177,7 +204,9 @@ std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
       op, grad_out, x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales, activation);
   const c10::cuda::CUDAGuard guard(x.device());
   if (p.dtype != at::kFloat && p.E <= moe_cuda::kMaxExperts && p.N * p.K < (int64_t(1) << 31)) {
-    return backward_dequantized(p);
+    auto [grad_x, grad_w] = backward_dequantized(p);
+    if (p.N > 0 && p.N * p.K <= kFp32GradWeightsMaxPairs && gemv_fits(p)) grad_w = grad_weights_fp32(p);
+    return {grad_x, grad_w};
   }
   return moe::experts_quant_backward_composed(op, p);
 }
