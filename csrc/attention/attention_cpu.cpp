@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "attention/attention_checks.h"
+#include "common/cpu_isa_switch.h"
 #include "attention/attention_decode_avx512bf16.h"
 #include "attention/attention_kernels.h"
 
@@ -22,20 +23,8 @@ namespace {
 // "" reports the bf16 decode products' instruction set ("avx512bf16" or "avx2"); "auto" | "avx2" | "avx512bf16"
 // selects it.
 std::string attention_cpu_isa(c10::string_view request) {
-  const std::string req(request);
-  if (req == "avx2") {
-    bf16dp::enabled() = false;
-  } else if (req == "avx512bf16") {
-    TORCH_CHECK(bf16dp::supported(), "gemma4::attention_cpu_isa: this CPU (or OS) does not support AVX-512 F, BW, ",
-                "VL, DQ and AVX512_BF16");
-    bf16dp::enabled() = true;
-  } else if (req == "auto") {
-    bf16dp::enabled() = bf16dp::supported();
-  } else {
-    TORCH_CHECK(req.empty(), "gemma4::attention_cpu_isa: request must be '', 'auto', 'avx2' or 'avx512bf16', got '",
-                req, "'");
-  }
-  return bf16dp::enabled() ? "avx512bf16" : "avx2";
+  return switch_cpu_isa("gemma4::attention_cpu_isa", request, bf16dp::enabled(), bf16dp::supported(), "avx512bf16",
+                        "AVX-512 F, BW, VL, DQ and AVX512_BF16");
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

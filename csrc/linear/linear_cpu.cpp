@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/cpu_isa_switch.h"
 #include "linear/linear_checks.h"
 #include "linear/linear_gemm.h"
 #include "linear/linear_gemm_avx512.h"
@@ -59,19 +60,8 @@ std::atomic<bool>& uses_avx512() {
 }
 
 std::string linear_cpu_isa(c10::string_view request) {
-  const std::string req(request);
-  if (req == "avx2") {
-    uses_avx512() = false;
-  } else if (req == "avx512") {
-    TORCH_CHECK(uses_avx512() || linear::avx512::supported(),
-                "gemma4::linear_cpu_isa: this CPU (or OS) does not support AVX-512 F, BW and VL");
-    uses_avx512() = true;
-  } else if (req == "auto") {
-    uses_avx512() = linear::avx512::supported();
-  } else {
-    TORCH_CHECK(req.empty(), "gemma4::linear_cpu_isa: request must be '', 'auto', 'avx2' or 'avx512', got '", req, "'");
-  }
-  return uses_avx512() ? "avx512" : "avx2";
+  return switch_cpu_isa("gemma4::linear_cpu_isa", request, uses_avx512(), linear::avx512::supported(), "avx512",
+                        "AVX-512 F, BW and VL");
 }
 
 // The decode GEMV, either kernel: tasks of kRows weight rows (each output computed by one task, so the result

@@ -246,15 +246,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_cuda::experts_bac
       if (grad_w.scalar_type() == x.scalar_type()) launch(grad_w.mutable_data_ptr<T>());
       else launch(grad_w.mutable_data_ptr<float>());
     });
-    if (!weight_grads) {
-      // the caller's weights are frozen
-    } else if (tc) {
+    if (weight_grads && tc) {
       // grad_down_e[c, j] = sum_s grad_out[token(s), c] * (w h)[s, j];  grad_gate_up_e[j, c] = sum_s (dg|du)[s, j] * x[token(s), c]
       launch_tc_weight_grad<T>({grad_out.const_data_ptr<T>(), true, hw_lp.const_data_ptr<T>(), false, s.H, s.Im, s.K,
                                 grad_dn.mutable_data_ptr<T>()}, g.layout, s.E);
       launch_tc_weight_grad<T>({dgdu_lp.const_data_ptr<T>(), false, x.const_data_ptr<T>(), true, 2 * s.Im, s.H, s.K,
                                 grad_gu.mutable_data_ptr<T>()}, g.layout, s.E);
-    } else {
+    } else if (weight_grads) {
       WeightGradGemm<T, Acc, T> wd{grad_out.const_data_ptr<T>(), true, hw.const_data_ptr<Acc>(), false, s.H, s.Im,
                                    s.K, grad_dn.mutable_data_ptr<T>()};
       launch_weight_grad_gemm<T, Acc, T, Acc>(wd, g.layout, s.E);

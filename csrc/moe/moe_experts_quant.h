@@ -130,16 +130,10 @@ ExpertRoutes route_by_expert(const char* op, const at::Tensor& indices, int64_t 
 // x's dtype; out (float32) += w * y in expert order, rounded once to x's dtype.
 at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProblem& p);
 
-// (grad_x in x's dtype, grad_weights in weights' dtype): the forward recomputed per expert, then
-// grad_weights[p] = <grad_out[n], y_p>, and grad_x[n] += (dg | du) @ dequant(gate_up_e) with
-// (dg, du) = gated_activation_backward(w * grad_out[n] @ dequant(down_e), gate, up), all in float32.
+// (grad_x in x's dtype, grad_weights in weights' dtype): per chosen expert the forward recomputed in float32 from
+// its exactly dequantized weights, then grad_weights[p] = <grad_out[n] @ dequant(down_e), h_p> and grad_x[n] +=
+// (dg | du) @ dequant(gate_up_e) with (dg, du) = gated_activation_backward(w * grad_out[n] @ dequant(down_e), g, u),
+// all in float32 (the reason: moe_experts_quant_composed.cpp).
 std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* op, const QuantExpertsProblem& p);
-
-// gemma4::moe_experts_quant_backward for x on device dev (its CPU kernel): the checks, then the composed code
-// under a guard of x's device. (The CUDA kernel composes only fp32: moe_experts_quant_cuda.cu.)
-std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_on(
-    c10::DeviceType dev, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights,
-    const at::Tensor& indices, const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales,
-    const at::Tensor& down_qweight, const at::Tensor& down_scales, c10::string_view activation);
 
 }  // namespace gemma4::moe

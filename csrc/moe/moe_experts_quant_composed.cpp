@@ -1,6 +1,6 @@
 // gemma4::moe_experts_quant composed of other ops, for any device that has gemma4::qgemm and
-// gemma4::gated_activation(_backward) kernels: the CUDA forward (moe_experts_quant_cuda.cu) and the
-// backward on every device. A host loop over the experts: the pairs are grouped by expert on the device,
+// gemma4::gated_activation(_backward) kernels: the CUDA forward's host loop (moe_experts_quant_cuda.cu), the CPU
+// backward and the CUDA fp32 one. A host loop over the experts: the pairs are grouped by expert on the device,
 // the counts come to the host in one copy, then each chosen expert runs its ops on its tokens (index_select,
 // qgemm, gated_activation, qgemm, index_add_), called through the dispatcher. Declared in moe_experts_quant.h.
 //
@@ -18,7 +18,6 @@
 // weights are dequantized one expert matrix at a time.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/DeviceGuard.h>
 
 #include "moe/moe_experts_quant.h"
 #include "quant/qdequant_tensor.h"
@@ -128,18 +127,6 @@ std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* o
     });
   }
   return {grad_x.to(p.dtype), grad_w.view({p.N, p.K}).to(p.weights.scalar_type())};
-}
-
-std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_on(
-    c10::DeviceType dev, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights,
-    const at::Tensor& indices, const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales,
-    const at::Tensor& down_qweight, const at::Tensor& down_scales, c10::string_view activation) {
-  constexpr const char* op = "gemma4::moe_experts_quant_backward";
-  check_device(x, op, "x", dev);
-  const QuantExpertsProblem p = check_experts_quant_backward(op, grad_out, x, weights, indices, gate_up_qweight,
-                                                             gate_up_scales, down_qweight, down_scales, activation);
-  const c10::DeviceGuard guard(x.device());
-  return experts_quant_backward_composed(op, p);
 }
 
 }  // namespace gemma4::moe

@@ -129,8 +129,11 @@ std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
     const at::Tensor& gate_up_qweight, const at::Tensor& gate_up_scales, const at::Tensor& down_qweight,
     const at::Tensor& down_scales, c10::string_view activation) {
-  return moe::moe_experts_quant_backward_on(c10::kCPU, grad_out, x, weights, indices, gate_up_qweight,
-                                            gate_up_scales, down_qweight, down_scales, activation);
+  constexpr const char* op = "gemma4::moe_experts_quant_backward";
+  check_device(x, op, "x", c10::kCPU);
+  const moe::QuantExpertsProblem p = moe::check_experts_quant_backward(
+      op, grad_out, x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales, activation);
+  return moe::experts_quant_backward_composed(op, p);
 }
 
 }  // namespace

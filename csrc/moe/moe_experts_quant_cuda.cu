@@ -203,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
   const moe::QuantExpertsProblem p = moe::check_experts_quant_backward(
       op, grad_out, x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales, activation);
   const c10::cuda::CUDAGuard guard(x.device());
-  if (p.dtype != at::kFloat && p.E <= moe_cuda::kMaxExperts && p.N * p.K < (int64_t(1) << 31)) {
+  if (p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
     auto [grad_x, grad_w] = backward_dequantized(p);
     if (p.N > 0 && p.N * p.K <= kFp32GradWeightsMaxPairs && gemv_fits(p)) grad_w = grad_weights_fp32(p);
     return {grad_x, grad_w};

@@ -12,7 +12,10 @@
 
 namespace gemma4::moe_cuda {
 
-// The grouping kernel's limits (its shared-memory counters, int32 positions); weights names the expert bank.
+// The grouping kernel's limits (its shared-memory counters, int32 positions) for E experts and P pairs.
+inline bool within_cuda_limits(int64_t E, int64_t P) { return E <= kMaxExperts && P < (int64_t(1) << 31); }
+
+// The same limits as errors; weights names the expert bank.
 inline void check_cuda_limits(const char* op, int64_t E, int64_t P, const char* weights) {
   TORCH_CHECK(E <= kMaxExperts, op, ": at most ", kMaxExperts, " experts on CUDA (", weights, ".size(0)), got ", E);
   TORCH_CHECK(P < (int64_t(1) << 31), op, ": at most 2^31 - 1 (token, slot) pairs on CUDA, got ", P);
