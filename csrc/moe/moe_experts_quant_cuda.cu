@@ -45,8 +45,10 @@ namespace {
 constexpr const char* kOp = "gemma4::moe_experts_quant";
 
 // Up to this many tokens the forward takes the grouped GEMVs; above, the dequantized banks' grouped GEMMs (bf16 /
-// fp16 x) or the composed path, whose per-expert qgemm calls reach the tensor cores.
-constexpr int64_t kGemvMaxTokens = 64;
+// fp16 x) or the composed path, whose per-expert qgemm calls reach the tensor cores. Measured on a 26B-A4B int4
+// bank, bf16 x (H100, dev/quant/moe_gemv_threshold.patch): the GEMVs 0.45 / 1.15 / 1.54 / 2.01 / 2.96 ms at 16 /
+// 64 / 96 / 128 / 192 tokens, the dequantized banks 1.80 / 2.43 / 2.29 / 2.27 / 2.29 ms (the threshold was 64).
+constexpr int64_t kGemvMaxTokens = 128;
 
 // The grouped GEMVs' conditions: few tokens, experts within the grouping kernel's counters, and x and both packed
 // banks on 16-byte boundaries (their vector loads; a sliced bank may not be).

@@ -266,11 +266,11 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and build_info["c
 @needs_cuda
 @pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("tokens", [1, 12, 80], ids=["decode", "gemv", "prefill"])
+@pytest.mark.parametrize("tokens", [1, 12, 100, 160], ids=["decode", "gemv", "gemv-many", "prefill"])
 def test_cuda_matches_cpu_and_reference(bits, group, dtype, tokens):
     """The CUDA op against the float64 reference and plain PyTorch on the GPU (the error rule), and against the
-    CPU op (within both allowances); gradients too; one expert left unchosen. Up to 64 tokens the forward runs
-    the grouped GEMVs (one token: every expert a tile of one pair; 12 tokens: tiles of several pairs), above it
+    CPU op (within both allowances); gradients too; one expert left unchosen. Up to 128 tokens the forward runs
+    the grouped GEMVs (one token: every expert a tile of one pair; 12 and 100 tokens: tiles of several pairs), above it
     gemma4::moe_experts on the dequantized banks (bf16) or the composed host loop over qgemm (fp32); the backward
     runs moe_experts' on the dequantized banks (bf16) or the composed loop (fp32) at every size."""
     cpu = _problem(4, 2112, 704, bits, group, tokens, 2, dtype, unused=(1,))
@@ -346,10 +346,10 @@ def test_cuda_decode_call_is_graph_capturable():
 @needs_cuda
 @pytest.mark.parametrize("bits,group", [(4, 32), (8, None)], ids=["int4-g32", "int8-channel"])
 def test_cuda_prefill_runs_the_experts_on_dequantized_banks(bits, group):
-    """Above 64 tokens a bf16 forward is gemma4::moe_experts on the banks dequantized to bf16, bit for bit (the
+    """Above 128 tokens a bf16 forward is gemma4::moe_experts on the banks dequantized to bf16, bit for bit (the
     error rule is test_cuda_matches_cpu_and_reference's); it has no host sync, so a CUDA graph captures it and a
     replay on new inputs equals the eager call; a gate_up bank off a 16-byte boundary gives the same result."""
-    dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, 80, 4, torch.bfloat16, unused=(5,))]
+    dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, 160, 4, torch.bfloat16, unused=(5,))]
     x, w, idx, guq, gus, dnq, dns = dev
     gate_up, down = _dequantized_banks(guq, gus, dnq, dns, torch.bfloat16)
     out = op(*dev, "silu")
@@ -410,9 +410,9 @@ def test_cuda_backward_runs_the_experts_backward_on_dequantized_banks(bits, grou
 @needs_cuda
 def test_cuda_bad_indices_outside_the_gemv():
     """Indices outside [0, E) raise the CPU op's error where the CUDA op has a host loop: fp32 forwards of more
-    than 64 tokens and fp32 backwards. (The other forwards check them with a device-side assert, as
+    than 128 tokens and fp32 backwards. (The other forwards check them with a device-side assert, as
     gemma4::moe_experts does; it ends the process's CUDA context, so it is not run here.)"""
-    dev = [t.cuda() for t in _problem(4, 64, 32, 4, 32, 80, 2, torch.float32)]
+    dev = [t.cuda() for t in _problem(4, 64, 32, 4, 32, 160, 2, torch.float32)]
     bad = dev[2].clone()
     bad[0, 0] = 4
     with pytest.raises(RuntimeError, match=r"indices must be in \[0, 4\)"):
