@@ -30,6 +30,27 @@ void dequantize_rows_bf16_scalar(const uint8_t* qw, int bits, const float* scale
   }
 }
 
+void dequantize_rows_f32(const uint8_t* qw, int bits, const float* scales, int64_t r0, int64_t r1, int64_t K,
+                         int64_t G, float* w) {
+  const int64_t group = K / G, row_bytes = bits == 4 ? K / 2 : K;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* b = qw + r * row_bytes;  // [row_bytes]
+    float* out = w + r * K;                 // [K]
+    for (int64_t k0 = 0; k0 < K; k0 += 32) {  // a run of 32 weights, one scale; the j loops vectorize
+      const float scale = scales[r * G + k0 / group];
+      if (bits == 4) {
+        const uint8_t* run = b + k0 / 2;
+        for (int j = 0; j < 16; ++j) {
+          out[k0 + j] = static_cast<float>(static_cast<int>(run[j] & 0xF) - 8) * scale;
+          out[k0 + j + 16] = static_cast<float>(static_cast<int>(run[j] >> 4) - 8) * scale;
+        }
+      } else {
+        for (int j = 0; j < 32; ++j) out[k0 + j] = static_cast<float>(static_cast<int8_t>(b[k0 + j])) * scale;
+      }
+    }
+  }
+}
+
 void dequantize_tile_bf16_scalar(const uint8_t* tile, const float* scales, int64_t K, int64_t G, uint16_t* w) {
   std::vector<uint8_t> q(16 * K / 2);  // [16, K/2]: the tile in the row layout
   for (int64_t c = 0; c < K / 8; ++c)

@@ -17,6 +17,11 @@ void dequantize_rows_bf16_scalar(const uint8_t* qw, int bits, const float* scale
 // the tile's bytes 64 c + 4 r) and its scales [G, 16] float32: w [16, K], the same bits as the rows' route.
 void dequantize_tile_bf16_scalar(const uint8_t* tile, const float* scales, int64_t K, int64_t G, uint16_t* w);
 
+// w[r, k] = q[r, k] * scales[r * G + k / (K / G)] in float32 (the product rounded once, as ATen's float multiply)
+// for rows [r0, r1): the CPU backward passes' slabs (qdequant_tensor.h). Same packed layout as above; w: [rows, K].
+void dequantize_rows_f32(const uint8_t* qw, int bits, const float* scales, int64_t r0, int64_t r1, int64_t K,
+                         int64_t G, float* w);
+
 namespace avx512 {
 // The same on AVX-512F/BW (qdequant_avx512.cpp), 32 weights a step; only call where the CPU has AVX-512.
 void dequantize_rows_bf16(const uint8_t* qw, int bits, const float* scales, int64_t r0, int64_t r1, int64_t K,

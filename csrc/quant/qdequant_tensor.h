@@ -1,8 +1,13 @@
-// Packed weight rows -> float32, with ATen ops (any device): for the backward passes that multiply by the frozen
+// Packed weight rows -> float32 (a C++ loop on the CPU, ATen ops on other devices): for the backward passes that multiply by the frozen
 // weight a slab at a time (qgemm_autograd.cpp, moe_experts_quant_composed.cpp). Exact: every level times its
 // scale is representable in float32. Reference: gemma4.quant.formats.dequantize.
 #pragma once
+#include <algorithm>
+
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "quant/qdequant.h"
 
 namespace gemma4::quant {
 
@@ -11,6 +16,23 @@ namespace gemma4::quant {
 // stored q + 8; int8 as it is).
 inline at::Tensor dequantize_f32(const at::Tensor& qweight, const at::Tensor& scales) {
   const int64_t rows = qweight.size(0), G = scales.size(1);
+  // On CPU memory (not a fake or other Python-dispatched tensor, as opcheck and torch.compile trace the backward
+  // with): one pass of plain C++ (qdequant.cpp) over threads of rows, not six ATen passes.
+  if (qweight.is_cpu() && qweight.has_storage() && !qweight.key_set().has(c10::DispatchKey::Python) &&
+      !scales.key_set().has(c10::DispatchKey::Python)) {
+    const int bits = qweight.scalar_type() == at::kByte ? 4 : 8;
+    const int64_t K = bits == 4 ? 2 * qweight.size(1) : qweight.size(1);
+    const at::Tensor q = qweight.contiguous();
+    const at::Tensor s = scales.to(at::kFloat).contiguous();                   // [rows, G]
+    at::Tensor w = at::empty({rows, K}, scales.options().dtype(at::kFloat));  // [rows, K]
+    const auto* qp = static_cast<const uint8_t*>(q.const_data_ptr());
+    const float* sp = s.const_data_ptr<float>();
+    float* wp = w.mutable_data_ptr<float>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K)), [&](int64_t r0, int64_t r1) {
+      dequantize_rows_f32(qp, bits, sp, r0, r1, K, G, wp);
+    });
+    return w;
+  }
   at::Tensor q;
   if (qweight.scalar_type() == at::kByte) {
     const at::Tensor runs = qweight.view({rows, -1, 16});                             // [rows, K/32, 16]
