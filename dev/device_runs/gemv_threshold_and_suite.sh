@@ -8,12 +8,7 @@
 #   OUT=/tmp/out SEEDS="1 2" bash dev/device_runs/gemv_threshold_and_suite.sh
 set -o pipefail
 OUT=${OUT:?set OUT to a folder for the logs}
-rm -rf /tmp/tunetree && mkdir /tmp/tunetree && cp -r CMakeLists.txt pyproject.toml csrc python /tmp/tunetree/
-(cd /tmp/tunetree && patch -s -p1 <"$OLDPWD/dev/quant/moe_gemv_threshold.patch") || { echo "patch failed"; exit 1; }
-cmake -S /tmp/tunetree -B build/tune -G Ninja -DPython_EXECUTABLE="$(which python3)" -DGEMMA4_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 "-DGEMMA4_KERNEL_DIRS=quant;moe;activation" >$OUT/cmake-tune.log 2>&1 ||
-  { tail -20 $OUT/cmake-tune.log; exit 1; }
-(ninja -C build/tune -j6 >$OUT/build-tune.log 2>&1; echo "tune build rc=$?") &
+source dev/device_runs/build_patched_copy.sh tune dev/quant/moe_gemv_threshold.patch
 source dev/device_runs/build_sm90.sh
 wait
 timeout 100 python3 dev/quant/time_moe_quant_backward.py --tokens 1,2,8 --label now 2>&1 | tee $OUT/time.log | tail -3

@@ -8,12 +8,7 @@
 set -o pipefail
 OUT=${OUT:?set OUT to a folder for the logs}
 if [ -n "$OLD_DIFF" ]; then
-  rm -rf /tmp/oldtree && mkdir /tmp/oldtree && cp -r CMakeLists.txt pyproject.toml csrc python /tmp/oldtree/
-  (cd /tmp/oldtree && patch -s -R -p1 <"$OLDPWD/$OLD_DIFF") || { echo "reverse patch failed"; exit 1; }
-  cmake -S /tmp/oldtree -B build/old -G Ninja -DPython_EXECUTABLE="$(which python3)" -DGEMMA4_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 "-DGEMMA4_KERNEL_DIRS=quant;moe;activation" >$OUT/cmake-old.log 2>&1 ||
-    { tail -20 $OUT/cmake-old.log; exit 1; }
-  (ninja -C build/old -j6 >$OUT/build-old.log 2>&1; echo "old build rc=$?") &
+  source dev/device_runs/build_patched_copy.sh old "$OLD_DIFF" -R
 fi
 source dev/device_runs/build_sm90.sh
 wait
