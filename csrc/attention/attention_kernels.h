@@ -383,6 +383,14 @@ inline void apply_mask(A* St, int64_t n, int64_t Mp, int64_t j0, const int32_t* 
   }
 }
 
+// Row i of a query group in a [B,T,nH,hd] tensor: position t0 + i / G, head g*G + i % G (the group's G heads of
+// each position in turn).
+template <typename T>
+inline const T* group_row(const T* base, int64_t sB, int64_t sT, int64_t sH, int64_t b, int64_t g, int64_t G,
+                          int64_t t0, int64_t i) {
+  return base + b * sB + (t0 + i / G) * sT + (g * G + i % G) * sH;
+}
+
 // Packs the M rows (positions t0.., heads g*G..) of a [B,T,nH,hd] tensor: Qr row-major [M x hdp] (may be
 // null) and Qt = (mul * rows)^T in column panels of 2*VS (may be null), zero columns M..Mp-1.
 // Qt is written VS rows x VS columns at a time through a register transpose (a row-by-row scatter
@@ -394,10 +402,7 @@ inline void pack_rows(const T* base, int64_t sB, int64_t sT, int64_t sH, int64_t
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
   static_assert(IO::N == VS, "one vector of T elements widens to one Vectorized<A>");
-  auto src_row = [&](int64_t i) {
-    const int64_t t = t0 + i / G, h = g * G + i % G;
-    return base + b * sB + t * sT + h * sH;
-  };
+  auto src_row = [&](int64_t i) { return group_row(base, sB, sT, sH, b, g, G, t0, i); };
   if (Qr)  // rows >= M are never read
     for (int64_t i = 0; i < M; ++i) load_row(src_row(i), Qr + i * hdp, hd, hdp, A(1));
   if (!Qt) return;
@@ -637,7 +642,7 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
     if (dp16) {  // the group's rows as they are (the scale goes on the scores), zero rows up to 8
       for (int64_t i = 0; i < bf16dp::kRows; ++i) {
         uint16_t* dst = s.Qb + i * hd;
-        if (i < M) std::memcpy(dst, P.q + b * P.qsB + (t0 + i / G) * P.qsT + (g * G + i % G) * P.qsH, hd * sizeof(T));
+        if (i < M) std::memcpy(dst, group_row(P.q, P.qsB, P.qsT, P.qsH, b, g, G, t0, i), hd * sizeof(T));
         else std::fill(dst, dst + hd, uint16_t(0));
       }
     } else {
