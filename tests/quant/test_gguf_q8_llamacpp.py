@@ -40,6 +40,7 @@ IMITATED_FIRST, PLAIN_FIRST = 1e-5, 1e-3
 # moved the whole block by one fp16 step and the random net amplified it. Such a crossing is a rare discrete
 # event (~1 in 40 MoE files), so a second random model decides; a systematic difference fails both.
 ATTEMPTS = 2
+ROUTER_ATOL = 1e-6  # the first token's router logits, llama.cpp against ours imitated (measured < 1e-7 apart)
 
 
 def _one_file(tmp_path, config, name: str):
@@ -65,20 +66,30 @@ def _one_file(tmp_path, config, name: str):
     return err, err_plain, their_router, our_router
 
 
+def _router_gap(their_router, our_router) -> float:
+    """The largest |llama.cpp - ours| over the first token's router logits of every layer."""
+    assert sorted(their_router) == sorted(our_router)
+    return max(((o[0] - their_router[layer][0]).abs().max().item() for layer, o in our_router.items()), default=0.0)
+
+
 @pytest.mark.parametrize("preset", ["tiny-26b-a4b", "tiny-e2b"])
 def test_llamacpp_q8_0_logits_are_ours_with_its_cpu_numerics(tmp_path, preset):
+    """The rounding crossing above can also move a later layer's router logits past ROUTER_ATOL while the logits
+    stay within IMITATED_FIRST (GEMMA4_TEST_SEED=455717909: 3.6e-6 in one layer), so a file counts only when
+    both hold."""
     config = gemma4.get_preset(preset)
     for attempt in range(ATTEMPTS):
         err, err_plain, their_router, our_router = _one_file(tmp_path, config, f"model-{attempt}-Q8_0.gguf")
         assert err_plain[0] > PLAIN_FIRST, err_plain  # the gap to explain is there
-        if err[0] < IMITATED_FIRST:
+        if err[0] < IMITATED_FIRST and _router_gap(their_router, our_router) <= ROUTER_ATOL:
             break
     else:
-        pytest.fail(f"llama.cpp's first-token logits are not ours with its numerics imitated: {err}")
+        pytest.fail(f"llama.cpp's first-token logits are not ours with its numerics imitated: {err}, router "
+                    f"logits {_router_gap(their_router, our_router):.1e} apart")
     if config.enable_moe_block:  # the first token's router logits, layer by layer, and so its expert choices
         assert sorted(their_router) == sorted(our_router) == list(range(config.num_hidden_layers))
         for layer, logits in our_router.items():
-            torch.testing.assert_close(logits[0], their_router[layer][0], rtol=0, atol=1e-6)
+            torch.testing.assert_close(logits[0], their_router[layer][0], rtol=0, atol=ROUTER_ATOL)
             k = config.top_k_experts
             assert set(logits[0].topk(k).indices.tolist()) == set(their_router[layer][0].topk(k).indices.tolist())
     else:
