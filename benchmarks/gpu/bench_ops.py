@@ -154,7 +154,7 @@ def cases(compile_refs: bool):
                    ours=lambda x, w, i: g.moe_experts(x, w, i, gate_up, down, "gelu_tanh"),
                    base=lambda x, w, i: ref.moe_experts(x, w, i, gate_up, down, "gelu_tanh"), compiled=None,
                    flops=2 * N * K * 3 * H * Im, base_syncs=True)
-    # The same layer on int4 groups of 32 (bf16 scales): gemma4::moe_experts_quant's grouped GEMVs (up to 64
+    # The same layer on int4 groups of 32 (bf16 scales): gemma4::moe_experts_quant's grouped GEMVs (up to 128
     # tokens), and the composed host loop over qgemm it replaced there (reached by an x off a 16-byte boundary),
     # then at 512 tokens the experts' grouped GEMMs on the banks dequantized to bf16 (the composed loop before),
     # against the reference's per-expert dequantize-and-multiply. bytes: the chosen experts' packed weights.

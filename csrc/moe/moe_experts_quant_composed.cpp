@@ -15,7 +15,8 @@
 // terms largely cancel, so at decode (a token's handful of weights) rounding g, u, h or y to bf16 on the way -- or
 // the weights, as plain PyTorch's dequant(W).to(bf16) does -- gave an error of plain bf16 PyTorch's own size, and
 // then one decode problem in 10-20 came out over 2x plain's (dev/quant/grad_weights_rounding.py). The frozen
-// weights are dequantized one expert matrix at a time.
+// weights are dequantized one expert matrix at a time. (On CUDA, the fp32 backward's matmuls are at::mm: with
+// torch.backends.cuda.matmul.allow_tf32 on they run in TF32, as every fp32 matmul of the user's model does.)
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -119,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* o
       const at::Tensor gate_up = dequantize_f32(p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e));  // [2Im, H]
       const at::Tensor down = dequantize_f32(p.down_qweight.select(0, e), p.down_scales.select(0, e));  // [H, Im]
       const at::Tensor gu = p.x.index_select(0, tok).to(at::kFloat).mm(gate_up.t());            // [m, 2Im]
-      const at::Tensor g = gu.narrow(1, 0, p.Im), u = gu.narrow(1, p.Im, p.Im);                 // [m, Im] each
+      const at::Tensor g = gu.narrow(1, 0, p.Im).contiguous(), u = gu.narrow(1, p.Im, p.Im).contiguous();  // [m, Im]
       const at::Tensor gh = p.grad_out.index_select(0, tok).to(at::kFloat).mm(down);            // [m, Im]
       grad_w.index_copy_(0, pairs, gh.mul(call_gated(g, u, p.act)).sum(1));                     // [m]
       const auto [dg, du] = call_gated_backward(gh.mul_(w.unsqueeze(1)), g, u, p.act);

@@ -127,7 +127,7 @@ constexpr int64_t kFp32GradWeightsMaxPairs = 16;
 
 // grad_weights [N, K] in float32 from the exact weights, as the composed backward computes it
 // (moe_experts_quant_composed.cpp): <grad_out[n], y> with y the fp32 GEMVs' output on x in fp32 and unit routing
-// weights. Within the GEMVs' conditions (gemv_fits); no host sync.
+// weights. Both banks 16-byte aligned (the GEMVs' loads); no host sync.
 at::Tensor grad_weights_fp32(const moe::QuantExpertsProblem& p) {
   const moe_cuda::Grouping grouping = moe_cuda::group_pairs(p.indices, p.E, moe_cuda::kQRows);
   const at::Tensor x = p.x.to(at::kFloat);                                    // [N, H], a fresh aligned copy
@@ -166,7 +166,7 @@ at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights
   const moe::QuantExpertsProblem p = moe::check_experts_quant(kOp, x, weights, indices, gate_up_qweight,
                                                               gate_up_scales, down_qweight, down_scales, activation);
   const c10::cuda::CUDAGuard guard(x.device());
-  if (p.N > kGemvMaxTokens && p.dtype != at::kFloat && p.E <= moe_cuda::kMaxExperts) {
+  if (p.N > kGemvMaxTokens && p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
     return forward_dequantized(p, activation);
   }
   if (p.N == 0 || !gemv_fits(p)) return moe::experts_quant_forward_composed(kOp, p);
@@ -207,7 +207,11 @@ std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   if (p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
     auto [grad_x, grad_w] = backward_dequantized(p);
-    if (p.N > 0 && p.N * p.K <= kFp32GradWeightsMaxPairs && gemv_fits(p)) grad_w = grad_weights_fp32(p);
+    // (x's own alignment does not matter there: the GEMVs read an fp32 copy of it)
+    if (p.N > 0 && p.N * p.K <= kFp32GradWeightsMaxPairs &&
+        cuda::aligned16(p.gate_up_qweight.const_data_ptr(), p.down_qweight.const_data_ptr())) {
+      grad_w = grad_weights_fp32(p);
+    }
     return {grad_x, grad_w};
   }
   return moe::experts_quant_backward_composed(op, p);

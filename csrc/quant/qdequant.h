@@ -1,5 +1,6 @@
-// Dequantizing packed weight rows to bf16 on the CPU (qgemm_cpu.cpp's route for bf16 prefill on CPUs with a
-// native bf16 GEMM). Pure pointers, no ATen: the AVX-512 body is compiled alone with AVX-512 flags.
+// Dequantizing packed weight rows on the CPU: to bf16 for qgemm_cpu.cpp's route for bf16 prefill on CPUs with a
+// native bf16 GEMM, to float32 for the backward passes (qdequant_tensor.h). Pure pointers, no ATen: the AVX-512
+// body is compiled alone with AVX-512 flags.
 #pragma once
 #include <cstdint>
 

@@ -1,11 +1,13 @@
-// Packed weight rows -> float32 (a C++ loop on the CPU, ATen ops on other devices): for the backward passes that multiply by the frozen
-// weight a slab at a time (qgemm_autograd.cpp, moe_experts_quant_composed.cpp). Exact: every level times its
-// scale is representable in float32. Reference: gemma4.quant.formats.dequantize.
+// Packed weight rows -> float32 (a C++ loop on the CPU, ATen ops on other devices), for the backward passes that
+// multiply by the frozen weight a slab at a time (qgemm_autograd.cpp, moe_experts_quant_composed.cpp). Each level
+// times its scale in float32: exact with bf16/fp16 scales, rounded once with fp32 ones (as ATen's multiply).
+// Reference: gemma4.quant.formats.dequantize.
 #pragma once
 #include <algorithm>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorSubclassLikeUtils.h>
 
 #include "quant/qdequant.h"
 
@@ -16,10 +18,9 @@ namespace gemma4::quant {
 // stored q + 8; int8 as it is).
 inline at::Tensor dequantize_f32(const at::Tensor& qweight, const at::Tensor& scales) {
   const int64_t rows = qweight.size(0), G = scales.size(1);
-  // On CPU memory (not a fake or other Python-dispatched tensor, as opcheck and torch.compile trace the backward
-  // with): one pass of plain C++ (qdequant.cpp) over threads of rows, not six ATen passes.
-  if (qweight.is_cpu() && qweight.has_storage() && !qweight.key_set().has(c10::DispatchKey::Python) &&
-      !scales.key_set().has(c10::DispatchKey::Python)) {
+  // Plain CPU tensors (not fake, functorch-wrapped or under a dispatch mode, as opcheck and torch.compile trace
+  // the backward): one pass of C++ (qdequant.cpp) over threads of rows, not six ATen passes.
+  if (qweight.is_cpu() && !at::isTensorSubclassLike(qweight) && !at::isTensorSubclassLike(scales)) {
     const int bits = qweight.scalar_type() == at::kByte ? 4 : 8;
     const int64_t K = bits == 4 ? 2 * qweight.size(1) : qweight.size(1);
     const at::Tensor q = qweight.contiguous();

@@ -272,7 +272,8 @@ def test_cuda_matches_cpu_and_reference(bits, group, dtype, tokens):
     CPU op (within both allowances); gradients too; one expert left unchosen. Up to 128 tokens the forward runs
     the grouped GEMVs (one token: every expert a tile of one pair; 12 and 100 tokens: tiles of several pairs), above it
     gemma4::moe_experts on the dequantized banks (bf16) or the composed host loop over qgemm (fp32); the backward
-    runs moe_experts' on the dequantized banks (bf16) or the composed loop (fp32) at every size."""
+    runs moe_experts' on the dequantized banks (bf16; at decode its routing-weight gradients come from the fp32
+    GEMVs) or the composed loop (fp32) at every size."""
     cpu = _problem(4, 2112, 704, bits, group, tokens, 2, dtype, unused=(1,))
     dev = [t.cuda() for t in cpu]
     ref64 = reference.moe_experts_quant(cpu[0].double(), cpu[1].double(), *cpu[2:], "gelu_tanh")
@@ -363,7 +364,7 @@ def test_cuda_prefill_runs_the_experts_on_dequantized_banks(bits, group):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = op(*static, "silu")
-    fresh = _problem(8, 2112, 704, bits, group, 80, 4, torch.bfloat16)
+    fresh = _problem(8, 2112, 704, bits, group, 160, 4, torch.bfloat16)
     for s, f in zip(static[:3], fresh[:3]):  # new x, routing weights and experts; the same banks
         s.copy_(f)
     graph.replay()
