@@ -5,13 +5,7 @@
 # under SEEDS (the decode case failed on one seed before); then the whole suite for TEST_S seconds. Logs to $OUT.
 # TOKENS: the token counts to time; KERNEL_DIRS (build_sm90.sh) with TEST_S=0 for a quicker call.
 #   git diff HEAD -- csrc >gw.diff; OUT=/tmp/out OLD_DIFF=gw.diff SEEDS="1 2 398868013" bash dev/device_runs/grad_weights_fp32.sh
-set -o pipefail
-OUT=${OUT:?set OUT to a folder for the logs}
-if [ -n "$OLD_DIFF" ]; then
-  source dev/device_runs/build_patched_copy.sh old "$OLD_DIFF" -R
-fi
-source dev/device_runs/build_sm90.sh
-wait
+source dev/device_runs/build_new_and_old.sh
 if [ -n "$OLD_DIFF" ]; then
   GEMMA4_LIB_DIR=$PWD/build/old timeout 120 python3 dev/quant/time_moe_quant_backward.py --tokens ${TOKENS:-8,64,512} --label before 2>&1 |
     tee $OUT/time.log | tail -3

@@ -5,13 +5,7 @@
 # backward under both builds (dev/quant/time_moe_quant_backward.py), then bench_ops.py's backward case (its JSON and plot land in $OUT too), then the
 # whole test suite on the new build. Logs and results go to $OUT.
 #   git diff HEAD -- csrc >moe_bwd.diff; OUT=/tmp/out OLD_DIFF=moe_bwd.diff bash dev/device_runs/moe_quant_backward.sh
-set -o pipefail
-OUT=${OUT:?set OUT to a folder for the logs}
-if [ -n "$OLD_DIFF" ]; then
-  source dev/device_runs/build_patched_copy.sh old "$OLD_DIFF" -R
-fi
-source dev/device_runs/build_sm90.sh
-wait
+source dev/device_runs/build_new_and_old.sh
 export PYTHONPATH=$PWD/python:$PWD
 if [ -n "$OLD_DIFF" ]; then
   GEMMA4_LIB_DIR=$PWD/build/old timeout 120 python3 dev/quant/time_moe_quant_backward.py --label before 2>&1 |
