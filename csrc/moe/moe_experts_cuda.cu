@@ -20,11 +20,10 @@
 #include <ATen/ops/zeros_like.h>
 
 #include "moe/moe_checks.h"
-#include "moe/moe_experts_cuda.h"
 #include "common/cuda_launch.cuh"
 #include "moe/moe_cuda.cuh"
 #include "moe/moe_grouping.cuh"
-#include "moe/moe_gemm_tc.cuh"
+#include "moe/moe_experts_tc.cuh"
 
 namespace gemma4 {
 namespace {
@@ -56,21 +55,11 @@ void launch_pair_gemv(const PairGemv<TA, TB, Acc>& p, const GroupLayout& g) {
 // The tensor-core path: bf16/fp16, K's (H and Im) multiples of 8, 16-byte aligned operands.
 template <typename T>
 bool use_tensor_cores(const Shapes& s, const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down) {
-  if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>) {
+  if constexpr (kTcType<T>) {
     return s.H % 8 == 0 && s.Im % 8 == 0 &&
            cuda::aligned16(x.const_data_ptr(), gate_up.const_data_ptr(), down.const_data_ptr());
   } else {
     return false;
-  }
-}
-
-// BKMajor: B_e read as [K, N] (n contiguous) instead of [N, K].
-template <typename T, bool BKMajor = false>
-void launch_tc_gemm(const TcGemm<T>& p, const GroupLayout& g) {
-  if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>) {
-    const dim3 grid(static_cast<unsigned>(g.max_tiles), static_cast<unsigned>(cuda::ceil_div<int64_t>(p.N, kTcBN)));
-    pair_gemm_tc_kernel<T, BKMajor><<<grid, kTcThreads, 0, cuda::stream()>>>(p, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
@@ -90,11 +79,6 @@ void launch_weight_grad_gemm(const WeightGradGemm<TA, TB, TO>& p, const GroupLay
   const dim3 grid(static_cast<unsigned>(E * m_tiles), static_cast<unsigned>(cuda::ceil_div<int64_t>(p.N, kBN)));
   weight_grad_gemm_kernel<TA, TB, TO, Acc><<<grid, kGemmThreads, 0, cuda::stream()>>>(p, g, m_tiles);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-unsigned elementwise_blocks(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>(cuda::ceil_div<int64_t>(std::max<int64_t>(n, 1), 256),
-                                                 int64_t(cuda::sm_count()) * 16));
 }
 
 // gu[s, 0:2Im] = [G_e; U_e] @ x[token(s)] for every sorted pair row s.
@@ -122,12 +106,22 @@ at::Tensor moe_experts_cuda(const at::Tensor& x_in, const at::Tensor& weights_in
   const Activation act = s.act;
   const int64_t P = s.N * s.K;
   if (P == 0 || s.H == 0 || s.Im == 0) return at::zeros({s.N, s.H}, x.options());
-  at::Tensor out = at::empty({s.N, s.H}, x.options());
+  at::Tensor out;  // [N, H]
   GEMMA4_CUDA_DISPATCH_FLOATS(x.scalar_type(), "gemma4::moe_experts", [&] {
     using T = scalar_t;
     using Acc = acc_t<T>;
     const auto acc_type = c10::CppTypeToScalarType<Acc>::value;
     const at::Tensor w = weights_as_acc(weights, acc_type);
+    if constexpr (kTcType<T>) {
+      if (s.N > kGemvMaxTokens && use_tensor_cores<T>(s, x, gate_up, down)) {
+        // Many tokens, bf16/fp16: grouped GEMMs on tensor cores.
+        const Grouping g = group_pairs(indices, s.E, kTcBM);
+        out = experts_forward_tc<T>({x, w, s.N, s.K, s.H, s.Im, act, g.layout},
+                                    DenseB<T>{gate_up.const_data_ptr<T>(), 2 * s.Im * s.H},
+                                    DenseB<T>{down.const_data_ptr<T>(), s.H * s.Im});
+        return;
+      }
+    }
     at::Tensor y_pair = at::empty({P, s.H}, x.options().dtype(acc_type));  // w * down_e @ h, by pair id
     if (s.N <= kGemvMaxTokens) {
       // Few tokens: weight-streaming GEMVs, gate/up and the activation fused.
@@ -148,21 +142,6 @@ at::Tensor moe_experts_cuda(const at::Tensor& x_in, const at::Tensor& weights_in
           launch_pair_gemv<Acc, T, Acc, false, false, Act>(p2, g.layout);
         }
       });
-    } else if (use_tensor_cores<T>(s, x, gate_up, down)) {
-      // Many tokens, bf16/fp16: grouped GEMMs on tensor cores; h rounded to T between them (as
-      // transformers' bf16 computation does).
-      const Grouping g = group_pairs(indices, s.E, kTcBM);
-      at::Tensor gu = at::empty({P, 2 * s.Im}, x.options().dtype(acc_type));
-      launch_tc_gemm<T>({x.const_data_ptr<T>(), true, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, 2 * s.Im, s.H, s.K,
-                         gu.mutable_data_ptr<float>(), false, nullptr}, g.layout);
-      at::Tensor h_t = at::empty({P, s.Im}, x.options());
-      GEMMA4_DISPATCH_ACTIVATION(act, Act, [&] {
-        gated_rows_kernel<Act, Acc, T><<<elementwise_blocks(P * s.Im), 256, 0, cuda::stream()>>>(
-            gu.const_data_ptr<Acc>(), P, s.Im, h_t.mutable_data_ptr<T>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-      launch_tc_gemm<T>({h_t.const_data_ptr<T>(), false, down.const_data_ptr<T>(), s.H * s.Im, s.H, s.Im, s.K,
-                         y_pair.mutable_data_ptr<float>(), true, w.const_data_ptr<float>()}, g.layout);
     } else {
       const Grouping g = group_pairs(indices, s.E, kBM);
       const at::Tensor gu = gate_up_rows<T, Acc>(x, gate_up, s, g);  // [P, 2Im]
@@ -176,106 +155,88 @@ at::Tensor moe_experts_cuda(const at::Tensor& x_in, const at::Tensor& weights_in
                                s.K, y_pair.mutable_data_ptr<Acc>(), true, w.const_data_ptr<Acc>()};
       launch_pair_gemm<Acc, T, Acc, false>(pd, g.layout);
     }
+    out = at::empty({s.N, s.H}, x.options());
     launch_sum_slots(y_pair.const_data_ptr<Acc>(), s.N, s.K, s.H, out.mutable_data_ptr<T>());
   });
   return out;
 }
 
-}  // namespace
-
-// Declared in moe_experts_cuda.h; the caller has checked the problem and check_cuda_limits.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_cuda::experts_backward(const Shapes& s,
-                                                                                      bool weight_grads) {
+// The caller has checked the problem and check_cuda_limits.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> experts_backward(const Shapes& s) {
   const at::Tensor &x = s.x, &weights = s.weights, &indices = s.indices, &gate_up = s.gate_up, &down = s.down,
                    &grad_out = s.grad_out;
   const Activation act = s.act;
   const int64_t P = s.N * s.K;
   if (P == 0 || s.H == 0 || s.Im == 0) {  // nothing flows: every gradient is zero
-    if (!weight_grads) return {at::zeros_like(x), at::zeros_like(weights), at::Tensor(), at::Tensor()};
     return {at::zeros_like(x), at::zeros_like(weights), at::zeros_like(gate_up), at::zeros_like(down)};
   }
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x;
   at::Tensor grad_w = at::empty_like(weights);
-  at::Tensor grad_gu, grad_dn;
-  if (weight_grads) {
-    grad_gu = at::empty_like(gate_up);
-    grad_dn = at::empty_like(down);
-  }
+  at::Tensor grad_gu = at::empty_like(gate_up), grad_dn = at::empty_like(down);
   GEMMA4_CUDA_DISPATCH_FLOATS(x.scalar_type(), "gemma4::moe_experts_backward", [&] {
     using T = scalar_t;
     using Acc = acc_t<T>;
     const auto acc_type = c10::CppTypeToScalarType<Acc>::value;
     const Grouping g = group_pairs(indices, s.E, kBM);  // kBM == kTcBM: both GEMM kinds read these tiles
     const at::Tensor w = weights_as_acc(weights, acc_type);
+    if constexpr (kTcType<T>) {
+      if (use_tensor_cores<T>(s, x, gate_up, down) && cuda::aligned16(grad_out.const_data_ptr())) {
+        const TcBackward r = experts_backward_tc<T>({x, w, s.N, s.K, s.H, s.Im, act, g.layout}, grad_out, grad_w,
+                                                    /*keep_hw=*/true,
+                                                    DenseB<T>{gate_up.const_data_ptr<T>(), 2 * s.Im * s.H},
+                                                    DenseB<T>{down.const_data_ptr<T>(), s.H * s.Im});
+        grad_x = r.grad_x;
+        // grad_down_e[c, j] = sum_s grad_out[token(s), c] * (w h)[s, j];  grad_gate_up_e[j, c] = sum_s (dg|du)[s, j] * x[token(s), c]
+        launch_tc_weight_grad<T>({grad_out.const_data_ptr<T>(), true, r.hw.const_data_ptr<T>(), false, s.H, s.Im,
+                                  s.K, grad_dn.mutable_data_ptr<T>()}, g.layout, s.E);
+        launch_tc_weight_grad<T>({r.dgdu.const_data_ptr<T>(), false, x.const_data_ptr<T>(), true, 2 * s.Im, s.H,
+                                  s.K, grad_gu.mutable_data_ptr<T>()}, g.layout, s.E);
+        return;
+      }
+    }
+    // SIMT GEMMs in Acc (the recomputed g | u still on tensor cores where only grad_out is misaligned).
     at::Tensor gu;  // g | u, then dg | du
-    if (use_tensor_cores<T>(s, x, gate_up, down)) {
-      gu = at::empty({P, 2 * s.Im}, x.options().dtype(acc_type));
-      launch_tc_gemm<T>({x.const_data_ptr<T>(), true, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, 2 * s.Im, s.H, s.K,
-                         gu.mutable_data_ptr<float>(), false, nullptr}, g.layout);
-    } else {
-      gu = gate_up_rows<T, Acc>(x, gate_up, s, g);
+    if constexpr (kTcType<T>) {
+      if (use_tensor_cores<T>(s, x, gate_up, down)) {
+        gu = at::empty({P, 2 * s.Im}, x.options().dtype(acc_type));
+        launch_tc_gemm<T>(TcGemm<T>{x.const_data_ptr<T>(), true, {gate_up.const_data_ptr<T>(), 2 * s.Im * s.H},
+                                    2 * s.Im, s.H, s.K, gu.mutable_data_ptr<float>(), false, nullptr}, g.layout);
+      }
     }
+    if (!gu.defined()) gu = gate_up_rows<T, Acc>(x, gate_up, s, g);
     // dh_raw[s, j] = sum_c grad_out[token(s), c] * down_e[c, j]
-    const bool tc = use_tensor_cores<T>(s, x, gate_up, down) && cuda::aligned16(grad_out.const_data_ptr());
     at::Tensor dh = at::empty({P, s.Im}, x.options().dtype(acc_type));
-    if (tc) {
-      launch_tc_gemm<T, true>({grad_out.const_data_ptr<T>(), true, down.const_data_ptr<T>(), s.H * s.Im, s.Im, s.H,
-                               s.K, dh.mutable_data_ptr<float>(), false, nullptr}, g.layout);
-    } else {
-      PairGemm<T, T, Acc> pdh{grad_out.const_data_ptr<T>(), true, down.const_data_ptr<T>(), s.H * s.Im, s.Im, s.H,
-                              s.K, dh.mutable_data_ptr<Acc>(), false, nullptr};
-      launch_pair_gemm<T, T, Acc, true>(pdh, g.layout);
-    }
-    // w h and dg | du: fp32 for the SIMT GEMMs, or rounded to T for the tensor-core ones.
-    at::Tensor hw, hw_lp, dgdu_lp;
-    if (tc) {
-      if (weight_grads) hw_lp = at::empty({P, s.Im}, x.options());
-      dgdu_lp = at::empty({P, 2 * s.Im}, x.options());
-    } else if (weight_grads) {
-      hw = at::empty({P, s.Im}, x.options().dtype(acc_type));
-    }
+    PairGemm<T, T, Acc> pdh{grad_out.const_data_ptr<T>(), true, down.const_data_ptr<T>(), s.H * s.Im, s.Im, s.H,
+                            s.K, dh.mutable_data_ptr<Acc>(), false, nullptr};
+    launch_pair_gemm<T, T, Acc, true>(pdh, g.layout);
+    at::Tensor hw = at::empty({P, s.Im}, x.options().dtype(acc_type));  // w h
     GEMMA4_DISPATCH_ACTIVATION(act, Act, [&] {
       auto launch = [&](auto* gw) {
         using WT = std::remove_pointer_t<decltype(gw)>;
         expert_grad_rows_kernel<Act, Acc, WT, T><<<cuda::ceil_div<int64_t>(P * 32, 256), 256, 0, cuda::stream()>>>(
             gu.mutable_data_ptr<Acc>(), dh.const_data_ptr<Acc>(), w.const_data_ptr<Acc>(), g.layout.sorted_pair, P,
-            s.Im, hw.defined() ? hw.mutable_data_ptr<Acc>() : nullptr, gw,
-            tc ? dgdu_lp.mutable_data_ptr<T>() : nullptr, hw_lp.defined() ? hw_lp.mutable_data_ptr<T>() : nullptr);
+            s.Im, hw.mutable_data_ptr<Acc>(), gw, nullptr, nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (grad_w.scalar_type() == x.scalar_type()) launch(grad_w.mutable_data_ptr<T>());
       else launch(grad_w.mutable_data_ptr<float>());
     });
-    if (weight_grads && tc) {
-      // grad_down_e[c, j] = sum_s grad_out[token(s), c] * (w h)[s, j];  grad_gate_up_e[j, c] = sum_s (dg|du)[s, j] * x[token(s), c]
-      launch_tc_weight_grad<T>({grad_out.const_data_ptr<T>(), true, hw_lp.const_data_ptr<T>(), false, s.H, s.Im, s.K,
-                                grad_dn.mutable_data_ptr<T>()}, g.layout, s.E);
-      launch_tc_weight_grad<T>({dgdu_lp.const_data_ptr<T>(), false, x.const_data_ptr<T>(), true, 2 * s.Im, s.H, s.K,
-                                grad_gu.mutable_data_ptr<T>()}, g.layout, s.E);
-    } else if (weight_grads) {
-      WeightGradGemm<T, Acc, T> wd{grad_out.const_data_ptr<T>(), true, hw.const_data_ptr<Acc>(), false, s.H, s.Im,
-                                   s.K, grad_dn.mutable_data_ptr<T>()};
-      launch_weight_grad_gemm<T, Acc, T, Acc>(wd, g.layout, s.E);
-      WeightGradGemm<Acc, T, T> wg{gu.const_data_ptr<Acc>(), false, x.const_data_ptr<T>(), true, 2 * s.Im, s.H, s.K,
-                                   grad_gu.mutable_data_ptr<T>()};
-      launch_weight_grad_gemm<Acc, T, T, Acc>(wg, g.layout, s.E);
-    }
+    WeightGradGemm<T, Acc, T> wd{grad_out.const_data_ptr<T>(), true, hw.const_data_ptr<Acc>(), false, s.H, s.Im,
+                                 s.K, grad_dn.mutable_data_ptr<T>()};
+    launch_weight_grad_gemm<T, Acc, T, Acc>(wd, g.layout, s.E);
+    WeightGradGemm<Acc, T, T> wg{gu.const_data_ptr<Acc>(), false, x.const_data_ptr<T>(), true, 2 * s.Im, s.H, s.K,
+                                 grad_gu.mutable_data_ptr<T>()};
+    launch_weight_grad_gemm<Acc, T, T, Acc>(wg, g.layout, s.E);
     // grad_x[n] = sum_k (dg|du)[pair] @ [G_e; U_e]
     at::Tensor gx_pair = at::empty({P, s.H}, x.options().dtype(acc_type));
-    if (tc) {
-      launch_tc_gemm<T, true>({dgdu_lp.const_data_ptr<T>(), false, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, s.H,
-                               2 * s.Im, s.K, gx_pair.mutable_data_ptr<float>(), true, nullptr}, g.layout);
-    } else {
-      PairGemm<Acc, T, Acc> px{gu.const_data_ptr<Acc>(), false, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, s.H,
-                               2 * s.Im, s.K, gx_pair.mutable_data_ptr<Acc>(), true, nullptr};
-      launch_pair_gemm<Acc, T, Acc, true>(px, g.layout);
-    }
+    PairGemm<Acc, T, Acc> px{gu.const_data_ptr<Acc>(), false, gate_up.const_data_ptr<T>(), 2 * s.Im * s.H, s.H,
+                             2 * s.Im, s.K, gx_pair.mutable_data_ptr<Acc>(), true, nullptr};
+    launch_pair_gemm<Acc, T, Acc, true>(px, g.layout);
+    grad_x = at::empty_like(x);
     launch_sum_slots(gx_pair.const_data_ptr<Acc>(), s.N, s.K, s.H, grad_x.mutable_data_ptr<T>());
   });
   return {grad_x, grad_w, grad_gu, grad_dn};
 }
-
-namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
@@ -285,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_experts_backward_
   const c10::cuda::CUDAGuard guard(x.device());
   const Shapes s = moe::check_experts_backward(op, grad_out, x, weights, indices, gate_up, down, act_name);
   check_cuda_limits(op, s.E, s.N * s.K, "gate_up");
-  return experts_backward(s, /*weight_grads=*/true);
+  return experts_backward(s);
 }
 
 }  // namespace

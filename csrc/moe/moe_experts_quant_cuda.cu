@@ -1,41 +1,42 @@
 // gemma4::moe_experts_quant and its backward on CUDA.
 //
-// Forward, up to kGemvMaxTokens tokens (decode, small batches): the pairs grouped by expert on the device
-// (moe_grouping.cuh), then the gate/up and down GEMVs over the packed weights (moe_quant_gemv.cuh) and the
-// per-token sum over the slots: four launches, no host sync, so a decode step that contains it can be captured
-// in a CUDA graph. Indices outside [0, E) trip a device-side assert there, as in gemma4::moe_experts (a host
-// check would need the sync). Its roundings are the composed path's; its sums are not bit-equal to them.
+// Forward, up to kGemv16BitMaxTokens tokens with bf16/fp16 x and kGemvMaxTokens with fp32 x (decode, small batches):
+// the pairs grouped by expert on the device (moe_grouping.cuh), then the gate/up and down GEMVs over the packed
+// weights (moe_quant_gemv.cuh) and the per-token sum over the slots: four launches, no host sync, so a decode step
+// that contains it can be captured in a CUDA graph. Indices outside [0, E) trip a device-side assert there, as in
+// gemma4::moe_experts (a host check would need the sync). Its roundings are the composed path's; its sums are not
+// bit-equal to them.
 //
-// Forward above kGemvMaxTokens with bf16/fp16 x (prefill): both banks dequantized into x's dtype
-// (quant/qdequant_cuda.cuh: each weight rounded once, as plain PyTorch's dequant(W).to(dtype)), then
-// gemma4::moe_experts on them: its grouped tensor-core GEMMs, also without a host sync (a device-side assert for
-// bad indices). At these token counts nearly every expert is chosen (80 tokens x top 8 of 128), so dequantizing
-// the whole bank costs about what reading the chosen experts would; the price is a workspace of the banks in x's
-// dtype (26B-A4B: 1.5 GB a layer, freed to the caching allocator after the call).
+// Forward above kGemv16BitMaxTokens with bf16/fp16 x (prefill): gemma4::moe_experts' grouped tensor-core GEMMs
+// (moe_experts_tc.cuh) with the packed banks as their B operand (moe_tc_packed_b.cuh): each weight tile is
+// dequantized into shared memory on the way, rounded once from the exact q * scale as plain PyTorch's
+// dequant(W).to(dtype) rounds it, so the result equals gemma4::moe_experts on the dequantized banks bit for bit,
+// without the banks ever existing in x's dtype (26B-A4B: 1.5 GB a layer). No host sync (a device-side assert for bad
+// indices). A tensor off a 16-byte boundary is copied onto one first (aligned).
 //
-// Backward with bf16/fp16 x, at any token count: the banks dequantized the same way, then gemma4::moe_experts'
-// backward (moe_experts_cuda.h) without the weight gradients: no host sync either. Up to kFp32GradWeightsMaxPairs
-// (token, slot) pairs the routing weights' gradients come from the GEMVs in fp32 instead (grad_weights_fp32).
+// Backward with bf16/fp16 x, at any token count: the same GEMMs' input gradients (the banks are frozen), equal to
+// gemma4::moe_experts_backward's grad_x and grad_weights on the dequantized banks; no host sync either. Up to
+// kFp32GradWeightsMaxPairs (token, slot) pairs the routing weights' gradients come from the GEMVs in fp32 instead
+// (grad_weights_fp32).
 //
-// fp32 forwards above kGemvMaxTokens, misaligned x or banks below that, and the fp32 backward: a host loop over the experts
-// composed of the CUDA ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the device
-// (bincount + stable argsort), the per-expert counts come to the host in one copy (the op's one
+// fp32 forwards above kGemvMaxTokens, a misaligned x or bank on the GEMVs' route, and the fp32 backward: a host loop
+// over the experts composed of the CUDA ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the
+// device (bincount + stable argsort), the per-expert counts come to the host in one copy (the op's one
 // synchronisation), then each chosen expert runs index_select, gemma4::qgemm on its gate_up slice,
 // gemma4::gated_activation, gemma4::qgemm on its down slice and index_add_ into a float32 accumulator: about six
 // launches per chosen expert, so that each expert's tokens take qgemm's tensor-core paths. Same maths as the CPU
 // kernel (moe_experts_quant_cpu.cpp); the results differ from it by the CUDA kernels' rounding only.
 #include <torch/library.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <c10/cuda/CUDAGuard.h>
 
 #include <ATen/ops/empty.h>
 
-#include "moe/moe_experts_cuda.h"
 #include "moe/moe_experts_quant.h"
+#include "moe/moe_experts_tc.cuh"
 #include "moe/moe_grouping.cuh"
 #include "moe/moe_quant_gemv.cuh"
-#include "quant/qdequant_cuda.cuh"
+#include "moe/moe_tc_packed_b.cuh"
 #include "quant/qgemm_cuda_dispatch.h"
 #include "quant/quant_checks.h"  // qweight_bits
 
@@ -44,10 +45,13 @@ namespace {
 
 constexpr const char* kOp = "gemma4::moe_experts_quant";
 
-// Up to this many tokens the forward takes the grouped GEMVs; above, the dequantized banks' grouped GEMMs (bf16 /
-// fp16 x) or the composed path, whose per-expert qgemm calls reach the tensor cores. Measured on a 26B-A4B int4
-// bank, bf16 x (H100, dev/quant/moe_gemv_threshold.patch): the GEMVs 0.45 / 1.15 / 1.54 / 2.01 / 2.96 ms at 16 /
-// 64 / 96 / 128 / 192 tokens, the dequantized banks 1.80 / 2.43 / 2.29 / 2.27 / 2.29 ms (the threshold was 64).
+// Up to kGemv16BitMaxTokens tokens a bf16/fp16 forward takes the grouped GEMVs, above them the packed banks'
+// grouped GEMMs. Measured on a 26B-A4B int4 g32 bank, bf16 x (H100, dev/quant/moe_gemv_threshold.patch,
+// dev/device_runs/2026-12-05g-h100-moe-packed-tc.log), ms at 16 / 32 / 64 / 96 / 128 / 192 tokens: the GEMVs 0.45 /
+// 0.71 / 1.10 / 1.54 / 1.99 / 2.89, the packed GEMMs 0.62 / 0.82 / 0.92 / 0.94 / 0.95 / 0.96.
+// fp32 x takes the GEMVs up to kGemvMaxTokens (it has no tensor-core route: above, the composed path, whose
+// per-expert qgemm calls reach cuBLAS on dequantized weights).
+constexpr int64_t kGemv16BitMaxTokens = 40;
 constexpr int64_t kGemvMaxTokens = 128;
 
 // The grouped GEMVs' conditions: few tokens, experts within the grouping kernel's counters, and x and both packed
@@ -137,25 +141,62 @@ at::Tensor grad_weights_fp32(const moe::QuantExpertsProblem& p) {
   return y.view({p.N, p.K, p.H}).mul_(go).sum(2).to(p.weights.scalar_type());  // [N, K]
 }
 
-// A bank [E, rows, K/2 | K] -> [E, rows, K] in dtype.
-at::Tensor dequantize_bank(const at::Tensor& qweight, const at::Tensor& scales, int64_t K, at::ScalarType dtype) {
-  const int64_t E = qweight.size(0), rows = qweight.size(1);
-  at::Tensor q = qweight.reshape({E * rows, qweight.size(2)});  // [E * rows, K/2 | K]
-  // The kernel's 16-byte loads need an aligned base; a sliced bank may not have one.
-  if (!q.is_contiguous() || !cuda::aligned16(q.const_data_ptr())) q = q.clone(at::MemoryFormat::Contiguous);
-  const at::Tensor w = quant_cuda::dequantize_cuda(q, scales.reshape({E * rows, scales.size(2)}).contiguous(),
-                                                   quant::qweight_bits(qweight, kOp), K, dtype);  // [E * rows, K]
-  return w.view({E, rows, K});
+// The problem with x, grad_out and both banks on 16-byte boundaries, as the GEMMs' and GEMVs' vector loads need:
+// a tensor off one (a slice of a larger buffer) is copied onto one.
+moe::QuantExpertsProblem aligned(moe::QuantExpertsProblem p) {
+  for (at::Tensor* t : {&p.x, &p.grad_out, &p.gate_up_qweight, &p.down_qweight}) {
+    if (t->defined() && !cuda::aligned16(t->const_data_ptr())) *t = t->clone();
+  }
+  return p;
 }
 
-at::Tensor forward_dequantized(const moe::QuantExpertsProblem& p, c10::string_view activation) {
-  using Experts = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const at::Tensor&, c10::string_view);
-  static const auto experts =
-      c10::Dispatcher::singleton().findSchemaOrThrow("gemma4::moe_experts", "").typed<Experts>();
-  const at::Tensor gate_up = dequantize_bank(p.gate_up_qweight, p.gate_up_scales, p.H, p.dtype);  // [E, 2Im, H]
-  const at::Tensor down = dequantize_bank(p.down_qweight, p.down_scales, p.Im, p.dtype);          // [E, H, Im]
-  return experts.call(p.x, p.weights, p.indices, gate_up, down, activation);
+// A bank [E, rows, len/2 | len] (16-byte aligned) as the tensor-core GEMMs' B source.
+template <typename T, int BITS>
+moe_cuda::PackedB<T, BITS> packed_bank(const at::Tensor& qweight, const at::Tensor& scales, int64_t len) {
+  using moe_cuda::ScaleKind;
+  const at::ScalarType st = scales.scalar_type();
+  const ScaleKind kind = st == at::kFloat ? ScaleKind::Float : st == at::kBFloat16 ? ScaleKind::BFloat16 : ScaleKind::Half;
+  const int G = static_cast<int>(scales.size(2));
+  return {static_cast<const uint8_t*>(qweight.const_data_ptr()), scales.const_data_ptr(), kind, qweight.size(1), len,
+          G, static_cast<int>(len / G)};
+}
+
+// f(gate_up source, down source) with both banks' formats as types; p aligned.
+template <typename T, typename F>
+void with_packed_banks(const moe::QuantExpertsProblem& p, F&& f) {
+  const at::Tensor &gate_up = p.gate_up_qweight, &down = p.down_qweight;
+  quant_cuda::dispatch_bits(quant::qweight_bits(gate_up, kOp), [&]<int GB>() {
+    quant_cuda::dispatch_bits(quant::qweight_bits(down, kOp), [&]<int DB>() {
+      f(packed_bank<T, GB>(gate_up, p.gate_up_scales, p.H), packed_bank<T, DB>(down, p.down_scales, p.Im));
+    });
+  });
+}
+
+// p aligned.
+template <typename T>
+at::Tensor forward_tc(const moe::QuantExpertsProblem& p) {
+  const at::Tensor &x = p.x, w = p.weights.to(at::kFloat);  // [N, H], [N, K]
+  const moe_cuda::Grouping g = moe_cuda::group_pairs(p.indices, p.E, moe_cuda::kTcBM);
+  at::Tensor out;
+  with_packed_banks<T>(p, [&](const auto& gate_up, const auto& down) {
+    out = moe_cuda::experts_forward_tc<T>({x, w, p.N, p.K, p.H, p.Im, p.act, g.layout}, gate_up, down);
+  });
+  return out;
+}
+
+// (grad_x, grad_weights) on the packed banks' grouped GEMMs; p aligned.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> backward_tc(const moe::QuantExpertsProblem& p) {
+  if (p.N * p.K == 0) return {at::zeros_like(p.x), at::zeros_like(p.weights)};  // nothing flows
+  const at::Tensor &x = p.x, &grad_out = p.grad_out, w = p.weights.to(at::kFloat);
+  const moe_cuda::Grouping g = moe_cuda::group_pairs(p.indices, p.E, moe_cuda::kTcBM);
+  at::Tensor grad_w = at::empty_like(p.weights);  // [N, K] in weights' dtype
+  at::Tensor grad_x;
+  with_packed_banks<T>(p, [&](const auto& gate_up, const auto& down) {
+    grad_x = moe_cuda::experts_backward_tc<T>({x, w, p.N, p.K, p.H, p.Im, p.act, g.layout}, grad_out, grad_w,
+                                              /*keep_hw=*/false, gate_up, down).grad_x;
+  });
+  return {grad_x, grad_w};
 }
 
 at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights, const at::Tensor& indices,
@@ -166,34 +207,14 @@ at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights
   const moe::QuantExpertsProblem p = moe::check_experts_quant(kOp, x, weights, indices, gate_up_qweight,
                                                               gate_up_scales, down_qweight, down_scales, activation);
   const c10::cuda::CUDAGuard guard(x.device());
-  if (p.N > kGemvMaxTokens && p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
-    return forward_dequantized(p, activation);
+  if (p.N > kGemv16BitMaxTokens && p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
+    const moe::QuantExpertsProblem a = aligned(p);
+    return p.dtype == at::kBFloat16 ? forward_tc<c10::BFloat16>(a) : forward_tc<c10::Half>(a);
   }
   if (p.N == 0 || !gemv_fits(p)) return moe::experts_quant_forward_composed(kOp, p);
   if (x.scalar_type() == at::kBFloat16) return forward_gemv<c10::BFloat16>(p);
   if (x.scalar_type() == at::kHalf) return forward_gemv<c10::Half>(p);
   return forward_gemv<float>(p);
-}
-
-// The backward on the banks dequantized into x's dtype: gemma4::moe_experts' CUDA backward without its weight
-// gradients (the banks are frozen), so the same roundings as the forward above kGemvMaxTokens.
-std::tuple<at::Tensor, at::Tensor> backward_dequantized(const moe::QuantExpertsProblem& p) {
-  moe::ExpertsProblem s;
-  s.x = p.x;
-  s.weights = p.weights;
-  s.indices = p.indices;
-  s.grad_out = p.grad_out;
-  s.gate_up = dequantize_bank(p.gate_up_qweight, p.gate_up_scales, p.H, p.dtype);  // [E, 2Im, H]
-  s.down = dequantize_bank(p.down_qweight, p.down_scales, p.Im, p.dtype);          // [E, H, Im]
-  s.N = p.N;
-  s.H = p.H;
-  s.K = p.K;
-  s.E = p.E;
-  s.Im = p.Im;
-  s.act = p.act;
-  s.dtype = p.dtype;
-  const auto grads = moe_cuda::experts_backward(s, /*weight_grads=*/false);
-  return {std::get<0>(grads), std::get<1>(grads)};
 }
 
 std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
@@ -206,12 +227,9 @@ std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
       op, grad_out, x, weights, indices, gate_up_qweight, gate_up_scales, down_qweight, down_scales, activation);
   const c10::cuda::CUDAGuard guard(x.device());
   if (p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
-    auto [grad_x, grad_w] = backward_dequantized(p);
-    // (x's own alignment does not matter there: the GEMVs read an fp32 copy of it)
-    if (p.N > 0 && p.N * p.K <= kFp32GradWeightsMaxPairs &&
-        cuda::aligned16(p.gate_up_qweight.const_data_ptr(), p.down_qweight.const_data_ptr())) {
-      grad_w = grad_weights_fp32(p);
-    }
+    const moe::QuantExpertsProblem a = aligned(p);
+    auto [grad_x, grad_w] = p.dtype == at::kBFloat16 ? backward_tc<c10::BFloat16>(a) : backward_tc<c10::Half>(a);
+    if (p.N > 0 && p.N * p.K <= kFp32GradWeightsMaxPairs) grad_w = grad_weights_fp32(a);
     return {grad_x, grad_w};
   }
   return moe::experts_quant_backward_composed(op, p);

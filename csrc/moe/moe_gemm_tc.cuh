@@ -5,8 +5,10 @@
 // of the backward)
 // over the row tiles of moe_cuda.cuh's grouping (tiles of at most 64 pairs of one expert).
 // Block tile 64 x 64 x 32, 4 warps of 32 x 32 (2 x 2 WMMA 16x16x16 fragments, fp32 accumulators);
-// A and B tiles staged in shared memory with 16-byte cp.async, double-buffered so the next tile's
-// loads overlap this tile's MMAs; rows past the tile and k past K are zero-filled by cp.async.
+// A and B tiles staged in shared memory, double-buffered so the next tile's loads overlap this tile's
+// MMAs; rows past the tile and k past K are zero-filled.
+// Where B comes from is the kernel's BSrc: DenseB below (a bf16 / fp16 bank, 16-byte cp.async like A) or
+// moe_tc_packed_b.cuh's PackedB (an int4 / int8 bank, dequantized into the tile on the way).
 // Needs K % 8 == 0 (and N % 8 == 0 when BKMajor) and 16-byte aligned rows (checked by the caller). The epilogue goes through
 // shared memory to apply the row map (sorted row or pair id) and the routing weight.
 #pragma once
@@ -19,24 +21,58 @@
 namespace gemma4::moe_cuda {
 
 constexpr int kTcBM = 64, kTcBN = 64, kTcBK = 32, kTcThreads = 128, kTcPad = 8;
-
-template <typename T>
-struct TcGemm {
-  const T* a;         // rows of K elements
-  bool a_by_token;    // row = sorted_pair[s] / slots (else row = s)
-  const T* b;         // expert e at b + e * b_expert_stride, [N, K]
-  int64_t b_expert_stride;
-  int64_t N, K, slots;
-  float* out;         // [rows, N] fp32: row s, or row pair(s) when out_by_pair
-  bool out_by_pair;
-  const float* weights;  // routing weights by pair id, or nullptr
-};
+// Shared-memory row lengths (elements) of a B tile: [kTcBN][kTcLd] (k contiguous; A's too) or, when BKMajor,
+// [kTcBK][kTcLdb] (n contiguous); 80 and 144 bytes, multiples of 16.
+constexpr int kTcLd = kTcBK + kTcPad, kTcLdb = kTcBN + kTcPad;
 
 // 16-byte global -> shared copy; src_bytes = 0 writes zeros.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 }
+
+// A B source stages the block's B tile for k-tile [k0, k0 + kTcBK) and columns [n0, n0 + kTcBN) of expert e in
+// two steps: load (at the start of the previous tile's MMAs) and store (after them, into the other buffer).
+// DenseB: expert e's [N, K] (or [K, N]) weight in T at b + e * expert_stride, copied by cp.async in load.
+template <typename T>
+struct DenseB {
+  const T* b;
+  int64_t expert_stride;
+  struct Tile {};  // nothing held in registers
+
+  template <bool BKMajor>
+  __device__ __forceinline__ void load(Tile&, void* smem, int e, int64_t k0, int64_t n0, int64_t N, int64_t K,
+                                       int tid) const {
+    T* tile = static_cast<T*>(smem);
+    const T* w = b + int64_t(e) * expert_stride;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int chunk = tid + c * kTcThreads;  // 0..255
+      if constexpr (!BKMajor) {                // n row r (of 64), k chunk kc (of 4 chunks of 8)
+        const int r = chunk / 4, kc = (chunk % 4) * 8;
+        const bool ok = n0 + r < N && k0 + kc < K;
+        cp_async16(tile + r * kTcLd + kc, ok ? w + (n0 + r) * K + k0 + kc : w, ok ? 16 : 0);
+      } else {  // k row kr (of 32), n chunk nc (of 8 chunks of 8)
+        const int kr = chunk / 8, nc = (chunk % 8) * 8;
+        const bool ok = k0 + kr < K && n0 + nc < N;
+        cp_async16(tile + kr * kTcLdb + nc, ok ? w + (k0 + kr) * N + n0 + nc : w, ok ? 16 : 0);
+      }
+    }
+  }
+  template <bool BKMajor>
+  __device__ __forceinline__ void store(const Tile&, void*, int) const {}
+};
+
+template <typename T, typename BSrc = DenseB<T>>
+struct TcGemm {
+  const T* a;         // rows of K elements
+  bool a_by_token;    // row = sorted_pair[s] / slots (else row = s)
+  BSrc b;             // expert e's weight, [N, K] (or [K, N] when BKMajor)
+  int64_t N, K, slots;
+  float* out;         // [rows, N] fp32: row s, or row pair(s) when out_by_pair
+  bool out_by_pair;
+  const float* weights;  // routing weights by pair id, or nullptr
+};
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -48,12 +84,11 @@ struct WmmaType<c10::BFloat16> { using type = __nv_bfloat16; };
 template <>
 struct WmmaType<c10::Half> { using type = __half; };
 
-template <typename T, bool BKMajor>
-__global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, GroupLayout g) {
+template <typename T, bool BKMajor, typename BSrc>
+__global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T, BSrc> p, GroupLayout g) {
   using namespace nvcuda;
   using W = typename WmmaType<T>::type;
-  constexpr int LD = kTcBK + kTcPad;   // A (and n-major B) smem row length: 80 bytes, a multiple of 16
-  constexpr int LDB = kTcBN + kTcPad;  // k-major B smem row length: 144 bytes
+  constexpr int LD = kTcLd, LDB = kTcLdb;
   constexpr int B_STAGE = BKMajor ? kTcBK * LDB : kTcBN * LD;  // elements of one B buffer
   __shared__ __align__(128) unsigned char smem_raw[(2 * kTcBM * LD + 2 * B_STAGE) * sizeof(T)];
   W* As = reinterpret_cast<W*>(smem_raw);        // [2][kTcBM][LD]
@@ -70,9 +105,10 @@ __global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, G
     arow[tid] = tid < rows ? (p.a_by_token ? g.sorted_pair[s] / p.slots : s) : -1;
   }
   __syncthreads();
-  const T* b = p.b + int64_t(e) * p.b_expert_stride;
+  typename BSrc::Tile b_tile;
 
-  // Stage k-tile kt into buffer buf: A 64 x 32 (256 chunks of 8, 2 per thread), B likewise.
+  // Stage k-tile kt into buffer buf: A 64 x 32 (256 chunks of 8, 2 per thread), B by its source (a packed
+  // source holds it in registers until its store).
   auto stage = [&](int64_t kt, int buf) {
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
@@ -82,16 +118,8 @@ __global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, G
       const int64_t ar = arow[r];
       const bool a_ok = ar >= 0 && k < p.K;
       cp_async16(As + (buf * kTcBM + r) * LD + kc, a_ok ? p.a + ar * p.K + k : p.a, a_ok ? 16 : 0);
-      if constexpr (!BKMajor) {
-        const bool b_ok = n0 + r < p.N && k < p.K;
-        cp_async16(Bs + buf * B_STAGE + r * LD + kc, b_ok ? b + (n0 + r) * p.K + k : b, b_ok ? 16 : 0);
-      } else {  // k row kr (of 32), n chunk nc (of 8 chunks of 8)
-        const int kr = chunk / 8, nc = (chunk % 8) * 8;
-        const int64_t kb = kt * kTcBK + kr;
-        const bool b_ok = kb < p.K && n0 + nc < p.N;
-        cp_async16(Bs + buf * B_STAGE + kr * LDB + nc, b_ok ? b + kb * p.N + n0 + nc : b, b_ok ? 16 : 0);
-      }
     }
+    p.b.template load<BKMajor>(b_tile, Bs + buf * B_STAGE, e, kt * kTcBK, n0, p.N, p.K, tid);
     cp_async_commit();
   };
 
@@ -104,6 +132,7 @@ __global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, G
 
   const int64_t k_tiles = (p.K + kTcBK - 1) / kTcBK;
   stage(0, 0);
+  p.b.template store<BKMajor>(b_tile, Bs, tid);
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
     const int buf = kt % 2;
     if (kt + 1 < k_tiles) {
@@ -133,6 +162,9 @@ __global__ void __launch_bounds__(kTcThreads) pair_gemm_tc_kernel(TcGemm<T> p, G
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
     }
+    // Buffer buf ^ 1 was last read by the previous tile's MMAs, which every warp finished before this tile's
+    // __syncthreads above.
+    if (kt + 1 < k_tiles) p.b.template store<BKMajor>(b_tile, Bs + (buf ^ 1) * B_STAGE, tid);
     __syncthreads();  // buffer buf is overwritten by the next iteration's stage
   }
 

@@ -1,6 +1,6 @@
 // Host side of the grouping of (token, slot) pairs by expert (moe_cuda.cuh: group_pairs_kernel), shared by the
 // MoE expert ops on CUDA (moe_experts_cuda.cu, moe_experts_quant_cuda.cu): the device buffers of one grouping,
-// its limits, and the per-token sum over the slots that ends every forward.
+// its limits, the per-token sum over the slots that ends every forward, and the elementwise kernels' grid.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -43,6 +43,12 @@ inline Grouping group_pairs(const at::Tensor& indices, int64_t E, int BM) {
   group_pairs_kernel<<<1, kGroupThreads, 0, cuda::stream()>>>(indices.const_data_ptr<int64_t>(), P, E, g.layout);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return g;
+}
+
+// Blocks of 256 threads for an elementwise kernel over n values (grid-stride beyond 16 blocks an SM).
+inline unsigned elementwise_blocks(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>(cuda::ceil_div<int64_t>(std::max<int64_t>(n, 1), 256),
+                                                 int64_t(cuda::sm_count()) * 16));
 }
 
 // out[n, c] = sum over the K slots of buf[(n * K + k) * H + c] in slot order, rounded once to T.

@@ -266,14 +266,14 @@ needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and build_info["c
 @needs_cuda
 @pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("tokens", [1, 12, 100, 160], ids=["decode", "gemv", "gemv-many", "prefill"])
+@pytest.mark.parametrize("tokens", [1, 12, 40, 100, 160], ids=["decode", "gemv", "gemv-most", "mid", "prefill"])
 def test_cuda_matches_cpu_and_reference(bits, group, dtype, tokens):
     """The CUDA op against the float64 reference and plain PyTorch on the GPU (the error rule), and against the
-    CPU op (within both allowances); gradients too; one expert left unchosen. Up to 128 tokens the forward runs
-    the grouped GEMVs (one token: every expert a tile of one pair; 12 and 100 tokens: tiles of several pairs), above it
-    gemma4::moe_experts on the dequantized banks (bf16) or the composed host loop over qgemm (fp32); the backward
-    runs moe_experts' on the dequantized banks (bf16; at decode its routing-weight gradients come from the fp32
-    GEMVs) or the composed loop (fp32) at every size."""
+    CPU op (within both allowances); gradients too; one expert left unchosen. Up to 40 tokens (bf16) or 128
+    (fp32) the forward runs the grouped GEMVs (one token: every expert a tile of one pair; more: tiles of several
+    pairs), above them gemma4::moe_experts' grouped GEMMs on the packed banks (bf16) or the composed host loop over
+    qgemm (fp32); the backward runs moe_experts_backward's GEMMs on the packed banks (bf16; at decode its
+    routing-weight gradients come from the fp32 GEMVs) or the composed loop (fp32) at every size."""
     cpu = _problem(4, 2112, 704, bits, group, tokens, 2, dtype, unused=(1,))
     dev = [t.cuda() for t in cpu]
     ref64 = reference.moe_experts_quant(cpu[0].double(), cpu[1].double(), *cpu[2:], "gelu_tanh")
@@ -343,18 +343,34 @@ def test_cuda_decode_call_is_graph_capturable():
     assert_lowp_close(op(*static[:3], q_shifted, *static[4:], "gelu_tanh").cpu(), ref64, plain)
 
 
+def _peak_bytes_of(fn):
+    """fn()'s result and the CUDA memory it allocated at its peak above what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    result = fn()
+    torch.cuda.synchronize()
+    return result, torch.cuda.max_memory_allocated() - before
+
+
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("bits,group", [(4, 32), (8, None)], ids=["int4-g32", "int8-channel"])
-def test_cuda_prefill_runs_the_experts_on_dequantized_banks(bits, group):
-    """Above 128 tokens a bf16 forward is gemma4::moe_experts on the banks dequantized to bf16, bit for bit (the
-    error rule is test_cuda_matches_cpu_and_reference's); it has no host sync, so a CUDA graph captures it and a
-    replay on new inputs equals the eager call; a gate_up bank off a 16-byte boundary gives the same result."""
-    dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, 160, 4, torch.bfloat16, unused=(5,))]
+@pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("dtype,scale_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32),
+                                               (torch.bfloat16, torch.float16)], ids=["bf16", "fp16-fp32s", "bf16-fp16s"])
+def test_cuda_prefill_equals_the_experts_on_dequantized_banks(bits, group, dtype, scale_dtype):
+    """Above 128 tokens a 16-bit forward runs gemma4::moe_experts' grouped GEMMs with the packed banks dequantized
+    tile by tile: it equals gemma4::moe_experts on the banks dequantized to x's dtype, bit for bit (the error rule
+    is test_cuda_matches_cpu_and_reference's), for every format and scale dtype, while allocating less than half
+    of what those dequantized banks take; it has no host sync, so a CUDA graph captures it and a replay on new
+    inputs equals the eager call; a gate_up bank off a 16-byte boundary gives the same result."""
+    dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, 160, 4, dtype, scale_dtype, unused=(5,))]
     x, w, idx, guq, gus, dnq, dns = dev
-    gate_up, down = _dequantized_banks(guq, gus, dnq, dns, torch.bfloat16)
-    out = op(*dev, "silu")
+    gate_up, down = _dequantized_banks(guq, gus, dnq, dns, dtype)
+    out, peak = _peak_bytes_of(lambda: op(*dev, "silu"))
     assert torch.equal(out, torch.ops.gemma4.moe_experts(x, w, idx, gate_up, down, "silu"))
+    banks_bytes = (gate_up.numel() + down.numel()) * gate_up.element_size()
+    assert peak < banks_bytes / 2, f"the call allocated {peak} bytes; the dequantized banks are {banks_bytes}"
     qbuf = torch.empty(guq.numel() + 1, dtype=guq.dtype, device=guq.device)
     shifted = qbuf[1:].view_as(guq).copy_(guq)
     assert shifted.data_ptr() % 16 != 0
@@ -364,7 +380,7 @@ def test_cuda_prefill_runs_the_experts_on_dequantized_banks(bits, group):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = op(*static, "silu")
-    fresh = _problem(8, 2112, 704, bits, group, 160, 4, torch.bfloat16)
+    fresh = _problem(8, 2112, 704, bits, group, 160, 4, dtype, scale_dtype)
     for s, f in zip(static[:3], fresh[:3]):  # new x, routing weights and experts; the same banks
         s.copy_(f)
     graph.replay()
@@ -374,27 +390,36 @@ def test_cuda_prefill_runs_the_experts_on_dequantized_banks(bits, group):
 
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("bits,group", [(4, 32), (8, 32)], ids=["int4-g32", "int8-g32"])
+@pytest.mark.parametrize("bits,group", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("tokens", [3, 80])
-def test_cuda_backward_runs_the_experts_backward_on_dequantized_banks(bits, group, tokens):
-    """A bf16 backward's grad_x is gemma4::moe_experts_backward's on the banks dequantized to bf16, bit for bit, at
-    decode and prefill sizes (the error rule is test_cuda_matches_cpu_and_reference's). Its grad_weights is that
-    op's at prefill, and up to 16 (token, slot) pairs the fp32 GEMVs' on the exact weights: the CPU op's float32
-    value within float32 rounding. No host sync: a CUDA graph captures it and a replay on a new grad_out equals the eager call."""
+def test_cuda_backward_equals_the_experts_backward_on_dequantized_banks(bits, group, tokens):
+    """A bf16 backward runs gemma4::moe_experts_backward's grouped GEMMs with the packed banks dequantized tile by
+    tile: its grad_x is that op's on the banks dequantized to bf16, bit for bit, at decode and prefill sizes (the
+    error rule is test_cuda_matches_cpu_and_reference's), allocating less than half of those banks' bytes. Its
+    grad_weights is that op's at prefill, and up to 16 (token, slot) pairs the fp32 GEMVs' on the exact weights:
+    the CPU op's float32 value within float32 rounding. No host sync: a CUDA graph captures it and a replay on a
+    new grad_out equals the eager call; a down bank off a 16-byte boundary gives the same result."""
     dev = [t.cuda() for t in _problem(8, 2112, 704, bits, group, tokens, 4, torch.bfloat16, unused=(2,))]
     x, w, idx, guq, gus, dnq, dns = dev
     gate_up, down = _dequantized_banks(guq, gus, dnq, dns, torch.bfloat16)
     g = torch.randn_like(x)
-    got = torch.ops.gemma4.moe_experts_quant_backward(g, *dev, "silu")
+    got, peak = _peak_bytes_of(lambda: torch.ops.gemma4.moe_experts_quant_backward(g, *dev, "silu"))
     want = torch.ops.gemma4.moe_experts_backward(g, x, w, idx, gate_up, down, "silu")
     assert got[0].dtype == x.dtype and got[1].dtype == w.dtype
     assert torch.equal(got[0], want[0])
+    banks_bytes = (gate_up.numel() + down.numel()) * gate_up.element_size()
+    assert peak < banks_bytes / 2, f"the call allocated {peak} bytes; the dequantized banks are {banks_bytes}"
     if tokens * 4 <= 16:
         on_cpu = torch.ops.gemma4.moe_experts_quant_backward(g.cpu(), *[t.cpu() for t in dev], "silu")[1]
         torch.testing.assert_close(got[1].cpu(), on_cpu, rtol=1e-4, atol=1e-4 * on_cpu.abs().max().item())
         assert not torch.equal(got[1], want[1])
     else:
         assert torch.equal(got[1], want[1])
+    qbuf = torch.empty(dnq.numel() + 1, dtype=dnq.dtype, device=dnq.device)
+    shifted = qbuf[1:].view_as(dnq).copy_(dnq)
+    assert shifted.data_ptr() % 16 != 0
+    moved = torch.ops.gemma4.moe_experts_quant_backward(g, x, w, idx, guq, gus, shifted, dns, "silu")
+    assert torch.equal(moved[0], got[0]) and torch.equal(moved[1], got[1])
     static_g = g.clone()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
