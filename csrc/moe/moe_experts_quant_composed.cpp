@@ -11,12 +11,14 @@
 //   grad_weights[n, k] = <gh, h>        (= <grad_out[n], h @ D_e^T>, the expert's output before rounding)
 //   (dg, du) = gated_activation_backward(w gh, g, u)                [m, Im] each
 //   grad_x[n] += [dg | du] @ G_e                                    [m, H]
-// each gradient rounded once. Why float32 throughout: a routing weight's gradient is one dot product over H whose
-// terms largely cancel, so at decode (a token's handful of weights) rounding g, u, h or y to bf16 on the way -- or
-// the weights, as plain PyTorch's dequant(W).to(bf16) does -- gave an error of plain bf16 PyTorch's own size, and
-// then one decode problem in 10-20 came out over 2x plain's (dev/quant/grad_weights_rounding.py). The frozen
-// weights are dequantized one expert matrix at a time. (On CUDA, the fp32 backward's matmuls are at::mm: with
-// torch.backends.cuda.matmul.allow_tf32 on they run in TF32, as every fp32 matmul of the user's model does.)
+// each gradient rounded once. Why float32 throughout (float64 for float32 x): a routing weight's gradient is one
+// dot product over H whose terms largely cancel, so at decode (a token's handful of weights) rounding g, u, h or y
+// to bf16 on the way -- or the weights, as plain PyTorch's dequant(W).to(bf16) does -- gave an error of plain bf16
+// PyTorch's own size, and then one decode problem in 10-20 came out over 2x plain's
+// (dev/quant/grad_weights_rounding.py). With float32 x the same holds one precision up: float32 sums against plain
+// float32 PyTorch's came out over 2x its error at one token (H200, GEMMA4_TEST_SEED=1538611098: 6.0e-3 against
+// 1.1e-3 + one ulp 2.4e-3), so that case computes in float64. The frozen weights are dequantized one expert matrix
+// at a time. (On CUDA only float32 x comes here, so its matmuls run in float64, never in TF32.)
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -112,18 +114,21 @@ at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProb
 }
 
 std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* op, const QuantExpertsProblem& p) {
-  const auto f32 = p.x.options().dtype(at::kFloat);
-  at::Tensor grad_x = at::zeros({p.N, p.H}, f32);      // [N, H]
-  at::Tensor grad_w = at::zeros({p.N * p.K}, f32);     // [P]
+  // float32 for 16-bit x; float64 for float32 x, whose plain-PyTorch baseline is itself float32 (see above).
+  const at::ScalarType acc = p.dtype == at::kFloat ? at::kDouble : at::kFloat;
+  const auto opts = p.x.options().dtype(acc);
+  at::Tensor grad_x = at::zeros({p.N, p.H}, opts);      // [N, H]
+  at::Tensor grad_w = at::zeros({p.N * p.K}, opts);     // [P]
   if (p.N != 0) {
     for_each_expert(op, p, [&](int64_t e, const at::Tensor& pairs, const at::Tensor& tok, const at::Tensor& w) {
-      const at::Tensor gate_up = dequantize_f32(p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e));  // [2Im, H]
-      const at::Tensor down = dequantize_f32(p.down_qweight.select(0, e), p.down_scales.select(0, e));  // [H, Im]
-      const at::Tensor gu = p.x.index_select(0, tok).to(at::kFloat).mm(gate_up.t());            // [m, 2Im]
+      const at::Tensor gate_up =
+          dequantize_f32(p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e)).to(acc);  // [2Im, H]
+      const at::Tensor down = dequantize_f32(p.down_qweight.select(0, e), p.down_scales.select(0, e)).to(acc);  // [H, Im]
+      const at::Tensor gu = p.x.index_select(0, tok).to(acc).mm(gate_up.t());                   // [m, 2Im]
       const at::Tensor g = gu.narrow(1, 0, p.Im).contiguous(), u = gu.narrow(1, p.Im, p.Im).contiguous();  // [m, Im]
-      const at::Tensor gh = p.grad_out.index_select(0, tok).to(at::kFloat).mm(down);            // [m, Im]
+      const at::Tensor gh = p.grad_out.index_select(0, tok).to(acc).mm(down);                   // [m, Im]
       grad_w.index_copy_(0, pairs, gh.mul(call_gated(g, u, p.act)).sum(1));                     // [m]
-      const auto [dg, du] = call_gated_backward(gh.mul_(w.unsqueeze(1)), g, u, p.act);
+      const auto [dg, du] = call_gated_backward(gh.mul_(w.to(acc).unsqueeze(1)), g, u, p.act);
       grad_x.index_add_(0, tok, at::cat({dg, du}, 1).mm(gate_up));                              // [m, H]
     });
   }
