@@ -394,8 +394,8 @@ __global__ void gated_rows_kernel(const Acc* __restrict__ gu, int64_t P, int64_t
 // Backward, one warp per sorted row s (pair = sorted_pair[s], w its routing weight):
 //   h = act(g) u;  grad_weights[pair] = <dh_raw, h>;  hw = w h;  dg = w dh_raw u act'(g);  du = w dh_raw act(g)
 // gu [P, 2Im] holds g | u on entry and dg | du on exit (each element read, then written, by one lane).
-// Low-precision copies for the tensor-core GEMMs (both nullptr or both given): dgdu_lp = dg | du and
-// hw_lp = w h rounded to DT.
+// Low-precision copies for the tensor-core GEMMs (each nullptr when not wanted): dgdu_lp = dg | du (grad_x's
+// GEMM) and hw_lp = w h (the down weight gradient's), rounded to DT.
 template <Activation Act, typename Acc, typename WT, typename DT>
 __global__ void expert_grad_rows_kernel(Acc* __restrict__ gu, const Acc* __restrict__ dh, const Acc* __restrict__ w,
                                         const int32_t* __restrict__ sorted_pair, int64_t P, int64_t Im,

@@ -4,17 +4,17 @@ with the CUDA memory each call allocates at its peak. Above 128 tokens the quant
 tensor-core GEMMs with the packed banks dequantized tile by tile (moe_tc_packed_b.cuh); below, the GEMVs (unless
 the dev knob of dev/quant/moe_gemv_threshold.patch moves the threshold).
 
-    python dev/quant/time_moe_packed_tc.py [--tokens 160,512] [--bits 4] [--group 32] [--reps 50]
+    PYTHONPATH=.:python python dev/quant/time_moe_packed_tc.py [--tokens 160,512] [--bits 4] [--group 32] [--reps 50]
 
 Prints one line per token count: median ms (CUDA events) and peak MB of each call.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
+from benchmarks.gpu.common import cuda_time_ms
 from gemma4.ops import reference
 
 E, TOP_K, H, IM = 128, 8, 2816, 704
@@ -39,15 +39,7 @@ def timed(fn, reps):
     fn()
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), peak
+    return cuda_time_ms(fn, reps), peak
 
 
 def main():
