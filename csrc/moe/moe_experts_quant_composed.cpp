@@ -11,14 +11,17 @@
 //   grad_weights[n, k] = <gh, h>        (= <grad_out[n], h @ D_e^T>, the expert's output before rounding)
 //   (dg, du) = gated_activation_backward(w gh, g, u)                [m, Im] each
 //   grad_x[n] += [dg | du] @ G_e                                    [m, H]
-// each gradient rounded once. Why float32 throughout (float64 for float32 x): a routing weight's gradient is one
-// dot product over H whose terms largely cancel, so at decode (a token's handful of weights) rounding g, u, h or y
+// each gradient rounded once. Why float32 throughout (float64 for float32 x over few pairs): a routing weight's
+// gradient is one dot product over H whose terms largely cancel, so at decode (a token's handful of weights) rounding g, u, h or y
 // to bf16 on the way -- or the weights, as plain PyTorch's dequant(W).to(bf16) does -- gave an error of plain bf16
 // PyTorch's own size, and then one decode problem in 10-20 came out over 2x plain's
 // (dev/quant/grad_weights_rounding.py). With float32 x the same holds one precision up: float32 sums against plain
 // float32 PyTorch's came out over 2x its error at one token (H200, GEMMA4_TEST_SEED=1538611098: 6.0e-3 against
-// 1.1e-3 + one ulp 2.4e-3), so that case computes in float64. The frozen weights are dequantized one expert matrix
-// at a time. (On CUDA only float32 x comes here, so its matmuls run in float64, never in TF32.)
+// 1.1e-3 + one ulp 2.4e-3), so up to kFloat64MaxPairs (token, slot) pairs float32 x computes in float64. Not above:
+// there the largest of many errors no longer swings so (the CUDA bf16 rule's measurement), and float64 costs ~3x
+// (26B-A4B bank, one token, this project's 2-core CPU: 38-57 ms against 12-17 for bf16 x, best of 5 over four
+// processes). The frozen weights are dequantized one expert matrix at a time. (With TF32 allowed, CUDA runs the
+// float32 matmuls in it, as every float32 matmul of the user's model.)
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -27,6 +30,9 @@
 
 namespace gemma4::moe {
 namespace {
+
+// Up to this many (token, slot) pairs a float32 backward computes in float64 (above).
+constexpr int64_t kFloat64MaxPairs = 16;
 
 const char* activation_name(Activation act) { return act == Activation::Silu ? "silu" : "gelu_tanh"; }
 
@@ -114,8 +120,8 @@ at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProb
 }
 
 std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* op, const QuantExpertsProblem& p) {
-  // float32 for 16-bit x; float64 for float32 x, whose plain-PyTorch baseline is itself float32 (see above).
-  const at::ScalarType acc = p.dtype == at::kFloat ? at::kDouble : at::kFloat;
+  // float32, or float64 for float32 x over few pairs (see above).
+  const at::ScalarType acc = p.dtype == at::kFloat && p.N * p.K <= kFloat64MaxPairs ? at::kDouble : at::kFloat;
   const auto opts = p.x.options().dtype(acc);
   at::Tensor grad_x = at::zeros({p.N, p.H}, opts);      // [N, H]
   at::Tensor grad_w = at::zeros({p.N * p.K}, opts);     // [P]
