@@ -31,6 +31,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include "moe/moe_experts_quant.h"
 #include "moe/moe_experts_tc.cuh"
@@ -207,11 +208,12 @@ at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights
   const moe::QuantExpertsProblem p = moe::check_experts_quant(kOp, x, weights, indices, gate_up_qweight,
                                                               gate_up_scales, down_qweight, down_scales, activation);
   const c10::cuda::CUDAGuard guard(x.device());
+  if (p.N * p.K == 0) return at::zeros({p.N, p.H}, x.options());  // no pairs: no grid to launch, a sum of nothing
   if (p.N > kGemv16BitMaxTokens && p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
     const moe::QuantExpertsProblem a = aligned(p);
     return p.dtype == at::kBFloat16 ? forward_tc<c10::BFloat16>(a) : forward_tc<c10::Half>(a);
   }
-  if (p.N == 0 || !gemv_fits(p)) return moe::experts_quant_forward_composed(kOp, p);
+  if (!gemv_fits(p)) return moe::experts_quant_forward_composed(kOp, p);
   if (x.scalar_type() == at::kBFloat16) return forward_gemv<c10::BFloat16>(p);
   if (x.scalar_type() == at::kHalf) return forward_gemv<c10::Half>(p);
   return forward_gemv<float>(p);

@@ -434,6 +434,23 @@ def test_cuda_backward_equals_the_experts_backward_on_dequantized_banks(bits, gr
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.parametrize("tokens", [0, 12, 50])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_no_pairs_give_zeros(tokens, dtype):
+    """Routing to no expert (top-0) on every route, and no tokens: zeros, as on the CPU, and zero gradients."""
+    cpu = list(_problem(4, 64, 32, 4, 32, tokens, 2, dtype))
+    cpu[1], cpu[2] = cpu[1][:, :0].contiguous(), cpu[2][:, :0].contiguous()  # weights, indices [tokens, 0]
+    dev = [t.cuda() for t in cpu]
+    out = op(*dev, "silu")
+    assert out.shape == (tokens, 64) and out.dtype == dtype and not out.any()
+    assert torch.equal(out.cpu(), op(*cpu, "silu"))
+    g = torch.randn(tokens, 64).to(dtype).cuda()
+    grad_x, grad_w = torch.ops.gemma4.moe_experts_quant_backward(g, *dev, "silu")
+    assert grad_x.shape == (tokens, 64) and not grad_x.any() and grad_w.shape == (tokens, 0)
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_cuda_bad_indices_outside_the_gemv():
     """Indices outside [0, E) raise the CPU op's error where the CUDA op has a host loop: fp32 forwards of more
     than 128 tokens and fp32 backwards. (The other forwards check them with a device-side assert, as
