@@ -49,7 +49,8 @@ constexpr const char* kOp = "gemma4::moe_experts_quant";
 // Up to kGemv16BitMaxTokens tokens a bf16/fp16 forward takes the grouped GEMVs, above them the packed banks'
 // grouped GEMMs. Measured on a 26B-A4B int4 g32 bank, bf16 x (H100, dev/quant/moe_gemv_threshold.patch,
 // dev/device_runs/2026-12-05g-h100-moe-packed-tc.log), ms at 16 / 32 / 64 / 96 / 128 / 192 tokens: the GEMVs 0.45 /
-// 0.71 / 1.10 / 1.54 / 1.99 / 2.89, the packed GEMMs 0.62 / 0.82 / 0.92 / 0.94 / 0.95 / 0.96.
+// 0.71 / 1.10 / 1.54 / 1.99 / 2.89, the packed GEMMs 0.62 / 0.82 / 0.92 / 0.94 / 0.95 / 0.96; on the H200
+// (2026-12-05h log) at 32 / 40 / 48 tokens the GEMVs 0.79 / 0.90 / 0.97, the GEMMs 0.85 / 0.88 / 0.89.
 // fp32 x takes the GEMVs up to kGemvMaxTokens (it has no tensor-core route: above, the composed path, whose
 // per-expert qgemm calls reach cuBLAS on dequantized weights).
 constexpr int64_t kGemv16BitMaxTokens = 40;
