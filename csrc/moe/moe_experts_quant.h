@@ -115,6 +115,15 @@ inline QuantExpertsProblem check_experts_quant_backward(const char* op, const at
   return p;
 }
 
+// Up to this many (token, slot) pairs the backward computes the routing weights' gradients one precision above
+// its usual path: float32 from the exact weights for 16-bit x (CUDA: grad_weights_fp32 in moe_experts_quant_cuda.cu;
+// the composed path always does), float64 for float32 x (the composed path). Each gradient is one dot product
+// whose terms largely cancel, and over a decode step's few of them one draw against another came out over the
+// error rule's 2x of plain PyTorch's in one problem of 10-20 (dev/quant/grad_weights_rounding.py); over 24 or more
+// the largest error stayed under 1.4x plain's. Above it the extra precision costs: the CUDA fp32 GEMVs +0.37 ms at
+// 64 pairs and +2.3 ms at 512 (H100, 26B-A4B bank), float64 on the CPU ~3x.
+constexpr int64_t kPreciseGradWeightsMaxPairs = 16;
+
 // ---- composed of other ops (moe_experts_quant_composed.cpp): any device with qgemm and gated_activation ----
 
 // The (token, slot) pairs grouped by expert on the tensors' device: order = the pair ids p = n*K + k sorted
@@ -133,7 +142,8 @@ at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProb
 // (grad_x in x's dtype, grad_weights in weights' dtype): per chosen expert the forward recomputed in float32 from
 // its exactly dequantized weights, then grad_weights[p] = <grad_out[n] @ dequant(down_e), h_p> and grad_x[n] +=
 // (dg | du) @ dequant(gate_up_e) with (dg, du) = gated_activation_backward(w * grad_out[n] @ dequant(down_e), g, u),
-// all in float32 (the reason: moe_experts_quant_composed.cpp).
+// all in float32 (float64 for float32 x up to kPreciseGradWeightsMaxPairs; the reason:
+// moe_experts_quant_composed.cpp).
 std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* op, const QuantExpertsProblem& p);
 
 }  // namespace gemma4::moe

@@ -12,13 +12,13 @@
 //   (dg, du) = gated_activation_backward(w gh, g, u)                [m, Im] each
 //   grad_x[n] += [dg | du] @ G_e                                    [m, H]
 // each gradient rounded once. Why float32 throughout (float64 for float32 x over few pairs): a routing weight's
-// gradient is one dot product over H whose terms largely cancel, so at decode (a token's handful of weights) rounding g, u, h or y
-// to bf16 on the way -- or the weights, as plain PyTorch's dequant(W).to(bf16) does -- gave an error of plain bf16
-// PyTorch's own size, and then one decode problem in 10-20 came out over 2x plain's
+// gradient is one dot product over H whose terms largely cancel, so at decode (a token's handful of weights)
+// rounding g, u, h or y to bf16 on the way -- or the weights, as plain PyTorch's dequant(W).to(bf16) does -- gave an
+// error of plain bf16 PyTorch's own size, and then one decode problem in 10-20 came out over 2x plain's
 // (dev/quant/grad_weights_rounding.py). With float32 x the same holds one precision up: float32 sums against plain
 // float32 PyTorch's came out over 2x its error at one token (H200, GEMMA4_TEST_SEED=1538611098: 6.0e-3 against
-// 1.1e-3 + one ulp 2.4e-3), so up to kFloat64MaxPairs (token, slot) pairs float32 x computes in float64. Not above:
-// there the largest of many errors no longer swings so (the CUDA bf16 rule's measurement), and float64 costs ~3x
+// 1.1e-3 + one ulp 2.4e-3), so up to kPreciseGradWeightsMaxPairs (token, slot) pairs (moe_experts_quant.h) float32 x
+// computes in float64. Not above: there the largest of many errors no longer swings so, and float64 costs ~3x
 // (26B-A4B bank, one token, this project's 2-core CPU: 38-57 ms against 12-17 for bf16 x, best of 5 over four
 // processes). The frozen weights are dequantized one expert matrix at a time. (With TF32 allowed, CUDA runs the
 // float32 matmuls in it, as every float32 matmul of the user's model.)
@@ -30,9 +30,6 @@
 
 namespace gemma4::moe {
 namespace {
-
-// Up to this many (token, slot) pairs a float32 backward computes in float64 (above).
-constexpr int64_t kFloat64MaxPairs = 16;
 
 const char* activation_name(Activation act) { return act == Activation::Silu ? "silu" : "gelu_tanh"; }
 
@@ -121,7 +118,8 @@ at::Tensor experts_quant_forward_composed(const char* op, const QuantExpertsProb
 
 std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* op, const QuantExpertsProblem& p) {
   // float32, or float64 for float32 x over few pairs (see above).
-  const at::ScalarType acc = p.dtype == at::kFloat && p.N * p.K <= kFloat64MaxPairs ? at::kDouble : at::kFloat;
+  const at::ScalarType acc =
+      p.dtype == at::kFloat && p.N * p.K <= kPreciseGradWeightsMaxPairs ? at::kDouble : at::kFloat;
   const auto opts = p.x.options().dtype(acc);
   at::Tensor grad_x = at::zeros({p.N, p.H}, opts);      // [N, H]
   at::Tensor grad_w = at::zeros({p.N * p.K}, opts);     // [P]
@@ -129,7 +127,8 @@ std::tuple<at::Tensor, at::Tensor> experts_quant_backward_composed(const char* o
     for_each_expert(op, p, [&](int64_t e, const at::Tensor& pairs, const at::Tensor& tok, const at::Tensor& w) {
       const at::Tensor gate_up =
           dequantize_f32(p.gate_up_qweight.select(0, e), p.gate_up_scales.select(0, e)).to(acc);  // [2Im, H]
-      const at::Tensor down = dequantize_f32(p.down_qweight.select(0, e), p.down_scales.select(0, e)).to(acc);  // [H, Im]
+      const at::Tensor down =
+          dequantize_f32(p.down_qweight.select(0, e), p.down_scales.select(0, e)).to(acc);  // [H, Im]
       const at::Tensor gu = p.x.index_select(0, tok).to(acc).mm(gate_up.t());                   // [m, 2Im]
       const at::Tensor g = gu.narrow(1, 0, p.Im).contiguous(), u = gu.narrow(1, p.Im, p.Im).contiguous();  // [m, Im]
       const at::Tensor gh = p.grad_out.index_select(0, tok).to(acc).mm(down);                   // [m, Im]

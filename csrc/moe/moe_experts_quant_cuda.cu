@@ -16,8 +16,8 @@
 //
 // Backward with bf16/fp16 x, at any token count: the same GEMMs' input gradients (the banks are frozen), equal to
 // gemma4::moe_experts_backward's grad_x and grad_weights on the dequantized banks; no host sync either. Up to
-// kFp32GradWeightsMaxPairs (token, slot) pairs the routing weights' gradients come from the GEMVs in fp32 instead
-// (grad_weights_fp32).
+// moe::kPreciseGradWeightsMaxPairs (token, slot) pairs (moe_experts_quant.h says why) the routing weights'
+// gradients come from the GEMVs in fp32 instead (grad_weights_fp32).
 //
 // fp32 forwards above kGemvMaxTokens, a misaligned x or bank on the GEMVs' route, and the fp32 backward: a host loop
 // over the experts composed of the CUDA ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the
@@ -124,13 +124,6 @@ at::Tensor forward_gemv(const moe::QuantExpertsProblem& p) {
   return out;
 }
 
-// Up to this many (token, slot) pairs the backward's routing-weight gradients come from grad_weights_fp32. The
-// dequantized bf16 banks' backward rounds the weights, which puts those gradients at plain bf16 PyTorch's error:
-// over a decode step's few of them, one draw against another, that exceeded 2x plain's in one problem of 10-20
-// (dev/quant/grad_weights_rounding.py); over 24 or more the largest error stayed under 1.4x plain's. The fp32
-// GEMVs cost 0.37 ms at 64 pairs and 2.3 ms at 512 (H100, 26B-A4B bank).
-constexpr int64_t kFp32GradWeightsMaxPairs = 16;
-
 // grad_weights [N, K] in float32 from the exact weights, as the composed backward computes it
 // (moe_experts_quant_composed.cpp): <grad_out[n], y> with y the fp32 GEMVs' output on x in fp32 and unit routing
 // weights. Both banks 16-byte aligned (the GEMVs' loads); no host sync.
@@ -157,7 +150,9 @@ template <typename T, int BITS>
 moe_cuda::PackedB<T, BITS> packed_bank(const at::Tensor& qweight, const at::Tensor& scales, int64_t len) {
   using moe_cuda::ScaleKind;
   const at::ScalarType st = scales.scalar_type();
-  const ScaleKind kind = st == at::kFloat ? ScaleKind::Float : st == at::kBFloat16 ? ScaleKind::BFloat16 : ScaleKind::Half;
+  const ScaleKind kind = st == at::kFloat      ? ScaleKind::Float
+                         : st == at::kBFloat16 ? ScaleKind::BFloat16
+                                               : ScaleKind::Half;
   const int G = static_cast<int>(scales.size(2));
   return {static_cast<const uint8_t*>(qweight.const_data_ptr()), scales.const_data_ptr(), kind, qweight.size(1), len,
           G, static_cast<int>(len / G)};
@@ -232,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
   if (p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
     const moe::QuantExpertsProblem a = aligned(p);
     auto [grad_x, grad_w] = p.dtype == at::kBFloat16 ? backward_tc<c10::BFloat16>(a) : backward_tc<c10::Half>(a);
-    if (p.N > 0 && p.N * p.K <= kFp32GradWeightsMaxPairs) grad_w = grad_weights_fp32(a);
+    if (p.N > 0 && p.N * p.K <= moe::kPreciseGradWeightsMaxPairs) grad_w = grad_weights_fp32(a);
     return {grad_x, grad_w};
   }
   return moe::experts_quant_backward_composed(op, p);
