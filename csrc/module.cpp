@@ -7,6 +7,10 @@
 #include <map>
 #include <string>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace py = pybind11;
 
 namespace {
@@ -24,6 +28,25 @@ std::map<std::string, bool> cpu_features() {
   return f;
 }
 
+// glibc's malloc returns the top of its heap to the kernel whenever more than the trim threshold lies free
+// there (its dynamic rule sets that to twice the largest block freed so far, a few MB here), so each
+// prefill layer's activations, allocated and freed again, come back as fresh pages: the first write to
+// each page is a fault. On the 2-core EPYC VM a fault costs ~7 us, as long as a K = 1536 GEMM takes to
+// compute a page of its output, and a 128-token bf16 E2B prefill took ~30,000 of them (about a fifth of
+// its time under the profiler; docs/performance.md). Fixing both thresholds keeps freed blocks for reuse:
+// blocks up to the mmap threshold come from the heap (32 MiB, the most glibc allows and where its own rule
+// tops out), and up to trim_bytes of free heap top is kept (Python passes 64 MiB, again where glibc's rule
+// tops out: its values from the start). Returns whether glibc took both.
+bool keep_freed_memory(int trim_bytes) {
+#if defined(__GLIBC__)
+  constexpr int kMmapThreshold = 32 << 20;
+  return mallopt(M_MMAP_THRESHOLD, kMmapThreshold) == 1 && mallopt(M_TRIM_THRESHOLD, trim_bytes) == 1;
+#else
+  (void)trim_bytes;
+  return false;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -38,4 +61,6 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
   m.def("cpu_features", &cpu_features, "ISA extensions of the CPU this process runs on");
+  m.def("keep_freed_memory", &keep_freed_memory, py::arg("trim_bytes"),
+        "glibc only: keep freed heap memory (up to trim_bytes) for reuse instead of returning it to the kernel");
 }

@@ -47,5 +47,18 @@ if build_info["cpu_baseline"].startswith("avx2") and not (_features.get("avx2") 
     raise ImportError("gemma4's CPU kernels were built for AVX2+FMA, which this CPU lacks; "
                       "rebuild on this machine")
 
+
+def _keep_freed_memory() -> bool:
+    """Keep up to GEMMA4_KEEP_FREED_MB (default 64; 0: leave malloc alone) of freed heap memory for reuse, so
+    activations allocated again and again do not come back as fresh pages, each first write a page fault
+    (glibc only; csrc/module.cpp says why and how much it costs; docs/performance.md)."""
+    raw = os.environ.get("GEMMA4_KEEP_FREED_MB", "64")
+    if not raw.isdigit() or int(raw) > 2047:
+        raise ImportError(f"GEMMA4_KEEP_FREED_MB={raw!r}: expected a whole number of MB from 0 to 2047")
+    return int(raw) > 0 and _C.keep_freed_memory(int(raw) << 20)
+
+
+keeps_freed_memory = _keep_freed_memory()
+
 OPS_LIBRARY = os.path.join(os.path.dirname(_C.__file__), "libgemma4_ops.so")
 torch.ops.load_library(OPS_LIBRARY)
