@@ -131,6 +131,11 @@ inline float g32_hsum(__m256 v) {
 // shape over 256 MB of weights (past L3), 2 threads, the 2-core AVX-512 EPYC (dev/perf/qgemv_decode_shapes.py):
 // 2 KB 33.3-35.3 ms a token, 4 KB 30.2-33.7, 8 KB 29.4-29.7, 16 KB 28.3-29.9; int8 g32 2 KB 57.1-59.5, 8 KB
 // 56.6-56.7. In a decode step of the int4 model 40.1 -> 37.7-38.4 ms.
+// Into L2 (T1), not L1: the lines in flight would push the int16 x out of the 32 KB L1, and x is read twice as
+// many bytes as int8 weights. On rows of 12288 (E2B's wide down projection, x 24 KB) int8 streamed 22 GB/s from
+// DRAM into L1 against 31-35 on rows of 1536; into L2 the wide rows run as fast as the others (26-32 GB/s,
+// alternating builds), and E2B's int8 qhead decode step went 69.2 -> 55.8 and 74.5 -> 54.0 ms (one process,
+// the hint switched between rounds; the full tables in docs/quantization.md).
 constexpr int64_t kPrefetchAhead = 8192;
 
 // y[m0 .. m0 + MB, n] for one weight row n.
@@ -144,8 +149,8 @@ inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
   for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
   for (int64_t b0 = 0; b0 < B; b0 += 8) {
     const int64_t steps = B - b0 >= 8 ? 4 : (B - b0) / 2;
-    // The run kPrefetchAhead bytes ahead (why that distance: at the constant).
-    for (int line = 0; line < BITS / 2; ++line) __builtin_prefetch(w + b0 * kBlockBytes + kPrefetchAhead + 64 * line);
+    // The run kPrefetchAhead bytes ahead, into L2 (why that distance and level: at the constant).
+    for (int line = 0; line < BITS / 2; ++line) __builtin_prefetch(w + b0 * kBlockBytes + kPrefetchAhead + 64 * line, 0, 2);
     __m256i sum[MB];  // per x row: the eight blocks' int32 sums, in lane order
     // x of step b0 / 2 + t of row m: pairs of steps are 128 int16 apart, the second of a pair 16 after the first
     const auto xstep = [&](int m, int t) { return p.x16p + (m0 + m) * B8 * 32 + b0 * 32 + (t / 2) * 128 + (t % 2) * 16; };
