@@ -133,9 +133,9 @@ inline float g32_hsum(__m256 v) {
 // 56.6-56.7. In a decode step of the int4 model 40.1 -> 37.7-38.4 ms.
 // Into L2 (T1), not L1: the lines in flight would push the int16 x out of the 32 KB L1, and x is read twice as
 // many bytes as int8 weights. On rows of 12288 (E2B's wide down projection, x 24 KB) int8 streamed 22 GB/s from
-// DRAM into L1 against 31-35 on rows of 1536; into L2 the wide rows run as fast as the others (26-32 GB/s,
-// alternating builds), and E2B's int8 qhead decode step went 69.2 -> 55.8 and 74.5 -> 54.0 ms (one process,
-// the hint switched between rounds; the full tables in docs/quantization.md).
+// DRAM into L1 against 31-35 on rows of 1536; into L2 the wide rows run at 25-32 GB/s against the short ones'
+// 30-37 (alternating builds, dev/perf/qgemv_long_rows.py), and E2B's int8 qhead decode step went 69.2 -> 55.8
+// and 74.5 -> 54.0 ms (one process, the hint switched between rounds; docs/quantization.md).
 constexpr int64_t kPrefetchAhead = 8192;
 
 // y[m0 .. m0 + MB, n] for one weight row n.
