@@ -141,7 +141,11 @@ inline void qgemm_tile_i16(const QgemmProblem& p, int64_t m0, int64_t n0) {
           const uint8_t* src = p.qw + (n0 + r) * row_bytes + (BITS == 4 ? k / 2 : k);
           // The next tile's rows, one cache line per line read here: the hardware prefetcher does not
           // follow NR interleaved row streams, and without this decode runs at DRAM latency, not bandwidth.
-          if ((k & (BITS == 4 ? 127 : 63)) == 0) __builtin_prefetch(src + NR * row_bytes);
+          // Into L2 (T1): NR rows ahead is 48 KB at K = 12288, past L1, and into L1 the lines in flight
+          // evicted x. int8 per channel (the default int8) at one row of x from DRAM, 2 threads, 1536 x 12288
+          // / 12288 x 1536: 649-790 / 938-1067 us into L1, 590-661 / 641-680 into L2; E2B's int8 qhead
+          // decode step 106.8 -> 81.4 ms (one process, alternating; docs/quantization.md).
+          if ((k & (BITS == 4 ? 127 : 63)) == 0) __builtin_prefetch(src + NR * row_bytes, 0, 2);
           if constexpr (BITS == 4) {
             Isa::unpack_i16_q4(src, w);
           } else {
