@@ -4,7 +4,7 @@ question: prefetching the weights into L1 pushed x out of it on long rows (docs/
 L2"). Compare builds by running this with each on GEMMA4_LIB_DIR (a folder with _C*.so and libgemma4_ops.so),
 alternating.
 
-    python dev/perf/qgemv_long_rows.py [--bits 8] [--threads 2] [--calls 80]
+    python dev/perf/qgemv_long_rows.py [--bits 8] [--group 32] [--threads 2] [--calls 80]   # --group 0: per channel
 """
 import argparse
 import time
@@ -17,27 +17,34 @@ from gemma4.quant.formats import quantize_int4, quantize_int8, tile16
 SHAPES = [(1536, 12288), (1536, 6144), (12288, 1536)]  # down (wide), down, up: N x K
 
 
-def weights(bits, n, k, copies):
+def weights(bits, group, n, k, copies):
+    """`copies` random weights as the model holds them: int4 g32 in the 16-row tiles, the rest in rows."""
     out = []
     for i in range(copies):
         w = torch.randn(n, k, generator=torch.Generator().manual_seed(i))
         if bits == 8:
-            out.append(quantize_int8(w, 32, torch.bfloat16))
-        else:
+            out.append(quantize_int8(w, group, torch.bfloat16))
+        elif group == 32:
             out.append(tile16(*quantize_int4(w, 32, torch.bfloat16)))
+        else:
+            out.append(quantize_int4(w, group, torch.bfloat16))
     return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bits", type=int, choices=[4, 8], default=8)
+    ap.add_argument("--group", type=int, choices=[0, 32, 64, 128], default=32, help="0: one scale per row")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calls", type=int, default=80)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     for n, k in SHAPES:
         copies = max(2, int(250e6 // (n * k * a.bits // 8)))  # 250 MB of weights: past the L3
-        ws = weights(a.bits, n, k, copies)
+        group = a.group or None
+        if group is None and a.bits == 4:
+            raise SystemExit("int4 needs groups")
+        ws = weights(a.bits, group, n, k, copies)
         x = torch.randn(1, k, dtype=torch.bfloat16)
         nbytes = sum(t.numel() * t.element_size() for t in ws[0])
         times = []
@@ -47,7 +54,7 @@ def main():
             torch.ops.gemma4.qgemm(x, q, s, None)
             times.append(time.perf_counter() - t)
         med = sorted(times)[len(times) // 2]
-        print(f"int{a.bits} g32 {n} x {k}: {med * 1e6:.0f} us a call (median of {a.calls}), {nbytes / med / 1e9:.1f} GB/s")
+        print(f"int{a.bits} group {a.group or 'row'} {n} x {k}: {med * 1e6:.0f} us a call (median of {a.calls}), {nbytes / med / 1e9:.1f} GB/s")
 
 
 if __name__ == "__main__":
