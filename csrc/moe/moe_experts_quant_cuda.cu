@@ -227,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(
   if (p.dtype != at::kFloat && moe_cuda::within_cuda_limits(p.E, p.N * p.K)) {
     const moe::QuantExpertsProblem a = aligned(p);
     auto [grad_x, grad_w] = p.dtype == at::kBFloat16 ? backward_tc<c10::BFloat16>(a) : backward_tc<c10::Half>(a);
-    if (p.N > 0 && p.N * p.K <= moe::kPreciseGradWeightsMaxPairs) grad_w = grad_weights_fp32(a);
+    if (p.N * p.K > 0 && p.N * p.K <= moe::kPreciseGradWeightsMaxPairs) grad_w = grad_weights_fp32(a);
     return {grad_x, grad_w};
   }
   return moe::experts_quant_backward_composed(op, p);

@@ -49,7 +49,8 @@ def _problem(E, H, Im, bits, group, N, top_k, dtype, scale_dtype=torch.bfloat16,
     gate_up = _bank(E, 2 * Im, H, bits, group, scale_dtype)
     down = _bank(E, H, Im, bits, group, scale_dtype)
     allowed = torch.tensor([e for e in range(E) if e not in unused])
-    indices = torch.stack([allowed[torch.randperm(len(allowed))[:top_k]] for _ in range(N)])  # [N, top_k]
+    rows = [allowed[torch.randperm(len(allowed))[:top_k]] for _ in range(N)]
+    indices = torch.stack(rows) if rows else torch.empty(0, top_k, dtype=torch.int64)  # [N, top_k]
     weights = torch.softmax(torch.randn(N, top_k), -1) * (0.5 + torch.rand(N, 1))  # [N, top_k] float32
     x = torch.randn(N, H).to(dtype)
     return x, weights, indices, *gate_up, *down
