@@ -20,10 +20,12 @@
 //                gradients), one launch for all experts; an expert with no pairs gets zeros.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include <c10/macros/Macros.h>  // CUDA_KERNEL_ASSERT
 
 #include "common/cuda_activation.cuh"
+#include "common/cuda_launch.cuh"
 #include "common/cuda_reduce.cuh"
 #include "common/cuda_vec.cuh"
 
@@ -430,6 +432,24 @@ __global__ void expert_grad_rows_kernel(Acc* __restrict__ gu, const Acc* __restr
   }
   dot = cuda::warp_sum(dot);
   if (lane == 0) grad_w[pair] = static_cast<WT>(dot);
+}
+
+// expert_grad_rows_kernel over the P sorted rows, grad_w [N, K] in T or float32 (the backward's two
+// precisions of the routing-weight gradient); gu, dh, w, hw as the kernel's, in Acc.
+template <typename T, typename Acc>
+void launch_expert_grad_rows(Activation act, Acc* gu, const Acc* dh, const Acc* w, const int32_t* sorted_pair,
+                             int64_t P, int64_t Im, Acc* hw, at::Tensor& grad_w, T* dgdu_lp, T* hw_lp) {
+  if (P == 0) return;  // an empty grid is a launch error
+  GEMMA4_DISPATCH_ACTIVATION(act, Act, [&] {
+    auto launch = [&](auto* gw) {
+      using WT = std::remove_pointer_t<decltype(gw)>;
+      expert_grad_rows_kernel<Act, Acc, WT, T><<<cuda::ceil_div<int64_t>(P * 32, 256), 256, 0, cuda::stream()>>>(
+          gu, dh, w, sorted_pair, P, Im, hw, gw, dgdu_lp, hw_lp);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (grad_w.scalar_type() == c10::CppTypeToScalarType<T>::value) launch(grad_w.mutable_data_ptr<T>());
+    else launch(grad_w.mutable_data_ptr<float>());
+  });
 }
 
 }  // namespace gemma4::moe_cuda

@@ -210,17 +210,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> experts_backward(cons
                             s.K, dh.mutable_data_ptr<Acc>(), false, nullptr};
     launch_pair_gemm<T, T, Acc, true>(pdh, g.layout);
     at::Tensor hw = at::empty({P, s.Im}, x.options().dtype(acc_type));  // w h
-    GEMMA4_DISPATCH_ACTIVATION(act, Act, [&] {
-      auto launch = [&](auto* gw) {
-        using WT = std::remove_pointer_t<decltype(gw)>;
-        expert_grad_rows_kernel<Act, Acc, WT, T><<<cuda::ceil_div<int64_t>(P * 32, 256), 256, 0, cuda::stream()>>>(
-            gu.mutable_data_ptr<Acc>(), dh.const_data_ptr<Acc>(), w.const_data_ptr<Acc>(), g.layout.sorted_pair, P,
-            s.Im, hw.mutable_data_ptr<Acc>(), gw, nullptr, nullptr);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      if (grad_w.scalar_type() == x.scalar_type()) launch(grad_w.mutable_data_ptr<T>());
-      else launch(grad_w.mutable_data_ptr<float>());
-    });
+    launch_expert_grad_rows<T, Acc>(act, gu.mutable_data_ptr<Acc>(), dh.const_data_ptr<Acc>(), w.const_data_ptr<Acc>(),
+                                    g.layout.sorted_pair, P, s.Im, hw.mutable_data_ptr<Acc>(), grad_w, nullptr,
+                                    nullptr);
     WeightGradGemm<T, Acc, T> wd{grad_out.const_data_ptr<T>(), true, hw.const_data_ptr<Acc>(), false, s.H, s.Im,
                                  s.K, grad_dn.mutable_data_ptr<T>()};
     launch_weight_grad_gemm<T, Acc, T, Acc>(wd, g.layout, s.E);

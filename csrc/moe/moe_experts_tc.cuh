@@ -78,17 +78,9 @@ TcBackward experts_backward_tc(const TcExperts& s, const at::Tensor& grad_out, a
   TcBackward r;
   r.dgdu = at::empty({P, 2 * s.Im}, s.x.options());
   if (keep_hw) r.hw = at::empty({P, s.Im}, s.x.options());
-  GEMMA4_DISPATCH_ACTIVATION(s.act, Act, [&] {
-    auto launch = [&](auto* gw) {
-      using WT = std::remove_pointer_t<decltype(gw)>;
-      expert_grad_rows_kernel<Act, float, WT, T><<<cuda::ceil_div<int64_t>(P * 32, 256), 256, 0, cuda::stream()>>>(
-          gu.mutable_data_ptr<float>(), dh.const_data_ptr<float>(), s.w.const_data_ptr<float>(), s.g.sorted_pair, P,
-          s.Im, nullptr, gw, r.dgdu.mutable_data_ptr<T>(), keep_hw ? r.hw.mutable_data_ptr<T>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (grad_w.scalar_type() == s.x.scalar_type()) launch(grad_w.mutable_data_ptr<T>());
-    else launch(grad_w.mutable_data_ptr<float>());
-  });
+  launch_expert_grad_rows<T, float>(s.act, gu.mutable_data_ptr<float>(), dh.const_data_ptr<float>(),
+                                    s.w.const_data_ptr<float>(), s.g.sorted_pair, P, s.Im, nullptr, grad_w,
+                                    r.dgdu.mutable_data_ptr<T>(), keep_hw ? r.hw.mutable_data_ptr<T>() : nullptr);
   // grad_x[n] = sum_k (dg|du)[pair] @ [G_e; U_e]
   at::Tensor gx_pair = at::empty({P, s.H}, f32);  // [P, H] by pair id
   launch_tc_gemm<T, true>(TcGemm<T, GateUp>{r.dgdu.const_data_ptr<T>(), false, gate_up, s.H, 2 * s.Im, s.K,

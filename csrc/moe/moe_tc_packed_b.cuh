@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "moe/moe_gemm_tc.cuh"
+#include "quant/qgemm_cuda.cuh"  // int4_levels, int8_level
 
 namespace gemma4::moe_cuda {
 
@@ -90,9 +91,9 @@ struct PackedB {
       const uint32_t words[2] = {t.raw.x, t.raw.y};
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        const uint32_t byte = (words[j / 4] >> (8 * (j % 4))) & 0xFF;
-        lo[j] = t.ok ? static_cast<T>(static_cast<float>(static_cast<int>(byte & 0xF) - 8) * t.scale) : T(0);
-        hi[j] = t.ok ? static_cast<T>(static_cast<float>(static_cast<int>(byte >> 4) - 8) * t.scale) : T(0);
+        const float2 q = quant_cuda::int4_levels(words[j / 4], j % 4);
+        lo[j] = t.ok ? static_cast<T>(q.x * t.scale) : T(0);
+        hi[j] = t.ok ? static_cast<T>(q.y * t.scale) : T(0);
       }
       *reinterpret_cast<uint4*>(run + 8 * half) = *reinterpret_cast<const uint4*>(lo);
       *reinterpret_cast<uint4*>(run + 16 + 8 * half) = *reinterpret_cast<const uint4*>(hi);
@@ -100,7 +101,7 @@ struct PackedB {
       const uint32_t words[4] = {t.raw.x, t.raw.y, t.raw.z, t.raw.w};
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
-        const float v = static_cast<float>(static_cast<int8_t>((words[j / 4] >> (8 * (j % 4))) & 0xFF)) * t.scale;
+        const float v = quant_cuda::int8_level(words[j / 4], j % 4) * t.scale;
         (j < 8 ? lo[j] : hi[j - 8]) = t.ok ? static_cast<T>(v) : T(0);
       }
       *reinterpret_cast<uint4*>(run + 16 * half) = *reinterpret_cast<const uint4*>(lo);

@@ -9,7 +9,7 @@
 
 #include "common/cuda_launch.cuh"
 #include "common/cuda_vec.cuh"
-#include "quant/qgemm_cuda.cuh"  // scale_to_float
+#include "quant/qgemm_cuda.cuh"  // scale_to_float, int4_levels, int8_level
 #include "quant/qgemm_cuda_dispatch.h"
 
 namespace gemma4::quant_cuda {
@@ -28,9 +28,9 @@ __global__ void qdequant_kernel(const uint8_t* __restrict__ qw, const S* __restr
     const uint32_t words[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      const uint32_t byte = (words[j / 4] >> (8 * (j % 4))) & 0xFF;
-      v[j] = static_cast<float>(static_cast<int>(byte & 0xF) - 8) * s;
-      v[j + 16] = static_cast<float>(static_cast<int>(byte >> 4) - 8) * s;
+      const float2 q = int4_levels(words[j / 4], j % 4);
+      v[j] = q.x * s;
+      v[j + 16] = q.y * s;
     }
   } else {
     const uint4* src = reinterpret_cast<const uint4*>(qw + n * K + r * 32);
@@ -40,7 +40,7 @@ __global__ void qdequant_kernel(const uint8_t* __restrict__ qw, const S* __restr
       const uint32_t words[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
       for (int j = 0; j < 16; ++j)
-        v[16 * h + j] = static_cast<float>(static_cast<int8_t>((words[j / 4] >> (8 * (j % 4))) & 0xFF)) * s;
+        v[16 * h + j] = int8_level(words[j / 4], j % 4) * s;
     }
   }
   constexpr int V = cuda::Pack<T>::N;

@@ -6,6 +6,7 @@
 // Kernels: qgemm_kernels.h, qgemm_g32.h; a 3-D qweight (the 16-row tiled int4 layout) goes to qgemm_tiled_cpu.cpp.
 // Reference: gemma4.ops.reference.qgemm.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -18,6 +19,7 @@
 #include <torch/library.h>
 
 #include "common/call_scratch.h"
+#include "common/named_choice.h"
 #include "common/vec_utils.h"
 #include "quant/qdequant.h"
 #include "quant/qgemm_cpu.h"
@@ -64,38 +66,25 @@ std::atomic<bool>& isa_forced() {
   return forced;
 }
 
-const char* isa_name(int isa) {
-  switch (static_cast<Isa>(isa)) {
-    case Isa::dequant: return "dequant";
-    case Isa::avx512: return "avx512";
-    case Isa::avx512vnni: return "avx512vnni";
-    default: return "avx2";
-  }
-}
+// Indexed by Isa, then "auto".
+constexpr std::array<const char*, 5> kIsaRequests = {"avx2", "avx512", "dequant", "avx512vnni", "auto"};
 
 // "" -> report; "auto" -> best available; "avx2" / "avx512" / "avx512vnni" / "dequant" -> force (tests run
-// every path).
+// every path). A refused request changes nothing.
 std::string qgemm_cpu_isa(c10::string_view request) {
   const std::string req(request);
-  if (!req.empty()) isa_forced() = req != "auto";
-  if (req == "auto") {
-    active_isa() = static_cast<int>(best_isa());
-  } else if (req == "avx2") {
-    active_isa() = static_cast<int>(Isa::avx2);
-  } else if (req == "avx512") {
-    TORCH_CHECK(cpu_has_avx512(), "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX-512F and AVX-512BW");
-    active_isa() = static_cast<int>(Isa::avx512);
-  } else if (req == "avx512vnni") {
-    TORCH_CHECK(cpu_has_avx512_vnni(), "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX512_VNNI");
-    active_isa() = static_cast<int>(Isa::avx512vnni);
-  } else if (req == "dequant") {
-    active_isa() = static_cast<int>(Isa::dequant);
-  } else {
-    TORCH_CHECK(req.empty(),
-                "gemma4::qgemm_cpu_isa: request must be '', 'auto', 'avx2', 'avx512', 'avx512vnni' or 'dequant', got '",
-                req, "'");
+  if (!req.empty()) {
+    const int choice = named_choice("gemma4::qgemm_cpu_isa", req, kIsaRequests);
+    const bool automatic = choice == static_cast<int>(kIsaRequests.size()) - 1;
+    const Isa isa = automatic ? best_isa() : static_cast<Isa>(choice);
+    TORCH_CHECK(isa != Isa::avx512 || cpu_has_avx512(),
+                "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX-512F and AVX-512BW");
+    TORCH_CHECK(isa != Isa::avx512vnni || cpu_has_avx512_vnni(),
+                "gemma4::qgemm_cpu_isa: this CPU (or OS) does not support AVX512_VNNI");
+    isa_forced() = !automatic;
+    active_isa() = static_cast<int>(isa);
   }
-  return isa_name(active_isa());
+  return kIsaRequests[active_isa()];
 }
 
 // The row layout's int16 range (the tiled layout keeps x16 within +-32639: qgemm_tiled_cpu.cpp).

@@ -202,4 +202,15 @@ __device__ __forceinline__ float scale_to_float(S s) {
   }
 }
 
+// The exact levels in byte j (0..3) of a word of packed weights (layout: qgemm_problem.h): int4 holds two, its
+// low nibble (.x) and high nibble (.y), each stored + 8; int8 one, signed.
+__device__ __forceinline__ float2 int4_levels(uint32_t word, int j) {
+  const uint32_t byte = (word >> (8 * j)) & 0xFF;
+  return make_float2(static_cast<float>(static_cast<int>(byte & 0xF) - 8),
+                     static_cast<float>(static_cast<int>(byte >> 4) - 8));
+}
+__device__ __forceinline__ float int8_level(uint32_t word, int j) {
+  return static_cast<float>(static_cast<int8_t>((word >> (8 * j)) & 0xFF));
+}
+
 }  // namespace gemma4::quant_cuda

@@ -97,8 +97,15 @@ def test_qgemm_cpu_isa_reports_and_rejects():
     assert ops.quant.qgemm_cpu_isa() in ("avx2", "avx512", "avx512vnni")
     assert ops.quant.qgemm_cpu_isa("dequant") == "dequant"
     assert ops.quant.qgemm_cpu_isa("auto") == available_isas()[-1]  # the best this CPU has
-    with pytest.raises(RuntimeError, match="request must be"):
+    with pytest.raises(RuntimeError, match="request must be '', 'avx2', 'avx512', 'dequant', 'avx512vnni', 'auto'"):
         ops.quant.qgemm_cpu_isa("sse")
+    assert ops.quant.qgemm_cpu_isa() == available_isas()[-1]  # a refused request changes nothing
+    if "avx512vnni" not in available_isas():
+        ops.quant.qgemm_cpu_isa("dequant")
+        with pytest.raises(RuntimeError, match="does not support AVX512_VNNI"):
+            ops.quant.qgemm_cpu_isa("avx512vnni")
+        assert ops.quant.qgemm_cpu_isa() == "dequant"
+        ops.quant.qgemm_cpu_isa("auto")
 
 
 def test_qgemm_cuda_path_reports_and_rejects():
@@ -109,8 +116,9 @@ def test_qgemm_cuda_path_reports_and_rejects():
     assert ops.quant.qgemm_cuda_path("ring") == "ring"
     assert ops.quant.qgemm_cuda_path("bulk") == "bulk"
     assert ops.quant.qgemm_cuda_path("wgmma") == "wgmma"
+    assert ops.quant.qgemm_cuda_path("x16") == "x16"
     assert ops.quant.qgemm_cuda_path("auto") == "auto"
-    with pytest.raises(RuntimeError, match="request must be"):
+    with pytest.raises(RuntimeError, match="request must be '', 'auto', 'tiled', .*'x16', got 'cublas'"):
         ops.quant.qgemm_cuda_path("cublas")
     assert ops.quant.qgemm_cuda_path() == "auto"
 
