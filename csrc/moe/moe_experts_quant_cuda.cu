@@ -19,7 +19,7 @@
 // moe::kPreciseGradWeightsMaxPairs (token, slot) pairs (moe_experts_quant.h says why) the routing weights'
 // gradients come from the GEMVs in fp32 instead (grad_weights_fp32).
 //
-// fp32 forwards above kGemvMaxTokens, a misaligned x or bank on the GEMVs' route, and the fp32 backward: a host loop
+// fp32 forwards above kGemvMaxTokens, a misaligned bank on the GEMVs' route, and the fp32 backward: a host loop
 // over the experts composed of the CUDA ops (moe_experts_quant_composed.cpp): the pairs are grouped by expert on the
 // device (bincount + stable argsort), the per-expert counts come to the host in one copy (the op's one
 // synchronisation), then each chosen expert runs index_select, gemma4::qgemm on its gate_up slice,
@@ -57,7 +57,7 @@ constexpr int64_t kGemv16BitMaxTokens = 40;
 constexpr int64_t kGemvMaxTokens = 128;
 
 // The grouped GEMVs' conditions: few tokens, experts within the grouping kernel's counters, and x and both packed
-// banks on 16-byte boundaries (their vector loads; a sliced bank may not be).
+// banks on 16-byte boundaries (their vector loads; a sliced bank may not be, and the caller copies a sliced x).
 bool gemv_fits(const moe::QuantExpertsProblem& p) {
   return p.N <= kGemvMaxTokens && p.E <= moe_cuda::kMaxExperts &&
          cuda::aligned16(p.x.const_data_ptr(), p.gate_up_qweight.const_data_ptr(), p.down_qweight.const_data_ptr());
@@ -209,10 +209,14 @@ at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights
     const moe::QuantExpertsProblem a = aligned(p);
     return p.dtype == at::kBFloat16 ? forward_tc<c10::BFloat16>(a) : forward_tc<c10::Half>(a);
   }
-  if (!gemv_fits(p)) return moe::experts_quant_forward_composed(kOp, p);
-  if (x.scalar_type() == at::kBFloat16) return forward_gemv<c10::BFloat16>(p);
-  if (x.scalar_type() == at::kHalf) return forward_gemv<c10::Half>(p);
-  return forward_gemv<float>(p);
+  // x off a 16-byte boundary (a slice) is copied onto one: a few tokens' bytes. A sliced bank would be a copy of up
+  // to 1.5 GB a call, so that one takes the composed path.
+  moe::QuantExpertsProblem q = p;
+  if (!cuda::aligned16(q.x.const_data_ptr())) q.x = q.x.clone();
+  if (!gemv_fits(q)) return moe::experts_quant_forward_composed(kOp, q);
+  if (x.scalar_type() == at::kBFloat16) return forward_gemv<c10::BFloat16>(q);
+  if (x.scalar_type() == at::kHalf) return forward_gemv<c10::Half>(q);
+  return forward_gemv<float>(q);
 }
 
 std::tuple<at::Tensor, at::Tensor> moe_experts_quant_backward_cuda(

@@ -317,7 +317,8 @@ def test_cuda_gemv_path_roundings_and_shapes(act):
 @needs_cuda
 def test_cuda_decode_call_is_graph_capturable():
     """One decode token's call (the grouped GEMVs: no host sync) captured in a CUDA graph and replayed on new
-    inputs equals the eager call on them; a misaligned x or bank (the composed path) meets the error rule too."""
+    inputs equals the eager call on them; a misaligned x (copied onto a 16-byte boundary, the same GEMVs) gives the
+    same output, and a misaligned bank (the composed path) meets the error rule."""
     dev = [t.cuda() for t in _problem(8, 2112, 704, 4, 32, 1, 4, torch.bfloat16)]
     static = [t.clone() for t in dev]
     op(*static, "gelu_tanh")  # warm-up outside the capture
@@ -336,7 +337,7 @@ def test_cuda_decode_call_is_graph_capturable():
     assert shifted.data_ptr() % 16 != 0
     ref64 = reference.moe_experts_quant(x.cpu().double(), static[1].cpu().double(), *[t.cpu() for t in static[2:]],
                                         "gelu_tanh")
-    assert_lowp_close(op(shifted, *static[1:], "gelu_tanh").cpu(), ref64, _plain(*static, "gelu_tanh").cpu())
+    assert torch.equal(op(shifted, *static[1:], "gelu_tanh"), op(*static, "gelu_tanh"))
     q = static[3]  # a gate_up bank 1 byte past a 16-byte boundary: the composed path as well
     qbuf = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)
     q_shifted = qbuf[1:].view_as(q).copy_(q)
