@@ -155,28 +155,30 @@ def cases(compile_refs: bool):
                    base=lambda x, w, i: ref.moe_experts(x, w, i, gate_up, down, "gelu_tanh"), compiled=None,
                    flops=2 * N * K * 3 * H * Im, base_syncs=True)
     # The same layer on int4 groups of 32 (bf16 scales): gemma4::moe_experts_quant's grouped GEMVs (up to 128
-    # tokens), and the composed host loop over qgemm it replaced there (reached by an x off a 16-byte boundary),
-    # then at 512 tokens the experts' grouped GEMMs on the banks dequantized to bf16 (the composed loop before),
-    # against the reference's per-expert dequantize-and-multiply. bytes: the chosen experts' packed weights.
+    # tokens), and the composed host loop over qgemm it replaced there (reached by a down bank off a 16-byte
+    # boundary; each of its qgemm calls then copies its expert's down slice, 1 MB, onto one), then at 512 tokens
+    # the experts' grouped GEMMs on the banks dequantized to bf16 (the composed loop before), against the
+    # reference's per-expert dequantize-and-multiply. bytes: the chosen experts' packed weights.
     q_gu = torch.randint(0, 256, (E, 2 * Im, H // 2), dtype=torch.uint8, device=dev)
     q_dn = torch.randint(0, 256, (E, H, Im // 2), dtype=torch.uint8, device=dev)
+    q_dn_shifted = torch.empty(q_dn.numel() + 1, dtype=torch.uint8, device=dev)[1:].view_as(q_dn).copy_(q_dn)
     s_gu, s_dn = 0.02 * rnd(E, 2 * Im, H // 32), 0.02 * rnd(E, H, Im // 32)
     q_expert_bytes = 3 * H * Im // 2 + 3 * H * Im // 32 * 2
-    banks = (q_gu, s_gu, q_dn, s_dn)
     for N in (1, 8, 64, 512):
-        def mkq(N=N, shift=0):
+        def mkq(N=N):
             logits = torch.randn(N, E, device=dev)
             w, idx = g.moe_route(logits, torch.ones(E, device=dev), K)
-            x = torch.empty(N * H + shift, device=dev, dtype=DT)[shift:].view(N, H).copy_(rnd(N, H))
-            return x, w, idx
+            return rnd(N, H), w, idx
 
         distinct = int(mkq()[2].unique().numel())
-        for label, shift in (("", 0), (" composed (before)", 1))[:1 if N > 64 else 2]:
+        for label, dn in (("", q_dn), (" composed (before)", q_dn_shifted))[:1 if N > 64 else 2]:
+            banks = (q_gu, s_gu, dn, s_dn)
             yield dict(op="moe_experts_quant" + label, case=f"N={N} (E=128, top8, 2816x704, int4 g32)",
-                       bytes=distinct * q_expert_bytes, inputs=[mkq(shift=shift) for _ in range(3)],
-                       ours=lambda x, w, i: g.moe_experts_quant(x, w, i, *banks, "gelu_tanh"),
-                       base=lambda x, w, i: ref.moe_experts_quant(x, w, i, *banks, "gelu_tanh"), compiled=None,
-                       flops=2 * N * K * 3 * H * Im, base_syncs=True)
+                       bytes=distinct * q_expert_bytes, inputs=[mkq() for _ in range(3)],
+                       ours=lambda x, w, i, banks=banks: g.moe_experts_quant(x, w, i, *banks, "gelu_tanh"),
+                       base=lambda x, w, i, banks=banks: ref.moe_experts_quant(x, w, i, *banks, "gelu_tanh"),
+                       compiled=None, flops=2 * N * K * 3 * H * Im, base_syncs=True)
+    banks = (q_gu, s_gu, q_dn, s_dn)
     # Its backward (grad_x, grad_weights; the banks are frozen) at 512 tokens: moe_experts' backward on the banks
     # dequantized to bf16, against the reference's autograd (eager per-expert dequantize-and-multiply).
     def base_qbwd(go, x, w, i):
