@@ -5,6 +5,7 @@
 # gemma4::moe_experts_quant, rms_norm, linear: 70 failures on a quant-only build, 2026-12-04f log).
 set -o pipefail
 source dev/device_runs/build_sm90.sh
+rm -f $OUT/cmake.log $OUT/build.log  # built: at most 8 files come back, and tests.log must be one
 # SIGINT first: pytest then stops and still prints its counts (what passed before the limit)
 timeout -s INT -k 20 ${TEST_S:-300} python3 -m pytest -q -p no:cacheprovider -n ${WORKERS:-8} ${TESTS:-tests} ${TEST_K:+-k "$TEST_K"} \
   >$OUT/tests.log 2>&1; echo "tests rc=$?"
