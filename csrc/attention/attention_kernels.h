@@ -338,6 +338,20 @@ inline void scores_t(int64_t n, int64_t M, int64_t Mp, int64_t hd, int64_t hdp, 
   }
 }
 
+// The tiling forward and backward derive alike from the problem and their tile sizes: G query heads a KV head,
+// the head dim padded to whole vectors (hdp), BK keys a key tile, bq query positions a query tile (its bq * G
+// rows: a KV group's heads together), nqt query tiles, Mpmax a query tile's rows padded to whole vectors.
+struct Geometry {
+  int64_t G, hdp, BK, bq, nqt, Mpmax;
+};
+template <typename T>
+Geometry geometry(const Params<T>& P, int64_t bk, int64_t target_m) {
+  constexpr int64_t VS = Vectorized<acc_t<T>>::size();
+  const int64_t G = P.nH / P.nKV;
+  const int64_t bq = std::max<int64_t>(1, std::min<int64_t>(P.Tq, target_m / G));
+  return {G, (P.hd + VS - 1) / VS * VS, bk, bq, (P.Tq + bq - 1) / bq, (bq * G + VS - 1) / VS * VS};
+}
+
 // Tile sizes (dev/attention/tune_fwd.py): 64 keys x ~128 query rows keeps Q^T, O and the K/V tile in L2
 // and one 16-column Q^T panel in L1; measured flat within noise around these values.
 struct Tiles {
@@ -474,12 +488,7 @@ void forward(const Params<T>& P, T* out, acc_t<T>* lse, const Tiles& tiles = Til
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
   const int64_t B = P.B, Tq = P.Tq, S = P.S, nH = P.nH, nKV = P.nKV, hd = P.hd, W = P.window;
-  const int64_t G = nH / nKV;
-  const int64_t hdp = (hd + VS - 1) / VS * VS;
-  const int64_t BK = tiles.bk;
-  const int64_t bq = std::max<int64_t>(1, std::min<int64_t>(Tq, tiles.target_m / G));
-  const int64_t nqt = (Tq + bq - 1) / bq;
-  const int64_t Mpmax = (bq * G + VS - 1) / VS * VS;
+  const auto [G, hdp, BK, bq, nqt, Mpmax] = geometry(P, tiles.bk, tiles.target_m);
   const bool direct = std::is_same_v<T, A> && hd % VS == 0;  // K/V rows used in place
   const A scale = static_cast<A>(P.scale);
   const A NEG_INF = -std::numeric_limits<A>::infinity();
@@ -755,12 +764,8 @@ void backward(const Params<T>& P, const BwdTensors<T>& X, const BwdTiles& tiles 
   using V = Vectorized<A>;
   constexpr int64_t VS = V::size();
   const int64_t B = P.B, Tq = P.Tq, S = P.S, nH = P.nH, nKV = P.nKV, hd = P.hd, W = P.window;
-  const int64_t G = nH / nKV;
-  const int64_t hdp = (hd + VS - 1) / VS * VS;
-  const int64_t BK = tiles.bk;
-  const int64_t bq = std::max<int64_t>(1, std::min<int64_t>(Tq, tiles.target_m / G));
-  const int64_t nqt = (Tq + bq - 1) / bq, nkt = (S + BK - 1) / BK;
-  const int64_t Mpmax = (bq * G + VS - 1) / VS * VS;
+  const auto [G, hdp, BK, bq, nqt, Mpmax] = geometry(P, tiles.bk, tiles.target_m);
+  const int64_t nkt = (S + BK - 1) / BK;
   const bool direct = std::is_same_v<T, A> && hd % VS == 0;
   const A scale = static_cast<A>(P.scale);
   const A NEG_INF = -std::numeric_limits<A>::infinity(), POS_INF = std::numeric_limits<A>::infinity();
