@@ -17,6 +17,18 @@
 // It includes only its sibling qgemm_g32.h (intrinsics too), so no inline function from another header
 // is compiled with the ISA's flags here.
 
+// A finished MB x NR tile: out[m0 + m, n0 + r] = the lanes of acc[m][r] summed, plus the bias.
+template <int MB, int NR>
+inline void store_tile(const QgemmProblem& p, int64_t m0, int64_t n0, const typename Isa::F (&acc)[MB][NR]) {
+#pragma GCC unroll 4
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < NR; ++r) {
+      float y = Isa::hsum(acc[m][r]);
+      if (p.bias) y += p.bias[n0 + r];
+      p.out[(m0 + m) * p.N + n0 + r] = y;
+    }
+}
+
 // Scale element -> float32 (exact for all three types).
 inline float scale_to_float(float s) { return s; }
 struct Bf16Bits { uint16_t v; };
@@ -98,13 +110,7 @@ inline void qgemm_tile(const QgemmProblem& p, int64_t m0, int64_t n0) {
     }
   }
   fold();
-#pragma GCC unroll 4
-  for (int m = 0; m < MB; ++m)
-    for (int r = 0; r < NR; ++r) {
-      float y = Isa::hsum(tot[m][r]);
-      if (p.bias) y += p.bias[n0 + r];
-      p.out[(m0 + m) * p.N + n0 + r] = y;
-    }
+  store_tile<MB, NR>(p, m0, n0, tot);
 }
 
 // The int16-activation tile (see qgemm_problem.h): per x block, exact int32 sums of w * x16 by
@@ -166,13 +172,7 @@ inline void qgemm_tile_i16(const QgemmProblem& p, int64_t m0, int64_t n0) {
       }
     }
   }
-#pragma GCC unroll 4
-  for (int m = 0; m < MB; ++m)
-    for (int r = 0; r < NR; ++r) {
-      float y = Isa::hsum(acc[m][r]);
-      if (p.bias) y += p.bias[n0 + r];
-      p.out[(m0 + m) * p.N + n0 + r] = y;
-    }
+  store_tile<MB, NR>(p, m0, n0, acc);
 }
 
 // Every activation row against weight rows [n0, n1), in tiles of MB x NR.
