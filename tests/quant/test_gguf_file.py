@@ -59,7 +59,11 @@ def test_q4_0_and_q8_0_stay_quantized(tmp_path, preset, qtype):
         assert isinstance(layer.experts, QuantExperts) and isinstance(layer.router.proj, torch.nn.Linear)  # F32
     else:
         assert isinstance(layer.per_layer_projection, torch.nn.Linear)  # K = 16: the converter's F16 fallback
-    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    # 16 prompts: on a random model the logits' error is a few rounding differences amplified through the layers,
+    # and over 2 prompts its size swung with the seed. Its ratio to plain PyTorch's, 2 x 12 tokens: median 0.65-0.76
+    # over 25-40 seeds, up to 1.8, and 2.3 on one CI seed (1056571804), where each quantized linear's own error
+    # was 0.37x plain PyTorch's on average. At 16 x 12 tokens: median 0.66-0.71, up to 0.99.
+    ids = torch.randint(0, model.config.vocab_size, (16, 12))
     fake = _reference(model, held)
     exact = _logits(copy.deepcopy(fake).double(), ids)
     assert (exact - _logits(model, ids)).abs().max() > 1e-3  # the test can fail: quantization changed the weights
