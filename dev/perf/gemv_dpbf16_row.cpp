@@ -10,20 +10,14 @@
 // streams ~37 GB/s against bf16's ~33 (in-process, alternating), so the widening kernel's gap to fp32 is not the
 // instructions a line: this kernel has a quarter of them.
 // Build: -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16. gemv_row(w, x, K, n0, n1, out): out[n - n0] =
-// sum_k x[k] w[n, k] for the rows [n0, n1), fp32 sums in blocks of 256 k; linear_cpu.cpp's task loop called it.
+// sum_k x[k] w[n, k] for the rows [n0, n1), fp32 sums in blocks of 256 k; linear_cpu.cpp's task loop called it
+// where gemma4::attn::bf16dp::supported() (attention_decode_avx512bf16.cpp: the same CPU features) said so.
 #include <cstdint>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 
 namespace gemma4::linear::bf16dp {
-
-bool supported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bf16");
-}
 
 namespace {
 
@@ -77,7 +71,6 @@ void gemv_row(const uint16_t* w, const uint16_t* x, int64_t K, int64_t n0, int64
 #else  // a build without the AVX512-BF16 flags (another architecture): never chosen
 
 namespace gemma4::linear::bf16dp {
-bool supported() { return false; }
 void gemv_row(const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t, float*) {}
 }  // namespace gemma4::linear::bf16dp
 
