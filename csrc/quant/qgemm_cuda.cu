@@ -50,6 +50,7 @@
 #include "quant/qgemm_tc.cuh"
 #include "quant/qgemv_bulk.cuh"
 #include "quant/qgemm_wgmma.h"
+#include "quant/qgemv_resident.cuh"
 #include "quant/qgemv_ring.cuh"
 #include "quant/qgemv_x16.cuh"
 #include "quant/quant_checks.h"
@@ -126,6 +127,21 @@ bool x16_gemv_wins(int bits, int64_t M) {
 bool x16_gemv_fits(int64_t M, int64_t K, const at::Tensor& scales) {
   const int64_t G = scales.size(1), group = K / G;
   return M <= kX16MaxM && K % 32 == 0 && (G == 1 || group == 32 || group == 64 || group == 128);
+}
+// Within the GEMV's rows, the x-resident int4 GEMV (qgemv_resident.cuh) from 2 rows where its 16-row tiles give
+// every SM's block at least two (below, a few SMs would stream the whole weight).
+bool resident_gemv_wins(int64_t M, int64_t N) {
+  const int forced = cuda_path();
+  if (forced == static_cast<int>(CudaPath::resident)) return true;
+  return forced == static_cast<int>(CudaPath::automatic) && M >= 2 && N / 16 >= 2 * cuda::sm_count();
+}
+// int4, 2-16 rows (one row is the x16 GEMV's), K a multiple of 32, scales of 32, 64 or 128 weights or one a row,
+// and x short enough to stay in one block's shared memory.
+bool resident_gemv_fits(int bits, int64_t M, int64_t K, const at::Tensor& scales) {
+  const int64_t G = scales.size(1), group = K / G;
+  const int64_t spans = (K / 32 + 3) / 4, smem = M <= 8 ? resident_smem<1>(spans) : resident_smem<2>(spans);
+  return bits == 4 && M <= 16 && K % 32 == 0 && (G == 1 || group == 32 || group == 64 || group == 128) &&
+         smem <= static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
 }
 // The 8- and 16-byte-lane GEMV (qgemv_kernel) asks L2 for whole 128-byte lines (load_stream's PF) on weights
 // of 2^25 values or more. On the H200, against the kernel without it in the same call
@@ -536,6 +552,18 @@ int blocks_per_sm(const void* kernel, int threads, int smem) {
   return e.blocks;
 }
 
+// Lets `kernel` take the device's whole opt-in shared memory per block, once per thread, kernel and device (the
+// calls of one kernel need different amounts: blocks_per_sm's one setting would refuse a later, larger call).
+void allow_smem(const void* kernel) {
+  static thread_local std::unordered_map<const void*, int> done;  // kernel -> device
+  const int d = c10::cuda::current_device();
+  const auto it = done.find(kernel);
+  if (it != done.end() && it->second == d) return;
+  const int optin = static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  done[kernel] = d;
+}
+
 // The split that finishes first by a wave model (dev/cuda/experiments/README.md): a launch runs in waves of
 // the blocks that fit on the GPU at once (occupancy), and each wave costs its warps' runs plus a fixed
 // latency of about kWaveRuns runs (fitted on the H200 to two splits of the 31B gate_up shape). Few rows (31B
@@ -935,6 +963,37 @@ at::Tensor qgemv_x16(const at::Tensor& x2, const at::Tensor& qweight, const at::
   return y;
 }
 
+// resident_gemv_fits, bf16/fp16 x: the x-resident int4 GEMV (qgemv_resident.cuh), one block an SM.
+at::Tensor qgemv_resident(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
+                          const std::optional<at::Tensor>& bias) {
+  const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
+  at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
+  ResidentArgs a{};
+  fill_operands(a, qweight, scales, bias, y, K);
+  a.x = x2.const_data_ptr();
+  a.runs = static_cast<int>(K / 32);
+  a.spans = cuda::ceil_div(a.runs, 4);
+  a.scale_shift = a.G == 1 ? 31 : a.group == 32 ? 0 : a.group == 64 ? 1 : 2;  // resident_gemv_fits
+  a.tiles = static_cast<int>(cuda::ceil_div<int64_t>(N, 16));
+  dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
+    dispatch_scale(scales.scalar_type(), [&]<typename S>() {
+      const auto launch = [&]<int NT, int D>() {
+        const auto kernel = qgemv_resident_kernel<T, MT, S, NT, D>;
+        const int smem = static_cast<int>(resident_smem<NT>(a.spans)), threads = kResWarps * 32;
+        allow_smem(reinterpret_cast<const void*>(kernel));
+        // one block an SM (__launch_bounds__): x fills most of its shared memory, the registers the rest
+        cuda::launch_dependent(kernel, dim3(std::min<int64_t>(cuda::sm_count(), a.tiles)), dim3(threads), smem, a);
+      };
+      if (M <= 8) {
+        launch.template operator()<1, kResDepth>();
+      } else {
+        launch.template operator()<2, kResDepth>();
+      }
+    });
+  });
+  return y;
+}
+
 // The tiled GEMMs' arguments for y [M, N] (their tiling fields are run_tiled's).
 TcArgs tiled_args(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                   const std::optional<at::Tensor>& bias, at::Tensor& y) {
@@ -1016,6 +1075,8 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   if (M <= kGemvMaxRows && x.scalar_type() != at::kFloat) {
     if (x16_gemv_wins(bits, M) && x16_gemv_fits(M, K, scales)) {
       y = qgemv_x16(x2, qw, scales, bias, bits);  // [M, N]
+    } else if (resident_gemv_wins(M, N) && resident_gemv_fits(bits, M, K, scales)) {
+      y = qgemv_resident(x2, qw, scales, bias);  // [M, N]
     } else if (bulk_gemv_wins(M, N, K) && bulk_gemv_fits(bits, scales, K)) {
       y = qgemv_bulk(x2, qw, scales, bias, bits);  // [M, N]
     } else {

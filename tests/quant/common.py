@@ -49,7 +49,7 @@ def cpu_isa(request):
     qops.qgemm_cpu_isa("auto")
 
 
-@pytest.fixture(params=["auto", "tiled", "ring", "bulk", "wgmma", "x16"])
+@pytest.fixture(params=["auto", "tiled", "ring", "bulk", "wgmma", "x16", "resident"])
 def cuda_path(request):
     """Runs a CUDA test once on the route the shape picks (small test shapes: the register-loading GEMV up to
     16 rows and the ring GEMV to 32 for int4, the tiled GEMM up to 64 rows -- on an sm_90 device of a build with
@@ -57,7 +57,8 @@ def cuda_path(request):
     at every row count above 32, once with the Hopper (wgmma) tiled GEMM forced there (skipped where there is
     none), and once with the ring GEMV and once with the bulk-copy GEMV (qgemv_bulk.cuh, sm_90; where the scales
     do not fit it, the shape's own route) forced at every row count up to 32, and once with the int16-activation
-    GEMV (qgemv_x16.cuh) forced where it fits (1-2 rows of bf16/fp16 x)."""
+    GEMV (qgemv_x16.cuh) forced where it fits (1-2 rows of bf16/fp16 x), and once with the x-resident int4 GEMV
+    (qgemv_resident.cuh) forced where it fits (up to 16 rows of bf16/fp16 x, K short enough for shared memory)."""
     if request.param == "wgmma" and not hopper_gemm_available():
         pytest.skip("the Hopper GEMM needs an sm_90 GPU and a build with sm_90a code")
     qops.qgemm_cuda_path(request.param)
