@@ -128,12 +128,17 @@ bool x16_gemv_fits(int64_t M, int64_t K, const at::Tensor& scales) {
   const int64_t G = scales.size(1), group = K / G;
   return M <= kX16MaxM && K % 32 == 0 && (G == 1 || group == 32 || group == 64 || group == 128);
 }
-// Within the GEMV's rows, the x-resident int4 GEMV (qgemv_resident.cuh) from 2 rows where its 16-row tiles give
-// every SM's block at least two (below, a few SMs would stream the whole weight).
+// Within the GEMV's rows, the x-resident int4 GEMV (qgemv_resident.cuh) at 9-16 rows where its 16-row tiles give
+// every SM's block at least two (below, a few SMs would stream the whole weight). int4 g32, bf16 x, us, against
+// the routes before (dev/device_runs/2026-12-06*-resident-*.log): on the H100 31B gate_up M = 16 67.8 -> 59.3,
+// M = 4 / 8 58.0 / 59.1 -> 53.5 / 54.3, E2B gate_up M = 16 14.6 -> 11.2; on the H200 a first version (its x copied by
+// a dependent load-store loop, ~9 us slower on the H100 at 16 rows) already matched the copy-engine GEMV at 9-16
+// rows (31B gate_up 64.2-68.0 -> 63.1-66.3, E2B 14.2-14.3 -> 12.3-13.8) and lost at 2-8 (47-49 -> 51-53): the
+// H200's faster HBM favours the copy engine there, and the shipped version has not run on an H200.
 bool resident_gemv_wins(int64_t M, int64_t N) {
   const int forced = cuda_path();
   if (forced == static_cast<int>(CudaPath::resident)) return true;
-  return forced == static_cast<int>(CudaPath::automatic) && M >= 2 && N / 16 >= 2 * cuda::sm_count();
+  return forced == static_cast<int>(CudaPath::automatic) && M >= 9 && N / 16 >= 2 * cuda::sm_count();
 }
 // int4, 2-16 rows (one row is the x16 GEMV's), K a multiple of 32, scales of 32, 64 or 128 weights or one a row,
 // and x short enough to stay in one block's shared memory.

@@ -130,10 +130,10 @@ def test_qgemm_cuda_route_rule():
 
 
 def test_qgemm_cuda_route_rule_large_weight():
-    """On weights of 2^25 values or more "auto" takes the int16-activation GEMV at one row (qgemv_x16.cuh) and the
-    copy-engine GEMV up to 16 rows (qgemv_bulk.cuh), and equals the forced route bit for bit, and stays within the
-    error rule of plain PyTorch there (fewer checks than _check: the CPU kernel and float64 at this size are
-    slow)."""
+    """On weights of 2^25 values or more "auto" takes the int16-activation GEMV at one row (qgemv_x16.cuh), the
+    copy-engine GEMV at 2-8 rows (qgemv_bulk.cuh) and the x-resident GEMV at 9-16 (qgemv_resident.cuh: 512 16-row
+    tiles: two an SM on GPUs of up to 256 SMs), and equals the forced route bit for bit, and stays within the error rule of plain
+    PyTorch there (fewer checks than _check: the CPU kernel and float64 at this size are slow)."""
     n, k = 8192, 4096
     qweight, scales = random_qweight(n, k, 4, 32, torch.bfloat16)
     q, s = qweight.cuda(), scales.cuda()
@@ -142,7 +142,7 @@ def test_qgemm_cuda_route_rule_large_weight():
         for m in (1, 2, 5, 16):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             auto = ops.qgemm(x, q, s)
-            qops.qgemm_cuda_path("x16" if m == 1 else "bulk")
+            qops.qgemm_cuda_path("x16" if m == 1 else "bulk" if m <= 8 else "resident")
             assert_same(auto, ops.qgemm(x, q, s))
             qops.qgemm_cuda_path("auto")
             ref64 = x.double() @ w64.t()
