@@ -140,8 +140,8 @@ bool resident_gemv_wins(int64_t M, int64_t N) {
   if (forced == static_cast<int>(CudaPath::resident)) return true;
   return forced == static_cast<int>(CudaPath::automatic) && M >= 9 && N / 16 >= 2 * cuda::sm_count();
 }
-// int4, 2-16 rows (one row is the x16 GEMV's), K a multiple of 32, scales of 32, 64 or 128 weights or one a row,
-// and x short enough to stay in one block's shared memory.
+// int4, up to 16 rows, K a multiple of 32, scales of 32, 64 or 128 weights or one a row, and x short enough to stay
+// in one block's shared memory.
 bool resident_gemv_fits(int bits, int64_t M, int64_t K, const at::Tensor& scales) {
   const int64_t G = scales.size(1), group = K / G;
   const int64_t spans = (K / 32 + 3) / 4, smem = M <= 8 ? resident_smem<1>(spans) : resident_smem<2>(spans);
@@ -982,17 +982,17 @@ at::Tensor qgemv_resident(const at::Tensor& x2, const at::Tensor& qweight, const
   a.tiles = static_cast<int>(cuda::ceil_div<int64_t>(N, 16));
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_scale(scales.scalar_type(), [&]<typename S>() {
-      const auto launch = [&]<int NT, int D>() {
-        const auto kernel = qgemv_resident_kernel<T, MT, S, NT, D>;
+      const auto launch = [&]<int NT>() {
+        const auto kernel = qgemv_resident_kernel<T, MT, S, NT>;
         const int smem = static_cast<int>(resident_smem<NT>(a.spans)), threads = kResWarps * 32;
         allow_smem(reinterpret_cast<const void*>(kernel));
         // one block an SM (__launch_bounds__): x fills most of its shared memory, the registers the rest
         cuda::launch_dependent(kernel, dim3(std::min<int64_t>(cuda::sm_count(), a.tiles)), dim3(threads), smem, a);
       };
       if (M <= 8) {
-        launch.template operator()<1, kResDepth>();
+        launch.template operator()<1>();
       } else {
-        launch.template operator()<2, kResDepth>();
+        launch.template operator()<2>();
       }
     });
   });

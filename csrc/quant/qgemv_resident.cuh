@@ -198,10 +198,9 @@ __device__ __forceinline__ int warp_first_unit(int w, int units) {
   return static_cast<int>(int64_t(w) * units / kResWarps);
 }
 
-// D: units of weights in flight in a warp's registers (kResDepth).
-template <typename T, typename MT, typename S, int NT, int D>
+template <typename T, typename MT, typename S, int NT>
 __global__ void __launch_bounds__(kResWarps * 32, 1) qgemv_resident_kernel(const ResidentArgs a) {
-  constexpr int E = NT * 4 * 32;  // floats of one warp's partial sums
+  constexpr int D = kResDepth, E = NT * 4 * 32;  // units in flight; floats of one warp's partial sums
   extern __shared__ uint4 smem_u4[];
   auto* xs = reinterpret_cast<uint32_t*>(smem_u4);
   float* heads = reinterpret_cast<float*>(smem_u4) + resident_x_bytes<NT>(a.spans) / 4;  // [kResWarps][E]
