@@ -16,7 +16,10 @@
 //    For int4 at the row counts of ring_gemv_wins, the GEMV streams the weights through per-warp shared-memory
 //    rings (cp.async) instead, with its own x order (qgemv_ring.cuh); same split, same fixed-order sums. On large
 //    weights up to 16 rows (bulk_gemv_wins), the copy engine (TMA) fills a block's shared-memory stages and
-//    consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order. At one row of x (two with int8), x
+//    consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order. At 9-16 rows of int4, where the
+//    weight has two 16-row tiles an SM and x fits in shared memory, the x-resident GEMV takes over from all of
+//    these (qgemv_resident.cuh: x copied once per block, the weights dequantized to x's dtype before the MMA).
+//    At one row of x (two with int8), x
 //    is quantized to int16 and the CUDA cores' dp2a multiply it (qgemv_x16.cuh): about one instruction a weight
 //    instead of the tensor-core fragments' three. Each GEMV is launched to overlap its x prep kernel
 //    (cuda_pdl.cuh: on the H200 0.6-0.8 us of E2B gate_up's 8.8 and 13.9 us, int4 and int8).
