@@ -136,12 +136,14 @@ at::Tensor grad_weights_fp32(const moe::QuantExpertsProblem& p) {
   return y.view({p.N, p.K, p.H}).mul_(go).sum(2).to(p.weights.scalar_type());  // [N, K]
 }
 
-// The problem with x, grad_out and both banks on 16-byte boundaries, as the GEMMs' and GEMVs' vector loads need:
-// a tensor off one (a slice of a larger buffer) is copied onto one.
-moe::QuantExpertsProblem aligned(moe::QuantExpertsProblem p) {
-  for (at::Tensor* t : {&p.x, &p.grad_out, &p.gate_up_qweight, &p.down_qweight}) {
-    if (t->defined() && !cuda::aligned16(t->const_data_ptr())) *t = t->clone();
-  }
+// The problem with x and grad_out (and, with banks, both banks) on 16-byte boundaries, as the GEMMs' and GEMVs'
+// vector loads need: a tensor off one (a slice of a larger buffer) is copied onto one.
+moe::QuantExpertsProblem aligned(moe::QuantExpertsProblem p, bool banks = true) {
+  const auto align = [](at::Tensor& t) {
+    if (t.defined() && !cuda::aligned16(t.const_data_ptr())) t = t.clone();
+  };
+  align(p.x), align(p.grad_out);
+  if (banks) align(p.gate_up_qweight), align(p.down_qweight);
   return p;
 }
 
@@ -211,8 +213,7 @@ at::Tensor moe_experts_quant_cuda(const at::Tensor& x, const at::Tensor& weights
   }
   // x off a 16-byte boundary (a slice) is copied onto one: a few tokens' bytes. A sliced bank would be a copy of up
   // to 1.5 GB a call, so that one takes the composed path.
-  moe::QuantExpertsProblem q = p;
-  if (!cuda::aligned16(q.x.const_data_ptr())) q.x = q.x.clone();
+  const moe::QuantExpertsProblem q = aligned(p, /*banks=*/false);
   if (!gemv_fits(q)) return moe::experts_quant_forward_composed(kOp, q);
   if (x.scalar_type() == at::kBFloat16) return forward_gemv<c10::BFloat16>(q);
   if (x.scalar_type() == at::kHalf) return forward_gemv<c10::Half>(q);

@@ -126,10 +126,14 @@ bool x16_gemv_wins(int bits, int64_t M) {
   if (forced == static_cast<int>(CudaPath::x16)) return true;
   return forced == static_cast<int>(CudaPath::automatic) && (M == 1 || (bits == 8 && M == 2));
 }
+// The shift from a 32-weight run's index to its scale's (run >> shift) with G scales a row of `group` weights: groups
+// of 32, 64 or 128 weights, or one scale a row (31); -1 for any other group (the x16 and x-resident GEMVs need one).
+int run_scale_shift(int64_t G, int64_t group) {
+  return G == 1 ? 31 : group == 32 ? 0 : group == 64 ? 1 : group == 128 ? 2 : -1;
+}
 // Its runs need K a multiple of 32 and scales of 32, 64 or 128 weights, or one a row.
 bool x16_gemv_fits(int64_t M, int64_t K, const at::Tensor& scales) {
-  const int64_t G = scales.size(1), group = K / G;
-  return M <= kX16MaxM && K % 32 == 0 && (G == 1 || group == 32 || group == 64 || group == 128);
+  return M <= kX16MaxM && K % 32 == 0 && run_scale_shift(scales.size(1), K / scales.size(1)) >= 0;
 }
 // Within the GEMV's rows, the x-resident int4 GEMV (qgemv_resident.cuh) at 9-16 rows where its 16-row tiles give
 // every SM's block at least two (below, a few SMs would stream the whole weight). int4 g32, bf16 x, us, against
@@ -146,9 +150,9 @@ bool resident_gemv_wins(int64_t M, int64_t N) {
 // int4, up to 16 rows, K a multiple of 32, scales of 32, 64 or 128 weights or one a row, and x short enough to stay
 // in one block's shared memory.
 bool resident_gemv_fits(int bits, int64_t M, int64_t K, const at::Tensor& scales) {
-  const int64_t G = scales.size(1), group = K / G;
-  const int64_t spans = (K / 32 + 3) / 4, smem = M <= 8 ? resident_smem<1>(spans) : resident_smem<2>(spans);
-  return bits == 4 && M <= 16 && K % 32 == 0 && (G == 1 || group == 32 || group == 64 || group == 128) &&
+  const int64_t spans = cuda::ceil_div<int64_t>(K / 32, 4);
+  const int64_t smem = M <= 8 ? resident_smem<1>(spans) : resident_smem<2>(spans);
+  return bits == 4 && M <= 16 && K % 32 == 0 && run_scale_shift(scales.size(1), K / scales.size(1)) >= 0 &&
          smem <= static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
 }
 // The 8- and 16-byte-lane GEMV (qgemv_kernel) asks L2 for whole 128-byte lines (load_stream's PF) on weights
@@ -945,7 +949,7 @@ at::Tensor qgemv_x16(const at::Tensor& x2, const at::Tensor& qweight, const at::
   X16Args a{};
   fill_operands(a, qweight, scales, bias, y, K);
   a.runs = static_cast<int>(K / 32);
-  a.scale_shift = a.G == 1 ? 31 : a.group == 32 ? 0 : a.group == 64 ? 1 : 2;  // x16_gemv_fits
+  a.scale_shift = run_scale_shift(a.G, a.group);  // >= 0: x16_gemv_fits
   a.row_bytes = K * bits / 8;
   // One buffer for the prep kernel's output: x16 [M, K] int16, then xscale and xoffset [M, runs] each.
   const int64_t blocks = M * a.runs;
@@ -981,7 +985,7 @@ at::Tensor qgemv_resident(const at::Tensor& x2, const at::Tensor& qweight, const
   a.x = x2.const_data_ptr();
   a.runs = static_cast<int>(K / 32);
   a.spans = cuda::ceil_div(a.runs, 4);
-  a.scale_shift = a.G == 1 ? 31 : a.group == 32 ? 0 : a.group == 64 ? 1 : 2;  // resident_gemv_fits
+  a.scale_shift = run_scale_shift(a.G, a.group);  // >= 0: resident_gemv_fits
   a.tiles = static_cast<int>(cuda::ceil_div<int64_t>(N, 16));
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_scale(scales.scalar_type(), [&]<typename S>() {

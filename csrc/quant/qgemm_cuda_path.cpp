@@ -1,5 +1,5 @@
 // gemma4::qgemm_cuda_path: reports or forces the CUDA qgemm's route for bf16/fp16 x ("auto" | "tiled" |
-// "dequant" | "wgmma" above the GEMV's 32 rows | "ring" or "bulk" GEMV up to 32 rows | "x16" GEMV at 1-2 rows | "resident" GEMV at 2-16 rows;
+// "dequant" | "wgmma" above the GEMV's 32 rows | "ring" or "bulk" GEMV up to 32 rows | "x16" GEMV at 1-2 rows | "resident" GEMV at 1-16 rows;
 // qgemm_cuda.cu). Registered in every build; only CUDA calls read it.
 #include "quant/qgemm_cuda_path.h"
 

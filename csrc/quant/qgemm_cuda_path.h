@@ -2,7 +2,7 @@
 // gemma4::qgemm_cuda_path so that tests reach every path on small shapes: "tiled" / "dequant" / "wgmma" (the
 // Hopper GEMM, qgemm_wgmma_sm90a.cu, on an sm_90 device of a build with sm_90a code) above the GEMV's rows, "ring" (the shared-memory ring GEMV, qgemv_ring.cuh) or "bulk" (the bulk-copy GEMV, qgemv_bulk.cuh, where its
 // scales fit) at every GEMV row count, "x16" (the int16-activation GEMV, qgemv_x16.cuh) where it fits (1-2 rows), "resident" (the x-resident
-// int4 GEMV, qgemv_resident.cuh) where it fits (2-16 rows of bf16/fp16 x short enough for shared memory). Plain state,
+// int4 GEMV, qgemv_resident.cuh) where it fits (1-16 rows of bf16/fp16 x short enough for shared memory). Plain state,
 // in every build.
 #pragma once
 #include <atomic>

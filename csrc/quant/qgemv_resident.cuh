@@ -1,4 +1,4 @@
-// The x-resident int4 GEMV (qgemm_cuda.cu: resident_gemv_wins): 2-16 rows of bf16/fp16 x held whole in a block's
+// The x-resident int4 GEMV (qgemm_cuda.cu: resident_gemv_wins): up to 16 rows of bf16/fp16 x held whole in a block's
 // shared memory, the weights streamed from HBM by plain 16-byte loads straight into MMA fragments.
 //
 // Why another GEMV. The GEMVs of qgemm_cuda.cuh keep every product exact and scale each 32-weight run's sum in
