@@ -263,7 +263,8 @@ def load_pretrained(model_cls, path: str | os.PathLike, dtype: Any = None, devic
                         mapped = (map_tensor(entry, maps) if model_key in mappable and target.device.type == "cpu"
                                   and target.dtype == entry.dtype else None)
                         if mapped is not None:
-                            target.data = mapped  # the to_empty() storage (never touched) is freed
+                            target.data = mapped[0]  # the to_empty() storage (never touched) is freed
+                            model.get_submodule(model_key.rsplit(".", 1)[0]).rows_from_file = mapped[1]
                         else:
                             read_into(fh, entry, target)
                     else:

@@ -148,3 +148,59 @@ def test_written_table_pages_are_never_dropped(checkpoint):
     release_pages(table)
     assert _present_pages(table) >= 1
     assert torch.equal(table, want)
+
+
+def _ple_lookup(model, ids):
+    table = model.model.embed_tokens_per_layer
+    with torch.no_grad():
+        return table(ids), torch.nn.functional.embedding(ids, table.weight) * table.embed_scale.to(table.weight.dtype)
+
+
+def test_lookups_read_rows_from_the_file_not_the_map(checkpoint):
+    """The model's lookups in its mapped tables (the token embedding, the per-layer inputs) read the file
+    (FileRows): none of the tables' pages becomes resident (through the map, each touched row and the page
+    cache's neighbours would stay), and the rows equal the table's, for ids of any shape. (A whole forward
+    would touch the tied head's table, and the kernel maps page-cache neighbours of those faults, which in
+    this tiny file are the other table's pages.)"""
+    path, _ = checkpoint
+    model = Gemma4ForCausalLM.from_pretrained(path, progress=False)
+    tables = [model.get_parameter(k) for k in TABLES]
+    table = tables[1]
+    ids = torch.randint(0, table.shape[0], (3, 11), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        model.model.per_layer_inputs(ids, model.model.embed_tokens(ids))
+    assert all(len(page_map(t)) >= 16 and _present_pages(t) == 0 for t in tables)
+    got, want = _ple_lookup(model, ids)  # the F.embedding reference touches the map: after the check above
+    assert got.shape == (3, 11, table.shape[1]) and torch.equal(got, want)
+
+
+def test_lookups_after_a_write_or_with_gradients_use_the_table(checkpoint):
+    """Once the table is written in place (its version moves) the file is stale, and a lookup that needs a
+    gradient must go through autograd: both take the table itself. Bad ids get F.embedding's own error."""
+    path, _ = checkpoint
+    model = Gemma4ForCausalLM.from_pretrained(path, progress=False)
+    emb = model.model.embed_tokens_per_layer
+    ids = torch.tensor([[4, 9, 4]])
+    with torch.no_grad():
+        emb.weight[4] += 1.0
+    got, want = _ple_lookup(model, ids)
+    assert torch.equal(got, want) and not torch.equal(got[0, 0], torch.from_numpy(
+        _file_tensor(path, "model.embed_tokens_per_layer.weight")[4].numpy()) * emb.embed_scale)
+    fresh = Gemma4ForCausalLM.from_pretrained(path, progress=False).model.embed_tokens_per_layer
+    fresh.weight.requires_grad_(True)
+    fresh(ids).sum().backward()
+    assert fresh.weight.grad[4].abs().sum() > 0 and fresh.weight.grad[5].abs().sum() == 0
+    with pytest.raises(IndexError):
+        with torch.no_grad():
+            fresh(torch.tensor([[fresh.weight.shape[0]]]))
+
+
+def test_copied_model_reads_the_same_rows(checkpoint):
+    import copy  # noqa: PLC0415
+
+    path, _ = checkpoint
+    model = Gemma4ForCausalLM.from_pretrained(path, progress=False)
+    twin = copy.deepcopy(model)
+    ids = torch.tensor([[1, 2, 300]])
+    with torch.no_grad():
+        assert torch.equal(twin(input_ids=ids).logits, model(input_ids=ids).logits)

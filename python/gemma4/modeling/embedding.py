@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..hf_format.safetensors import FileRows
+
 
 class Gemma4ScaledEmbedding(nn.Embedding):
     """embedding(ids) * scale, the scale cast to the weight dtype first (sqrt(1536) -> 39.25 in bf16),
@@ -26,5 +28,18 @@ class Gemma4ScaledEmbedding(nn.Embedding):
     def reset_embed_scale(self) -> None:
         self.embed_scale = torch.tensor(self.scalar_embed_scale, device=self.weight.device)
 
+    # Set by loading when the table is memory-mapped from its file (checkpoint.load_pretrained): the rows looked
+    # up are then read from the file, so they do not stay resident through the map (FileRows says why).
+    rows_from_file: FileRows | None = None
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.weight, self.padding_idx) * self.embed_scale.to(self.weight.dtype)
+        return self._rows(input_ids) * self.embed_scale.to(self.weight.dtype)
+
+    def _rows(self, input_ids: torch.Tensor) -> torch.Tensor:
+        source, w = self.rows_from_file, self.weight
+        from_file = (source is not None and not torch.compiler.is_compiling() and source.valid(w)
+                     and input_ids.device.type == "cpu" and not input_ids.is_floating_point()
+                     and not (torch.is_grad_enabled() and w.requires_grad) and input_ids.numel() > 0
+                     and int(input_ids.min()) >= 0 and int(input_ids.max()) < w.shape[0])
+        # the table itself where it was written, for autograd and compile, and for F.embedding's errors on bad ids
+        return source.gather(w, input_ids) if from_file else F.embedding(input_ids, w, self.padding_idx)
