@@ -36,6 +36,19 @@ def test_tile16_rejects_what_it_cannot_tile():
     for qweight, scales in (random_qweight(24, 64, 4, 32), random_qweight(16, 64, 4, 64), random_qweight(16, 64, 8, 32)):
         with pytest.raises(ValueError, match="tile16"):
             formats.tile16(qweight, scales)
+        with pytest.raises(ValueError, match="tile16_"):
+            formats.tile16_(qweight, scales)
+
+
+@pytest.mark.parametrize("n,k", [(16, 32), (48, 704), (4096, 2112)])
+def test_tile16_in_place_equals_tile16_in_the_same_memory(n, k):
+    """tile16_ permutes the buffers' own bytes (blocks of tiles; 4096 x 2112 takes several) into what tile16
+    returns."""
+    qweight, scales = random_qweight(n, k, 4, 32, torch.bfloat16)
+    want_q, want_s = formats.tile16(qweight, scales)
+    ptrs = qweight.data_ptr(), scales.data_ptr()
+    q, s = formats.tile16_(qweight, scales)
+    assert (q.data_ptr(), s.data_ptr()) == ptrs and torch.equal(q, want_q) and torch.equal(s, want_s)
 
 
 @pytest.mark.parametrize("k", [704, 2112, 1536])
@@ -177,6 +190,31 @@ def test_quant_linear_tiles_for_cpu_inference_and_shows_rows_elsewhere():
         q(x)
     q.to(torch.bfloat16)  # a cast or move sees rows
     assert not q.tiled and q.scales.dtype == rows["scales"].dtype
+
+
+@needs_vnni
+def test_quantized_tied_head_is_tiled_in_place_while_loading(tmp_path):
+    """Quantize-on-load tiles the new int4 head in its own memory (QuantLinear.tile_now), so the first forward has
+    no whole copy of it to make (for E2B that copy, 226 MB, was the peak RSS), and the logits equal those of the
+    head tiled by that copy."""
+    from gemma4.modeling import Gemma4ForCausalLM  # noqa: PLC0415
+    from gemma4.quant import QuantizationConfig  # noqa: PLC0415
+    from tests.oracle import make_hf_model, save_hf  # noqa: PLC0415
+
+    save_hf(make_hf_model("tiny-e2b"), tmp_path)
+    config = QuantizationConfig(weights="int4", group_size=32, modules_to_not_convert=["router"])
+    model = Gemma4ForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16, quantization_config=config,
+                                              progress=False)
+    head = model.lm_head
+    assert isinstance(head, QuantLinear) and head.tiled  # before any forward
+    ptr = head.qweight.data_ptr()
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        in_place = model(input_ids=ids).logits
+        assert head.qweight.data_ptr() == ptr  # the forward kept the buffers: no copy
+        head.use_rows()
+        copied = model(input_ids=ids).logits  # tiled again, by formats.tile16's copy
+    assert head.tiled and head.qweight.data_ptr() != ptr and torch.equal(in_place, copied)
 
 
 @needs_vnni

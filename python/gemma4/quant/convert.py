@@ -118,4 +118,6 @@ def quantize_tied_head(model: nn.Module, config: QuantizationConfig) -> None:
                       f"multiple of 32 and of group_size={config.group_size})", stacklevel=3)
         return
     model.lm_head = _quantized(head, config)
+    if isinstance(model.lm_head, QuantLinear):
+        model.lm_head.tile_now()  # in place now: the first forward's tiling copy was 226 MB of E2B's peak RSS
     model.config.tie_word_embeddings = False

@@ -22,7 +22,7 @@ import torch
 
 __all__ = [
     "pack_int4", "unpack_int4", "dequantize", "quantize_int4", "quantize_int8", "quantize_int4_trained_grid",
-    "group_of", "tile16", "untile16", "tileable",
+    "group_of", "tile16", "tile16_", "untile16", "tileable",
 ]
 
 
@@ -89,6 +89,26 @@ def tile16(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, t
     q = words.transpose(1, 2).contiguous().view(torch.uint8)  # [T, K/8, 64]
     s = scales.reshape(n // 16, 16, -1).transpose(1, 2).contiguous()  # [T, K/32, 16]
     return q, s
+
+
+def tile16_(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tile16 in place, a block of 16-row tiles at a time: the results are views of qweight's and scales' own
+    memory, so the weight never exists twice (tile16 makes a whole copy: the 226 MB int4 head of E2B at once).
+    Each tile's bytes sit at the same place in both layouts, so a block is permuted through a small copy. Only
+    for buffers nothing else holds (their old row-layout views would see tiled bytes)."""
+    if not tileable(qweight, scales) or not qweight.is_contiguous() or not scales.is_contiguous():
+        raise ValueError(f"tile16_: needs contiguous int4 groups of 32 on a multiple of 16 rows, got qweight "
+                         f"{qweight.dtype} {tuple(qweight.shape)} with scales {tuple(scales.shape)}")
+    n, half_k = qweight.shape
+    words = qweight.view(torch.int32).view(n // 16, 16, half_k // 4)  # [T, 16, K/8]
+    groups = scales.view(n // 16, 16, -1)  # [T, 16, K/32]
+    step = max(1, (4 << 20) // (16 * half_k))  # tiles of 4 MB of weights a block
+    for t0 in range(0, n // 16, step):
+        for rows in (words[t0:t0 + step], groups[t0:t0 + step]):  # [b, 16, C] -> [b, C, 16], same bytes
+            block = rows.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # [b, C, 16], a copy
+            rows.view(rows.shape[0], rows.shape[2], 16).copy_(block)
+    q = words.view(n // 16, half_k // 4, 16).view(torch.uint8)  # [T, K/8, 64]
+    return q, groups.view(n // 16, -1, 16)  # [T, K/32, 16]
 
 
 def untile16(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -212,11 +212,22 @@ class QuantLinear(_KeepsScaleDtype):
             return
         if torch.is_grad_enabled():
             self.use_rows()
-        elif not self.tiled and x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) \
-                and self.bits == 4 and self.group_size == 32 and self.qweight.device.type == "cpu" \
-                and formats.tileable(self.qweight, self.scales) and _cpu_has_tiled_kernel():
+        elif x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and self._tiles_here():
             with torch.inference_mode(False), torch.no_grad():
                 self.qweight, self.scales = formats.tile16(self.qweight, self.scales)
+
+    def _tiles_here(self) -> bool:
+        """Whether CPU inference would tile the buffers (row layout now, tileable, the CPU has the kernel)."""
+        return (not self.tiled and self.bits == 4 and self.group_size == 32 and self.qweight.device.type == "cpu"
+                and formats.tileable(self.qweight, self.scales) and _cpu_has_tiled_kernel())
+
+    @torch.no_grad()
+    def tile_now(self) -> None:
+        """Tile the buffers in place (formats.tile16_) where CPU inference would tile them at its first forward,
+        which copies them: for a module whose buffers nothing else holds yet (the tied head quantize-on-load has
+        just made, whose copy would be the first forward's peak)."""
+        if self._tiles_here() and self.qweight.is_contiguous() and self.scales.is_contiguous():
+            self.qweight, self.scales = formats.tile16_(self.qweight, self.scales)
 
     def _apply(self, fn, recurse=True):
         self.use_rows()  # moves and casts see the row layout; the next CPU inference forward tiles again
