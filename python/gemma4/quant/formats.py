@@ -100,15 +100,12 @@ def tile16_(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, 
         raise ValueError(f"tile16_: needs contiguous int4 groups of 32 on a multiple of 16 rows, got qweight "
                          f"{qweight.dtype} {tuple(qweight.shape)} with scales {tuple(scales.shape)}")
     n, half_k = qweight.shape
-    words = qweight.view(torch.int32).view(n // 16, 16, half_k // 4)  # [T, 16, K/8]
-    groups = scales.view(n // 16, 16, -1)  # [T, 16, K/32]
-    step = max(1, (4 << 20) // (16 * half_k))  # tiles of 4 MB of weights a block
-    for t0 in range(0, n // 16, step):
-        for rows in (words[t0:t0 + step], groups[t0:t0 + step]):  # [b, 16, C] -> [b, C, 16], same bytes
-            block = rows.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # [b, C, 16], a copy
-            rows.view(rows.shape[0], rows.shape[2], 16).copy_(block)
-    q = words.view(n // 16, half_k // 4, 16).view(torch.uint8)  # [T, K/8, 64]
-    return q, groups.view(n // 16, -1, 16)  # [T, K/32, 16]
+    step = 16 * max(1, (4 << 20) // (16 * half_k))  # rows of 4 MB of weights a block, whole tiles
+    for r0 in range(0, n, step):
+        q, sc = tile16(qweight[r0:r0 + step], scales[r0:r0 + step])  # the block's tiles, a copy
+        qweight[r0:r0 + step].view(-1).copy_(q.view(-1))  # tile t's bytes sit where its rows were
+        scales[r0:r0 + step].view(-1).copy_(sc.view(-1))
+    return qweight.view(n // 16, half_k // 4, 64), scales.view(n // 16, -1, 16)  # [T, K/8, 64], [T, K/32, 16]
 
 
 def untile16(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
