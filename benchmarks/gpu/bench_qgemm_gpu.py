@@ -6,7 +6,7 @@
 Shapes: Gemma 4 31B gate_up (N 43008, K 5376) and down (N 5376, K 21504), E2B gate_up (N 12288, K 1536);
 bf16 activations, M = 1 .. 1024 rows. Methods:
   ours_int4_g32     gemma4::qgemm, int4 in groups of 32, bf16 scales (its own route by M: the tensor-core
-                    GEMV up to 32 rows, the tiled tensor-core GEMM on the packed weight up to 64-128,
+                    GEMV up to 32 rows (16 on sm_90), the tiled or Hopper GEMM on the packed weight up to 64-256,
                     dequantize + cuBLAS above)
   ours_int8_channel gemma4::qgemm, int8, one bf16 scale per output channel
   bf16_cublas       torch.matmul on the bf16 weight
@@ -15,7 +15,7 @@ bf16 activations, M = 1 .. 1024 rows. Methods:
 Timing: each method runs `iters` calls captured in one CUDA graph (no host launch cost), timed with CUDA
 events, median of several replays / iters. The calls rotate over copies of the weights whose total exceeds
 150 MB (L2 is 60 MB), so every call reads its weights from HBM. TB/s = (weight + scale bytes) / time,
-beside the 4.8 TB/s HBM peak. A method that fails records its error instead of a time.
+beside the HBM peak (H200 4.8 TB/s, H100 3.35). A method that fails records its error instead of a time.
 """
 from __future__ import annotations
 
@@ -29,7 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.gpu.common import gpu_info, graph_time_ms, write_gpu_results  # noqa: E402
 
-HBM_PEAK = 4.8e12
+HBM_PEAKS = {"H200": 4.8e12, "H100": 3.35e12}  # bytes/s, by a word of the GPU's name (H100: the SXM's HBM3)
+
+
+def hbm_peak(gpu: str) -> float:
+    """The GPU's HBM peak (the H200's where the name is not known)."""
+    return next((bw for word, bw in HBM_PEAKS.items() if word in gpu), HBM_PEAKS["H200"])
+
 SHAPES = {"31B gate_up": (43008, 5376), "31B down": (5376, 21504), "E2B gate_up": (12288, 1536)}
 M_VALUES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 ROTATE_BYTES = 150 << 20
@@ -102,7 +108,8 @@ def plot_for(rows: list[dict], gpu: str):
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=meth)
             n, k = SHAPES[shape]
-            ax.axhline(n * k / 2 / HBM_PEAK * 1e6, color="k", lw=0.8, ls="--", label="int4 bytes at 4.8 TB/s")
+            peak = hbm_peak(gpu)
+            ax.axhline(n * k / 2 / peak * 1e6, color="k", lw=0.8, ls="--", label=f"int4 bytes at {peak / 1e12:.2f} TB/s")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("M (rows of x)")
@@ -144,8 +151,9 @@ def main():
         sys.exit("needs a CUDA GPU")
     t0 = time.time()
     info = gpu_info()
+    peak = hbm_peak(info["gpu"])
     print(f"# {info['gpu']}, torch {info['torch']}, CUDA {info['cuda']}; bf16 activations; "
-          f"HBM peak {HBM_PEAK / 1e12:.1f} TB/s")
+          f"HBM peak {peak / 1e12:.2f} TB/s")
     m_values = [int(v) for v in args.m.split(",")] if args.m else [1, 16, 64, 512] if args.quick else M_VALUES
     rows = []
     for shape, (n, k) in SHAPES.items():
@@ -163,7 +171,7 @@ def main():
                     iters = max(len(weights), 8)
                     calls = [lambda w=weights[i % len(weights)]: fn(x, *w) for i in range(iters)]
                     us = graph_time_ms(calls, reps=5) * 1e3
-                    row.update(us=us, TBps=nbytes / us / 1e6, fraction_of_hbm_peak=nbytes / us / 1e6 / (HBM_PEAK / 1e12))
+                    row.update(us=us, TBps=nbytes / us / 1e6, fraction_of_hbm_peak=nbytes / us / 1e6 / (peak / 1e12))
                     print(f"{shape:12s} {name:18s} M={m:4d} {us:9.1f} us {row['TBps']:6.2f} TB/s")
                 except Exception as e:  # noqa: BLE001  (one failing method must not stop the others)
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
@@ -184,7 +192,7 @@ def main():
                 summary[f"{shape} {meth} M16/M1"] = round(m16 / m1, 3)
             m32, m64 = t.get((shape, meth, 32)), t.get((shape, meth, 64))
             if m32 and m64:
-                summary[f"{shape} {meth} M64/M32 (GEMV <= 32, tiled GEMM above)"] = round(m64 / m32, 3)
+                summary[f"{shape} {meth} M64/M32 (GEMV <= 32 rows, <= 16 on sm_90; a GEMM above)"] = round(m64 / m32, 3)
             m128, cublas = t.get((shape, meth, 128)), t.get((shape, "bf16_cublas", 128))
             if m128 and cublas:
                 summary[f"{shape} {meth} M128 / bf16 cuBLAS (target <= 1)"] = round(m128 / cublas, 3)
@@ -195,7 +203,7 @@ def main():
         print(f"{key}: {val}")
 
     write_gpu_results("qgemm_gpu", rows, info, plot=plot_for(rows, info["gpu"]),
-                      extra={"hbm_peak_Bps": HBM_PEAK, "summary": summary, "seconds": round(time.time() - t0, 1)})
+                      extra={"hbm_peak_Bps": peak, "summary": summary, "seconds": round(time.time() - t0, 1)})
     print(f"total {time.time() - t0:.0f} s")
 
 

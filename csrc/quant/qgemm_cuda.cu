@@ -2,9 +2,9 @@
 // as the CPU op (quant_checks.h); reference: gemma4.ops.reference.qgemm; layout: qgemm_problem.h.
 //
 // Two paths, by M = the rows of x:
-//  * M <= kGemvMaxRows: a weight-streaming GEMV on tensor cores (device helpers and the fragment order in
-//    qgemm_cuda.cuh). A small kernel first writes x in the MMA's fragment order (bf16/fp16 x; fp32 x takes
-//    the other path), zero-padded to whole 8-column MMA tiles. Then each warp owns 32 weight rows (two
+//  * M <= gemv_max_rows() (32, or 16 where the Hopper GEMM runs): a weight-streaming GEMV on tensor cores
+//    (device helpers and the fragment order in qgemm_cuda.cuh). A small kernel first writes x in the MMA's
+//    fragment order (bf16/fp16 x; fp32 x takes the other path), zero-padded to whole 8-column MMA tiles. Then each warp owns 32 weight rows (two
 //    16-row tiles) over a slice of K: each lane loads 16, 8 or 4 bytes of a row per span (load_bytes: int4
 //    16 for M <= 2, where each lane's load already is its MMA fragment and the runs go to separate MMA
 //    columns; 4 for M > 4, in qgemv_shuffle_kernel: 8 bytes and a shuffle), converts the levels exactly to
@@ -23,7 +23,7 @@
 //    is quantized to int16 and the CUDA cores' dp2a multiply it (qgemv_x16.cuh): about one instruction a weight
 //    instead of the tensor-core fragments' three. Each GEMV is launched to overlap its x prep kernel
 //    (cuda_pdl.cuh: on the H200 0.6-0.8 us of E2B gate_up's 8.8 and 13.9 us, int4 and int8).
-//  * kGemvMaxRows < M up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight into
+//  * more rows, up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight into
 //    shared memory and dequantizes it in registers (qgemm_tc.cuh), so the weight crosses HBM once in its
 //    packed size instead of being written and read again at 16 bits.
 //  * larger M, and fp32 x at any M: the weight is dequantized into an [N, K] workspace in x's dtype (each value
@@ -65,7 +65,8 @@ using namespace quant_cuda;
 
 // Up to this many activation rows the GEMV runs; above, the tiled GEMM. The GEMV reads the weights once
 // whatever M, so it wins while its MMAs hide under the weight reads; benchmarks/gpu/bench_qgemm_gpu.py times
-// both sides of the switch (M = 32 vs 64).
+// both sides of the switch (M = 32 vs 64). Where the Hopper GEMM runs (below), up to 16 rows only
+// (gemv_max_rows).
 constexpr int64_t kGemvMaxRows = 32;
 // Above the GEMV, the tiled GEMM on the packed weight (qgemm_tc.cuh) where it beat dequantize + cuBLAS on the
 // H200 (dev/cuda/experiments/README.md): always up to 64 rows, and up to 128 on weights of 2^25 values or
@@ -95,6 +96,20 @@ bool hopper_gemm_available() {
   return p->major == 9 && p->minor == 0;
 }
 #endif
+// The most rows of x the GEMV takes. A forced GEMM route ("tiled", "wgmma") takes every M, so the tests run each
+// GEMM from one row up and a device call can time a GEMM against the GEMV at the same M. Where the Hopper GEMM
+// runs, 16: it beat every GEMV at 17-32 rows on the H100 (dev/device_runs/2026-12-06g-h100-resident-tiles-gemm.log,
+// us, int4 g32, 17 / 20 / 24 / 32 rows): 31B gate_up 91.8-91.9 against 124.9-129.4, 31B down 49.7-50.2 against
+// 60.8-64.1, E2B gate_up 15.8-16.2 against 16.9-17.0. Elsewhere 32: the mma.sync GEMM lost there (130-132,
+// 72.6-73.5, 22.1-22.5).
+int64_t gemv_max_rows() {
+  const int forced = cuda_path();
+  if (forced == static_cast<int>(CudaPath::tiled) || forced == static_cast<int>(CudaPath::wgmma)) return 0;
+#ifdef GEMMA4_SM90A
+  if (forced == static_cast<int>(CudaPath::automatic) && hopper_gemm_available()) return 16;
+#endif
+  return kGemvMaxRows;
+}
 // Within the GEMV's rows, the ring GEMV (qgemv_ring.cuh) where it beat the register-loading kernels on the H200
 // (dev/cuda/experiments/README.md): int4 with 17-32 rows (31B down 85 -> 59 us, 31B gate_up 127 -> 112, E2B
 // gate_up 17.4 -> 17.0), and 3-8 rows on weights of 2^25 values or more (31B gate_up M = 4 76 -> 69, M = 8
@@ -1016,7 +1031,7 @@ TcArgs tiled_args(const at::Tensor& x2, const at::Tensor& qweight, const at::Ten
   return a;
 }
 
-// M > kGemvMaxRows: the tiled tensor-core GEMM on the packed weight (qgemm_tc.cuh).
+// Above the GEMV's rows: the tiled tensor-core GEMM on the packed weight (qgemm_tc.cuh).
 at::Tensor qgemm_tc(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
                     const std::optional<at::Tensor>& bias, int bits) {
   at::Tensor y = at::empty({x2.size(0), qweight.size(0)}, x2.options());  // [M, N]
@@ -1084,7 +1099,7 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   at::Tensor y;
   // fp32 x as three bf16 planes through the tensor cores measured 3-4x plain fp32's error on the H200
   // (their fp32 accumulation is not round-to-nearest), outside the 2x rule: fp32 dequantizes and uses cuBLAS.
-  if (M <= kGemvMaxRows && x.scalar_type() != at::kFloat) {
+  if (M <= gemv_max_rows() && x.scalar_type() != at::kFloat) {
     if (x16_gemv_wins(bits, M) && x16_gemv_fits(M, K, scales)) {
       y = qgemv_x16(x2, qw, scales, bias, bits);  // [M, N]
     } else if (resident_gemv_wins(M, N) && resident_gemv_fits(bits, M, K, scales)) {

@@ -114,31 +114,45 @@ __device__ __forceinline__ void fill_x(uint32_t* xs, const ResidentArgs& a) {
 }
 
 // The weights and scales of one unit for one lane: run 4 span + t of rows 16 tile + g (w[0], s[0]) and + 8
-// (w[1], s[1]); level 0 and scale 0 past N and K.
+// (w[1], s[1]).
 template <typename S>
 struct UnitLoad {
   uint32_t w[2][4];
   S s[2];
 };
 
+// Where a lane's next unit is: its two rows' first bytes and scales, kept from tile to tile, so a load is a
+// few adds (the row and scale products were most of a unit's integer instructions). Rows past N read row N - 1
+// (their sums are not stored) and runs past K the last run with scale 0 (x is 0 there in shared memory, so
+// they add exact zeros): every load is unconditional.
 template <typename S>
-__device__ __forceinline__ void load_unit(UnitLoad<S>& u, const ResidentArgs& a, int tile, int span, int g, int t) {
-  const int run = span * 4 + t;
-  const bool k_in = run < a.runs;
-  const auto* sc = static_cast<const S*>(a.scales);
-  const int64_t row_bytes = a.K / 2;
+struct UnitCursor {
+  const uint8_t* w[2];
+  const S* s[2];
+  int tile, span;  // block-relative tile, and the span, of the next unit
+
+  __device__ __forceinline__ void to_tile(const ResidentArgs& a, int tile0, int g) {
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = tile * 16 + h * 8 + g;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) u.w[h][i] = 0x88888888u;  // level 0 in every nibble
-    u.s[h] = S(0.0f);
-    if (k_in && r < a.N) {
-      load_stream<4, true>(a.qw + r * row_bytes + run * 16, u.w[h]);
-      u.s[h] = sc[int64_t(r) * a.G + (run >> a.scale_shift)];
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = min((tile0 + tile) * 16 + h * 8 + g, a.N - 1);
+      w[h] = a.qw + r * (a.K / 2);
+      s[h] = static_cast<const S*>(a.scales) + r * a.G;
     }
   }
-}
+  __device__ __forceinline__ void load(UnitLoad<S>& u, const ResidentArgs& a, int tile0, int g, int t) {
+    const int run = span * 4 + t, last = a.runs - 1, rc = min(run, last);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h]);
+      const S sc = s[h][rc >> a.scale_shift];
+      u.s[h] = run <= last ? sc : S(0.0f);
+    }
+    if (++span == a.spans) {
+      span = 0, ++tile;
+      to_tile(a, tile0, g);
+    }
+  }
+};
 
 // acc += the unit's 16 rows x 128 weights times x's NT column tiles.
 template <typename MT, typename S, int NT>
@@ -214,11 +228,11 @@ __global__ void __launch_bounds__(kResWarps * 32, 1) qgemv_resident_kernel(const
 
   // The first units' weights are asked for before x: they do not depend on the kernel before (cuda_pdl.cuh).
   UnitLoad<S> buf[D];
-  int ld_tile = first_tile, ld_span = u0 % a.spans;  // the next unit to load
+  UnitCursor<S> next{{}, {}, first_tile, u0 % a.spans};
+  next.to_tile(a, tile0, g);
 #pragma unroll
   for (int d = 0; d < D; ++d) {
-    if (u0 + d < u1) load_unit(buf[d], a, tile0 + ld_tile, ld_span, g, t);
-    if (++ld_span == a.spans) ld_span = 0, ++ld_tile;
+    if (u0 + d < u1) next.load(buf[d], a, tile0, g, t);
   }
   cuda::pdl_wait();
   fill_x<NT>(xs, a);
@@ -232,8 +246,7 @@ __global__ void __launch_bounds__(kResWarps * 32, 1) qgemv_resident_kernel(const
     for (int d = 0; d < D; ++d) {
       if (u + d >= u1) break;
       mma_unit<MT, S, NT>(acc, buf[d], xs, span, lane);
-      if (u + d + D < u1) load_unit(buf[d], a, tile0 + ld_tile, ld_span, g, t);
-      if (++ld_span == a.spans) ld_span = 0, ++ld_tile;
+      if (u + d + D < u1) next.load(buf[d], a, tile0, g, t);
       if (++span == a.spans) {  // the tile's last span: a whole tile is written, a shared first one kept
         if (tile == first_tile && head_shared) {
           save_partial<NT>(heads + warp * E, acc, lane);
