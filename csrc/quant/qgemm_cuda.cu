@@ -2,7 +2,7 @@
 // as the CPU op (quant_checks.h); reference: gemma4.ops.reference.qgemm; layout: qgemm_problem.h.
 //
 // Two paths, by M = the rows of x:
-//  * M <= gemv_max_rows() (32, or 16 where the Hopper GEMM runs): a weight-streaming GEMV on tensor cores
+//  * M <= gemv_max_rows (32; 16 or 7 where the Hopper GEMM runs): a weight-streaming GEMV on tensor cores
 //    (device helpers and the fragment order in qgemm_cuda.cuh). A small kernel first writes x in the MMA's
 //    fragment order (bf16/fp16 x; fp32 x takes the other path), zero-padded to whole 8-column MMA tiles. Then each warp owns 32 weight rows (two
 //    16-row tiles) over a slice of K: each lane loads 16, 8 or 4 bytes of a row per span (load_bytes: int4
@@ -65,8 +65,8 @@ using namespace quant_cuda;
 
 // Up to this many activation rows the GEMV runs; above, the tiled GEMM. The GEMV reads the weights once
 // whatever M, so it wins while its MMAs hide under the weight reads; benchmarks/gpu/bench_qgemm_gpu.py times
-// both sides of the switch (M = 32 vs 64). Where the Hopper GEMM runs (below), up to 16 rows only
-// (gemv_max_rows).
+// both sides of the switch (M = 32 vs 64). Where the Hopper GEMM runs (below), up to 16 rows only, and 7 for int8
+// on large weights (gemv_max_rows).
 constexpr int64_t kGemvMaxRows = 32;
 // Above the GEMV, the tiled GEMM on the packed weight (qgemm_tc.cuh) where it beat dequantize + cuBLAS on the
 // H200 (dev/cuda/experiments/README.md): always up to 64 rows, and up to 128 on weights of 2^25 values or
@@ -100,13 +100,17 @@ bool hopper_gemm_available() {
 // GEMM from one row up and a device call can time a GEMM against the GEMV at the same M. Where the Hopper GEMM
 // runs, 16: it beat every GEMV at 17-32 rows on the H100 (dev/device_runs/2026-12-06g-h100-resident-tiles-gemm.log,
 // us, int4 g32, 17 / 20 / 24 / 32 rows): 31B gate_up 91.8-91.9 against 124.9-129.4, 31B down 49.7-50.2 against
-// 60.8-64.1, E2B gate_up 15.8-16.2 against 16.9-17.0. Elsewhere 32: the mma.sync GEMM lost there (130-132,
-// 72.6-73.5, 22.1-22.5).
-int64_t gemv_max_rows() {
+// 60.8-64.1, E2B gate_up 15.8-16.2 against 16.9-17.0. int8 per channel on weights of 2^25 values or more, 7: the
+// GEMM won there from 8 rows (dev/device_runs/2026-12-06i-h100-cuda-suite.log, us, 8 / 9 / 12 / 16 rows: 31B
+// gate_up 106.5-107.0 against 116.4-124.6, 31B down 56.3-56.7 against 59.9-62.7) and lost on E2B gate_up (18.2
+// against 13.9-15.1). Elsewhere 32: the mma.sync GEMM lost at 17-32 rows (130-132, 72.6-73.5, 22.1-22.5).
+int64_t gemv_max_rows(int bits, int64_t N, int64_t K) {
   const int forced = cuda_path();
   if (forced == static_cast<int>(CudaPath::tiled) || forced == static_cast<int>(CudaPath::wgmma)) return 0;
 #ifdef GEMMA4_SM90A
-  if (forced == static_cast<int>(CudaPath::automatic) && hopper_gemm_available()) return 16;
+  if (forced == static_cast<int>(CudaPath::automatic) && hopper_gemm_available()) {
+    return bits == 8 && N * K >= (int64_t(1) << 25) ? 7 : 16;
+  }
 #endif
   return kGemvMaxRows;
 }
@@ -1099,7 +1103,7 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   at::Tensor y;
   // fp32 x as three bf16 planes through the tensor cores measured 3-4x plain fp32's error on the H200
   // (their fp32 accumulation is not round-to-nearest), outside the 2x rule: fp32 dequantizes and uses cuBLAS.
-  if (M <= gemv_max_rows() && x.scalar_type() != at::kFloat) {
+  if (M <= gemv_max_rows(bits, N, K) && x.scalar_type() != at::kFloat) {
     if (x16_gemv_wins(bits, M) && x16_gemv_fits(M, K, scales)) {
       y = qgemv_x16(x2, qw, scales, bias, bits);  // [M, N]
     } else if (resident_gemv_wins(M, N) && resident_gemv_fits(bits, M, K, scales)) {
