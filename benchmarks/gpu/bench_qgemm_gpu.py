@@ -6,8 +6,8 @@
 Shapes: Gemma 4 31B gate_up (N 43008, K 5376) and down (N 5376, K 21504), E2B gate_up (N 12288, K 1536);
 bf16 activations, M = 1 .. 1024 rows. Methods:
   ours_int4_g32     gemma4::qgemm, int4 in groups of 32, bf16 scales (its own route by M: the tensor-core
-                    GEMV up to 32 rows (16 on sm_90), the tiled or Hopper GEMM on the packed weight up to 64-256,
-                    dequantize + cuBLAS above)
+                    GEMV up to 32 rows (16 on sm_90, 7 for large int8), the tiled or Hopper GEMM on the
+                    packed weight up to 64-256, dequantize + cuBLAS above)
   ours_int8_channel gemma4::qgemm, int8, one bf16 scale per output channel
   bf16_cublas       torch.matmul on the bf16 weight
   torch_int4_g32    torch.ops.aten._weight_int4pack_mm (tinygemm), group 32
@@ -109,7 +109,8 @@ def plot_for(rows: list[dict], gpu: str):
                     ax.plot(*zip(*pts), marker="o", label=meth)
             n, k = SHAPES[shape]
             peak = hbm_peak(gpu)
-            ax.axhline(n * k / 2 / peak * 1e6, color="k", lw=0.8, ls="--", label=f"int4 bytes at {peak / 1e12:.2f} TB/s")
+            ax.axhline(n * k / 2 / peak * 1e6, color="k", lw=0.8, ls="--",
+                       label=f"int4 bytes at {peak / 1e12:.2f} TB/s")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("M (rows of x)")

@@ -49,15 +49,16 @@ def qgemm_cpu_isa(request: str = "") -> str:
 
 
 def qgemm_cuda_path(request: str = "") -> str:
-    """The CUDA kernels' route for bf16/fp16 activations: ``""`` reports it; ``"auto"`` (the default) picks by
-    shape (up to 32 rows a GEMV, its shared-memory ring version for int4 on some row counts; then the tiled
-    tensor-core GEMM on the packed weight up to 64 rows, and up to 128 on large weights -- on an sm_90 GPU its
-    ``wgmma`` version from 17 rows up to 256 --; above, dequantize to a 16-bit workspace and cuBLAS). ``"tiled"``
-    or ``"wgmma"`` (where built and on sm_90) forces that GEMM at every row count, ``"dequant"`` forces
-    dequantize + cuBLAS above 32 rows, ``"ring"`` the ring GEMV and ``"bulk"`` the bulk-copy GEMV (where the scales' layout allows it) at every row count up to 32, and
-    ``"x16"`` the int16-activation GEMV where it fits (1-2 rows, K a multiple of 32), ``"resident"`` the int4 GEMV
-    that holds x in shared memory where it fits (up to 16 rows, K a multiple of 32 and short enough) (tests reach
-    every path this way). Returns the route in use."""
+    """The CUDA kernels' route for bf16/fp16 activations: ``""`` reports it; ``"auto"`` (the default) picks by shape
+    (up to 32 rows a GEMV, its shared-memory ring version for int4 on some row counts; then the tiled tensor-core
+    GEMM on the packed weight up to 64 rows, and up to 128 on large weights -- on an sm_90 GPU its ``wgmma`` version
+    from 17 rows up to 256, from 8 for int8 on large weights --; above, dequantize to a 16-bit workspace and
+    cuBLAS). ``"tiled"`` or ``"wgmma"`` (where built and on sm_90) forces that GEMM at every row count,
+    ``"dequant"`` forces dequantize + cuBLAS above 32 rows, ``"ring"`` the ring GEMV and ``"bulk"`` the bulk-copy
+    GEMV (where the scales' layout allows it) at every row count up to 32, and ``"x16"`` the int16-activation GEMV
+    where it fits (1-2 rows, K a multiple of 32), ``"resident"`` the int4 GEMV that holds x in shared memory where
+    it fits (up to 16 rows, K a multiple of 32 and short enough) (tests reach every path this way). Returns the
+    route in use."""
     return torch.ops.gemma4.qgemm_cuda_path(request)
 
 
