@@ -2,30 +2,30 @@
 // as the CPU op (quant_checks.h); reference: gemma4.ops.reference.qgemm; layout: qgemm_problem.h.
 //
 // Two paths, by M = the rows of x:
-//  * M <= gemv_max_rows (32; 16 or 7 where the Hopper GEMM runs): a weight-streaming GEMV on tensor cores
-//    (device helpers and the fragment order in qgemm_cuda.cuh). A small kernel first writes x in the MMA's
-//    fragment order (bf16/fp16 x; fp32 x takes the other path), zero-padded to whole 8-column MMA tiles. Then each warp owns 32 weight rows (two
-//    16-row tiles) over a slice of K: each lane loads 16, 8 or 4 bytes of a row per span (load_bytes: int4
-//    16 for M <= 2, where each lane's load already is its MMA fragment and the runs go to separate MMA
-//    columns; 4 for M > 4, in qgemv_shuffle_kernel: 8 bytes and a shuffle), converts the levels exactly to
-//    bf16/fp16 and multiplies all M rows with mma.sync, fp32 accumulation; each 32-weight run's sum is
-//    scaled in fp32. A block's warps take consecutive K slices of
-//    the same rows and are added in warp order through shared memory; where the rows are too few to fill the
-//    GPU, several blocks split K and a second kernel adds their sums in a fixed order (plan_gemv):
-//    deterministic either way. The weights are read once for all M rows, so M = 1..32 costs about one pass.
-//    For int4 at the row counts of ring_gemv_wins, the GEMV streams the weights through per-warp shared-memory
-//    rings (cp.async) instead, with its own x order (qgemv_ring.cuh); same split, same fixed-order sums. On large
-//    weights up to 16 rows (bulk_gemv_wins), the copy engine (TMA) fills a block's shared-memory stages and
-//    consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order. At 9-16 rows of int4, where the
-//    weight has two 16-row tiles an SM and x fits in shared memory, the x-resident GEMV takes over from all of
-//    these (qgemv_resident.cuh: x copied once per block, the weights dequantized to x's dtype before the MMA).
-//    At one row of x (two with int8), x
-//    is quantized to int16 and the CUDA cores' dp2a multiply it (qgemv_x16.cuh): about one instruction a weight
-//    instead of the tensor-core fragments' three. Each GEMV is launched to overlap its x prep kernel
-//    (cuda_pdl.cuh: on the H200 0.6-0.8 us of E2B gate_up's 8.8 and 13.9 us, int4 and int8).
-//  * more rows, up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight into
-//    shared memory and dequantizes it in registers (qgemm_tc.cuh), so the weight crosses HBM once in its
-//    packed size instead of being written and read again at 16 bits.
+//  * M <= gemv_max_rows (32; 16 or 7 where the Hopper GEMM runs): a weight-streaming GEMV on tensor cores (device
+//    helpers and the fragment order in qgemm_cuda.cuh). A small kernel first writes x in the MMA's fragment order
+//    (bf16/fp16 x; fp32 x takes the other path), zero-padded to whole 8-column MMA tiles. Then each warp owns 32
+//    weight rows (two 16-row tiles) over a slice of K: each lane loads 16, 8 or 4 bytes of a row per span
+//    (load_bytes: int4 16 for M <= 2, where each lane's load already is its MMA fragment and the runs go to separate
+//    MMA columns; 4 for M > 4, in qgemv_shuffle_kernel: 8 bytes and a shuffle), converts the levels exactly to
+//    bf16/fp16 and multiplies all M rows with mma.sync, fp32 accumulation; each 32-weight run's sum is scaled in
+//    fp32. A block's warps take consecutive K slices of the same rows and are added in warp order through shared
+//    memory; where the rows are too few to fill the GPU, several blocks split K and a second kernel adds their sums
+//    in a fixed order (plan_gemv): deterministic either way. The weights are read once for all M rows, so M = 1..32
+//    costs about one pass. For int4 at the row counts of ring_gemv_wins, the GEMV streams the weights through
+//    per-warp shared-memory rings (cp.async) instead, with its own x order (qgemv_ring.cuh); same split, same
+//    fixed-order sums. On large weights up to 16 rows (bulk_gemv_wins), the copy engine (TMA) fills a block's
+//    shared-memory stages and consumer warps multiply them (qgemv_bulk.cuh), with the ring's x order. At 9-16 rows of
+//    int4, where the weight has two 16-row tiles an SM and x fits in shared memory, the x-resident GEMV takes over
+//    from all of these (qgemv_resident.cuh: x copied once per block, the weights dequantized to x's dtype before the
+//    MMA). At one row of x (two with int8), x is quantized to int16 and the CUDA cores' dp2a multiply it
+//    (qgemv_x16.cuh): about one instruction a weight instead of the tensor-core fragments' three. Each GEMV is
+//    launched to overlap its x prep kernel (cuda_pdl.cuh: on the H200 0.6-0.8 us of E2B gate_up's 8.8 and 13.9 us,
+//    int4 and int8).
+//  * more rows, up to 64-128 (tiled_gemm_wins), bf16/fp16 x: a tiled tensor-core GEMM that reads the packed weight
+//    into shared memory and dequantizes it in registers (qgemm_tc.cuh), so the weight crosses HBM once in its packed
+//    size instead of being written and read again at 16 bits; on an sm_90 GPU its wgmma version, up to 256 rows
+//    (qgemm_wgmma_sm90a.cu, hopper_gemm_wins).
 //  * larger M, and fp32 x at any M: the weight is dequantized into an [N, K] workspace in x's dtype (each value
 //    rounded once from the exact q * scale, as plain PyTorch's dequant(W).to(dtype) does) and at::linear
 //    multiplies (cuBLAS; fp32 follows torch's allow_tf32 setting like torch.matmul).
