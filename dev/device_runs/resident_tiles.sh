@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Ran at 241732c (its patches are against that tree; gemm_forced_every_m.patch has since been applied and removed).
+# Ran at 241732c (its patches are against that tree; gemm_forced_every_m.patch has since been applied and removed,
+# and resident_w8t2d4.patch was resident_w8t2.patch with kResDepth = 4).
 # One device call (nineteenth session): the x-resident GEMV with 8 warps a block and the registers that frees
 # (resident_w8t2 / _w8t2d4: two 16-row tiles a unit, 3 / 4 units in flight; resident_w8d6: one tile, 6 units),
 # timed beside the shipped build at M = 1, 8, 9, 16 (forced "resident"); test_qgemm_cuda.py on the w8t2 build and
