@@ -11,7 +11,7 @@ The bound: |sum_k x_k (w_k - dq_k)| <= sum over groups g of (sum_{k in g} |x_k|)
 float rounding of both sums (a 1e-3 relative slack here, not a proof); rows are compared after the full path's bf16
 rounding and soft-cap, where saturated logits tie and the first index wins.
 
-    PYTHONPATH=.:python python dev/perf/exact_argmax_head.py /work/e2bbench/gemma-4-E2B-random [steps]
+    PYTHONPATH=.:python python dev/perf/exact_argmax_head.py /work/e2bbench/gemma-4-E2B-random [steps] [float32]
 """
 from __future__ import annotations
 
@@ -25,17 +25,17 @@ from gemma4 import ops
 from gemma4.quant import formats
 
 
-def capped(v: torch.Tensor, cap: float | None) -> torch.Tensor:
-    """The full path's logit for an exact value v: rounded to bf16, soft-capped in bf16."""
-    t = v.to(torch.bfloat16)
+def capped(v: torch.Tensor, cap: float | None, dtype: torch.dtype) -> torch.Tensor:
+    """The full path's logit for an exact value v: rounded to the model dtype, soft-capped in it."""
+    t = v.to(dtype)
     return (torch.tanh(t / cap) * cap if cap is not None else t).float()
 
 
-def main(path: str, steps: int = 24) -> None:
+def main(path: str, steps: int = 24, dtype: torch.dtype = torch.bfloat16) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    model = gemma4.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    w = model.lm_head.weight.detach()  # [V, H] bf16 (the tied, memory-mapped table)
+    model = gemma4.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    w = model.lm_head.weight.detach()  # [V, H] in dtype (the tied, memory-mapped table)
     cap = model.config.final_logit_softcapping
     V, H = w.shape
     with torch.no_grad():
@@ -46,12 +46,11 @@ def main(path: str, steps: int = 24) -> None:
         q8, s8 = formats.quantize_int8(w.float(), 32, torch.float32)  # [V, H] int8, [V, H/32] fp32
         err = (w.float().view(V, -1, 32) - q8.float().view(V, -1, 32) * s8[..., None]).abs().amax(-1)  # [V, H/32]
 
-        counts, hits = [], 0
+        counts, hits, differ = [], 0, 0
         for t in range(steps):
-            x = hidden[t:t + 1]  # [1, H] bf16
-            full = ops.linear(x, w)  # [1, V] bf16, the model's own path
-            if cap is not None:
-                full = torch.tanh(full / cap) * cap
+            x = hidden[t:t + 1]  # [1, H]
+            raw = ops.linear(x, w)  # [1, V], the model's own path
+            full = torch.tanh(raw / cap) * cap if cap is not None else raw
             token = int(torch.argmax(full.float(), -1))
             approx = ops.qgemm(x.float(), q8, s8)[0]  # [V] fp32
             xg = x.float().abs().view(-1, 32).sum(-1)  # [H/32]
@@ -59,14 +58,17 @@ def main(path: str, steps: int = 24) -> None:
             # Compared after the full path's own rounding and soft-cap (bf16 logits, tanh(l / cap) * cap in bf16): a
             # monotone map, under which saturated logits tie (the first index wins), so a row qualifies when its
             # upper bound reaches the best lower bound there.
-            hi, lo = capped(approx + bound, cap), capped((approx - bound).max(), cap)
+            hi, lo = capped(approx + bound, cap, dtype), capped((approx - bound).max(), cap, dtype)
             cands = torch.nonzero(hi >= lo).flatten()
             counts.append(cands.numel())
             hits += int(token in set(cands.tolist()))
+            # the qualifying rows alone through the same op: bit-identical to the full call's values for them?
+            alone = ops.linear(x, w[cands])[0]  # [C]
+            differ += int((alone != raw[0, cands]).sum())
 
         x = hidden[:1]
-        for name, fn in (("bf16 head (gemma4::linear)", lambda: ops.linear(x, w)),
-                         ("int8 g32 head (gemma4::qgemm)", lambda: ops.qgemm(x, q8, s8.to(torch.bfloat16)))):
+        for name, fn in ((f"{dtype} head (gemma4::linear)", lambda: ops.linear(x, w)),
+                         ("int8 g32 head (gemma4::qgemm)", lambda: ops.qgemm(x, q8, s8.to(x.dtype)))):
             fn()
             times = []
             for _ in range(7):
@@ -75,8 +77,10 @@ def main(path: str, steps: int = 24) -> None:
                 times.append(time.perf_counter() - t0)
             print(f"{name}: {sorted(times)[3] * 1e3:.1f} ms")
     print(f"rows that qualify per step: min {min(counts)}, median {sorted(counts)[len(counts) // 2]}, max {max(counts)} "
-          f"of {V}; the full path's token among them in {hits} of {steps} steps")
+          f"of {V}; the full path's token among them in {hits} of {steps} steps; the rows computed alone differ from "
+          f"the full call's in {differ} values")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 24)
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 24,
+         getattr(torch, sys.argv[3]) if len(sys.argv) > 3 else torch.bfloat16)
