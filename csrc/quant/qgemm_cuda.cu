@@ -119,7 +119,7 @@ int64_t gemv_max_rows(int bits, int64_t N, int64_t K) {
 // gate_up 17.4 -> 17.0), and 3-8 rows on weights of 2^25 values or more (31B gate_up M = 4 76 -> 69, M = 8
 // 86 -> 71; 31B down M = 8 64 -> 39; E2B gate_up, 19M values, 10.2 -> 15.2 at M = 8: its K slices are too short
 // for the ring's prologue). It lost at 1-2 rows (31B gate_up 60 -> 67), on 31B gate_up at 9-16 rows (90 -> 97),
-// and is even with int8 per channel.
+// and is even with int8 per channel. On an sm_90 GPU its 17-32 rows go to the Hopper GEMM (gemv_max_rows).
 bool ring_gemv_wins(int bits, int64_t M, int64_t N, int64_t K) {
   if (cuda_path() == static_cast<int>(CudaPath::ring)) return true;
   return bits == 4 && (M > 16 || (M > 2 && M <= 8 && N * K >= (int64_t(1) << 25)));

@@ -187,7 +187,7 @@ def map_tensor(entry: TensorEntry, maps: dict[str, mmap.mmap]) -> tuple[torch.Te
         t = torch.frombuffer(m, dtype=entry.dtype, count=entry.nbytes // item, offset=entry.offset).view(entry.shape)
         rows_from_file = FileRows(t, fh.fileno(), entry.offset)
     rows = t.reshape(t.shape[0], -1)  # [R, C]
-    row_bytes = rows[0].numel() * item
+    row_bytes = rows_from_file.row_bytes
     step = max(1, (1 << 24) // max(1, row_bytes))  # 16 MiB of rows at a time
     page = mmap.PAGESIZE
     for start in range(0, rows.shape[0], step):

@@ -8,6 +8,12 @@ from torch.nn import functional as F
 from ..hf_format.safetensors import FileRows
 
 
+def _in_range(ids: torch.Tensor, rows: int) -> bool:
+    """Whether every id indexes one of `rows` rows (one pass over ids, one host read)."""
+    low, high = torch.aminmax(ids)
+    return bool((low >= 0) & (high < rows))
+
+
 class Gemma4ScaledEmbedding(nn.Embedding):
     """embedding(ids) * scale, the scale cast to the weight dtype first (sqrt(1536) -> 39.25 in bf16),
     as transformers does."""
@@ -38,8 +44,8 @@ class Gemma4ScaledEmbedding(nn.Embedding):
     def _rows(self, input_ids: torch.Tensor) -> torch.Tensor:
         source, w = self.rows_from_file, self.weight
         from_file = (source is not None and not torch.compiler.is_compiling() and source.valid(w)
-                     and input_ids.device.type == "cpu" and not input_ids.is_floating_point()
+                     and input_ids.device.type == "cpu" and input_ids.dtype in (torch.int32, torch.int64)
                      and not (torch.is_grad_enabled() and w.requires_grad) and input_ids.numel() > 0
-                     and int(input_ids.min()) >= 0 and int(input_ids.max()) < w.shape[0])
+                     and _in_range(input_ids, w.shape[0]))
         # the table itself where it was written, for autograd and compile, and for F.embedding's errors on bad ids
         return source.gather(w, input_ids) if from_file else F.embedding(input_ids, w, self.padding_idx)
