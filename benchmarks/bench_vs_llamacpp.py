@@ -24,6 +24,7 @@ Results: benchmarks/results/vs_llamacpp-<machine>.json and .png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -181,10 +182,16 @@ def _peak_rss_gb() -> float:
 def _streamed_gb(model) -> float:
     """Bytes one decode step reads from memory: every parameter and buffer once (tied ones once) except the
     per-layer-embedding table, of which a token reads one row, and the token-embedding table when a head of
-    its own (a quantized one) replaces it in the step (then the step reads one row of it)."""
+    its own (a quantized one) replaces it in the step (then the step reads one row of it). Where generate used
+    the greedy head (gemma4/generation/greedy_head.py), its int8 copy stands in for the head's weight (the
+    few rows it reads in full are not counted)."""
     head = getattr(model.lm_head, "weight", None)
-    tied = head is not None and head.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    greedy = model.__dict__.get("_greedy_head")
+    tied = head is not None and head.data_ptr() == model.model.embed_tokens.weight.data_ptr() and greedy is None
     seen, total = set(), 0
+    if greedy is not None:
+        seen.add(head.data_ptr())
+        total += sum(t.numel() * t.element_size() for t in (greedy.qweight, greedy.scales, greedy.err, greedy.wmax))
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.data_ptr() in seen or "embed_tokens_per_layer" in name or ("embed_tokens" in name and not tied):
             continue
@@ -223,6 +230,7 @@ def _prompt(vocab: int, n: int, seed: int) -> list[int]:
 
 def child_gemma4(a) -> dict:
     import gemma4
+    from gemma4.generation import full_greedy_head
 
     t_load = time.perf_counter()
     quant = {}
@@ -253,8 +261,9 @@ def child_gemma4(a) -> dict:
         t = arrivals.times
         return t[1] - t[0], t[-1] - t[1], out[0, prompt.shape[1]:].tolist()
 
-    one_round(ids[:, :16], 3)  # warm-up
-    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, _streamed_gb(model)
+    with full_greedy_head() if a.full_head else contextlib.nullcontext():
+        one_round(ids[:, :16], 3)  # warm-up (it also builds the greedy head's int8 copy)
+        return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, _streamed_gb(model)
 
 
 def child_llamacpp(a) -> dict:
@@ -368,6 +377,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gguf")
     ap.add_argument("--flash-attn", type=int, default=0)
     ap.add_argument("--quantize-head", type=int, default=0)
+    ap.add_argument("--full-head", type=int, default=0, help="gemma4 child: greedy steps compute the full logits "
+                    "(no int8 greedy head), for A/B runs")
     args = ap.parse_args(argv)
     if args.child:
         return run_child(args)

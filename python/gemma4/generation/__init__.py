@@ -1,6 +1,7 @@
 """Generation for gemma4 models, with transformers 5.17's interface: GenerationConfig, logits processors,
 stopping criteria, streamers and the generate loop over gemma4.cache.Gemma4Cache. See docs/generation.md."""
 from .config import GENERATION_CONFIG_NAME, GenerationConfig
+from .greedy_head import full_greedy_head
 from .logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, ForcedBOSTokenLogitsProcessor,
                              ForcedEOSTokenLogitsProcessor, InfNanRemoveLogitsProcessor, LogitNormalization,
                              LogitsProcessor, LogitsProcessorList, MinLengthLogitsProcessor,
@@ -14,7 +15,7 @@ from .streamers import AsyncTextIteratorStreamer, BaseStreamer, TextIteratorStre
 from .utils import GenerateDecoderOnlyOutput, generate
 
 __all__ = [
-    "GenerationConfig", "GENERATION_CONFIG_NAME", "generate", "GenerateDecoderOnlyOutput",
+    "GenerationConfig", "GENERATION_CONFIG_NAME", "generate", "GenerateDecoderOnlyOutput", "full_greedy_head",
     "LogitsProcessor", "LogitsProcessorList", "MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor",
     "TemperatureLogitsWarper", "RepetitionPenaltyLogitsProcessor", "TopKLogitsWarper", "TopPLogitsWarper",
     "MinPLogitsWarper", "TypicalLogitsWarper", "EpsilonLogitsWarper", "EtaLogitsWarper",

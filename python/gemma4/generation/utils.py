@@ -29,6 +29,7 @@ from gemma4.modeling import decode_step
 from gemma4.modeling.inputs import check_token_id, check_token_ids
 
 from .config import GenerationConfig
+from .greedy_head import greedy_head_for
 from .logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, ForcedBOSTokenLogitsProcessor,
                              ForcedEOSTokenLogitsProcessor, InfNanRemoveLogitsProcessor, LogitNormalization,
                              LogitsProcessorList, MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor,
@@ -407,6 +408,20 @@ def _raise_non_finite(rows_finite: torch.Tensor, step: int) -> None:
                                "generate anyway with those values replaced)")
 
 
+def _last_position(model, head, input_ids, attention_mask, position_ids, cache):
+    """One forward; returns (the last position's logits [B, V] in float32, None), or with a GreedyHead that can
+    decide, (None, the greedy token)."""
+    if head is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                    logits_to_keep=1)
+        return out.logits[:, -1].to(dtype=torch.float32, copy=True), None
+    hidden = model.model(input_ids, attention_mask, None, position_ids, cache)[:, -1:]  # [1, 1, H]
+    token = head.token(hidden[0, 0])
+    if token is not None:
+        return None, token
+    return model.head_logits(hidden)[:, -1].float(), None  # [1, V]
+
+
 def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processors, criteria, pad,
             has_eos_criteria, streamer, generator):
     B, input_len = input_ids.shape
@@ -427,6 +442,10 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
     unfinished = torch.ones(B, dtype=torch.long, device=device)
     pad_t = torch.tensor(pad if pad is not None else 0, dtype=torch.long, device=device)
     sync_stop = len(criteria) > 0
+    # greedy with nothing reading the logits: the token may come from an int8 copy of the head (greedy_head.py)
+    head = greedy_head_for(model) if (not gc.do_sample and not len(processors) and not want_scores
+                                      and not want_logits and B == 1 and device.type == "cpu") else None
+    true = torch.ones((), dtype=torch.bool, device=device)
 
     # prefill (optionally in chunks)
     past = cache.get_seq_length() if cache is not None else 0
@@ -436,14 +455,16 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
     start = past
     while True:
         end = min(start + chunk, input_len)
-        if cache is not None:
-            out = model(input_ids=input_ids[:, start:end], attention_mask=mask_all[:, :end],
-                        position_ids=positions[:, start:end], cache=cache, logits_to_keep=1)
+        last = end >= input_len
+        if cache is not None and not last and head is not None:  # an earlier chunk: its K/V, not its logits
+            model.model(input_ids[:, start:end], mask_all[:, :end], None, positions[:, start:end], cache)
+        elif cache is not None:
+            next_logits, token = _last_position(model, head, input_ids[:, start:end], mask_all[:, :end],
+                                                positions[:, start:end], cache)
         else:
-            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                        logits_to_keep=1)
+            next_logits, token = _last_position(model, head, input_ids, attention_mask, position_ids, None)
         start = end
-        if start >= input_len:
+        if last:
             break
 
     # Non-finite logits (NaN/inf weights, an overflow) are refused unless remove_invalid_values asks to
@@ -453,26 +474,28 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
     # isfinite's passes over [B, V]. On the CPU, where a host read costs nothing, the replacement is skipped
     # when every row is finite.)
     check_finite = gc.remove_invalid_values is not True
-    true = torch.ones((), dtype=torch.bool, device=device)
     cur_len = input_len
     while True:
-        next_logits = out.logits[:, -1].to(dtype=torch.float32, copy=True)  # [B, V]
-        del out
-        scores_in, rows_finite = next_logits, None
-        if check_finite:
-            rows_finite = torch.isfinite(next_logits.amax(-1)) & torch.isfinite(next_logits.amin(-1))  # [B]
-            if device.type != "cpu" or not bool(rows_finite.all()):
-                scores_in = torch.where(rows_finite[:, None], next_logits, 0.0)
-        next_scores = processors(sequences[:, :cur_len], scores_in)
-        if want_scores:
-            scores_out.append(next_scores)
-        if want_logits:
-            logits_out.append(next_logits)
-        if gc.do_sample:
-            probs = torch.softmax(next_scores, dim=-1)
-            next_tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+        if token is not None:  # the greedy head's token: the full logits' argmax, and they were all finite
+            next_tokens = torch.tensor([token], dtype=torch.long, device=device)
+            rows_finite = true.view(1)
         else:
-            next_tokens = torch.argmax(next_scores, dim=-1)
+            scores_in, rows_finite = next_logits, None  # [B, V] float32
+            if check_finite:
+                rows_finite = torch.isfinite(next_logits.amax(-1)) & torch.isfinite(next_logits.amin(-1))  # [B]
+                if device.type != "cpu" or not bool(rows_finite.all()):
+                    scores_in = torch.where(rows_finite[:, None], next_logits, 0.0)
+            next_scores = processors(sequences[:, :cur_len], scores_in)
+            if want_scores:
+                scores_out.append(next_scores)
+            if want_logits:
+                logits_out.append(next_logits)
+            if gc.do_sample:
+                probs = torch.softmax(next_scores, dim=-1)
+                next_tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            else:
+                next_tokens = torch.argmax(next_scores, dim=-1)
+            del next_logits, scores_in, next_scores
         if has_eos_criteria:  # finished rows continue with padding
             next_tokens = next_tokens * unfinished + pad_t * (1 - unfinished)
         sequences[:, cur_len] = next_tokens
@@ -491,11 +514,11 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
         if sync_stop and not any_unfinished:
             break
         if cache is not None:
-            out = model(input_ids=sequences[:, cur_len - 1:cur_len], position_ids=positions[:, cur_len - 1:cur_len],
-                        cache=cache, logits_to_keep=1)
+            next_logits, token = _last_position(model, head, sequences[:, cur_len - 1:cur_len], None,
+                                                positions[:, cur_len - 1:cur_len], cache)
         else:
-            out = model(input_ids=sequences[:, :cur_len], attention_mask=mask_all[:, :cur_len],
-                        position_ids=positions[:, :cur_len], logits_to_keep=1)
+            next_logits, token = _last_position(model, head, sequences[:, :cur_len], mask_all[:, :cur_len],
+                                                positions[:, :cur_len], None)
 
     if streamer is not None:
         streamer.end()

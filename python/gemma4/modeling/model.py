@@ -158,6 +158,11 @@ class Gemma4TextModel(nn.Module):
         return self.norm(x)
 
 
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma's final logit soft-cap, tanh(logits / cap) * cap, in the logits' dtype as upstream (None: no cap)."""
+    return torch.tanh(logits / cap) * cap if cap is not None else logits
+
+
 class Gemma4ForCausalLM(AdapterMixin, nn.Module):
     """The Gemma 4 text decoder with its tied LM head and final logit soft-cap."""
 
@@ -258,11 +263,13 @@ class Gemma4ForCausalLM(AdapterMixin, nn.Module):
             return CausalLMOutput(logits=None, loss=loss, past_key_values=cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)  # [B,T,V]
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap  # in the model dtype, as upstream
+        logits = self.head_logits(hidden)  # [B,T,V]
         loss = self.loss(logits, labels, self.loss_chunk_size) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, past_key_values=cache)
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head and its final soft-cap: hidden [..., H] (the text model's output) -> logits [..., V]."""
+        return soft_cap(self.lm_head(hidden), self.config.final_logit_softcapping)
 
     # ---- generation (gemma4.generation) ----
     @property
