@@ -1,6 +1,8 @@
-"""Experiment (nineteenth session, not shipped): a greedy step's argmax through an int8 copy of the tied head.
+"""Experiment (nineteenth session): a greedy step's argmax through an int8 copy of the tied head. Shipped in the
+twentieth as gemma4/generation/greedy_head.py (a rigorous bound, the soft-cap's ties, the fallbacks); this script is
+the measurement that came first.
 
-docs/performance.md ("Not done") counts the idea: read an int8 copy of the head (0.40 GB for E2B) instead of the
+docs/performance.md counts the idea: read an int8 copy of the head (0.40 GB for E2B) instead of the
 bf16 table (0.81 GB), bound each approximate logit's error exactly, and read in full precision only the rows whose
 bound reaches the best one. This script measures what that rests on, on real decode hidden states of a model:
 - how many rows qualify per step (the exact re-read's size);

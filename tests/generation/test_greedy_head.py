@@ -240,6 +240,24 @@ def test_not_used_with_a_hook_on_the_head():
     assert model.__dict__.get("_greedy_head") is None and len(seen) == 3
 
 
+def test_copy_follows_the_head():
+    """A cast model gets a new copy (its tokens still the full head's); one that can no longer use it (a hook on
+    the head) drops it, and the copy never keeps an old weight alive."""
+    model = build_random_model(_config("tiny-e2b", 2048), dtype=torch.float32, seed=4)
+    ids = torch.tensor([[2, 9, 300, 41]])
+    model.generate(ids, max_new_tokens=2, do_sample=False)
+    first = model.__dict__["_greedy_head"]
+    model.to(torch.bfloat16)
+    with full_greedy_head():
+        want = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), want)
+    assert model.__dict__["_greedy_head"] is not first and model.__dict__["_greedy_head"].dtype == torch.bfloat16
+    assert first._weight() is None or first._weight().dtype == torch.bfloat16  # not the old fp32 tensor
+    model.lm_head.register_forward_pre_hook(lambda m, i: None)
+    model.generate(ids, max_new_tokens=2, do_sample=False)
+    assert "_greedy_head" not in model.__dict__
+
+
 def test_small_vocabulary_keeps_the_full_head():
     model = build_random_model("tiny-31b", dtype=torch.float32, seed=1)  # vocab 512
     assert greedy_head_for(model) is None

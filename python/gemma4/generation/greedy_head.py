@@ -27,6 +27,9 @@ rows are read from the file (FileRows), so the table does not become resident.
 """
 from __future__ import annotations
 
+import math
+import weakref
+
 import torch
 
 from gemma4 import ops
@@ -58,7 +61,8 @@ class GreedyHead:
         V, H = weight.shape
         self.dtype, self.cap = weight.dtype, cap
         self.key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
-        self.weight, self.rows_from_file = weight, rows_from_file
+        # weakly: a copy left on a model whose head moved on must not keep the old weight alive too
+        self._weight, self.rows_from_file = weakref.ref(weight), rows_from_file
         self.qweight = torch.empty(V, H, dtype=torch.int8)  # [V, H]
         self.scales = torch.empty(V, H // _GROUP, dtype=torch.bfloat16)  # [V, H / 32]
         self.err = torch.empty(V, dtype=torch.float32)  # [V] max_k |w - dequant(w)|, rounded up
@@ -79,7 +83,8 @@ class GreedyHead:
                 self.wmax[start:start + rows] = ((w64.abs().amax(-1) + err) * up).float()
                 if mapped:
                     release_pages(block)
-        self.finite = bool(torch.isfinite(self.wmax).all())
+        self.wmax_max = float(self.wmax.max())
+        self.finite = math.isfinite(self.wmax_max)
         # no soft-capped logit exceeds this (tanh <= 1), where there is a cap
         big = torch.tensor([torch.finfo(self.dtype).max], dtype=self.dtype)
         self.ceiling = float(soft_cap(big, cap)) if cap is not None else float("inf")
@@ -109,19 +114,19 @@ class GreedyHead:
         # kernel's own rounding of x * (1 / step): up to 32767 * 2^-22 of a step more
         g = 2.0 * K * 2.0 ** -24
         c_err, c_w = l1, D + g * (2.0 * l1 + D)
-        if not (l1 < 1e30 and float(self.wmax.max()) * (l1 + D) < 1e37):
+        if not (l1 < 1e30 and self.wmax_max * (l1 + D) < 1e37):
             return None  # an approximate or exact logit could overflow: let the full head decide
         s = 1.0 + 2.0 ** -18  # the float32 roundings of this sum and of approx +- B
         return (self.err * (c_err * s) + self.wmax * (c_w * s)).add_(approx.abs(), alpha=2.0 ** -7 + 2.0 ** -18)
 
-    def _exact(self, x: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    def _exact(self, x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
         """The model's soft-capped logits [C] for weight rows `rows` [C], computed as the full head computes them:
         gemma4::linear at one row of x (row by row, so a row alone equals the same row of the full call), then
         the soft-cap on a [V] vector, where each index takes the same lanes of the elementwise kernels as in the
         model's [1, 1, V] logits."""
         source = self.rows_from_file
-        w = source.gather(self.weight, rows) if source is not None and source.valid(self.weight) \
-            else self.weight.index_select(0, rows)  # [C, H]
+        w = source.gather(weight, rows) if source is not None and source.valid(weight) \
+            else weight.index_select(0, rows)  # [C, H]
         exact = ops.linear(x[None], w)[0]  # [C]
         logits = torch.zeros(size, dtype=self.dtype).index_copy_(0, rows, exact)  # [V]
         return soft_cap(logits, self.cap).index_select(0, rows)  # [C]
@@ -130,7 +135,9 @@ class GreedyHead:
     def token(self, x: torch.Tensor) -> int | None:
         """The greedy token for x [H] (model dtype), or None where the full logits must be computed (x not
         finite, or logits that could overflow)."""
-        if not self.finite or not bool(torch.isfinite(x).all()) or qgemm_cpu_isa() == "dequant":
+        weight = self._weight()
+        if weight is None or not self.matches(weight) or not self.finite or not bool(torch.isfinite(x).all()) \
+                or qgemm_cpu_isa() == "dequant":
             return None  # (a forced "dequant" route rounds the dequantized weights to bf16: not what _bound covers)
         xb = x.to(torch.bfloat16)  # [H]
         approx = ops.qgemm(xb[None], self.qweight, self.scales)[0].float()  # [V]
@@ -151,11 +158,11 @@ class GreedyHead:
         done, size = 0, self.FIRST_ROWS
         while done < top.shape[0]:
             chunk = top[done:done + size]  # [c]
-            hits = torch.nonzero(self._exact(x, chunk, V) >= self.ceiling).flatten()
+            hits = torch.nonzero(self._exact(x, weight, chunk, V) >= self.ceiling).flatten()
             if hits.numel():
                 return int(chunk[int(hits[0])])
             done, size = done + size, size * 4
-        capped = self._exact(x, rows, V)  # [C]: none reached the ceiling
+        capped = self._exact(x, weight, rows, V)  # [C]: none reached the ceiling
         return int(rows[int(torch.argmax(capped.float()))])  # the first maximum, as the full path's argmax
 
     @staticmethod
@@ -172,24 +179,24 @@ def greedy_head_for(model) -> GreedyHead | None:
     must run: switched off, a model whose forward or head was replaced or hooked, a head that is not the stock
     bf16/fp32 Linear on the CPU, one the full path would not send to gemma4::linear, or a small vocabulary.
     The caller checks the rest (greedy, one sequence, nothing that reads the logits)."""
+    if not _GREEDY_HEAD.on:
+        return None
     head = getattr(model, "lm_head", None)
-    if not _GREEDY_HEAD.on or type(model).forward is not Gemma4ForCausalLM.forward or _hooked(model) \
-            or type(head) is not Linear or head.bias is not None or _hooked(head):
-        return None
-    w = head.weight
-    one_row = torch.empty(1, w.shape[-1], dtype=w.dtype)  # the head's input at a decode step
-    if w.dtype not in (torch.bfloat16, torch.float32) or w.device.type != "cpu" or w.shape[0] < _MIN_VOCAB \
-            or w.shape[1] % _GROUP or not uses_gemma4_kernel(one_row, w):
-        return None
+    w = getattr(head, "weight", None)
+    eligible = type(model).forward is Gemma4ForCausalLM.forward and not _hooked(model) and type(head) is Linear \
+        and head.bias is None and not _hooked(head) and w.dtype in (torch.bfloat16, torch.float32) \
+        and w.device.type == "cpu" and w.shape[0] >= _MIN_VOCAB and w.shape[1] % _GROUP == 0 \
+        and uses_gemma4_kernel(torch.empty(1, w.shape[1], dtype=w.dtype), w)  # the head's input at a decode step
     cached = model.__dict__.get("_greedy_head")
-    if cached is not None and cached.matches(w):
-        return cached
-    model.__dict__["_greedy_head"] = None  # the old copy goes before the new one is built
-    embed = model.model.embed_tokens
-    source = embed.rows_from_file if embed.weight is w else None
-    built = GreedyHead(w, model.config.final_logit_softcapping, source)
-    model.__dict__["_greedy_head"] = built
-    return built
+    if not eligible or cached is None or not cached.matches(w):
+        model.__dict__.pop("_greedy_head", None)  # a copy of a head the model no longer has (moved, cast, written)
+    if not eligible:
+        return None
+    if "_greedy_head" not in model.__dict__:
+        embed = model.model.embed_tokens
+        source = embed.rows_from_file if embed.weight is w else None
+        model.__dict__["_greedy_head"] = GreedyHead(w, model.config.final_logit_softcapping, source)
+    return model.__dict__["_greedy_head"]
 
 
 def _hooked(module) -> bool:
