@@ -232,12 +232,15 @@ def test_not_used_where_the_logits_are_read(kwargs):
     assert model.__dict__.get("_greedy_head") is None
 
 
-def test_not_used_with_a_hook_on_the_head():
+def test_not_used_with_a_hook_on_the_head_or_a_compiled_model():
     model = build_random_model(_config("tiny-31b", 2048), dtype=torch.float32, seed=1)
     seen = []
     model.lm_head.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     model.generate(torch.tensor([[2, 7, 9]]), max_new_tokens=3, do_sample=False)
     assert model.__dict__.get("_greedy_head") is None and len(seen) == 3
+    compiled = build_random_model(_config("tiny-31b", 2048), dtype=torch.float32, seed=1)
+    compiled.compile()  # (lazy: nothing compiles until it is called) its calls would run compiled code
+    assert greedy_head_for(compiled) is None
 
 
 def test_copy_follows_the_head():

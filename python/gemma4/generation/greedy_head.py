@@ -200,6 +200,8 @@ def greedy_head_for(model) -> GreedyHead | None:
 
 
 def _hooked(module) -> bool:
+    """Whether calling the module runs more than its class's forward: hooks, a replaced forward, module.compile()."""
     hooks = torch.nn.modules.module
     return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__
+                or getattr(module, "_compiled_call_impl", None) is not None
                 or hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
