@@ -338,6 +338,15 @@ def spawn(args, child: str, dtype: str, model_dir: Path, **extra) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _llama_cpp_build() -> dict | None:
+    """llama-cpp-python's version and the CPU features its llama.cpp was built with (AMX, AVX-512, repack, ...)."""
+    try:
+        import llama_cpp  # noqa: PLC0415
+    except ImportError:
+        return None
+    return {"version": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode().strip()}
+
+
 def plot(rows):
     def draw(plt):
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
@@ -392,7 +401,7 @@ def main(argv=None) -> int:
     if not (args.model_dir / "config.json").exists():
         print("writing the random checkpoint ...", flush=True)
         write_random_checkpoint(args.preset, args.model_dir, args.seed)
-    rows, tokens = [], {}
+    rows, tokens, failed = [], {}, []
     for dtype in args.dtypes.split(","):
         model_dir = args.model_dir
         if dtype == "float32":  # a float32 file against llama.cpp's F32 GGUF (write_float32_copy)
@@ -408,7 +417,13 @@ def main(argv=None) -> int:
             + [("llama.cpp", {"gguf": gguf, "flash_attn": 0}), ("llama.cpp fa", {"gguf": gguf, "flash_attn": 1})]
         for name, extra in runs:
             before = spawn(args, "bandwidth", dtype, model_dir)["read_gbps"]
-            r = spawn(args, "gemma4" if name.startswith("gemma4") else "llamacpp", dtype, model_dir, **extra)
+            try:
+                r = spawn(args, "gemma4" if name.startswith("gemma4") else "llamacpp", dtype, model_dir, **extra)
+            except subprocess.CalledProcessError as e:  # a crashed runtime costs its row, not the run's other rows
+                why = f"exit status {e.returncode}: " + " | ".join((e.stderr or "").strip().splitlines()[-3:])
+                print(f"{name:12s} {dtype:9s} FAILED ({why}); row left out", flush=True)
+                failed.append({"runtime": name, "dtype": dtype, "error": why})
+                continue
             after = spawn(args, "bandwidth", dtype, model_dir)["read_gbps"]
             if r["streamed_gb"] is None:  # read here: parsing the GGUF's vocabulary would add to the child's RSS
                 r["streamed_gb"] = gguf_streamed_gb(Path(extra["gguf"]))
@@ -424,7 +439,7 @@ def main(argv=None) -> int:
                   f"{100 * r['decode_of_bound']:.0f}%)  peak RSS {r['peak_rss_gb']:.2f} GB  "
                   f"(load avg {r['load_avg_1min']:.1f})", flush=True)
     same = None
-    if ("gemma4", "float32") in tokens:
+    if ("gemma4", "float32") in tokens and ("llama.cpp", "float32") in tokens:
         a, b = tokens[("gemma4", "float32")], tokens[("llama.cpp", "float32")]
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
         print(f"float32 greedy tokens: gemma4 and llama.cpp agree on the first {same} of {len(a)}")
@@ -434,7 +449,8 @@ def main(argv=None) -> int:
                   f"{r['streamed_gb']:.2f}", f"{r['read_gbps']:.1f}", f"{r['decode_bound_tok_s']:.2f}",
                   f"{r['peak_rss_gb']:.2f}"] for r in rows])
     extra = {"preset": args.preset, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-             "rounds": args.rounds, "fp32_greedy_tokens_agree": same}
+             "rounds": args.rounds, "fp32_greedy_tokens_agree": same, "failed": failed,
+             "llama_cpp": _llama_cpp_build()}
     print("wrote", write_results(f"vs_llamacpp_{args.preset}", rows, machine, plot=plot(rows), extra=extra))
     return 0
 
