@@ -16,7 +16,7 @@ from gemma4.generation import full_greedy_head
 from gemma4.generation.greedy_head import GreedyHead, greedy_head_for
 from gemma4.hf_format.safetensors import _PM_PRESENT, page_map
 from gemma4.modeling import Gemma4ForCausalLM
-from gemma4.modeling.model import soft_cap
+from gemma4.modeling.loss import soft_cap
 from gemma4.modeling.random_model import build_random_model
 from gemma4.presets import TEST_PRESETS, get_preset, preset_dict
 
@@ -232,7 +232,7 @@ def test_not_used_where_the_logits_are_read(kwargs):
     assert model.__dict__.get("_greedy_head") is None
 
 
-def test_not_used_with_a_hook_on_the_head_or_a_compiled_model():
+def test_not_used_with_a_hook_a_compiled_model_or_a_subclass_forward():
     model = build_random_model(_config("tiny-31b", 2048), dtype=torch.float32, seed=1)
     seen = []
     model.lm_head.register_forward_hook(lambda m, i, o: seen.append(o.shape))
@@ -241,6 +241,15 @@ def test_not_used_with_a_hook_on_the_head_or_a_compiled_model():
     compiled = build_random_model(_config("tiny-31b", 2048), dtype=torch.float32, seed=1)
     compiled.compile()  # (lazy: nothing compiles until it is called) its calls would run compiled code
     assert greedy_head_for(compiled) is None
+
+    class OwnLogits(Gemma4ForCausalLM):  # a subclass's forward may make its logits another way
+        def forward(self, *args, **kwargs):
+            return super().forward(*args, **kwargs)
+
+    subclassed = build_random_model(_config("tiny-31b", 2048), dtype=torch.float32, seed=1)
+    assert greedy_head_for(subclassed) is not None
+    subclassed.__class__ = OwnLogits
+    assert greedy_head_for(subclassed) is None
 
 
 def test_copy_follows_the_head():

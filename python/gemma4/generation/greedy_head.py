@@ -36,7 +36,7 @@ from gemma4 import ops
 from gemma4.hf_format.safetensors import is_file_mapped, release_pages
 from gemma4.linear_choice import uses_gemma4_kernel
 from gemma4.modeling.linear import Linear
-from gemma4.modeling.model import Gemma4ForCausalLM, soft_cap
+from gemma4.modeling.loss import soft_cap
 from gemma4.ops.quant import qgemm_cpu_isa
 from gemma4.quant import formats
 from gemma4.switch import Switch
@@ -183,7 +183,7 @@ def greedy_head_for(model) -> GreedyHead | None:
         return None
     head = getattr(model, "lm_head", None)
     w = getattr(head, "weight", None)
-    eligible = type(model).forward is Gemma4ForCausalLM.forward and not _hooked(model) and type(head) is Linear \
+    eligible = _stock_forward(model) and not _hooked(model) and type(head) is Linear \
         and head.bias is None and not _hooked(head) and w.dtype in (torch.bfloat16, torch.float32) \
         and w.device.type == "cpu" and w.shape[0] >= _MIN_VOCAB and w.shape[1] % _GROUP == 0 \
         and uses_gemma4_kernel(torch.empty(1, w.shape[1], dtype=w.dtype), w)  # the head's input at a decode step
@@ -197,6 +197,14 @@ def greedy_head_for(model) -> GreedyHead | None:
         source = embed.rows_from_file if embed.weight is w else None
         model.__dict__["_greedy_head"] = GreedyHead(w, model.config.final_logit_softcapping, source)
     return model.__dict__["_greedy_head"]
+
+
+def _stock_forward(model) -> bool:
+    """Whether the model's class runs Gemma4ForCausalLM's own forward (a subclass may compute its logits another
+    way). By name: modeling.model imports generation, so this module cannot import it."""
+    forward = type(model).forward
+    return getattr(forward, "__module__", None) == "gemma4.modeling.model" \
+        and getattr(forward, "__qualname__", None) == "Gemma4ForCausalLM.forward"
 
 
 def _hooked(module) -> bool:

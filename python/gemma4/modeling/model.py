@@ -16,7 +16,7 @@ from .embedding import Gemma4ScaledEmbedding
 from .init import init_weights_
 from .inputs import check_token_ids
 from .linear import Linear
-from .loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, chunked_causal_lm_loss, shift_labels
+from .loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, chunked_causal_lm_loss, shift_labels, soft_cap
 from .norm import Gemma4RMSNorm
 
 
@@ -156,11 +156,6 @@ class Gemma4TextModel(nn.Module):
             else:
                 x = layer(*args)
         return self.norm(x)
-
-
-def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
-    """Gemma's final logit soft-cap, tanh(logits / cap) * cap, in the logits' dtype as upstream (None: no cap)."""
-    return torch.tanh(logits / cap) * cap if cap is not None else logits
 
 
 class Gemma4ForCausalLM(AdapterMixin, nn.Module):
