@@ -10,7 +10,7 @@ import torch
 
 from gemma4 import ops
 from gemma4.checkpoint import SAFE_WEIGHTS_NAME
-from gemma4.generation import full_greedy_head
+from gemma4.generation import RepetitionPenaltyLogitsProcessor, SuppressTokensLogitsProcessor, full_greedy_head
 from gemma4.generation.greedy_head import GreedyHead, greedy_head_for
 from gemma4.hf_format.safetensors import _PM_PRESENT, page_map
 from gemma4.modeling import Gemma4ForCausalLM
@@ -90,6 +90,32 @@ def test_token_is_the_full_heads_argmax(isas, dtype, cap):
     w2 = w.clone()
     w2[5] = w2[17]
     assert GreedyHead(w2, cap).token(x) == _full_token(x, w2, cap)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("penalty", [1.3, 1.01, 0.8])
+def test_token_through_score_maps(isas, dtype, penalty):
+    """With per-token score maps (a repetition penalty on the first 300 tokens, 50 suppressed ones), the token is
+    the first argmax of the processed full logits, also where hundreds of logits tie at the cap's ceiling and the
+    penalized ones among them drop below it (by less than the bounds' slack at 1.01, so they stay candidates)."""
+    g = torch.Generator().manual_seed(9)
+    V, H = 3000, 160
+    w = _head(V, H, dtype, g)
+    head = GreedyHead(w, 30.0)
+    seen = torch.arange(300)[None]  # [1, 300] token ids "in the sequence"
+    procs = [RepetitionPenaltyLogitsProcessor(penalty),
+             SuppressTokensLogitsProcessor(torch.randint(0, V, (50,), generator=g).tolist())]
+
+    def process(scores):
+        for p in procs:
+            scores = p(seen, scores)
+        return scores
+
+    for scale in (0.1, 1.0, 20.0, 400.0):
+        for _ in range(6):
+            x = (torch.randn(H, generator=g) * scale).to(dtype)
+            want = int(torch.argmax(process(soft_cap(ops.linear(x[None, None], w), 30.0)[0, -1:].float())))
+            assert head.token(x, process) == want
 
 
 def test_exact_pass_overrules_the_int8_copy(isas):
@@ -186,7 +212,7 @@ def test_generate_gives_the_full_heads_tokens(preset, dtype):
     ids = torch.randint(3, 2048, (1, 9), generator=torch.Generator().manual_seed(1))
     calls = []
     original = GreedyHead.token
-    GreedyHead.token = lambda self, x: calls.append(1) or original(self, x)
+    GreedyHead.token = lambda self, x, process=None: calls.append(1) or original(self, x, process)
     try:
         for scale in (1.0, 300.0):
             with torch.no_grad():
@@ -215,14 +241,50 @@ def test_generate_with_chunked_prefill_and_eos():
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"do_sample": True, "top_k": 5},
     {"repetition_penalty": 1.3},
+    {"repetition_penalty": 0.7, "no_repeat_ngram_size": 2},
+    {"suppress_tokens": list(range(0, 2048, 3)), "begin_suppress_tokens": [5, 6, 7]},
+    {"min_new_tokens": 6, "eos_token_id": [1, 9]},
+    {"forced_eos_token_id": 4, "repetition_penalty": 1.5},
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_score_maps_keep_the_head(kwargs, dtype, scale):
+    """Processors that map each token's score alone through a non-decreasing function (a repetition penalty above
+    or below 1, banned n-grams, suppressed tokens, a minimum length, a forced EOS): the int8 head is still used,
+    with the bounds through the processors, and the tokens are the full head's; also with logits past the cap."""
+    model = build_random_model(_config("tiny-e2b", 2048), dtype=dtype, seed=6)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(scale)
+    ids = torch.randint(3, 40, (1, 12), generator=torch.Generator().manual_seed(3))  # repeats for the penalty
+    kwargs = {"max_new_tokens": 10, "do_sample": False, **kwargs}
+    with full_greedy_head():
+        want = model.generate(ids, **kwargs)
+    calls = []
+    original = GreedyHead.token
+    GreedyHead.token = lambda self, x, process=None: calls.append(process is not None) or original(self, x, process)
+    try:
+        got = model.generate(ids, **kwargs)
+    finally:
+        GreedyHead.token = original
+    assert torch.equal(got, want)
+    assert calls and all(calls)
+
+
+class _Penalty(RepetitionPenaltyLogitsProcessor):
+    """A subclass: it may do anything with the scores, so it keeps the full head."""
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"do_sample": True, "top_k": 5},
+    {"renormalize_logits": True},
+    {"logits_processor": [_Penalty(1.2)]},
     {"return_dict_in_generate": True, "output_scores": True},
     {"return_dict_in_generate": True, "output_logits": True},
     {"remove_invalid_values": True},
 ])
 def test_not_used_where_the_logits_are_read(kwargs):
-    """Sampling, logits processors, returned scores or logits, batches: the full logits every step."""
+    """Sampling, other logits processors, returned scores or logits, batches: the full logits every step."""
     model = build_random_model(_config("tiny-31b", 2048), dtype=torch.float32, seed=1)
     ids = torch.randint(3, 2048, (1, 5), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)

@@ -41,12 +41,24 @@ from gemma4.ops.quant import qgemm_cpu_isa
 from gemma4.quant import formats
 from gemma4.switch import Switch
 
-__all__ = ["GreedyHead", "full_greedy_head", "greedy_head_for"]
+from .logits_process import (ForcedBOSTokenLogitsProcessor, ForcedEOSTokenLogitsProcessor, MinLengthLogitsProcessor,
+                             MinNewTokensLengthLogitsProcessor, NoRepeatNGramLogitsProcessor,
+                             RepetitionPenaltyLogitsProcessor, SuppressTokensAtBeginLogitsProcessor,
+                             SuppressTokensLogitsProcessor)
+
+__all__ = ["GreedyHead", "SCORE_MAPS", "full_greedy_head", "greedy_head_for"]
 
 _GREEDY_HEAD = Switch()  # off inside full_greedy_head()
 _GROUP = 32
 _X16_MAX = 32639.0  # the smallest int16 range qgemm's CPU kernels quantize x to (32767 rows, 32639 tiles)
 _MIN_VOCAB = 1024  # below this the full head costs little and the copy is not worth its memory
+
+# Logits processors that take each token's score alone through a non-decreasing map (a penalty's division or
+# multiplication, or a constant -inf / 0), so bounds on the logits stay bounds on the scores. Exact types only: a
+# subclass may do anything.
+SCORE_MAPS = (RepetitionPenaltyLogitsProcessor, NoRepeatNGramLogitsProcessor, MinLengthLogitsProcessor,
+              MinNewTokensLengthLogitsProcessor, SuppressTokensLogitsProcessor, SuppressTokensAtBeginLogitsProcessor,
+              ForcedBOSTokenLogitsProcessor, ForcedEOSTokenLogitsProcessor)
 
 
 def full_greedy_head():
@@ -119,22 +131,29 @@ class GreedyHead:
         s = 1.0 + 2.0 ** -18  # the float32 roundings of this sum and of approx +- B
         return (self.err * (c_err * s) + self.wmax * (c_w * s)).add_(approx.abs(), alpha=2.0 ** -7 + 2.0 ** -18)
 
-    def _exact(self, x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    def _exact(self, x: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, size: int, process=None) -> torch.Tensor:
         """The model's soft-capped logits [C] for weight rows `rows` [C], computed as the full head computes them:
         gemma4::linear at one row of x (row by row, so a row alone equals the same row of the full call), then
         the soft-cap on a [V] vector, where each index takes the same lanes of the elementwise kernels as in the
-        model's [1, 1, V] logits."""
+        model's [1, 1, V] logits; with `process`, generate's scores: those logits in float32 through it."""
         source = self.rows_from_file
         w = source.gather(weight, rows) if source is not None and source.valid(weight) \
             else weight.index_select(0, rows)  # [C, H]
         exact = ops.linear(x[None], w)[0]  # [C]
         logits = torch.zeros(size, dtype=self.dtype).index_copy_(0, rows, exact)  # [V]
-        return soft_cap(logits, self.cap).index_select(0, rows)  # [C]
+        capped = soft_cap(logits, self.cap)  # [V]
+        if process is not None:
+            capped = process(capped.float()[None])[0]
+        return capped.index_select(0, rows)  # [C]
 
     @torch.no_grad()
-    def token(self, x: torch.Tensor) -> int | None:
+    def token(self, x: torch.Tensor, process=None) -> int | None:
         """The greedy token for x [H] (model dtype), or None where the full logits must be computed (x not
-        finite, or logits that could overflow)."""
+        finite, or logits that could overflow).
+
+        process: None, or generate's logits processors for this step, scores [1, V] float32 -> [1, V], made only
+        of maps that take each token's score alone through a non-decreasing function (SCORE_MAPS): the token is
+        then the first argmax of the processed scores."""
         weight = self._weight()
         if weight is None or not self.matches(weight) or not self.finite or not bool(torch.isfinite(x).all()) \
                 or qgemm_cpu_isa() == "dequant":
@@ -145,32 +164,48 @@ class GreedyHead:
         if bound is None:
             return None
         # Both bounds through the model's rounding and soft-cap, on [V] vectors as the model's logits are: a row
-        # stays a candidate when its capped upper bound reaches the best capped lower bound.
-        floor = self._below(soft_cap((approx - bound).to(self.dtype), self.cap).max())
+        # stays a candidate when its capped upper bound reaches the best capped lower bound. With processors, each
+        # bound (widened by the ulps _below allows) goes through them too, as each token's map is non-decreasing.
         high = soft_cap((approx + bound).to(self.dtype), self.cap)  # [V]
+        low = soft_cap((approx - bound).to(self.dtype), self.cap)  # [V]
+        if process is None:
+            floor = self._below(low.max())
+        else:
+            high = process(self._below(high, up=True).float()[None])[0]  # [V] float32
+            floor = process(self._below(low).float()[None])[0].max()
+            if not bool(torch.isfinite(floor)):
+                return None  # every score -inf (all suppressed): the full path picks among them
         rows = torch.nonzero(high >= floor).flatten()  # [C] ascending
         if not rows.numel():
             return None
         V = approx.shape[0]
         # Where logits pass the soft-cap they tie at its ceiling (a random model's do), and the first index to reach
-        # it is the token: the rows that could reach it go first, in growing chunks in index order.
-        top = rows[high.index_select(0, rows) >= self._below(torch.tensor(self.ceiling, dtype=self.dtype))]
+        # the highest score any row can have is the token: the rows that could reach it go first, in growing chunks
+        # in index order. That score is the ceiling, or with processors the most a candidate's map gives it.
+        if process is None:
+            target = self.ceiling
+            top = rows[high.index_select(0, rows) >= self._below(torch.tensor(self.ceiling, dtype=self.dtype))]
+        else:
+            most = process(torch.full((1, V), self.ceiling))[0].index_select(0, rows)  # [C]
+            target = float(most.max())
+            top = rows[high.index_select(0, rows) >= target]
         done, size = 0, self.FIRST_ROWS
         while done < top.shape[0]:
             chunk = top[done:done + size]  # [c]
-            hits = torch.nonzero(self._exact(x, weight, chunk, V) >= self.ceiling).flatten()
+            hits = torch.nonzero(self._exact(x, weight, chunk, V, process) >= target).flatten()
             if hits.numel():
                 return int(chunk[int(hits[0])])
             done, size = done + size, size * 4
-        capped = self._exact(x, weight, rows, V)  # [C]: none reached the ceiling
+        capped = self._exact(x, weight, rows, V, process)  # [C]: none reached the highest score
         return int(rows[int(torch.argmax(capped.float()))])  # the first maximum, as the full path's argmax
 
     @staticmethod
-    def _below(v: torch.Tensor) -> torch.Tensor:
-        """v four units in the last place lower (in v's dtype). The soft-cap's tanh is computed to within an
-        ulp, so it may fail to be monotone by about that much; comparisons of capped bounds allow for it."""
+    def _below(v: torch.Tensor, up: bool = False) -> torch.Tensor:
+        """v four units in the last place lower (up: higher), in v's dtype. The soft-cap's tanh is computed to
+        within an ulp, so it may fail to be monotone by about that much; comparisons of capped bounds allow for it."""
+        limit = v.new_tensor(float("inf") if up else -float("inf"))
         for _ in range(4):
-            v = torch.nextafter(v, v.new_tensor(-float("inf")))
+            v = torch.nextafter(v, limit)
         return v
 
 

@@ -29,7 +29,7 @@ from gemma4.modeling import decode_step
 from gemma4.modeling.inputs import check_token_id, check_token_ids
 
 from .config import GenerationConfig
-from .greedy_head import greedy_head_for
+from .greedy_head import SCORE_MAPS, greedy_head_for
 from .logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, ForcedBOSTokenLogitsProcessor,
                              ForcedEOSTokenLogitsProcessor, InfNanRemoveLogitsProcessor, LogitNormalization,
                              LogitsProcessorList, MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor,
@@ -408,15 +408,15 @@ def _raise_non_finite(rows_finite: torch.Tensor, step: int) -> None:
                                "generate anyway with those values replaced)")
 
 
-def _last_position(model, head, input_ids, attention_mask, position_ids, cache):
+def _last_position(model, head, input_ids, attention_mask, position_ids, cache, process=None):
     """One forward; returns (the last position's logits [B, V] in float32, None), or with a GreedyHead that can
-    decide, (None, the greedy token)."""
+    decide, (None, the greedy token: the first argmax of process(logits) where process is given)."""
     if head is None:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                     logits_to_keep=1)
         return out.logits[:, -1].to(dtype=torch.float32, copy=True), None
     hidden = model.model(input_ids, attention_mask, None, position_ids, cache)[:, -1:]  # [1, 1, H]
-    token = head.token(hidden[0, 0])
+    token = head.token(hidden[0, 0], process)
     if token is not None:
         return None, token
     return model.head_logits(hidden)[:, -1].float(), None  # [1, V]
@@ -442,9 +442,13 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
     unfinished = torch.ones(B, dtype=torch.long, device=device)
     pad_t = torch.tensor(pad if pad is not None else 0, dtype=torch.long, device=device)
     sync_stop = len(criteria) > 0
-    # greedy with nothing reading the logits: the token may come from an int8 copy of the head (greedy_head.py)
-    head = greedy_head_for(model) if (not gc.do_sample and not len(processors) and not want_scores
-                                      and not want_logits and B == 1 and device.type == "cpu") else None
+    # greedy with nothing reading the logits but per-token score maps: the token may come from an int8 copy of the
+    # head (greedy_head.py)
+    head = greedy_head_for(model) if (not gc.do_sample and all(type(p) in SCORE_MAPS for p in processors)
+                                      and not want_scores and not want_logits and B == 1
+                                      and device.type == "cpu") else None
+    cur_len = input_len
+    process = (lambda scores: processors(sequences[:, :cur_len], scores)) if len(processors) else None
     true = torch.ones((), dtype=torch.bool, device=device)
 
     # prefill (optionally in chunks)
@@ -460,9 +464,9 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
             model.model(input_ids[:, start:end], mask_all[:, :end], None, positions[:, start:end], cache)
         elif cache is not None:
             next_logits, token = _last_position(model, head, input_ids[:, start:end], mask_all[:, :end],
-                                                positions[:, start:end], cache)
+                                                positions[:, start:end], cache, process)
         else:
-            next_logits, token = _last_position(model, head, input_ids, attention_mask, position_ids, None)
+            next_logits, token = _last_position(model, head, input_ids, attention_mask, position_ids, None, process)
         start = end
         if last:
             break
@@ -474,7 +478,6 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
     # isfinite's passes over [B, V]. On the CPU, where a host read costs nothing, the replacement is skipped
     # when every row is finite.)
     check_finite = gc.remove_invalid_values is not True
-    cur_len = input_len
     while True:
         if token is not None:  # the greedy head's token: the full logits' argmax, and they were all finite
             next_tokens = torch.tensor([token], dtype=torch.long, device=device)
@@ -515,10 +518,10 @@ def _decode(model, input_ids, attention_mask, position_ids, cache, gc, processor
             break
         if cache is not None:
             next_logits, token = _last_position(model, head, sequences[:, cur_len - 1:cur_len], None,
-                                                positions[:, cur_len - 1:cur_len], cache)
+                                                positions[:, cur_len - 1:cur_len], cache, process)
         else:
             next_logits, token = _last_position(model, head, sequences[:, :cur_len], mask_all[:, :cur_len],
-                                                positions[:, :cur_len], None)
+                                                positions[:, :cur_len], None, process)
 
     if streamer is not None:
         streamer.end()
