@@ -33,7 +33,7 @@ import weakref
 import torch
 
 from gemma4 import ops
-from gemma4.hf_format.safetensors import is_file_mapped, release_pages
+from gemma4.hf_format.safetensors import row_blocks_read_once
 from gemma4.linear_choice import uses_gemma4_kernel
 from gemma4.modeling.linear import Linear
 from gemma4.modeling.loss import soft_cap
@@ -79,12 +79,10 @@ class GreedyHead:
         self.scales = torch.empty(V, H // _GROUP, dtype=torch.bfloat16)  # [V, H / 32]
         self.err = torch.empty(V, dtype=torch.float32)  # [V] max_k |w - dequant(w)|, rounded up
         self.wmax = torch.empty(V, dtype=torch.float32)  # [V] max_k |w| + err: bounds |w| and |dequant(w)|
-        mapped = is_file_mapped(weight)
         rows = formats.chunk_rows(H)
         up = 1.0 + 2.0 ** -20  # float64 -> float32 rounding of the maxima, rounded up
         with torch.no_grad():
-            for start in range(0, V, rows):
-                block = weight[start:start + rows]  # [r, H]
+            for start, block in row_blocks_read_once(weight, rows):  # [r, H] blocks
                 q, s = formats.quantize_int8(block, _GROUP, torch.bfloat16)  # [r, H], [r, H / 32]
                 self.qweight[start:start + rows] = q
                 self.scales[start:start + rows] = s
@@ -93,8 +91,6 @@ class GreedyHead:
                 err = (w64 - deq).abs().amax(-1)  # [r]
                 self.err[start:start + rows] = (err * up).float()
                 self.wmax[start:start + rows] = ((w64.abs().amax(-1) + err) * up).float()
-                if mapped:
-                    release_pages(block)
         self.wmax_max = float(self.wmax.max())
         self.finite = math.isfinite(self.wmax_max)
         # no soft-capped logit exceeds this (tanh <= 1), where there is a cap

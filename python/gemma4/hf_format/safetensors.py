@@ -23,7 +23,7 @@ import torch
 from ..errors import CheckpointError
 
 __all__ = ["TensorEntry", "read_header", "read_tensor", "read_into", "map_tensor", "FileRows", "load_file",
-           "save_file", "check_finite", "DTYPES"]
+           "row_blocks_read_once", "save_file", "check_finite", "DTYPES"]
 
 # safetensors dtype codes -> (torch dtype, bytes per element). Unknown codes are reported, not guessed.
 DTYPES: dict[str, tuple[torch.dtype | None, int]] = {
@@ -257,6 +257,18 @@ def release_pages(t: torch.Tensor) -> None:
         return
     first, last = _whole_pages(t)
     ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
+def row_blocks_read_once(t: torch.Tensor, rows: int):
+    """(start, t[start:start + rows]) over t's rows, for a pass that reads t once: where t is file-mapped
+    (is_file_mapped), each block's pages are handed back once the caller is done with it (release_pages), so the
+    pass does not leave the whole table resident (quantizing the tied head, the greedy head's int8 copy)."""
+    mapped = is_file_mapped(t)
+    for start in range(0, t.shape[0], rows):
+        block = t[start:start + rows]
+        yield start, block
+        if mapped:
+            release_pages(block)
 
 
 def load_file(path: str) -> dict[str, torch.Tensor]:

@@ -52,7 +52,7 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
 def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     """Gemma's final logit soft-cap, tanh(logits / cap) * cap in the logits' dtype as upstream (None: no cap). The
     model's forward and the greedy head (generation/greedy_head.py) both call it: the same ops, the same roundings."""
-    return torch.tanh(logits / cap) * cap if cap is not None else logits
+    return _softcap(logits, cap)[0]
 
 
 def _softcap(logits: torch.Tensor, cap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:

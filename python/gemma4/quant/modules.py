@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from gemma4 import ops
-from gemma4.hf_format.safetensors import is_file_mapped, release_pages
+from gemma4.hf_format.safetensors import row_blocks_read_once
 from gemma4.switch import Switch
 
 from . import compressed_tensors as ct
@@ -45,15 +45,11 @@ def _quantize_into(q: "QuantLinear", w: torch.Tensor, trained_grid: bool) -> Non
     packed weight plus one block (the whole-weight quantizers would also hold a list of packed chunks and
     their concatenation, two more packed copies). A memory-mapped w (the tied head's table) has each
     block's pages handed back after it, so the pass does not leave the whole table resident."""
-    mapped = is_file_mapped(w)
     rows = formats.chunk_rows(w.shape[1])
-    for start in range(0, w.shape[0], rows):
-        block = w[start:start + rows]
+    for start, block in row_blocks_read_once(w, rows):
         qweight, scales = _quantize(block, q.bits, q.group_size, q.scales.dtype, trained_grid)
         q.qweight[start:start + rows].copy_(qweight)
         q.scales[start:start + rows].copy_(scales)
-        if mapped:
-            release_pages(block)
 
 
 def _packed_shapes(out_features: int, in_features: int, bits: int, group_size: int | None):
