@@ -97,10 +97,25 @@ void tile(const W* w, const float* x, int64_t K, float* out) {
     for (int m = 0; m < M; ++m) out[r * M + m] = _mm512_reduce_add_ps(tot[r][m]);
 }
 
+// M = 1 walks one weight row at a time on AMD CPUs and 4 rows side by side on others. Measured on a 2-core AVX512-BF16
+// EPYC (above): the one-row stream 37-47 GB/s against 31-37. On a 2-core Intel Xeon (AVX-512, AMX; 2026-12-06, 2
+// threads, E2B's 315 decode projections in a row from DRAM, dev/perf/gemv_sequence_rates.py) the reverse: bf16
+// 20.0-20.3 GB/s one row at a time against 25.1-25.8 for 4 rows prefetched two tiles ahead into L2 (fp32 25.5
+// against 28.0), with 30-31 GB/s read by a plain sum beside them. Intel's L2 streamer takes several
+// page-sequential streams, and a software prefetch into L1 8 KB ahead holds line-fill buffers that the demand
+// loads need (into L2 instead: 22-24 GB/s).
+bool one_row_stream() {
+  static const bool amd = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd");
+  }();
+  return amd;
+}
+
 template <typename W>
 void rows_of(int M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
   with_rows(M, [&](auto m) {
-    if constexpr (m() == 1) {  // one row at a time: a single sequential stream (kStreamAhead)
+    if (m() == 1 && one_row_stream()) {  // one row at a time: a single sequential stream (kStreamAhead)
       for (int64_t n = n0; n < n1; ++n) tile<1, 1>(w + n * K, x, K, out + (n - n0));
     } else {
       walk_rows<m()>(n0, n1, out, [&](auto r, int64_t n, float* o) { tile<m(), r()>(w + n * K, x, K, o); });
