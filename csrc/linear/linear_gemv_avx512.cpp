@@ -39,11 +39,15 @@ inline __m512 load16(const uint16_t* p, __mmask16 m) {
 
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
+// k-steps side by side in a tile of R weight rows and M rows of x: two with few accumulators, four in the one-row
+// stream. A walk keeps U the same for its full tiles and its single tail rows at M = 1, so that a weight row's sum
+// does not depend on the rows beside it (the greedy head re-reads single rows: greedy_head.py).
+template <int M, int R>
+constexpr int steps_side_by_side() { return R * M <= 4 ? 2 : 1; }
+
 // out[r * M + m] = dot(w[r], x[m]) for R weight rows (stride K) and M rows of x (fp32, stride K).
-template <int M, int R, typename W>
+template <int M, int R, int U, typename W>
 void tile(const W* w, const float* x, int64_t K, float* out) {
-  // with few accumulators two k-steps run side by side, four with one row and one x row
-  constexpr int U = R * M == 1 ? 4 : R * M <= 4 ? 2 : 1;
   constexpr int64_t kLine = 64 / sizeof(W);  // weights per cache line
   const bool long_rows = K > kL1RowK;
   __m512 tot[R][M];
@@ -116,9 +120,12 @@ template <typename W>
 void rows_of(int M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n1, float* out) {
   with_rows(M, [&](auto m) {
     if (m() == 1 && one_row_stream()) {  // one row at a time: a single sequential stream (kStreamAhead)
-      for (int64_t n = n0; n < n1; ++n) tile<1, 1>(w + n * K, x, K, out + (n - n0));
+      for (int64_t n = n0; n < n1; ++n) tile<1, 1, 4>(w + n * K, x, K, out + (n - n0));
     } else {
-      walk_rows<m()>(n0, n1, out, [&](auto r, int64_t n, float* o) { tile<m(), r()>(w + n * K, x, K, o); });
+      walk_rows<m()>(n0, n1, out, [&](auto r, int64_t n, float* o) {
+        constexpr int U = m() == 1 ? steps_side_by_side<1, tile_rows<1>()>() : steps_side_by_side<m(), r()>();
+        tile<m(), r(), U>(w + n * K, x, K, o);
+      });
     }
   });
 }
