@@ -105,9 +105,9 @@ void tile(const W* w, const float* x, int64_t K, float* out) {
 // EPYC (above): the one-row stream 37-47 GB/s against 31-37. On a 2-core Intel Xeon (AVX-512, AMX; 2026-12-06, 2
 // threads, E2B's 315 decode projections in a row from DRAM, dev/perf/gemv_sequence_rates.py) the reverse: bf16
 // 20.0-20.3 GB/s one row at a time against 25.1-25.8 for 4 rows prefetched two tiles ahead into L2 (fp32 25.5
-// against 28.0), with 30-31 GB/s read by a plain sum beside them. Intel's L2 streamer takes several
-// page-sequential streams, and a software prefetch into L1 8 KB ahead holds line-fill buffers that the demand
-// loads need (into L2 instead: 22-24 GB/s).
+// against 28.0), with 30-31 GB/s read by a plain sum beside them; the one-row walk prefetching into L2 instead of
+// L1 reached 22-24 (dev/perf/gemv_sequence_variants.cpp has the other walks). Why Intel prefers several streams
+// was not measured: that VM has no performance counters.
 bool one_row_stream() {
   static const bool amd = [] {
     __builtin_cpu_init();
