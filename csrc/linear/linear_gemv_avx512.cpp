@@ -39,11 +39,13 @@ inline __m512 load16(const uint16_t* p, __mmask16 m) {
 
 inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
-// k-steps side by side in a tile of R weight rows and M rows of x: two with few accumulators, four in the one-row
-// stream. A walk keeps U the same for its full tiles and its single tail rows at M = 1, so that a weight row's sum
-// does not depend on the rows beside it (the greedy head re-reads single rows: greedy_head.py).
+// k-steps side by side in a tile of R weight rows and M rows of x: two with few accumulators (the one-row stream
+// takes four).
 template <int M, int R>
 constexpr int steps_side_by_side() { return R * M <= 4 ? 2 : 1; }
+// At M = 1 a walk's full tiles and its single tail rows take the same steps, so that a weight row's sum does not
+// depend on the rows beside it (the greedy head re-reads single rows: greedy_head.py).
+static_assert(steps_side_by_side<1, tile_rows<1>()>() == steps_side_by_side<1, 1>());
 
 // out[r * M + m] = dot(w[r], x[m]) for R weight rows (stride K) and M rows of x (fp32, stride K).
 template <int M, int R, int U, typename W>
@@ -123,8 +125,7 @@ void rows_of(int M, const W* w, const float* x, int64_t K, int64_t n0, int64_t n
       for (int64_t n = n0; n < n1; ++n) tile<1, 1, 4>(w + n * K, x, K, out + (n - n0));
     } else {
       walk_rows<m()>(n0, n1, out, [&](auto r, int64_t n, float* o) {
-        constexpr int U = m() == 1 ? steps_side_by_side<1, tile_rows<1>()>() : steps_side_by_side<m(), r()>();
-        tile<m(), r(), U>(w + n * K, x, K, o);
+        tile<m(), r(), steps_side_by_side<m(), r()>()>(w + n * K, x, K, o);
       });
     }
   });
