@@ -124,16 +124,43 @@ void quantize_activations(const T* x, int64_t blocks, int64_t xblock, float qmax
 
 // The group-32 kernel's view of the int16 activations (see qgemm_g32.h for the lane order), written into p:
 // x16p [M, B8 * 32], dxp [M, B8] and xsum8p [M, B8], B8 = the blocks per row rounded up to a multiple of 8 (the
-// padding zero). g32_scratch_bytes() is what it takes from the scratch.
+// padding zero); or, for int8 on AVX-512 (`wide`, qgemm_g32_q8wide.h), x16w [M, B16 * 32] and dxw [M, B16].
+// g32_scratch_bytes() is what it takes from the scratch.
 int64_t g32_blocks8(int64_t K) { return (K / 32 + 7) / 8 * 8; }
 
 size_t g32_scratch_bytes(int64_t M, int64_t K) {
-  const int64_t B8 = g32_blocks8(K);
-  return CallScratch::bytes_for<int16_t>(M * B8 * 32) + CallScratch::bytes_for<float>(M * B8) +
-         CallScratch::bytes_for<int32_t>(M * B8);
+  const int64_t B16 = g32w_blocks16(K);  // >= B8: either layout fits
+  return CallScratch::bytes_for<int16_t>(M * B16 * 32) + CallScratch::bytes_for<float>(M * B16) +
+         CallScratch::bytes_for<int32_t>(M * B16);
 }
 
-void prepare_g32(QgemmProblem& p, CallScratch& scratch) {
+// The wide layout: per pair of blocks, their 32 even-k activations then their 32 odd-k ones; x scales in
+// kG32WideLaneBlock order per 16 blocks.
+void prepare_g32_wide(QgemmProblem& p, CallScratch& scratch) {
+  const int64_t M = p.M, K = p.K, B = K / 32, B16 = g32w_blocks16(K);
+  int16_t* xw = scratch.take<int16_t>(M * B16 * 32);
+  float* dx = scratch.take<float>(M * B16);
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const int16_t* xr = p.x16 + m * K;  // [K]
+      int16_t* wr = xw + m * B16 * 32;     // [B16 * 32]
+      std::fill(wr + B * 32, wr + B16 * 32, int16_t{0});
+      for (int64_t b = 0; b < B; ++b)
+        for (int i = 0; i < 16; ++i)
+          for (int odd = 0; odd < 2; ++odd) wr[(b / 2) * 64 + odd * 32 + (b % 2) * 16 + i] = xr[b * 32 + 2 * i + odd];
+      for (int64_t g = 0; g < B16; g += 16)
+        for (int lane = 0; lane < 16; ++lane) {
+          const int64_t b = g + kG32WideLaneBlock[lane];
+          dx[m * B16 + g + lane] = b < B ? p.xscale[m * B + b] : 0.0f;
+        }
+    }
+  });
+  p.x16w = xw;
+  p.dxw = dx;
+}
+
+void prepare_g32(QgemmProblem& p, CallScratch& scratch, bool wide) {
+  if (wide) return prepare_g32_wide(p, scratch);
   const int64_t M = p.M, K = p.K, B = K / 32, B8 = g32_blocks8(K);
   int16_t* xp = scratch.take<int16_t>(M * B8 * 32);
   float* dx = scratch.take<float>(M * B8);
@@ -321,6 +348,8 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
 
   // The temporaries: int16 x [M, K] and its scales [M, K / xblock], the group-32 layout, and the fp32 output
   // [M, N] when x is 16-bit (rounded into out as each thread finishes its rows).
+  // A forced "dequant" runs other activations on the best instruction set.
+  const Isa isa = dequant_forced ? best_isa() : static_cast<Isa>(active_isa().load());
   const bool g32 = int16_path && g32_shape(p.group, K);
   CallScratch scratch(int16_path ? CallScratch::bytes_for<int16_t>(M * K) + CallScratch::bytes_for<float>(M * K / xblock) +
                                        (g32 ? g32_scratch_bytes(M, K) : 0) + CallScratch::bytes_for<float>(M * N)
@@ -331,7 +360,7 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
     quantize_x16(xc, xblock, kX16Max, x16, xscale);
     p.x16 = x16;
     p.xscale = xscale;
-    if (g32) prepare_g32(p, scratch);
+    if (g32) prepare_g32(p, scratch, g32w_applies(p.bits, isa == Isa::avx512 || isa == Isa::avx512vnni));
     p.out = scratch.take<float>(M * N);
   } else {
     p.x = xc.const_data_ptr<float>();
@@ -339,8 +368,6 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   }
 
 #if defined(__AVX2__)
-  // A forced "dequant" runs other activations on the best instruction set.
-  const Isa isa = dequant_forced ? best_isa() : static_cast<Isa>(active_isa().load());
   const int64_t blocks = (N + kQgemmRowBlock - 1) / kQgemmRowBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     const int64_t n0 = b0 * kQgemmRowBlock, n1 = std::min(N, b1 * kQgemmRowBlock);

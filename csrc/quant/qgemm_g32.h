@@ -138,6 +138,10 @@ inline float g32_hsum(__m256 v) {
 // and 74.5 -> 54.0 ms (one process, the hint switched between rounds; docs/quantization.md).
 constexpr int64_t kPrefetchAhead = 8192;
 
+#if defined(__AVX512BW__)
+#include "quant/qgemm_g32_q8wide.h"
+#endif
+
 // y[m0 .. m0 + MB, n] for one weight row n.
 template <class S, int BITS, int MB>
 inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
@@ -189,6 +193,18 @@ inline void g32_row(const QgemmProblem& p, int64_t m0, int64_t n) {
   }
 }
 
+// Weight rows [nb, ne) against x rows m .. m + MB - 1: int8 on AVX-512 takes qgemm_g32_q8wide.h's kernel.
+template <class S, int BITS, int MB>
+inline void g32_row_range(const QgemmProblem& p, int64_t m, int64_t nb, int64_t ne) {
+#if defined(__AVX512BW__)
+  if constexpr (BITS == 8) {
+    for (int64_t n = nb; n < ne; ++n) g32w_row<S, MB>(p, m, n);
+    return;
+  }
+#endif
+  for (int64_t n = nb; n < ne; ++n) g32_row<S, BITS, MB>(p, m, n);
+}
+
 // Weight rows [n_begin, n_end) against every x row: blocks of kQgemmRowBlock weight rows stay in cache
 // while the x rows sweep them in pairs, or with VNNI in fours where four rows of int16 x fit in 16 KB of L1
 // (K <= 2048): its 24 live vectors need AVX-512's 32 registers, and its cheaper dot products leave the
@@ -200,12 +216,9 @@ inline void g32_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end) {
     int64_t m = 0;
 #if defined(GEMMA4_QGEMM_VNNI)
     if (4 * p.K * 2 <= 16384)
-      for (; m + 4 <= p.M; m += 4)
-        for (int64_t n = nb; n < ne; ++n) g32_row<S, BITS, 4>(p, m, n);
+      for (; m + 4 <= p.M; m += 4) g32_row_range<S, BITS, 4>(p, m, nb, ne);
 #endif
-    for (; m + 2 <= p.M; m += 2)
-      for (int64_t n = nb; n < ne; ++n) g32_row<S, BITS, 2>(p, m, n);
-    if (m < p.M)
-      for (int64_t n = nb; n < ne; ++n) g32_row<S, BITS, 1>(p, m, n);
+    for (; m + 2 <= p.M; m += 2) g32_row_range<S, BITS, 2>(p, m, nb, ne);
+    if (m < p.M) g32_row_range<S, BITS, 1>(p, m, nb, ne);
   }
 }

@@ -194,7 +194,7 @@ inline void qgemm_row_block_i16(const QgemmProblem& p, int64_t m0, int64_t n0, i
 
 template <class S, int BITS>
 inline void qgemm_rows_typed(const QgemmProblem& p, int64_t n_begin, int64_t n_end) {
-  if (p.x16p) {
+  if (p.x16p || p.x16w) {
     g32_rows<S, BITS>(p, n_begin, n_end);
     return;
   }

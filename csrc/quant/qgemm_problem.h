@@ -41,6 +41,10 @@ struct QgemmProblem {
   const int16_t* x16p;   // [M, B8 * 32] x16, each 64-weight step as four 16-lane vectors, steps paired (qgemm_g32.h)
   const float* dxp;      // [M, B8] x scales, lane order per 8 blocks (kG32LaneBlock)
   const int32_t* xsum8p; // [M, B8] 8 * the sum of each block's x16, lane order (int4's offset)
+  // int8 groups of 32 on AVX-512 (qgemm_g32_q8wide.h) read x in another order; the caller fills these instead of
+  // the three above when g32w_applies() (each x row padded to B16 = a multiple of 16 blocks, padding zero).
+  const int16_t* x16w;   // [M, B16 * 32] x16, per pair of blocks the 32 even-k activations, then the 32 odd-k ones
+  const float* dxw;      // [M, B16] x scales, lane order per 16 blocks (kG32WideLaneBlock)
 };
 
 // The group-32 kernel's condition: int16 activations, int4 or int8 in groups of 32, K a multiple of 64.
@@ -48,6 +52,11 @@ inline bool g32_shape(int64_t group, int64_t K) { return group == 32 && K % 64 =
 inline bool g32_applies(const QgemmProblem& p) { return p.x16 && g32_shape(p.group, p.K); }
 // Lane L of that kernel's per-8-block vectors holds block kG32LaneBlock[L] (the order three hadds leave).
 constexpr int kG32LaneBlock[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+// int8 takes the 512-bit kernel of qgemm_g32_q8wide.h on the AVX-512 instruction sets (avx512_isa), whose
+// per-16-block vectors hold block kG32WideLaneBlock[L] in lane L.
+inline bool g32w_applies(int bits, bool avx512_isa) { return bits == 8 && avx512_isa; }
+inline int64_t g32w_blocks16(int64_t K) { return (K / 32 + 15) / 16 * 16; }
+constexpr int kG32WideLaneBlock[16] = {0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15};
 
 // Weight rows per thread task: the unit of the row split (a multiple of every tile's rows).
 constexpr int64_t kQgemmRowBlock = 32;
