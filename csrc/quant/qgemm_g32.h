@@ -16,6 +16,8 @@
 // block sums, lane L holding block kG32LaneBlock[L], then acc += float(sum) * (weight scale * x scale).
 // Exact int32: a block's |sum| <= 32 * 128 * 32767 < 2^31.
 //
+// On AVX-512, int8 takes qgemm_g32_q8wide.h's kernel instead (16 blocks a pass on 512-bit vectors, x in its own order).
+//
 // Reference: gemma4.ops.reference.qgemm. Include inside an ISA namespace, after qgemm_kernels.h's scale types.
 
 // Eight consecutive groups' scales as float32, in lane order; `count` < 8 only at a row's end (zeros after).

@@ -9,10 +9,11 @@
 // reduced to one vector of block sums by two unpack rounds and one 128-bit-lane round (g32w_block_sums), lane L
 // holding block kG32WideLaneBlock[L]; then acc += float(sum) * (weight scale * x scale), as qgemm_g32.h's kernel.
 //
-// Why a second int8 kernel: on a 2-core Intel Xeon (AVX-512, AMX; 2026-12-06) E2B's 315 int8 decode projections in
-// a row, from DRAM, streamed 19.2-20.5 GB/s on the 256-bit kernel and 21.2-22.6 on this one (the same minutes);
-// with the weights in cache 64-66 against 68 (dev/perf/qgemv_q8_sequence_variants.cpp). The int32 block sums are
-// the same numbers; only the order of the float32 additions across blocks differs.
+// Why a second int8 kernel: on a 2-core Intel Xeon (AVX-512, AMX; 2026-12-06; the two builds swapped between
+// processes, rounds alternating) E2B's 315 int8 decode projections in a row, from DRAM, streamed 18.2-20.1 GB/s on
+// the 256-bit kernel and 20.4-22.2 on this one (dev/perf/gemv_sequence_rates.py int8), and the int8 decode step
+// took 114.5-114.7 against 101.7-103.1 ms a token (docs/quantization.md). The int32 block sums are the same
+// numbers; only the order of the float32 additions across blocks differs.
 //
 // Reference: gemma4.ops.reference.qgemm.
 
