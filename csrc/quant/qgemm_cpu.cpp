@@ -346,10 +346,10 @@ at::Tensor qgemm_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::T
   p.bits = qweight_bits(qweight, op);
   p.scale_type = scale_type_of(scales);
 
-  // The temporaries: int16 x [M, K] and its scales [M, K / xblock], the group-32 layout, and the fp32 output
-  // [M, N] when x is 16-bit (rounded into out as each thread finishes its rows).
   // A forced "dequant" runs other activations on the best instruction set.
   const Isa isa = dequant_forced ? best_isa() : static_cast<Isa>(active_isa().load());
+  // The temporaries: int16 x [M, K] and its scales [M, K / xblock], the group-32 layout, and the fp32 output
+  // [M, N] when x is 16-bit (rounded into out as each thread finishes its rows).
   const bool g32 = int16_path && g32_shape(p.group, K);
   CallScratch scratch(int16_path ? CallScratch::bytes_for<int16_t>(M * K) + CallScratch::bytes_for<float>(M * K / xblock) +
                                        (g32 ? g32_scratch_bytes(M, K) : 0) + CallScratch::bytes_for<float>(M * N)
