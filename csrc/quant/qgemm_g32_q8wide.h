@@ -17,21 +17,25 @@
 //
 // Reference: gemma4.ops.reference.qgemm.
 
-// Sixteen consecutive groups' scales as float32 (zeros after `count` < 16, at a row's end), in lane order.
+// Sixteen scales as float32, those outside mask m zero (the tiled int4 kernel's groups of 16 rows use it too).
 template <class S>
-inline __m512 g32w_load16_scales(const S* s, int64_t count) {
-  const __mmask16 m = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
-  __m512 v;
+inline __m512 scales16_as_float(const S* s, __mmask16 m) {
   if constexpr (sizeof(S) == 4) {
-    v = _mm512_maskz_loadu_ps(m, s);
+    return _mm512_maskz_loadu_ps(m, s);
   } else {
     const __m256i h = _mm256_maskz_loadu_epi16(m, s);
     if constexpr (__is_same(S, Bf16Bits)) {
-      v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     } else {
-      v = _mm512_cvtph_ps(h);
+      return _mm512_cvtph_ps(h);
     }
   }
+}
+
+// Sixteen consecutive groups' scales as float32 (zeros after `count` < 16, at a row's end), in lane order.
+template <class S>
+inline __m512 g32w_load16_scales(const S* s, int64_t count) {
+  const __m512 v = scales16_as_float(s, count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1));
   const int* l = kG32WideLaneBlock;
   const __m512i order = _mm512_setr_epi32(l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], l[9], l[10], l[11],
                                           l[12], l[13], l[14], l[15]);

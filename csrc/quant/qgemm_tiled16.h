@@ -12,22 +12,7 @@
 // sum(q x16) = 256 ah + al - 8 sum(x16), exact in int32 (|256 ah| <= 256 * 32 * 15 * 127), and
 // acc += float(sum) * (row scales * x scale).
 // Reference: gemma4.ops.reference.qgemm on formats.untile16's row layout. Include inside the VNNI ISA namespace,
-// after qgemm_kernels.h (scale types).
-
-// The 16 rows' scales of one group as float32.
-template <class S>
-inline __m512 tiled_scales(const S* s) {
-  if constexpr (sizeof(S) == 4) {
-    return _mm512_loadu_ps(reinterpret_cast<const float*>(s));
-  } else {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));
-    if constexpr (__is_same(S, Bf16Bits)) {
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    } else {
-      return _mm512_cvtph_ps(h);
-    }
-  }
-}
+// after qgemm_kernels.h (scale types; and through qgemm_g32.h, scales16_as_float).
 
 // How far ahead the tile walk prefetches: the row layout's distance and level (qgemm_g32.h's kPrefetchAhead: into
 // L2, which keeps x in L1), here 32 groups. Into L2 instead of L1, E2B's int4 qhead decode step went 36.7 -> 34.1
@@ -58,7 +43,7 @@ inline void tiled_tile(const TiledProblem& p, int64_t m0, int64_t t) {
         ah[m] = _mm512_dpbusd_epi32(ah[m], hi, _mm512_set1_epi32(xq[3]));
       }
     }
-    const __m512 s = tiled_scales(sc + g * 16);
+    const __m512 s = scales16_as_float(sc + g * 16, __mmask16(0xFFFF));  // the 16 rows' scales
     for (int m = 0; m < MB; ++m) {
       const int64_t i = (m0 + m) * G + g;
       const __m512i q = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(ah[m], 8), al[m]), _mm512_set1_epi32(p.xsum8[i]));
