@@ -61,9 +61,16 @@ def test_qlora_gradients_equal_lora_over_fake_quantized_model(preset, weights):
     """float32 noise (summation order) is all that may differ, and ours is at most 2x as far from the
     float64 answer as plain float32 LoRA over the fake-quantized model. One model's ratio is a poor
     estimate: backpropagation through a random deep net amplifies one rounding direction, so the ratio
-    of two noise norms has a heavy tail (0.2x-5x over 40 models, typically 0.8-0.95x). Its geometric
-    mean over 8 models is a stable one: a real 2x excess fails it, chance alone about once in 5,000."""
-    ratios = [_grad_error_ratio(preset, weights) for _ in range(8)]
+    of two noise norms has a heavy tail. Measured over 280 models (160 tiny-e2b int4, 120 tiny-26b-a4b
+    int8): log-ratio mean -0.13 and -0.09, sd 0.70 and 0.63, 5% above 2x and one at 22x. A geometric
+    mean over 8 models crossed 2 about once in 1,000-7,000 draws (CI met GEMMA4_TEST_SEED=484265958:
+    4.6, 2.4, 0.6, 3.0, 3.0, ...); over 16 it did in none of 200,000 bootstrap draws, while a kernel 2x
+    noisier (mean log +0.6) fails it about a quarter of the time and one 3x noisier 96% of the time."""
+    _assert_geomean_ratio_at_most_2(preset, weights, "cpu")
+
+
+def _assert_geomean_ratio_at_most_2(preset, weights, device):
+    ratios = [_grad_error_ratio(preset, weights, device) for _ in range(16)]
     assert math.exp(sum(map(math.log, ratios)) / len(ratios)) <= 2, ratios
 
 
@@ -95,6 +102,6 @@ def test_qlora_on_int4_default_model_halves_the_loss():
 @pytest.mark.cuda
 def test_qlora_on_cuda_gradients_equal_lora_over_fake_quantized_model():
     """A model quantized and moved to the GPU gets its adapters there, and its LoRA gradients are held
-    to the CPU test's rule: at most 2x float32 LoRA's distance from the float64 answer (geometric mean)."""
-    ratios = [_grad_error_ratio("tiny-e2b", "int4", "cuda") for _ in range(8)]
-    assert math.exp(sum(map(math.log, ratios)) / len(ratios)) <= 2, ratios
+    to the CPU test's rule: at most 2x float32 LoRA's distance from the float64 answer (geometric mean
+    over 16 models)."""
+    _assert_geomean_ratio_at_most_2("tiny-e2b", "int4", "cuda")

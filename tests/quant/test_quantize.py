@@ -82,10 +82,12 @@ def _kernel_error_ratios(preset, weights, group):
 def test_kernels_add_little_to_quantization_error(preset, weights, group):
     """The quantized kernels' error with quantization itself taken out is within 1.25x of plain PyTorch's
     over the fake-quantized model, in float32 and bfloat16. One model's ratio is a noisy estimate (the
-    rounding of a random deep net is dominated by a few amplified directions: typically 0.6-0.8x in
-    float32 and 0.9-1.0x in bfloat16, but up to 1.44x for one model); its geometric mean over 4 models
-    is a stable one."""
-    ratios = torch.tensor([_kernel_error_ratios(preset, weights, group) for _ in range(4)])  # [model, dtype]
+    rounding of a random deep net is dominated by a few amplified directions). Measured over 50 models in
+    each of four cases: float32 log-ratio mean -0.34 to -0.40 (0.67-0.71x), sd 0.22-0.26, largest 1.26 and 2.21;
+    bfloat16 0.98-1.00x, sd <= 0.035. A geometric mean over 4 models crossed 1.25 about once in 1,000
+    draws for tiny-e2b int4/64 (CI met GEMMA4_TEST_SEED=1995250974 on tiny-26b-a4b int4/64: 1.15, 1.37,
+    1.91, 0.90); over 8 about once in 100,000."""
+    ratios = torch.tensor([_kernel_error_ratios(preset, weights, group) for _ in range(8)])  # [model, dtype]
     assert (ratios.log().mean(0).exp() <= 1.25).all(), ratios
 
 
