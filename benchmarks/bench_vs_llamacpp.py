@@ -11,14 +11,19 @@ its sdist for llama.cpp's own converter (vendor/llama.cpp/convert_hf_to_gguf.py 
    load a float32 copy of it, as llama.cpp loads an F32 GGUF (both then map their tables from the file).
 2. Converts it with llama.cpp's converter to GGUF F32 / BF16 / Q8_0, and to Q4_0 with its quantizer
    (--dtypes int8,int4: our quantize-on-load int8 / int4, groups of 32, against Q8_0 / Q4_0).
-3. Runs each (runtime, dtype) in a fresh subprocess: loads the model, then per round one prefill of
-   the prompt and greedy decode steps (ours: `model.generate`, llama.cpp: its eval loop); reports prefill tok/s, decode tok/s (medians over rounds)
-   and peak RSS (VmHWM of that process). llama.cpp runs with and without flash attention.
+3. Per dtype, loads each runtime in its own process (gemma4 with the head in bf16 and, quantized, also with the
+   head quantized; llama.cpp without and with flash attention; for int8 / int4 also our bf16 model), one after
+   another, then runs --rounds passes: a pass runs one round of each in turn, alone on the machine (the others
+   wait), in an order rotated by one each pass. A round is one prefill of the prompt and greedy decode steps
+   (ours: `model.generate`, llama.cpp: its eval loop). Reports prefill tok/s, decode tok/s (medians over
+   passes), peak RSS (VmHWM of that process), and the paired ratios: per pass, ours over llama.cpp's faster
+   configuration, and a quantized row's decode over our bf16's; medians over passes. The VM's memory bandwidth
+   moves between minutes; within a pass the rows meet the same minutes.
 4. Checks that gemma4 and llama.cpp produce the same greedy tokens in float32.
-5. Before and after each row, measures the machine's memory read bandwidth (a fresh process summing a
-   2 GB float32 tensor on the same threads) and gives each row its decode bound: bandwidth over the bytes
-   one decode step streams (every weight except the per-layer-embedding table, of which it reads one row
-   a token; the tied head's table whole).
+5. Between rounds, measures the machine's memory read bandwidth (a probe process summing a 2 GB float32
+   tensor on the same threads) and gives each row its decode bound: bandwidth (the median over its rounds of
+   the samples either side) over the bytes one decode step streams (every weight except the
+   per-layer-embedding table, of which it reads one row a token; the tied head's table whole).
 Results: benchmarks/results/vs_llamacpp-<machine>.json and .png.
 """
 from __future__ import annotations
@@ -179,6 +184,16 @@ def _peak_rss_gb() -> float:
     return float("nan")
 
 
+def mem_available_gb() -> float:
+    """MemAvailable: with every runtime of a dtype loaded at once, what is left before the page cache (the
+    mapped GGUF and safetensors files) would be evicted under the timed rounds."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1e6  # kB -> GB
+    return float("nan")
+
+
 def _streamed_gb(model) -> float:
     """Bytes one decode step reads from memory: every parameter and buffer once (tied ones once) except the
     per-layer-embedding table, of which a token reads one row, and the token-embedding table when a head of
@@ -228,7 +243,8 @@ def _prompt(vocab: int, n: int, seed: int) -> list[int]:
     return [2] + torch.randint(3, min(vocab, 4096), (n - 1,), generator=g).tolist()  # bos + real pieces
 
 
-def child_gemma4(a) -> dict:
+def child_gemma4(a):
+    """Loads the model and warms it up; returns (one round, load seconds, GB a decode step reads)."""
     import gemma4
     from gemma4.generation import full_greedy_head
 
@@ -261,12 +277,13 @@ def child_gemma4(a) -> dict:
         t = arrivals.times
         return t[1] - t[0], t[-1] - t[1], out[0, prompt.shape[1]:].tolist()
 
-    with full_greedy_head() if a.full_head else contextlib.nullcontext():
-        one_round(ids[:, :16], 3)  # warm-up (it also builds the greedy head's int8 copy)
-        return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, _streamed_gb(model)
+    if a.full_head:
+        a.contexts.enter_context(full_greedy_head())  # held until the process ends
+    one_round(ids[:, :16], 3)  # warm-up (it also builds the greedy head's int8 copy)
+    return lambda: one_round(ids, a.new_tokens), t_load, _streamed_gb(model)
 
 
-def child_llamacpp(a) -> dict:
+def child_llamacpp(a):
     import inspect
 
     import llama_cpp
@@ -305,15 +322,37 @@ def child_llamacpp(a) -> dict:
         return t1 - t0, time.perf_counter() - t1, out
 
     one_round(ids[:16], 3)
-    return [one_round(ids, a.new_tokens) for _ in range(a.rounds)], t_load, None  # the driver reads the file
+    return lambda: one_round(ids, a.new_tokens), t_load, None  # the driver reads the file's bytes a token
+
+
+REPLY = "@@ "  # marks the child's answers on stdout, where a library may print too
 
 
 def run_child(a) -> int:
+    """--child alone: load, time --rounds rounds, print one JSON line. With --serve: load, then answer the
+    driver's commands on stdin, a line each ("round": time one round; "stats": peak RSS, load time, GB a token),
+    so that the driver can interleave the rounds of several loaded runtimes."""
     torch.set_num_threads(a.threads)
     if a.child == "bandwidth":
-        print(json.dumps({"read_gbps": read_bandwidth_gbps(a.threads)}))
+        one_round, t_load, streamed = (lambda: read_bandwidth_gbps(a.threads)), 0.0, None
+    else:
+        a.contexts = contextlib.ExitStack()
+        one_round, t_load, streamed = (child_gemma4 if a.child == "gemma4" else child_llamacpp)(a)
+    if a.serve:
+        print(REPLY + json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "round":
+                r = one_round()
+                reply = {"read_gbps": r} if a.child == "bandwidth" else {"prefill_s": r[0], "decode_s": r[1],
+                                                                          "tokens": r[2]}
+            else:
+                reply = {"peak_rss_gb": _peak_rss_gb(), "load_s": t_load, "streamed_gb": streamed}
+            print(REPLY + json.dumps(reply), flush=True)
         return 0
-    rounds, t_load, streamed = (child_gemma4 if a.child == "gemma4" else child_llamacpp)(a)
+    if a.child == "bandwidth":
+        print(json.dumps({"read_gbps": one_round()}))
+        return 0
+    rounds = [one_round() for _ in range(a.rounds)]
     pre = statistics.median(r[0] for r in rounds)
     dec = statistics.median(r[1] for r in rounds)
     print(json.dumps({"prefill_tok_s": a.prompt_len / pre, "decode_tok_s": (a.new_tokens - 1) / dec,
@@ -327,15 +366,126 @@ def run_child(a) -> int:
 # The driver
 # ------------------------------------------------------------------------------------------------
 
-def spawn(args, child: str, dtype: str, model_dir: Path, **extra) -> dict:
-    cmd = [sys.executable, __file__, "--child", child, "--dtype", dtype, "--model-dir", str(model_dir),
-           "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds),
-           "--threads", str(args.threads), "--seed", str(args.seed)]
-    for k, v in extra.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out.strip().splitlines()[-1])
+class ChildFailed(RuntimeError):
+    pass
+
+
+class Child:
+    """One runtime loaded in its own process (--child ... --serve 1), answering the driver a line at a time.
+    It loads before the next child starts, and sits idle (blocked on stdin) while another one runs."""
+
+    def __init__(self, args, child: str, dtype: str, model_dir: Path, **extra):
+        cmd = [sys.executable, __file__, "--child", child, "--dtype", dtype, "--model-dir", str(model_dir),
+               "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens),
+               "--threads", str(args.threads), "--seed", str(args.seed), "--serve", "1"]
+        for k, v in extra.items():
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+        self.ask(None)  # {"ready": true} once loaded and warmed up
+
+    def ask(self, command: str | None) -> dict:
+        try:
+            if command:
+                self.proc.stdin.write(command + "\n")
+                self.proc.stdin.flush()
+            for line in self.proc.stdout:
+                if line.startswith(REPLY):
+                    return json.loads(line[len(REPLY):])
+        except BrokenPipeError:
+            pass
+        self.proc.wait()
+        self.stderr.seek(0)
+        tail = " | ".join(self.stderr.read().strip().splitlines()[-3:])
+        raise ChildFailed(f"exit status {self.proc.returncode}: {tail}")
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()
+        self.proc.wait()
+        self.stderr.close()
+
+
+# The int8 / int4 groups also load our bf16 model: the quantized rows' decode against it, pass by pass.
+BF16_REFERENCE = "gemma4 bf16 (reference)"
+
+
+def interleaved_rounds(args, dtype: str, model_dir: Path, runs: list) -> tuple[dict, list]:
+    """Loads each runtime of one dtype, and a bandwidth probe, in its own process (one after another), then runs
+    --rounds passes. A pass runs one round of each runtime in turn, alone on the machine (the others wait on
+    stdin), in an order rotated by one each pass, with the read bandwidth sampled between rounds: the runtimes
+    meet the same minutes of the machine's memory bandwidth, and their ratios can be taken within a pass.
+    Returns {runtime: row} (medians over passes, per-pass lists, peak RSS) and the runtimes that failed."""
+    failed, children = [], {}
+
+    def fail(name, e):
+        print(f"{name:12s} {dtype:9s} FAILED ({e}); row left out", flush=True)
+        failed.append({"runtime": name, "dtype": dtype, "error": str(e)})
+        children.pop(name, None)
+
+    probe = Child(args, "bandwidth", dtype, model_dir)
+    for name, extra in runs:
+        try:
+            children[name] = Child(args, "gemma4" if name.startswith("gemma4") else "llamacpp",
+                                   "bfloat16" if name == BF16_REFERENCE else dtype, model_dir, **extra)
+        except ChildFailed as e:  # a crashed runtime costs its row, not the run's other rows
+            fail(name, e)
+    order = list(children)
+    rounds = {name: [] for name in order}
+    mem_left = mem_available_gb()
+    print(f"{dtype}: {len(order)} runtimes loaded, {mem_left:.1f} GB of memory available", flush=True)
+    before = probe.ask("round")["read_gbps"]
+    for p in range(args.rounds):
+        for name in order[p % len(order):] + order[:p % len(order)]:
+            if name not in children:
+                continue
+            try:
+                r = children[name].ask("round")
+            except ChildFailed as e:
+                fail(name, e)
+                continue
+            after = probe.ask("round")["read_gbps"]
+            rounds[name].append(dict(r, pass_index=p, read_gbps=(before + after) / 2))
+            before = after
+    probe.close()
+    rows = {}
+    for name, child in children.items():
+        stats = child.ask("stats")
+        child.close()
+        rs = rounds[name]
+        rows[name] = dict(stats, mem_available_gb_all_loaded=mem_left, prefill_tok_s=args.prompt_len / statistics.median(r["prefill_s"] for r in rs),
+                          decode_tok_s=(args.new_tokens - 1) / statistics.median(r["decode_s"] for r in rs),
+                          read_gbps=statistics.median(r["read_gbps"] for r in rs), tokens=rs[0]["tokens"],
+                          **{f"{k}_all": [r[k] for r in rs] for k in ("prefill_s", "decode_s", "read_gbps",
+                                                                       "pass_index")})
+    return rows, failed
+
+
+def paired_ratios(row: dict, rows: dict) -> dict:
+    """A gemma4 row's speed over llama.cpp's best configuration (the faster of its rows in that pass) and, for
+    the quantized rows, its decode over our bf16 model's, as medians over the passes both ran in."""
+    def per_pass(r, key):
+        return dict(zip(r["pass_index_all"], r[f"{key}_all"]))
+
+    def median_ratio(theirs: dict, ours: dict):
+        common = sorted(set(theirs) & set(ours))
+        return statistics.median(theirs[p] / ours[p] for p in common) if common else None
+
+    if not row["runtime"].startswith("gemma4"):
+        return {}
+    out = {}
+    llama = [r for name, r in rows.items() if name.startswith("llama.cpp")]
+    for key in ("prefill_s", "decode_s"):
+        best = {}
+        for r in llama:
+            for p, t in per_pass(r, key).items():
+                best[p] = min(t, best.get(p, t))
+        out[f"paired_{key[:-2]}_vs_llamacpp"] = median_ratio(best, per_pass(row, key))
+    if BF16_REFERENCE in rows:
+        out["paired_decode_vs_gemma4_bf16"] = median_ratio(per_pass(rows[BF16_REFERENCE], "decode_s"),
+                                                           per_pass(row, "decode_s"))
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _llama_cpp_build() -> dict | None:
@@ -386,6 +536,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gguf")
     ap.add_argument("--flash-attn", type=int, default=0)
     ap.add_argument("--quantize-head", type=int, default=0)
+    ap.add_argument("--serve", type=int, default=0, help="child: answer the driver's commands (interleaved rounds)")
     ap.add_argument("--full-head", type=int, default=0, help="gemma4 child: greedy steps compute the full logits "
                     "(no int8 greedy head), for A/B runs")
     args = ap.parse_args(argv)
@@ -401,7 +552,7 @@ def main(argv=None) -> int:
     if not (args.model_dir / "config.json").exists():
         print("writing the random checkpoint ...", flush=True)
         write_random_checkpoint(args.preset, args.model_dir, args.seed)
-    rows, tokens, failed = [], {}, []
+    rows, tokens, failed, references = [], {}, [], {}
     for dtype in args.dtypes.split(","):
         model_dir = args.model_dir
         if dtype == "float32":  # a float32 file against llama.cpp's F32 GGUF (write_float32_copy)
@@ -415,29 +566,29 @@ def main(argv=None) -> int:
             convert_to_gguf(args.model_dir, gguf, dtype, args.llama_src)
         runs = [("gemma4", {})] + ([("gemma4 qhead", {"quantize_head": 1})] if dtype in QUANT else []) \
             + [("llama.cpp", {"gguf": gguf, "flash_attn": 0}), ("llama.cpp fa", {"gguf": gguf, "flash_attn": 1})]
-        for name, extra in runs:
-            before = spawn(args, "bandwidth", dtype, model_dir)["read_gbps"]
-            try:
-                r = spawn(args, "gemma4" if name.startswith("gemma4") else "llamacpp", dtype, model_dir, **extra)
-            except subprocess.CalledProcessError as e:  # a crashed runtime costs its row, not the run's other rows
-                why = f"exit status {e.returncode}: " + " | ".join((e.stderr or "").strip().splitlines()[-3:])
-                print(f"{name:12s} {dtype:9s} FAILED ({why}); row left out", flush=True)
-                failed.append({"runtime": name, "dtype": dtype, "error": why})
+        if dtype in QUANT:  # the quantized rows against our bf16, in the same minutes
+            runs.append((BF16_REFERENCE, {}))
+        got, failed_here = interleaved_rounds(args, dtype, model_dir, runs)
+        failed += failed_here
+        if BF16_REFERENCE in got:
+            references[dtype] = {k: got[BF16_REFERENCE][k] for k in ("decode_tok_s", "decode_s_all", "pass_index_all")}
+        for name, r in got.items():
+            if name == BF16_REFERENCE:
                 continue
-            after = spawn(args, "bandwidth", dtype, model_dir)["read_gbps"]
             if r["streamed_gb"] is None:  # read here: parsing the GGUF's vocabulary would add to the child's RSS
-                r["streamed_gb"] = gguf_streamed_gb(Path(extra["gguf"]))
-            bandwidth = (before + after) / 2  # the VM's bandwidth moves between minutes: sampled on both sides
-            bound = bandwidth / r["streamed_gb"]
-            r.update(runtime=name, dtype=dtype, load_avg_1min=os.getloadavg()[0], read_gbps=bandwidth,
-                     read_gbps_before_after=[before, after], decode_bound_tok_s=bound,
+                r["streamed_gb"] = gguf_streamed_gb(Path(dict(runs)[name]["gguf"]))
+            bound = r["read_gbps"] / r["streamed_gb"]
+            r.update(runtime=name, dtype=dtype, load_avg_1min=os.getloadavg()[0], decode_bound_tok_s=bound,
                      decode_of_bound=r["decode_tok_s"] / bound)
+            r.update(paired_ratios(r, got))
             tokens[(name, dtype)] = r["tokens"]
             rows.append(r)
             print(f"{name:12s} {dtype:9s} prefill {r['prefill_tok_s']:7.2f} tok/s  decode {r['decode_tok_s']:6.2f} "
-                  f"tok/s ({r['streamed_gb']:.2f} GB a token; bound {bound:.2f} at {bandwidth:.1f} GB/s: "
-                  f"{100 * r['decode_of_bound']:.0f}%)  peak RSS {r['peak_rss_gb']:.2f} GB  "
-                  f"(load avg {r['load_avg_1min']:.1f})", flush=True)
+                  f"tok/s ({r['streamed_gb']:.2f} GB a token; bound {bound:.2f} at {r['read_gbps']:.1f} GB/s: "
+                  f"{100 * r['decode_of_bound']:.0f}%)  peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+            for key, ratio in r.items():
+                if key.startswith("paired_"):
+                    print(f"    {key}: {ratio:.2f}x", flush=True)
     same = None
     if ("gemma4", "float32") in tokens and ("llama.cpp", "float32") in tokens:
         a, b = tokens[("gemma4", "float32")], tokens[("llama.cpp", "float32")]
@@ -450,7 +601,7 @@ def main(argv=None) -> int:
                   f"{r['peak_rss_gb']:.2f}"] for r in rows])
     extra = {"preset": args.preset, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
              "rounds": args.rounds, "fp32_greedy_tokens_agree": same, "failed": failed,
-             "llama_cpp": _llama_cpp_build()}
+             "llama_cpp": _llama_cpp_build(), "bf16_reference": references, "interleaved_passes": True}
     print("wrote", write_results(f"vs_llamacpp_{args.preset}", rows, machine, plot=plot(rows), extra=extra))
     return 0
 
