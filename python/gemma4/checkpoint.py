@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from . import huge_pages
 from .config import Gemma4Config
 from .devices import parse_device, parse_dtype
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError
@@ -284,7 +285,9 @@ def materialize(model: torch.nn.Module, aliases: dict[str, str], device) -> None
     # to_empty() itself, with empty_strided instead of its empty_like: empty_like of a meta tensor runs torch's
     # Python decomposition, whose first call imports sympy and torch.fx's symbolic shapes, ~50 MB that would stay
     # in the process (and in the peak RSS of everything after loading).
-    model._apply(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=device))
+    # Large CPU weights go to huge pages (huge_pages.py: a decode step streams them all, and fragmented pages
+    # streamed up to a fifth slower).
+    model._apply(lambda t: huge_pages.empty_strided(t.size(), t.stride(), t.dtype, device))
     for module, name, canonical in detached:
         setattr(module, name, model.get_parameter(canonical))
 

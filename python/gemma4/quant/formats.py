@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import huge_pages
+
 __all__ = [
     "pack_int4", "unpack_int4", "dequantize", "quantize_int4", "quantize_int8", "quantize_int4_trained_grid",
     "group_of", "tile16", "tile16_", "untile16", "tileable",
@@ -86,7 +88,9 @@ def tile16(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, t
                          f"{tuple(qweight.shape)} with scales {tuple(scales.shape)}")
     n, half_k = qweight.shape
     words = qweight.contiguous().view(torch.int32).reshape(n // 16, 16, half_k // 4)  # [T, 16, K/8]
-    q = words.transpose(1, 2).contiguous().view(torch.uint8)  # [T, K/8, 64]
+    # In huge pages on the CPU, as the loader places weights (gemma4/huge_pages.py): decode streams these.
+    tiles = huge_pages.empty_strided((n // 16, half_k // 4, 16), (half_k * 4, 16, 1), torch.int32, qweight.device)
+    q = tiles.copy_(words.transpose(1, 2)).view(torch.uint8)  # [T, K/8, 64]
     s = scales.reshape(n // 16, 16, -1).transpose(1, 2).contiguous()  # [T, K/32, 16]
     return q, s
 
