@@ -176,22 +176,23 @@ def convert_to_gguf(model_dir: Path, out: Path, dtype: str, llama_src: Path) -> 
 # One runtime in one process (--child): load, time rounds, print one JSON line
 # ------------------------------------------------------------------------------------------------
 
-def _peak_rss_gb() -> float:
-    with open("/proc/self/status") as f:
+def _proc_gb(path: str, field: str) -> float:
+    """A kB field of a /proc file (status, meminfo), in GB."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1e6  # kB -> GB
     return float("nan")
+
+
+def _peak_rss_gb() -> float:
+    return _proc_gb("/proc/self/status", "VmHWM")
 
 
 def mem_available_gb() -> float:
     """MemAvailable: with every runtime of a dtype loaded at once, what is left before the page cache (the
     mapped GGUF and safetensors files) would be evicted under the timed rounds."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1e6  # kB -> GB
-    return float("nan")
+    return _proc_gb("/proc/meminfo", "MemAvailable")
 
 
 def _streamed_gb(model) -> float:
@@ -224,12 +225,17 @@ def gguf_streamed_gb(path: Path) -> float:
     return sum(int(t.n_bytes) for t in reader.tensors if not t.name.startswith("per_layer_token_embd")) / 1e9
 
 
-def read_bandwidth_gbps(threads: int, gb: float = 2.0, repeats: int = 7) -> float:
-    """Memory read bandwidth now, on `threads` threads: the median rate of summing a float32 tensor of `gb`
-    GB, far past the caches (torch's sum streams at the rate of a hand-written AVX-512 read loop here)."""
-    torch.set_num_threads(threads)
+def bandwidth_probe(gb: float = 2.0):
+    """A function that measures the memory read bandwidth now, on torch's threads: the median rate of summing a
+    float32 tensor of `gb` GB (made once), far past the caches (torch's sum streams at the rate of a
+    hand-written AVX-512 read loop here)."""
     x = torch.rand(int(gb * 1e9) // 4)
     x.sum()
+    return lambda: read_bandwidth_gbps(x)
+
+
+def read_bandwidth_gbps(x: torch.Tensor, repeats: int = 7) -> float:
+    """GB/s of summing x, median of `repeats` passes."""
     rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -334,7 +340,7 @@ def run_child(a) -> int:
     so that the driver can interleave the rounds of several loaded runtimes."""
     torch.set_num_threads(a.threads)
     if a.child == "bandwidth":
-        one_round, t_load, streamed = (lambda: read_bandwidth_gbps(a.threads)), 0.0, None
+        one_round, t_load, streamed = bandwidth_probe(), 0.0, None
     else:
         a.contexts = contextlib.ExitStack()
         one_round, t_load, streamed = (child_gemma4 if a.child == "gemma4" else child_llamacpp)(a)
@@ -454,7 +460,8 @@ def interleaved_rounds(args, dtype: str, model_dir: Path, runs: list) -> tuple[d
         stats = child.ask("stats")
         child.close()
         rs = rounds[name]
-        rows[name] = dict(stats, mem_available_gb_all_loaded=mem_left, prefill_tok_s=args.prompt_len / statistics.median(r["prefill_s"] for r in rs),
+        rows[name] = dict(stats, mem_available_gb_all_loaded=mem_left,
+                          prefill_tok_s=args.prompt_len / statistics.median(r["prefill_s"] for r in rs),
                           decode_tok_s=(args.new_tokens - 1) / statistics.median(r["decode_s"] for r in rs),
                           read_gbps=statistics.median(r["read_gbps"] for r in rs), tokens=rs[0]["tokens"],
                           **{f"{k}_all": [r[k] for r in rs] for k in ("prefill_s", "decode_s", "read_gbps",
