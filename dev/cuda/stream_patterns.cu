@@ -51,6 +51,19 @@ struct Unit {
   uint32_t s;
 };
 
+// Unit u of the block (tiles from tile0, kSpans units a tile) for lane (g, t): run 4 span + t of rows 16 tile + g
+// and + 8, and (SCALES) their two scales.
+template <bool SCALES>
+__device__ __forceinline__ void load_unit(const uint8_t* qw, const uint16_t* sc, int tile0, int u, int g, int t,
+                                          Unit& x) {
+  const int tile = tile0 + u / kSpans, run = (u % kSpans) * 4 + t;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) ld16(qw + (int64_t(tile) * 16 + h * 8 + g) * kRowBytes + run * 16, x.w[h]);
+  x.s = SCALES ? uint32_t(sc[(tile * 16 + g) * int64_t(kRuns) + run]) ^
+                     (uint32_t(sc[(tile * 16 + 8 + g) * int64_t(kRuns) + run]) << 16)
+               : 0u;
+}
+
 // The x-resident order: one block an SM, 16 warps; the block's tiles' (tile, span) units cut into 16 contiguous
 // ranges, one a warp; lane (g, t) loads run 4 span + t of rows 16 tile + g and + 8 (16 bytes each) and their two
 // scales; D units in flight in registers.
@@ -60,17 +73,8 @@ __global__ void __launch_bounds__(512, 1) resident_order(const uint8_t* qw, cons
   const int tile0 = int(int64_t(blockIdx.x) * kTiles / gridDim.x), tile1 = int(int64_t(blockIdx.x + 1) * kTiles / gridDim.x);
   const int units = (tile1 - tile0) * kSpans;
   const int u0 = int(int64_t(warp) * units / 16), u1 = int(int64_t(warp + 1) * units / 16);
-  auto load = [&](int u, Unit& x) {
-    const int tile = tile0 + u / kSpans, run = (u % kSpans) * 4 + t;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t row = tile * 16 + h * 8 + g;
-      ld16(qw + row * kRowBytes + run * 16, x.w[h]);
-    }
-    x.s = SCALES ? uint32_t(sc[(tile * 16 + g) * int64_t(kRuns) + run]) ^
-                       (uint32_t(sc[(tile * 16 + 8 + g) * int64_t(kRuns) + run]) << 16)
-                 : 0u;
-  };
+  auto load = [&](int u, Unit& x) { load_unit<SCALES>(qw, sc, tile0, u, g, t, x); };
+
   Unit buf[D];
 #pragma unroll
   for (int d = 0; d < D; ++d)
@@ -94,16 +98,8 @@ __global__ void __launch_bounds__(512, 1) cooperative_order(const uint8_t* qw, c
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int tile0 = int(int64_t(blockIdx.x) * kTiles / gridDim.x), tile1 = int(int64_t(blockIdx.x + 1) * kTiles / gridDim.x);
   const int units = (tile1 - tile0) * kSpans;
-  auto load = [&](int u, Unit& x) {
-    const int tile = tile0 + u / kSpans, run = (u % kSpans) * 4 + t;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t row = tile * 16 + h * 8 + g;
-      ld16(qw + row * kRowBytes + run * 16, x.w[h]);
-    }
-    x.s = uint32_t(sc[(tile * 16 + g) * int64_t(kRuns) + run]) ^
-          (uint32_t(sc[(tile * 16 + 8 + g) * int64_t(kRuns) + run]) << 16);
-  };
+  auto load = [&](int u, Unit& x) { load_unit<true>(qw, sc, tile0, u, g, t, x); };
+
   Unit buf[D];
 #pragma unroll
   for (int d = 0; d < D; ++d)
