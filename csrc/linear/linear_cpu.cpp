@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include "common/cpu_isa_switch.h"
+#include "common/flush_denormals.h"
 #include "linear/linear_checks.h"
 #include "linear/linear_gemm.h"
 #include "linear/linear_gemm_avx512.h"
@@ -74,6 +75,7 @@ void gemv(const W* w, const float* x, const Y* bias, Y* y, int64_t M, int64_t N,
   // About 64K weights per task: a smaller problem is not worth waking a second thread for.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, kRows * K));
   at::parallel_for(0, at::divup(N, kRows), grain, [&](int64_t t0, int64_t t1) {
+    const FlushDenormals ftz;
     float acc[kRows * kGemvMaxRows];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * kRows, n1 = std::min(N, n0 + kRows);
@@ -172,6 +174,7 @@ void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t
       }
     });
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      const FlushDenormals ftz;
       // packed weights (64-byte aligned: the AVX-512 tile's aligned loads); sums [rows, nc]
       std::vector<float> bp_raw(xt ? 0 : kKC * nc + 16), cbuf(ranges > 1 ? 0 : rows * nc);
       float* bp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(bp_raw.data()) + 63) & ~uintptr_t(63));

@@ -70,6 +70,26 @@ def test_forward(cpu_isa, dtype, lead, N, K, with_bias):
     assert_lowp_close(*(torch.cat(r) for r in zip(*results)))
 
 
+@pytest.mark.parametrize("w_dtype", DTYPES)
+@pytest.mark.parametrize("M", [3, 64, 130])  # the GEMV, the x-vector tile (fp32 weight), the packed tile
+def test_subnormals_count_as_zero(cpu_isa, w_dtype, M):
+    """Subnormal inputs and products are read and written as zero inside the kernels (csrc/common/
+    flush_denormals.h: Intel CPUs take a microcode assist for each), and the threads' own float mode is
+    restored afterwards. x's values are subnormal (fp32) or tiny normal ones whose products with a weight below 1
+    fall under the normal range (bf16), so IEEE arithmetic would give small nonzero outputs."""
+    K, N = 256, 300
+    sign = torch.randint(0, 2, (M, K)).double() * 2 - 1
+    for x_dtype, scale in ((torch.float32, 1e-39), (torch.bfloat16, 4e-38)):
+        if w_dtype == torch.float32 and x_dtype == torch.bfloat16:
+            continue  # not a supported pair
+        x = (sign * torch.empty(M, K, dtype=torch.float64).uniform_(1, 2) * scale).to(x_dtype)
+        w = (torch.empty(N, K, dtype=torch.float64).uniform_(-0.1, 0.1)).to(w_dtype)
+        assert bool((F.linear(x.double(), w.double()) != 0).all())  # the exact sums are not zero
+        assert bool((linear(x, w) == 0).all())
+    tiny = torch.full((1 << 20,), 1e-39)  # torch's own elementwise op, on every thread: IEEE as before
+    assert bool((tiny * 1.0 == tiny).all()) and bool((tiny * 1.0 != 0).all())
+
+
 @pytest.mark.parametrize("lead,N,K", [((1,), 5, 7), ((3,), 13, 37), ((2, 17), 300, 1536), ((130,), 257, 520),
                                       ((96,), 257, 520)])
 def test_float32_x_with_bfloat16_weight(cpu_isa, lead, N, K):
