@@ -28,6 +28,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Returns:
         ``[..., N]`` in ``x.dtype``. Differentiable in all three (the input gradient is ``linear_grad_input``,
         the weight's a torch matmul).
+
+    On the CPU, subnormal values (below 1.2e-38) in the inputs and products count as zero: Intel CPUs take a
+    slow microcode assist for each (csrc/common/flush_denormals.h), and no fp32 sum of normal magnitude shows them.
     """
     return torch.ops.gemma4.linear(x.contiguous(), weight, bias)
 
