@@ -7,7 +7,7 @@ set -o pipefail
 patch -p1 --forward -s <dev/cuda/experiments/resident_scale_batch.patch >/dev/null 2>&1 || true
 KERNEL_DIRS=quant source dev/device_runs/build_sm90.sh
 export VM=${VM:-1,8,9,16} VMETHODS=ours_int4_g32
-for round in 1 2; do
+for round in $(seq ${ROUNDS:-2}); do
   for v in sb nosb; do
     [ $v = nosb ] && export G4_RES_NOSB=1 || unset G4_RES_NOSB
     for p in resident auto; do
