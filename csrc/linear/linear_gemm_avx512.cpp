@@ -24,7 +24,7 @@ constexpr int kMR = kGemmMR, kNR = kGemmNR;
 // The x-vector tile's k-span: packed x bytes that one pass over a task's weight rows reads (the rest of x waits for
 // the next span). 512 KB stays in L2 (2 MB a core on the Xeon, 1 MB on the Zen 5) while each group of weight rows
 // reads its span's k-blocks in a row: 6 KB of one fp32 row at K = 1536, so the weight streams row by row instead
-// of 512-byte pieces 16 tasks' columns apart. 256 KB and 1 MB measured the same within the noise.
+// of 512-byte pieces 16 row groups apart. 256 KB and 1 MB measured the same within the noise.
 constexpr int64_t kXtSpanBytes = int64_t(512) << 10;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
