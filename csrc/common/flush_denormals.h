@@ -28,6 +28,8 @@ class FlushDenormals {
 }  // namespace gemma4
 #else  // other architectures: IEEE subnormals as they come
 namespace gemma4 {
-struct FlushDenormals {};
+struct FlushDenormals {
+  FlushDenormals() {}  // (user-provided: the kernels declare it const)
+};
 }  // namespace gemma4
 #endif
