@@ -16,7 +16,7 @@ for round in $(seq ${ROUNDS:-2}); do
   done
 done
 unset G4_RES_NOSB
-timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -n 14 --tb=short tests/quant/test_qgemm_cuda.py \
+timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -n 14 --tb=short tests/quant/test_qgemm_cuda.py ${TEST_K:+-k "$TEST_K"} \
   >$OUT/tests.log 2>&1; echo "tests rc=$?"
 grep -E "^(FAILED|ERROR|E )|passed|failed" $OUT/tests.log | cut -c1-250 | head -30
 true
