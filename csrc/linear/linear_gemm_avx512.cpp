@@ -108,7 +108,7 @@ void gemm_panel_xt(const float* w, int64_t K, int64_t k_begin, int64_t k_end, co
                    int64_t n0, int64_t nc, float* ct, int64_t ldct, bool add) {
   alignas(64) float tail[kXtNR * kGemmKC];  // the last rows of w when fewer than kXtNR are left, zero-padded
   const int64_t rows = groups * kXtMR;
-  const int64_t span = std::max<int64_t>(1, kXtSpanBytes / (rows * kGemmKC * 4)) * kGemmKC;
+  const int64_t span = std::max<int64_t>(1, kXtSpanBytes / (rows * kGemmKC * int64_t(sizeof(float)))) * kGemmKC;
   for (int64_t s0 = k_begin; s0 < k_end; s0 += span) {
     const int64_t s1 = std::min(k_end, s0 + span);
     for (int64_t j = 0; j < nc; j += kXtNR) {

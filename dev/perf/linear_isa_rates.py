@@ -4,6 +4,7 @@ With --cold, each call takes the next of enough weight copies (over 1 GB) that i
 a prefill, where every layer's weights are read once.
     python dev/perf/linear_isa_rates.py [--threads 2] [--m 128] [--cold]"""
 import argparse
+import itertools
 import time
 
 import torch
@@ -41,8 +42,7 @@ def main():
     for n, k in SHAPES:
         copies = max(1, (1 << 30) // (4 * n * k)) if a.cold else 1
         x, ws = torch.randn(a.m, k), [torch.randn(n, k) for _ in range(copies)]
-        nxt = iter(range(1 << 62))
-        w = lambda: ws[next(nxt) % copies]  # noqa: E731
+        w = itertools.cycle(ws).__next__  # each call the next copy
         flop = 2 * a.m * n * k / 1e9
         rates = []
         for isa in isas:
