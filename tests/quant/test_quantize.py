@@ -9,7 +9,7 @@ from torch import nn
 
 import gemma4
 from gemma4.quant import QuantExperts, QuantizationConfig, QuantLinear, quantize
-from tests.helpers import draw_routable_ids, max_abs_err
+from tests.helpers import FLOAT32_ROUTER_MARGIN, draw_routable_ids, max_abs_err
 
 
 def _model(preset: str, dtype=torch.float32):
@@ -41,24 +41,14 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.double()
 
 
-# MoE models: the least top-k margin of the router logits (tests.helpers.router_margins) that every token of
-# the exact model must have. The float32 models' router logits differ from the exact model's by up to ~1.1e-5
-# (measured: tiny-26b-a4b, 144 quantized and fake-quantized models over the three formats, routing unflipped),
-# so a margin of 2e-4 is over 8x the most that both logits of a choice can move together (2 x 1.1e-5).
-# Without it ~0.4% of the choices have a margin below 1e-4, and an expert choice flipped in one model and not
-# in the other gave a float32 ratio of 63 (GEMMA4_TEST_SEED=2072224682, int8: margin 6.8e-8 at layer 10, the
-# quantized model's logit off by 7.7e-8). bfloat16 is not conditioned: its router logits differ by up to
-# ~8e-2, and the quantized and the plain bfloat16 models alike flip ~10% of their choices, so both errors
-# there are the flips' and the ratio compares like with like.
-ROUTER_MARGIN = 2e-4
 
 
 def _kernel_error_ratios(preset, weights, group):
     """One random model: for float32 and bfloat16, the quantized model's error over the fake-quantized
     model's error (plain PyTorch in that dtype), both against the fake-quantized model in float64 (the
     exact answer for these integer weights), as the norm over all logits of 4x16 tokens. MoE models get
-    ids whose every routing choice is well conditioned in the exact model (ROUTER_MARGIN), so no expert
-    choice flips between it and the float32 models: the ids depend on the exact model alone, not on the
+    ids whose every routing choice is well conditioned in the exact model (FLOAT32_ROUTER_MARGIN), so no
+    expert choice flips between it and the float32 models: the ids depend on the exact model alone, not on the
     quantized kernels, whose errors still show in full."""
     model = _model(preset)
     with warnings.catch_warnings():
@@ -68,8 +58,8 @@ def _kernel_error_ratios(preset, weights, group):
     fake = _fake_quantized(model, qmodel)
     exact_model = copy.deepcopy(fake).double()
     # ~10% of tokens have a choice below the margin: 4 candidates a round, for each of the 4 rows at once
-    ids = draw_routable_ids(exact_model, 4, 16, 0, model.config.vocab_size, ROUTER_MARGIN, candidates=4)
-    assert ids is not None, f"no well-conditioned routing (margin >= {ROUTER_MARGIN}) found"
+    ids = draw_routable_ids(exact_model, 4, 16, 0, model.config.vocab_size, FLOAT32_ROUTER_MARGIN, candidates=4)
+    assert ids is not None, f"no well-conditioned routing (margin >= {FLOAT32_ROUTER_MARGIN}) found"
     exact = _logits(exact_model, ids)
     assert max_abs_err(exact, _logits(model, ids)) > 1e-3  # the test can fail: quantization did change the weights
     return [(_logits(copy.deepcopy(qmodel).to(dtype), ids) - exact).norm().item()
