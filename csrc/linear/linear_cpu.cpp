@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -28,6 +29,7 @@
 #include "linear/linear_gemv.h"
 #include "linear/linear_gemv_avx512.h"
 #include "linear/linear_gemv_rows.h"
+#include "linear/panel_source.h"
 
 namespace gemma4 {
 namespace {
@@ -134,12 +136,14 @@ bool xt_tile_fits(int64_t M) {
   return M >= linear::avx512::kXtMR && (rows - M) * 8 <= rows;
 }
 
-template <bool KMajor = false, typename W, typename Y>
-void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
+// w: a pointer to the weight, or a linear::PanelSource, which the AVX2 tile packs through on every CPU.
+template <bool KMajor = false, typename Src, typename Y>
+void packed_gemm(const Src& w, const at::Tensor& x32, const Y* bias, Y* y, int64_t M, int64_t N, int64_t K) {
   using linear::kKC;
   static_assert(kKC == linear::avx512::kGemmKC, "both tiles sum over the same k-blocks");
-  const bool avx512 = uses_avx512();
-  const bool xt = avx512 && !KMajor && std::is_same_v<W, float> && xt_tile_fits(M);
+  constexpr bool source = !std::is_pointer_v<Src>;
+  const bool avx512 = !source && uses_avx512();
+  const bool xt = avx512 && !KMajor && std::is_same_v<Src, const float*> && xt_tile_fits(M);
   const int mr = xt ? linear::avx512::kXtMR : avx512 ? linear::avx512::kGemmMR : linear::kMR;
   const int64_t nr = xt ? linear::avx512::kXtNR : avx512 ? linear::avx512::kGemmNR : linear::kNR;
   const int64_t groups = at::divup(M, mr), rows = groups * mr;
@@ -182,14 +186,17 @@ void packed_gemm(const W* w, const at::Tensor& x32, const Y* bias, Y* y, int64_t
         const int64_t n0 = t * nc, cols = std::min(nc, N - n0);
         float* c = ranges > 1 ? acc.mutable_data_ptr<float>() + (xt ? n0 * rows : n0) : cbuf.data();
         const int64_t ldc = xt ? rows : ranges > 1 ? ldn : nc;
-        if (xt) {
-          linear::avx512::gemm_panel_xt(reinterpret_cast<const float*>(w), K, kb, ke, app, groups, n0, cols, c, ldc,
-                                        r > 0);
-        } else if (avx512) {
-          using Bits = std::conditional_t<std::is_same_v<W, float>, float, uint16_t>;  // the AVX-512 file's bf16
-          linear::avx512::gemm_panel(KMajor, reinterpret_cast<const Bits*>(w), K, N, kb, ke, app, groups, n0, cols,
-                                     bp, c, ldc, r > 0);
-        } else {
+        if constexpr (!source) {
+          if (xt) {
+            linear::avx512::gemm_panel_xt(reinterpret_cast<const float*>(w), K, kb, ke, app, groups, n0, cols, c,
+                                          ldc, r > 0);
+          } else if (avx512) {
+            using Bits = std::conditional_t<std::is_same_v<Src, const float*>, float, uint16_t>;  // the file's bf16
+            linear::avx512::gemm_panel(KMajor, reinterpret_cast<const Bits*>(w), K, N, kb, ke, app, groups, n0,
+                                       cols, bp, c, ldc, r > 0);
+          }
+        }
+        if (!avx512) {
           linear::gemm_panel<KMajor, linear::kMR, linear::kNR, kKC>(w, K, N, kb, ke, app, groups, n0, cols, bp, c, ldc,
                                                                    r > 0, linear::micro_6x16);
         }
@@ -281,6 +288,20 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& w
   return gx;
 }
 }  // namespace
+
+// Declared in panel_source.h. The caller (a CPU kernel) has checked x, the weight and bias.
+at::Tensor linear::gemm_from_panels(const PanelSource& w, const at::Tensor& x, const std::optional<at::Tensor>& bias) {
+  const int64_t M = x.numel() / w.K;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = w.N;
+  at::Tensor y = at::empty(out_shape, x.options());
+  const at::Tensor x32 = as_fp32(x.reshape({M, w.K})).contiguous();  // [M, K]
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gemm_from_panels", [&] {
+    packed_gemm(w, x32, bias ? bias->const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), M, w.N,
+                w.K);
+  });
+  return y;
+}
 
 TORCH_LIBRARY_IMPL(gemma4, CPU, m) {
   m.impl("linear", &linear_cpu);

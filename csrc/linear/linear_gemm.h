@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>

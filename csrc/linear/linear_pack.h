@@ -73,16 +73,20 @@ inline void pack_kn_panel(const T* wt, int64_t ldw, int64_t cols, int64_t kc, fl
 // (rounded up to NR; ldc >= that): one task's panel of output columns over one packed k-range, with w(k, n) =
 // w[n * K + k] (a weight [N, K], y = x @ w^T) or, with KMajor, w[k * N + n] (a weight [K, N], y = x @ w).
 // ap: x's rows packed in groups of MR for this k-range; bp: KC * nc floats of scratch. add: add to cbuf (a later
-// k-range) rather than start it. micro(a, b, kc, c, ldc, add): the MR x NR microkernel.
-template <bool KMajor, int MR, int NR, int64_t KC, typename T, typename Micro>
-inline void gemm_panel(const T* w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end, const float* ap,
+// k-range) rather than start it. micro(a, b, kc, c, ldc, add): the MR x NR microkernel. w: a pointer to the
+// weight, or a PanelSource (panel_source.h) that packs its micro-panels itself (not KMajor).
+template <bool KMajor, int MR, int NR, int64_t KC, typename Src, typename Micro>
+inline void gemm_panel(const Src& w, int64_t K, int64_t N, int64_t k_begin, int64_t k_end, const float* ap,
                        int64_t groups, int64_t n0, int64_t nc, float* bp, float* cbuf, int64_t ldc, bool add,
                        const Micro& micro) {
   for (int64_t k0 = k_begin; k0 < k_end; k0 += KC) {
     const int64_t kc = k_end - k0 < KC ? k_end - k0 : KC;
     for (int64_t j = 0; j < nc; j += NR) {
       const int64_t cols = nc - j < NR ? nc - j : NR;
-      if constexpr (KMajor) {
+      if constexpr (!std::is_pointer_v<Src>) {
+        static_assert(!KMajor && NR == 16, "a PanelSource packs kNR-row panels of a weight [N, K]");
+        w.pack(w.ctx, n0 + j, cols, k0, kc, bp + j * kc);
+      } else if constexpr (KMajor) {
         pack_kn_panel<NR>(w + k0 * N + n0 + j, N, cols, kc, bp + j * kc);
       } else {
         pack_w_panel<NR>(w + (n0 + j) * K + k0, K, cols, kc, bp + j * kc);

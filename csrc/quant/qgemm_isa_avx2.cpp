@@ -61,5 +61,42 @@ struct Isa {
 
 #include "quant/qgemm_kernels.h"
 
+namespace {
+
+// Weight rows [n, n + rows), k in [k0, k0 + kc), as float32 q * scale (rounded once, as ATen's float multiply:
+// int4's (u - 8) * s as one FMA of u * s - 8 s, where 8 s is exact): w[r * kc + k - k0]. k0 is a multiple of
+// 32 (as K is), so each 32-weight run lies in one group (a group is a multiple of 32 weights).
+template <class S>
+void dequantize_panel_rows_typed(const QgemmProblem& p, int64_t n, int64_t rows, int64_t k0, int64_t kc, float* w) {
+  const int64_t row_bytes = p.bits == 4 ? p.K / 2 : p.K;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* q = p.qw + (n + r) * row_bytes;
+    const S* s = static_cast<const S*>(p.scales) + (n + r) * p.G;
+    float* out = w + r * kc - k0;
+    for (int64_t k = k0; k < k0 + kc; k += 32) {  // K and k0 are multiples of 32
+      const float sf = scale_to_float(s[k / p.group]);
+      Isa::F v[4];  // weights k .. k + 31, 8 a vector
+      if (p.bits == 4) {
+        Isa::unpack_u4(q + k / 2, v);
+        for (auto& x : v) x = Isa::fmadd(x, Isa::set1(sf), Isa::set1(-8.f * sf));
+      } else {
+        Isa::load_i8(reinterpret_cast<const int8_t*>(q + k), v);
+        for (auto& x : v) x = Isa::mul(x, Isa::set1(sf));
+      }
+      for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + k + 8 * i, v[i]);
+    }
+  }
+}
+
+}  // namespace
+
+void dequantize_panel_rows(const QgemmProblem& p, int64_t n, int64_t rows, int64_t k0, int64_t kc, float* w) {
+  switch (p.scale_type) {
+    case ScaleType::f32: dequantize_panel_rows_typed<float>(p, n, rows, k0, kc, w); break;
+    case ScaleType::bf16: dequantize_panel_rows_typed<Bf16Bits>(p, n, rows, k0, kc, w); break;
+    case ScaleType::f16: dequantize_panel_rows_typed<F16Bits>(p, n, rows, k0, kc, w); break;
+  }
+}
+
 }  // namespace gemma4::quant::avx2
 #endif

@@ -87,6 +87,9 @@ struct TiledProblem {
 // y[m, n] for n in [n_begin, n_end), every m. n ranges from different threads never overlap.
 namespace avx2 {
 void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);
+// Weight rows [n, n + rows) at k in [k0, k0 + kc) dequantized to float32, w [rows, kc] (qgemm_packed_cpu.cpp's
+// panels; k0 a multiple of 32). Uses p's weight fields only.
+void dequantize_panel_rows(const QgemmProblem& p, int64_t n, int64_t rows, int64_t k0, int64_t kc, float* w);
 }
 namespace avx512 {
 void qgemm_rows(const QgemmProblem& p, int64_t n_begin, int64_t n_end);

@@ -96,8 +96,10 @@ def test_qgemm_records_no_graph_without_grad():
 def test_qgemm_cpu_isa_reports_and_rejects():
     assert ops.quant.qgemm_cpu_isa() in ("avx2", "avx512", "avx512vnni")
     assert ops.quant.qgemm_cpu_isa("dequant") == "dequant"
+    assert ops.quant.qgemm_cpu_isa("packed") == "packed"
     assert ops.quant.qgemm_cpu_isa("auto") == available_isas()[-1]  # the best this CPU has
-    with pytest.raises(RuntimeError, match="request must be '', 'avx2', 'avx512', 'dequant', 'avx512vnni', 'auto'"):
+    with pytest.raises(RuntimeError,
+                       match="request must be '', 'avx2', 'avx512', 'dequant', 'avx512vnni', 'packed', 'auto'"):
         ops.quant.qgemm_cpu_isa("sse")
     assert ops.quant.qgemm_cpu_isa() == available_isas()[-1]  # a refused request changes nothing
     if "avx512vnni" not in available_isas():
