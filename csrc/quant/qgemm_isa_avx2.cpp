@@ -64,15 +64,16 @@ struct Isa {
 namespace {
 
 // Weight rows [n, n + rows), k in [k0, k0 + kc), as float32 q * scale (rounded once, as ATen's float multiply:
-// int4's (u - 8) * s as one FMA of u * s - 8 s, where 8 s is exact): w[r * kc + k - k0]. k0 is a multiple of
-// 32 (as K is), so each 32-weight run lies in one group (a group is a multiple of 32 weights).
+// int4's (u - 8) * s as one FMA of u * s - 8 s, where 8 s is exact): w[r * kc + k - k0]. k0 is a multiple of 32
+// (as K is), so each 32-weight run lies in one group (a group is a multiple of 32 weights). Called inside the
+// packed GEMM's tasks, which flush subnormals, as its sums do.
 template <class S>
 void dequantize_panel_rows_typed(const QgemmProblem& p, int64_t n, int64_t rows, int64_t k0, int64_t kc, float* w) {
   const int64_t row_bytes = p.bits == 4 ? p.K / 2 : p.K;
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* q = p.qw + (n + r) * row_bytes;
     const S* s = static_cast<const S*>(p.scales) + (n + r) * p.G;
-    float* out = w + r * kc - k0;
+    float* out = w + r * kc;  // [kc]
     for (int64_t k = k0; k < k0 + kc; k += 32) {  // K and k0 are multiples of 32
       const float sf = scale_to_float(s[k / p.group]);
       Isa::F v[4];  // weights k .. k + 31, 8 a vector
@@ -83,7 +84,7 @@ void dequantize_panel_rows_typed(const QgemmProblem& p, int64_t n, int64_t rows,
         Isa::load_i8(reinterpret_cast<const int8_t*>(q + k), v);
         for (auto& x : v) x = Isa::mul(x, Isa::set1(sf));
       }
-      for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + k + 8 * i, v[i]);
+      for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + (k - k0) + 8 * i, v[i]);
     }
   }
 }
