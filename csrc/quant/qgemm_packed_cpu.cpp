@@ -1,4 +1,4 @@
-// The CPU qgemm's prefill route on CPUs without a native bf16 GEMM: y = x @ dequant(W)^T by our packed fp32 GEMM
+// The CPU qgemm's prefill route on CPUs without AVX-512: y = x @ dequant(W)^T by our packed fp32 GEMM
 // (linear_gemm.h's AVX2 6 x 16 tile), which packs each 16-row micro-panel of the weight straight from the
 // quantized levels (q * scale in float32) instead of from memory. The int16-activation kernels (qgemm_kernels.h,
 // qgemm_g32.h) run about 4 multiply-adds an instruction, the tile's FMAs about 5 at 8 lanes, and the panel's
