@@ -192,3 +192,23 @@ def test_dequantize_route_is_plain_pytorch_on_the_bf16_weight(bits, group):
         ops.quant.qgemm_cpu_isa("auto")
     # equal_nan: the inf weights of row 2 meet both signs of x, so that output column is NaN on both sides
     torch.testing.assert_close(got, torch.nn.functional.linear(x, w, bias), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, 48), (torch.float32, 16)], ids=["bf16", "fp32"])
+def test_auto_takes_the_packed_route_from_its_row_count(dtype, rows):
+    """On a CPU without AVX-512, "auto" runs prefill on the packed fp32 GEMM (the weight dequantized into its panels)
+    from 48 rows of 16-bit x, 16 of fp32 x, and the integer kernels below: bit for bit the forced routes."""
+    if "avx512" in available_isas():
+        pytest.skip("AVX-512 CPUs keep their own kernels for prefill (or the bf16 dequantize route)")
+    qweight, scales = random_qweight(96, 1536, 4, 32, torch.bfloat16)
+    for m, route in ((rows - 1, "avx2"), (rows, "packed")):
+        x = torch.randn(m, 1536).to(dtype)
+        auto = ops.qgemm(x, qweight, scales)
+        try:
+            ops.quant.qgemm_cpu_isa(route)
+            forced = ops.qgemm(x, qweight, scales)
+            ops.quant.qgemm_cpu_isa("avx2" if route == "packed" else "packed")
+            other = ops.qgemm(x, qweight, scales)
+        finally:
+            ops.quant.qgemm_cpu_isa("auto")
+        assert torch.equal(auto, forced) and not torch.equal(auto, other), (m, route)
