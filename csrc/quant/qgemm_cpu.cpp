@@ -281,10 +281,11 @@ bool takes_dequant_route(const at::Tensor& x, int64_t M) {
 // Prefill on a CPU without AVX-512 (so without a native bf16 GEMM either): from kPackedMinRows rows of bf16/fp16 x
 // (kPackedMinRowsF32 of fp32 x), the packed fp32 GEMM with the weight dequantized into its panels
 // (qgemm_packed_cpu.cpp); forced ("packed"), at every row count. AVX-512 CPUs without a native bf16 GEMM keep
-// their 512-bit integer kernels: no such CPU has timed the two against each other. On a 2-core AVX2 EPYC (Zen 3), 2 threads, E2B's projections 6144 x 1536, 1536 x 6144,
-// 2048 x 1536 and 256 x 1536, int4 / int8 in groups of 32, bf16 x, its speed over the int16 kernels': 0.51-0.66x at
-// 8 rows, 0.92-1.09x at 32, 0.96-1.20x at 40, 1.05-1.28x at 48, 1.08-1.29x at 64, 1.19-1.37x at 128 (int4 6144 x
-// 1536: 13.9 against 16.5 ms, 174 GFLOP/s). fp32 x (the FMA kernel): 1.30x (int4) and 0.99x (int8) at 16 rows.
+// their 512-bit integer kernels: no such CPU has timed the two against each other. On a 2-core AVX2 EPYC (Zen 3),
+// 2 threads, E2B's projections 6144 x 1536, 1536 x 6144, 2048 x 1536 and 256 x 1536, int4 / int8 in groups of 32,
+// bf16 x, its speed over the int16 kernels': 0.51-0.66x at 8 rows, 0.92-1.09x at 32, 0.96-1.20x at 40, 1.05-1.28x
+// at 48, 1.08-1.29x at 64, 1.19-1.37x at 128 (int4 6144 x 1536: 13.9 against 16.5 ms, 174 GFLOP/s). fp32 x (the
+// FMA kernel): 1.30x (int4) and 0.99x (int8) at 16 rows.
 constexpr int64_t kPackedMinRows = 48, kPackedMinRowsF32 = 16;
 
 bool takes_packed_route(const at::Tensor& x, int64_t M) {
