@@ -63,8 +63,8 @@ struct Isa {
 
 namespace {
 
-// Weight rows [n, n + rows), k in [k0, k0 + kc), as float32 q * scale (rounded once, as ATen's float multiply:
-// int4's (u - 8) * s as one FMA of u * s - 8 s, where 8 s is exact): w[r * kc + k - k0]. k0 is a multiple of 32
+// Weight rows [n, n + rows), k in [k0, k0 + kc), as float32 q * scale (dequant_run, as the fp32 kernel's):
+// w[r * kc + k - k0]. k0 is a multiple of 32
 // (as K is), so each 32-weight run lies in one group (a group is a multiple of 32 weights). Called inside the
 // packed GEMM's tasks, which flush subnormals, as its sums do.
 template <class S>
@@ -78,11 +78,9 @@ void dequantize_panel_rows_typed(const QgemmProblem& p, int64_t n, int64_t rows,
       const float sf = scale_to_float(s[k / p.group]);
       Isa::F v[4];  // weights k .. k + 31, 8 a vector
       if (p.bits == 4) {
-        Isa::unpack_u4(q + k / 2, v);
-        for (auto& x : v) x = Isa::fmadd(x, Isa::set1(sf), Isa::set1(-8.f * sf));
+        dequant_run<4>(q + k / 2, Isa::set1(sf), Isa::set1(-8.f * sf), v);
       } else {
-        Isa::load_i8(reinterpret_cast<const int8_t*>(q + k), v);
-        for (auto& x : v) x = Isa::mul(x, Isa::set1(sf));
+        dequant_run<8>(q + k, Isa::set1(sf), Isa::set1(-8.f * sf), v);
       }
       for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + (k - k0) + 8 * i, v[i]);
     }

@@ -41,6 +41,23 @@ inline float scale_to_float(Bf16Bits s) {
 }
 inline float scale_to_float(F16Bits s) { return _cvtsh_ss(s.v); }
 
+// One 32-weight run of a weight row as float32 q * scale, in K order (32 / Isa::L vectors), rounded once: int4,
+// stored as u = q + 8, as u * s - 8 s in one FMA (exact but where 8 s overflows), int8 as q * s. src: the run's
+// first byte; s, off: its scale and -8 * scale, broadcast.
+template <int BITS>
+inline void dequant_run(const uint8_t* src, typename Isa::F s, typename Isa::F off, typename Isa::F* w) {
+  constexpr int V = 32 / Isa::L;
+  if constexpr (BITS == 4) {
+    Isa::unpack_u4(src, w);
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) w[v] = Isa::fmadd(w[v], s, off);
+  } else {
+    Isa::load_i8(reinterpret_cast<const int8_t*>(src), w);
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) w[v] = Isa::mul(w[v], s);
+  }
+}
+
 template <class S, int BITS, int MB, int NR>
 inline void qgemm_tile(const QgemmProblem& p, int64_t m0, int64_t n0) {
   using F = typename Isa::F;
@@ -80,23 +97,14 @@ inline void qgemm_tile(const QgemmProblem& p, int64_t m0, int64_t n0) {
     for (int r = 0; r < NR; ++r) {
       const float sc = scale_to_float(scales[(n0 + r) * G + g]);
       s[r] = Isa::set1(sc);
-      off[r] = Isa::set1(-8.0f * sc);  // int4 is stored as u = q + 8: w = u * s - 8 * s, exact
+      off[r] = Isa::set1(-8.0f * sc);  // int4's offset (dequant_run)
     }
     const int64_t k_end = (g + 1) * p.group;
     for (int64_t k = g * p.group; k < k_end; k += 32) {
 #pragma GCC unroll 4
       for (int r = 0; r < NR; ++r) {
         F w[V];
-        const uint8_t* src = p.qw + (n0 + r) * row_bytes + (BITS == 4 ? k / 2 : k);
-        if constexpr (BITS == 4) {
-          Isa::unpack_u4(src, w);
-#pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) w[v] = Isa::fmadd(w[v], s[r], off[r]);
-        } else {
-          Isa::load_i8(reinterpret_cast<const int8_t*>(src), w);
-#pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) w[v] = Isa::mul(w[v], s[r]);
-        }
+        dequant_run<BITS>(p.qw + (n0 + r) * row_bytes + (BITS == 4 ? k / 2 : k), s[r], off[r], w);
 #pragma GCC unroll 4
         for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 4
