@@ -32,7 +32,7 @@ namespace {
 
 // avx2 / avx512 / avx512vnni: our kernels on that instruction set. dequant (forced, for tests): bf16 x always
 // takes the dequantize-then-GEMM route below, other activations the best instruction set. packed (forced, for
-// tests): every x takes the packed-GEMM route (qgemm_packed_cpu.cpp) at every row count.
+// tests): bf16/fp16 x takes the packed-GEMM route (qgemm_packed_cpu.cpp) at every row count.
 enum class Isa : int { avx2 = 0, avx512 = 1, dequant = 2, avx512vnni = 3, packed = 4 };
 
 bool cpu_has_avx512() {
@@ -278,20 +278,23 @@ bool takes_dequant_route(const at::Tensor& x, int64_t M) {
   return x.scalar_type() == at::kBFloat16 && (forced || automatic);
 }
 
-// Prefill on a CPU without AVX-512 (so without a native bf16 GEMM either): from kPackedMinRows rows of bf16/fp16 x
-// (kPackedMinRowsF32 of fp32 x), the packed fp32 GEMM with the weight dequantized into its panels
-// (qgemm_packed_cpu.cpp); forced ("packed"), at every row count. AVX-512 CPUs without a native bf16 GEMM keep
-// their 512-bit integer kernels: no such CPU has timed the two against each other. On a 2-core AVX2 EPYC (Zen 3),
-// 2 threads, E2B's projections 6144 x 1536, 1536 x 6144, 2048 x 1536 and 256 x 1536, int4 / int8 in groups of 32,
-// bf16 x, its speed over the int16 kernels': 0.51-0.66x at 8 rows, 0.92-1.09x at 32, 0.96-1.20x at 40, 1.05-1.28x
-// at 48, 1.08-1.29x at 64, 1.19-1.37x at 128 (int4 6144 x 1536: 13.9 against 16.5 ms, 174 GFLOP/s). fp32 x (the
-// FMA kernel): 1.30x (int4) and 0.99x (int8) at 16 rows.
-constexpr int64_t kPackedMinRows = 48, kPackedMinRowsF32 = 16;
+// Prefill of bf16/fp16 x on a CPU without AVX-512 (so without a native bf16 GEMM either): from kPackedMinRows rows,
+// the packed fp32 GEMM with the weight dequantized into its panels (qgemm_packed_cpu.cpp); forced ("packed"), at
+// every row count. AVX-512 CPUs without a native bf16 GEMM keep their 512-bit integer kernels: no such CPU has
+// timed the two against each other. On a 2-core AVX2 EPYC (Zen 3), 2 threads, E2B's projections 6144 x 1536,
+// 1536 x 6144, 2048 x 1536 and 256 x 1536, int4 / int8 in groups of 32, bf16 x, its speed over the int16 kernels':
+// 0.51-0.66x at 8 rows, 0.92-1.09x at 32, 0.96-1.20x at 40, 1.05-1.28x at 48, 1.08-1.29x at 64, 1.19-1.37x at 128
+// (int4 6144 x 1536: 13.9 against 16.5 ms, 174 GFLOP/s).
+// fp32 x keeps the FMA kernel: the tile sums each output in one 128-term FMA chain a k-block, about twice the FMA
+// kernel's error (0.82x plain PyTorch's at 300 rows against 0.42x), and at 2 rows it exceeded the error rule's 2x
+// once in 300 draws (K = 704, int8 per channel; GEMMA4_TEST_SEED=214232732). Rounded to bf16/fp16, that error is
+// far below the output's own rounding.
+constexpr int64_t kPackedMinRows = 48;
 
 bool takes_packed_route(const at::Tensor& x, int64_t M) {
+  if (x.scalar_type() == at::kFloat) return false;
   if (active_isa() == static_cast<int>(Isa::packed)) return true;
-  const int64_t min_rows = x.scalar_type() == at::kFloat ? kPackedMinRowsF32 : kPackedMinRows;
-  return !isa_forced() && M >= min_rows && !cpu_has_avx512();
+  return !isa_forced() && M >= kPackedMinRows && !cpu_has_avx512();
 }
 
 namespace {

@@ -42,7 +42,8 @@ def available_isas():
 def cpu_isa(request):
     """Runs a test once per CPU kernel instruction set (AVX-512 and VNNI skipped where the CPU lacks them),
     once with bf16 activations on the dequantize-then-GEMM route (torch's bf16 GEMM: any CPU can run it), and once
-    on the packed-GEMM route (the weight dequantized into our fp32 GEMM's panels: AVX2, any x86-64 CPU)."""
+    with bf16/fp16 activations on the packed-GEMM route (the weight dequantized into our fp32 GEMM's panels: AVX2, any
+    x86-64 CPU)."""
     if request.param not in available_isas() + ["dequant", "packed"]:
         pytest.skip(f"this CPU has no {request.param}")
     qops.qgemm_cpu_isa(request.param)

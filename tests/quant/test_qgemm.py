@@ -194,15 +194,14 @@ def test_dequantize_route_is_plain_pytorch_on_the_bf16_weight(bits, group):
     torch.testing.assert_close(got, torch.nn.functional.linear(x, w, bias), rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, 48), (torch.float32, 16)], ids=["bf16", "fp32"])
-def test_auto_takes_the_packed_route_from_its_row_count(dtype, rows):
-    """On a CPU without AVX-512, "auto" runs prefill on the packed fp32 GEMM (the weight dequantized into its panels)
-    from 48 rows of 16-bit x, 16 of fp32 x, and the integer kernels below: bit for bit the forced routes."""
+def test_auto_takes_the_packed_route_from_its_row_count():
+    """On a CPU without AVX-512, "auto" runs bf16 prefill on the packed fp32 GEMM (the weight dequantized into its
+    panels) from 48 rows and the int16 kernels below: bit for bit the forced routes. fp32 x never takes it."""
     if "avx512" in available_isas():
         pytest.skip("AVX-512 CPUs keep their own kernels for prefill (or the bf16 dequantize route)")
     qweight, scales = random_qweight(96, 1536, 4, 32, torch.bfloat16)
-    for m, route in ((rows - 1, "avx2"), (rows, "packed")):
-        x = torch.randn(m, 1536).to(dtype)
+    for m, route in ((47, "avx2"), (48, "packed")):
+        x = torch.randn(m, 1536, dtype=torch.bfloat16)
         auto = ops.qgemm(x, qweight, scales)
         try:
             ops.quant.qgemm_cpu_isa(route)
@@ -212,3 +211,10 @@ def test_auto_takes_the_packed_route_from_its_row_count(dtype, rows):
         finally:
             ops.quant.qgemm_cpu_isa("auto")
         assert torch.equal(auto, forced) and not torch.equal(auto, other), (m, route)
+    x = torch.randn(300, 1536)  # fp32: the FMA kernel at every row count, forced "packed" or not
+    auto = ops.qgemm(x, qweight, scales)
+    try:
+        ops.quant.qgemm_cpu_isa("packed")
+        assert torch.equal(ops.qgemm(x, qweight, scales), auto)
+    finally:
+        ops.quant.qgemm_cpu_isa("auto")

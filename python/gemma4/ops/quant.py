@@ -43,11 +43,11 @@ def qgemm_cpu_isa(request: str = "") -> str:
 
     ``"auto"`` (the default) also lets bf16 activations of 64 rows or more, on a CPU with a native bf16
     GEMM (AVX512-BF16 or AMX), dequantize the weight to bf16 a slab at a time and use torch's GEMM (2-3x
-    our kernels there from 96 rows). On a CPU without AVX-512 it lets 48 rows or more of bf16/fp16 activations (16 of
-    float32) take our packed fp32 GEMM, which dequantizes the weight into its register-tile panels as it packs them
+    our kernels there from 96 rows). On a CPU without AVX-512 it lets 48 rows or more of bf16/fp16 activations take our
+    packed fp32 GEMM, which dequantizes the weight into its register-tile panels as it packs them
     (1.05-1.4x the integer kernels there). A forced ``"avx2"`` / ``"avx512"`` / ``"avx512vnni"`` keeps our kernels at
     every row count, ``"dequant"`` forces the bf16 route for bf16 activations, and ``"packed"`` the packed GEMM for
-    every activation dtype and row count (tests reach every path this way)."""
+    bf16/fp16 activations at every row count (tests reach every path this way)."""
     return torch.ops.gemma4.qgemm_cpu_isa(request)
 
 
