@@ -41,8 +41,6 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.double()
 
 
-
-
 def _kernel_error_ratios(preset, weights, group):
     """One random model: for float32 and bfloat16, the quantized model's error over the fake-quantized
     model's error (plain PyTorch in that dtype), both against the fake-quantized model in float64 (the
