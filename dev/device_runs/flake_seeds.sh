@@ -3,7 +3,7 @@
 # FILE_K) the test file's cases matching FILE_K under 14 xdist workers, as in the full suite.
 # Usage (copy's root): ARGS='ring 8 0 704 float32 float16 30' FILE_K=float32 bash dev/device_runs/flake_seeds.sh
 set -o pipefail
-KERNEL_DIRS=${KERNEL_DIRS:-quant} source dev/device_runs/build_sm90.sh
+KERNEL_DIRS=${KERNEL_DIRS:-quant;linear} source dev/device_runs/build_sm90.sh
 rm -f $OUT/cmake.log $OUT/build.log
 timeout ${TEST_S:-150} python3 dev/device_runs/flake_seeds.py $ARGS 2>&1 | tail -30
 [ -z "$FILE_K" ] || timeout ${FILE_S:-120} python3 -m pytest -q -p no:cacheprovider -n 14 --tb=short \

@@ -6,7 +6,7 @@ set -o pipefail
 OUT=${OUT:?set OUT to a folder for the logs}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
 cmake -S . -B build/x -G Ninja -DPython_EXECUTABLE="$(which python3)" -DGEMMA4_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DGEMMA4_KERNEL_DIRS=${KERNEL_DIRS:-quant} >$OUT/cmake.log 2>&1 || { tail -30 $OUT/cmake.log; exit 1; }
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DGEMMA4_KERNEL_DIRS=${KERNEL_DIRS:-quant;linear} >$OUT/cmake.log 2>&1 || { tail -30 $OUT/cmake.log; exit 1; }
 start=$(date +%s)
 ninja -C build/x -j16 >$OUT/build.log 2>&1 || { grep -B2 -A12 "error" $OUT/build.log | head -80; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"

@@ -5,7 +5,7 @@
 # EXTRA if set.
 #   bash dev/device_runs/resident_gemv.sh     (VM: the M values, default 1,2,4,8,9,12,16; VSHAPES: more shapes)
 set -o pipefail
-KERNEL_DIRS=${KERNEL_DIRS:-quant} source dev/device_runs/build_sm90.sh
+KERNEL_DIRS=${KERNEL_DIRS:-quant;linear} source dev/device_runs/build_sm90.sh
 rm -f $OUT/cmake.log $OUT/build.log
 export VM=${VM:-1,2,4,8,9,12,16} VMETHODS=${VMETHODS:-ours_int4_g32}
 for v in ${VARIANTS:-resident auto resident auto}; do  # route[:G4_RES_D]

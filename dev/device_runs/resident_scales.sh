@@ -6,7 +6,7 @@
 # Applies dev/cuda/experiments/resident_scale_batch.patch first where the tree does not have it.
 set -o pipefail
 patch -p1 --forward -s <dev/cuda/experiments/resident_scale_batch.patch >/dev/null 2>&1 || true
-KERNEL_DIRS=${KERNEL_DIRS:-quant} source dev/device_runs/build_sm90.sh
+KERNEL_DIRS=${KERNEL_DIRS:-quant;linear} source dev/device_runs/build_sm90.sh
 export VM=${VM:-1,8,9,16} VMETHODS=ours_int4_g32
 for round in $(seq ${ROUNDS:-2}); do
   for v in sb nosb; do

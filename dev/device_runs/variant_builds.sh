@@ -3,7 +3,7 @@
 PY=$(which python3)
 cfg() {  # source dir, build dir, extra CUDA flags
   cmake -S $1 -B $2 -G Ninja -DPython_EXECUTABLE=$PY -DGEMMA4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DGEMMA4_KERNEL_DIRS=${XDIRS:-quant} -DCMAKE_CUDA_FLAGS="$3" >$OUT/cmake-$(basename $2).log 2>&1
+    -DGEMMA4_KERNEL_DIRS=${XDIRS:-quant;linear} -DCMAKE_CUDA_FLAGS="$3" >$OUT/cmake-$(basename $2).log 2>&1
 }
 builds_done() {  # the builds' start time (date +%s): elapsed time and the first errors
   echo "builds: $(( $(date +%s) - $1 )) s"

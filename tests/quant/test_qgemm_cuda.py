@@ -152,6 +152,30 @@ def test_qgemm_cuda_route_rule_large_weight():
         qops.qgemm_cuda_path("auto")
 
 
+@pytest.mark.parametrize("k", [768, 1280, 2048])
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_qgemm_cuda_resident_tiles_and_warps(k, scale_dtype):
+    """The x-resident GEMV forced: 1000 rows (63 16-row tiles, the last part-filled) cut into (tile, span) units so
+    that most warps start and end inside a tile (their partial sums added in warp order), K = 768 and 1280 (spans
+    that are not a multiple of 4) and 2048. Within the error rule, deterministic, and 9 rows of a 16-row call equal
+    to the same rows alone (both on two column tiles)."""
+    n = 1000
+    qweight, scales = random_qweight(n, k, 4, 32, scale_dtype)
+    q, s = qweight.cuda(), scales.cuda()
+    qops.qgemm_cuda_path("resident")
+    try:
+        for m in (1, 9, 16):
+            x, bias = torch.randn(m, k).to(torch.bfloat16), torch.randn(n).to(torch.bfloat16)
+            _check(qweight, scales, x, bias)
+            xc = x.cuda()
+            y = ops.qgemm(xc, q, s)
+            assert_same(y, ops.qgemm(xc, q, s))
+            if m > 9:
+                assert_same(y[:9], ops.qgemm(xc[:9], q, s))
+    finally:
+        qops.qgemm_cuda_path("auto")
+
+
 @pytest.mark.parametrize("bits,group", [(4, 32), (4, 128), (8, None), (8, 32)], ids=str)
 def test_qgemm_cuda_x16_rows_and_outliers(bits, group):
     """The int16-activation GEMV: x blocks of 32 with one value 1000x the others (the rest rounded to int16 steps
