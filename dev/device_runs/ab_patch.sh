@@ -7,13 +7,7 @@
 set -o pipefail
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
-rm -rf /tmp/base && mkdir /tmp/base && cp -r csrc python CMakeLists.txt pyproject.toml benchmarks dev /tmp/base/ 2>/dev/null
-(cd /tmp/base && patch -R -p1 -s <$OLDPWD/$PATCH) || { echo "patch -R failed"; exit 1; }
-start=$(date +%s)
-cfg . build/x && (ninja -C build/x -j10 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
-cfg /tmp/base $PWD/build/base && (ninja -C build/base -j6 >$OUT/build-base.log 2>&1; echo "base rc=$?") &
-wait
-builds_done $start
+build_with_base $PATCH || exit 1
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 run_tests
 for round in 1 2; do for b in base x; do

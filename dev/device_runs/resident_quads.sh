@@ -8,14 +8,7 @@
 set -o pipefail
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
-cp ${PATCH:-dev/tmp_ab/change.diff} /tmp/change.diff  # made here: git diff -- csrc > dev/tmp_ab/change.diff
-rm -rf /tmp/base && mkdir /tmp/base && cp -r csrc python CMakeLists.txt pyproject.toml /tmp/base/
-(cd /tmp/base && patch -R -p1 -s </tmp/change.diff) || { echo "patch -R failed"; exit 1; }
-start=$(date +%s)
-cfg . build/x && (ninja -C build/x -j9 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
-cfg /tmp/base $PWD/build/base && (ninja -C build/base -j7 >$OUT/build-base.log 2>&1; echo "base rc=$?") &
-wait
-builds_done $start
+build_with_base ${PATCH:-dev/tmp_ab/change.diff} || exit 1  # made here: git diff -- csrc > dev/tmp_ab/change.diff
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 for round in $(seq ${ROUNDS:-2}); do
   for b in base x; do

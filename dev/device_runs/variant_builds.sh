@@ -1,5 +1,6 @@
 # Sourced by the device scripts that build the quant kernels more than once and compare them (ab_patch.sh,
-# wgmma_gemm.sh): configure a build, report the parallel builds, run the tests on build/x. Logs to $OUT.
+# wgmma_gemm.sh, resident_quads.sh): configure a build, build the tree and its state before a patch side by side, report
+# the parallel builds, run the tests on build/x. Logs to $OUT.
 PY=$(which python3)
 cfg() {  # source dir, build dir, extra CUDA flags
   cmake -S $1 -B $2 -G Ninja -DPython_EXECUTABLE=$PY -DGEMMA4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
@@ -16,4 +17,13 @@ run_tests() {  # TESTS (default tests/quant/test_qgemm_cuda.py, "none" to skip),
     ${TESTS:-tests/quant/test_qgemm_cuda.py} ${TEST_K:+-k "$TEST_K"} >$OUT/tests.log 2>&1
   echo "tests rc=$? ($(( $(date +%s) - start )) s)"
   grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -30
+}
+build_with_base() {  # a patch of the tree (git diff): the tree into build/x, a copy with the patch reversed into build/base
+  local patch_file=$(realpath "$1") start=$(date +%s)
+  rm -rf /tmp/base && mkdir /tmp/base && cp -r csrc python CMakeLists.txt pyproject.toml benchmarks dev /tmp/base/ 2>/dev/null
+  (cd /tmp/base && patch -R -p1 -s <"$patch_file") || { echo "patch -R failed"; return 1; }
+  cfg . build/x && (ninja -C build/x -j10 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
+  cfg /tmp/base $PWD/build/base && (ninja -C build/base -j6 >$OUT/build-base.log 2>&1; echo "base rc=$?") &
+  wait
+  builds_done $start
 }
