@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call comparing the working tree with the tree before a patch: builds csrc/quant/ for sm_90 twice in
+# One device call comparing the working tree with the tree before a patch: builds csrc/quant/ (and linear/, which it calls) for sm_90 twice in
 # parallel (build/x: the working tree; build/base: a copy with PATCH reversed), runs TESTS on build/x, then times
 # both builds with dev/cuda/qgemv_variants.py (VM rows, VMETHODS, every shape; VPATH forces a route). Logs to $OUT.
 #   git diff > dev/tmp_ab/ab.patch   (in a folder .git/info/exclude does not hide: it travels with the tree)

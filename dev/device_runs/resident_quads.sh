@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for an x-resident GEMV change (twenty-eighth session: dev/cuda/experiments/resident_quad_scales.patch
 # applied to the tree, and its git diff -- csrc in dev/tmp_ab/change.diff): the working tree and
-# the tree before the change (PATCH reversed, default dev/tmp_ab/change.diff) built side by side (quant only, sm_90), both timed with
+# the tree before the change (PATCH reversed, default dev/tmp_ab/change.diff) built side by side (quant and linear, sm_90), both timed with
 # dev/cuda/resident_probe.py on the forced "resident" route and on "auto" (rounds alternating), then TESTS
 # (default tests/quant/test_qgemm_cuda.py) on the new build, then benchmarks/gpu/bench_qgemm_gpu.py (BENCH_M) on it.
 #   bash dev/device_runs/resident_quads.sh
