@@ -292,9 +292,13 @@ bool takes_dequant_route(const at::Tensor& x, int64_t M) {
 constexpr int64_t kPackedMinRows = 48;
 
 bool takes_packed_route(const at::Tensor& x, int64_t M) {
+#if defined(__AVX2__)
   if (x.scalar_type() == at::kFloat) return false;
   if (active_isa() == static_cast<int>(Isa::packed)) return true;
   return !isa_forced() && M >= kPackedMinRows && !cpu_has_avx512();
+#else
+  return false;  // its panels are dequantized by the AVX2 kernels: a build without them has no CPU qgemm (below)
+#endif
 }
 
 namespace {

@@ -12,14 +12,21 @@
 #include "linear/linear_gemm.h"  // linear::pack_w_panel, kNR, kKC
 #include "linear/panel_source.h"
 
+#include <c10/util/Exception.h>  // TORCH_CHECK
+
 namespace gemma4::quant {
 namespace {
 
 // linear::PanelSource::pack over a QgemmProblem's weight fields.
+// (Built only with the AVX2 kernels that dequantize the panels: qgemm_cpu.cpp takes this route only there.)
 void pack_dequantized(const void* ctx, int64_t n, int64_t cols, int64_t k0, int64_t kc, float* dst) {
+#if defined(__AVX2__)
   alignas(32) float rows[linear::kNR * linear::kKC];  // [cols, kc] float32
   avx2::dequantize_panel_rows(*static_cast<const QgemmProblem*>(ctx), n, cols, k0, kc, rows);
   linear::pack_w_panel<linear::kNR>(rows, kc, cols, kc, dst);
+#else
+  TORCH_CHECK(false, "qgemm: the packed route needs the AVX2 kernels, which this build lacks");
+#endif
 }
 
 }  // namespace
