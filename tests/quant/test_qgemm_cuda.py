@@ -156,9 +156,9 @@ def test_qgemm_cuda_route_rule_large_weight():
 @pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_qgemm_cuda_resident_tiles_and_warps(k, scale_dtype):
     """The x-resident GEMV forced: 1000 rows (63 16-row tiles, the last part-filled) cut into (tile, span) units so
-    that most warps start and end inside a tile (their partial sums added in warp order), K = 768 and 1280 (spans
-    that are not a multiple of 4) and 2048. Within the error rule, deterministic, and 9 rows of a 16-row call equal
-    to the same rows alone (both on two column tiles)."""
+    that most warps start and end inside a tile (their partial sums added in warp order), K = 768, 1280 and 2048 (6,
+    10 and 16 spans a tile), bf16 and fp16 scales. Within the error rule, deterministic, and 9 rows of a 16-row call
+    equal to the same rows alone (both on two column tiles)."""
     n = 1000
     qweight, scales = random_qweight(n, k, 4, 32, scale_dtype)
     q, s = qweight.cuda(), scales.cuda()
