@@ -30,7 +30,7 @@
 namespace gemma4::quant_cuda {
 
 constexpr int kResWarps = 16;  // per block, one block an SM
-constexpr int kResDepth = 3;   // units of weights in flight in a warp's registers (1 KB each)
+constexpr int kResGroup = 2;   // units a group: two groups of weights (1 KB a unit) in a warp's registers
 
 struct ResidentArgs {
   const uint8_t* qw;   // [N, K/2] int4
@@ -123,8 +123,10 @@ struct UnitLoad {
 
 // Where a lane's next unit is: its two rows' first bytes and scales, kept from tile to tile, so a load is a
 // few adds (the row and scale products were most of a unit's integer instructions). Rows past N read row N - 1
-// (their sums are not stored) and runs past K the last run with scale 0 (x is 0 there in shared memory, so
-// they add exact zeros): every load is unconditional.
+// (their sums are not stored) and runs past K the last run, whose scale mma_unit replaces by 0 (x is 0 there in
+// shared memory, so they add exact zeros, even where that scale is not finite): every load is unconditional.
+// Nothing here reads a loaded value: an instruction that did (the zeroing select, as it was) would stall the warp
+// for the load's whole latency once a unit, however many units are in flight.
 template <typename S>
 struct UnitCursor {
   const uint8_t* w[2];
@@ -140,12 +142,11 @@ struct UnitCursor {
     }
   }
   __device__ __forceinline__ void load(UnitLoad<S>& u, const ResidentArgs& a, int tile0, int g, int t) {
-    const int run = span * 4 + t, last = a.runs - 1, rc = min(run, last);
+    const int rc = min(span * 4 + t, a.runs - 1);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h]);
-      const S sc = s[h][rc >> a.scale_shift];
-      u.s[h] = run <= last ? sc : S(0.0f);
+      u.s[h] = s[h][rc >> a.scale_shift];
     }
     if (++span == a.spans) {
       span = 0, ++tile;
@@ -154,13 +155,23 @@ struct UnitCursor {
   }
 };
 
+// A unit's two scales ready for scaled_pair; 0 where the lane's run is past K (`live` false).
+template <typename MT, typename S>
+struct UnitScales {
+  using Scale = TcScale<S, MT>;
+  typename Scale::type s[2];
+  __device__ __forceinline__ void set(const UnitLoad<S>& u, bool live) {
+    s[0] = Scale::make(live ? u.s[0] : S(0.0f));
+    s[1] = Scale::make(live ? u.s[1] : S(0.0f));
+  }
+};
+
 // acc += the unit's 16 rows x 128 weights times x's NT column tiles.
 template <typename MT, typename S, int NT>
-__device__ __forceinline__ void mma_unit(float (&acc)[NT][4], const UnitLoad<S>& u, const uint32_t* xs, int span,
-                                         int lane) {
+__device__ __forceinline__ void mma_unit(float (&acc)[NT][4], const UnitLoad<S>& u, const UnitScales<MT, S>& sc,
+                                         const uint32_t* xs, int span, int lane) {
   const uint32_t* xl = xs + (int64_t(span) * 8 * 32 + lane) * (2 * NT);
-  using Scale = TcScale<S, MT>;
-  const typename Scale::type s0 = Scale::make(u.s[0]), s1 = Scale::make(u.s[1]);  // converted here, not at the load
+  const auto s0 = sc.s[0], s1 = sc.s[1];
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
     // the dequantized weights, each rounded once from the exact q * scale (TcScale: in MT, or via fp32)
@@ -214,7 +225,7 @@ __device__ __forceinline__ int warp_first_unit(int w, int units) {
 
 template <typename T, typename MT, typename S, int NT>
 __global__ void __launch_bounds__(kResWarps * 32, 1) qgemv_resident_kernel(const ResidentArgs a) {
-  constexpr int D = kResDepth, E = NT * 4 * 32;  // units in flight; floats of one warp's partial sums
+  constexpr int G = kResGroup, E = NT * 4 * 32;  // units a group; floats of one warp's partial sums
   extern __shared__ uint4 smem_u4[];
   auto* xs = reinterpret_cast<uint32_t*>(smem_u4);
   float* heads = reinterpret_cast<float*>(smem_u4) + resident_x_bytes<NT>(a.spans) / 4;  // [kResWarps][E]
@@ -226,13 +237,13 @@ __global__ void __launch_bounds__(kResWarps * 32, 1) qgemv_resident_kernel(const
   const int u0 = warp_first_unit(warp, units), u1 = warp_first_unit(warp + 1, units);
   const int first_tile = u0 / a.spans;  // block-relative
 
-  // The first units' weights are asked for before x: they do not depend on the kernel before (cuda_pdl.cuh).
-  UnitLoad<S> buf[D];
+  // The first group's weights are asked for before x: they do not depend on the kernel before (cuda_pdl.cuh).
+  UnitLoad<S> set_a[G], set_b[G];
   UnitCursor<S> next{{}, {}, first_tile, u0 % a.spans};
   next.to_tile(a, tile0, g);
 #pragma unroll
-  for (int d = 0; d < D; ++d) {
-    if (u0 + d < u1) next.load(buf[d], a, tile0, g, t);
+  for (int d = 0; d < G; ++d) {
+    if (u0 + d < u1) next.load(set_a[d], a, tile0, g, t);
   }
   cuda::pdl_wait();
   fill_x<NT>(xs, a);
@@ -241,12 +252,28 @@ __global__ void __launch_bounds__(kResWarps * 32, 1) qgemv_resident_kernel(const
   float acc[NT][4] = {};
   const bool head_shared = u0 % a.spans != 0;  // another warp has the first tile's start
   int tile = first_tile, span = u0 % a.spans;
-  for (int u = u0; u < u1; u += D) {
+  // Units u .. u + G - 1 from `cur`, the next group's loads into `nxt` (free: its units are done). A warp's
+  // weight and scale loads share one scoreboard, so each wait for loaded registers is a wait for every load in
+  // flight: the group's scales are converted (its one wait) before the next group is asked for, so the wait
+  // is for loads a whole group old, never for ones just issued (which stalled the warp a full memory latency
+  // each group, a quarter of its time: Nsight, dev/cuda/experiments/README.md).
+  const auto run_group = [&](UnitLoad<S>(&cur)[G], UnitLoad<S>(&nxt)[G], int u) {
+    UnitScales<MT, S> sc[G];
 #pragma unroll
-    for (int d = 0; d < D; ++d) {
+    for (int d = 0; d < G; ++d) {
       if (u + d >= u1) break;
-      mma_unit<MT, S, NT>(acc, buf[d], xs, span, lane);
-      if (u + d + D < u1) next.load(buf[d], a, tile0, g, t);
+      int sd = span + d;  // unit u + d's span: the tile may change inside the group
+      while (sd >= a.spans) sd -= a.spans;
+      sc[d].set(cur[d], sd * 4 + t < a.runs);
+    }
+#pragma unroll
+    for (int d = 0; d < G; ++d) {
+      if (u + G + d < u1) next.load(nxt[d], a, tile0, g, t);
+    }
+#pragma unroll
+    for (int d = 0; d < G; ++d) {
+      if (u + d >= u1) break;
+      mma_unit<MT, S, NT>(acc, cur[d], sc[d], xs, span, lane);
       if (++span == a.spans) {  // the tile's last span: a whole tile is written, a shared first one kept
         if (tile == first_tile && head_shared) {
           save_partial<NT>(heads + warp * E, acc, lane);
@@ -260,6 +287,10 @@ __global__ void __launch_bounds__(kResWarps * 32, 1) qgemv_resident_kernel(const
         span = 0, ++tile;
       }
     }
+  };
+  for (int u = u0; u < u1; u += 2 * G) {
+    run_group(set_a, set_b, u);
+    if (u + G < u1) run_group(set_b, set_a, u + G);
   }
   // A last tile that goes on in the next warp: the head slot when it is also the first tile, else the tail slot.
   const bool tail_open = span != 0;
