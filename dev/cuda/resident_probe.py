@@ -1,5 +1,5 @@
 """Times gemma4::qgemm (int4 g32, bf16 x and scales) of the build GEMMA4_LIB_DIR points at on the shapes and rows
-given, with the route given (dev/device_runs/resident_quads.sh runs it per build and route). Same timer as
+given, with the route given (dev/device_runs/resident_select.sh runs it per build and route). Same timer as
 benchmarks/gpu/bench_qgemm_gpu.py, on the shapes only (no baselines: quicker than dev/cuda/qgemv_variants.py), and
 the relative error of each output against float64 x @ dequant(W)^T, so that a build that computes something else
 shows.

@@ -1,5 +1,5 @@
 # Sourced by the device scripts that build the quant kernels more than once and compare them (ab_patch.sh,
-# wgmma_gemm.sh, resident_quads.sh): configure a build, build the tree and its state before a patch side by side, report
+# wgmma_gemm.sh, resident_select.sh): configure a build, build the tree and its state before a patch side by side, report
 # the parallel builds, run the tests on build/x. Logs to $OUT.
 PY=$(which python3)
 cfg() {  # source dir, build dir, extra CUDA flags
