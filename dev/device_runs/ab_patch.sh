@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One device call comparing the working tree with the tree before a patch: builds csrc/quant/ (and linear/, which it calls) for sm_90 twice in
-# parallel (build/x: the working tree; build/base: a copy with PATCH reversed), runs TESTS on build/x, then times
-# both builds with dev/cuda/qgemv_variants.py (VM rows, VMETHODS, every shape; VPATH forces a route). Logs to $OUT.
+# One device call comparing the working tree with the tree before a patch: builds csrc/quant/ (and linear/, which
+# it calls) for sm_90 twice in parallel (build/x: the working tree; build/base: a copy with PATCH reversed), runs
+# TESTS on build/x, then times both builds with dev/cuda/qgemv_variants.py (VM rows, VMETHODS, every shape; VPATH
+# forces a route). Logs to $OUT.
 #   git diff > dev/tmp_ab/ab.patch   (in a folder .git/info/exclude does not hide: it travels with the tree)
 #   PATCH=dev/tmp_ab/ab.patch VM=1,8,16 bash dev/device_runs/ab_patch.sh
 set -o pipefail

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call (twenty-ninth session): an x-resident GEMV change (dev/tmp_ab/change.diff = git diff -- csrc)
 # against the tree before it, and the tree with VARIANT_SED applied to qgemv_resident.cuh (build/v; default: three
-# units a group instead of two; none: no variant), each built side by side (quant and linear, sm_90) and timed with dev/cuda/resident_probe.py on the
-# forced "resident" route and on "auto", rounds alternating; then the x-resident tests on build/x (TEST_K="" for the
+# units a group instead of two; none: no variant), each built side by side (quant and linear, sm_90) and timed with
+# dev/cuda/resident_probe.py on the forced "resident" route and on "auto", rounds alternating; then the x-resident
+# tests on build/x (TEST_K="" for the
 # whole of TESTS), benchmarks/gpu/bench_qgemm_gpu.py at BENCH_M rows on build/x if set, and Nsight with NCU=1.
 # (Twenty-eighth session's resident_quads.sh, folded in here.)
 #   bash dev/device_runs/resident_select.sh
@@ -30,8 +31,11 @@ for round in $(seq ${ROUNDS:-2}); do
   done
 done
 TEST_K=${TEST_K-"resident or route_rule or deterministic"} run_tests
-[ -z "$BENCH_M" ] || GEMMA4_LIB_DIR=$PWD/build/x timeout 200 python3 benchmarks/gpu/bench_qgemm_gpu.py --m $BENCH_M \
-  >$OUT/bench.log 2>&1; [ -z "$BENCH_M" ] || { tail -5 $OUT/bench.log; cp benchmarks/results/qgemm_gpu-* $OUT/ 2>/dev/null; }
+if [ -n "$BENCH_M" ]; then
+  GEMMA4_LIB_DIR=$PWD/build/x timeout 200 python3 benchmarks/gpu/bench_qgemm_gpu.py --m $BENCH_M >$OUT/bench.log 2>&1
+  tail -5 $OUT/bench.log
+  cp benchmarks/results/qgemm_gpu-* $OUT/ 2>/dev/null
+fi
 
 # Nsight Compute on build/x at 16 rows: stall reasons and their top instructions (dev/cuda/ncu_stall_top.py)
 if [ -n "$NCU" ]; then

@@ -1,6 +1,6 @@
 # Sourced by the device scripts that build the quant kernels more than once and compare them (ab_patch.sh,
-# wgmma_gemm.sh, resident_select.sh): configure a build, build the tree and its state before a patch side by side, report
-# the parallel builds, run the tests on build/x. Logs to $OUT.
+# wgmma_gemm.sh, resident_select.sh): configure a build, build the tree and its state before a patch side by side,
+# report the parallel builds, run the tests on build/x. Logs to $OUT.
 PY=$(which python3)
 cfg() {  # source dir, build dir, extra CUDA flags
   cmake -S $1 -B $2 -G Ninja -DPython_EXECUTABLE=$PY -DGEMMA4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
@@ -19,7 +19,8 @@ run_tests() {  # TESTS (default tests/quant/test_qgemm_cuda.py, "none" to skip),
   echo "tests rc=$? ($(( $(date +%s) - start )) s)"
   grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -30
 }
-build_with_base() {  # a patch of the tree (git diff): the tree into build/x, a copy with the patch reversed into build/base
+# A patch of the tree (git diff): the tree into build/x, a copy with the patch reversed into build/base.
+build_with_base() {
   local patch_file=$(realpath "$1") start=$(date +%s)
   rm -rf /tmp/base && mkdir /tmp/base && cp -r csrc python CMakeLists.txt pyproject.toml benchmarks dev /tmp/base/ 2>/dev/null
   (cd /tmp/base && patch -R -p1 -s <"$patch_file") || { echo "patch -R failed"; return 1; }
