@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device call (twenty-ninth session): an x-resident GEMV change (dev/tmp_ab/change.diff = git diff -- csrc)
-# against the tree before it, and the tree with VARIANT_SED applied to qgemv_resident.cuh (build/v; default: three
-# units a group instead of two; none: no variant), each built side by side (quant and linear, sm_90) and timed with
-# dev/cuda/resident_probe.py on the forced "resident" route and on "auto", rounds alternating; then the x-resident
-# tests on build/x (TEST_K="" for the
-# whole of TESTS), benchmarks/gpu/bench_qgemm_gpu.py at BENCH_M rows on build/x if set, and Nsight with NCU=1.
+# against the tree before it, and the tree with VARIANT_SED applied to VARIANT_FILE (build/v; default: three units a
+# group instead of two in qgemv_resident.cuh; VARIANT_SED=none: no variant), each built side by side (quant and
+# linear, sm_90) and timed with dev/cuda/resident_probe.py on the routes PROBE_ROUTES (default the forced "resident"
+# and "auto"), rounds alternating; then the x-resident tests on build/x (TEST_K="" for the whole of TESTS),
+# benchmarks/gpu/bench_qgemm_gpu.py at BENCH_M rows on build/x if set, and Nsight with NCU=1.
 # (Twenty-eighth session's resident_quads.sh, folded in here.)
 #   bash dev/device_runs/resident_select.sh
 set -o pipefail
@@ -15,8 +15,9 @@ if [ "${VARIANT_SED:-}" = none ]; then
   VARIANTS="base x"
 else
   rm -rf /tmp/v && mkdir /tmp/v && cp -r csrc python CMakeLists.txt pyproject.toml /tmp/v/
-  sed -i "${VARIANT_SED:-s/constexpr int kResGroup = 2;/constexpr int kResGroup = 3;/}" /tmp/v/csrc/quant/qgemv_resident.cuh
-  cmp -s csrc/quant/qgemv_resident.cuh /tmp/v/csrc/quant/qgemv_resident.cuh && echo "VARIANT_SED changed nothing"
+  VF=${VARIANT_FILE:-csrc/quant/qgemv_resident.cuh}
+  sed -i "${VARIANT_SED:-s/constexpr int kResGroup = 2;/constexpr int kResGroup = 3;/}" /tmp/v/$VF
+  cmp -s $VF /tmp/v/$VF && echo "VARIANT_SED changed nothing"
   (cfg /tmp/v $PWD/build/v && ninja -C build/v -j4 >$OUT/build-v.log 2>&1; echo "v rc=$?") &
 fi
 build_with_base ${PATCH:-dev/tmp_ab/change.diff} || exit 1
@@ -24,7 +25,7 @@ wait
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 for round in $(seq ${ROUNDS:-2}); do
   for b in $VARIANTS; do
-    for route in resident auto; do
+    for route in ${PROBE_ROUTES:-resident auto}; do
       GEMMA4_LIB_DIR=$PWD/build/$b PROBE_M=${PROBE_M:-1,2,4,8,9,12,16} timeout 120 python3 dev/cuda/resident_probe.py \
         $b $route $OUT/probe-$b-$route-$round.json 2>&1 | grep "M="
     done

@@ -1,0 +1,41 @@
+"""Writes a variant of the x-resident GEMV (csrc/quant/qgemv_resident.cuh) into a copy of the tree, with one part of
+its per-unit work taken out, so that a device call can see what each part costs in time and board power
+(dev/device_runs/resident_energy.sh). The variants compute wrong sums; they are for timing only.
+
+  nolds  the x fragments are not read from shared memory (the MMA's B operand is the weight fragment)
+  nodeq  the weights go to the MMA as loaded (a shift, no conversion to bf16 and no multiply by the scale)
+  nomma  no MMA: the fragments are folded into the accumulator by a few integer instructions
+
+    python dev/cuda/resident_energy_variants.py TREE VARIANT
+"""
+import sys
+from pathlib import Path
+
+EDITS = {
+    "nolds": [("*reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT)", "make_uint4(w[0], w[1], w[2], w[3])")],
+    "nodeq": [(
+        """    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 0), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 0), s1),
+                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 1), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 1), s1)};""",
+        """    (void)s0, (void)s1;
+    const uint32_t w[4] = {u.w[0][s / 2], u.w[1][s / 2], u.w[0][s / 2] >> 4, u.w[1][s / 2] >> 4};""")],
+    "nomma": [(
+        "for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);",
+        "for (int nt = 0; nt < NT; ++nt) acc[nt][0] += __uint_as_float((w[0] ^ w[1] ^ w[2] ^ w[3] ^ b[2 * nt] ^ "
+        "b[2 * nt + 1]) & 0x3F800000u);")],
+}
+
+
+def main(tree: str, variant: str) -> None:
+    path = Path(tree) / "csrc/quant/qgemv_resident.cuh"
+    text = path.read_text()
+    for old, new in EDITS[variant]:
+        if text.count(old) != 1:
+            raise SystemExit(f"{variant}: expected one {old[:60]!r} in {path}")
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
