@@ -61,9 +61,15 @@ def assert_same(got, want):
 # well conditioned (draw_routable_ids).
 
 
-def router_margins(model, ids: torch.Tensor) -> torch.Tensor | None:
-    """[B, T] ids -> [B, T]: per token, the smallest top-k margin (k-th minus (k+1)-th largest router logit,
-    the logits the experts are chosen from) over the MoE layers; None for a model without MoE."""
+def has_moe(model) -> bool:
+    """Whether model routes tokens to experts (a Gemma4Router in it)."""
+    return any(isinstance(m, Gemma4Router) for m in model.modules())
+
+
+def router_margins(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """[B, T] ids (and their attention mask) -> [B, T]: per token, the smallest top-k margin (k-th minus (k+1)-th
+    largest router logit, the logits the experts are chosen from) over the MoE layers; None for a model without
+    MoE."""
     routers = [m for m in model.modules() if isinstance(m, Gemma4Router)]
     if not routers:
         return None
@@ -71,7 +77,7 @@ def router_margins(model, ids: torch.Tensor) -> torch.Tensor | None:
     hooks = [r.proj.register_forward_hook(lambda mod, args, out: logits.append(out.detach())) for r in routers]
     try:
         with torch.no_grad():
-            model(ids)
+            model(ids, attention_mask=attention_mask)
     finally:
         for h in hooks:
             h.remove()
@@ -101,7 +107,7 @@ def draw_routable_ids(model, rows: int, tokens: int, low: int, high: int, min_ma
     by token. None when the prefix's routing (which the weights alone decide) or a position finds no such id:
     draw another model. A model without MoE gets plain random ids (torch.randint(low, high, (rows, tokens)))."""
     ids = torch.tensor(list(prefix), dtype=torch.long).view(1, -1).expand(rows, -1)
-    if not any(isinstance(m, Gemma4Router) for m in model.modules()):  # dense: no discrete choice to condition
+    if not has_moe(model):  # dense: no discrete choice to condition
         return torch.cat([ids, torch.randint(low, high, (rows, tokens))], dim=1)
     if len(prefix) and router_margins(model, ids[:1]).min() < min_margin:
         return None
