@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call (twenty-ninth session): an x-resident GEMV change (dev/tmp_ab/change.diff = git diff -- csrc)
-# against the tree before it, and the tree with VARIANT_SED applied to VARIANT_FILE (build/v; default: three units a
-# group instead of two in qgemv_resident.cuh; VARIANT_SED=none: no variant), each built side by side (quant and
+# against the tree before it, and the tree with VARIANT_SED applied to VARIANT_FILE or with VARIANT_PATCH (build/v;
+# default: three units a group instead of two in qgemv_resident.cuh; VARIANT_SED=none: no variant; an empty
+# change.diff makes base the tree), each built side by side (quant and
 # linear, sm_90) and timed with dev/cuda/resident_probe.py on the routes PROBE_ROUTES (default the forced "resident"
 # and "auto"), rounds alternating; then the x-resident tests on build/x (TEST_K="" for the whole of TESTS),
 # benchmarks/gpu/bench_qgemm_gpu.py at BENCH_M rows on build/x if set, and Nsight with NCU=1.
@@ -16,8 +17,12 @@ if [ "${VARIANT_SED:-}" = none ]; then
 else
   rm -rf /tmp/v && mkdir /tmp/v && cp -r csrc python CMakeLists.txt pyproject.toml /tmp/v/
   VF=${VARIANT_FILE:-csrc/quant/qgemv_resident.cuh}
-  sed -i "${VARIANT_SED:-s/constexpr int kResGroup = 2;/constexpr int kResGroup = 3;/}" /tmp/v/$VF
-  cmp -s $VF /tmp/v/$VF && echo "VARIANT_SED changed nothing"
+  if [ -n "${VARIANT_PATCH:-}" ]; then
+    (cd /tmp/v && patch -p1 -s <"$OLDPWD/$VARIANT_PATCH") || { echo "VARIANT_PATCH does not apply"; exit 1; }
+  else
+    sed -i "${VARIANT_SED:-s/constexpr int kResGroup = 2;/constexpr int kResGroup = 3;/}" /tmp/v/$VF
+    cmp -s $VF /tmp/v/$VF && echo "VARIANT_SED changed nothing"
+  fi
   (cfg /tmp/v $PWD/build/v && ninja -C build/v -j4 >$OUT/build-v.log 2>&1; echo "v rc=$?") &
 fi
 build_with_base ${PATCH:-dev/tmp_ab/change.diff} || exit 1
