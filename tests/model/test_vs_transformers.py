@@ -55,6 +55,8 @@ def _routable(model, ids, mask, first, vocab, device, candidates=16, rounds=8):
     token's routing depend on it and the tokens before it only."""
     for p in range(1, ids.shape[1]):
         rows = [b for b in range(ids.shape[0]) if p >= first[b]]
+        if not rows:  # every row still in its padding or at its <bos>
+            continue
         for _ in range(rounds):
             drawn = torch.randint(3, vocab, (len(rows), candidates))
             seqs = ids[rows, :p + 1].repeat_interleave(candidates, dim=0)  # [rows * candidates, p + 1]
