@@ -101,30 +101,53 @@ FLOAT32_ROUTER_MARGIN = 2e-4
 def draw_routable_ids(model, rows: int, tokens: int, low: int, high: int, min_margin: float,
                       prefix: Sequence[int] = (), candidates: int = 16, rounds: int = 8) -> torch.Tensor | None:
     """[rows, len(prefix) + tokens] ids: prefix (the same in every row), then random ids in [low, high) from
-    the global RNG. For a MoE model each random id is drawn again (candidates at a time per row, up to rounds
-    times) until every routing choice of its token, in model, has a margin >= min_margin (router_margins):
-    causal attention makes a token's routing depend on it and the ids before it only, so the draw goes token
-    by token. None when the prefix's routing (which the weights alone decide) or a position finds no such id:
-    draw another model. A model without MoE gets plain random ids (torch.randint(low, high, (rows, tokens)))."""
+    the global RNG. For a MoE model each random id is drawn again until every routing choice of its token has a
+    margin >= min_margin (redraw_routable). None when the prefix's routing (which the weights alone decide) or a
+    position finds no such id: draw another model. A model without MoE gets plain random ids
+    (torch.randint(low, high, (rows, tokens)))."""
     ids = torch.tensor(list(prefix), dtype=torch.long).view(1, -1).expand(rows, -1)
     if not has_moe(model):  # dense: no discrete choice to condition
         return torch.cat([ids, torch.randint(low, high, (rows, tokens))], dim=1)
     if len(prefix) and router_margins(model, ids[:1]).min() < min_margin:
         return None
-    for _ in range(tokens):
-        chosen = [None] * rows
+    ids = torch.cat([ids, torch.zeros(rows, tokens, dtype=torch.long)], dim=1)  # the tokens: drawn below
+    return redraw_routable(model, ids, [len(prefix)] * rows, low, high, min_margin, candidates=candidates,
+                           rounds=rounds)
+
+
+def redraw_routable(model, ids: torch.Tensor, first: Sequence[int], low: int, high: int, min_margin: float,
+                    attention_mask: torch.Tensor | None = None, candidates: int = 16,
+                    rounds: int = 8) -> torch.Tensor | None:
+    """[rows, T] ids (CPU) with positions first[b].. of each row b drawn again from [low, high) with the global RNG,
+    so that every routing choice of each of those tokens in model (run with attention_mask: left padding) has a
+    margin >= min_margin (router_margins). Causal attention makes a token's routing depend on it and the ids
+    before it only, so the draw goes position by position, candidates at a time per row, up to rounds times.
+    None when a position finds no such id, or when the rows run as one batch miss the margin (padding is not
+    counted)."""
+    ids, device = ids.clone(), next(model.parameters()).device
+    for p in range(min(first), ids.shape[1]):
+        rows = [b for b in range(ids.shape[0]) if p >= first[b]]
+        chosen = {}
         for _ in range(rounds):
-            pending = [r for r in range(rows) if chosen[r] is None]
+            pending = [b for b in rows if b not in chosen]
             drawn = torch.randint(low, high, (len(pending), candidates))
-            seqs = torch.cat([ids[pending].repeat_interleave(candidates, dim=0), drawn.view(-1, 1)], dim=1)
-            ok = (router_margins(model, seqs)[:, -1] >= min_margin).view(len(pending), candidates)
-            for i, r in enumerate(pending):
+            seqs = ids[pending, :p + 1].repeat_interleave(candidates, dim=0)  # [pending * candidates, p + 1]
+            seqs[:, p] = drawn.view(-1)
+            masks = None if attention_mask is None else \
+                attention_mask[pending, :p + 1].repeat_interleave(candidates, dim=0).to(device)
+            margins = router_margins(model, seqs.to(device), masks)[:, p].cpu()
+            ok = (margins >= min_margin).view(len(pending), candidates)
+            for i, b in enumerate(pending):
                 if ok[i].any():
-                    chosen[r] = int(drawn[i, ok[i].nonzero()[0, 0]])
-            if None not in chosen:
+                    chosen[b] = int(drawn[i, ok[i].nonzero()[0, 0]])
+            if len(chosen) == len(rows):
                 break
         else:
             return None
-        ids = torch.cat([ids, torch.tensor(chosen).view(rows, 1)], dim=1)
+        for b, v in chosen.items():
+            ids[b, p] = v
     # the test runs the rows as one batch: hold that very forward to the margin too
-    return ids if router_margins(model, ids).min() >= min_margin else None
+    mask = None if attention_mask is None else attention_mask.to(device)
+    margins = router_margins(model, ids.to(device), mask).cpu()
+    valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.cpu().bool()
+    return ids if margins[valid].min() >= min_margin else None

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import gemma4
-from tests.helpers import BACKENDS, FLOAT32_ROUTER_MARGIN, has_moe, max_abs_err, router_margins
+from tests.helpers import BACKENDS, FLOAT32_ROUTER_MARGIN, has_moe, max_abs_err, redraw_routable, router_margins
 from tests.oracle import make_hf_model, save_hf
 from tests.training.test_lora_training import train
 
@@ -45,35 +45,9 @@ def _batch(vocab: int, device="cpu", batch: int = 3, seq: int = SEQ, pad_lengths
         ids[b, n] = 2
     if routed_by is not None and has_moe(routed_by):
         first = [pad_lengths[b] + 1 if b < len(pad_lengths) else 1 for b in range(batch)]  # after <bos>
-        ids = _routable(routed_by, ids, mask, first, vocab, device)
+        ids = redraw_routable(routed_by, ids, first, 3, vocab, FLOAT32_ROUTER_MARGIN, attention_mask=mask)
+        assert ids is not None, f"no batch routes with a margin of {FLOAT32_ROUTER_MARGIN} (its <bos>?)"
     return ids.to(device), mask.to(device)  # drawn on the CPU: the same batch for a seed on every device
-
-
-def _routable(model, ids, mask, first, vocab, device, candidates=16, rounds=8):
-    """ids with positions first[b].. of each row b redrawn, position by position, so that every token of the
-    batch (as run with mask) routes with a margin of FLOAT32_ROUTER_MARGIN in model. Causal attention makes a
-    token's routing depend on it and the tokens before it only."""
-    for p in range(1, ids.shape[1]):
-        rows = [b for b in range(ids.shape[0]) if p >= first[b]]
-        if not rows:  # every row still in its padding or at its <bos>
-            continue
-        for _ in range(rounds):
-            drawn = torch.randint(3, vocab, (len(rows), candidates))
-            seqs = ids[rows, :p + 1].repeat_interleave(candidates, dim=0)  # [rows * candidates, p + 1]
-            seqs[:, p] = drawn.view(-1)
-            masks = mask[rows, :p + 1].repeat_interleave(candidates, dim=0)
-            margins = router_margins(model, seqs.to(device), masks.to(device))[:, p].cpu()
-            ok = (margins >= FLOAT32_ROUTER_MARGIN).view(len(rows), candidates)
-            if ok.any(dim=1).all():
-                for i, b in enumerate(rows):
-                    ids[b, p] = drawn[i, ok[i].nonzero()[0, 0]]
-                break
-        else:
-            raise AssertionError(f"no id routes with a margin of {FLOAT32_ROUTER_MARGIN} at position {p}")
-    # the test runs the rows as one batch: hold that very forward to the margin too (padding is not compared)
-    margins = router_margins(model, ids.to(device), mask.to(device)).cpu()
-    assert margins[mask.bool()].min() >= FLOAT32_ROUTER_MARGIN, "the batch routes near a tie (its <bos>?)"
-    return ids
 
 
 def _valid(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
