@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
-# One device call (thirtieth session): where the x-resident GEMV's energy goes. The tree (build/x) and variants of it
-# with one part of the per-unit work taken out (dev/cuda/resident_energy_variants.py: ENERGY_VARIANTS, default
-# "nolds nodeq nomma"), built side by side (quant and linear, sm_90), then dev/cuda/resident_power_probe.py on the
-# forced x-resident route of each (POWER_M rows, default 1 and 16): the time, and the sustained time, SM clock and
-# board power under a 2 s loop. Then, with SUITE=1, the whole test suite on a full build of the tree.
+# One device call (thirtieth session): where the x-resident GEMV's time and power go. The tree (build/x) and variants
+# of it with one part of the per-unit work taken out (dev/cuda/resident_energy_variants.py: ENERGY_VARIANTS, default
+# "nolds nodeq nomma"; empty for the tree alone), built side by side (quant and linear, sm_90), then
+# dev/cuda/resident_power_probe.py on each build and route of ROUTES (default the forced "resident"), ROUNDS times
+# (default 2), at POWER_M rows (default 1 and 16): the time, and the sustained time, SM clock and board power under a
+# 2 s loop. Then benchmarks/gpu/bench_qgemm_gpu.py at BENCH_M rows on build/x if set.
 #   bash dev/device_runs/resident_energy.sh
+#   ENERGY_VARIANTS= ROUTES="resident auto" POWER_M=1,2,8,16 ROUNDS=1 BENCH_M=1,8,16,128 \
+#     bash dev/device_runs/resident_energy.sh      (the tree alone on two routes, then the benchmark)
 set -o pipefail
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
 start=$(date +%s)
-VARIANTS=${ENERGY_VARIANTS:-nolds nodeq nomma}
+VARIANTS=${ENERGY_VARIANTS-nolds nodeq nomma}
+jobs=$(( 16 / ($(echo $VARIANTS | wc -w) + 1) ))
 for v in $VARIANTS; do
   rm -rf /tmp/$v && mkdir /tmp/$v && cp -r csrc python CMakeLists.txt pyproject.toml /tmp/$v/
   python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || exit 1
-  (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j4 >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
+  (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j$jobs >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
 done
-(cfg . build/x && ninja -C build/x -j4 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
+(cfg . build/x && ninja -C build/x -j$jobs >$OUT/build-x.log 2>&1; echo "x rc=$?") &
 wait
 builds_done $start
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
-for round in 1 2; do
+for round in $(seq ${ROUNDS:-2}); do
   for b in x $VARIANTS; do
-    GEMMA4_LIB_DIR=$PWD/build/$b POWER_M=${POWER_M:-1,16} timeout 100 python3 dev/cuda/resident_power_probe.py \
-      resident $b 2>&1 | grep -E " us |Error"
+    for route in ${ROUTES:-resident}; do
+      GEMMA4_LIB_DIR=$PWD/build/$b POWER_M=${POWER_M:-1,16} timeout 200 python3 dev/cuda/resident_power_probe.py \
+        $route $b 2>&1 | grep -E " us |Error"
+    done
   done
 done
 rm -f $OUT/cmake-*.log
+if [ -n "$BENCH_M" ]; then
+  GEMMA4_LIB_DIR=$PWD/build/x timeout 220 python3 benchmarks/gpu/bench_qgemm_gpu.py --m $BENCH_M >$OUT/bench.log 2>&1
+  tail -5 $OUT/bench.log
+  cp benchmarks/results/qgemm_gpu-* $OUT/ 2>/dev/null
+fi
 true
