@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.gpu.bench_qgemm_gpu import copies_for  # noqa: E402
 from benchmarks.gpu.common import graph_time_ms  # noqa: E402
+from dev.cuda.resident_probe import int4_weight_copies  # noqa: E402
 
 
 def sampled(fn, seconds: float) -> tuple[float, float, float, int]:
@@ -51,11 +51,8 @@ def main(route: str = "resident", tag: str = ""):
     from gemma4.ops import quant
 
     quant.qgemm_cuda_path(route)
-    n, k = 43008, 5376  # 31B gate_up
-    nbytes = n * k // 2 + n * (k // 32) * 2
-    ws = [(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda"),
-           (torch.rand(n, k // 32, device="cuda") * 0.02 + 0.001).to(torch.bfloat16))
-          for _ in range(copies_for(nbytes))]
+    k = 5376
+    ws, nbytes = int4_weight_copies(43008, k)  # 31B gate_up
     cases = []
     for m in [int(v) for v in os.environ.get("POWER_M", "1,2,8,16").split(",")]:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

@@ -18,6 +18,16 @@ from benchmarks.gpu.bench_qgemm_gpu import copies_for  # noqa: E402
 from benchmarks.gpu.common import graph_time_ms  # noqa: E402
 
 
+def int4_weight_copies(n: int, k: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+    """Random int4 g32 weights [n, k] with bf16 scales on the GPU, as many copies as the benchmark's timer cycles
+    through (copies_for: 2-16 copies, 150 MB together where that fits, so that no call reads from L2), and the
+    bytes of one."""
+    nbytes = n * k // 2 + n * (k // 32) * 2
+    return [(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda"),
+             (torch.rand(n, k // 32, device="cuda") * 0.02 + 0.001).to(torch.bfloat16))
+            for _ in range(copies_for(nbytes))], nbytes
+
+
 def main(name: str, route: str, out: str):
     from gemma4 import ops
     from gemma4.ops import quant
@@ -28,10 +38,7 @@ def main(name: str, route: str, out: str):
     for spec in shapes.split(","):
         shape, n, k = spec.split(":")
         n, k = int(n), int(k)
-        nbytes = n * k // 2 + n * (k // 32) * 2
-        ws = [(torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda"),
-               (torch.rand(n, k // 32, device="cuda") * 0.02 + 0.001).to(torch.bfloat16))
-              for _ in range(copies_for(nbytes))]
+        ws, nbytes = int4_weight_copies(n, k)
         for m in [int(v) for v in os.environ.get("PROBE_M", "1,8,16").split(",")]:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             qw, sc = ws[0]
