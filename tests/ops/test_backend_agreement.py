@@ -118,7 +118,9 @@ def _attention_backward_terms(go, q, k, v, out, lse, mask, scale, window):
 # For outputs whose exact value is all zero (attention_backward's dq and dk when window = 1 leaves each query one
 # key: P = 1 and dP == D exactly), "2 ulp at the output's magnitude" is no allowance at all. The CPU kernel keeps
 # that zero bit for bit; a flash backward sums dP and D = rowsum(dO * O) in different orders and leaves their fp32
-# rounding: allowed there, 4 fp32 ulps of the products that cancel (as tests/ops/test_attention_cuda.py does).
+# rounding: allowed there, 4 fp32 ulps of the products that cancel. (tests/ops/test_attention_cuda.py's _close has
+# the same rule with its own size: no scale, and the largest of |q|, |k| and |v| in place of |v|; larger where
+# scale <= 1.)
 ZERO_TERMS = {"attention_backward": _attention_backward_terms}
 
 
