@@ -5,6 +5,9 @@ its per-unit work taken out, so that a device call can see what each part costs 
   nolds  the x fragments are not read from shared memory (the MMA's B operand is the weight fragment)
   nodeq  the weights go to the MMA as loaded (a shift, no conversion to bf16 and no multiply by the scale)
   nomma  no MMA: the fragments are folded into the accumulator by a few integer instructions
+  noscale  no scale loads: each unit's two scales are made from its run index by a few instructions (nodeq drops
+           the scale loads too, as dead code)
+  noweight  no weight loads: each unit's words are made from its run index by a few integer instructions
 
     python dev/cuda/resident_energy_variants.py TREE VARIANT
 """
@@ -20,6 +23,10 @@ EDITS = {
                            scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 1), s1)};""",
         """    (void)s0, (void)s1;
     const uint32_t w[4] = {u.w[0][s / 2], u.w[1][s / 2], u.w[0][s / 2] >> 4, u.w[1][s / 2] >> 4};""")],
+    "noscale": [("u.s[h] = s[h][rc >> a.scale_shift];",
+                 "u.s[h] = S(float((rc + h) & 7) * 0.25f + 0.5f);")],
+    "noweight": [("load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h]);",
+                  "for (int i = 0; i < 4; ++i) u.w[h][i] = uint32_t(rc) * 0x9E3779B1u + uint32_t(i * 0x7F4A7C15 + h);")],
     "nomma": [(
         "for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);",
         "for (int nt = 0; nt < NT; ++nt) acc[nt][0] += __uint_as_float((w[0] ^ w[1] ^ w[2] ^ w[3] ^ b[2 * nt] ^ "
