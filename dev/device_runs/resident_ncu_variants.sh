@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device call (thirty-first session): Nsight Compute on the x-resident GEMV and on variants of it
+# (dev/cuda/resident_energy_variants.py; NCU_VARIANTS, default "noweight": its work with no weight loads), at each
+# row count of NCU_M (default "16"; e.g. "1 16"): duration, issue, the stall reasons with their top instructions
+# (dev/cuda/ncu_stall_top.py) and each pipe's share of its peak (dev/cuda/ncu_pipes.py).
+#   bash dev/device_runs/resident_ncu_variants.sh
+set -o pipefail
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader | tee $OUT/gpu.txt
+source dev/device_runs/variant_builds.sh
+start=$(date +%s)
+VARIANTS=${NCU_VARIANTS-noweight}
+for v in $VARIANTS; do
+  rm -rf /tmp/$v && mkdir /tmp/$v && cp -r csrc python CMakeLists.txt pyproject.toml /tmp/$v/
+  python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || exit 1
+  (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j8 >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
+done
+(cfg . build/x && ninja -C build/x -j8 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
+wait
+builds_done $start
+rm -f $OUT/cmake-*.log $OUT/build-*.log
+export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
+for b in x $VARIANTS; do
+  for m in ${NCU_M:-16}; do
+    echo "== $b M=$m"
+    GEMMA4_LIB_DIR=$PWD/build/$b VPATH=resident M=$m timeout 150 ncu --kernel-name regex:qgemv_resident \
+      --launch-skip 1 --launch-count 1 --clock-control none --section WarpStateStats --section SourceCounters \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats --import-source no \
+      -o /tmp/r python3 dev/cuda/qgemv_ncu.py >/tmp/ncu_run.log 2>&1 || tail -5 /tmp/ncu_run.log
+    ncu -i /tmp/r.ncu-rep --page details | grep -E "Duration|DRAM Throughput|Warp Cycles Per Issued|Issue Slots Busy|SM Frequency"
+    ncu -i /tmp/r.ncu-rep --page raw --csv >/tmp/raw.csv && python3 dev/cuda/ncu_pipes.py /tmp/raw.csv
+    ncu -i /tmp/r.ncu-rep --page source --csv --print-source sass >/tmp/sass.csv && python3 dev/cuda/ncu_stall_top.py /tmp/sass.csv
+    rm -f /tmp/r.ncu-rep
+  done
+done
+true
