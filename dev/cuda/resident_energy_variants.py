@@ -8,6 +8,10 @@ its per-unit work taken out, so that a device call can see what each part costs 
   noscale  no scale loads: each unit's two scales are made from its run index by a few instructions (nodeq drops
            the scale loads too, as dead code)
   noweight  no weight loads: each unit's words are made from its run index by a few integer instructions
+  w20    20 warps a block, two units a group (96 registers against 108 at 16 warps; no spills, sm_90)
+  w24g1  24 warps a block, one unit a group (77 registers; no spills)
+
+Unlike the others, w20 and w24g1 compute the right sums. Variants join with "_": noweight_w20 is both edits.
 
     python dev/cuda/resident_energy_variants.py TREE VARIANT
 """
@@ -27,6 +31,9 @@ EDITS = {
                  "u.s[h] = S(float((rc + h) & 7) * 0.25f + 0.5f);")],
     "noweight": [("load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h]);",
                   "for (int i = 0; i < 4; ++i) u.w[h][i] = uint32_t(rc) * 0x9E3779B1u + uint32_t(i * 0x7F4A7C15 + h);")],
+    "w20": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 20;")],
+    "w24g1": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 24;"),
+              ("constexpr int kResGroup = 2;", "constexpr int kResGroup = 1;")],
     "nomma": [(
         "for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);",
         "for (int nt = 0; nt < NT; ++nt) acc[nt][0] += __uint_as_float((w[0] ^ w[1] ^ w[2] ^ w[3] ^ b[2 * nt] ^ "
@@ -37,7 +44,7 @@ EDITS = {
 def main(tree: str, variant: str) -> None:
     path = Path(tree) / "csrc/quant/qgemv_resident.cuh"
     text = path.read_text()
-    for old, new in EDITS[variant]:
+    for old, new in (edit for part in variant.split("_") for edit in EDITS[part]):
         if text.count(old) != 1:
             raise SystemExit(f"{variant}: expected one {old[:60]!r} in {path}")
         text = text.replace(old, new)
