@@ -11,17 +11,8 @@
 set -o pipefail
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
-start=$(date +%s)
 VARIANTS=${ENERGY_VARIANTS-nolds nodeq nomma}
-jobs=$(( 16 / ($(echo $VARIANTS | wc -w) + 1) ))
-for v in $VARIANTS; do
-  rm -rf /tmp/$v && mkdir /tmp/$v && cp -r csrc python CMakeLists.txt pyproject.toml /tmp/$v/
-  python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || exit 1
-  (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j$jobs >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
-done
-(cfg . build/x && ninja -C build/x -j$jobs >$OUT/build-x.log 2>&1; echo "x rc=$?") &
-wait
-builds_done $start
+build_resident_variants "$VARIANTS" || exit 1
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 for round in $(seq ${ROUNDS:-2}); do
   for b in x $VARIANTS; do

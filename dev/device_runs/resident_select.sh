@@ -15,7 +15,7 @@ VARIANTS="base x v"
 if [ "${VARIANT_SED:-}" = none ]; then
   VARIANTS="base x"
 else
-  rm -rf /tmp/v && mkdir /tmp/v && cp -r csrc python CMakeLists.txt pyproject.toml /tmp/v/
+  copy_tree /tmp/v
   VF=${VARIANT_FILE:-csrc/quant/qgemv_resident.cuh}
   if [ -n "${VARIANT_PATCH:-}" ]; then
     (cd /tmp/v && patch -p1 -s <"$OLDPWD/$VARIANT_PATCH") || { echo "VARIANT_PATCH does not apply"; exit 1; }

@@ -19,10 +19,28 @@ run_tests() {  # TESTS (default tests/quant/test_qgemm_cuda.py, "none" to skip),
   echo "tests rc=$? ($(( $(date +%s) - start )) s)"
   grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -30
 }
+copy_tree() {  # a fresh copy in $1 of what a build needs (and of $2.., e.g. "benchmarks dev")
+  local dir=$1
+  shift
+  rm -rf $dir && mkdir $dir && cp -r csrc python CMakeLists.txt pyproject.toml "$@" $dir/
+}
+# The tree into build/x and each variant of $1 (names of dev/cuda/resident_energy_variants.py) into build/<name>,
+# side by side on the 16 cores.
+build_resident_variants() {
+  local start=$(date +%s) jobs=$(( 16 / ($(echo $1 | wc -w) + 1) )) v
+  for v in $1; do
+    copy_tree /tmp/$v
+    python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || return 1
+    (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j$jobs >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
+  done
+  (cfg . build/x && ninja -C build/x -j$jobs >$OUT/build-x.log 2>&1; echo "x rc=$?") &
+  wait
+  builds_done $start
+}
 # A patch of the tree (git diff): the tree into build/x, a copy with the patch reversed into build/base.
 build_with_base() {
   local patch_file=$(realpath "$1") start=$(date +%s)
-  rm -rf /tmp/base && mkdir /tmp/base && cp -r csrc python CMakeLists.txt pyproject.toml benchmarks dev /tmp/base/ 2>/dev/null
+  copy_tree /tmp/base benchmarks dev 2>/dev/null
   (cd /tmp/base && patch -R -p1 -s <"$patch_file") || { echo "patch -R failed"; return 1; }
   cfg . build/x && (ninja -C build/x -j10 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
   cfg /tmp/base $PWD/build/base && (ninja -C build/base -j6 >$OUT/build-base.log 2>&1; echo "base rc=$?") &
