@@ -10,8 +10,11 @@ its per-unit work taken out, so that a device call can see what each part costs 
   noweight  no weight loads: each unit's words are made from its run index by a few integer instructions
   w20    20 warps a block, two units a group (96 registers against 108 at 16 warps; no spills, sm_90)
   w24g1  24 warps a block, one unit a group (77 registers; no spills)
+  deqfirst  a unit's eight steps dequantized first (32 registers of A fragments), then its LDS and MMAs: the
+           dequantization as 32 independent chains instead of a step's 4 between MMAs
+  w32g1  32 warps a block, one unit a group (the 64-register cap of 1024 threads)
 
-Unlike the others, w20 and w24g1 compute the right sums. Variants join with "_": noweight_w20 is both edits.
+Unlike the others, deqfirst, w20, w24g1 and w32g1 compute the right sums. Variants join with "_": noweight_w20 is both edits.
 
     python dev/cuda/resident_energy_variants.py TREE VARIANT
 """
@@ -33,6 +36,27 @@ EDITS = {
                   "for (int i = 0; i < 4; ++i) u.w[h][i] = uint32_t(rc) * 0x9E3779B1u + uint32_t(i * 0x7F4A7C15 + h);")],
     "w20": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 20;")],
     "w24g1": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 24;"),
+              ("constexpr int kResGroup = 2;", "constexpr int kResGroup = 1;")],
+    "deqfirst": [(
+        """#pragma unroll
+  for (int s = 0; s < 8; ++s) {
+    // the dequantized weights, each rounded once from the exact q * scale (TcScale: in MT, or via fp32)
+    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 0), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 0), s1),
+                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 1), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 1), s1)};""",
+        """  uint32_t wf[8][4];
+#pragma unroll
+  for (int s = 0; s < 8; ++s) {
+    wf[s][0] = scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 0), s0);
+    wf[s][1] = scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 0), s1);
+    wf[s][2] = scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 1), s0);
+    wf[s][3] = scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 1), s1);
+  }
+#pragma unroll
+  for (int s = 0; s < 8; ++s) {
+    const uint32_t(&w)[4] = wf[s];""")],
+    "w32g1": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 32;"),
               ("constexpr int kResGroup = 2;", "constexpr int kResGroup = 1;")],
     "nomma": [(
         "for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);",
