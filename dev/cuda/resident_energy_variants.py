@@ -12,9 +12,11 @@ its per-unit work taken out, so that a device call can see what each part costs 
   w24g1  24 warps a block, one unit a group (77 registers; no spills)
   deqfirst  a unit's eight steps dequantized first (32 registers of A fragments), then its LDS and MMAs: the
            dequantization as 32 independent chains instead of a step's 4 between MMAs
+  ldsall  a unit's eight x fragments asked for from shared memory before its first MMA (ptxas places them as
+           its registers allow), not each just before its step's MMAs
   w32g1  32 warps a block, one unit a group (the 64-register cap of 1024 threads)
 
-Unlike the others, deqfirst, w20, w24g1 and w32g1 compute the right sums. Variants join with "_": noweight_w20 is both edits.
+Unlike the others, deqfirst, ldsall, w20, w24g1 and w32g1 compute the right sums. Variants join with "_": noweight_w20 is both edits.
 
     python dev/cuda/resident_energy_variants.py TREE VARIANT
 """
@@ -56,6 +58,16 @@ EDITS = {
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
     const uint32_t(&w)[4] = wf[s];""")],
+    "ldsall": [
+        ("""  const auto s0 = sc.s[0], s1 = sc.s[1];
+""", """  const auto s0 = sc.s[0], s1 = sc.s[1];
+  using XV = std::conditional_t<NT == 2, uint4, uint2>;
+  XV xv[8];
+#pragma unroll
+  for (int s = 0; s < 8; ++s) xv[s] = *reinterpret_cast<const XV*>(xl + s * 32 * 2 * NT);
+"""),
+        ("const uint4 v = *reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT);", "const uint4 v = xv[s];"),
+        ("const uint2 v = *reinterpret_cast<const uint2*>(xl + s * 32 * 2 * NT);", "const uint2 v = xv[s];")],
     "w32g1": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 32;"),
               ("constexpr int kResGroup = 2;", "constexpr int kResGroup = 1;")],
     "nomma": [(
