@@ -14,9 +14,11 @@ its per-unit work taken out, so that a device call can see what each part costs 
            dequantization as 32 independent chains instead of a step's 4 between MMAs
   ldsall  a unit's eight x fragments asked for from shared memory before its first MMA (ptxas places them as
            its registers allow), not each just before its step's MMAs
+  l2hint  the weight and scale loads with the `.L2::256B` prefetch hint (the tree: 128B on the weights, none on the
+           scales): a row's 256-byte block of weights is 4 spans, of 2-byte g32 scales 32 spans
   w32g1  32 warps a block, one unit a group (the 64-register cap of 1024 threads)
 
-Unlike the others, deqfirst, ldsall, w20, w24g1 and w32g1 compute the right sums. Variants join with "_": noweight_w20 is both edits.
+Unlike the others, deqfirst, ldsall, l2hint, w20, w24g1 and w32g1 compute the right sums. Variants join with "_": noweight_w20 is both edits.
 
     python dev/cuda/resident_energy_variants.py TREE VARIANT
 """
@@ -68,6 +70,29 @@ EDITS = {
 """),
         ("const uint4 v = *reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT);", "const uint4 v = xv[s];"),
         ("const uint2 v = *reinterpret_cast<const uint2*>(xl + s * 32 * 2 * NT);", "const uint2 v = xv[s];")],
+    "l2hint": [
+        ("load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h]);",
+         """asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\\n"
+                   : "=r"(u.w[h][0]), "=r"(u.w[h][1]), "=r"(u.w[h][2]), "=r"(u.w[h][3])
+                   : "l"(w[h] + int64_t(rc) * 16));"""),
+        ("u.s[h] = s[h][rc >> a.scale_shift];", "u.s[h] = scale_256(s[h] + (rc >> a.scale_shift));"),
+        ("""template <typename S>
+struct UnitCursor {""", """template <typename S>
+__device__ __forceinline__ S scale_256(const S* p) {
+  S v;
+  if constexpr (sizeof(S) == 2) {
+    unsigned short b;
+    asm volatile("ld.global.nc.L2::256B.b16 %0, [%1];\\n" : "=h"(b) : "l"(p));
+    memcpy(&v, &b, 2);
+  } else {
+    unsigned int b;
+    asm volatile("ld.global.nc.L2::256B.b32 %0, [%1];\\n" : "=r"(b) : "l"(p));
+    memcpy(&v, &b, 4);
+  }
+  return v;
+}
+template <typename S>
+struct UnitCursor {""")],
     "w32g1": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 32;"),
               ("constexpr int kResGroup = 2;", "constexpr int kResGroup = 1;")],
     "nomma": [(
