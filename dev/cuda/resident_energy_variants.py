@@ -1,24 +1,26 @@
-"""Writes a variant of the x-resident GEMV (csrc/quant/qgemv_resident.cuh) into a copy of the tree, with one part of
-its per-unit work taken out, so that a device call can see what each part costs in time and board power
-(dev/device_runs/resident_energy.sh). The variants compute wrong sums; they are for timing only.
+"""Writes a variant of the x-resident GEMV (csrc/quant/qgemv_resident.cuh) into a copy of the tree, so that a device
+call can time it beside the tree (dev/device_runs/resident_energy.sh, resident_ncu_variants.sh). Two kinds:
 
+One part of the per-unit work taken out, to see what it costs in time and board power (wrong sums, timing only):
   nolds  the x fragments are not read from shared memory (the MMA's B operand is the weight fragment)
   nodeq  the weights go to the MMA as loaded (a shift, no conversion to bf16 and no multiply by the scale)
   nomma  no MMA: the fragments are folded into the accumulator by a few integer instructions
   noscale  no scale loads: each unit's two scales are made from its run index by a few instructions (nodeq drops
            the scale loads too, as dead code)
   noweight  no weight loads: each unit's words are made from its run index by a few integer instructions
-  w20    20 warps a block, two units a group (96 registers against 108 at 16 warps; no spills, sm_90)
-  w24g1  24 warps a block, one unit a group (77 registers; no spills)
-  deqfirst  a unit's eight steps dequantized first (32 registers of A fragments), then its LDS and MMAs: the
-           dequantization as 32 independent chains instead of a step's 4 between MMAs
-  ldsall  a unit's eight x fragments asked for from shared memory before its first MMA (ptxas places them as
-           its registers allow), not each just before its step's MMAs
-  l2hint  the weight and scale loads with the `.L2::256B` prefetch hint (the tree: 128B on the weights, none on the
-           scales): a row's 256-byte block of weights is 4 spans, of 2-byte g32 scales 32 spans
-  w32g1  32 warps a block, one unit a group (the 64-register cap of 1024 threads)
 
-Unlike the others, deqfirst, ldsall, l2hint, w20, w24g1 and w32g1 compute the right sums. Variants join with "_": noweight_w20 is both edits.
+The same work in another shape or order (right sums; registers for sm_90, compiled here):
+  w20    20 warps a block, two units a group (96 registers against 108 at 16 warps; no spills)
+  w24g1  24 warps a block, one unit a group (77 registers; no spills)
+  w32g1  32 warps a block, one unit a group (the 64-register cap of 1024 threads: 108 bytes spilled)
+  deqfirst  a unit's eight steps dequantized first (32 registers of A fragments), then its LDS and MMAs: the
+           dequantization as 32 independent chains instead of a step's 4 between MMAs (127 registers)
+  ldsall  a unit's eight x fragments asked for from shared memory before its first MMA (121 registers), not each
+          just before its step's MMAs
+  l2hint  the weight and scale loads with the `.L2::256B` prefetch hint (the tree: 128B on the weights, none on the
+          scales): a row's 256-byte block of weights is 4 spans, of 2-byte g32 scales 32 spans
+
+Variants join with "_": noweight_w24g1 is both edits. Measured: dev/cuda/experiments/README.md.
 
     python dev/cuda/resident_energy_variants.py TREE VARIANT
 """
