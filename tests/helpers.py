@@ -61,16 +61,21 @@ def assert_same(got, want):
 # well conditioned (draw_routable_ids).
 
 
+def _routers(model) -> list:
+    """model's Gemma4Router modules, in order."""
+    return [m for m in model.modules() if isinstance(m, Gemma4Router)]
+
+
 def has_moe(model) -> bool:
     """Whether model routes tokens to experts (a Gemma4Router in it)."""
-    return any(isinstance(m, Gemma4Router) for m in model.modules())
+    return bool(_routers(model))
 
 
 def router_margins(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
     """[B, T] ids (and their attention mask) -> [B, T]: per token, the smallest top-k margin (k-th minus (k+1)-th
     largest router logit, the logits the experts are chosen from) over the MoE layers; None for a model without
     MoE."""
-    routers = [m for m in model.modules() if isinstance(m, Gemma4Router)]
+    routers = _routers(model)
     if not routers:
         return None
     logits = []
