@@ -5,9 +5,10 @@
 # would ship as it is. Everything is also written to $OUT/l2hint.log (the reply keeps only the output's tail).
 #   bash dev/device_runs/resident_l2hint.sh          (ROUTES, POWER_M, ROUNDS as in resident_energy.sh)
 set -o pipefail
+source dev/device_runs/variant_builds.sh
+export PYTHONPATH=$PWD/python:$PWD
 {
   ENERGY_VARIANTS=l2hint ROUTES="${ROUTES:-resident auto}" POWER_M=${POWER_M:-1,8,16} ROUNDS=${ROUNDS:-2} \
     bash dev/device_runs/resident_energy.sh
-  GEMMA4_LIB_DIR=$PWD/build/l2hint PYTHONPATH=$PWD/python:$PWD timeout 150 python3 -m pytest -q -p no:cacheprovider \
-    -n 8 tests/quant/test_qgemm_cuda.py -k "resident or route_rule or deterministic" 2>&1 | tail -4
+  TEST_K="resident or route_rule or deterministic" TEST_S=150 run_tests l2hint
 } 2>&1 | tee $OUT/l2hint.log

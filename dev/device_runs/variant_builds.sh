@@ -11,10 +11,10 @@ builds_done() {  # the builds' start time (date +%s): elapsed time and the first
   grep -h -B2 -A12 " error" $OUT/build-*.log | head -40
   true  # no error found is not a failure (with pipefail, grep's status was the function's)
 }
-run_tests() {  # TESTS (default tests/quant/test_qgemm_cuda.py, "none" to skip), TEST_K, TEST_S on build/x
+run_tests() {  # TESTS (default tests/quant/test_qgemm_cuda.py, "none" to skip), TEST_K, TEST_S on build/$1 (x)
   [ "${TESTS:-}" != none ] || return 0
   local start=$(date +%s)
-  GEMMA4_LIB_DIR=$PWD/build/x timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -n 8 \
+  GEMMA4_LIB_DIR=$PWD/build/${1:-x} timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -n 8 \
     ${TESTS:-tests/quant/test_qgemm_cuda.py} ${TEST_K:+-k "$TEST_K"} >$OUT/tests.log 2>&1
   echo "tests rc=$? ($(( $(date +%s) - start )) s)"
   grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -30
