@@ -169,7 +169,7 @@ bool resident_gemv_wins(int64_t M, int64_t N) {
 // int4, up to 16 rows, K a multiple of 32, scales of 32, 64 or 128 weights or one a row, and x short enough to stay
 // in one block's shared memory.
 bool resident_gemv_fits(int bits, int64_t M, int64_t K, const at::Tensor& scales) {
-  const int64_t spans = cuda::ceil_div<int64_t>(K / 32, 4);
+  const int64_t spans = resident_spans(K / 32);
   const int64_t smem = M <= 8 ? resident_smem<1>(spans) : resident_smem<2>(spans);
   return bits == 4 && M <= 16 && K % 32 == 0 && run_scale_shift(scales.size(1), K / scales.size(1)) >= 0 &&
          smem <= static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
@@ -1003,7 +1003,7 @@ at::Tensor qgemv_resident(const at::Tensor& x2, const at::Tensor& qweight, const
   fill_operands(a, qweight, scales, bias, y, K);
   a.x = x2.const_data_ptr();
   a.runs = static_cast<int>(K / 32);
-  a.spans = cuda::ceil_div(a.runs, 4);
+  a.spans = static_cast<int>(resident_spans(a.runs));
   a.scale_shift = run_scale_shift(a.G, a.group);  // >= 0: resident_gemv_fits
   a.tiles = static_cast<int>(cuda::ceil_div<int64_t>(N, 16));
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {

@@ -9,11 +9,14 @@
 // runs freely and a lane's 16-byte load (one run of one row) is its whole A fragment for eight k16 steps.
 //
 // Work split. One block per SM (x takes most of its shared memory) owns a contiguous range of 16-row tiles;
-// its units are (tile, 128-weight span) pairs in row-major order, split evenly among its warps, so every warp
+// its units are (tile, two 128-weight spans) in row-major order, split evenly among its warps, so every warp
 // streams the same number of spans whatever the tile count. A tile cut by a warp boundary is summed by the
 // warps that share it, in warp order, through shared memory at the end: deterministic, no second kernel.
+// Two spans a unit, not one: a unit's addresses, scales and loop control are shared by 16 MMA steps instead
+// of 8 (they were a quarter of the kernel's instructions: dev/cuda/experiments/README.md), with the same
+// weight bytes in flight a warp. Spans are padded to an even count (resident_spans), x being zero past K.
 //
-// Fragment order. Unit (tile, span): lane (g = lane / 4, t = lane % 4) loads run 4 span + t of rows 16 tile + g
+// Fragment order. Span (tile, span): lane (g = lane / 4, t = lane % 4) loads run 4 span + t of rows 16 tile + g
 // and + g + 8 (16 bytes each). Step s (0..7) of the span takes word s / 2 of each: the slots 2t, 2t+1 of the
 // A fragment are the nibble pair at shift 8 (s % 2), the slots 2t+8, 2t+9 the pair at shift 8 (s % 2) + 4
 // (weight_pair, run_offset<4, 16>). x is stored in the same order once per block (fill_x): for step s, lane
@@ -30,7 +33,9 @@
 namespace gemma4::quant_cuda {
 
 constexpr int kResWarps = 16;  // per block, one block an SM
-constexpr int kResGroup = 2;   // units a group: two groups of weights (1 KB a unit) in a warp's registers
+
+// Spans of a row as the kernel walks them: ceil(runs / 4) rounded up to whole units of two.
+__host__ __device__ constexpr int64_t resident_spans(int64_t runs) { return 2 * ((runs + 7) / 8); }
 
 struct ResidentArgs {
   const uint8_t* qw;   // [N, K/2] int4
@@ -43,7 +48,7 @@ struct ResidentArgs {
   int G;            // scales per row
   int group;        // weights per scale
   int runs;         // K / 32
-  int spans;        // ceil(runs / 4): 128-weight spans per row
+  int spans;        // resident_spans(runs): 128-weight spans per row, even
   int tiles;        // ceil(N / 16)
   int scale_shift;  // run >> scale_shift = the run's scale (group 32 / 64 / 128: 0 / 1 / 2; per channel 31)
 };
@@ -113,12 +118,12 @@ __device__ __forceinline__ void fill_x(uint32_t* xs, const ResidentArgs& a) {
   }
 }
 
-// The weights and scales of one unit for one lane: run 4 span + t of rows 16 tile + g (w[0], s[0]) and + 8
-// (w[1], s[1]).
+// The weights and scales of one unit for one lane: of its spans j = 0, 1, run 4 span + t of rows 16 tile + g
+// (w[0][j], s[0][j]) and + 8 (w[1][j], s[1][j]).
 template <typename S>
 struct UnitLoad {
-  uint32_t w[2][4];
-  S s[2];
+  uint32_t w[2][2][4];
+  S s[2][2];
 };
 
 // Where a lane's next unit is: its two rows' first bytes and scales, kept from tile to tile, so a load is a
@@ -131,7 +136,7 @@ template <typename S>
 struct UnitCursor {
   const uint8_t* w[2];
   const S* s[2];
-  int tile, span;  // block-relative tile, and the span, of the next unit
+  int tile, unit;  // block-relative tile, and the unit in it, of the next unit
 
   __device__ __forceinline__ void to_tile(const ResidentArgs& a, int tile0, int g) {
 #pragma unroll
@@ -142,43 +147,46 @@ struct UnitCursor {
     }
   }
   __device__ __forceinline__ void load(UnitLoad<S>& u, const ResidentArgs& a, int tile0, int g, int t) {
-    const int rc = min(span * 4 + t, a.runs - 1);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h]);
-      u.s[h] = s[h][rc >> a.scale_shift];
+    for (int j = 0; j < 2; ++j) {
+      const int rc = min((2 * unit + j) * 4 + t, a.runs - 1);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h][j]);
+        u.s[h][j] = s[h][rc >> a.scale_shift];
+      }
     }
-    if (++span == a.spans) {
-      span = 0, ++tile;
+    if (++unit == a.spans / 2) {
+      unit = 0, ++tile;
       to_tile(a, tile0, g);
     }
   }
 };
 
-// A unit's two scales ready for scaled_pair; 0 where the lane's run is past K (`live` false).
+// The two scales of a unit's span j ready for scaled_pair; 0 where the lane's run is past K (`live` false).
 template <typename MT, typename S>
-struct UnitScales {
+struct SpanScales {
   using Scale = TcScale<S, MT>;
   typename Scale::type s[2];
-  __device__ __forceinline__ void set(const UnitLoad<S>& u, bool live) {
-    s[0] = Scale::make(live ? u.s[0] : S(0.0f));
-    s[1] = Scale::make(live ? u.s[1] : S(0.0f));
+  __device__ __forceinline__ void set(const UnitLoad<S>& u, int j, bool live) {
+    s[0] = Scale::make_live(u.s[0][j], live);
+    s[1] = Scale::make_live(u.s[1][j], live);
   }
 };
 
-// acc += the unit's 16 rows x 128 weights times x's NT column tiles.
+// acc += one span's 16 rows x 128 weights (rows g: w0, g + 8: w1) times x's NT column tiles.
 template <typename MT, typename S, int NT>
-__device__ __forceinline__ void mma_unit(float (&acc)[NT][4], const UnitLoad<S>& u, const UnitScales<MT, S>& sc,
-                                         const uint32_t* xs, int span, int lane) {
+__device__ __forceinline__ void mma_span(float (&acc)[NT][4], const uint32_t (&w0)[4], const uint32_t (&w1)[4],
+                                         const SpanScales<MT, S>& sc, const uint32_t* xs, int span, int lane) {
   const uint32_t* xl = xs + (int64_t(span) * 8 * 32 + lane) * (2 * NT);
   const auto s0 = sc.s[0], s1 = sc.s[1];
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
     // the dequantized weights, each rounded once from the exact q * scale (TcScale: in MT, or via fp32)
-    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 0), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 0), s1),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 1), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 1), s1)};
+    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};
     uint32_t b[2 * NT];
     if constexpr (NT == 2) {
       const uint4 v = *reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT);
@@ -225,88 +233,75 @@ __device__ __forceinline__ int warp_first_unit(int w, int units) {
 
 template <typename T, typename MT, typename S, int NT>
 __global__ void __launch_bounds__(kResWarps * 32, 1) qgemv_resident_kernel(const ResidentArgs a) {
-  constexpr int G = kResGroup, E = NT * 4 * 32;  // units a group; floats of one warp's partial sums
+  constexpr int E = NT * 4 * 32;  // floats of one warp's partial sums
   extern __shared__ uint4 smem_u4[];
   auto* xs = reinterpret_cast<uint32_t*>(smem_u4);
   float* heads = reinterpret_cast<float*>(smem_u4) + resident_x_bytes<NT>(a.spans) / 4;  // [kResWarps][E]
   float* tails = reinterpret_cast<float*>(smem_u4);  // [kResWarps][E], over x once every warp is done with it
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int per_tile = a.spans / 2;  // units a tile
   const int tile0 = static_cast<int>(int64_t(blockIdx.x) * a.tiles / gridDim.x);
   const int tile_end = static_cast<int>(int64_t(blockIdx.x + 1) * a.tiles / gridDim.x);
-  const int units = (tile_end - tile0) * a.spans;
+  const int units = (tile_end - tile0) * per_tile;
   const int u0 = warp_first_unit(warp, units), u1 = warp_first_unit(warp + 1, units);
-  const int first_tile = u0 / a.spans;  // block-relative
+  const int first_tile = u0 / per_tile;  // block-relative
 
-  // The first group's weights are asked for before x: they do not depend on the kernel before (cuda_pdl.cuh).
-  UnitLoad<S> set_a[G], set_b[G];
-  UnitCursor<S> next{{}, {}, first_tile, u0 % a.spans};
+  // The first unit's weights are asked for before x: they do not depend on the kernel before (cuda_pdl.cuh).
+  UnitLoad<S> set_a, set_b;
+  UnitCursor<S> next{{}, {}, first_tile, u0 % per_tile};
   next.to_tile(a, tile0, g);
-#pragma unroll
-  for (int d = 0; d < G; ++d) {
-    if (u0 + d < u1) next.load(set_a[d], a, tile0, g, t);
-  }
+  if (u0 < u1) next.load(set_a, a, tile0, g, t);
   cuda::pdl_wait();
   fill_x<NT>(xs, a);
   __syncthreads();
 
   float acc[NT][4] = {};
-  const bool head_shared = u0 % a.spans != 0;  // another warp has the first tile's start
-  int tile = first_tile, span = u0 % a.spans;
-  // Units u .. u + G - 1 from `cur`, the next group's loads into `nxt` (free: its units are done). A warp's
-  // weight and scale loads share one scoreboard, so each wait for loaded registers is a wait for every load in
-  // flight: the group's scales are converted (its one wait) before the next group is asked for, so the wait
-  // is for loads a whole group old, never for ones just issued (which stalled the warp a full memory latency
-  // each group, a quarter of its time: Nsight, dev/cuda/experiments/README.md).
-  const auto run_group = [&](UnitLoad<S>(&cur)[G], UnitLoad<S>(&nxt)[G], int u) {
-    UnitScales<MT, S> sc[G];
+  const bool head_shared = u0 % per_tile != 0;  // another warp has the first tile's start
+  int tile = first_tile, unit = u0 % per_tile;
+  // Unit u from `cur`, the next unit's loads into `nxt` (free: its unit is done). A warp's weight and scale
+  // loads share one scoreboard, so each wait for loaded registers is a wait for every load in flight: the
+  // unit's scales are converted (its one wait) before the next unit is asked for, so the wait is for loads a
+  // whole unit old, never for ones just issued (which stalled the warp a full memory latency each unit, a
+  // quarter of its time: Nsight, dev/cuda/experiments/README.md).
+  const auto run_unit = [&](UnitLoad<S>& cur, UnitLoad<S>& nxt, int u) {
+    SpanScales<MT, S> sc[2];
 #pragma unroll
-    for (int d = 0; d < G; ++d) {
-      if (u + d >= u1) break;
-      int sd = span + d;  // unit u + d's span: the tile may change inside the group
-      while (sd >= a.spans) sd -= a.spans;
-      sc[d].set(cur[d], sd * 4 + t < a.runs);
-    }
+    for (int j = 0; j < 2; ++j) sc[j].set(cur, j, (2 * unit + j) * 4 + t < a.runs);
+    if (u + 1 < u1) next.load(nxt, a, tile0, g, t);
 #pragma unroll
-    for (int d = 0; d < G; ++d) {
-      if (u + G + d < u1) next.load(nxt[d], a, tile0, g, t);
-    }
-#pragma unroll
-    for (int d = 0; d < G; ++d) {
-      if (u + d >= u1) break;
-      mma_unit<MT, S, NT>(acc, cur[d], sc[d], xs, span, lane);
-      if (++span == a.spans) {  // the tile's last span: a whole tile is written, a shared first one kept
-        if (tile == first_tile && head_shared) {
-          save_partial<NT>(heads + warp * E, acc, lane);
-        } else {
-          store_tile<T, NT>(acc, a, tile0 + tile, lane);
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc[nt][j] = 0.0f;
-        span = 0, ++tile;
+    for (int j = 0; j < 2; ++j) mma_span<MT, S, NT>(acc, cur.w[0][j], cur.w[1][j], sc[j], xs, 2 * unit + j, lane);
+    if (++unit == per_tile) {  // the tile's last unit: a whole tile is written, a shared first one kept
+      if (tile == first_tile && head_shared) {
+        save_partial<NT>(heads + warp * E, acc, lane);
+      } else {
+        store_tile<T, NT>(acc, a, tile0 + tile, lane);
       }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[nt][j] = 0.0f;
+      unit = 0, ++tile;
     }
   };
-  for (int u = u0; u < u1; u += 2 * G) {
-    run_group(set_a, set_b, u);
-    if (u + G < u1) run_group(set_b, set_a, u + G);
+  for (int u = u0; u < u1; u += 2) {
+    run_unit(set_a, set_b, u);
+    if (u + 1 < u1) run_unit(set_b, set_a, u + 1);
   }
   // A last tile that goes on in the next warp: the head slot when it is also the first tile, else the tail slot.
-  const bool tail_open = span != 0;
+  const bool tail_open = unit != 0;
   if (tail_open && tile == first_tile) save_partial<NT>(heads + warp * E, acc, lane);
   __syncthreads();  // every warp is past x: its bytes take the tails
   if (tail_open && tile != first_tile) save_partial<NT>(tails + warp * E, acc, lane);
   __syncthreads();
   // A tile shared by warps is added by the warp that has its first unit, for which it is the last tile (it goes
   // on past u1), over every warp that has units of it, in warp order.
-  const int last_tile = (u1 - 1) / a.spans;
-  if (u0 == u1 || u1 % a.spans == 0 || last_tile * a.spans < u0) return;
+  const int last_tile = (u1 - 1) / per_tile;
+  if (u0 == u1 || u1 % per_tile == 0 || last_tile * per_tile < u0) return;
   float sum[NT][4] = {};
   for (int w = 0; w < kResWarps; ++w) {
     const int b = warp_first_unit(w, units), e = warp_first_unit(w + 1, units);
-    if (b == e || e <= last_tile * a.spans || b >= (last_tile + 1) * a.spans) continue;
-    const float* part = (b / a.spans == last_tile ? heads : tails) + w * E;  // its first tile, or its last
+    if (b == e || e <= last_tile * per_tile || b >= (last_tile + 1) * per_tile) continue;
+    const float* part = (b / per_tile == last_tile ? heads : tails) + w * E;  // its first tile, or its last
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll

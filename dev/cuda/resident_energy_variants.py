@@ -1,26 +1,24 @@
 """Writes a variant of the x-resident GEMV (csrc/quant/qgemv_resident.cuh) into a copy of the tree, so that a device
 call can time it beside the tree (dev/device_runs/resident_energy.sh, resident_ncu_variants.sh). Two kinds:
 
-One part of the per-unit work taken out, to see what it costs in time and board power (wrong sums, timing only):
+One part of the per-span work taken out, to see what it costs in time and board power (wrong sums, timing only):
   nolds  the x fragments are not read from shared memory (the MMA's B operand is the weight fragment)
   nodeq  the weights go to the MMA as loaded (a shift, no conversion to bf16 and no multiply by the scale)
   nomma  no MMA: the fragments are folded into the accumulator by a few integer instructions
-  noscale  no scale loads: each unit's two scales are made from its run index by a few instructions (nodeq drops
+  noscale  no scale loads: each span's two scales are made from its run index by a few instructions (nodeq drops
            the scale loads too, as dead code)
-  noweight  no weight loads: each unit's words are made from its run index by a few integer instructions
+  noweight  no weight loads: each span's words are made from its run index by a few integer instructions
 
-The same work in another shape or order (right sums; registers for sm_90, compiled here):
-  w20    20 warps a block, two units a group (96 registers against 108 at 16 warps; no spills)
-  w24g1  24 warps a block, one unit a group (77 registers; no spills)
-  w32g1  32 warps a block, one unit a group (the 64-register cap of 1024 threads: 108 bytes spilled)
-  deqfirst  a unit's eight steps dequantized first (32 registers of A fragments), then its LDS and MMAs: the
-           dequantization as 32 independent chains instead of a step's 4 between MMAs (127 registers)
-  ldsall  a unit's eight x fragments asked for from shared memory before its first MMA (121 registers), not each
-          just before its step's MMAs
+The same work in another shape or order (right sums):
+  w20 / w24 / w32  20, 24 or 32 warps a block (measured with one-span units, as w20 / w24g1 / w32g1, at d3a3d34)
+  deqfirst  a span's eight steps dequantized first (32 registers of A fragments), then its LDS and MMAs: the
+           dequantization as 32 independent chains instead of a step's 4 between MMAs
+  ldsall  a span's eight x fragments asked for from shared memory before its first MMA, not each just before its
+          step's MMAs
   l2hint  the weight and scale loads with the `.L2::256B` prefetch hint (the tree: 128B on the weights, none on the
           scales): a row's 256-byte block of weights is 4 spans, of 2-byte g32 scales 32 spans
 
-Variants join with "_": noweight_w24g1 is both edits. Measured: dev/cuda/experiments/README.md.
+Variants join with "_": noweight_w24 is both edits. Measured: dev/cuda/experiments/README.md.
 
     python dev/cuda/resident_energy_variants.py TREE VARIANT
 """
@@ -30,34 +28,33 @@ from pathlib import Path
 EDITS = {
     "nolds": [("*reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT)", "make_uint4(w[0], w[1], w[2], w[3])")],
     "nodeq": [(
-        """    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 0), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 0), s1),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 1), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 1), s1)};""",
+        """    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};""",
         """    (void)s0, (void)s1;
-    const uint32_t w[4] = {u.w[0][s / 2], u.w[1][s / 2], u.w[0][s / 2] >> 4, u.w[1][s / 2] >> 4};""")],
-    "noscale": [("u.s[h] = s[h][rc >> a.scale_shift];",
-                 "u.s[h] = S(float((rc + h) & 7) * 0.25f + 0.5f);")],
-    "noweight": [("load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h]);",
-                  "for (int i = 0; i < 4; ++i) u.w[h][i] = uint32_t(rc) * 0x9E3779B1u + uint32_t(i * 0x7F4A7C15 + h);")],
+    const uint32_t w[4] = {w0[s / 2], w1[s / 2], w0[s / 2] >> 4, w1[s / 2] >> 4};""")],
+    "noscale": [("u.s[h][j] = s[h][rc >> a.scale_shift];",
+                 "u.s[h][j] = S(float((rc + h) & 7) * 0.25f + 0.5f);")],
+    "noweight": [("load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h][j]);",
+                  "for (int i = 0; i < 4; ++i) u.w[h][j][i] = uint32_t(rc) * 0x9E3779B1u + uint32_t(i * 0x7F4A7C15 + h);")],
     "w20": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 20;")],
-    "w24g1": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 24;"),
-              ("constexpr int kResGroup = 2;", "constexpr int kResGroup = 1;")],
+    "w24": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 24;")],
     "deqfirst": [(
         """#pragma unroll
   for (int s = 0; s < 8; ++s) {
     // the dequantized weights, each rounded once from the exact q * scale (TcScale: in MT, or via fp32)
-    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 0), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 0), s1),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 1), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 1), s1)};""",
+    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};""",
         """  uint32_t wf[8][4];
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
-    wf[s][0] = scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 0), s0);
-    wf[s][1] = scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 0), s1);
-    wf[s][2] = scaled_pair<MT>(weight_pair<MT, 4>(u.w[0], s, 1), s0);
-    wf[s][3] = scaled_pair<MT>(weight_pair<MT, 4>(u.w[1], s, 1), s1);
+    wf[s][0] = scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0);
+    wf[s][1] = scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1);
+    wf[s][2] = scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0);
+    wf[s][3] = scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1);
   }
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
@@ -73,11 +70,11 @@ EDITS = {
         ("const uint4 v = *reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT);", "const uint4 v = xv[s];"),
         ("const uint2 v = *reinterpret_cast<const uint2*>(xl + s * 32 * 2 * NT);", "const uint2 v = xv[s];")],
     "l2hint": [
-        ("load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h]);",
+        ("load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h][j]);",
          """asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\\n"
-                   : "=r"(u.w[h][0]), "=r"(u.w[h][1]), "=r"(u.w[h][2]), "=r"(u.w[h][3])
+                   : "=r"(u.w[h][j][0]), "=r"(u.w[h][j][1]), "=r"(u.w[h][j][2]), "=r"(u.w[h][j][3])
                    : "l"(w[h] + int64_t(rc) * 16));"""),
-        ("u.s[h] = s[h][rc >> a.scale_shift];", "u.s[h] = scale_256(s[h] + (rc >> a.scale_shift));"),
+        ("u.s[h][j] = s[h][rc >> a.scale_shift];", "u.s[h][j] = scale_256(s[h] + (rc >> a.scale_shift));"),
         ("""template <typename S>
 struct UnitCursor {""", """template <typename S>
 __device__ __forceinline__ S scale_256(const S* p) {
@@ -95,8 +92,7 @@ __device__ __forceinline__ S scale_256(const S* p) {
 }
 template <typename S>
 struct UnitCursor {""")],
-    "w32g1": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 32;"),
-              ("constexpr int kResGroup = 2;", "constexpr int kResGroup = 1;")],
+    "w32": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 32;")],
     "nomma": [(
         "for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);",
         "for (int nt = 0; nt < NT; ++nt) acc[nt][0] += __uint_as_float((w[0] ^ w[1] ^ w[2] ^ w[3] ^ b[2 * nt] ^ "

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call (thirty-third session): the x-resident GEMV with two-span units (PATCH, default
+# dev/cuda/experiments/resident_two_span_units.patch, = git diff -- csrc of the change; applied here first if the
+# tree does not have it yet) against the tree before it (build/base), and variants of the new tree
+# (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "l2hint noweight"), built side by side (quant
+# and linear, sm_90). Then dev/cuda/resident_power_probe.py, ROUNDS times (default 2): base and x on the forced
+# x-resident route and `auto`, the variants on the forced route, at POWER_M rows (default 1 and 16);
+# dev/cuda/resident_probe.py on base and x, forced route, at PROBE_M rows (31B and E2B gate_up: where the routes
+# would cross, and the error against float64); then the x-resident tests on build/x. All also in $OUT/units.log.
+#   bash dev/device_runs/resident_units.sh
+set -o pipefail
+source dev/device_runs/variant_builds.sh
+export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
+VARIANTS=${UNIT_VARIANTS-l2hint noweight}
+PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
+{
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
+  # A tree without the change gets it here (this machine's copy only), so that build/x has it either way.
+  if patch -p1 -s -N --dry-run <$PATCH >/dev/null 2>&1; then patch -p1 -s <$PATCH && echo "PATCH applied to the tree"; fi
+  for v in $VARIANTS; do
+    copy_tree /tmp/$v
+    python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || exit 1
+    (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j3 >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
+  done
+  build_with_base $PATCH || exit 1
+  wait
+  for round in $(seq ${ROUNDS:-2}); do
+    for b in base x $VARIANTS; do
+      routes="resident auto"
+      case " $VARIANTS " in *" $b "*) routes=resident ;; esac
+      for route in $routes; do
+        GEMMA4_LIB_DIR=$PWD/build/$b POWER_M=${POWER_M:-1,16} timeout 100 python3 dev/cuda/resident_power_probe.py \
+          $route $b 2>&1 | grep -E " us |Error"
+      done
+    done
+  done
+  for b in base x; do
+    GEMMA4_LIB_DIR=$PWD/build/$b PROBE_M=${PROBE_M:-1,2,4,8,9,16} timeout 90 python3 dev/cuda/resident_probe.py \
+      $b resident $OUT/probe-$b.json 2>&1 | grep -E "M=|Error"
+  done
+  TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests x
+} 2>&1 | tee $OUT/units.log
