@@ -160,7 +160,9 @@ bool x16_gemv_fits(int64_t M, int64_t K, const at::Tensor& scales) {
 // M = 4 / 8 58.0 / 59.1 -> 53.5 / 54.3, E2B gate_up M = 16 14.6 -> 11.2; on the H200 a first version (its x copied by
 // a dependent load-store loop, ~9 us slower on the H100 at 16 rows) already matched the copy-engine GEMV at 9-16
 // rows (31B gate_up 64.2-68.0 -> 63.1-66.3, E2B 14.2-14.3 -> 12.3-13.8) and lost at 2-8 (47-49 -> 51-53): the
-// H200's faster HBM favours the copy engine there, and the shipped version has not run on an H200.
+// H200's faster HBM favours the copy engine there, and the shipped version has not run on an H200. Two-span units
+// (thirty-third session, H100): 31B gate_up 16 rows 59.2-60.5 -> 55.0-55.6, and 56.1-57.0 at 2-8 rows against
+// `auto`'s 64.8-65.7 (dev/device_runs/2026-12-07{l,m}-*.log); 2-8 rows stay off this route until an H200 agrees.
 bool resident_gemv_wins(int64_t M, int64_t N) {
   const int forced = cuda_path();
   if (forced == static_cast<int>(CudaPath::resident)) return true;

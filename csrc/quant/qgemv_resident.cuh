@@ -128,7 +128,7 @@ struct UnitLoad {
 
 // Where a lane's next unit is: its two rows' first bytes and scales, kept from tile to tile, so a load is a
 // few adds (the row and scale products were most of a unit's integer instructions). Rows past N read row N - 1
-// (their sums are not stored) and runs past K the last run, whose scale mma_unit replaces by 0 (x is 0 there in
+// (their sums are not stored) and runs past K the last run, whose scale SpanScales replaces by 0 (x is 0 there in
 // shared memory, so they add exact zeros, even where that scale is not finite): every load is unconditional.
 // Nothing here reads a loaded value: an instruction that did (the zeroing select, as it was) would stall the warp
 // for the load's whole latency once a unit, however many units are in flight.

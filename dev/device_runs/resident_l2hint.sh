@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call (prepared in the thirty-second session, not yet run): the l2hint variant of the x-resident GEMV
+# One device call (prepared in the thirty-second session; the variant ran in the thirty-third on two-span units,
+# through resident_units.sh, and lost 1-3 µs): the l2hint variant of the x-resident GEMV
 # (dev/cuda/resident_energy_variants.py: 256-byte L2 prefetch hints on its weight and scale loads) timed beside the
 # tree by resident_energy.sh, then the x-resident tests on the variant's build, since it computes the right sums and
 # would ship as it is. Everything is also written to $OUT/l2hint.log (the reply keeps only the output's tail).
