@@ -13,10 +13,10 @@
 // streams the same number of spans whatever the tile count. A tile cut by a warp boundary is summed by the
 // warps that share it, in warp order, through shared memory at the end: deterministic, no second kernel.
 // Two spans a unit, not one: a unit's addresses, scales and loop control are shared by 16 MMA steps instead
-// of 8 (they were a quarter of the kernel's instructions: dev/cuda/experiments/README.md), with the same
+// of 8 (they were ~30% of the kernel's instructions: dev/cuda/experiments/README.md), with the same
 // weight bytes in flight a warp. Spans are padded to an even count (resident_spans), x being zero past K.
 //
-// Fragment order. Span (tile, span): lane (g = lane / 4, t = lane % 4) loads run 4 span + t of rows 16 tile + g
+// Fragment order. For span `span` of a tile: lane (g = lane / 4, t = lane % 4) loads run 4 span + t of rows 16 tile + g
 // and + g + 8 (16 bytes each). Step s (0..7) of the span takes word s / 2 of each: the slots 2t, 2t+1 of the
 // A fragment are the nibble pair at shift 8 (s % 2), the slots 2t+8, 2t+9 the pair at shift 8 (s % 2) + 4
 // (weight_pair, run_offset<4, 16>). x is stored in the same order once per block (fill_x): for step s, lane
