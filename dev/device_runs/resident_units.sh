@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One device call (thirty-third session): the x-resident GEMV with two-span units (PATCH, default
-# dev/cuda/experiments/resident_two_span_units.patch, = git diff -- csrc of the change; applied here first if the
+# dev/cuda/experiments/resident_two_span_units.patch, = git diff d3a3d34 6521003 -- csrc; applied here first if the
 # tree does not have it yet) against the tree before it (build/base), and variants of the new tree
 # (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "l2hint noweight"), built side by side (quant
 # and linear, sm_90). Then dev/cuda/resident_power_probe.py, ROUNDS times (default 2): base and x on the forced
 # x-resident route and `auto`, the variants on the forced route, at POWER_M rows (default 1 and 16);
-# dev/cuda/resident_probe.py on base and x, forced route, at PROBE_M rows (31B and E2B gate_up: where the routes
-# would cross, and the error against float64); then the x-resident tests on build/x. All also in $OUT/units.log.
+# dev/cuda/resident_probe.py on base and x, forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where
+# the routes cross, and the error against float64); then the x-resident tests on build/x. All also in
+# $OUT/units.log. On an H200 this is the call that decides whether `auto` should take 2-8 rows here too.
 #   bash dev/device_runs/resident_units.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
@@ -35,8 +36,10 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
     done
   done
   for b in base x; do
-    GEMMA4_LIB_DIR=$PWD/build/$b PROBE_M=${PROBE_M:-1,2,4,8,9,16} timeout 90 python3 dev/cuda/resident_probe.py \
-      $b resident $OUT/probe-$b.json 2>&1 | grep -E "M=|Error"
+    for route in resident auto; do
+      GEMMA4_LIB_DIR=$PWD/build/$b PROBE_M=${PROBE_M:-1,2,4,8,9,16} timeout 90 python3 dev/cuda/resident_probe.py \
+        $b $route $OUT/probe-$b-$route.json 2>&1 | grep -E "M=|Error"
+    done
   done
   TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests x
 } 2>&1 | tee $OUT/units.log
