@@ -15,6 +15,9 @@ The same work in another shape or order (right sums):
            dequantization as 32 independent chains instead of a step's 4 between MMAs
   ldsall  a span's eight x fragments asked for from shared memory before its first MMA, not each just before its
           step's MMAs
+  startpf  the warp's next four units' weight and scale lines asked into L2 (`prefetch.global.L2`, one line a
+           row and unit) before the x copy, so that HBM is busy while x fills shared memory (one row of the x
+           copy waits for nothing else; at 16 rows it reads 172 KB a block from L2)
   l2hint  the weight and scale loads with the `.L2::256B` prefetch hint (the tree: 128B on the weights, none on the
           scales): a row's 256-byte block of weights is 4 spans, of 2-byte g32 scales 32 spans
 
@@ -37,7 +40,8 @@ EDITS = {
     "noscale": [("u.s[h][j] = s[h][rc >> a.scale_shift];",
                  "u.s[h][j] = S(float((rc + h) & 7) * 0.25f + 0.5f);")],
     "noweight": [("load_stream<4, true>(w[h] + int64_t(rc) * 16, u.w[h][j]);",
-                  "for (int i = 0; i < 4; ++i) u.w[h][j][i] = uint32_t(rc) * 0x9E3779B1u + uint32_t(i * 0x7F4A7C15 + h);")],
+                  "for (int i = 0; i < 4; ++i) u.w[h][j][i] = "
+                  "uint32_t(rc) * 0x9E3779B1u + uint32_t(i * 0x7F4A7C15 + h);")],
     "w20": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 20;")],
     "w24": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 24;")],
     "deqfirst": [(
@@ -92,6 +96,20 @@ __device__ __forceinline__ S scale_256(const S* p) {
 }
 template <typename S>
 struct UnitCursor {""")],
+    "startpf": [(
+        """  if (u0 < u1) next.load(set_a, a, tile0, g, t);
+  cuda::pdl_wait();""",
+        """  if (u0 < u1) next.load(set_a, a, tile0, g, t);
+  for (int i = 0; i < 2; ++i) {  // startpf: units u0 + 1 .. u0 + 4 into L2 while x is copied
+    const int u = u0 + 1 + lane / 16 + 2 * i;
+    if (u >= u1) break;
+    const int64_t r = min((tile0 + u / per_tile) * 16 + lane % 16, a.N - 1);
+    const int rc = min(8 * (u % per_tile), a.runs - 1);
+    asm volatile("prefetch.global.L2 [%0];\\n" ::"l"(a.qw + r * (a.K / 2) + int64_t(rc) * 16));
+    const S* sp = static_cast<const S*>(a.scales) + r * a.G + (rc >> a.scale_shift);
+    asm volatile("prefetch.global.L2 [%0];\\n" ::"l"(sp));
+  }
+  cuda::pdl_wait();""")],
     "w32": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 32;")],
     "nomma": [(
         "for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);",

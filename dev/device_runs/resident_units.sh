@@ -2,7 +2,7 @@
 # One device call (thirty-third session): the x-resident GEMV with two-span units (PATCH, default
 # dev/cuda/experiments/resident_two_span_units.patch, = git diff d3a3d34 6521003 -- csrc; applied here first if the
 # tree does not have it yet) against the tree before it (build/base), and variants of the new tree
-# (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "l2hint noweight"), built side by side (quant
+# (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "startpf noweight"), built side by side (quant
 # and linear, sm_90). Then dev/cuda/resident_power_probe.py, ROUNDS times (default 2): base and x on the forced
 # x-resident route and `auto`, the variants on the forced route, at POWER_M rows (default 1 and 16);
 # dev/cuda/resident_probe.py on base and x, forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where
@@ -12,7 +12,7 @@
 set -o pipefail
 source dev/device_runs/variant_builds.sh
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
-VARIANTS=${UNIT_VARIANTS-l2hint noweight}
+VARIANTS=${UNIT_VARIANTS-startpf noweight}
 PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
