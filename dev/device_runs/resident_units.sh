@@ -18,11 +18,7 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
   # A tree without the change gets it here (this machine's copy only), so that build/x has it either way.
   if patch -p1 -s -N --dry-run <$PATCH >/dev/null 2>&1; then patch -p1 -s <$PATCH && echo "PATCH applied to the tree"; fi
-  for v in $VARIANTS; do
-    copy_tree /tmp/$v
-    python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || exit 1
-    (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j3 >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
-  done
+  start_variant_builds "$VARIANTS" 3 || exit 1
   build_with_base $PATCH || exit 1
   wait
   for round in $(seq ${ROUNDS:-2}); do

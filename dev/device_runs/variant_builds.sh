@@ -24,15 +24,20 @@ copy_tree() {  # a fresh copy in $1 of what a build needs (and of $2.., e.g. "be
   shift
   rm -rf $dir && mkdir $dir && cp -r csrc python CMakeLists.txt pyproject.toml "$@" $dir/
 }
-# The tree into build/x and each variant of $1 (names of dev/cuda/resident_energy_variants.py) into build/<name>,
-# side by side on the 16 cores.
-build_resident_variants() {
-  local start=$(date +%s) jobs=$(( 16 / ($(echo $1 | wc -w) + 1) )) v
+# Each variant of $1 (names of dev/cuda/resident_energy_variants.py) written into a copy of the tree and built into
+# build/<name> with $2 jobs, in the background (the caller waits).
+start_variant_builds() {
+  local v
   for v in $1; do
     copy_tree /tmp/$v
     python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || return 1
-    (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j$jobs >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
+    (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j$2 >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
   done
+}
+# The tree into build/x and each variant of $1 into build/<name>, side by side on the 16 cores.
+build_resident_variants() {
+  local start=$(date +%s) jobs=$(( 16 / ($(echo $1 | wc -w) + 1) ))
+  start_variant_builds "$1" $jobs || return 1
   (cfg . build/x && ninja -C build/x -j$jobs >$OUT/build-x.log 2>&1; echo "x rc=$?") &
   wait
   builds_done $start
