@@ -6,7 +6,8 @@
 # and linear, sm_90). Then dev/cuda/resident_power_probe.py, ROUNDS times (default 2): base and x on the forced
 # x-resident route and `auto`, the variants on the forced route, at POWER_M rows (default 1 and 16);
 # dev/cuda/resident_probe.py on base and x, forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where
-# the routes cross, and the error against float64); then the x-resident tests on build/x. All also in
+# the routes cross, and the error against float64), the forced route's A/B written to benchmarks/results by
+# dev/cuda/resident_ab_results.py; then the x-resident tests on build/x. All also in
 # $OUT/units.log. On an H200 this is the call that decides whether `auto` should take 2-8 rows here too.
 #   bash dev/device_runs/resident_units.sh
 set -o pipefail
@@ -37,5 +38,6 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
         $b $route $OUT/probe-$b-$route.json 2>&1 | grep -E "M=|Error"
     done
   done
+  python3 dev/cuda/resident_ab_results.py $OUT/probe-base-resident.json $OUT/probe-x-resident.json
   TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests x
 } 2>&1 | tee $OUT/units.log
