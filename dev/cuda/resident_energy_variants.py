@@ -18,6 +18,10 @@ The same work in another shape or order (right sums):
   startpf  the warp's next four units' weight and scale lines asked into L2 (`prefetch.global.L2`, one line a
            row and unit) before the x copy, so that HBM is busy while x fills shared memory (one row of the x
            copy waits for nothing else; at 16 rows it reads 172 KB a block from L2)
+  pfnext  every unit, the unit after the one just asked for (u + 2) asked into L2 (`prefetch.global.L2`): lanes
+          t = 0, 1 its rows' 128-byte weight lines (one a row), t = 2, 3 their scale lines, from the cursor's row
+          pointers (a few instructions, no registers held): two units' bytes in flight a warp, one in registers
+  pfnext2  the same for u + 3 (within the tile; none at a tile's last unit)
   l2hint  the weight and scale loads with the `.L2::256B` prefetch hint (the tree: 128B on the weights, none on the
           scales): a row's 256-byte block of weights is 4 spans, of 2-byte g32 scales 32 spans
 
@@ -27,6 +31,21 @@ Variants join with "_": noweight_w24 is both edits. Measured: dev/cuda/experimen
 """
 import sys
 from pathlib import Path
+
+NEXT_LOAD = "    if (u + 1 < u1) next.load(nxt, a, tile0, g, t);\n"
+
+
+def prefetch_unit(unit: str) -> str:
+    """pfnext: the lines of the cursor's tile at unit `unit` into L2 (lanes t = 0, 1 the weights of rows g and
+    g + 8, t = 2, 3 their scales)."""
+    return f"""    {{  // pfnext: a later unit's weight and scale lines into L2, no registers held
+      const int pu = {unit};
+      const void* p = t < 2 ? static_cast<const void*>(next.w[t] + pu * 128)
+                            : static_cast<const void*>(next.s[t - 2] + ((8 * pu) >> a.scale_shift));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }}
+"""
+
 
 EDITS = {
     "nolds": [("*reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT)", "make_uint4(w[0], w[1], w[2], w[3])")],
@@ -110,6 +129,8 @@ struct UnitCursor {""")],
     asm volatile("prefetch.global.L2 [%0];\\n" ::"l"(sp));
   }
   cuda::pdl_wait();""")],
+    "pfnext": [(NEXT_LOAD, NEXT_LOAD + prefetch_unit("next.unit"))],
+    "pfnext2": [(NEXT_LOAD, NEXT_LOAD + "    if (next.unit + 1 < per_tile) " + prefetch_unit("next.unit + 1").lstrip())],
     "w32": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 32;")],
     "nomma": [(
         "for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);",

@@ -2,9 +2,10 @@
 # One device call (thirty-third session): the x-resident GEMV with two-span units (PATCH, default
 # dev/cuda/experiments/resident_two_span_units.patch, = git diff d3a3d34 6521003 -- csrc; applied here first if the
 # tree does not have it yet) against the tree before it (build/base), and variants of the new tree
-# (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "startpf noweight"), built side by side (quant
-# and linear, sm_90). Then dev/cuda/resident_power_probe.py, ROUNDS times (default 2): base and x on the forced
-# x-resident route and `auto`, the variants on the forced route, at POWER_M rows (default 1 and 16);
+# (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "startpf pfnext pfnext2 noweight"), built side by
+# side (quant and linear, sm_90; NO_BASE=1 leaves base out). Then dev/cuda/resident_power_probe.py, ROUNDS times
+# (default 2): base and x on the forced x-resident route and `auto`, the variants on the forced route, at POWER_M
+# rows (default 1 and 16);
 # dev/cuda/resident_probe.py on base and x, forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where
 # the routes cross, and the error against float64), the forced route's A/B written to benchmarks/results by
 # dev/cuda/resident_ab_results.py; then the x-resident tests on build/x. All also in
@@ -13,17 +14,23 @@
 set -o pipefail
 source dev/device_runs/variant_builds.sh
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
-VARIANTS=${UNIT_VARIANTS-startpf noweight}
+VARIANTS=${UNIT_VARIANTS-startpf pfnext pfnext2 noweight}
+BASE=base
+[ -z "${NO_BASE:-}" ] || BASE=  # NO_BASE=1: no build/base, the variants against the tree only
 PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
   # A tree without the change gets it here (this machine's copy only), so that build/x has it either way.
   if patch -p1 -s -N --dry-run <$PATCH >/dev/null 2>&1; then patch -p1 -s <$PATCH && echo "PATCH applied to the tree"; fi
-  start_variant_builds "$VARIANTS" 3 || exit 1
-  build_with_base $PATCH || exit 1
-  wait
+  if [ -n "$BASE" ]; then
+    start_variant_builds "$VARIANTS" 3 || exit 1
+    build_with_base $PATCH || exit 1
+    wait
+  else
+    build_resident_variants "$VARIANTS" || exit 1
+  fi
   for round in $(seq ${ROUNDS:-2}); do
-    for b in base x $VARIANTS; do
+    for b in $BASE x $VARIANTS; do
       routes="resident auto"
       case " $VARIANTS " in *" $b "*) routes=resident ;; esac
       for route in $routes; do
@@ -32,12 +39,12 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
       done
     done
   done
-  for b in base x; do
+  for b in $BASE x; do
     for route in resident auto; do
       GEMMA4_LIB_DIR=$PWD/build/$b PROBE_M=${PROBE_M:-1,2,4,8,9,16} timeout 90 python3 dev/cuda/resident_probe.py \
         $b $route $OUT/probe-$b-$route.json 2>&1 | grep -E "M=|Error"
     done
   done
-  python3 dev/cuda/resident_ab_results.py $OUT/probe-base-resident.json $OUT/probe-x-resident.json
+  [ -z "$BASE" ] || python3 dev/cuda/resident_ab_results.py $OUT/probe-base-resident.json $OUT/probe-x-resident.json
   TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests x
 } 2>&1 | tee $OUT/units.log
