@@ -54,6 +54,7 @@
 #include "quant/qgemv_bulk.cuh"
 #include "quant/qgemm_wgmma.h"
 #include "quant/qgemv_resident.cuh"
+#include "quant/qgemv_resident_wgmma.h"
 #include "quant/qgemv_ring.cuh"
 #include "quant/qgemv_x16.cuh"
 #include "quant/quant_checks.h"
@@ -1008,6 +1009,14 @@ at::Tensor qgemv_resident(const at::Tensor& x2, const at::Tensor& qweight, const
   a.spans = static_cast<int>(resident_spans(a.runs));
   a.scale_shift = run_scale_shift(a.G, a.group);  // >= 0: resident_gemv_fits
   a.tiles = static_cast<int>(cuda::ceil_div<int64_t>(N, 16));
+#ifdef GEMMA4_SM90A
+  // EXPERIMENT (dev/device_runs/resident_wgmma.sh): the warpgroup version where GEMMA4_RESIDENT_WGMMA=1.
+  static const bool wgmma_experiment = std::getenv("GEMMA4_RESIDENT_WGMMA") != nullptr;
+  if (wgmma_experiment && hopper_gemm_available()) {
+    launch_resident_wgmma(a, x2.scalar_type(), scales.scalar_type(), x2.options());
+    return y;
+  }
+#endif
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_scale(scales.scalar_type(), [&]<typename S>() {
       const auto launch = [&]<int NT>() {
