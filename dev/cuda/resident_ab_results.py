@@ -1,11 +1,12 @@
-"""Writes benchmarks/results/qgemm_gpu_resident_ab-<gpu>.json and a plot from two dev/cuda/resident_probe.py outputs
-of one device call (dev/device_runs/resident_units.sh: build/base and build/x, the same route): the time of each
-shape and row count on both builds, their ratio, and the HBM floor (weight and scale bytes over the GPU's peak).
+"""Writes benchmarks/results/NAME-<gpu>.json (default NAME qgemm_gpu_resident_ab) and a plot from two
+dev/cuda/resident_probe.py outputs of one device call (dev/device_runs/resident_units.sh: build/base and build/x on the
+same route; resident_wgmma.sh: one build on two routes): the time of each shape and row count in both, their ratio,
+and the HBM floor (weight and scale bytes over the GPU's peak).
 
-    python dev/cuda/resident_ab_results.py BASE.json X.json [MACHINE.json]
+    python dev/cuda/resident_ab_results.py BASE.json X.json [MACHINE.json|- [NAME]]
 
 MACHINE.json: the GPU's description (benchmarks/gpu/common.py: gpu_info()) where this runs off the GPU; on the GPU
-it is read there.
+("-" or none) it is read there.
 """
 import json
 import sys
@@ -21,23 +22,24 @@ def int4_g32_bytes(n: int, k: int) -> int:
     return n * k // 2 + n * (k // 32) * 2
 
 
-def main(base_path: str, x_path: str, machine_path: str | None = None) -> None:
-    if machine_path is None:
+def main(base_path: str, x_path: str, machine_path: str | None = None, name: str = "qgemm_gpu_resident_ab") -> None:
+    if machine_path in (None, "-"):
         from benchmarks.gpu.common import gpu_info  # noqa: PLC0415
 
         machine = gpu_info()
     else:
         machine = json.loads(Path(machine_path).read_text())
     peak = hbm_peak(machine["gpu"])
-    base = {(r["shape"], r["route"], r["M"]): r for r in json.loads(Path(base_path).read_text())}
+    base = {(r["shape"], r["M"]): r for r in json.loads(Path(base_path).read_text())}
     rows = []
     for r in json.loads(Path(x_path).read_text()):
-        b = base.get((r["shape"], r["route"], r["M"]))
+        b = base.get((r["shape"], r["M"]))
         if b is None:
             continue
         floor_us = int4_g32_bytes(*SHAPES[r["shape"]]) / peak * 1e6
-        rows.append(dict(shape=r["shape"], route=r["route"], M=r["M"], base_us=b["us"], us=r["us"],
-                         ratio=r["us"] / b["us"], hbm_floor_us=floor_us, relerr=r["relerr"], base_relerr=b["relerr"]))
+        rows.append(dict(shape=r["shape"], route=r["route"], base_route=b["route"], M=r["M"], base_us=b["us"],
+                         us=r["us"], ratio=r["us"] / b["us"], hbm_floor_us=floor_us, relerr=r["relerr"],
+                         base_relerr=b["relerr"]))
 
     def plot(plt):
         shapes = sorted({row["shape"] for row in rows})
@@ -45,17 +47,17 @@ def main(base_path: str, x_path: str, machine_path: str | None = None) -> None:
         for ax, shape in zip(axes[0], shapes):
             sel = [row for row in rows if row["shape"] == shape]
             ms = [row["M"] for row in sel]
-            ax.plot(ms, [row["base_us"] for row in sel], "o-", label="before (base)")
-            ax.plot(ms, [row["us"] for row in sel], "o-", label="this change")
+            ax.plot(ms, [row["base_us"] for row in sel], "o-", label=f"before (base): {sel[0]['base_route']}")
+            ax.plot(ms, [row["us"] for row in sel], "o-", label=f"this change: {sel[0]['route']}")
             ax.axhline(sel[0]["hbm_floor_us"], color="gray", ls="--", label="HBM floor")
-            ax.set(title=f"{shape}, int4 g32, {sel[0]['route']} route", xlabel="rows of x", ylabel="µs", ylim=(0, None))
+            ax.set(title=f"{shape}, int4 g32", xlabel="rows of x", ylabel="µs", ylim=(0, None))
             ax.legend()
         fig.suptitle(machine["gpu"])
         return fig
 
-    write_gpu_results("qgemm_gpu_resident_ab", rows, machine, plot=plot,
+    write_gpu_results(name, rows, machine, plot=plot,
                       extra={"sources": [base_path, x_path], "hbm_peak_Bps": peak})
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -27,4 +27,7 @@ probe_power() {  # build route
     GEMMA4_LIB_DIR=$PWD/build/x PROBE_M=${PROBE_M:-1,2,8,9,16} timeout 90 python3 dev/cuda/resident_probe.py \
       x $route $OUT/probe-x-$route.json 2>&1 | grep -E "M=|Error"
   done
+  python3 -c "import json; from benchmarks.gpu.common import gpu_info; print(json.dumps(gpu_info()))" >$OUT/machine.json
+  python3 dev/cuda/resident_ab_results.py $OUT/probe-x-resident.json $OUT/probe-x-resident_wgmma.json - \
+    qgemm_gpu_resident_wgmma_ab && cp benchmarks/results/qgemm_gpu_resident_wgmma_ab-* $OUT/
 } 2>&1 | tee $OUT/wgmma.log
