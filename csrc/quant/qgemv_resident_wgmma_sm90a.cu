@@ -112,7 +112,11 @@ __global__ void __launch_bounds__(kWgResThreads, 1) qgemv_resident_wgmma_kernel(
   fill_x_swizzled(xs, a);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the MMAs read x through the async proxy
   __syncthreads();
+  // The descriptor's high word is constant and its start address (the low 14 bits, in 16-byte units) stays below
+  // 2^14 for any offset into shared memory, so steps move it with 32-bit adds (64-bit ones cost ~8 instructions an
+  // MMA, SASS).
   const uint64_t desc0 = swizzled_tile_descriptor(smem_addr(xs));
+  const uint32_t desc_lo = static_cast<uint32_t>(desc0), desc_hi = static_cast<uint32_t>(desc0 >> 32);
 
   float acc[2][4] = {};
   int quad = first_quad, pair = static_cast<int>(s0 % P);
@@ -139,10 +143,13 @@ __global__ void __launch_bounds__(kWgResThreads, 1) qgemv_resident_wgmma_kernel(
       uint32_t af[8][4];  // the span's 8 A fragments, written before its first MMA and not again until its last is done
 #pragma unroll
       for (int st = 0; st < 8; ++st) span_step_fragment<MT, S>(af[st], cur.w[0][j], cur.w[1][j], sc[j], st);
-      const uint64_t desc = desc0 + (2 * pair + j) * 2 * (2048 >> 4);  // the span's two 64-k chunks
+      const uint32_t span_lo = desc_lo + (2 * pair + j) * 2 * (2048 >> 4);  // the span's two 64-k chunks
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-      for (int st = 0; st < 8; ++st) wgmma_m64n16<MT>(acc, af[st], desc + (st / 4) * (2048 >> 4) + 2 * (st % 4));
+      for (int st = 0; st < 8; ++st) {
+        const uint32_t lo = span_lo + (st / 4) * (2048 >> 4) + 2 * (st % 4);
+        wgmma_m64n16<MT>(acc, af[st], (uint64_t(desc_hi) << 32) | lo);
+      }
       asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
       asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
       fence_registers(acc[0]);
