@@ -54,21 +54,41 @@ __device__ __forceinline__ int64_t wg_of_step(int64_t s, const WgResidentArgs& a
 // x [M, K] -> shared memory as 64-k chunks of 16 rows x 128 bytes (rows 8 apart 1024 bytes), 128-byte swizzle: the
 // 16-byte unit u of row n at u ^ (n % 8). The k order is the resident kernel's (fill_x): slots 2t + e and 2t + 8 + e
 // of span `span`'s step s hold x at run offsets b(s) + 2e and 16 + b(s) + 2e of run 4 span + t, b(s) = 8 (s / 4) +
-// 4 (s % 4 / 2) + s % 2. A thread takes 8 consecutive x of a run (16 bytes: c, h) and writes the pairs of 4 steps.
+// 4 (s % 4 / 2) + s % 2. A thread takes 8 consecutive x of a run (16 bytes: c, h) and writes the pairs of 4 steps,
+// kFillBatch such loads in flight: one at a time, the copy waited a full L2 latency per load (21 a thread on 31B
+// gate_up: ~12 us of a 59 us call on the H100, dev/device_runs/2026-12-07n-h100-resident-wgmma.log).
+constexpr int kFillBatch = 6;
 __device__ __forceinline__ void fill_x_swizzled(uint8_t* xs, const ResidentArgs& a) {
   const auto* x = static_cast<const uint16_t*>(a.x);
   const int items = 16 * a.spans * 16;
-  for (int i = threadIdx.x; i < items; i += blockDim.x) {
-    const int c = i % 2, h = i / 2 % 2, t = i / 4 % 4, span = i / 16 % a.spans, n = i / (16 * a.spans);
-    const int run = span * 4 + t;
-    const uint4 w = n < a.M && run < a.runs
-                        ? *reinterpret_cast<const uint4*>(x + int64_t(n) * a.K + run * 32 + 16 * h + 8 * c)
-                        : make_uint4(0, 0, 0, 0);
-    const uint32_t pair[4] = {__byte_perm(w.x, w.y, 0x5410), __byte_perm(w.x, w.y, 0x7632),   // steps 4c, 4c + 1
-                              __byte_perm(w.z, w.w, 0x5410), __byte_perm(w.z, w.w, 0x7632)};  // 4c + 2, 4c + 3
-    uint8_t* row = xs + (span * 2 + c) * 2048 + n * 128;
+  const auto piece = [&](int i, int& c, int& h, int& t, int& span, int& n) {
+    c = i % 2, h = i / 2 % 2, t = i / 4 % 4, span = i / 16 % a.spans, n = i / (16 * a.spans);
+  };
+  for (int first = threadIdx.x; first < items; first += kFillBatch * blockDim.x) {
+    uint4 v[kFillBatch];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) *reinterpret_cast<uint32_t*>(row + ((2 * j + h) ^ (n % 8)) * 16 + 4 * t) = pair[j];
+    for (int b = 0; b < kFillBatch; ++b) {
+      int c, h, t, span, n;
+      const int i = first + b * blockDim.x;
+      piece(i, c, h, t, span, n);
+      const int run = span * 4 + t;
+      v[b] = i < items && n < a.M && run < a.runs
+                 ? *reinterpret_cast<const uint4*>(x + int64_t(n) * a.K + run * 32 + 16 * h + 8 * c)
+                 : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int b = 0; b < kFillBatch; ++b) {
+      int c, h, t, span, n;
+      const int i = first + b * blockDim.x;
+      if (i >= items) break;
+      piece(i, c, h, t, span, n);
+      const uint4 w = v[b];
+      const uint32_t pair[4] = {__byte_perm(w.x, w.y, 0x5410), __byte_perm(w.x, w.y, 0x7632),   // steps 4c, 4c + 1
+                                __byte_perm(w.z, w.w, 0x5410), __byte_perm(w.z, w.w, 0x7632)};  // 4c + 2, 4c + 3
+      uint8_t* row = xs + (span * 2 + c) * 2048 + n * 128;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) *reinterpret_cast<uint32_t*>(row + ((2 * j + h) ^ (n % 8)) * 16 + 4 * t) = pair[j];
+    }
   }
 }
 
