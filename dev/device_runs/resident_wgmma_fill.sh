@@ -2,7 +2,8 @@
 # One short device call (thirty-fourth session, after resident_wgmma.sh): the warpgroup x-resident GEMV with its x
 # copy batched (kFillBatch loads in flight a thread) against `auto` (the x-resident GEMV at 9-16 rows) in the same
 # build: the tests of both x-resident kernels, one power-probe round at 1 and 16 rows, and resident_probe.py at
-# PROBE_M rows (the A/B written as benchmarks/results/qgemm_gpu_resident_wgmma_ab-<gpu>). Few files in $OUT.
+# PROBE_M rows (the A/B written as benchmarks/results/qgemm_gpu_resident_wgmma_ab-<gpu>; POWER=0 skips the power
+# probe). Few files in $OUT.
 #   bash dev/device_runs/resident_wgmma_fill.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
@@ -14,7 +15,7 @@ export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
   echo "build: $(( $(date +%s) - start )) s"
   rm -f $OUT/cmake-x.log
   TEST_K="${TEST_K-resident or graph}" TEST_S=${TEST_S:-120} run_tests x
-  for route in resident_wgmma auto; do
+  [ "${POWER:-1}" = 0 ] || for route in resident_wgmma auto; do
     GEMMA4_LIB_DIR=$PWD/build/x POWER_M=1,16 timeout 100 python3 dev/cuda/resident_power_probe.py $route x 2>&1 |
       grep -E " us |Error"
   done
