@@ -54,7 +54,6 @@
 #include "quant/qgemv_bulk.cuh"
 #include "quant/qgemm_wgmma.h"
 #include "quant/qgemv_resident.cuh"
-#include "quant/qgemv_resident_wgmma.h"
 #include "quant/qgemv_ring.cuh"
 #include "quant/qgemv_x16.cuh"
 #include "quant/quant_checks.h"
@@ -166,18 +165,8 @@ bool x16_gemv_fits(int64_t M, int64_t K, const at::Tensor& scales) {
 // `auto`'s 64.8-65.7 (dev/device_runs/2026-12-07{l,m}-*.log); 2-8 rows stay off this route until an H200 agrees.
 bool resident_gemv_wins(int64_t M, int64_t N) {
   const int forced = cuda_path();
-  if (forced == static_cast<int>(CudaPath::resident) || forced == static_cast<int>(CudaPath::resident_wgmma)) return true;
+  if (forced == static_cast<int>(CudaPath::resident)) return true;
   return forced == static_cast<int>(CudaPath::automatic) && M >= 9 && N / 16 >= 2 * cuda::sm_count();
-}
-// Where the x-resident GEMV runs, its warpgroup-MMA version (qgemv_resident_wgmma_sm90a.cu) instead: where forced
-// (on an sm_90 device of a build with sm_90a code). EXPERIMENT: not yet taken by `auto`.
-bool resident_wgmma_wins(int64_t M) {
-#ifdef GEMMA4_SM90A
-  return cuda_path() == static_cast<int>(CudaPath::resident_wgmma) && hopper_gemm_available();
-#else
-  (void)M;
-  return false;
-#endif
 }
 // int4, up to 16 rows, K a multiple of 32, scales of 32, 64 or 128 weights or one a row, and x short enough to stay
 // in one block's shared memory.
@@ -1008,9 +997,8 @@ at::Tensor qgemv_x16(const at::Tensor& x2, const at::Tensor& qweight, const at::
 }
 
 // resident_gemv_fits, bf16/fp16 x: the x-resident int4 GEMV (qgemv_resident.cuh), one block an SM.
-// `warpgroups`: its warpgroup-MMA version (qgemv_resident_wgmma_sm90a.cu; sm_90, a build with sm_90a code).
 at::Tensor qgemv_resident(const at::Tensor& x2, const at::Tensor& qweight, const at::Tensor& scales,
-                          const std::optional<at::Tensor>& bias, bool warpgroups) {
+                          const std::optional<at::Tensor>& bias) {
   const int64_t M = x2.size(0), K = x2.size(1), N = qweight.size(0);
   at::Tensor y = at::empty({M, N}, x2.options());  // [M, N]
   ResidentArgs a{};
@@ -1020,12 +1008,6 @@ at::Tensor qgemv_resident(const at::Tensor& x2, const at::Tensor& qweight, const
   a.spans = static_cast<int>(resident_spans(a.runs));
   a.scale_shift = run_scale_shift(a.G, a.group);  // >= 0: resident_gemv_fits
   a.tiles = static_cast<int>(cuda::ceil_div<int64_t>(N, 16));
-#ifdef GEMMA4_SM90A
-  if (warpgroups) {
-    launch_resident_wgmma(a, x2.scalar_type(), scales.scalar_type(), x2.options());
-    return y;
-  }
-#endif
   dispatch_x(x2.scalar_type(), [&]<typename T, typename MT>() {
     dispatch_scale(scales.scalar_type(), [&]<typename S>() {
       const auto launch = [&]<int NT>() {
@@ -1127,7 +1109,7 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
     if (x16_gemv_wins(bits, M) && x16_gemv_fits(M, K, scales)) {
       y = qgemv_x16(x2, qw, scales, bias, bits);  // [M, N]
     } else if (resident_gemv_wins(M, N) && resident_gemv_fits(bits, M, K, scales)) {
-      y = qgemv_resident(x2, qw, scales, bias, resident_wgmma_wins(M));  // [M, N]
+      y = qgemv_resident(x2, qw, scales, bias);  // [M, N]
     } else if (bulk_gemv_wins(M, N, K) && bulk_gemv_fits(bits, scales, K)) {
       y = qgemv_bulk(x2, qw, scales, bias, bits);  // [M, N]
     } else {

@@ -1,6 +1,5 @@
 // gemma4::qgemm_cuda_path: reports or forces the CUDA qgemm's route for bf16/fp16 x ("auto" | "tiled" |
-// "dequant" | "wgmma" above the GEMV's 32 rows | "ring" or "bulk" GEMV up to 32 rows | "x16" GEMV at 1-2 rows | "resident" or
-// "resident_wgmma" GEMV at 1-16 rows;
+// "dequant" | "wgmma" above the GEMV's 32 rows | "ring" or "bulk" GEMV up to 32 rows | "x16" GEMV at 1-2 rows | "resident" GEMV at 1-16 rows;
 // qgemm_cuda.cu). Registered in every build; only CUDA calls read it.
 #include "quant/qgemm_cuda_path.h"
 
@@ -21,10 +20,10 @@ std::atomic<int>& cuda_path() {
 namespace {
 
 // Indexed by CudaPath.
-constexpr std::array<const char*, 9> kPathNames = {"auto", "tiled", "dequant", "ring",          "bulk",
-                                                   "wgmma", "x16", "resident", "resident_wgmma"};
+constexpr std::array<const char*, 8> kPathNames = {"auto",  "tiled", "dequant", "ring",
+                                                   "bulk",  "wgmma", "x16",     "resident"};
 
-// "" -> report; "auto" | "tiled" | "dequant" | "ring" | "bulk" | "wgmma" | "x16" | "resident" | "resident_wgmma" -> set. Returns the route in use.
+// "" -> report; "auto" | "tiled" | "dequant" | "ring" | "bulk" | "wgmma" | "x16" | "resident" -> set. Returns the route in use.
 std::string qgemm_cuda_path(c10::string_view request) {
   const std::string req(request);
   if (!req.empty()) cuda_path() = named_choice("gemma4::qgemm_cuda_path", req, kPathNames);

@@ -39,10 +39,16 @@
 #include "quant/qgemm_cuda_dispatch.h"
 #include "quant/qgemm_tc.cuh"
 #include "quant/qgemm_wgmma.h"
-#include "quant/wgmma_sm90a.cuh"
 
 namespace gemma4::quant_cuda {
 namespace {
+
+// Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle: rows of 64 16-bit k, eight-row
+// groups 1024 bytes apart (stride byte offset), leading byte offset unused (1), tile base 1024-byte aligned.
+__device__ __forceinline__ uint64_t swizzled_tile_descriptor(uint32_t smem_addr) {
+  return uint64_t((smem_addr & 0x3FFFFu) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) |
+         (uint64_t(1) << 62);
+}
 
 #define GEMMA4_F8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
                      "+f"(d[i + 6]), "+f"(d[i + 7])
@@ -84,6 +90,14 @@ __device__ __forceinline__ void wgmma_step(float (&d)[BM / 2], const uint32_t (&
 #undef GEMMA4_WGMMA_N64
 #undef GEMMA4_WGMMA_N128
 #undef GEMMA4_F8
+
+// Keeps the compiler from moving reads or writes of v across the point where the asynchronous MMAs are known
+// to be done with it.
+template <int N>
+__device__ __forceinline__ void fence_registers(float (&v)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(v[i])::"memory");
+}
 
 constexpr int kWgThreads = 2 * kWgBN;  // a warpgroup (128 threads) per 64 weight rows
 constexpr int kWgBarrierBytes = 1024;  // full + empty mbarriers; keeps the tiles after them 1024-byte aligned

@@ -132,7 +132,7 @@ struct UnitLoad {
 // shared memory, so they add exact zeros, even where that scale is not finite): every load is unconditional.
 // Nothing here reads a loaded value: an instruction that did (the zeroing select, as it was) would stall the warp
 // for the load's whole latency once a unit, however many units are in flight.
-template <typename S, int kTileStep = 1>  // tiles from a tile's last unit to the next unit's tile
+template <typename S>
 struct UnitCursor {
   const uint8_t* w[2];
   const S* s[2];
@@ -157,7 +157,7 @@ struct UnitCursor {
       }
     }
     if (++unit == a.spans / 2) {
-      unit = 0, tile += kTileStep;
+      unit = 0, ++tile;
       to_tile(a, tile0, g);
     }
   }
@@ -173,17 +173,6 @@ struct SpanScales {
     s[1] = Scale::make_live(u.s[1][j], live);
   }
 };
-
-// Step s (0..7) of a span: the A fragment of rows g (w0) and g + 8 (w1), each weight rounded once from the exact
-// q * scale (TcScale: in MT, or via fp32).
-template <typename MT, typename S>
-__device__ __forceinline__ void span_step_fragment(uint32_t (&w)[4], const uint32_t (&w0)[4], const uint32_t (&w1)[4],
-                                                   const SpanScales<MT, S>& sc, int s) {
-  w[0] = scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), sc.s[0]);
-  w[1] = scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), sc.s[1]);
-  w[2] = scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), sc.s[0]);
-  w[3] = scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), sc.s[1]);
-}
 
 // acc += one span's 16 rows x 128 weights (rows g: w0, g + 8: w1) times x's NT column tiles.
 template <typename MT, typename S, int NT>

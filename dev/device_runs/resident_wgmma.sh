@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One device call (thirty-fourth session): the warpgroup x-resident GEMV (csrc/quant/qgemv_resident_wgmma_sm90a.cu,
-# the forced "resident_wgmma" route) against the x-resident GEMV (the forced "resident" route and `auto`) of the
-# same build, and the pfnext variants of the latter (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default
-# "pfnext pfnext2"), built side by side (quant and linear, sm_90 with sm_90a code). First the x-resident tests
-# (TEST_K, both kernels); then dev/cuda/resident_power_probe.py ROUNDS times (default 2) at POWER_M rows (default 1
-# and 16); then dev/cuda/resident_probe.py at PROBE_M rows (31B and E2B gate_up, and the error against float64).
-# All also in $OUT/wgmma.log.
+# One device call (thirty-fourth session): the warpgroup x-resident GEMV (dev/cuda/experiments/resident_wgmma.patch,
+# applied here where the tree lacks it: csrc/quant/qgemv_resident_wgmma_sm90a.cu, the forced "resident_wgmma" route)
+# against the x-resident GEMV (the forced "resident" route and `auto`) of the same build, and the pfnext variants of
+# the latter (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "pfnext pfnext2"), built side by side
+# (quant and linear, sm_90 with sm_90a code). First the x-resident tests (TEST_K, both kernels); then
+# dev/cuda/resident_power_probe.py ROUNDS times (default 2) at POWER_M rows (default 1 and 16); then
+# dev/cuda/resident_probe.py at PROBE_M rows (31B and E2B gate_up, and the error against float64), the A/B written by
+# dev/cuda/resident_ab_results.py. All also in $OUT/wgmma.log. Log: dev/device_runs/2026-12-07n-h100-resident-wgmma.log.
 #   bash dev/device_runs/resident_wgmma.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
@@ -17,6 +18,9 @@ probe_power() {  # build route
 }
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
+  # the kernel is not in the tree (it lost): dev/cuda/experiments/resident_wgmma.patch applied here first
+  P=dev/cuda/experiments/resident_wgmma.patch
+  if patch -p1 -s -N --dry-run <$P >/dev/null 2>&1; then patch -p1 -s <$P && echo "PATCH applied to the tree"; fi
   build_resident_variants "$VARIANTS" || exit 1
   TEST_K="${TEST_K-resident or route_rule or deterministic or graph}" TEST_S=${TEST_S:-150} run_tests x
   for round in $(seq ${ROUNDS:-2}); do

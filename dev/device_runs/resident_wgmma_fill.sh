@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# One short device call (thirty-fourth session, after resident_wgmma.sh): the warpgroup x-resident GEMV with its x
-# copy batched (kFillBatch loads in flight a thread) against `auto` (the x-resident GEMV at 9-16 rows) in the same
-# build: the tests of both x-resident kernels, one power-probe round at 1 and 16 rows, and resident_probe.py at
-# PROBE_M rows (the A/B written as benchmarks/results/qgemm_gpu_resident_wgmma_ab-<gpu>; POWER=0 skips the power
-# probe). Few files in $OUT.
+# One short device call (thirty-fourth session, after resident_wgmma.sh): the warpgroup x-resident GEMV
+# (dev/cuda/experiments/resident_wgmma.patch, applied here where the tree lacks it) with its x copy batched
+# (kFillBatch loads in flight a thread) against `auto` (the x-resident GEMV at 9-16 rows) in the same build: the
+# x-resident tests (TESTS=none skips them), one power-probe round at 1 and 16 rows (POWER=0 skips it), and
+# resident_probe.py at PROBE_M rows; the probe files and the machine's description in $OUT (few files, so that they
+# come back). Log: dev/device_runs/2026-12-07o-h100-resident-wgmma-fill.log.
 #   bash dev/device_runs/resident_wgmma_fill.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
+  # the kernel is not in the tree (it lost): dev/cuda/experiments/resident_wgmma.patch applied here first
+  P=dev/cuda/experiments/resident_wgmma.patch
+  if patch -p1 -s -N --dry-run <$P >/dev/null 2>&1; then patch -p1 -s <$P && echo "PATCH applied to the tree"; fi
   start=$(date +%s)
   cfg . build/x && ninja -C build/x -j16 >/tmp/build-x.log 2>&1 || { tail -30 /tmp/build-x.log; exit 1; }
   echo "build: $(( $(date +%s) - start )) s"

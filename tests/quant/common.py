@@ -51,7 +51,7 @@ def cpu_isa(request):
     qops.qgemm_cpu_isa("auto")
 
 
-@pytest.fixture(params=["auto", "tiled", "ring", "bulk", "wgmma", "x16", "resident", "resident_wgmma"])
+@pytest.fixture(params=["auto", "tiled", "ring", "bulk", "wgmma", "x16", "resident"])
 def cuda_path(request):
     """Runs a CUDA test once on the route the shape picks (small test shapes: the register-loading GEMV up to
     16 rows and the ring GEMV to 32 for int4, the tiled GEMM up to 64 rows -- on an sm_90 device of a build with
@@ -60,10 +60,9 @@ def cuda_path(request):
     none), and once with the ring GEMV and once with the bulk-copy GEMV (qgemv_bulk.cuh, sm_90; where the scales
     do not fit it, the shape's own route) forced at every row count up to 32, and once with the int16-activation
     GEMV (qgemv_x16.cuh) forced where it fits (1-2 rows of bf16/fp16 x), and once with the x-resident int4 GEMV
-    (qgemv_resident.cuh) forced where it fits (up to 16 rows of bf16/fp16 x, K short enough for shared memory), and
-    once with its warpgroup-MMA version (qgemv_resident_wgmma_sm90a.cu) forced where that fits (sm_90)."""
-    if request.param in ("wgmma", "resident_wgmma") and not hopper_gemm_available():
-        pytest.skip(f"the {request.param} route needs an sm_90 GPU and a build with sm_90a code")
+    (qgemv_resident.cuh) forced where it fits (up to 16 rows of bf16/fp16 x, K short enough for shared memory)."""
+    if request.param == "wgmma" and not hopper_gemm_available():
+        pytest.skip("the Hopper GEMM needs an sm_90 GPU and a build with sm_90a code")
     qops.qgemm_cuda_path(request.param)
     yield request.param
     qops.qgemm_cuda_path("auto")

@@ -60,8 +60,8 @@ def qgemm_cuda_path(request: str = "") -> str:
     ``"dequant"`` forces dequantize + cuBLAS above 32 rows, ``"ring"`` the ring GEMV and ``"bulk"`` the bulk-copy
     GEMV (where the scales' layout allows it) at every row count up to 32, and ``"x16"`` the int16-activation GEMV
     where it fits (1-2 rows, K a multiple of 32), ``"resident"`` the int4 GEMV that holds x in shared memory where
-    it fits (up to 16 rows, K a multiple of 32 and short enough), ``"resident_wgmma"`` its warpgroup-MMA version
-    where that fits on sm_90 (where built) (tests reach every path this way). Returns the route in use."""
+    it fits (up to 16 rows, K a multiple of 32 and short enough) (tests reach every path this way). Returns the
+    route in use."""
     return torch.ops.gemma4.qgemm_cuda_path(request)
 
 
