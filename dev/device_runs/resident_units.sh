@@ -2,8 +2,8 @@
 # One device call (thirty-third session): the x-resident GEMV with two-span units (PATCH, default
 # dev/cuda/experiments/resident_two_span_units.patch, = git diff d3a3d34 6521003 -- csrc; applied here first if the
 # tree does not have it yet) against the tree before it (build/base), and variants of the new tree
-# (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "startpf pfnext pfnext2 noweight"), built side by
-# side (quant and linear, sm_90; NO_BASE=1 leaves base out). Then dev/cuda/resident_power_probe.py, ROUNDS times
+# (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "startpf noweight"; pfnext and pfnext2 lost on the
+# H100), built side by side (quant and linear, sm_90; NO_BASE=1 leaves base out). Then dev/cuda/resident_power_probe.py, ROUNDS times
 # (default 2): base and x on the forced x-resident route and `auto`, the variants on the forced route, at POWER_M
 # rows (default 1 and 16);
 # dev/cuda/resident_probe.py on base and x, forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where
@@ -14,7 +14,7 @@
 set -o pipefail
 source dev/device_runs/variant_builds.sh
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
-VARIANTS=${UNIT_VARIANTS-startpf pfnext pfnext2 noweight}
+VARIANTS=${UNIT_VARIANTS-startpf noweight}
 BASE=base
 [ -z "${NO_BASE:-}" ] || BASE=  # NO_BASE=1: no build/base, the variants against the tree only
 PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
