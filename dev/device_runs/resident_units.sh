@@ -3,13 +3,13 @@
 # dev/cuda/experiments/resident_two_span_units.patch, = git diff d3a3d34 6521003 -- csrc; applied here first if the
 # tree does not have it yet) against the tree before it (build/base), and variants of the new tree
 # (dev/cuda/resident_energy_variants.py: UNIT_VARIANTS, default "startpf noweight"; pfnext and pfnext2 lost on the
-# H100), built side by side (quant and linear, sm_90; NO_BASE=1 leaves base out). Then dev/cuda/resident_power_probe.py, ROUNDS times
-# (default 2): base and x on the forced x-resident route and `auto`, the variants on the forced route, at POWER_M
-# rows (default 1 and 16);
-# dev/cuda/resident_probe.py on base and x, forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where
-# the routes cross, and the error against float64), the forced route's A/B written to benchmarks/results by
-# dev/cuda/resident_ab_results.py; then the x-resident tests on build/x. All also in
-# $OUT/units.log. On an H200 this is the call that decides whether `auto` should take 2-8 rows here too.
+# H100), built side by side (quant and linear, sm_90; NO_BASE=1 leaves base out). Then
+# dev/cuda/resident_power_probe.py, ROUNDS times (default 2): base and x on the forced x-resident route and `auto`,
+# the variants on the forced route, at POWER_M rows (default 1 and 16); dev/cuda/resident_probe.py on base and x,
+# forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where the routes cross, and the error against
+# float64), the forced route's A/B written to benchmarks/results by dev/cuda/resident_ab_results.py; then the
+# x-resident tests on build/x. All also in $OUT/units.log. On an H200 this is the call that decides whether `auto`
+# should take 2-8 rows here too.
 #   bash dev/device_runs/resident_units.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
