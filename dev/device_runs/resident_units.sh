@@ -8,8 +8,8 @@
 # the variants on the forced route, at POWER_M rows (default 1 and 16); dev/cuda/resident_probe.py on base and x,
 # forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where the routes cross, and the error against
 # float64), the forced route's A/B written to benchmarks/results by dev/cuda/resident_ab_results.py; then the
-# x-resident tests on build/x. All also in $OUT/units.log. On an H200 this is the call that decides whether `auto`
-# should take 2-8 rows here too.
+# x-resident tests on build/x. All also in $OUT/units.log, with the A/B's results files. On an H200 this is the call
+# that decides whether `auto` should take 2-8 rows here too.
 #   bash dev/device_runs/resident_units.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
@@ -42,9 +42,10 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
   for b in $BASE x; do
     for route in resident auto; do
       GEMMA4_LIB_DIR=$PWD/build/$b PROBE_M=${PROBE_M:-1,2,4,8,9,16} timeout 90 python3 dev/cuda/resident_probe.py \
-        $b $route $OUT/probe-$b-$route.json 2>&1 | grep -E "M=|Error"
+        $b $route $BUILD_LOGS/probe-$b-$route.json 2>&1 | grep -E "M=|Error"
     done
   done
-  [ -z "$BASE" ] || python3 dev/cuda/resident_ab_results.py $OUT/probe-base-resident.json $OUT/probe-x-resident.json
+  [ -z "$BASE" ] || python3 dev/cuda/resident_ab_results.py $BUILD_LOGS/probe-base-resident.json \
+    $BUILD_LOGS/probe-x-resident.json && cp benchmarks/results/qgemm_gpu_resident_ab-* $OUT/
   TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests x
 } 2>&1 | tee $OUT/units.log

@@ -17,7 +17,6 @@ export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
   start=$(date +%s)
   cfg . build/x && ninja -C build/x -j16 >/tmp/build-x.log 2>&1 || { tail -30 /tmp/build-x.log; exit 1; }
   echo "build: $(( $(date +%s) - start )) s"
-  rm -f $OUT/cmake-x.log
   TEST_K="${TEST_K-resident or graph}" TEST_S=${TEST_S:-120} run_tests x
   [ "${POWER:-1}" = 0 ] || for route in resident_wgmma auto; do
     GEMMA4_LIB_DIR=$PWD/build/x POWER_M=1,16 timeout 100 python3 dev/cuda/resident_power_probe.py $route x 2>&1 |

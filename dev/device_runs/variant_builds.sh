@@ -1,14 +1,18 @@
 # Sourced by the device scripts that build the quant kernels more than once and compare them (ab_patch.sh,
 # wgmma_gemm.sh, resident_select.sh): configure a build, build the tree and its state before a patch side by side,
-# report the parallel builds, run the tests on build/x. Logs to $OUT.
+# report the parallel builds, run the tests on build/x. The tests' log goes to $OUT, the build logs to $BUILD_LOGS
+# (default /tmp/build_logs): the device returns only a few files of $OUT, the first by name, so $OUT keeps what
+# matters.
 PY=$(which python3)
+BUILD_LOGS=${BUILD_LOGS:-/tmp/build_logs}
+mkdir -p $BUILD_LOGS
 cfg() {  # source dir, build dir, extra CUDA flags
   cmake -S $1 -B $2 -G Ninja -DPython_EXECUTABLE=$PY -DGEMMA4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DGEMMA4_KERNEL_DIRS=${XDIRS:-quant;linear} -DCMAKE_CUDA_FLAGS="$3" >$OUT/cmake-$(basename $2).log 2>&1
+    -DGEMMA4_KERNEL_DIRS=${XDIRS:-quant;linear} -DCMAKE_CUDA_FLAGS="$3" >$BUILD_LOGS/cmake-$(basename $2).log 2>&1
 }
 builds_done() {  # the builds' start time (date +%s): elapsed time and the first errors
   echo "builds: $(( $(date +%s) - $1 )) s"
-  grep -h -B2 -A12 " error" $OUT/build-*.log | head -40
+  grep -h -B2 -A12 " error" $BUILD_LOGS/build-*.log | head -40
   true  # no error found is not a failure (with pipefail, grep's status was the function's)
 }
 run_tests() {  # TESTS (default tests/quant/test_qgemm_cuda.py, "none" to skip), TEST_K, TEST_S on build/$1 (x)
@@ -31,14 +35,14 @@ start_variant_builds() {
   for v in $1; do
     copy_tree /tmp/$v
     python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || return 1
-    (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j$2 >$OUT/build-$v.log 2>&1; echo "$v rc=$?") &
+    (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j$2 >$BUILD_LOGS/build-$v.log 2>&1; echo "$v rc=$?") &
   done
 }
 # The tree into build/x and each variant of $1 into build/<name>, side by side on the 16 cores.
 build_resident_variants() {
   local start=$(date +%s) jobs=$(( 16 / ($(echo $1 | wc -w) + 1) ))
   start_variant_builds "$1" $jobs || return 1
-  (cfg . build/x && ninja -C build/x -j$jobs >$OUT/build-x.log 2>&1; echo "x rc=$?") &
+  (cfg . build/x && ninja -C build/x -j$jobs >$BUILD_LOGS/build-x.log 2>&1; echo "x rc=$?") &
   wait
   builds_done $start
 }
@@ -47,8 +51,8 @@ build_with_base() {
   local patch_file=$(realpath "$1") start=$(date +%s)
   copy_tree /tmp/base benchmarks dev 2>/dev/null
   (cd /tmp/base && patch -R -p1 -s <"$patch_file") || { echo "patch -R failed"; return 1; }
-  cfg . build/x && (ninja -C build/x -j10 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
-  cfg /tmp/base $PWD/build/base && (ninja -C build/base -j6 >$OUT/build-base.log 2>&1; echo "base rc=$?") &
+  cfg . build/x && (ninja -C build/x -j10 >$BUILD_LOGS/build-x.log 2>&1; echo "x rc=$?") &
+  cfg /tmp/base $PWD/build/base && (ninja -C build/base -j6 >$BUILD_LOGS/build-base.log 2>&1; echo "base rc=$?") &
   wait
   builds_done $start
 }
