@@ -21,7 +21,8 @@ The same work in another shape or order (right sums):
   pfnext  every unit, the unit after the one just asked for (u + 2) asked into L2 (`prefetch.global.L2`): lanes
           t = 0, 1 its rows' 128-byte weight lines (one a row), t = 2, 3 their scale lines, from the cursor's row
           pointers (a few instructions, no registers held): two units' bytes in flight a warp, one in registers
-  pfnext2  the same for u + 3 (within the tile; none at a tile's last unit)
+  pfnext2  the same for u + 3 (within the tile; none at a tile's last unit); both lost 10-12 us (H100, thirty-fourth
+           session)
   l2hint  the weight and scale loads with the `.L2::256B` prefetch hint (the tree: 128B on the weights, none on the
           scales): a row's 256-byte block of weights is 4 spans, of 2-byte g32 scales 32 spans
 
