@@ -29,9 +29,9 @@ probe_power() {  # build route
   done
   for route in resident_wgmma resident auto; do
     GEMMA4_LIB_DIR=$PWD/build/x PROBE_M=${PROBE_M:-1,2,8,9,16} timeout 90 python3 dev/cuda/resident_probe.py \
-      x $route $OUT/probe-x-$route.json 2>&1 | grep -E "M=|Error"
+      x $route $BUILD_LOGS/probe-x-$route.json 2>&1 | grep -E "M=|Error"
   done
   python3 -c "import json; from benchmarks.gpu.common import gpu_info; print(json.dumps(gpu_info()))" >$OUT/machine.json
-  python3 dev/cuda/resident_ab_results.py $OUT/probe-x-resident.json $OUT/probe-x-resident_wgmma.json - \
+  python3 dev/cuda/resident_ab_results.py $BUILD_LOGS/probe-x-resident.json $BUILD_LOGS/probe-x-resident_wgmma.json - \
     qgemm_gpu_resident_wgmma_ab && cp benchmarks/results/qgemm_gpu_resident_wgmma_ab-* $OUT/
 } 2>&1 | tee $OUT/wgmma.log
