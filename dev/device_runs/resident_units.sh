@@ -21,7 +21,7 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
   # A tree without the change gets it here (this machine's copy only), so that build/x has it either way.
-  if patch -p1 -s -N --dry-run <$PATCH >/dev/null 2>&1; then patch -p1 -s <$PATCH && echo "PATCH applied to the tree"; fi
+  apply_patch_once $PATCH
   if [ -n "$BASE" ]; then
     start_variant_builds "$VARIANTS" 3 || exit 1
     build_with_base $PATCH || exit 1

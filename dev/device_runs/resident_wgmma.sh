@@ -18,9 +18,7 @@ probe_power() {  # build route
 }
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
-  # the kernel is not in the tree (it lost): dev/cuda/experiments/resident_wgmma.patch applied here first
-  P=dev/cuda/experiments/resident_wgmma.patch
-  if patch -p1 -s -N --dry-run <$P >/dev/null 2>&1; then patch -p1 -s <$P && echo "PATCH applied to the tree"; fi
+  apply_patch_once dev/cuda/experiments/resident_wgmma.patch
   build_resident_variants "$VARIANTS" || exit 1
   TEST_K="${TEST_K-resident or route_rule or deterministic or graph}" TEST_S=${TEST_S:-150} run_tests x
   for round in $(seq ${ROUNDS:-2}); do

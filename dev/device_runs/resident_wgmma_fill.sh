@@ -11,11 +11,9 @@ source dev/device_runs/variant_builds.sh
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
-  # the kernel is not in the tree (it lost): dev/cuda/experiments/resident_wgmma.patch applied here first
-  P=dev/cuda/experiments/resident_wgmma.patch
-  if patch -p1 -s -N --dry-run <$P >/dev/null 2>&1; then patch -p1 -s <$P && echo "PATCH applied to the tree"; fi
+  apply_patch_once dev/cuda/experiments/resident_wgmma.patch
   start=$(date +%s)
-  cfg . build/x && ninja -C build/x -j16 >/tmp/build-x.log 2>&1 || { tail -30 /tmp/build-x.log; exit 1; }
+  cfg . build/x && ninja -C build/x -j16 >$BUILD_LOGS/build-x.log 2>&1 || { tail -30 $BUILD_LOGS/build-x.log; exit 1; }
   echo "build: $(( $(date +%s) - start )) s"
   TEST_K="${TEST_K-resident or graph}" TEST_S=${TEST_S:-120} run_tests x
   [ "${POWER:-1}" = 0 ] || for route in resident_wgmma auto; do

@@ -8,9 +8,8 @@
 #   bash dev/device_runs/resident_wgmma_ncu.sh
 set -o pipefail
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader | tee $OUT/gpu.txt
-P=dev/cuda/experiments/resident_wgmma.patch
-if patch -p1 -s -N --dry-run <$P >/dev/null 2>&1; then patch -p1 -s <$P && echo "PATCH applied to the tree"; fi
 source dev/device_runs/variant_builds.sh
+apply_patch_once dev/cuda/experiments/resident_wgmma.patch
 cfg . build/x && ninja -C build/x -j16 >$BUILD_LOGS/build-x.log 2>&1 || { tail -30 $BUILD_LOGS/build-x.log; exit 1; }
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 profile() {  # route, kernel regex, rows

@@ -11,8 +11,7 @@ source dev/device_runs/variant_builds.sh
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
-  P=dev/cuda/experiments/resident_wgmma.patch
-  if patch -p1 -s -N --dry-run <$P >/dev/null 2>&1; then patch -p1 -s <$P && echo "PATCH applied to the tree"; fi
+  apply_patch_once dev/cuda/experiments/resident_wgmma.patch
   start=$(date +%s)
   copy_tree /tmp/ub && (cd /tmp/ub && patch -p1 -s <$OLDPWD/dev/cuda/experiments/resident_wgmma_unit_batch.patch) || exit 1
   (cfg /tmp/ub $PWD/build/ub && ninja -C build/ub -j8 >$BUILD_LOGS/build-ub.log 2>&1; echo "ub rc=$?") &

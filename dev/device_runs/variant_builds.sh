@@ -6,6 +6,10 @@
 PY=$(which python3)
 BUILD_LOGS=${BUILD_LOGS:-/tmp/build_logs}
 mkdir -p $BUILD_LOGS
+# A patch file (git diff) applied to the tree unless the tree has it already (its reverse applies).
+apply_patch_once() {
+  if patch -p1 -s -N --dry-run <$1 >/dev/null 2>&1; then patch -p1 -s <$1 && echo "PATCH $1 applied to the tree"; fi
+}
 cfg() {  # source dir, build dir, extra CUDA flags
   cmake -S $1 -B $2 -G Ninja -DPython_EXECUTABLE=$PY -DGEMMA4_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DGEMMA4_KERNEL_DIRS=${XDIRS:-quant;linear} -DCMAKE_CUDA_FLAGS="$3" >$BUILD_LOGS/cmake-$(basename $2).log 2>&1
