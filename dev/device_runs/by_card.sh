@@ -9,5 +9,5 @@ echo "card: $name"
 nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 dev/cuda/wgmma_chain_probe.cu -o /tmp/wcp && /tmp/wcp | tee $OUT/wgmma_chain.log
 case "$name" in
   *H200*) NO_BASE=1 ROUNDS=${ROUNDS:-1} BENCH=1 bash dev/device_runs/resident_units.sh ;;
-  *) bash dev/device_runs/resident_wgmma_unit_batch.sh; NCU_M=${NCU_M:-1} bash dev/device_runs/resident_wgmma_ncu.sh ;;
+  *) bash dev/device_runs/resident_wgmma_unit_batch.sh; NCU_M=${NCU_M:-1} WGMMA_ONLY=1 bash dev/device_runs/resident_wgmma_ncu.sh ;;
 esac
