@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call whose work depends on the card that came (a request for an H200 may get an H100). On either card
 # first dev/cuda/wgmma_chain_probe.cu (seconds); then on an H200 the figures and the 2-8-row route decision
-# (resident_units.sh with BENCH=1, the variants against the tree only, one power round, no tests), on an H100 the warpgroup
-# kernel's unit-batched variant and its Nsight profile at one row.
+# (resident_units.sh with BENCH=1, the variants against the tree only, one power round, no tests), on an H100 the
+# warpgroup kernel's unit-batched variant and its Nsight profile at one row.
 #   bash dev/device_runs/by_card.sh
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $name"
