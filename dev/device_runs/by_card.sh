@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One device call whose work depends on the card that came (a request for an H200 may get an H100). On either card
 # first dev/cuda/wgmma_chain_probe.cu (seconds); then on an H200 the figures and the 2-8-row route decision
-# (resident_units.sh with BENCH=1, the variants against the tree only, one power round, no tests), on an H100 the
+# (resident_units.sh with BENCH=1, startpf against the tree only, one power round, no tests), on an H100 the
 # warpgroup kernel's unit-batched variant and its Nsight profile at one row.
 #   bash dev/device_runs/by_card.sh
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $name"
 nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 dev/cuda/wgmma_chain_probe.cu -o /tmp/wcp && /tmp/wcp | tee $OUT/wgmma_chain.log
 case "$name" in
-  *H200*) NO_BASE=1 ROUNDS=${ROUNDS:-1} BENCH=1 TESTS=${TESTS:-none} bash dev/device_runs/resident_units.sh ;;
+  *H200*) NO_BASE=1 ROUNDS=${ROUNDS:-1} BENCH=1 TESTS=${TESTS:-none} UNIT_VARIANTS=${UNIT_VARIANTS-startpf} bash dev/device_runs/resident_units.sh ;;
   *) bash dev/device_runs/resident_wgmma_unit_batch.sh; NCU_M=${NCU_M:-1} WGMMA_ONLY=1 bash dev/device_runs/resident_wgmma_ncu.sh ;;
 esac
