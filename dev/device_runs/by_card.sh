@@ -6,7 +6,8 @@
 #   bash dev/device_runs/by_card.sh
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $name"
-nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 dev/cuda/wgmma_chain_probe.cu -o /tmp/wcp && /tmp/wcp | tee $OUT/wgmma_chain.log
+nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 dev/cuda/wgmma_chain_probe.cu -o /tmp/wcp &&
+  /tmp/wcp | tee $OUT/wgmma_chain.log
 case "$name" in
   *H200*) NO_BASE=1 ROUNDS=${ROUNDS:-1} BENCH=1 TESTS=${TESTS:-none} UNIT_VARIANTS=${UNIT_VARIANTS-startpf} \
     bash dev/device_runs/resident_units.sh ;;
