@@ -11,6 +11,6 @@ nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 dev/cuda/wgmma_chain_p
 case "$name" in
   *H200*) NO_BASE=1 ROUNDS=${ROUNDS:-1} BENCH=1 TESTS=${TESTS:-none} UNIT_VARIANTS=${UNIT_VARIANTS-startpf} \
     bash dev/device_runs/resident_units.sh ;;
-  *) bash dev/device_runs/resident_wgmma_unit_batch.sh
+  *) TEST_S=${TEST_S:-60} bash dev/device_runs/resident_wgmma_unit_batch.sh
     NCU_M=${NCU_M:-1} WGMMA_ONLY=1 bash dev/device_runs/resident_wgmma_ncu.sh ;;
 esac
