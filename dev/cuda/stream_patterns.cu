@@ -14,14 +14,7 @@
 #include <cstdio>
 #include <vector>
 
-#define CK(x)                                                                                 \
-  do {                                                                                        \
-    cudaError_t e = (x);                                                                      \
-    if (e != cudaSuccess) {                                                                   \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__);    \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
+#include "standalone_check.cuh"
 
 constexpr int kN = 43008, kRowBytes = 2688, kRuns = kRowBytes / 16, kSpans = kRuns / 4, kTiles = kN / 16;
 

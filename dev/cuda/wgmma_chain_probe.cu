@@ -16,14 +16,7 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                              \
-  do {                                                                                     \
-    cudaError_t e = (x);                                                                   \
-    if (e != cudaSuccess) {                                                                \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
+#include "standalone_check.cuh"
 
 constexpr int kSmem = 200 * 1024;  // one block an SM, as the real kernel's 172 KB of x
 constexpr int kTiles = 16;         // B tiles of 16 x 16 bf16 (512 bytes each) the steps walk through
