@@ -9,8 +9,8 @@
 # forced route and `auto`, at PROBE_M rows (31B and E2B gate_up: where the routes cross, and the error against
 # float64), the forced route's A/B written to benchmarks/results by dev/cuda/resident_ab_results.py; then the
 # x-resident tests on build/x. All also in $OUT/units.log, with the A/B's results files. On an H200 this is the call
-# that decides whether `auto` should take 2-8 rows here too. BENCH=1 runs benchmarks/gpu/bench_qgemm_gpu.py on build/x
-# after the builds (BENCH_M rows) and copies its results to $OUT.
+# that decides whether `auto` should take 2-8 rows here too. BENCH=1 runs benchmarks/gpu/bench_qgemm_gpu.py on
+# build/x after the builds (BENCH_M rows) and copies its results to $OUT.
 #   bash dev/device_runs/resident_units.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
@@ -32,8 +32,10 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
   fi
   if [ -n "${BENCH:-}" ]; then  # BENCH=1: the figures, benchmarks/gpu/bench_qgemm_gpu.py on build/x, first
     GEMMA4_LIB_DIR=$PWD/build/x timeout 200 python3 benchmarks/gpu/bench_qgemm_gpu.py ${BENCH_M:+--m $BENCH_M} \
-      >$OUT/bench.log 2>&1; echo "bench rc=$?"; grep -A30 '"summary"' benchmarks/results/qgemm_gpu-*.json | head -30
-    cp $(ls -t benchmarks/results/qgemm_gpu-nvidia-*.json | head -1) $(ls -t benchmarks/results/qgemm_gpu-nvidia-*.png | head -1) $OUT/
+      >$OUT/bench.log 2>&1; echo "bench rc=$?"
+    results=$(ls -t benchmarks/results/qgemm_gpu-nvidia-*.json | head -1)  # the one just written
+    grep -A30 '"summary"' $results | head -30
+    cp $results ${results%.json}.png $OUT/
   fi
   for round in $(seq ${ROUNDS:-2}); do
     for b in $BASE x $VARIANTS; do
