@@ -6,10 +6,9 @@
 #   git diff > dev/tmp_ab/ab.patch   (in a folder .git/info/exclude does not hide: it travels with the tree)
 #   PATCH=dev/tmp_ab/ab.patch VM=1,8,16 bash dev/device_runs/ab_patch.sh
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
+gpu_state | tee $OUT/gpu.txt
 build_with_base $PATCH || exit 1
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 run_tests
 for round in 1 2; do for b in base x; do
   VM=${VM:-1,2,4,8,16} GEMMA4_LIB_DIR=$PWD/build/$b timeout 150 python3 dev/cuda/qgemv_variants.py $b$round \

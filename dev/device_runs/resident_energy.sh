@@ -9,11 +9,10 @@
 #   ENERGY_VARIANTS= ROUTES="resident auto" POWER_M=1,2,8,16 ROUNDS=1 BENCH_M=1,8,16,128 \
 #     bash dev/device_runs/resident_energy.sh      (the tree alone on two routes, then the benchmark)
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
+gpu_state | tee $OUT/gpu.txt
 VARIANTS=${ENERGY_VARIANTS-nolds nodeq nomma}
 build_resident_variants "$VARIANTS" || exit 1
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 for round in $(seq ${ROUNDS:-2}); do
   for b in x $VARIANTS; do
     for route in ${ROUTES:-resident}; do

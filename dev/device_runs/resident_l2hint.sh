@@ -7,7 +7,6 @@
 #   bash dev/device_runs/resident_l2hint.sh          (ROUTES, POWER_M, ROUNDS as in resident_energy.sh)
 set -o pipefail
 source dev/device_runs/variant_builds.sh
-export PYTHONPATH=$PWD/python:$PWD
 {
   ENERGY_VARIANTS=l2hint ROUTES="${ROUTES:-resident auto}" POWER_M=${POWER_M:-1,8,16} ROUNDS=${ROUNDS:-2} \
     bash dev/device_runs/resident_energy.sh

@@ -5,12 +5,11 @@
 # (dev/cuda/ncu_stall_top.py) and each pipe's share of its peak (dev/cuda/ncu_pipes.py).
 #   bash dev/device_runs/resident_ncu_variants.sh
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
+gpu_state | tee $OUT/gpu.txt
 VARIANTS=${NCU_VARIANTS-noweight}
 build_resident_variants "$VARIANTS" || exit 1
 rm -f $OUT/cmake-*.log $OUT/build-*.log
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 for b in x $VARIANTS; do
   for m in ${NCU_M:-16}; do
     echo "== $b M=$m"

@@ -9,8 +9,8 @@
 # (Twenty-eighth session's resident_quads.sh, folded in here.)
 #   bash dev/device_runs/resident_select.sh
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
+gpu_state | tee $OUT/gpu.txt
 VARIANTS="base x v"
 if [ "${VARIANT_SED:-}" = none ]; then
   VARIANTS="base x"
@@ -27,7 +27,6 @@ else
 fi
 build_with_base ${PATCH:-dev/tmp_ab/change.diff} || exit 1
 wait
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 for round in $(seq ${ROUNDS:-2}); do
   for b in $VARIANTS; do
     for route in ${PROBE_ROUTES:-resident auto}; do

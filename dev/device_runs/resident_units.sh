@@ -14,13 +14,12 @@
 #   bash dev/device_runs/resident_units.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 VARIANTS=${UNIT_VARIANTS-startpf noweight}
 BASE=base
 [ -z "${NO_BASE:-}" ] || BASE=  # NO_BASE=1: no build/base, the variants against the tree only
 PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
 {
-  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
+  gpu_state
   # A tree without the change gets it here (this machine's copy only), so that build/x has it either way.
   apply_patch_once $PATCH
   if [ -n "$BASE" ]; then

@@ -10,14 +10,13 @@
 #   bash dev/device_runs/resident_wgmma.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 VARIANTS=${UNIT_VARIANTS-pfnext pfnext2}
 probe_power() {  # build route
   GEMMA4_LIB_DIR=$PWD/build/$1 POWER_M=${POWER_M:-1,16} timeout 100 python3 dev/cuda/resident_power_probe.py $2 $1 2>&1 |
     grep -E " us |Error"
 }
 {
-  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
+  gpu_state
   apply_patch_once dev/cuda/experiments/resident_wgmma.patch
   build_resident_variants "$VARIANTS" || exit 1
   TEST_K="${TEST_K-resident or route_rule or deterministic or graph}" TEST_S=${TEST_S:-150} run_tests x

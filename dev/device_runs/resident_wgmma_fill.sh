@@ -8,9 +8,8 @@
 #   bash dev/device_runs/resident_wgmma_fill.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 {
-  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
+  gpu_state
   apply_patch_once dev/cuda/experiments/resident_wgmma.patch
   start=$(date +%s)
   cfg . build/x && ninja -C build/x -j16 >$BUILD_LOGS/build-x.log 2>&1 || { tail -30 $BUILD_LOGS/build-x.log; exit 1; }

@@ -7,11 +7,10 @@
 # MMAs": the x copy was ruled out) -- the WARPGROUP.ARRIVE / DEPBAR waits, the loads' long scoreboard, or the fixup.
 #   bash dev/device_runs/resident_wgmma_ncu.sh
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
+gpu_state | tee $OUT/gpu.txt
 apply_patch_once dev/cuda/experiments/resident_wgmma.patch
 cfg . build/x && ninja -C build/x -j16 >$BUILD_LOGS/build-x.log 2>&1 || { tail -30 $BUILD_LOGS/build-x.log; exit 1; }
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 profile() {  # route, kernel regex, rows
   echo "== $1 M=$3"
   GEMMA4_LIB_DIR=$PWD/build/x VPATH=$1 M=$3 timeout 150 ncu --kernel-name regex:$2 --launch-skip 1 --launch-count 1 \

@@ -8,9 +8,8 @@
 #   bash dev/device_runs/resident_wgmma_unit_batch.sh
 set -o pipefail
 source dev/device_runs/variant_builds.sh
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 {
-  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
+  gpu_state
   apply_patch_once dev/cuda/experiments/resident_wgmma.patch
   start=$(date +%s)
   copy_tree /tmp/ub && (cd /tmp/ub && patch -p1 -s <$OLDPWD/dev/cuda/experiments/resident_wgmma_unit_batch.patch) || exit 1

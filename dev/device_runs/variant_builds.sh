@@ -1,9 +1,14 @@
 # Sourced by the device scripts that build the quant kernels more than once and compare them (ab_patch.sh,
-# wgmma_gemm.sh, resident_select.sh): configure a build, build the tree and its state before a patch side by side,
-# report the parallel builds, run the tests on build/x. The tests' log goes to $OUT, the build logs to $BUILD_LOGS
+# wgmma_gemm.sh, resident_select.sh, the resident_* scripts): the Python path, the card's state line, configure a
+# build, build the tree and its state before a patch side by side, report the parallel builds, run the tests on
+# build/x. The tests' log goes to $OUT, the build logs to $BUILD_LOGS
 # (default /tmp/build_logs): the device returns only a few files of $OUT, the first by name, so $OUT keeps what
 # matters.
 PY=$(which python3)
+export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1  # the tree's python package and benchmarks, unbuffered logs
+gpu_state() {  # the card, its clocks, temperature and power cap, one CSV line
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.limit --format=csv,noheader
+}
 BUILD_LOGS=${BUILD_LOGS:-/tmp/build_logs}
 mkdir -p $BUILD_LOGS
 # A patch file (git diff) applied to the tree unless the tree has it already (its reverse applies).

@@ -5,8 +5,8 @@
 # (wgmma / tiled / dequant forced, and bf16 cuBLAS) at VM rows on every build. Logs to $OUT.
 #   VARIANTS="w1:-DGEMMA4_WGMMA_WAIT=1" bash dev/device_runs/wgmma_gemm.sh
 set -o pipefail
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu --format=csv,noheader | tee $OUT/gpu.txt
 source dev/device_runs/variant_builds.sh
+gpu_state | tee $OUT/gpu.txt
 start=$(date +%s)
 cfg . build/x "" && (ninja -C build/x -j10 >$OUT/build-x.log 2>&1; echo "x rc=$?") &
 for v in $VARIANTS; do
@@ -15,7 +15,6 @@ for v in $VARIANTS; do
 done
 wait
 builds_done $start
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1
 run_tests
 VM=${VM:-33,64,128,256,1024}
 for b in x ${VARIANTS:+$(for v in $VARIANTS; do echo ${v%%:*}; done)}; do
