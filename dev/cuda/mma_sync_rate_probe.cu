@@ -10,7 +10,6 @@
 // multiply-adds an SM a cycle (the H100's dense bf16 peak is 2048 at its 1.83 GHz boost figure, ~1900 at 1.98).
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <vector>
@@ -73,50 +72,30 @@ __global__ void __launch_bounds__(512, 1) mma_kernel(int steps, int warps, float
 }
 
 template <int NT, int WORK, bool LDS = false>
-void run(const char* name, int warps, int steps, int sms, float* out, long long* cycles) {
+void run(const char* name, int warps, int steps, const ProbeBuffers& p) {
   const auto kernel = mma_kernel<NT, WORK, LDS>;
   CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int rep = 0; rep < 10; ++rep) {
-    CK(cudaEventRecord(e0));
-    for (int l = 0; l < 20; ++l) kernel<<<sms, 512, kSmem>>>(steps, warps, out, cycles);
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float t = 0;
-    CK(cudaEventElapsedTime(&t, e0, e1));
-    if (rep > 0) ms.push_back(t / 20);  // the first is warm-up
-  }
-  CK(cudaGetLastError());
-  std::sort(ms.begin(), ms.end());
-  std::vector<long long> cyc(sms * 16);
-  CK(cudaMemcpy(cyc.data(), cycles, cyc.size() * sizeof(long long), cudaMemcpyDeviceToHost));
+  const float ms = median_ms([&] { kernel<<<p.sms, 512, kSmem>>>(steps, warps, p.out, p.cycles); });
+  std::vector<long long> cyc(p.sms * 16);
+  CK(cudaMemcpy(cyc.data(), p.cycles, cyc.size() * sizeof(long long), cudaMemcpyDeviceToHost));
   double sum = 0;
-  for (int b = 0; b < sms; ++b)
+  for (int b = 0; b < p.sms; ++b)
     for (int w = 0; w < warps; ++w) sum += cyc[b * 16 + w];
-  const double per_step = sum / (sms * warps) / steps;
+  const double per_step = sum / (p.sms * warps) / steps;
   const double macs = double(warps) * NT * 16 * 8 * 16 / per_step;  // an SM a cycle, from the warps' own clocks
   std::printf("%-46s warps=%2d nt=%d work=%d steps=%4d: %7.2f us, %6.1f cycles a step, %6.0f MAC/SM/cycle\n", name,
-              warps, NT, WORK, steps, ms[ms.size() / 2] * 1e3, per_step, macs);
+              warps, NT, WORK, steps, ms * 1e3, per_step, macs);
 }
 
 int main() {
-  int sms = 0;
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  float* out;
-  long long* cycles;
-  CK(cudaMalloc(&out, sms * 512 * sizeof(float)));
-  CK(cudaMalloc(&cycles, sms * 16 * sizeof(long long)));
-  CK(cudaMemset(cycles, 0, sms * 16 * sizeof(long long)));
+  const ProbeBuffers p = probe_buffers(16);
   // 31B gate_up at 16 rows: 43008 x 5376 weights = 903168 k16 steps of 16-row tiles, 6842 an SM, 432 a warp.
-  run<2, 1>("16 rows, MMAs alone (B in registers)", 16, 432, sms, out, cycles);
-  run<2, 1, true>("16 rows, B loaded each step (LDS.64 a tile)", 16, 432, sms, out, cycles);
-  run<2, 4>("16 rows, 4 operations a register of A", 16, 432, sms, out, cycles);
-  run<2, 4, true>("16 rows, 4 operations, B loaded", 16, 432, sms, out, cycles);
-  run<1, 1>("8 rows, MMAs alone", 16, 432, sms, out, cycles);
-  run<2, 1>("16 rows, MMAs alone, 8 warps (twice the steps)", 8, 864, sms, out, cycles);
-  run<2, 1>("16 rows, MMAs alone, 4 warps (4x the steps)", 4, 1728, sms, out, cycles);
+  run<2, 1>("16 rows, MMAs alone (B in registers)", 16, 432, p);
+  run<2, 1, true>("16 rows, B loaded each step (LDS.64 a tile)", 16, 432, p);
+  run<2, 4>("16 rows, 4 operations a register of A", 16, 432, p);
+  run<2, 4, true>("16 rows, 4 operations, B loaded", 16, 432, p);
+  run<1, 1>("8 rows, MMAs alone", 16, 432, p);
+  run<2, 1>("16 rows, MMAs alone, 8 warps (twice the steps)", 8, 864, p);
+  run<2, 1>("16 rows, MMAs alone, 4 warps (4x the steps)", 4, 1728, p);
   return 0;
 }

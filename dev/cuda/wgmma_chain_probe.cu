@@ -10,7 +10,6 @@
 // Prints, per configuration, the kernel time (median of 9 timings of 20 launches) and cycles a span a warpgroup.
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -87,51 +86,31 @@ __global__ void __launch_bounds__(512, 1) chain_kernel(int iters, int warpgroups
 }
 
 template <int CHAIN, int NACC, int WORK, bool MMA = true>
-void run(const char* name, int warpgroups, int iters, int sms, float* out, long long* cycles) {
+void run(const char* name, int warpgroups, int iters, const ProbeBuffers& p) {
   const auto kernel = chain_kernel<CHAIN, NACC, WORK, MMA>;
   CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int rep = 0; rep < 10; ++rep) {
-    CK(cudaEventRecord(e0));
-    for (int l = 0; l < 20; ++l) kernel<<<sms, 512, kSmem>>>(iters, warpgroups, out, cycles);
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float t = 0;
-    CK(cudaEventElapsedTime(&t, e0, e1));
-    if (rep > 0) ms.push_back(t / 20);  // the first is warm-up
-  }
-  CK(cudaGetLastError());
-  std::sort(ms.begin(), ms.end());
-  std::vector<long long> cyc(sms * 4);
-  CK(cudaMemcpy(cyc.data(), cycles, cyc.size() * sizeof(long long), cudaMemcpyDeviceToHost));
+  const float ms = median_ms([&] { kernel<<<p.sms, 512, kSmem>>>(iters, warpgroups, p.out, p.cycles); });
+  std::vector<long long> cyc(p.sms * 4);
+  CK(cudaMemcpy(cyc.data(), p.cycles, cyc.size() * sizeof(long long), cudaMemcpyDeviceToHost));
   double sum = 0;
   int n = 0;
-  for (int b = 0; b < sms; ++b)
+  for (int b = 0; b < p.sms; ++b)
     for (int w = 0; w < warpgroups; ++w) sum += cyc[b * 4 + w], ++n;
   std::printf("%-44s wg=%d chain=%2d acc=%d work=%d iters=%3d: %7.2f us, %6.0f cycles a span\n", name, warpgroups,
-              CHAIN, NACC, WORK, iters, ms[ms.size() / 2] * 1e3, sum / n / iters);
+              CHAIN, NACC, WORK, iters, ms * 1e3, sum / n / iters);
 }
 
 int main() {
-  int sms = 0;
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  float* out;
-  long long* cycles;
-  CK(cudaMalloc(&out, sms * 512 * sizeof(float)));
-  CK(cudaMalloc(&cycles, sms * 4 * sizeof(long long)));
-  CK(cudaMemset(cycles, 0, sms * 4 * sizeof(long long)));
+  const ProbeBuffers p = probe_buffers(4);
   // The real kernel: 4 warpgroups, 8 MMAs a span, one accumulator, ~4 instructions a register of A.
-  run<8, 1, 4>("span of 8, as resident_wgmma", 4, 54, sms, out, cycles);
-  run<8, 1, 4, false>("the same work, no MMAs", 4, 54, sms, out, cycles);
-  run<8, 1, 1>("no work (one LOP3 a register)", 4, 54, sms, out, cycles);
-  run<8, 1, 1>("no work, one warpgroup an SM", 1, 54, sms, out, cycles);
-  run<8, 2, 4>("two accumulators in turn", 4, 54, sms, out, cycles);
-  run<16, 1, 4>("unit of 16, three warpgroups (unit_batch)", 3, 36, sms, out, cycles);
-  run<16, 1, 1>("unit of 16, no work, three warpgroups", 3, 36, sms, out, cycles);
-  run<8, 1, 4>("span of 8, two warpgroups", 2, 54, sms, out, cycles);
-  run<4, 1, 4>("half span (4 MMAs), 4 warpgroups", 4, 108, sms, out, cycles);
+  run<8, 1, 4>("span of 8, as resident_wgmma", 4, 54, p);
+  run<8, 1, 4, false>("the same work, no MMAs", 4, 54, p);
+  run<8, 1, 1>("no work (one LOP3 a register)", 4, 54, p);
+  run<8, 1, 1>("no work, one warpgroup an SM", 1, 54, p);
+  run<8, 2, 4>("two accumulators in turn", 4, 54, p);
+  run<16, 1, 4>("unit of 16, three warpgroups (unit_batch)", 3, 36, p);
+  run<16, 1, 1>("unit of 16, no work, three warpgroups", 3, 36, p);
+  run<8, 1, 4>("span of 8, two warpgroups", 2, 54, p);
+  run<4, 1, 4>("half span (4 MMAs), 4 warpgroups", 4, 108, p);
   return 0;
 }
