@@ -1,0 +1,71 @@
+"""The scale-after-MMA form of the 16-row int4 GEMV (dev/cuda/experiments/README.md, "The warpgroup MMA loop
+measured", last bullet), emulated on the CPU in float32 to check its error before any kernel is written.
+
+The form: a run's 32 weights enter the MMA as bf16 levels made by one LOP3 a pair, 128 + u for the low nibbles
+(weights 0-15 of the run in the row layout) and 128 + 16 u for the high ones (16-31), whose x is stored as x / 16;
+the run's MMA sum starts from C = -(136 sum(x_low) + 16 sum(x_high)) (fp32), so that it is sum(x q) with q = u - 8;
+one fp32 FMA an output adds scale * that sum into the accumulator; the output is rounded to x's dtype once.
+
+Compared with float64 x @ dequant(W)^T, beside plain PyTorch's bf16 (x @ dequant(W).to(bf16)^T, fp32 sums, bf16
+out) and the shipped kernel's weights (round(q s) to bf16, fp32 sums): the max relative error (over the output's
+largest magnitude) before and after the output's rounding. The MMA's own fp32 adder is not bit-exact here (torch's
+fp32 matmul sums in its own order); what this checks is that the 128 x offsets cancel to well under bf16's error.
+
+    python dev/cuda/scale_after_mma_emulation.py [--rows 16] [--n 512] [--k 5376] [--seed 0]
+"""
+import argparse
+
+import torch
+
+
+def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> (q int8 [N, K] in -8..7, bf16 scales [N, K / 32]), symmetric int4 groups of 32."""
+    runs = w.view(w.shape[0], -1, 32)
+    s = (runs.abs().amax(-1) / 7).clamp_min(1e-8).to(torch.bfloat16)  # [N, R]
+    q = (runs / s.float().unsqueeze(-1)).round().clamp(-8, 7).to(torch.int8)
+    return q.view_as(w), s
+
+
+def scale_after_mma(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x bf16 [M, K], q [N, K], s bf16 [N, R] -> fp32 [M, N] by the form above, before the output's rounding."""
+    M, K = x.shape
+    N, R = s.shape
+    u = (q.to(torch.int32) + 8).view(N, R, 32)
+    levels = torch.cat([128 + u[..., :16], 128 + 16 * u[..., 16:]], -1).to(torch.bfloat16)  # exact: <= 368
+    assert torch.equal(levels.float(), torch.cat([128 + u[..., :16], 128 + 16 * u[..., 16:]], -1).float())
+    xr = x.view(M, R, 32)
+    xs = torch.cat([xr[..., :16], xr[..., 16:] / 16], -1)  # x / 16 is exact in bf16
+    c = -(136 * xr[..., :16].float().sum(-1) + 16 * xr[..., 16:].float().sum(-1))  # [M, R], fp32
+    acc = torch.zeros(M, N)
+    for r in range(R):  # one run: its MMAs from C, then one FMA an output by the row's scale
+        run_sum = c[:, r:r + 1] + xs[:, r].float() @ levels[:, r].float().T  # [M, N]
+        acc += run_sum * s[:, r].float()
+    return acc
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--k", type=int, default=5376)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    g = torch.Generator().manual_seed(a.seed)
+    x = torch.randn(a.rows, a.k, generator=g).to(torch.bfloat16)
+    q, s = quantize(torch.randn(a.n, a.k, generator=g) * 0.02)
+    w = (q.double().view(a.n, -1, 32) * s.double().unsqueeze(-1)).view(a.n, a.k)  # exact dequant
+    ref = x.double() @ w.T
+    scale = ref.abs().max().item()
+    cases = {
+        "plain bf16 (dequant to bf16, fp32 sums)": x.float() @ w.to(torch.bfloat16).float().T,
+        "scale after the MMA (this form)": scale_after_mma(x, q, s),
+        "exact weights, fp32 sums": x.float() @ w.float().T,
+    }
+    for name, y in cases.items():
+        before = (y.double() - ref).abs().max().item() / scale
+        after = (y.to(torch.bfloat16).double() - ref).abs().max().item() / scale
+        print(f"{name:42s} max rel error before the output's rounding {before:.2e}, after {after:.2e}")
+
+
+if __name__ == "__main__":
+    main()
