@@ -1,15 +1,14 @@
 """The scale-after-MMA form of the 16-row int4 GEMV (dev/cuda/experiments/README.md, "The warpgroup MMA loop
 measured", last bullet), emulated on the CPU in float32 to check its error before any kernel is written.
 
-The form: a run's 32 weights enter the MMA as bf16 levels made by one LOP3 a pair, 128 + u for the low nibbles
-(weights 0-15 of the run in the row layout) and 128 + 16 u for the high ones (16-31), whose x is stored as x / 16;
-the run's MMA sum starts from C = -(136 sum(x_low) + 16 sum(x_high)) (fp32), so that it is sum(x q) with q = u - 8;
-one fp32 FMA an output adds scale * that sum into the accumulator; the output is rounded to x's dtype once.
+The form: a run's 32 weights enter the MMA as the bf16 levels 128 + u (u = q + 8 in 0..15, exact: a nibble OR-ed
+into 0x4300's mantissa); the run's MMA sum starts from C = -136 sum(x) (fp32), so that it is sum(x q); one fp32
+FMA an output adds scale * that sum into the accumulator; the output is rounded to x's dtype once.
 
-Compared with float64 x @ dequant(W)^T, beside plain PyTorch's bf16 (x @ dequant(W).to(bf16)^T, fp32 sums, bf16
-out) and the shipped kernel's weights (round(q s) to bf16, fp32 sums): the max relative error (over the output's
-largest magnitude) before and after the output's rounding. The MMA's own fp32 adder is not bit-exact here (torch's
-fp32 matmul sums in its own order); what this checks is that the 128 x offsets cancel to well under bf16's error.
+Compared with float64 x @ dequant(W)^T, beside plain PyTorch's bf16 (x @ dequant(W).to(bf16)^T, fp32 sums) and
+exact weights with fp32 sums: the max relative error (over the output's largest magnitude) before and after the
+output's bf16 rounding. The MMA's own fp32 adder is not bit-exact here (torch's fp32 matmul sums in its own
+order); what this checks is that the 128 x offsets cancel to well under bf16's error.
 
     python dev/cuda/scale_after_mma_emulation.py [--rows 16] [--n 512] [--k 5376] [--seed 0]
 """
@@ -30,15 +29,12 @@ def scale_after_mma(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.
     """x bf16 [M, K], q [N, K], s bf16 [N, R] -> fp32 [M, N] by the form above, before the output's rounding."""
     M, K = x.shape
     N, R = s.shape
-    u = (q.to(torch.int32) + 8).view(N, R, 32)
-    levels = torch.cat([128 + u[..., :16], 128 + 16 * u[..., 16:]], -1).to(torch.bfloat16)  # exact: <= 368
-    assert torch.equal(levels.float(), torch.cat([128 + u[..., :16], 128 + 16 * u[..., 16:]], -1).float())
+    levels = (q.to(torch.int32) + 136).view(N, R, 32).to(torch.bfloat16)  # 128 + u, exact (8 bits)
     xr = x.view(M, R, 32)
-    xs = torch.cat([xr[..., :16], xr[..., 16:] / 16], -1)  # x / 16 is exact in bf16
-    c = -(136 * xr[..., :16].float().sum(-1) + 16 * xr[..., 16:].float().sum(-1))  # [M, R], fp32
+    c = -136 * xr.float().sum(-1)  # [M, R], fp32: the runs' C operands
     acc = torch.zeros(M, N)
     for r in range(R):  # one run: its MMAs from C, then one FMA an output by the row's scale
-        run_sum = c[:, r:r + 1] + xs[:, r].float() @ levels[:, r].float().T  # [M, N]
+        run_sum = c[:, r:r + 1] + xr[:, r].float() @ levels[:, r].float().T  # [M, N]
         acc += run_sum * s[:, r].float()
     return acc
 
