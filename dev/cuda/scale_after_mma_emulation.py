@@ -16,13 +16,7 @@ import argparse
 
 import torch
 
-
-def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, K] float -> (q int8 [N, K] in -8..7, bf16 scales [N, K / 32]), symmetric int4 groups of 32."""
-    runs = w.view(w.shape[0], -1, 32)
-    s = (runs.abs().amax(-1) / 7).clamp_min(1e-8).to(torch.bfloat16)  # [N, R]
-    q = (runs / s.float().unsqueeze(-1)).round().clamp(-8, 7).to(torch.int8)
-    return q.view_as(w), s
+from gemma4.quant.formats import dequantize, levels, quantize_int4
 
 
 def scale_after_mma(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -48,8 +42,8 @@ def main():
     a = ap.parse_args()
     g = torch.Generator().manual_seed(a.seed)
     x = torch.randn(a.rows, a.k, generator=g).to(torch.bfloat16)
-    q, s = quantize(torch.randn(a.n, a.k, generator=g) * 0.02)
-    w = (q.double().view(a.n, -1, 32) * s.double().unsqueeze(-1)).view(a.n, a.k)  # exact dequant
+    qweight, s = quantize_int4(torch.randn(a.n, a.k, generator=g) * 0.02, 32, torch.bfloat16)
+    q, w = levels(qweight), dequantize(qweight, s, torch.float64)  # int8 [N, K] in -8..7; exact weights
     ref = x.double() @ w.T
     scale = ref.abs().max().item()
     cases = {

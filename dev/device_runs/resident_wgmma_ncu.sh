@@ -24,7 +24,6 @@ profile() {  # route, kernel regex, rows
 }
 {
   for m in ${NCU_M:-1 16}; do profile resident_wgmma qgemv_resident_wgmma_kernel $m; done
-  [ -n "${WGMMA_ONLY:-}" ] && exit 0  # WGMMA_ONLY=1: the warpgroup kernel alone
   profile resident_wgmma resident_wgmma_fixup_kernel 16
   profile resident "qgemv_resident_kernel" 16
 } 2>&1 | tee $OUT/ncu.log
