@@ -26,6 +26,14 @@ The same work in another shape or order (right sums):
   l2hint  the weight and scale loads with the `.L2::256B` prefetch hint (the tree: 128B on the weights, none on the
           scales): a row's 256-byte block of weights is 4 spans, of 2-byte g32 scales 32 spans
 
+The instruction stream of another design on this layout (wrong sums, timing only):
+  scaleafter  the scale-after-MMA form (dev/cuda/experiments/README.md, end of "The warpgroup MMA loop measured"):
+              a step's A fragment is the levels 128 + u alone (a shift and a LOP3, no HADD2 / HMUL2), each run's
+              two steps go into a run accumulator whose C is the run's -136 sum(x) (one broadcast LDS a run), and
+              one FFMA an output and run adds it times the fp32 scale; a lane's scales are 8-byte loads (the 4
+              runs of a span a row) converted at use. That form needs a weight layout whose MMAs keep runs apart
+              (a lane holding a quarter of each of 4 runs); on this one the runs mix, so only the time is right
+
 Variants join with "_": noweight_w24 is both edits. Measured: dev/cuda/experiments/README.md.
 
     python dev/cuda/resident_energy_variants.py TREE VARIANT
@@ -47,6 +55,94 @@ def prefetch_unit(unit: str) -> str:
     }}
 """
 
+
+SCALE_AFTER = [
+    ("""  S s[2][2];
+};""",
+     """  uint2 s[2][2];  // scaleafter: the scales of the span's 4 runs a row
+};"""),
+    ('u.s[h][j] = s[h][rc >> a.scale_shift];',
+     'u.s[h][j] = *reinterpret_cast<const uint2*>(s[h] + min((2 * unit + j) * 4, a.G - 4));'),
+    ("""  using Scale = TcScale<S, MT>;
+  typename Scale::type s[2];
+  __device__ __forceinline__ void set(const UnitLoad<S>& u, int j, bool live) {
+    s[0] = Scale::make_live(u.s[0][j], live);
+    s[1] = Scale::make_live(u.s[1][j], live);
+  }""",
+     """  uint2 s[2];  // scaleafter: 4 bf16 scales a row, zero past K
+  __device__ __forceinline__ void set(const UnitLoad<S>& u, int j, bool live) {
+    s[0] = live ? u.s[0][j] : make_uint2(0, 0);
+    s[1] = live ? u.s[1][j] : make_uint2(0, 0);
+  }"""),
+    ("""#pragma unroll
+  for (int s = 0; s < 8; ++s) {
+    // the dequantized weights, each rounded once from the exact q * scale (TcScale: in MT, or via fp32)
+    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};
+    uint32_t b[2 * NT];
+    if constexpr (NT == 2) {
+      const uint4 v = *reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT);
+      b[0] = v.x, b[1] = v.y, b[2] = v.z, b[3] = v.w;
+    } else {
+      const uint2 v = *reinterpret_cast<const uint2*>(xl + s * 32 * 2 * NT);
+      b[0] = v.x, b[1] = v.y;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);
+  }
+}""",
+     """  // scaleafter: a run's -136 sum(x) for the lane's two x columns of each tile (a stand-in read of x's bytes,
+  // broadcast among the lanes of one t, as the real sums would be)
+  const float* cs = reinterpret_cast<const float*>(xs) + (int64_t(span) * 4 * 4 + lane % 4) * (2 * NT);
+  constexpr uint32_t kLevelBits = std::is_same_v<MT, __nv_bfloat16> ? 0x43004300u : 0x64006400u;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    float c[2 * NT], racc[NT][4];
+    if constexpr (NT == 2) {
+      const float4 v = *reinterpret_cast<const float4*>(cs + r * 4 * 2 * NT);
+      c[0] = v.x, c[1] = v.y, c[2] = v.z, c[3] = v.w;
+    } else {
+      const float2 v = *reinterpret_cast<const float2*>(cs + r * 4 * 2 * NT);
+      c[0] = v.x, c[1] = v.y;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int s = 2 * r + h;
+      const uint32_t w[4] = {lop3_and_or(w0[s / 2] >> (8 * (s % 2)), 0x000F000Fu, kLevelBits),
+                             lop3_and_or(w1[s / 2] >> (8 * (s % 2)), 0x000F000Fu, kLevelBits),
+                             lop3_and_or(w0[s / 2] >> (8 * (s % 2) + 4), 0x000F000Fu, kLevelBits),
+                             lop3_and_or(w1[s / 2] >> (8 * (s % 2) + 4), 0x000F000Fu, kLevelBits)};
+      uint32_t b[2 * NT];
+      if constexpr (NT == 2) {
+        const uint4 v = *reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT);
+        b[0] = v.x, b[1] = v.y, b[2] = v.z, b[3] = v.w;
+      } else {
+        const uint2 v = *reinterpret_cast<const uint2*>(xl + s * 32 * 2 * NT);
+        b[0] = v.x, b[1] = v.y;
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        if (h == 0) {
+          racc[nt][0] = c[2 * nt], racc[nt][1] = c[2 * nt + 1], racc[nt][2] = c[2 * nt], racc[nt][3] = c[2 * nt + 1];
+        }
+        mma16816<MT>(racc[nt], w, b[2 * nt], b[2 * nt + 1]);
+      }
+    }
+    // the scales of run r, rows g and g + 8, bf16 bits to fp32 at use
+    const float f0 = __uint_as_float(r % 2 == 0 ? (r < 2 ? s0.x : s0.y) << 16 : (r < 2 ? s0.x : s0.y) & 0xFFFF0000u);
+    const float f1 = __uint_as_float(r % 2 == 0 ? (r < 2 ? s1.x : s1.y) << 16 : (r < 2 ? s1.x : s1.y) & 0xFFFF0000u);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      acc[nt][0] = fmaf(f0, racc[nt][0], acc[nt][0]);
+      acc[nt][1] = fmaf(f0, racc[nt][1], acc[nt][1]);
+      acc[nt][2] = fmaf(f1, racc[nt][2], acc[nt][2]);
+      acc[nt][3] = fmaf(f1, racc[nt][3], acc[nt][3]);
+    }
+  }
+}"""),
+]
 
 EDITS = {
     "nolds": [("*reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT)", "make_uint4(w[0], w[1], w[2], w[3])")],
@@ -133,6 +229,7 @@ struct UnitCursor {""")],
     "pfnext": [(NEXT_LOAD, NEXT_LOAD + prefetch_unit("next.unit"))],
     "pfnext2": [(NEXT_LOAD, NEXT_LOAD + "    if (next.unit + 1 < per_tile) " + prefetch_unit("next.unit + 1").lstrip())],
     "w32": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 32;")],
+    "scaleafter": SCALE_AFTER,
     "nomma": [(
         "for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);",
         "for (int nt = 0; nt < NT; ++nt) acc[nt][0] += __uint_as_float((w[0] ^ w[1] ^ w[2] ^ w[3] ^ b[2 * nt] ^ "
