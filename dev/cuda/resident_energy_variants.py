@@ -63,6 +63,27 @@ SCALE_AFTER = [
 };"""),
     ('u.s[h][j] = s[h][rc >> a.scale_shift];',
      'u.s[h][j] = *reinterpret_cast<const uint2*>(s[h] + min((2 * unit + j) * 4, a.G - 4));'),
+    ("""// acc += one span's 16 rows x 128 weights (rows g: w0, g + 8: w1) times x's NT column tiles.""",
+     """// scaleafter: d = a b + c, c in registers of its own (the run's first MMA starts its accumulator)
+template <typename MT>
+__device__ __forceinline__ void mma16816_c(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                           float4 c) {
+  if constexpr (std::is_same_v<MT, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c.x), "f"(c.y), "f"(c.z), "f"(c.w));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c.x), "f"(c.y), "f"(c.z), "f"(c.w));
+  }
+}
+
+// acc += one span's 16 rows x 128 weights (rows g: w0, g + 8: w1) times x's NT column tiles."""),
     ("""  using Scale = TcScale<S, MT>;
   typename Scale::type s[2];
   __device__ __forceinline__ void set(const UnitLoad<S>& u, int j, bool live) {
@@ -93,20 +114,14 @@ SCALE_AFTER = [
     for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);
   }
 }""",
-     """  // scaleafter: a run's -136 sum(x) for the lane's two x columns of each tile (a stand-in read of x's bytes,
-  // broadcast among the lanes of one t, as the real sums would be)
-  const float* cs = reinterpret_cast<const float*>(xs) + (int64_t(span) * 4 * 4 + lane % 4) * (2 * NT);
+     """  // scaleafter: a run's -136 sum(x) for the lane's two x columns of each tile, twice (the C fragment's rows g and
+  // g + 8: one LDS.128 a tile lands as the MMA's C quad, no moves), a stand-in read of x's bytes broadcast among
+  // the lanes of one t, as the real sums would be
+  const float4* cs = reinterpret_cast<const float4*>(xs) + (int64_t(span) * 4 * 4 + lane % 4) * NT;
   constexpr uint32_t kLevelBits = std::is_same_v<MT, __nv_bfloat16> ? 0x43004300u : 0x64006400u;
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    float c[2 * NT], racc[NT][4];
-    if constexpr (NT == 2) {
-      const float4 v = *reinterpret_cast<const float4*>(cs + r * 4 * 2 * NT);
-      c[0] = v.x, c[1] = v.y, c[2] = v.z, c[3] = v.w;
-    } else {
-      const float2 v = *reinterpret_cast<const float2*>(cs + r * 4 * 2 * NT);
-      c[0] = v.x, c[1] = v.y;
-    }
+    float racc[NT][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int s = 2 * r + h;
@@ -125,9 +140,10 @@ SCALE_AFTER = [
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         if (h == 0) {
-          racc[nt][0] = c[2 * nt], racc[nt][1] = c[2 * nt + 1], racc[nt][2] = c[2 * nt], racc[nt][3] = c[2 * nt + 1];
+          mma16816_c<MT>(racc[nt], w, b[2 * nt], b[2 * nt + 1], cs[r * 4 * NT + nt]);
+        } else {
+          mma16816<MT>(racc[nt], w, b[2 * nt], b[2 * nt + 1]);
         }
-        mma16816<MT>(racc[nt], w, b[2 * nt], b[2 * nt + 1]);
       }
     }
     // the scales of run r, rows g and g + 8, bf16 bits to fp32 at use
