@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
-# One device call for either card (a request for an H200 may get an H100). First dev/cuda/mma_sync_rate_probe.cu
-# (seconds: the shipped GEMV's MMA loop alone, beside the warpgroup loop that wgmma_chain_probe.cu measured in the
-# thirty-sixth session). Then resident_units.sh on the tree and UNIT_VARIANTS (default the thirty-seventh session's
-# question: `scaleafter`, the scale-after-MMA loop's instruction stream on this layout, with and without the weight
-# stream, beside `noweight`; dev/cuda/resident_energy_variants.py), one power round, the routes probed at 1-16 rows,
-# no tests. On an H200 also the issue's figures first (BENCH=1: benchmarks/gpu/bench_qgemm_gpu.py on the tree, its
-# results to commit as benchmarks/results/qgemm_gpu-nvidia-h200.*) and the 2-8-row route decision from the probes.
+# One device call for the H200 that issue 10's figures name (a request for one may get an H100): on an H200 the
+# issue's figures (benchmarks/gpu/bench_qgemm_gpu.py on the tree, BENCH=1 of resident_units.sh; its results to
+# commit as benchmarks/results/qgemm_gpu-nvidia-h200.*), one power round of the tree on the forced x-resident
+# route and `auto`, and the routes probed at 1-16 rows (if the x-resident GEMV wins 2-8 rows there too, as on
+# the H100, `resident_gemv_wins` in csrc/quant/qgemm_cuda.cu takes M >= 2). No variants (UNIT_VARIANTS to add
+# some), no tests. On an H100 nothing: everything left to time there was timed in the thirty-seventh session
+# (dev/device_runs/2026-12-07q-h100-scaleafter.log).
 #   bash dev/device_runs/by_card.sh
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $name"
-nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -std=c++17 dev/cuda/mma_sync_rate_probe.cu -o /tmp/msr &&
-  /tmp/msr | tee $OUT/mma_sync_rate.log
 case "$name" in
-  *H200*) export BENCH=1 ;;
+  *H200*) NO_BASE=1 ROUNDS=${ROUNDS:-1} TESTS=${TESTS:-none} BENCH=1 UNIT_VARIANTS=${UNIT_VARIANTS-} \
+    bash dev/device_runs/resident_units.sh ;;
+  *) echo "not an H200: nothing to run" ;;
 esac
-NO_BASE=1 ROUNDS=${ROUNDS:-1} TESTS=${TESTS:-none} \
-  UNIT_VARIANTS=${UNIT_VARIANTS-scaleafter noweight scaleafter_noweight} bash dev/device_runs/resident_units.sh

@@ -52,7 +52,9 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
         $b $route $BUILD_LOGS/probe-$b-$route.json 2>&1 | grep -E "M=|Error"
     done
   done
-  [ -z "$BASE" ] || python3 dev/cuda/resident_ab_results.py $BUILD_LOGS/probe-base-resident.json \
-    $BUILD_LOGS/probe-x-resident.json && cp benchmarks/results/qgemm_gpu_resident_ab-* $OUT/
+  if [ -n "$BASE" ]; then  # (as `[ -z ] || a && b` it copied the committed A/B files without a base)
+    python3 dev/cuda/resident_ab_results.py $BUILD_LOGS/probe-base-resident.json \
+      $BUILD_LOGS/probe-x-resident.json && cp benchmarks/results/qgemm_gpu_resident_ab-* $OUT/
+  fi
   TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests x
 } 2>&1 | tee $OUT/units.log
