@@ -32,7 +32,8 @@ The instruction stream of another design on this layout (wrong sums, timing only
               two steps go into a run accumulator whose C is the run's -136 sum(x) (one broadcast LDS a run), and
               one FFMA an output and run adds it times the fp32 scale; a lane's scales are 8-byte loads (the 4
               runs of a span a row) converted at use. That form needs a weight layout whose MMAs keep runs apart
-              (a lane holding a quarter of each of 4 runs); on this one the runs mix, so only the time is right
+              (a lane holding a quarter of each of 4 runs); on this one the runs mix, so only the time is right.
+              Its scale loads assume 2-byte scales in groups of 32 (the timed shapes' int4 g32 bf16)
 
 Variants join with "_": noweight_w24 is both edits. Measured: dev/cuda/experiments/README.md.
 
