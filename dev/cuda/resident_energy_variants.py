@@ -102,51 +102,33 @@ __device__ __forceinline__ void mma16816_c(float (&d)[4], const uint32_t (&a)[4]
     const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0),
                            scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1),
                            scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};
-    uint32_t b[2 * NT];
-    if constexpr (NT == 2) {
-      const uint4 v = *reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT);
-      b[0] = v.x, b[1] = v.y, b[2] = v.z, b[3] = v.w;
-    } else {
-      const uint2 v = *reinterpret_cast<const uint2*>(xl + s * 32 * 2 * NT);
-      b[0] = v.x, b[1] = v.y;
-    }
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);
-  }
-}""",
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};""",
      """  // scaleafter: a run's -136 sum(x) for the lane's two x columns of each tile, twice (the C fragment's rows g and
   // g + 8: one LDS.128 a tile lands as the MMA's C quad, no moves), a stand-in read of x's bytes broadcast among
   // the lanes of one t, as the real sums would be
   const float4* cs = reinterpret_cast<const float4*>(xs) + (int64_t(span) * 4 * 4 + lane % 4) * NT;
   constexpr uint32_t kLevelBits = std::is_same_v<MT, __nv_bfloat16> ? 0x43004300u : 0x64006400u;
+  float racc[NT][4];  // run s / 2's sums
 #pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    float racc[NT][4];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int s = 2 * r + h;
-      const uint32_t w[4] = {lop3_and_or(w0[s / 2] >> (8 * (s % 2)), 0x000F000Fu, kLevelBits),
-                             lop3_and_or(w1[s / 2] >> (8 * (s % 2)), 0x000F000Fu, kLevelBits),
-                             lop3_and_or(w0[s / 2] >> (8 * (s % 2) + 4), 0x000F000Fu, kLevelBits),
-                             lop3_and_or(w1[s / 2] >> (8 * (s % 2) + 4), 0x000F000Fu, kLevelBits)};
-      uint32_t b[2 * NT];
-      if constexpr (NT == 2) {
-        const uint4 v = *reinterpret_cast<const uint4*>(xl + s * 32 * 2 * NT);
-        b[0] = v.x, b[1] = v.y, b[2] = v.z, b[3] = v.w;
+  for (int s = 0; s < 8; ++s) {
+    const int r = s / 2;
+    const uint32_t w[4] = {lop3_and_or(w0[s / 2] >> (8 * (s % 2)), 0x000F000Fu, kLevelBits),
+                           lop3_and_or(w1[s / 2] >> (8 * (s % 2)), 0x000F000Fu, kLevelBits),
+                           lop3_and_or(w0[s / 2] >> (8 * (s % 2) + 4), 0x000F000Fu, kLevelBits),
+                           lop3_and_or(w1[s / 2] >> (8 * (s % 2) + 4), 0x000F000Fu, kLevelBits)};"""),
+    ("""#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) mma16816<MT>(acc[nt], w, b[2 * nt], b[2 * nt + 1]);
+  }
+}""",
+     """#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (s % 2 == 0) {
+        mma16816_c<MT>(racc[nt], w, b[2 * nt], b[2 * nt + 1], cs[r * 4 * NT + nt]);
       } else {
-        const uint2 v = *reinterpret_cast<const uint2*>(xl + s * 32 * 2 * NT);
-        b[0] = v.x, b[1] = v.y;
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        if (h == 0) {
-          mma16816_c<MT>(racc[nt], w, b[2 * nt], b[2 * nt + 1], cs[r * 4 * NT + nt]);
-        } else {
-          mma16816<MT>(racc[nt], w, b[2 * nt], b[2 * nt + 1]);
-        }
+        mma16816<MT>(racc[nt], w, b[2 * nt], b[2 * nt + 1]);
       }
     }
+    if (s % 2 == 0) continue;
     // the scales of run r, rows g and g + 8, bf16 bits to fp32 at use
     const float f0 = __uint_as_float(r % 2 == 0 ? (r < 2 ? s0.x : s0.y) << 16 : (r < 2 ? s0.x : s0.y) & 0xFFFF0000u);
     const float f1 = __uint_as_float(r % 2 == 0 ? (r < 2 ? s1.x : s1.y) << 16 : (r < 2 ? s1.x : s1.y) & 0xFFFF0000u);
