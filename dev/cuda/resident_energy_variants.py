@@ -57,6 +57,16 @@ def prefetch_unit(unit: str) -> str:
 """
 
 
+# The head of mma_span's step loop: a step's dequantized A fragment (deqfirst and scaleafter edit it).
+STEP_DEQUANT = """#pragma unroll
+  for (int s = 0; s < 8; ++s) {
+    // the dequantized weights, each rounded once from the exact q * scale (TcScale: in MT, or via fp32)
+    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0),
+                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};"""
+
+
 SCALE_AFTER = [
     ("""  S s[2][2];
 };""",
@@ -96,13 +106,7 @@ __device__ __forceinline__ void mma16816_c(float (&d)[4], const uint32_t (&a)[4]
     s[0] = live ? u.s[0][j] : make_uint2(0, 0);
     s[1] = live ? u.s[1][j] : make_uint2(0, 0);
   }"""),
-    ("""#pragma unroll
-  for (int s = 0; s < 8; ++s) {
-    // the dequantized weights, each rounded once from the exact q * scale (TcScale: in MT, or via fp32)
-    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1),
-                           scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};""",
+    (STEP_DEQUANT,
      """  // scaleafter: a run's -136 sum(x) for the lane's two x columns of each tile, twice (the C fragment's rows g and
   // g + 8: one LDS.128 a tile lands as the MMA's C quad, no moves), a stand-in read of x's bytes broadcast among
   // the lanes of one t, as the real sums would be
@@ -160,13 +164,7 @@ EDITS = {
     "w20": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 20;")],
     "w24": [("constexpr int kResWarps = 16;", "constexpr int kResWarps = 24;")],
     "deqfirst": [(
-        """#pragma unroll
-  for (int s = 0; s < 8; ++s) {
-    // the dequantized weights, each rounded once from the exact q * scale (TcScale: in MT, or via fp32)
-    const uint32_t w[4] = {scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 0), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 0), s1),
-                           scaled_pair<MT>(weight_pair<MT, 4>(w0, s, 1), s0),
-                           scaled_pair<MT>(weight_pair<MT, 4>(w1, s, 1), s1)};""",
+        STEP_DEQUANT,
         """  uint32_t wf[8][4];
 #pragma unroll
   for (int s = 0; s < 8; ++s) {
