@@ -23,12 +23,12 @@ def scale_after_mma(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.
     """x bf16 [M, K], q [N, K], s bf16 [N, R] -> fp32 [M, N] by the form above, before the output's rounding."""
     M, K = x.shape
     N, R = s.shape
-    levels = (q.to(torch.int32) + 136).view(N, R, 32).to(torch.bfloat16)  # 128 + u, exact (8 bits)
+    lv = (q.to(torch.int32) + 136).view(N, R, 32).to(torch.bfloat16)  # the levels 128 + u, exact (8 bits)
     xr = x.view(M, R, 32)
     c = -136 * xr.float().sum(-1)  # [M, R], fp32: the runs' C operands
     acc = torch.zeros(M, N)
     for r in range(R):  # one run: its MMAs from C, then one FMA an output by the row's scale
-        run_sum = c[:, r:r + 1] + xr[:, r].float() @ levels[:, r].float().T  # [M, N]
+        run_sum = c[:, r:r + 1] + xr[:, r].float() @ lv[:, r].float().T  # [M, N]
         acc += run_sum * s[:, r].float()
     return acc
 
