@@ -9,17 +9,9 @@
 #   bash dev/device_runs/by_card.sh            (BENCH_ONLY=1: the build and the benchmark alone)
 name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "card: $name"
-if [ -n "${BENCH_ONLY:-}" ]; then  # a short call: the tree's quant build and the benchmark alone (~3 min)
-  case "$name" in *H200*) ;; *) echo "not an H200: nothing to run"; exit 0 ;; esac
-  source dev/device_runs/variant_builds.sh
-  cfg . build/x && ninja -C build/x -j16 >$BUILD_LOGS/build-x.log 2>&1 || { tail -20 $BUILD_LOGS/build-x.log; exit 1; }
-  GEMMA4_LIB_DIR=$PWD/build/x timeout 200 python3 benchmarks/gpu/bench_qgemm_gpu.py >$OUT/bench.log 2>&1
-  tail -5 $OUT/bench.log
-  cp benchmarks/results/qgemm_gpu-nvidia-h200.* $OUT/
-  exit 0
-fi
 case "$name" in
-  *H200*) NO_BASE=1 ROUNDS=${ROUNDS:-1} TESTS=${TESTS:-none} BENCH=1 UNIT_VARIANTS=${UNIT_VARIANTS-} \
+  *H200*) [ -n "${BENCH_ONLY:-}" ] && exec env ENERGY_VARIANTS= ROUNDS=0 BENCH=1 bash dev/device_runs/resident_energy.sh
+    NO_BASE=1 ROUNDS=${ROUNDS:-1} TESTS=${TESTS:-none} BENCH=1 UNIT_VARIANTS=${UNIT_VARIANTS-} \
     bash dev/device_runs/resident_units.sh ;;
   *) echo "not an H200: nothing to run" ;;
 esac

@@ -4,7 +4,7 @@
 # "nolds nodeq nomma"; empty for the tree alone), built side by side (quant and linear, sm_90), then
 # dev/cuda/resident_power_probe.py on each build and route of ROUTES (default the forced "resident"), ROUNDS times
 # (default 2), at POWER_M rows (default 1 and 16): the time, and the sustained time, SM clock and board power under a
-# 2 s loop. Then benchmarks/gpu/bench_qgemm_gpu.py at BENCH_M rows on build/x if set.
+# 2 s loop. Then benchmarks/gpu/bench_qgemm_gpu.py on build/x at BENCH_M rows if set (BENCH=1: its default rows).
 #   bash dev/device_runs/resident_energy.sh
 #   ENERGY_VARIANTS= ROUTES="resident auto" POWER_M=1,2,8,16 ROUNDS=1 BENCH_M=1,8,16,128 \
 #     bash dev/device_runs/resident_energy.sh      (the tree alone on two routes, then the benchmark)
@@ -22,8 +22,9 @@ for round in $(seq ${ROUNDS:-2}); do
   done
 done
 rm -f $OUT/cmake-*.log
-if [ -n "$BENCH_M" ]; then
-  GEMMA4_LIB_DIR=$PWD/build/x timeout 220 python3 benchmarks/gpu/bench_qgemm_gpu.py --m $BENCH_M >$OUT/bench.log 2>&1
+if [ -n "${BENCH_M:-}${BENCH:-}" ]; then  # BENCH=1: the benchmark's own row list
+  GEMMA4_LIB_DIR=$PWD/build/x timeout 220 python3 benchmarks/gpu/bench_qgemm_gpu.py ${BENCH_M:+--m $BENCH_M} \
+    >$OUT/bench.log 2>&1
   tail -5 $OUT/bench.log
   cp benchmarks/results/qgemm_gpu-* $OUT/ 2>/dev/null
 fi
