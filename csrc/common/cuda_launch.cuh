@@ -30,23 +30,6 @@ inline int sm_count() {
   return count;
 }
 
-// Peak DRAM bandwidth of the current device in bytes a second: the memory clock (kHz) times the bus width, twice
-// a clock (H100 SXM 2619 MHz x 5120 bits = 3.35e12, H200 3201 MHz x 6144 bits = 4.9e12). Cached per device as
-// sm_count is; for routes whose winner depends on how fast the weights stream (quant/qgemm_cuda.cu).
-inline double dram_bytes_per_s() {
-  static thread_local int device = -1;
-  static thread_local double bytes = 0;
-  const int d = c10::cuda::current_device();
-  if (d != device) {
-    int khz = 0, bits = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, d));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, d));
-    bytes = 2.0 * 1e3 * khz * bits / 8;
-    device = d;
-  }
-  return bytes;
-}
-
 // True when every pointer is 16-byte aligned: the condition for the 16-byte vector paths.
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 template <typename... P>

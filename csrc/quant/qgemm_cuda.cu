@@ -162,15 +162,11 @@ bool x16_gemv_fits(int64_t M, int64_t K, const at::Tensor& scales) {
 // rows (31B gate_up 64.2-68.0 -> 63.1-66.3, E2B 14.2-14.3 -> 12.3-13.8) and lost at 2-8 (47-49 -> 51-53): the
 // H200's faster HBM favours the copy engine there, and the shipped version has not run on an H200. Two-span units
 // (thirty-third session, H100): 31B gate_up 16 rows 59.2-60.5 -> 55.0-55.6, and 56.1-57.0 at 2-8 rows against
-// `auto`'s 64.8-65.7 (dev/device_runs/2026-12-07{l,m}-*.log). So at 2-8 rows the winner depends on the HBM: the
-// x-resident GEMV is bound by its MMAs and dequantization (~55 us on 31B gate_up on either card), the copy-engine
-// GEMV by the weight stream (~64 us on the H100's 3.35 TB/s, ~49 on the H200's 4.8): the crossover is near 3.9 TB/s.
-// Below 4 TB/s, on the weights the copy-engine GEMV takes (2^25 values or more), 2-8 rows come here too.
-bool resident_gemv_wins(int64_t M, int64_t N, int64_t K) {
+// `auto`'s 64.8-65.7 (dev/device_runs/2026-12-07{l,m}-*.log); 2-8 rows stay off this route until an H200 agrees.
+bool resident_gemv_wins(int64_t M, int64_t N) {
   const int forced = cuda_path();
   if (forced == static_cast<int>(CudaPath::resident)) return true;
-  if (forced != static_cast<int>(CudaPath::automatic) || N / 16 < 2 * cuda::sm_count()) return false;
-  return M >= 9 || (M >= 2 && N * K >= (int64_t(1) << 25) && cuda::dram_bytes_per_s() < 4e12);
+  return forced == static_cast<int>(CudaPath::automatic) && M >= 9 && N / 16 >= 2 * cuda::sm_count();
 }
 // int4, up to 16 rows, K a multiple of 32, scales of 32, 64 or 128 weights or one a row, and x short enough to stay
 // in one block's shared memory.
@@ -1112,7 +1108,7 @@ at::Tensor qgemm_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::
   if (M <= gemv_max_rows(bits, N, K) && x.scalar_type() != at::kFloat) {
     if (x16_gemv_wins(bits, M) && x16_gemv_fits(M, K, scales)) {
       y = qgemv_x16(x2, qw, scales, bias, bits);  // [M, N]
-    } else if (resident_gemv_wins(M, N, K) && resident_gemv_fits(bits, M, K, scales)) {
+    } else if (resident_gemv_wins(M, N) && resident_gemv_fits(bits, M, K, scales)) {
       y = qgemv_resident(x2, qw, scales, bias);  // [M, N]
     } else if (bulk_gemv_wins(M, N, K) && bulk_gemv_fits(bits, scales, K)) {
       y = qgemv_bulk(x2, qw, scales, bias, bits);  // [M, N]

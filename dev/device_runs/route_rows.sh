@@ -5,8 +5,14 @@
 # at 1-16 rows on every int4 g32 shape of the released models that both can take (2^25 values or more, two 16-row
 # tiles an SM, K short enough for shared memory at 8 rows), then on an H200 the issue's benchmark
 # (benchmarks/gpu/bench_qgemm_gpu.py, its results copied to $OUT), then the whole test suite in the time left.
+# The rule is not in the tree yet (no device ran it when it was written, 2026-12-08): the script applies
+# dev/cuda/experiments/resident_rows_by_bandwidth.patch (the rule, the bandwidth helper, the route test) to the
+# device's copy first. Once the rule is in the tree, the patch no longer applies and the script says so and runs on.
 #   bash dev/device_runs/route_rows.sh
 set -o pipefail
+P=dev/cuda/experiments/resident_rows_by_bandwidth.patch
+{ git apply $P 2>/dev/null || patch -p1 -s -N -r - <$P >/dev/null 2>&1; } && echo "rule patch applied" ||
+  echo "rule patch not applied (already in the tree?)"
 source dev/device_runs/build_sm90.sh
 rm -f $OUT/cmake.log $OUT/build.log
 python3 -c "

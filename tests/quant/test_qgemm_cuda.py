@@ -129,28 +129,20 @@ def test_qgemm_cuda_route_rule():
         qops.qgemm_cuda_path("auto")
 
 
-def _dram_bytes_per_s() -> float:
-    """The device's peak DRAM bandwidth as the route rule reads it (memory clock in kHz x bus width, twice a clock)."""
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return 2e3 * props.memory_clock_rate * props.memory_bus_width / 8
-
-
 def test_qgemm_cuda_route_rule_large_weight():
-    """On weights of 2^25 values or more "auto" takes the int16-activation GEMV at one row (qgemv_x16.cuh), at 2-8
-    rows the copy-engine GEMV (qgemv_bulk.cuh) on HBM of 4 TB/s or more and the x-resident GEMV (qgemv_resident.cuh)
-    below, and the x-resident GEMV at 9-16 (512 16-row tiles: two an SM on GPUs of up to 256 SMs), and equals the
-    forced route bit for bit, and stays within the error rule of plain PyTorch there (fewer checks than _check: the
-    CPU kernel and float64 at this size are slow)."""
+    """On weights of 2^25 values or more "auto" takes the int16-activation GEMV at one row (qgemv_x16.cuh), the
+    copy-engine GEMV at 2-8 rows (qgemv_bulk.cuh) and the x-resident GEMV at 9-16 (qgemv_resident.cuh: 512 16-row
+    tiles: two an SM on GPUs of up to 256 SMs), and equals the forced route bit for bit, and stays within the error rule of plain
+    PyTorch there (fewer checks than _check: the CPU kernel and float64 at this size are slow)."""
     n, k = 8192, 4096
     qweight, scales = random_qweight(n, k, 4, 32, torch.bfloat16)
     q, s = qweight.cuda(), scales.cuda()
     w64 = reference.dequantize(qweight, scales, torch.float64).cuda()  # [N, K]
-    few_rows = "resident" if _dram_bytes_per_s() < 4e12 else "bulk"
     try:
         for m in (1, 2, 5, 16):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             auto = ops.qgemm(x, q, s)
-            qops.qgemm_cuda_path("x16" if m == 1 else few_rows if m <= 8 else "resident")
+            qops.qgemm_cuda_path("x16" if m == 1 else "bulk" if m <= 8 else "resident")
             assert_same(auto, ops.qgemm(x, q, s))
             qops.qgemm_cuda_path("auto")
             ref64 = x.double() @ w64.t()
