@@ -3,8 +3,9 @@
 # the HBM is below 4 TB/s, the copy-engine GEMV above), on either card: the full build, the bandwidth the rule reads
 # (torch's device properties, as the route test reads them), the forced x-resident and copy-engine GEMVs and `auto`
 # at 1-16 rows on every int4 g32 shape of the released models that both can take (2^25 values or more, two 16-row
-# tiles an SM, K short enough for shared memory at 8 rows), then on an H200 the benchmark
-# (benchmarks/gpu/bench_qgemm_gpu.py, its results copied to $OUT), then the whole test suite in the time left.
+# tiles an SM, K short enough for shared memory at 8 rows), the route and x-resident tests, on an H200 the issue's
+# benchmark (benchmarks/gpu/bench_qgemm_gpu.py, its results copied to $OUT), then the whole test suite in the time
+# left (SIGINT at the limit: pytest still prints its counts).
 # The rule is not in the tree yet (no device ran it when it was written, 2026-12-08): the script applies
 # dev/cuda/experiments/resident_rows_by_bandwidth.patch (the rule, the bandwidth helper, the route test) to the
 # device's copy first. Once the rule is in the tree, the patch no longer applies and the script says so and runs on.
@@ -27,6 +28,10 @@ for route in resident bulk auto; do
   PROBE_SHAPES="$SHAPES" PROBE_M=${PROBE_M:-1,2,3,4,8,9,16} timeout 150 python3 dev/cuda/resident_probe.py \
     tree $route $OUT/probe-$route.json 2>&1 | grep -E "M=|Error"
 done
+# the route tests first (the rule's own test among them), then the rest below in the time left
+timeout 120 python3 -m pytest -q -p no:cacheprovider -n 8 tests/quant/test_qgemm_cuda.py -k "route_rule or resident" \
+  >$OUT/route-tests.log 2>&1; echo "route tests rc=$?"
+grep -E "^(FAILED|ERROR)|passed|failed" $OUT/route-tests.log | cut -c1-220 | tail -10
 case "$(cat $OUT/gpu.txt)" in
   *H200*)
     timeout 200 python3 benchmarks/gpu/bench_qgemm_gpu.py >$OUT/bench.log 2>&1; echo "bench rc=$?"
@@ -34,6 +39,7 @@ case "$(cat $OUT/gpu.txt)" in
     grep -A30 '"summary"' $results | head -30
     cp $results ${results%.json}.png $OUT/ ;;
 esac
-timeout -s INT -k 20 $((570 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -n 8 tests >$OUT/tests.log 2>&1
+left=$((570 - SECONDS)); [ $left -gt 30 ] || left=30
+timeout -s INT -k 20 $left python3 -m pytest -q -p no:cacheprovider -n 8 tests >$OUT/tests.log 2>&1
 echo "tests rc=$? at ${SECONDS} s"
 grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -30
