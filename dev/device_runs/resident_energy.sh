@@ -22,10 +22,5 @@ for round in $(seq ${ROUNDS:-2}); do
   done
 done
 rm -f $OUT/cmake-*.log
-if [ -n "${BENCH_M:-}${BENCH:-}" ]; then  # BENCH=1: the benchmark's own row list
-  GEMMA4_LIB_DIR=$PWD/build/x timeout 220 python3 benchmarks/gpu/bench_qgemm_gpu.py ${BENCH_M:+--m $BENCH_M} \
-    >$OUT/bench.log 2>&1
-  tail -5 $OUT/bench.log
-  cp benchmarks/results/qgemm_gpu-* $OUT/ 2>/dev/null
-fi
+[ -z "${BENCH_M:-}${BENCH:-}" ] || run_bench 220  # BENCH=1: the benchmark's own row list
 true

@@ -29,13 +29,7 @@ PATCH=${PATCH:-dev/cuda/experiments/resident_two_span_units.patch}
   else
     build_resident_variants "$VARIANTS" || exit 1
   fi
-  if [ -n "${BENCH:-}" ]; then  # BENCH=1: the figures, benchmarks/gpu/bench_qgemm_gpu.py on build/x, first
-    GEMMA4_LIB_DIR=$PWD/build/x timeout 200 python3 benchmarks/gpu/bench_qgemm_gpu.py ${BENCH_M:+--m $BENCH_M} \
-      >$OUT/bench.log 2>&1; echo "bench rc=$?"
-    results=$(ls -t benchmarks/results/qgemm_gpu-nvidia-*.json | head -1)  # the one just written
-    grep -A30 '"summary"' $results | head -30
-    cp $results ${results%.json}.png $OUT/
-  fi
+  [ -z "${BENCH:-}" ] || run_bench  # BENCH=1: the figures, benchmarks/gpu/bench_qgemm_gpu.py on build/x, first
   for round in $(seq ${ROUNDS:-2}); do
     for b in $BASE x $VARIANTS; do
       routes="resident auto"

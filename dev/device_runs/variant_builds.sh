@@ -32,6 +32,14 @@ run_tests() {  # TESTS (default tests/quant/test_qgemm_cuda.py, "none" to skip),
   echo "tests rc=$? ($(( $(date +%s) - start )) s)"
   grep -E "^(FAILED|ERROR)|passed|failed" $OUT/tests.log | cut -c1-220 | tail -30
 }
+run_bench() {  # benchmarks/gpu/bench_qgemm_gpu.py on build/x (BENCH_M rows, or its own list): summary, results to $OUT
+  GEMMA4_LIB_DIR=$PWD/build/x timeout ${1:-200} python3 benchmarks/gpu/bench_qgemm_gpu.py ${BENCH_M:+--m $BENCH_M} \
+    >$OUT/bench.log 2>&1
+  echo "bench rc=$?"
+  local results=$(ls -t benchmarks/results/qgemm_gpu-nvidia-*.json | head -1)  # the one just written
+  grep -A30 '"summary"' $results | head -30
+  cp $results ${results%.json}.png $OUT/
+}
 copy_tree() {  # a fresh copy in $1 of what a build needs (and of $2.., e.g. "benchmarks dev")
   local dir=$1
   shift
