@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One device call (thirty-ninth session): the two x-resident GEMV patches stacked, each step timed against the one
+# before it in the same call. build/base: the tree; build/sub: + dev/cuda/experiments/resident_subnormal_levels.patch
+# (bf16 levels as subnormals, one HFMA2 a weight pair); build/x: + resident_tile_pairs.patch on top (units of one
+# span of two tiles: each x fragment read from shared memory serves both). The patches are applied to this machine's
+# copy of the tree (so build/x and the tests have both) and taken back out of copies for base and sub.
+# Then: BENCH=1 the benchmark on build/x (first, while the card is cool); dev/cuda/resident_power_probe.py,
+# ROUNDS times (default 1), on the forced x-resident route for base, sub and x and on `auto` for x (POWER_M rows,
+# default 1,16); dev/cuda/resident_probe.py on base and x, forced route (PROBE_M rows), the A/B written to
+# benchmarks/results; the x-resident tests on build/x, and on build/sub as well when build/x fails them.
+#   BENCH=1 bash dev/device_runs/resident_stack.sh
+set -o pipefail
+source dev/device_runs/variant_builds.sh
+SUB=dev/cuda/experiments/resident_subnormal_levels.patch
+PAIRS=dev/cuda/experiments/resident_tile_pairs.patch
+{
+  gpu_state
+  apply_patch_once $SUB
+  apply_patch_once $PAIRS
+  start=$(date +%s)
+  copy_tree /tmp/sub tests
+  (cd /tmp/sub && patch -R -p1 -s <$OLDPWD/$PAIRS) || { echo "patch -R $PAIRS failed"; exit 1; }
+  copy_tree /tmp/base tests
+  (cd /tmp/base && patch -R -p1 -s <$OLDPWD/$PAIRS && patch -R -p1 -s <$OLDPWD/$SUB) || { echo "patch -R failed"; exit 1; }
+  for b in x sub base; do
+    src=/tmp/$b
+    [ $b != x ] || src=.
+    (cfg $src $PWD/build/$b && ninja -C build/$b -j6 >$BUILD_LOGS/build-$b.log 2>&1; echo "$b rc=$?") &
+  done
+  wait
+  builds_done $start
+  [ -z "${BENCH:-}" ] || run_bench
+  for round in $(seq ${ROUNDS:-1}); do
+    for run in "base resident" "sub resident" "x resident" "x auto"; do
+      set -- $run
+      GEMMA4_LIB_DIR=$PWD/build/$1 POWER_M=${POWER_M:-1,16} timeout 100 python3 dev/cuda/resident_power_probe.py \
+        $2 $1 2>&1 | grep -E " us |Error"
+    done
+  done
+  for b in base x; do
+    GEMMA4_LIB_DIR=$PWD/build/$b PROBE_M=${PROBE_M:-1,2,8,16} timeout 90 python3 dev/cuda/resident_probe.py \
+      $b resident $BUILD_LOGS/probe-$b-resident.json 2>&1 | grep -E "M=|Error"
+  done
+  python3 dev/cuda/resident_ab_results.py $BUILD_LOGS/probe-base-resident.json $BUILD_LOGS/probe-x-resident.json &&
+    cp benchmarks/results/qgemm_gpu_resident_ab-* $OUT/
+  TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests x
+  if grep -qE "^(FAILED|ERROR)" $OUT/tests.log; then
+    mv $OUT/tests.log $OUT/tests-x.log
+    TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests sub
+  fi
+} 2>&1 | tee $OUT/stack.log
