@@ -19,22 +19,18 @@ PAIRS=dev/cuda/experiments/resident_tile_pairs.patch
   apply_patch_once $SUB
   apply_patch_once $PAIRS
   start=$(date +%s)
-  copy_tree /tmp/sub tests
-  (cd /tmp/sub && patch -R -p1 -s <$OLDPWD/$PAIRS) || { echo "patch -R $PAIRS failed"; exit 1; }
-  copy_tree /tmp/base tests
-  (cd /tmp/base && patch -R -p1 -s <$OLDPWD/$PAIRS && patch -R -p1 -s <$OLDPWD/$SUB) || { echo "patch -R failed"; exit 1; }
-  for b in x sub base; do
-    src=/tmp/$b
-    [ $b != x ] || src=.
-    (cfg $src $PWD/build/$b && ninja -C build/$b -j6 >$BUILD_LOGS/build-$b.log 2>&1; echo "$b rc=$?") &
-  done
+  reversed_copy /tmp/sub $PAIRS && reversed_copy /tmp/base $PAIRS $SUB || exit 1
+  build_bg x . 6
+  build_bg sub /tmp/sub 6
+  build_bg base /tmp/base 6
   wait
   builds_done $start
   # the tests first (what shipping needs), then the times
-  TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests x
+  TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150}
+  run_tests x
   if grep -qE "^(FAILED|ERROR)" $OUT/tests.log; then
     mv $OUT/tests.log $OUT/tests-x.log
-    TEST_K="${TEST_K-resident or route_rule or deterministic}" TEST_S=${TEST_S:-150} run_tests sub
+    run_tests sub
   fi
   for round in $(seq ${ROUNDS:-1}); do
     for run in "base resident" "sub resident" "x resident" "x auto"; do

@@ -45,6 +45,20 @@ copy_tree() {  # a fresh copy in $1 of what a build needs (and of $2.., e.g. "be
   shift
   rm -rf $dir && mkdir $dir && cp -r csrc python CMakeLists.txt pyproject.toml "$@" $dir/
 }
+# A copy of the tree in $1 with the patches $2.. (git diffs, tests included) taken back out in that order: the tree
+# before them.
+reversed_copy() {
+  local dir=$1 p
+  shift
+  copy_tree $dir benchmarks dev tests
+  for p in "$@"; do
+    patch -R -p1 -s -d $dir <"$(realpath $p)" || { echo "patch -R $p failed"; return 1; }
+  done
+}
+# Configures source dir $2 into build/$1 and builds it with $3 jobs, in the background (the caller waits).
+build_bg() {
+  (cfg $2 $PWD/build/$1 && ninja -C build/$1 -j$3 >$BUILD_LOGS/build-$1.log 2>&1; echo "$1 rc=$?") &
+}
 # Each variant of $1 (names of dev/cuda/resident_energy_variants.py) written into a copy of the tree and built into
 # build/<name> with $2 jobs, in the background (the caller waits).
 start_variant_builds() {
@@ -52,24 +66,23 @@ start_variant_builds() {
   for v in $1; do
     copy_tree /tmp/$v
     python3 dev/cuda/resident_energy_variants.py /tmp/$v $v || return 1
-    (cfg /tmp/$v $PWD/build/$v && ninja -C build/$v -j$2 >$BUILD_LOGS/build-$v.log 2>&1; echo "$v rc=$?") &
+    build_bg $v /tmp/$v $2
   done
 }
 # The tree into build/x and each variant of $1 into build/<name>, side by side on the 16 cores.
 build_resident_variants() {
   local start=$(date +%s) jobs=$(( 16 / ($(echo $1 | wc -w) + 1) ))
   start_variant_builds "$1" $jobs || return 1
-  (cfg . build/x && ninja -C build/x -j$jobs >$BUILD_LOGS/build-x.log 2>&1; echo "x rc=$?") &
+  build_bg x . $jobs
   wait
   builds_done $start
 }
 # A patch of the tree (git diff): the tree into build/x, a copy with the patch reversed into build/base.
 build_with_base() {
-  local patch_file=$(realpath "$1") start=$(date +%s)
-  copy_tree /tmp/base benchmarks dev 2>/dev/null
-  (cd /tmp/base && patch -R -p1 -s <"$patch_file") || { echo "patch -R failed"; return 1; }
-  cfg . build/x && (ninja -C build/x -j10 >$BUILD_LOGS/build-x.log 2>&1; echo "x rc=$?") &
-  cfg /tmp/base $PWD/build/base && (ninja -C build/base -j6 >$BUILD_LOGS/build-base.log 2>&1; echo "base rc=$?") &
+  local start=$(date +%s)
+  reversed_copy /tmp/base "$1" || return 1
+  build_bg x . 10
+  build_bg base /tmp/base 6
   wait
   builds_done $start
 }
